@@ -1,0 +1,642 @@
+//! Who a connection is: finding its token, verifying it, and turning its claims into an
+//! [`Identity`] the room layer can authorize against.
+//!
+//! Keys are loaded once at startup ([`Verifier::from_config`]); a bad key file stops the
+//! process with a [`ConfigError`] naming the option. Verification failures map onto the stable
+//! codes of [`ErrorCode`]; their human messages never contain the token.
+
+use std::{collections::HashMap, fs, path::Path, time::Duration};
+
+use axum::http::{HeaderMap, Uri, header::AUTHORIZATION};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet,
+};
+use serde_json::{Map, Value};
+
+use crate::{
+    config::{Config, ConfigError, KeySource, MIN_SECRET_LEN, Secret},
+    errors::{ClientError, ErrorCode},
+};
+use roomcast_publisher::validate_id;
+
+/// The rooms of one kind a token grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// `"*"`: every room of this kind in the tenant.
+    All,
+    /// Exactly these ids, sorted for binary search.
+    Only(Vec<String>),
+}
+
+impl Scope {
+    /// Whether the scope grants `id`.
+    pub fn allows(&self, id: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(ids) => ids.binary_search_by(|probe| probe.as_str().cmp(id)).is_ok(),
+        }
+    }
+}
+
+/// A verified connection identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Tenant id; every room the connection can reach is inside it.
+    pub tenant: String,
+    /// User id.
+    pub user: String,
+    /// Projects the user may join.
+    pub projects: Scope,
+    /// Channels the user may join.
+    pub channels: Scope,
+    /// The token's `exp`, in seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Claim names, from the configuration.
+#[derive(Debug, Clone)]
+struct ClaimNames {
+    user: String,
+    tenant: String,
+    projects: String,
+    channels: String,
+}
+
+/// Keys accepted for verification.
+enum Keys {
+    /// One key (secret or PEM public key) and the algorithms of its family.
+    Single(DecodingKey, Vec<Algorithm>),
+    /// A JWKS: the token's `kid` picks the key.
+    ByKid(HashMap<String, (DecodingKey, Vec<Algorithm>)>),
+}
+
+/// Verifies tokens and extracts identities. Cheap to share behind an `Arc`.
+pub struct Verifier {
+    keys: Keys,
+    claims: ClaimNames,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    /// Present in `--dev` mode without a configured key: the generated secret, to mint the demo token.
+    dev_secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = match &self.keys {
+            Keys::Single(_, algs) => format!("single key ({algs:?})"),
+            Keys::ByKid(map) => format!("{} keys by kid", map.len()),
+        };
+        f.debug_struct("Verifier")
+            .field("keys", &keys)
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Loads the configured key material. Errors name the option to fix.
+    pub fn from_config(config: &Config) -> Result<Verifier, ConfigError> {
+        let mut dev_secret = None;
+        let keys = match config.key_source()? {
+            KeySource::Secret(secret) => {
+                hmac_keys("ROOMCAST_JWT_SECRET", secret.expose().as_bytes())?
+            }
+            KeySource::SecretFile(path) => {
+                let raw = read_file("ROOMCAST_JWT_SECRET_FILE", path)?;
+                let text = String::from_utf8(raw).map_err(|_| {
+                    ConfigError::new(
+                        "ROOMCAST_JWT_SECRET_FILE",
+                        "the secret file is not UTF-8 text",
+                    )
+                })?;
+                hmac_keys(
+                    "ROOMCAST_JWT_SECRET_FILE",
+                    text.trim_end_matches(['\r', '\n']).as_bytes(),
+                )?
+            }
+            KeySource::PublicKeyFile(path) => {
+                let pem = read_file("ROOMCAST_JWT_PUBLIC_KEY_FILE", path)?;
+                pem_keys(&pem)?
+            }
+            KeySource::JwksFile(path) => {
+                let raw = read_file("ROOMCAST_JWKS_FILE", path)?;
+                jwks_keys(&raw)?
+            }
+            KeySource::DevGenerated => {
+                let secret = Secret::from(random_hex(32));
+                let keys = hmac_keys("--dev", secret.expose().as_bytes())?;
+                dev_secret = Some(secret);
+                keys
+            }
+        };
+        // In --dev mode with a configured secret, the demo token is minted with that secret.
+        if config.dev && dev_secret.is_none() {
+            dev_secret = match config.key_source()? {
+                KeySource::Secret(s) => Some(s.clone()),
+                KeySource::SecretFile(p) => {
+                    let raw = read_file("ROOMCAST_JWT_SECRET_FILE", p)?;
+                    Some(Secret::from(
+                        String::from_utf8_lossy(&raw)
+                            .trim_end_matches(['\r', '\n'])
+                            .to_owned(),
+                    ))
+                }
+                _ => None,
+            };
+        }
+        Ok(Verifier {
+            keys,
+            claims: ClaimNames {
+                user: config.jwt_user_claim.clone(),
+                tenant: config.jwt_tenant_claim.clone(),
+                projects: config.jwt_projects_claim.clone(),
+                channels: config.jwt_channels_claim.clone(),
+            },
+            issuers: config
+                .jwt_issuer
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            audiences: config
+                .jwt_audience
+                .iter()
+                .filter(|s| !s.is_empty())
+                .cloned()
+                .collect(),
+            leeway: config.jwt_leeway,
+            dev_secret,
+        })
+    }
+
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    /// Verifies `token` and returns the identity it carries.
+    pub fn verify(&self, token: &str) -> Result<Identity, ClientError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            ClientError::new(ErrorCode::TokenInvalid, "token is not a well-formed JWT")
+        })?;
+        let (key, algorithms) = match &self.keys {
+            Keys::Single(key, algs) => (key, algs),
+            Keys::ByKid(map) => {
+                let entry = match header.kid.as_deref() {
+                    Some(kid) => map.get(kid),
+                    // Without a kid we can only pick when there is no choice to make.
+                    None if map.len() == 1 => map.values().next(),
+                    None => None,
+                };
+                let Some((key, algs)) = entry else {
+                    return Err(ClientError::new(
+                        ErrorCode::TokenInvalid,
+                        "token's kid matches no configured key",
+                    ));
+                };
+                (key, algs)
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = algorithms.clone();
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        if !self.issuers.is_empty() {
+            validation.set_issuer(&self.issuers);
+            validation.required_spec_claims.insert("iss".into());
+        }
+        if self.audiences.is_empty() {
+            // Without a configured audience we cannot judge one; do not reject tokens that carry it.
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audiences);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
+                let message = match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        return ClientError::new(ErrorCode::TokenExpired, "token has expired");
+                    }
+                    ErrorKind::InvalidSignature => "token signature does not verify",
+                    ErrorKind::InvalidAlgorithm => {
+                        "token algorithm is not accepted for the configured key"
+                    }
+                    ErrorKind::InvalidIssuer => "token issuer is not accepted",
+                    ErrorKind::InvalidAudience => "token audience is not accepted",
+                    ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
+                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => "token has no exp claim",
+                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss claim",
+                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud claim",
+                    ErrorKind::InvalidClaimFormat(_) => "token has a mistyped registered claim",
+                    _ => "token cannot be verified",
+                };
+                ClientError::new(ErrorCode::TokenInvalid, message)
+            })?;
+        self.identity(&data.claims)
+    }
+
+    fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, ClientError> {
+        let id_claim = |name: &str| -> Result<String, ClientError> {
+            let value = claims.get(name).and_then(Value::as_str).ok_or_else(|| {
+                ClientError::new(
+                    ErrorCode::Forbidden,
+                    format!("token has no string claim {name:?}"),
+                )
+            })?;
+            validate_id(value).map_err(|e| {
+                ClientError::new(ErrorCode::Forbidden, format!("claim {name:?}: {e}"))
+            })?;
+            Ok(value.to_owned())
+        };
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| ClientError::new(ErrorCode::TokenInvalid, "token has no exp claim"))?;
+        Ok(Identity {
+            user: id_claim(&self.claims.user)?,
+            tenant: id_claim(&self.claims.tenant)?,
+            projects: scope(claims, &self.claims.projects)?,
+            channels: scope(claims, &self.claims.channels)?,
+            exp,
+        })
+    }
+
+    /// In `--dev` mode, a token for user `demo-user` of tenant `demo` with every project and
+    /// channel, valid for `ttl`.
+    pub fn mint_dev_token(&self, ttl: Duration) -> Option<String> {
+        let secret = self.dev_secret.as_ref()?;
+        let exp = jsonwebtoken::get_current_timestamp() + ttl.as_secs();
+        let claims = serde_json::json!({
+            &self.claims.user: "demo-user",
+            &self.claims.tenant: "demo",
+            &self.claims.projects: ["*"],
+            &self.claims.channels: ["*"],
+            "exp": exp,
+        });
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.expose().as_bytes()),
+        )
+        .ok()
+    }
+}
+
+fn scope(claims: &Map<String, Value>, name: &str) -> Result<Scope, ClientError> {
+    let bad = || {
+        ClientError::new(
+            ErrorCode::Forbidden,
+            format!("claim {name:?} must be an array of ids"),
+        )
+    };
+    let Some(value) = claims.get(name) else {
+        return Ok(Scope::Only(Vec::new()));
+    };
+    let items = value.as_array().ok_or_else(bad)?;
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        let id = item.as_str().ok_or_else(bad)?;
+        if id == "*" {
+            return Ok(Scope::All);
+        }
+        // An invalid id could never name a room; dropping it is safer than refusing the user.
+        if validate_id(id).is_ok() {
+            ids.push(id.to_owned());
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(Scope::Only(ids))
+}
+
+fn read_file(option: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    fs::read(path)
+        .map_err(|e| ConfigError::new(option, format!("cannot read {}: {e}", path.display())))
+}
+
+fn hmac_keys(option: &'static str, secret: &[u8]) -> Result<Keys, ConfigError> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(ConfigError::new(
+            option,
+            format!(
+                "secret is {} bytes; use at least {MIN_SECRET_LEN} (e.g. `openssl rand -hex 32`)",
+                secret.len()
+            ),
+        ));
+    }
+    Ok(Keys::Single(
+        DecodingKey::from_secret(secret),
+        vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+    ))
+}
+
+fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
+    const OPTION: &str = "ROOMCAST_JWT_PUBLIC_KEY_FILE";
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        let algs = vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ];
+        return Ok(Keys::Single(key, algs));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok(Keys::Single(key, vec![Algorithm::ES256, Algorithm::ES384]));
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+        return Ok(Keys::Single(key, vec![Algorithm::EdDSA]));
+    }
+    Err(ConfigError::new(
+        OPTION,
+        "not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key",
+    ))
+}
+
+fn jwks_keys(raw: &[u8]) -> Result<Keys, ConfigError> {
+    const OPTION: &str = "ROOMCAST_JWKS_FILE";
+    let set: JwkSet = serde_json::from_slice(raw).map_err(|e| {
+        ConfigError::new(
+            OPTION,
+            format!("not a JWKS document ({{\"keys\": [...]}}): {e}"),
+        )
+    })?;
+    let mut map = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        let kid = jwk.common.key_id.clone().ok_or_else(|| {
+            ConfigError::new(
+                OPTION,
+                format!("key #{i} has no \"kid\"; every key needs one to be selectable"),
+            )
+        })?;
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| ConfigError::new(OPTION, format!("key {kid:?}: {e}")))?;
+        let algs = match jwk.common.key_algorithm {
+            Some(alg) => vec![Algorithm::try_from(alg).map_err(|_| {
+                ConfigError::new(OPTION, format!("key {kid:?}: unsupported \"alg\""))
+            })?],
+            None => key.family().algorithms().to_vec(),
+        };
+        if map.insert(kid.clone(), (key, algs)).is_some() {
+            return Err(ConfigError::new(
+                OPTION,
+                format!("two keys share kid {kid:?}"),
+            ));
+        }
+    }
+    if map.is_empty() {
+        return Err(ConfigError::new(OPTION, "the JWKS holds no keys"));
+    }
+    Ok(Keys::ByKid(map))
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::fmt::Write;
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    buf.iter()
+        .fold(String::with_capacity(bytes * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Finds a connection's token: handshake `auth.token`, then `Authorization: Bearer`, then the
+/// `token` query parameter. A present but unusable `auth.token` is an error rather than a
+/// reason to look further, so a client bug is reported instead of masked.
+pub fn find_token(
+    auth: Option<&Value>,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<String, ClientError> {
+    if let Some(token) = auth.and_then(|a| a.get("token")) {
+        return match token.as_str() {
+            Some(t) if !t.is_empty() => Ok(t.to_owned()),
+            _ => Err(ClientError::new(
+                ErrorCode::TokenInvalid,
+                "auth.token must be a non-empty string",
+            )),
+        };
+    }
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default();
+        let mut parts = value.splitn(2, ' ');
+        return match (parts.next(), parts.next()) {
+            (Some(scheme), Some(t))
+                if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() =>
+            {
+                Ok(t.trim().to_owned())
+            }
+            _ => Err(ClientError::new(
+                ErrorCode::TokenInvalid,
+                "Authorization header must be `Bearer <token>`",
+            )),
+        };
+    }
+    if let Some(query) = uri.query() {
+        for pair in query.split('&') {
+            if let Some(raw) = pair.strip_prefix("token=") {
+                return percent_decode(raw)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        ClientError::new(
+                            ErrorCode::TokenInvalid,
+                            "token query parameter is malformed",
+                        )
+                    });
+            }
+        }
+    }
+    Err(ClientError::new(
+        ErrorCode::TokenMissing,
+        "no token: send it as auth.token, an Authorization: Bearer header or a token query parameter",
+    ))
+}
+
+/// Decodes `%XX` escapes and `+`; `None` for broken escapes or non-UTF-8 results.
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = raw.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier(args: &[&str]) -> Verifier {
+        use clap::Parser;
+        let mut all = vec!["roomcast-gateway", "--jwt-secret", SECRET];
+        all.extend_from_slice(args);
+        Verifier::from_config(&Config::try_parse_from(all).unwrap()).unwrap()
+    }
+
+    fn token(claims: Value) -> String {
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn exp_in(secs: i64) -> i64 {
+        jsonwebtoken::get_current_timestamp() as i64 + secs
+    }
+
+    #[test]
+    fn claims_become_an_identity() {
+        let id = verifier(&[])
+            .verify(&token(json!({"sub": "u1", "tenant": "t1", "projects": ["p2", "p1"], "channels": ["*"], "exp": exp_in(60)})))
+            .unwrap();
+        assert_eq!((id.tenant.as_str(), id.user.as_str()), ("t1", "u1"));
+        assert!(id.projects.allows("p1") && id.projects.allows("p2") && !id.projects.allows("p3"));
+        assert_eq!(id.channels, Scope::All);
+    }
+
+    #[test]
+    fn rejection_codes() {
+        let v = verifier(&["--jwt-leeway", "0s"]);
+        let code = |claims: Value| v.verify(&token(claims)).unwrap_err().code;
+        assert_eq!(
+            code(json!({"sub": "u", "tenant": "t", "exp": exp_in(-10)})),
+            ErrorCode::TokenExpired
+        );
+        assert_eq!(
+            code(json!({"sub": "u", "tenant": "t"})),
+            ErrorCode::TokenInvalid
+        );
+        assert_eq!(
+            code(json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "nbf": exp_in(60)})),
+            ErrorCode::TokenInvalid
+        );
+        assert_eq!(
+            code(json!({"sub": "u", "exp": exp_in(60)})),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(json!({"sub": "u", "tenant": "a:b", "exp": exp_in(60)})),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(json!({"sub": "u", "tenant": "t", "projects": "p1", "exp": exp_in(60)})),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            v.verify("not.a.jwt").unwrap_err().code,
+            ErrorCode::TokenInvalid
+        );
+        let other = jsonwebtoken::encode(
+            &Header::default(),
+            &json!({"sub": "u", "tenant": "t", "exp": exp_in(60)}),
+            &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&other).unwrap_err().code, ErrorCode::TokenInvalid);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_enforced_when_configured() {
+        let v = verifier(&["--jwt-issuer", "https://idp", "--jwt-audience", "roomcast"]);
+        let ok = json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://idp", "aud": "roomcast"});
+        assert!(v.verify(&token(ok)).is_ok());
+        for bad in [
+            json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://evil", "aud": "roomcast"}),
+            json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "aud": "roomcast"}),
+            json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://idp", "aud": "other"}),
+        ] {
+            assert_eq!(
+                v.verify(&token(bad)).unwrap_err().code,
+                ErrorCode::TokenInvalid
+            );
+        }
+    }
+
+    #[test]
+    fn custom_claim_names() {
+        let v = verifier(&[
+            "--jwt-user-claim",
+            "uid",
+            "--jwt-tenant-claim",
+            "org",
+            "--jwt-projects-claim",
+            "prj",
+        ]);
+        let id = v
+            .verify(&token(
+                json!({"uid": "u9", "org": "o1", "prj": ["x"], "exp": exp_in(60)}),
+            ))
+            .unwrap();
+        assert_eq!((id.user.as_str(), id.tenant.as_str()), ("u9", "o1"));
+        assert!(id.projects.allows("x"));
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        use clap::Parser;
+        let config = Config::try_parse_from(["roomcast-gateway", "--jwt-secret", "short"]).unwrap();
+        let err = Verifier::from_config(&config).unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_JWT_SECRET");
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, "Bearer from-header".parse().unwrap());
+        let uri: Uri = "/socket.io/?EIO=4&token=from%2Dquery".parse().unwrap();
+        let auth = json!({"token": "from-auth"});
+        assert_eq!(
+            find_token(Some(&auth), &headers, &uri).unwrap(),
+            "from-auth"
+        );
+        assert_eq!(find_token(None, &headers, &uri).unwrap(), "from-header");
+        assert_eq!(
+            find_token(None, &HeaderMap::new(), &uri).unwrap(),
+            "from-query"
+        );
+        let none: Uri = "/socket.io/?EIO=4".parse().unwrap();
+        assert_eq!(
+            find_token(None, &HeaderMap::new(), &none).unwrap_err().code,
+            ErrorCode::TokenMissing
+        );
+        assert_eq!(
+            find_token(Some(&json!({"token": 42})), &headers, &uri)
+                .unwrap_err()
+                .code,
+            ErrorCode::TokenInvalid
+        );
+        let bad_query: Uri = "/socket.io/?token=%zz".parse().unwrap();
+        assert_eq!(
+            find_token(None, &HeaderMap::new(), &bad_query)
+                .unwrap_err()
+                .code,
+            ErrorCode::TokenInvalid
+        );
+    }
+}

@@ -1,0 +1,429 @@
+//! Configuration: one clap struct, every option a flag, an environment variable and a doc line.
+//!
+//! `roomcast-gateway --help` is the reference; a test keeps the README's table listing the
+//! same environment variables. [`Config::validate`] turns option combinations that cannot work into one
+//! [`ConfigError`] naming the option, so a misconfigured replica stops at startup instead of
+//! failing on its first connection.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use axum::http::HeaderValue;
+use clap::{Parser, ValueEnum};
+
+/// Shortest HMAC secret accepted, in bytes. RFC 7518 §3.2 requires a key at least as long as
+/// the hash output for HS256; a shorter one is brute-forceable offline from any captured token.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// The gateway's configuration.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "roomcast-gateway",
+    version,
+    about = "Roomcast: a horizontally scaled Socket.IO gateway with JWT auth and tenant rooms.",
+    after_help = "Every option can also be set through the environment variable shown beside it."
+)]
+pub struct Config {
+    /// Address for Socket.IO (path /socket.io) and the public HTTP API.
+    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:3000")]
+    pub listen: SocketAddr,
+
+    /// Address for the operator endpoints: /healthz, /readyz and /metrics.
+    #[arg(long, env = "ROOMCAST_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+
+    /// HMAC secret (HS256/HS384/HS512) that signs client tokens; at least 32 bytes.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// File holding the HMAC secret (trailing newline ignored); for mounted secrets.
+    #[arg(long, env = "ROOMCAST_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519) that verifies RS*/PS*/ES*/EdDSA tokens.
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWKS file ({"keys":[...]}); a token's `kid` header selects the key, so keys can rotate.
+    #[arg(long, env = "ROOMCAST_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Accepted `iss` values (comma-separated); when set, tokens must carry one of them.
+    #[arg(long, env = "ROOMCAST_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Vec<String>,
+
+    /// Accepted `aud` values (comma-separated); when set, tokens must carry one of them.
+    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "ROOMCAST_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Claim holding the user id.
+    #[arg(long, env = "ROOMCAST_JWT_USER_CLAIM", default_value = "sub")]
+    pub jwt_user_claim: String,
+
+    /// Claim holding the tenant id.
+    #[arg(long, env = "ROOMCAST_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+
+    /// Claim listing the project ids the user may join; "*" means all of the tenant's.
+    #[arg(long, env = "ROOMCAST_JWT_PROJECTS_CLAIM", default_value = "projects")]
+    pub jwt_projects_claim: String,
+
+    /// Claim listing the channel ids the user may join; "*" means all of the tenant's.
+    #[arg(long, env = "ROOMCAST_JWT_CHANNELS_CLAIM", default_value = "channels")]
+    pub jwt_channels_claim: String,
+
+    /// How long before its token's `exp` a socket receives `auth:expiring`.
+    #[arg(long, env = "ROOMCAST_AUTH_EXPIRING_NOTICE", default_value = "60s", value_parser = parse_duration)]
+    pub auth_expiring_notice: Duration,
+
+    /// Most project and channel rooms one socket may be in at once.
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_SOCKET", default_value_t = 100)]
+    pub max_rooms_per_socket: u32,
+
+    /// Largest Engine.IO payload a client may send, in bytes (handshake auth included).
+    #[arg(long, env = "ROOMCAST_MAX_PAYLOAD", default_value_t = 65_536)]
+    pub max_payload: u64,
+
+    /// Interval between Engine.IO pings.
+    #[arg(long, env = "ROOMCAST_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// How long a client has to answer a ping before it is disconnected.
+    #[arg(long, env = "ROOMCAST_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub ping_timeout: Duration,
+
+    /// Browser origins allowed to connect (comma-separated, e.g. https://app.example.com), or *.
+    /// With a list, other origins get 403 (WebSocket included). Unset: no CORS headers and no
+    /// Origin check (* under --dev).
+    #[arg(long, env = "ROOMCAST_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Log output format.
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `roomcast_gateway=debug`). The
+    /// Socket.IO, WebSocket and Redis libraries never log below INFO: their packet dumps hold tokens.
+    #[arg(long, env = "ROOMCAST_LOG", default_value = "info")]
+    pub log: String,
+
+    /// After SIGTERM/SIGINT: how long to keep serving, unready, so load balancers stop routing here.
+    #[arg(long, env = "ROOMCAST_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After SIGTERM/SIGINT: the most the process takes to exit, drain delay included.
+    #[arg(long, env = "ROOMCAST_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Try-it-out mode: without a configured key, generate an HS256 secret and print a demo token.
+    #[arg(long, env = "ROOMCAST_DEV")]
+    pub dev: bool,
+}
+
+/// Output format of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A secret from the environment or the command line; never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself. Callers must not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A configuration that cannot work, naming the option to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {option}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (and so the option) at fault.
+    pub option: &'static str,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(option: &'static str, message: impl Into<String>) -> Self {
+        ConfigError {
+            option,
+            message: message.into(),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+/// Where the token-verification key comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum KeySource<'a> {
+    Secret(&'a Secret),
+    SecretFile(&'a PathBuf),
+    PublicKeyFile(&'a PathBuf),
+    JwksFile(&'a PathBuf),
+    /// `--dev` without a key: the gateway generates one.
+    DevGenerated,
+}
+
+impl Config {
+    /// Parses the command line and environment; exits with clap's usage message on bad syntax.
+    pub fn from_env_and_args() -> Self {
+        Config::parse()
+    }
+
+    /// A configuration with every default, for tests and embedding: listens on loopback port 0.
+    pub fn for_tests(jwt_secret: &str) -> Self {
+        let mut config = Config::parse_from(["roomcast-gateway"]);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.jwt_secret = Some(Secret(jwt_secret.to_owned()));
+        config
+    }
+
+    /// Checks the option combinations; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.key_source()?;
+        if self.max_rooms_per_socket == 0 {
+            return Err(ConfigError::new(
+                "ROOMCAST_MAX_ROOMS_PER_SOCKET",
+                "must be at least 1",
+            ));
+        }
+        if self.max_payload < 1024 {
+            return Err(ConfigError::new(
+                "ROOMCAST_MAX_PAYLOAD",
+                "must be at least 1024 bytes (a handshake with a token must fit)",
+            ));
+        }
+        if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "ROOMCAST_PING_INTERVAL",
+                "ping interval and timeout must be above zero",
+            ));
+        }
+        if self.drain_delay >= self.shutdown_timeout {
+            return Err(ConfigError::new(
+                "ROOMCAST_DRAIN_DELAY",
+                format!(
+                    "drain delay ({}) must be shorter than ROOMCAST_SHUTDOWN_TIMEOUT ({}) or clients are never told to move",
+                    humantime::format_duration(self.drain_delay),
+                    humantime::format_duration(self.shutdown_timeout)
+                ),
+            ));
+        }
+        for claim in [
+            ("ROOMCAST_JWT_USER_CLAIM", &self.jwt_user_claim),
+            ("ROOMCAST_JWT_TENANT_CLAIM", &self.jwt_tenant_claim),
+            ("ROOMCAST_JWT_PROJECTS_CLAIM", &self.jwt_projects_claim),
+            ("ROOMCAST_JWT_CHANNELS_CLAIM", &self.jwt_channels_claim),
+        ] {
+            if claim.1.is_empty() {
+                return Err(ConfigError::new(claim.0, "claim name must not be empty"));
+            }
+        }
+        self.cors_allow_list()?;
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(ConfigError::new(
+                "ROOMCAST_LOG",
+                format!("not a valid log filter: {:?}", self.log),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The single configured source of verification keys.
+    pub(crate) fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
+        let mut sources = Vec::new();
+        if let Some(s) = &self.jwt_secret {
+            sources.push(("ROOMCAST_JWT_SECRET", KeySource::Secret(s)));
+        }
+        if let Some(p) = &self.jwt_secret_file {
+            sources.push(("ROOMCAST_JWT_SECRET_FILE", KeySource::SecretFile(p)));
+        }
+        if let Some(p) = &self.jwt_public_key_file {
+            sources.push(("ROOMCAST_JWT_PUBLIC_KEY_FILE", KeySource::PublicKeyFile(p)));
+        }
+        if let Some(p) = &self.jwks_file {
+            sources.push(("ROOMCAST_JWKS_FILE", KeySource::JwksFile(p)));
+        }
+        match sources.len() {
+            0 if self.dev => Ok(KeySource::DevGenerated),
+            0 => Err(ConfigError::new(
+                "ROOMCAST_JWT_SECRET",
+                "no token key configured: set one of ROOMCAST_JWT_SECRET, ROOMCAST_JWT_SECRET_FILE, \
+                 ROOMCAST_JWT_PUBLIC_KEY_FILE or ROOMCAST_JWKS_FILE, or pass --dev to try Roomcast out",
+            )),
+            1 => {
+                let (name, source) = sources.remove(0);
+                if self.dev && !matches!(source, KeySource::Secret(_) | KeySource::SecretFile(_)) {
+                    return Err(ConfigError::new(
+                        name,
+                        "--dev mints its demo token with an HMAC secret: unset this option or drop --dev",
+                    ));
+                }
+                Ok(source)
+            }
+            _ => {
+                let names: Vec<_> = sources.iter().map(|(n, _)| *n).collect();
+                Err(ConfigError::new(
+                    names[0],
+                    format!("conflicting options: set only one of {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
+    /// Allowed browser origins: `None` means any origin (`*`), an empty list means none.
+    pub(crate) fn cors_allow_list(&self) -> Result<Option<Vec<HeaderValue>>, ConfigError> {
+        let origins: Vec<&str> = self
+            .cors_origins
+            .iter()
+            .map(|o| o.trim())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.contains(&"*") {
+            if origins.len() > 1 {
+                return Err(ConfigError::new(
+                    "ROOMCAST_CORS_ORIGINS",
+                    "\"*\" cannot be combined with other origins",
+                ));
+            }
+            return Ok(None);
+        }
+        origins
+            .into_iter()
+            .map(|o| {
+                let valid_shape = (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.trim_end_matches('/').contains(['?', '#'])
+                    && o.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                if !valid_shape {
+                    return Err(ConfigError::new(
+                        "ROOMCAST_CORS_ORIGINS",
+                        format!("{o:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com"),
+                    ));
+                }
+                HeaderValue::from_str(o).map_err(|_| ConfigError::new("ROOMCAST_CORS_ORIGINS", format!("{o:?} is not a valid header value")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["roomcast-gateway"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).expect("parses")
+    }
+
+    #[test]
+    fn no_key_refuses_to_start_and_says_what_to_set() {
+        let err = parse(&[]).validate().unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_JWT_SECRET");
+        assert!(
+            err.message.contains("ROOMCAST_JWKS_FILE") && err.message.contains("--dev"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dev_without_key_is_valid() {
+        assert!(parse(&["--dev"]).validate().is_ok());
+    }
+
+    #[test]
+    fn two_key_sources_conflict() {
+        let err = parse(&["--jwt-secret", &"s".repeat(40), "--jwks-file", "/x.json"])
+            .validate()
+            .unwrap_err();
+        assert!(err.message.contains("conflicting options"), "{err}");
+        assert!(err.message.contains("ROOMCAST_JWKS_FILE"), "{err}");
+    }
+
+    #[test]
+    fn dev_with_public_key_is_refused() {
+        let err = parse(&["--dev", "--jwt-public-key-file", "/k.pem"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_JWT_PUBLIC_KEY_FILE");
+    }
+
+    #[test]
+    fn drain_must_fit_in_shutdown() {
+        let err = parse(&["--dev", "--drain-delay", "30s", "--shutdown-timeout", "10s"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_DRAIN_DELAY");
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert!(
+            parse(&[
+                "--dev",
+                "--cors-origins",
+                "https://a.example,http://localhost:5173"
+            ])
+            .validate()
+            .is_ok()
+        );
+        assert_eq!(
+            parse(&["--dev", "--cors-origins", "*"])
+                .cors_allow_list()
+                .unwrap(),
+            None
+        );
+        for bad in [
+            "example.com",
+            "https://a.example/path",
+            "*,https://a.example",
+        ] {
+            let err = parse(&["--dev", "--cors-origins", bad])
+                .validate()
+                .unwrap_err();
+            assert_eq!(err.option, "ROOMCAST_CORS_ORIGINS", "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_and_log_filters_are_refused() {
+        assert!(Config::try_parse_from(["roomcast-gateway", "--jwt-leeway", "soon"]).is_err());
+        let err = parse(&["--dev", "--log", "info,[["])
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_LOG");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config = parse(&["--jwt-secret", "super-secret-value-that-is-long-enough"]);
+        assert!(!format!("{config:?}").contains("super-secret"));
+    }
+}

@@ -1,0 +1,223 @@
+//! Per-connection state, kept in the socket's extensions.
+
+use std::sync::{
+    Arc, Mutex, OnceLock, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{auth::Identity, errors::DisconnectReason};
+
+/// What the gateway remembers about one socket.
+#[derive(Debug)]
+pub struct Conn {
+    /// Replaced on `auth:refresh`; readers clone the `Arc`, so a refresh never blocks them.
+    identity: RwLock<Arc<Identity>>,
+    /// Orders this socket's operations (see [`Turns`]).
+    pub turns: Turns,
+    /// The token-expiry deadlines currently scheduled for this socket, so a refresh or a
+    /// disconnect can unschedule exactly them.
+    pub deadlines: Mutex<Option<ExpiryDeadlines>>,
+    /// Set when the server ends the connection, so the disconnect handler can count the
+    /// disconnect under its real reason.
+    closing: OnceLock<DisconnectReason>,
+}
+
+/// The two token-lifetime deadlines of one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryDeadlines {
+    /// When `auth:expiring` is emitted.
+    pub notice: Instant,
+    /// When the socket is disconnected with `token_expired`.
+    pub expire: Instant,
+}
+
+impl Conn {
+    /// State for a socket that authenticated as `identity`.
+    pub fn new(identity: Identity) -> Self {
+        Conn {
+            identity: RwLock::new(Arc::new(identity)),
+            turns: Turns::default(),
+            deadlines: Mutex::new(None),
+            closing: OnceLock::new(),
+        }
+    }
+
+    /// Records why the server is ending this connection (the first reason wins).
+    pub fn set_closing_reason(&self, reason: DisconnectReason) {
+        let _ = self.closing.set(reason);
+    }
+
+    /// Why the server ended this connection, if it did.
+    pub fn closing_reason(&self) -> Option<DisconnectReason> {
+        self.closing.get().copied()
+    }
+
+    /// The current identity.
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the identity after a successful token refresh.
+    pub fn set_identity(&self, identity: Identity) {
+        *self.identity.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(identity);
+    }
+}
+
+/// A ticket lock that runs a socket's operations in the order its packets arrived.
+///
+/// socketioxide spawns a task per incoming event, so without this a `join` followed at once
+/// by a `leave` may run in either order. Handlers take a ticket synchronously, while
+/// socketioxide is still reading packets in order, and wait for their turn before acting.
+#[derive(Debug, Default)]
+pub struct Turns {
+    next: AtomicU64,
+    serving: AtomicU64,
+    advanced: Notify,
+}
+
+/// A place in a socket's queue of operations; obtained in packet order.
+#[derive(Debug)]
+#[must_use = "a ticket that is never used blocks every later operation of the socket"]
+pub struct Ticket {
+    conn: Arc<Conn>,
+    number: u64,
+    /// Cleared once the ticket became a [`Turn`], which then owns the duty to advance.
+    armed: bool,
+}
+
+/// Held while an operation runs; the next one starts when it is dropped.
+#[derive(Debug)]
+pub struct Turn {
+    conn: Arc<Conn>,
+}
+
+impl Turns {
+    /// Operations that took a ticket and have not finished.
+    pub fn pending(&self) -> u64 {
+        self.next
+            .load(Ordering::Acquire)
+            .saturating_sub(self.serving.load(Ordering::Acquire))
+    }
+
+    /// Takes the next ticket. Call it synchronously, in packet-arrival order.
+    pub fn ticket(conn: &Arc<Conn>) -> Ticket {
+        let number = conn.turns.next.fetch_add(1, Ordering::AcqRel);
+        Ticket {
+            conn: conn.clone(),
+            number,
+            armed: true,
+        }
+    }
+}
+
+impl Ticket {
+    /// Waits until every earlier ticket's operation has finished.
+    pub async fn wait(mut self) -> Turn {
+        let turns = &self.conn.turns;
+        loop {
+            let advanced = turns.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            if turns.serving.load(Ordering::Acquire) == self.number {
+                break;
+            }
+            advanced.await;
+        }
+        self.armed = false;
+        Turn {
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    /// A ticket dropped before its turn (its task was cancelled) still has to pass the turn
+    /// on, or the socket would stall; it waits for its turn in a detached task to do so.
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let conn = self.conn.clone();
+        let number = self.number;
+        if conn.turns.serving.load(Ordering::Acquire) == number {
+            advance(&conn);
+        } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _turn = Ticket {
+                    conn,
+                    number,
+                    armed: true,
+                }
+                .wait()
+                .await;
+            });
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        advance(&self.conn);
+    }
+}
+
+fn advance(conn: &Conn) {
+    conn.turns.serving.fetch_add(1, Ordering::AcqRel);
+    conn.turns.advanced.notify_waiters();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scope;
+    use std::time::Duration;
+
+    fn conn() -> Arc<Conn> {
+        Arc::new(Conn::new(Identity {
+            tenant: "t".into(),
+            user: "u".into(),
+            projects: Scope::All,
+            channels: Scope::All,
+            exp: 0,
+        }))
+    }
+
+    #[tokio::test]
+    async fn operations_run_in_ticket_order_whatever_order_tasks_start() {
+        let c = conn();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let tickets: Vec<_> = (0..20).map(|_| Turns::ticket(&c)).collect();
+        let mut tasks = Vec::new();
+        // Start them in reverse, with the earliest ones slowest: order must still hold.
+        for (i, ticket) in tickets.into_iter().enumerate().rev() {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let _turn = ticket.wait().await;
+                tokio::time::sleep(Duration::from_millis(if i < 3 { 20 } else { 0 })).await;
+                log.lock().unwrap().push(i);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_ticket_does_not_stall_later_ones() {
+        let c = conn();
+        let first = Turns::ticket(&c);
+        let second = Turns::ticket(&c);
+        let third = Turns::ticket(&c);
+        drop(second);
+        drop(first.wait().await);
+        tokio::time::timeout(Duration::from_secs(5), third.wait())
+            .await
+            .expect("third ticket got its turn");
+    }
+}

@@ -1,0 +1,172 @@
+//! Client-visible error codes and disconnect reasons.
+//!
+//! Clients branch on these strings, so they are part of the public contract: a code is never
+//! renamed, only added. The README's error table lists the same codes (a test checks that it
+//! does). Where they appear:
+//!
+//! - `connect_error`: the Socket.IO error's `message` is the code (`err.message === "token_expired"`).
+//! - acks: `{ "ok": false, "error": { "code": "...", "message": "..." } }`.
+//! - `roomcast:disconnect`: `{ "code": "...", "message": "...", "reconnect": bool }`, emitted just
+//!   before the server ends a connection.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A stable, client-visible error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No token in `auth.token`, an `Authorization: Bearer` header or the `token` query parameter.
+    TokenMissing,
+    /// The token cannot be verified: malformed, bad signature, unknown `kid`, disallowed
+    /// algorithm, wrong `iss`/`aud`, not yet valid (`nbf`), or no `exp`.
+    TokenInvalid,
+    /// The token's `exp` has passed.
+    TokenExpired,
+    /// The token is genuine but does not grant this: no usable tenant/user claim at connect,
+    /// a room outside the token's projects/channels, or a refresh for another user.
+    Forbidden,
+    /// A project or channel id that is empty, too long or has characters outside the id set.
+    InvalidRoom,
+    /// The socket is already in the maximum number of project and channel rooms.
+    TooManyRooms,
+    /// The event's payload has the wrong shape: not an object, a missing or mistyped field.
+    InvalidPayload,
+    /// The event name is not one the gateway handles.
+    UnknownEvent,
+    /// The socket sent operations faster than they are applied; wait for acks before sending more.
+    RateLimited,
+    /// The gateway is shutting down; reconnect (to another replica).
+    ServerShutdown,
+    /// HTTP only: no endpoint at this path.
+    NotFound,
+}
+
+impl ErrorCode {
+    /// Every code, in the order of the README table.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::TokenMissing,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
+        ErrorCode::Forbidden,
+        ErrorCode::InvalidRoom,
+        ErrorCode::TooManyRooms,
+        ErrorCode::InvalidPayload,
+        ErrorCode::UnknownEvent,
+        ErrorCode::RateLimited,
+        ErrorCode::ServerShutdown,
+        ErrorCode::NotFound,
+    ];
+
+    /// The code as clients see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::TokenMissing => "token_missing",
+            ErrorCode::TokenInvalid => "token_invalid",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::UnknownEvent => "unknown_event",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ServerShutdown => "server_shutdown",
+            ErrorCode::NotFound => "not_found",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error a client receives in an ack: a stable code and a human explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ClientError {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people. Never contains a token or a secret.
+    pub message: String,
+}
+
+impl ClientError {
+    /// An error with `code` and an explanation.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ClientError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The ack payload carrying this error: `{ ok: false, error: { code, message } }`.
+    pub fn ack(&self) -> serde_json::Value {
+        serde_json::json!({ "ok": false, "error": self })
+    }
+}
+
+/// Why the server ended a connection, sent as `roomcast:disconnect` right before it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    /// The token expired without an `auth:refresh`. The client must get a new token before it
+    /// reconnects, so the server sends a Socket.IO disconnect and the client does not reconnect
+    /// on its own.
+    TokenExpired,
+    /// The replica is shutting down. The server closes the transport, so `socket.io-client`
+    /// reconnects by itself and the load balancer sends it to another replica.
+    ServerShutdown,
+}
+
+impl DisconnectReason {
+    /// The error code naming this reason.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            DisconnectReason::TokenExpired => ErrorCode::TokenExpired,
+            DisconnectReason::ServerShutdown => ErrorCode::ServerShutdown,
+        }
+    }
+
+    /// Whether the client should reconnect without user action.
+    pub fn reconnect(self) -> bool {
+        matches!(self, DisconnectReason::ServerShutdown)
+    }
+
+    /// The `roomcast:disconnect` payload.
+    pub fn payload(self) -> serde_json::Value {
+        let message = match self {
+            DisconnectReason::TokenExpired => "token expired; connect again with a fresh token",
+            DisconnectReason::ServerShutdown => "this replica is shutting down; reconnecting",
+        };
+        serde_json::json!({ "code": self.code(), "message": message, "reconnect": self.reconnect() })
+    }
+}
+
+/// Name of the event announcing a server-initiated disconnect.
+pub const DISCONNECT_EVENT: &str = "roomcast:disconnect";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_and_as_str_agree() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::Value::from(code.as_str())
+            );
+        }
+    }
+
+    #[test]
+    fn ack_shape() {
+        let ack = ClientError::new(ErrorCode::Forbidden, "no").ack();
+        assert_eq!(
+            ack,
+            serde_json::json!({"ok": false, "error": {"code": "forbidden", "message": "no"}})
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! Live sockets do not outlive their token: `auth:expiring` shortly before `exp`, then a
+//! disconnect with `token_expired` unless an `auth:refresh` moved `exp` on.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use socketioxide::{SocketIo, socket::Sid};
+use tokio::time::Instant;
+
+use crate::{
+    conn::{Conn, ExpiryDeadlines},
+    errors::DisconnectReason,
+    metrics, socket,
+    state::Shared,
+};
+
+/// Name of the event warning that the token is about to expire.
+pub const EXPIRING_EVENT: &str = "auth:expiring";
+
+/// Which of a socket's two deadlines came due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Emit `auth:expiring`.
+    Notice,
+    /// Disconnect with `token_expired`.
+    Expire,
+}
+
+fn now_unix() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The instant a token with `exp` stops being accepted: `exp` plus the leeway the verifier grants.
+fn expire_instant(gw: &Shared, exp: u64) -> Instant {
+    let deadline = Duration::from_secs(exp) + gw.verifier.leeway();
+    Instant::now() + deadline.saturating_sub(now_unix())
+}
+
+/// (Re)schedules `sid`'s deadlines for a token expiring at `exp` (seconds since the epoch).
+pub fn schedule(gw: &Shared, sid: Sid, conn: &Conn, exp: u64) {
+    let expire = expire_instant(gw, exp);
+    let notice = expire
+        .checked_sub(gw.config.auth_expiring_notice)
+        .unwrap_or(expire)
+        .max(Instant::now());
+    let new = ExpiryDeadlines { notice, expire };
+    let old = conn
+        .deadlines
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .replace(new);
+    if let Some(old) = old {
+        gw.expiry.remove(old.notice, &(sid, Phase::Notice));
+        gw.expiry.remove(old.expire, &(sid, Phase::Expire));
+    }
+    gw.expiry.insert(new.notice, (sid, Phase::Notice));
+    gw.expiry.insert(new.expire, (sid, Phase::Expire));
+}
+
+/// Drops `sid`'s deadlines (it disconnected).
+pub fn unschedule(gw: &Shared, sid: Sid, conn: &Conn) {
+    if let Some(old) = conn
+        .deadlines
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
+        gw.expiry.remove(old.notice, &(sid, Phase::Notice));
+        gw.expiry.remove(old.expire, &(sid, Phase::Expire));
+    }
+}
+
+/// Acts on deadlines as they come due. Runs for the gateway's lifetime.
+pub async fn run(gw: Shared, io: SocketIo) {
+    loop {
+        for (sid, phase) in gw.expiry.next_due().await {
+            let Some(socket) = io.get_socket(sid) else {
+                continue;
+            };
+            let Some(conn) = socket.extensions.get::<std::sync::Arc<Conn>>() else {
+                continue;
+            };
+            let exp = conn.identity().exp;
+            match phase {
+                Phase::Notice => {
+                    let expires_at_ms = exp.saturating_mul(1000);
+                    let in_ms = expires_at_ms.saturating_sub(now_unix().as_millis() as u64);
+                    if socket
+                        .emit(EXPIRING_EVENT, &json!({ "exp": exp, "expiresInMs": in_ms }))
+                        .is_ok()
+                    {
+                        metrics::emitted(EXPIRING_EVENT, 1);
+                    }
+                }
+                Phase::Expire => {
+                    // A refresh may have raced with this deadline coming due; trust the token.
+                    if expire_instant(&gw, exp) > Instant::now() {
+                        continue;
+                    }
+                    tracing::info!(sid = %sid, "token expired; disconnecting");
+                    socket::disconnect(socket, DisconnectReason::TokenExpired);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! HTTP: the operator endpoints on the admin listener, and the guard in front of Socket.IO on
+//! the public one.
+
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{errors::ErrorCode, state::Shared};
+
+/// Path Socket.IO is served on.
+pub const SOCKET_IO_PATH: &str = "/socket.io";
+
+/// Which browser origins may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// No allow-list configured: no CORS headers and no Origin check.
+    Unrestricted,
+    /// `*`: CORS for any origin.
+    Any,
+    /// Only these origins; requests from others are refused with 403.
+    List(Vec<HeaderValue>),
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz).with_state(gw))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+}
+
+async fn readyz(State(gw): State<Shared>) -> Response {
+    match gw.readiness() {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+/// Wraps the public router (Socket.IO included) in the origin guard, the drain guard and CORS.
+pub fn guard_public(router: Router, gw: Shared, origins: OriginPolicy) -> Router {
+    let router = router.layer(middleware::from_fn_with_state((gw, origins.clone()), guard));
+    let cors = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600));
+    match origins {
+        OriginPolicy::Unrestricted => router,
+        OriginPolicy::Any => router.layer(cors.allow_origin(AllowOrigin::any())),
+        OriginPolicy::List(list) => router.layer(cors.allow_origin(AllowOrigin::list(list))),
+    }
+}
+
+async fn guard(
+    State((gw, origins)): State<(Shared, OriginPolicy)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let (OriginPolicy::List(list), Some(origin)) = (&origins, req.headers().get(header::ORIGIN))
+        && !list.contains(origin)
+    {
+        return error(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "origin not allowed",
+        );
+    }
+    if gw.is_draining() && is_new_socket_io_session(&req) {
+        // Existing polling sessions carry their sid and keep working until they are closed.
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServerShutdown,
+            "replica is shutting down",
+        );
+    }
+    next.run(req).await
+}
+
+fn is_new_socket_io_session(req: &Request) -> bool {
+    req.uri().path().starts_with(SOCKET_IO_PATH)
+        && !req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|pair| pair.starts_with("sid="))
+}
+
+/// A JSON error response: `{ "error": { "code", "message" } }`.
+pub fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+/// The response for paths that exist on neither listener.
+pub async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
+}

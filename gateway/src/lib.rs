@@ -1,0 +1,246 @@
+//! Roomcast gateway: a Socket.IO server that authenticates connections with JWTs, keeps them in
+//! tenant-scoped rooms, and delivers events to them.
+//!
+//! [`Gateway::bind`] validates the [`Config`], loads keys and binds both listeners;
+//! [`Gateway::run`] serves until the `shutdown` future resolves, then drains. Tests drive the
+//! real thing this way on port 0; `main` only adds signal handling and the `--dev` banner.
+//!
+//! # Layout
+//! - [`config`]: the one clap struct; `--help` is the reference; `validate()`.
+//! - [`auth`]: finding a connection's token, verifying it, claims → [`auth::Identity`].
+//! - [`errors`]: client-visible error codes and disconnect reasons (the README table).
+//! - [`socket`]: the Socket.IO surface: connect middleware, client events, disconnect.
+//! - [`conn`]: per-socket state and the ticket lock that keeps a socket's operations in order.
+//! - [`rooms`]: join/leave authorization, local membership counts driving bus subscriptions.
+//! - [`bus`]: the [`bus::Bus`] trait between the socket layer and cross-replica delivery;
+//!   [`bus::memory`] is the single-node implementation.
+//! - [`expiry`]: `auth:expiring` and `token_expired` disconnects, on a [`timers::DeadlineQueue`].
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`; the origin and drain guard of the public listener.
+//! - [`metrics`]: every metric name and description.
+//! - [`shutdown`]: signals and the drain sequence.
+//! - [`logging`]: text or JSON logs.
+
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod conn;
+pub mod errors;
+pub mod expiry;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod rooms;
+pub mod shutdown;
+pub mod socket;
+pub mod state;
+pub mod timers;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::Router;
+use socketioxide::{ParserConfig, SocketIo};
+use tokio::{net::TcpListener, sync::watch, time::Instant};
+
+pub use config::{Config, ConfigError};
+
+use crate::{
+    auth::Verifier,
+    bus::{Bus, memory::MemoryBus},
+    http::OriginPolicy,
+    rooms::Membership,
+    state::{GatewayState, Shared},
+};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("invalid configuration: {option}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The option naming the address.
+        option: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// A gateway whose listeners are bound; [`Gateway::run`] serves them.
+#[derive(Debug)]
+pub struct Gateway {
+    state: Shared,
+    io: SocketIo,
+    public: (TcpListener, Router),
+    admin: (TcpListener, Router),
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl Gateway {
+    /// Validates `config`, loads the keys, builds the Socket.IO server and binds both listeners.
+    pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        config.validate()?;
+        let verifier = Verifier::from_config(&config)?;
+        let mut origins = match config.cors_allow_list()? {
+            None => OriginPolicy::Any,
+            Some(list) if list.is_empty() => OriginPolicy::Unrestricted,
+            Some(list) => OriginPolicy::List(list),
+        };
+        if config.dev && origins == OriginPolicy::Unrestricted {
+            // Trying Roomcast from a page on another port should just work in --dev.
+            origins = OriginPolicy::Any;
+        }
+        let metrics = metrics::install();
+        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+        tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
+
+        let state: Shared = Arc::new(GatewayState {
+            membership: Membership::new(bus.clone()),
+            bus,
+            verifier,
+            expiry: Default::default(),
+            draining: Default::default(),
+            config,
+        });
+        let config = &state.config;
+        let (layer, io) = SocketIo::builder()
+            .req_path(http::SOCKET_IO_PATH)
+            .ping_interval(config.ping_interval)
+            .ping_timeout(config.ping_timeout)
+            .max_payload(config.max_payload)
+            // engineioxide applies max_payload to polling only; without these a WebSocket
+            // client could send 64 MiB messages.
+            .ws_max_message_size(config.max_payload as usize)
+            .ws_max_frame_size(config.max_payload as usize)
+            .with_parser(
+                ParserConfig::common()
+                    .max_incoming_binaries(8)
+                    .max_incoming_binary_buf_size(config.max_payload as usize)
+                    .packet_completion_timeout(Duration::from_secs(10)),
+            )
+            .with_state(state.clone())
+            .build_layer();
+        socket::register(&io);
+
+        // The Socket.IO layer is applied exactly once: every `Layer::layer` call builds a new
+        // Engine.IO instance with its own session table, and `Router::layer` would apply it to
+        // each endpoint, so a polling GET and the POST that follows would land in different
+        // engines ("Session ID unknown").
+        let socket_io = tower::Layer::layer(&layer, Router::new().fallback(http::not_found));
+        let public_router = http::guard_public(
+            Router::new().fallback_service(socket_io),
+            state.clone(),
+            origins,
+        );
+        let admin_router =
+            http::admin_router(state.clone(), metrics.clone()).fallback(http::not_found);
+        let public = bind(config.listen, "ROOMCAST_LISTEN").await?;
+        let admin = bind(config.admin_listen, "ROOMCAST_ADMIN_LISTEN").await?;
+        let gateway = Gateway {
+            state,
+            io,
+            public: (public, public_router),
+            admin: (admin, admin_router),
+            metrics,
+        };
+        tracing::info!(public = %gateway.public_addr(), admin = %gateway.admin_addr(), "listening");
+        Ok(gateway)
+    }
+
+    /// The bound public address (Socket.IO and the public API).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .0
+            .local_addr()
+            .unwrap_or(self.state.config.listen)
+    }
+
+    /// The bound admin address (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .0
+            .local_addr()
+            .unwrap_or(self.state.config.admin_listen)
+    }
+
+    /// In `--dev` mode, a demo token valid for `ttl`.
+    pub fn dev_token(&self, ttl: Duration) -> Option<String> {
+        self.state.verifier.mint_dev_token(ttl)
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see [`shutdown::drain`]) and returns
+    /// within the configured shutdown timeout.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let Gateway {
+            state,
+            io,
+            public,
+            admin,
+            metrics,
+        } = self;
+        let expiry = tokio::spawn(expiry::run(state.clone(), io.clone()));
+        let upkeep = tokio::spawn(async move {
+            // Histograms are only compacted on upkeep; without it they grow.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let serve = |(listener, router): (TcpListener, Router), mut stop: watch::Receiver<bool>| {
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        };
+        let public_server = serve(public, stop_rx.clone());
+        let admin_server = serve(admin, stop_rx);
+
+        shutdown.await;
+        let deadline = Instant::now() + state.config.shutdown_timeout;
+        shutdown::drain(&state, &io, deadline).await;
+        let _ = stop_tx.send(true);
+        let servers = async {
+            let _ = public_server.await;
+            let _ = admin_server.await;
+        };
+        if tokio::time::timeout(shutdown::remaining(deadline), servers)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown timeout reached with HTTP connections still open; exiting anyway"
+            );
+        }
+        expiry.abort();
+        upkeep.abort();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, option: &'static str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            option,
+            addr,
+            source,
+        })
+}
+
+/// Binds and serves `config` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    Gateway::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,77 @@
+//! `roomcast-gateway`: parse the configuration, set up logging, run until SIGTERM/SIGINT.
+
+use std::{process::ExitCode, time::Duration};
+
+use roomcast_gateway::{Config, Gateway, logging, shutdown};
+
+fn main() -> ExitCode {
+    let config = Config::from_env_and_args();
+    if let Err(e) = config.validate() {
+        eprintln!("roomcast-gateway: {e}");
+        return ExitCode::from(2);
+    }
+    logging::init(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("roomcast-gateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let dev = config.dev;
+        let gateway = match Gateway::bind(config).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("roomcast-gateway: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if dev {
+            print_dev_banner(&gateway);
+        }
+        match gateway.run(shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("roomcast-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn print_dev_banner(gateway: &Gateway) {
+    let ttl = Duration::from_secs(24 * 3600);
+    let Some(token) = gateway.dev_token(ttl) else {
+        return;
+    };
+    let port = gateway.public_addr().port();
+    let admin = gateway.admin_addr().port();
+    println!(
+        r#"
+Roomcast is running in --dev mode: a random signing secret was generated for this run only.
+Never use --dev in production.
+
+  Socket.IO   http://localhost:{port}/socket.io
+  Metrics     http://localhost:{admin}/metrics
+
+Demo token (user "demo-user", tenant "demo", every project and channel, valid 24 h):
+
+  {token}
+
+From Node or a browser bundle (npm install socket.io-client):
+
+  import {{ io }} from "socket.io-client";
+  const socket = io("http://localhost:{port}", {{ auth: {{ token: "{token}" }} }});
+  socket.on("connect", () => socket.emit("join", {{ channel: "general" }}, (ack) => console.log(ack)));
+  socket.on("connect_error", (err) => console.error(err.message)); // e.g. "token_expired"
+
+Or look at the Engine.IO handshake with curl:
+
+  curl "http://localhost:{port}/socket.io/?EIO=4&transport=polling&token={token}"
+"#
+    );
+}

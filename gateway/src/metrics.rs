@@ -1,0 +1,141 @@
+//! Prometheus metrics: every name, its description and its labels in one place.
+//!
+//! Conventions: prefix `roomcast_`, base units, `_total` counters, `_seconds` histograms with
+//! explicit buckets. Labels are bounded enums (reason codes, room kinds, known event names):
+//! never a user, room or socket id, so a busy tenant cannot blow up the series count.
+
+use std::sync::OnceLock;
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use roomcast_publisher::RoomKind;
+
+use crate::errors::ErrorCode;
+
+/// Latency buckets (seconds) for every `_seconds` histogram: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls return the same handle) and describes
+/// every metric.
+///
+/// The recorder is global because the `metrics` macros are: several gateways in one process
+/// (as in tests) share their counters.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.install_recorder())
+                // Another recorder already installed (an embedding application's): render
+                // through a detached one so /metrics still answers, and say so.
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "a global metrics recorder already exists; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                });
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// `1`, labelled with the running version.
+pub const BUILD_INFO: &str = "roomcast_build_info";
+/// Currently connected sockets.
+pub const CONNECTIONS: &str = "roomcast_connections";
+/// Sockets that passed authentication.
+pub const CONNECTIONS_ACCEPTED: &str = "roomcast_connections_accepted_total";
+/// Connection attempts refused, by `reason` (an error code).
+pub const CONNECTIONS_REJECTED: &str = "roomcast_connections_rejected_total";
+/// Ended connections, by `reason`.
+pub const DISCONNECTS: &str = "roomcast_disconnects_total";
+/// Room joins, by room `kind`.
+pub const ROOM_JOINS: &str = "roomcast_room_joins_total";
+/// Room leaves, by room `kind` (disconnects included).
+pub const ROOM_LEAVES: &str = "roomcast_room_leaves_total";
+/// Rooms with at least one member on this replica.
+pub const LOCAL_ROOMS: &str = "roomcast_local_rooms";
+/// Events received from clients, by `event` (known names, else `other`) and `result` (`ok` or an error code).
+pub const EVENTS_RECEIVED: &str = "roomcast_client_events_total";
+/// Events emitted to clients (one per socket reached), by `event` family.
+pub const EVENTS_EMITTED: &str = "roomcast_events_emitted_total";
+/// Token refresh attempts, by `result`.
+pub const AUTH_REFRESHES: &str = "roomcast_auth_refreshes_total";
+
+fn describe() {
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label names the running build."
+    );
+    describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
+    describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connection attempts refused, by reason."
+    );
+    describe_counter!(DISCONNECTS, "Ended connections, by reason.");
+    describe_counter!(ROOM_JOINS, "Room joins, by room kind.");
+    describe_counter!(
+        ROOM_LEAVES,
+        "Room leaves, by room kind, disconnects included."
+    );
+    describe_gauge!(
+        LOCAL_ROOMS,
+        "Rooms with at least one member on this replica."
+    );
+    describe_counter!(
+        EVENTS_RECEIVED,
+        "Events received from clients, by event and result."
+    );
+    describe_counter!(
+        EVENTS_EMITTED,
+        "Events emitted to clients, one per socket reached, by event family."
+    );
+    describe_counter!(AUTH_REFRESHES, "auth:refresh attempts, by result.");
+}
+
+pub(crate) fn connection_accepted() {
+    counter!(CONNECTIONS_ACCEPTED).increment(1);
+    gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub(crate) fn connection_rejected(code: ErrorCode) {
+    counter!(CONNECTIONS_REJECTED, "reason" => code.as_str()).increment(1);
+}
+
+pub(crate) fn disconnected(reason: &'static str) {
+    counter!(DISCONNECTS, "reason" => reason).increment(1);
+    gauge!(CONNECTIONS).decrement(1.0);
+}
+
+pub(crate) fn room_joined(kind: RoomKind) {
+    counter!(ROOM_JOINS, "kind" => kind.as_str()).increment(1);
+}
+
+pub(crate) fn room_left(kind: RoomKind) {
+    counter!(ROOM_LEAVES, "kind" => kind.as_str()).increment(1);
+}
+
+pub(crate) fn local_rooms(count: usize) {
+    gauge!(LOCAL_ROOMS).set(count as f64);
+}
+
+pub(crate) fn client_event(event: &'static str, result: Result<(), ErrorCode>) {
+    let result = match result {
+        Ok(()) => "ok",
+        Err(code) => code.as_str(),
+    };
+    counter!(EVENTS_RECEIVED, "event" => event, "result" => result).increment(1);
+}
+
+pub(crate) fn emitted(event: &'static str, sockets: u64) {
+    counter!(EVENTS_EMITTED, "event" => event).increment(sockets);
+}
+
+pub(crate) fn auth_refresh(result: &'static str) {
+    counter!(AUTH_REFRESHES, "result" => result).increment(1);
+}

@@ -1,0 +1,261 @@
+//! Which rooms a socket is in: authorizing `join`/`leave`, and counting local members per room
+//! so the bus is subscribed exactly while a room has members on this replica.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+};
+
+use roomcast_publisher::{Room, RoomKind};
+use serde_json::Value;
+use socketioxide::extract::SocketRef;
+
+use crate::{
+    auth::Identity,
+    bus::{Bus, BusError},
+    errors::{ClientError, ErrorCode},
+    metrics,
+};
+
+/// Local members per room, and the bus subscriptions that follow from them.
+pub struct Membership {
+    /// Room name → number of local sockets in it. A std mutex: held only to update the
+    /// count and to *issue* the bus call, never across an await, which keeps the bus calls
+    /// for one room in the order the counts changed.
+    counts: Mutex<HashMap<String, u32>>,
+    bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("rooms", &self.room_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Membership {
+    /// A registry driving `bus`.
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Membership {
+            counts: Mutex::new(HashMap::new()),
+            bus,
+        }
+    }
+
+    /// A local socket entered `room`. Resolves once the bus delivers the room's events here.
+    pub fn enter(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        let subscribe = {
+            let mut counts = self.lock();
+            let count = counts.entry(room.to_owned()).or_insert(0);
+            *count += 1;
+            (*count == 1).then(|| self.bus.subscribe(room))
+        };
+        async move {
+            match subscribe {
+                Some(confirmed) => confirmed.await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// A local socket left `room`.
+    pub fn exit(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+        let unsubscribe = {
+            let mut counts = self.lock();
+            match counts.get_mut(room) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    None
+                }
+                Some(_) => {
+                    counts.remove(room);
+                    Some(self.bus.unsubscribe(room))
+                }
+                None => None,
+            }
+        };
+        async move {
+            match unsubscribe {
+                Some(confirmed) => confirmed.await,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Number of rooms with at least one local member.
+    pub fn room_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Local members of `room`.
+    pub fn members(&self, room: &str) -> u32 {
+        self.lock().get(room).copied().unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The room a `join`/`leave` payload names, authorized against `identity`.
+///
+/// The payload is `{ "project": "<id>" }` or `{ "channel": "<id>" }`. The tenant always comes
+/// from the token, so a client can never name a room of another tenant.
+pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, ClientError> {
+    let invalid = |msg: &str| ClientError::new(ErrorCode::InvalidPayload, msg);
+    let Some(obj) = payload.as_object() else {
+        return Err(invalid(
+            "payload must be an object: { project: \"<id>\" } or { channel: \"<id>\" }",
+        ));
+    };
+    let (kind, id) = match (obj.get("project"), obj.get("channel")) {
+        (Some(p), None) => (RoomKind::Project, p),
+        (None, Some(c)) => (RoomKind::Channel, c),
+        (Some(_), Some(_)) => return Err(invalid("name either a project or a channel, not both")),
+        (None, None) => {
+            return Err(invalid(
+                "payload needs a \"project\" or a \"channel\" field",
+            ));
+        }
+    };
+    let Some(id) = id.as_str() else {
+        return Err(invalid("the room id must be a string"));
+    };
+    let room = match kind {
+        RoomKind::Project => Room::project(&identity.tenant, id),
+        _ => Room::channel(&identity.tenant, id),
+    }
+    .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("{} id: {e}", kind.as_str())))?;
+    let allowed = match kind {
+        RoomKind::Project => identity.projects.allows(id),
+        _ => identity.channels.allows(id),
+    };
+    if !allowed {
+        return Err(ClientError::new(
+            ErrorCode::Forbidden,
+            format!("token does not grant {} {id:?}", kind.as_str()),
+        ));
+    }
+    Ok(room)
+}
+
+/// Number of project and channel rooms `socket` is in (the automatic tenant and user rooms
+/// do not count against the cap).
+pub fn explicit_room_count(socket: &SocketRef) -> usize {
+    socket
+        .rooms()
+        .iter()
+        .filter(|r| {
+            matches!(
+                Room::parse(r).map(|r| r.kind()),
+                Some(RoomKind::Project | RoomKind::Channel)
+            )
+        })
+        .count()
+}
+
+/// Puts `socket` in `room` (idempotent), subscribing the bus if it is the room's first local member.
+pub async fn join(
+    socket: &SocketRef,
+    membership: &Membership,
+    room: &Room,
+    max_rooms: u32,
+) -> Result<(), ClientError> {
+    let name = room.to_string();
+    if socket.rooms().iter().any(|r| *r == name) {
+        return Ok(());
+    }
+    if explicit_room_count(socket) >= max_rooms as usize {
+        return Err(ClientError::new(
+            ErrorCode::TooManyRooms,
+            format!(
+                "a socket may be in at most {max_rooms} project and channel rooms; leave one first"
+            ),
+        ));
+    }
+    let subscribed = membership.enter(&name);
+    socket.join(name);
+    metrics::room_joined(room.kind());
+    if let Err(e) = subscribed.await {
+        // The bus keeps the subscription as wanted and re-applies it when it recovers;
+        // local delivery works meanwhile, so the join itself stands.
+        tracing::warn!(error = %e, "room subscription not confirmed yet");
+    }
+    Ok(())
+}
+
+/// Takes `socket` out of `room` (idempotent), unsubscribing the bus if it was the last local member.
+pub async fn leave(socket: &SocketRef, membership: &Membership, room: &Room) {
+    let name = room.to_string();
+    if !socket.rooms().iter().any(|r| *r == name) {
+        return;
+    }
+    socket.leave(name.clone());
+    metrics::room_left(room.kind());
+    if let Err(e) = membership.exit(&name).await {
+        tracing::warn!(error = %e, "room unsubscription not confirmed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{auth::Scope, bus::memory::MemoryBus};
+    use serde_json::json;
+
+    fn identity() -> Identity {
+        Identity {
+            tenant: "t1".into(),
+            user: "u1".into(),
+            projects: Scope::Only(vec!["p1".into()]),
+            channels: Scope::All,
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn requests_are_validated_then_authorized() {
+        let id = identity();
+        let code = |v: Value| requested_room(&v, &id).unwrap_err().code;
+        assert_eq!(
+            requested_room(&json!({"project": "p1"}), &id)
+                .unwrap()
+                .to_string(),
+            "tenant:t1:project:p1"
+        );
+        assert_eq!(
+            requested_room(&json!({"channel": "any"}), &id)
+                .unwrap()
+                .to_string(),
+            "tenant:t1:channel:any"
+        );
+        assert_eq!(code(json!({"project": "p2"})), ErrorCode::Forbidden);
+        assert_eq!(code(json!({"project": "p1:x"})), ErrorCode::InvalidRoom);
+        assert_eq!(code(json!({"channel": ""})), ErrorCode::InvalidRoom);
+        assert_eq!(code(json!({"project": 7})), ErrorCode::InvalidPayload);
+        assert_eq!(
+            code(json!({"project": "p1", "channel": "c"})),
+            ErrorCode::InvalidPayload
+        );
+        assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!("p1")), ErrorCode::InvalidPayload);
+        assert_eq!(code(Value::Null), ErrorCode::InvalidPayload);
+    }
+
+    #[tokio::test]
+    async fn the_bus_is_subscribed_exactly_while_a_room_has_local_members() {
+        let bus = Arc::new(MemoryBus::new());
+        let m = Membership::new(bus.clone());
+        m.enter("r").await.unwrap();
+        m.enter("r").await.unwrap();
+        assert!(bus.is_subscribed("r"));
+        m.exit("r").await.unwrap();
+        assert!(bus.is_subscribed("r"), "one member is still here");
+        m.exit("r").await.unwrap();
+        assert!(!bus.is_subscribed("r"));
+        m.exit("r").await.unwrap();
+        assert_eq!((m.room_count(), bus.subscription_count()), (0, 0));
+    }
+}

@@ -1,0 +1,325 @@
+//! The Socket.IO surface: authentication at connect, the events a client may send, and
+//! cleanup at disconnect.
+//!
+//! Handlers are plain functions returning a future: their synchronous part runs while
+//! socketioxide reads packets in order, which is where each operation takes its [`Ticket`];
+//! the asynchronous part waits for its turn. A client's `join` then `leave` therefore always
+//! apply in that order, whatever the scheduler does with the spawned tasks.
+
+use std::{future::Future, sync::Arc};
+
+use serde_json::{Value, json};
+use socketioxide::{
+    extract::{AckSender, Event, SocketRef, State, TryData},
+    handler::ConnectHandler,
+    socket::DisconnectReason as SioReason,
+};
+use tracing::Instrument;
+
+use crate::{
+    auth::{self, Identity},
+    conn::{Conn, Turns},
+    errors::{ClientError, DISCONNECT_EVENT, DisconnectReason, ErrorCode},
+    expiry, metrics, rooms,
+    state::Shared,
+};
+use roomcast_publisher::Room;
+
+/// Most operations one socket may have waiting for their turn. A client that sends faster
+/// than the gateway can apply gets `rate_limited` instead of growing an unbounded queue.
+const MAX_PENDING_OPERATIONS: u64 = 32;
+
+/// Installs the handlers on the default namespace. Other namespaces are refused by
+/// socketioxide with `connect_error` "Invalid namespace".
+pub(crate) fn register(io: &socketioxide::SocketIo) {
+    io.ns("/", on_connect.with(authenticate));
+}
+
+/// The connect middleware: a socket that fails here gets a `connect_error` whose message is the
+/// error code, and never reaches [`on_connect`].
+async fn authenticate(
+    socket: SocketRef,
+    TryData(auth_payload): TryData<Value>,
+    State(gw): State<Shared>,
+) -> Result<(), ConnectRejection> {
+    let parts = socket.req_parts();
+    let verified = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
+        .and_then(|token| gw.verifier.verify(&token));
+    match verified {
+        Ok(identity) => {
+            socket.extensions.insert(Arc::new(Conn::new(identity)));
+            Ok(())
+        }
+        Err(e) => {
+            metrics::connection_rejected(e.code);
+            tracing::info!(sid = %socket.id, code = %e.code, reason = %e.message, "connection rejected");
+            Err(ConnectRejection(e.code))
+        }
+    }
+}
+
+/// A refused connection; its `Display` is the bare code, which becomes the client's
+/// `connect_error` message.
+#[derive(Debug)]
+struct ConnectRejection(ErrorCode);
+
+impl std::fmt::Display for ConnectRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+
+fn conn_of(socket: &SocketRef) -> Option<Arc<Conn>> {
+    socket.extensions.get::<Arc<Conn>>()
+}
+
+fn span(socket: &SocketRef, identity: &Identity) -> tracing::Span {
+    tracing::info_span!("conn", sid = %socket.id, tenant = %identity.tenant, user = %identity.user)
+}
+
+fn on_connect(socket: SocketRef, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
+    // Registered synchronously, before socketioxide reads the client's next packet: an event
+    // sent right after `connect` must find its handler.
+    socket.on_fallback(on_event);
+    socket.on_disconnect(on_disconnect);
+    let conn = conn_of(&socket);
+    // The first ticket: every later operation of this socket waits for the automatic joins.
+    let ticket = conn.as_ref().map(Turns::ticket);
+    metrics::connection_accepted();
+    async move {
+        let (Some(conn), Some(ticket)) = (conn, ticket) else {
+            tracing::error!(sid = %socket.id, "connected socket has no state; closing it");
+            let _ = socket.disconnect();
+            return;
+        };
+        let identity = conn.identity();
+        let span = span(&socket, &identity);
+        async {
+            let _turn = ticket.wait().await;
+            // The verifier only accepts valid ids, so both rooms always build.
+            let auto = [
+                Room::tenant(&identity.tenant),
+                Room::user(&identity.tenant, &identity.user),
+            ];
+            for room in auto.into_iter().flatten() {
+                let _ = rooms::join(&socket, &gw.membership, &room, u32::MAX).await;
+            }
+            metrics::local_rooms(gw.membership.room_count());
+            expiry::schedule(&gw, socket.id, &conn, identity.exp);
+            tracing::debug!(transport = ?socket.transport_type(), "connected");
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Every client event goes through here: one handler per socket keeps the per-socket state small,
+/// and gives unknown events an error ack instead of silence.
+fn on_event(
+    socket: SocketRef,
+    Event(event): Event,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    State(gw): State<Shared>,
+) -> impl Future<Output = ()> + Send {
+    let ticket = conn_of(&socket).and_then(|conn| {
+        let pending = conn.turns.pending();
+        (pending < MAX_PENDING_OPERATIONS).then(|| (Turns::ticket(&conn), conn))
+    });
+    async move {
+        let name = known_event(&event);
+        let Some((ticket, conn)) = ticket else {
+            let error = ClientError::new(
+                ErrorCode::RateLimited,
+                "too many operations in flight; wait for their acks",
+            );
+            metrics::client_event(name, Err(error.code));
+            let _ = ack.send(&error.ack());
+            return;
+        };
+        let identity = conn.identity();
+        let span = span(&socket, &identity);
+        async move {
+            let _turn = ticket.wait().await;
+            let payload = payload.map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON"));
+            let reply = match name {
+                "join" => join(&socket, &gw, &conn, payload).await,
+                "leave" => leave(&socket, &gw, &conn, payload).await,
+                "auth:refresh" => refresh(&socket, &gw, &conn, payload).await,
+                _ => Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64)))),
+            };
+            metrics::client_event(name, reply.as_ref().map(|_| ()).map_err(|e| e.code));
+            let body = match reply {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::debug!(event = name, code = %error.code, reason = %error.message, "event refused");
+                    error.ack()
+                }
+            };
+            // No ack callback on the client side is fine: there is nobody to answer.
+            let _ = ack.send(&body);
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The metrics label for an event name: known names, else `other` (labels stay bounded).
+fn known_event(event: &str) -> &'static str {
+    match event {
+        "join" => "join",
+        "leave" => "leave",
+        "auth:refresh" => "auth:refresh",
+        _ => "other",
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+async fn join(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let room = rooms::requested_room(&payload?, &conn.identity())?;
+    rooms::join(
+        socket,
+        &gw.membership,
+        &room,
+        gw.config.max_rooms_per_socket,
+    )
+    .await?;
+    metrics::local_rooms(gw.membership.room_count());
+    Ok(json!({ "ok": true, "room": room.to_string() }))
+}
+
+async fn leave(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let room = rooms::requested_room(&payload?, &conn.identity())?;
+    rooms::leave(socket, &gw.membership, &room).await;
+    metrics::local_rooms(gw.membership.room_count());
+    Ok(json!({ "ok": true, "room": room.to_string() }))
+}
+
+/// `auth:refresh` `{ token }`: swaps the socket's token for a fresher one of the same user.
+/// Rooms the new token no longer grants are left, and listed in the ack.
+async fn refresh(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let payload = payload?;
+    let Some(token) = payload.get("token").and_then(Value::as_str) else {
+        metrics::auth_refresh("invalid_payload");
+        return Err(ClientError::new(
+            ErrorCode::InvalidPayload,
+            "payload must be { token: \"<jwt>\" }",
+        ));
+    };
+    let current = conn.identity();
+    let fresh = gw
+        .verifier
+        .verify(token)
+        .inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    if fresh.tenant != current.tenant || fresh.user != current.user {
+        metrics::auth_refresh("forbidden");
+        return Err(ClientError::new(
+            ErrorCode::Forbidden,
+            "the new token is for another user or tenant",
+        ));
+    }
+    let exp = fresh.exp;
+    let mut left = Vec::new();
+    for name in socket.rooms() {
+        let Some(room) = Room::parse(&name) else {
+            continue;
+        };
+        let still_allowed = match (room.kind(), room.id()) {
+            (roomcast_publisher::RoomKind::Project, Some(id)) => fresh.projects.allows(id),
+            (roomcast_publisher::RoomKind::Channel, Some(id)) => fresh.channels.allows(id),
+            _ => true,
+        };
+        if !still_allowed {
+            rooms::leave(socket, &gw.membership, &room).await;
+            left.push(name.to_string());
+        }
+    }
+    conn.set_identity(fresh);
+    expiry::schedule(gw, socket.id, conn, exp);
+    metrics::auth_refresh("ok");
+    tracing::debug!(exp, left = left.len(), "token refreshed");
+    Ok(json!({ "ok": true, "exp": exp, "left": left }))
+}
+
+fn on_disconnect(
+    socket: SocketRef,
+    reason: SioReason,
+    State(gw): State<Shared>,
+) -> impl Future<Output = ()> + Send {
+    let conn = conn_of(&socket);
+    // Always queued, never rate limited: cleanup must run after the socket's last operation.
+    let ticket = conn.as_ref().map(Turns::ticket);
+    async move {
+        let (Some(conn), Some(ticket)) = (conn, ticket) else {
+            return;
+        };
+        let identity = conn.identity();
+        let span = span(&socket, &identity);
+        async {
+            let _turn = ticket.wait().await;
+            expiry::unschedule(&gw, socket.id, &conn);
+            // socketioxide removes the socket from its rooms only after this future completes.
+            for name in socket.rooms() {
+                if let Some(room) = Room::parse(&name) {
+                    metrics::room_left(room.kind());
+                }
+                if let Err(e) = gw.membership.exit(&name).await {
+                    tracing::warn!(error = %e, "room unsubscription not confirmed");
+                }
+            }
+            metrics::local_rooms(gw.membership.room_count());
+            let label = disconnect_label(reason, &conn);
+            metrics::disconnected(label);
+            tracing::debug!(reason = label, "disconnected");
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn disconnect_label(reason: SioReason, conn: &Conn) -> &'static str {
+    match reason {
+        SioReason::TransportClose => "client_closed",
+        SioReason::ClientNSDisconnect => "client_disconnect",
+        SioReason::TransportError => "transport_error",
+        SioReason::HeartbeatTimeout => "heartbeat_timeout",
+        SioReason::MultipleHttpPollingError | SioReason::PacketParsingError => "protocol_error",
+        SioReason::ServerNSDisconnect => conn
+            .closing_reason()
+            .map_or("server_disconnect", |r| r.code().as_str()),
+        SioReason::ClosingServer => "server_shutdown",
+    }
+}
+
+/// Tells the client why, then ends the connection the way `reason` calls for (see
+/// [`DisconnectReason`]).
+pub(crate) fn disconnect(socket: SocketRef, reason: DisconnectReason) {
+    if let Some(conn) = conn_of(&socket) {
+        conn.set_closing_reason(reason);
+    }
+    if socket.emit(DISCONNECT_EVENT, &reason.payload()).is_ok() {
+        metrics::emitted(DISCONNECT_EVENT, 1);
+    }
+    let _ = socket.disconnect();
+}

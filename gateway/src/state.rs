@@ -1,0 +1,57 @@
+//! The state every handler shares: configuration, verifier, membership, timers, lifecycle.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use socketioxide::socket::Sid;
+
+use crate::{
+    auth::Verifier, bus::Bus, config::Config, expiry::Phase, rooms::Membership,
+    timers::DeadlineQueue,
+};
+
+/// Cheap-to-clone handle over the gateway's shared state (socketioxide `State`).
+pub type Shared = Arc<GatewayState>;
+
+/// What the handlers of every socket share.
+#[derive(Debug)]
+pub struct GatewayState {
+    /// The validated configuration.
+    pub config: Config,
+    /// Token verification.
+    pub verifier: Verifier,
+    /// Local room members and the bus subscriptions that follow.
+    pub membership: Membership,
+    /// Cross-replica delivery.
+    pub bus: Arc<dyn Bus>,
+    /// Token-expiry deadlines of every socket.
+    pub expiry: DeadlineQueue<(Sid, Phase)>,
+    /// Set once shutdown began: `/readyz` fails and new connections are refused.
+    pub draining: AtomicBool,
+}
+
+impl std::fmt::Debug for dyn Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
+    }
+}
+
+impl GatewayState {
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether this replica should receive traffic.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.is_draining() {
+            Err("draining")
+        } else if !self.bus.is_ready() {
+            Err("bus_unavailable")
+        } else {
+            Ok(())
+        }
+    }
+}
