@@ -1,0 +1,226 @@
+//! Shared test helpers: start a real gateway in-process on port 0, mint tokens, connect
+//! clients, read metrics. Each test file uses the part it needs.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+
+use std::{net::SocketAddr, time::Duration};
+
+use jsonwebtoken::{EncodingKey, Header};
+use roomcast_gateway::{Config, Gateway};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::oneshot,
+    task::JoinHandle,
+};
+
+pub use client::{Client, Connect, ConnectFailure, Incoming, WAIT};
+
+/// The HMAC secret every test gateway accepts.
+pub const SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+/// Claims for `user` in `tenant` with access to projects p1, p2 and channels c1, c2, valid 1 h.
+pub fn claims(tenant: &str, user: &str) -> Value {
+    json!({ "sub": user, "tenant": tenant, "projects": ["p1", "p2"], "channels": ["c1", "c2"], "exp": now() + 3600 })
+}
+
+/// Signs `claims` with [`SECRET`] (HS256).
+pub fn token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A token for `user` in `tenant` (see [`claims`]).
+pub fn user_token(tenant: &str, user: &str) -> String {
+    token(&claims(tenant, user))
+}
+
+/// A gateway running in this process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// A gateway with test defaults: HS256 with [`SECRET`], short drain, loopback port 0.
+    pub async fn start() -> TestGateway {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestGateway::start`], with `configure` applied to the config first.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = Config::for_tests(SECRET);
+        config.drain_delay = Duration::from_millis(200);
+        config.shutdown_timeout = Duration::from_secs(5);
+        configure(&mut config);
+        let gateway = Gateway::bind(config).await.expect("gateway starts");
+        let (addr, admin) = (gateway.public_addr(), gateway.admin_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            gateway
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("gateway runs");
+        });
+        TestGateway {
+            addr,
+            admin,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Connects a client with `token` in the handshake auth.
+    pub async fn connect(&self, token: &str) -> Client {
+        Client::connect(self.addr, Connect::token(token))
+            .await
+            .expect("client connects")
+    }
+
+    /// Connects user `user` of tenant `tenant`.
+    pub async fn connect_user(&self, tenant: &str, user: &str) -> Client {
+        self.connect(&user_token(tenant, user)).await
+    }
+
+    /// Begins shutdown (as SIGTERM would).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits for `run` to return; panics if it takes longer than `within`.
+    pub async fn stopped_within(&mut self, within: Duration) {
+        let task = self.task.take().expect("not awaited yet");
+        tokio::time::timeout(within, task)
+            .await
+            .expect("gateway stopped in time")
+            .expect("run returned Ok");
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path, &[], "").await
+    }
+
+    /// The Prometheus scrape.
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.1
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus scrape (labels as rendered, e.g.
+/// `reason="token_missing"`); 0 if absent.
+pub fn sample(scrape: &str, name: &str, labels: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let matches = if labels.is_empty() {
+                series == name
+            } else {
+                series.starts_with(&format!("{name}{{"))
+                    && labels.split(',').all(|l| series.contains(l))
+            };
+            matches.then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 request; returns status and body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,128 @@
+// Shared helpers: start the real gateway binary, mint tokens, wait for events with deadlines.
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { once } from "node:events";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { io } from "socket.io-client";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const GATEWAY_BIN =
+  process.env.ROOMCAST_GATEWAY_BIN ?? path.join(here, "..", "target", "debug", "roomcast-gateway");
+export const SECRET = "js-test-secret-0123456789abcdef-0123456789";
+export const WAIT_MS = 10_000;
+
+const b64url = (data) => Buffer.from(data).toString("base64url");
+
+/** An HS256 JWT signed with SECRET. */
+export function sign(claims, secret = SECRET) {
+  const head = b64url(JSON.stringify({ alg: "HS256", typ: "JWT" }));
+  const body = b64url(JSON.stringify(claims));
+  const sig = createHmac("sha256", secret).update(`${head}.${body}`).digest("base64url");
+  return `${head}.${body}.${sig}`;
+}
+
+export const now = () => Math.floor(Date.now() / 1000);
+
+/** A token for `user` in `tenant` with projects p1, p2 and channels c1, c2. */
+export function userToken(tenant, user, extra = {}) {
+  return sign({ sub: user, tenant, projects: ["p1", "p2"], channels: ["c1", "c2"], exp: now() + 3600, ...extra });
+}
+
+/**
+ * Starts the gateway binary on ephemeral ports and resolves once it logged its addresses.
+ * `env` adds ROOMCAST_* settings. The returned object's `stop()` sends SIGTERM and waits.
+ */
+export async function startGateway(env = {}) {
+  const child = spawn(GATEWAY_BIN, [], {
+    env: {
+      PATH: process.env.PATH,
+      ROOMCAST_JWT_SECRET: SECRET,
+      ROOMCAST_LISTEN: "127.0.0.1:0",
+      ROOMCAST_ADMIN_LISTEN: "127.0.0.1:0",
+      ROOMCAST_LOG_FORMAT: "json",
+      ROOMCAST_DRAIN_DELAY: "100ms",
+      ROOMCAST_SHUTDOWN_TIMEOUT: "3s",
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const logs = [];
+  const listening = new Promise((resolve, reject) => {
+    let buffered = "";
+    child.stdout.on("data", (chunk) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        logs.push(line);
+        try {
+          const entry = JSON.parse(line);
+          if (entry.message === "listening") resolve(entry);
+        } catch {
+          // not a log line (e.g. the --dev banner)
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`gateway exited with ${code} before listening`)));
+  });
+  const entry = await withTimeout(listening, WAIT_MS, "gateway to listen");
+  return {
+    url: `http://${entry.public}`,
+    adminUrl: `http://${entry.admin}`,
+    logs,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      await withTimeout(once(child, "exit"), WAIT_MS, "gateway to exit");
+    },
+  };
+}
+
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Resolves with the first emission of `event` (its arguments as an array). */
+export function next(socket, event, ms = WAIT_MS) {
+  return withTimeout(new Promise((resolve) => socket.once(event, (...args) => resolve(args))), ms, event);
+}
+
+/**
+ * Connects and resolves once connected; rejects with the connect_error. `setup` runs before the
+ * connection starts, as an app attaches its listeners right after io().
+ */
+export async function connect(url, options = {}, setup = () => {}) {
+  const socket = io(url, { reconnection: false, forceNew: true, ...options });
+  setup(socket);
+  try {
+    await withTimeout(
+      new Promise((resolve, reject) => {
+        socket.once("connect", resolve);
+        socket.once("connect_error", reject);
+      }),
+      WAIT_MS,
+      "connect",
+    );
+  } catch (err) {
+    socket.close();
+    throw err;
+  }
+  return socket;
+}
+
+/** The connect_error message (the error code) a connection attempt gets. */
+export async function rejection(url, options = {}) {
+  try {
+    const socket = await connect(url, options);
+    socket.close();
+  } catch (err) {
+    return err.message;
+  }
+  throw new Error("expected the connection to be refused");
+}
