@@ -1,5 +1,6 @@
 // Shared helpers: start the real gateway binary, mint tokens, wait for events with deadlines.
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { createHmac } from "node:crypto";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
@@ -9,7 +10,10 @@ import { io } from "socket.io-client";
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const GATEWAY_BIN =
   process.env.ROOMCAST_GATEWAY_BIN ?? path.join(here, "..", "target", "debug", "roomcast-gateway");
+export const PUBLISH_EXAMPLE =
+  process.env.ROOMCAST_PUBLISH_EXAMPLE ?? path.join(here, "..", "target", "debug", "examples", "publish");
 export const SECRET = "js-test-secret-0123456789abcdef-0123456789";
+export const API_KEY = "js-test-api-key-0123456789";
 export const WAIT_MS = 10_000;
 
 const b64url = (data) => Buffer.from(data).toString("base64url");
@@ -38,6 +42,7 @@ export async function startGateway(env = {}) {
     env: {
       PATH: process.env.PATH,
       ROOMCAST_JWT_SECRET: SECRET,
+      ROOMCAST_API_KEY: API_KEY,
       ROOMCAST_LISTEN: "127.0.0.1:0",
       ROOMCAST_ADMIN_LISTEN: "127.0.0.1:0",
       ROOMCAST_LOG_FORMAT: "json",
@@ -125,4 +130,50 @@ export async function rejection(url, options = {}) {
     return err.message;
   }
   throw new Error("expected the connection to be refused");
+}
+
+/** A free TCP port on loopback. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls `check` every 25 ms until it returns a truthy value or `ms` pass. */
+export async function eventually(check, what, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Starts redis-server on a free port; `stop()` kills it. */
+export async function startRedis() {
+  const port = await freePort();
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args], { encoding: "utf8" }).trim();
+  await eventually(() => {
+    try {
+      return cli("PING") === "PONG";
+    } catch {
+      return false;
+    }
+  }, "redis-server");
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    cli,
+    stop() {
+      child.kill("SIGKILL");
+    },
+  };
 }

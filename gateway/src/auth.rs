@@ -8,9 +8,7 @@
 use std::{collections::HashMap, fs, path::Path, time::Duration};
 
 use axum::http::{HeaderMap, Uri, header::AUTHORIZATION};
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet};
 use serde_json::{Map, Value};
 
 use crate::{
@@ -87,10 +85,7 @@ impl std::fmt::Debug for Verifier {
             Keys::Single(_, algs) => format!("single key ({algs:?})"),
             Keys::ByKid(map) => format!("{} keys by kid", map.len()),
         };
-        f.debug_struct("Verifier")
-            .field("keys", &keys)
-            .field("claims", &self.claims)
-            .finish_non_exhaustive()
+        f.debug_struct("Verifier").field("keys", &keys).field("claims", &self.claims).finish_non_exhaustive()
     }
 }
 
@@ -99,21 +94,12 @@ impl Verifier {
     pub fn from_config(config: &Config) -> Result<Verifier, ConfigError> {
         let mut dev_secret = None;
         let keys = match config.key_source()? {
-            KeySource::Secret(secret) => {
-                hmac_keys("ROOMCAST_JWT_SECRET", secret.expose().as_bytes())?
-            }
+            KeySource::Secret(secret) => hmac_keys("ROOMCAST_JWT_SECRET", secret.expose().as_bytes())?,
             KeySource::SecretFile(path) => {
                 let raw = read_file("ROOMCAST_JWT_SECRET_FILE", path)?;
-                let text = String::from_utf8(raw).map_err(|_| {
-                    ConfigError::new(
-                        "ROOMCAST_JWT_SECRET_FILE",
-                        "the secret file is not UTF-8 text",
-                    )
-                })?;
-                hmac_keys(
-                    "ROOMCAST_JWT_SECRET_FILE",
-                    text.trim_end_matches(['\r', '\n']).as_bytes(),
-                )?
+                let text = String::from_utf8(raw)
+                    .map_err(|_| ConfigError::new("ROOMCAST_JWT_SECRET_FILE", "the secret file is not UTF-8 text"))?;
+                hmac_keys("ROOMCAST_JWT_SECRET_FILE", text.trim_end_matches(['\r', '\n']).as_bytes())?
             }
             KeySource::PublicKeyFile(path) => {
                 let pem = read_file("ROOMCAST_JWT_PUBLIC_KEY_FILE", path)?;
@@ -136,11 +122,7 @@ impl Verifier {
                 KeySource::Secret(s) => Some(s.clone()),
                 KeySource::SecretFile(p) => {
                     let raw = read_file("ROOMCAST_JWT_SECRET_FILE", p)?;
-                    Some(Secret::from(
-                        String::from_utf8_lossy(&raw)
-                            .trim_end_matches(['\r', '\n'])
-                            .to_owned(),
-                    ))
+                    Some(Secret::from(String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_owned()))
                 }
                 _ => None,
             };
@@ -153,18 +135,8 @@ impl Verifier {
                 projects: config.jwt_projects_claim.clone(),
                 channels: config.jwt_channels_claim.clone(),
             },
-            issuers: config
-                .jwt_issuer
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect(),
-            audiences: config
-                .jwt_audience
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect(),
+            issuers: config.jwt_issuer.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            audiences: config.jwt_audience.iter().filter(|s| !s.is_empty()).cloned().collect(),
             leeway: config.jwt_leeway,
             dev_secret,
         })
@@ -177,9 +149,8 @@ impl Verifier {
 
     /// Verifies `token` and returns the identity it carries.
     pub fn verify(&self, token: &str) -> Result<Identity, ClientError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| {
-            ClientError::new(ErrorCode::TokenInvalid, "token is not a well-formed JWT")
-        })?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ClientError::new(ErrorCode::TokenInvalid, "token is not a well-formed JWT"))?;
         let (key, algorithms) = match &self.keys {
             Keys::Single(key, algs) => (key, algs),
             Keys::ByKid(map) => {
@@ -190,10 +161,7 @@ impl Verifier {
                     None => None,
                 };
                 let Some((key, algs)) = entry else {
-                    return Err(ClientError::new(
-                        ErrorCode::TokenInvalid,
-                        "token's kid matches no configured key",
-                    ));
+                    return Err(ClientError::new(ErrorCode::TokenInvalid, "token's kid matches no configured key"));
                 };
                 (key, algs)
             }
@@ -214,41 +182,34 @@ impl Verifier {
             validation.set_audience(&self.audiences);
             validation.required_spec_claims.insert("aud".into());
         }
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
-                let message = match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        return ClientError::new(ErrorCode::TokenExpired, "token has expired");
-                    }
-                    ErrorKind::InvalidSignature => "token signature does not verify",
-                    ErrorKind::InvalidAlgorithm => {
-                        "token algorithm is not accepted for the configured key"
-                    }
-                    ErrorKind::InvalidIssuer => "token issuer is not accepted",
-                    ErrorKind::InvalidAudience => "token audience is not accepted",
-                    ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
-                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => "token has no exp claim",
-                    ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss claim",
-                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud claim",
-                    ErrorKind::InvalidClaimFormat(_) => "token has a mistyped registered claim",
-                    _ => "token cannot be verified",
-                };
-                ClientError::new(ErrorCode::TokenInvalid, message)
-            })?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
+            let message = match e.kind() {
+                ErrorKind::ExpiredSignature => {
+                    return ClientError::new(ErrorCode::TokenExpired, "token has expired");
+                }
+                ErrorKind::InvalidSignature => "token signature does not verify",
+                ErrorKind::InvalidAlgorithm => "token algorithm is not accepted for the configured key",
+                ErrorKind::InvalidIssuer => "token issuer is not accepted",
+                ErrorKind::InvalidAudience => "token audience is not accepted",
+                ErrorKind::ImmatureSignature => "token is not valid yet (nbf)",
+                ErrorKind::MissingRequiredClaim(c) if c == "exp" => "token has no exp claim",
+                ErrorKind::MissingRequiredClaim(c) if c == "iss" => "token has no iss claim",
+                ErrorKind::MissingRequiredClaim(c) if c == "aud" => "token has no aud claim",
+                ErrorKind::InvalidClaimFormat(_) => "token has a mistyped registered claim",
+                _ => "token cannot be verified",
+            };
+            ClientError::new(ErrorCode::TokenInvalid, message)
+        })?;
         self.identity(&data.claims)
     }
 
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, ClientError> {
         let id_claim = |name: &str| -> Result<String, ClientError> {
-            let value = claims.get(name).and_then(Value::as_str).ok_or_else(|| {
-                ClientError::new(
-                    ErrorCode::Forbidden,
-                    format!("token has no string claim {name:?}"),
-                )
-            })?;
-            validate_id(value).map_err(|e| {
-                ClientError::new(ErrorCode::Forbidden, format!("claim {name:?}: {e}"))
-            })?;
+            let value = claims
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| ClientError::new(ErrorCode::Forbidden, format!("token has no string claim {name:?}")))?;
+            validate_id(value).map_err(|e| ClientError::new(ErrorCode::Forbidden, format!("claim {name:?}: {e}")))?;
             Ok(value.to_owned())
         };
         let exp = claims
@@ -286,12 +247,7 @@ impl Verifier {
 }
 
 fn scope(claims: &Map<String, Value>, name: &str) -> Result<Scope, ClientError> {
-    let bad = || {
-        ClientError::new(
-            ErrorCode::Forbidden,
-            format!("claim {name:?} must be an array of ids"),
-        )
-    };
+    let bad = || ClientError::new(ErrorCode::Forbidden, format!("claim {name:?} must be an array of ids"));
     let Some(value) = claims.get(name) else {
         return Ok(Scope::Only(Vec::new()));
     };
@@ -313,24 +269,17 @@ fn scope(claims: &Map<String, Value>, name: &str) -> Result<Scope, ClientError> 
 }
 
 fn read_file(option: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    fs::read(path)
-        .map_err(|e| ConfigError::new(option, format!("cannot read {}: {e}", path.display())))
+    fs::read(path).map_err(|e| ConfigError::new(option, format!("cannot read {}: {e}", path.display())))
 }
 
 fn hmac_keys(option: &'static str, secret: &[u8]) -> Result<Keys, ConfigError> {
     if secret.len() < MIN_SECRET_LEN {
         return Err(ConfigError::new(
             option,
-            format!(
-                "secret is {} bytes; use at least {MIN_SECRET_LEN} (e.g. `openssl rand -hex 32`)",
-                secret.len()
-            ),
+            format!("secret is {} bytes; use at least {MIN_SECRET_LEN} (e.g. `openssl rand -hex 32`)", secret.len()),
         ));
     }
-    Ok(Keys::Single(
-        DecodingKey::from_secret(secret),
-        vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-    ))
+    Ok(Keys::Single(DecodingKey::from_secret(secret), vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]))
 }
 
 fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
@@ -352,41 +301,28 @@ fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
     if let Ok(key) = DecodingKey::from_ed_pem(pem) {
         return Ok(Keys::Single(key, vec![Algorithm::EdDSA]));
     }
-    Err(ConfigError::new(
-        OPTION,
-        "not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key",
-    ))
+    Err(ConfigError::new(OPTION, "not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key"))
 }
 
 fn jwks_keys(raw: &[u8]) -> Result<Keys, ConfigError> {
     const OPTION: &str = "ROOMCAST_JWKS_FILE";
-    let set: JwkSet = serde_json::from_slice(raw).map_err(|e| {
-        ConfigError::new(
-            OPTION,
-            format!("not a JWKS document ({{\"keys\": [...]}}): {e}"),
-        )
-    })?;
+    let set: JwkSet = serde_json::from_slice(raw)
+        .map_err(|e| ConfigError::new(OPTION, format!("not a JWKS document ({{\"keys\": [...]}}): {e}")))?;
     let mut map = HashMap::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let kid = jwk.common.key_id.clone().ok_or_else(|| {
-            ConfigError::new(
-                OPTION,
-                format!("key #{i} has no \"kid\"; every key needs one to be selectable"),
-            )
+            ConfigError::new(OPTION, format!("key #{i} has no \"kid\"; every key needs one to be selectable"))
         })?;
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| ConfigError::new(OPTION, format!("key {kid:?}: {e}")))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| ConfigError::new(OPTION, format!("key {kid:?}: {e}")))?;
         let algs = match jwk.common.key_algorithm {
-            Some(alg) => vec![Algorithm::try_from(alg).map_err(|_| {
-                ConfigError::new(OPTION, format!("key {kid:?}: unsupported \"alg\""))
-            })?],
+            Some(alg) => vec![
+                Algorithm::try_from(alg)
+                    .map_err(|_| ConfigError::new(OPTION, format!("key {kid:?}: unsupported \"alg\"")))?,
+            ],
             None => key.family().algorithms().to_vec(),
         };
         if map.insert(kid.clone(), (key, algs)).is_some() {
-            return Err(ConfigError::new(
-                OPTION,
-                format!("two keys share kid {kid:?}"),
-            ));
+            return Err(ConfigError::new(OPTION, format!("two keys share kid {kid:?}")));
         }
     }
     if map.is_empty() {
@@ -395,47 +331,35 @@ fn jwks_keys(raw: &[u8]) -> Result<Keys, ConfigError> {
     Ok(Keys::ByKid(map))
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes as lowercase hex (secrets, replica ids).
+pub(crate) fn random_hex(bytes: usize) -> String {
     use std::fmt::Write;
     let mut buf = vec![0u8; bytes];
     rand::fill(&mut buf[..]);
-    buf.iter()
-        .fold(String::with_capacity(bytes * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    buf.iter().fold(String::with_capacity(bytes * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Finds a connection's token: handshake `auth.token`, then `Authorization: Bearer`, then the
 /// `token` query parameter. A present but unusable `auth.token` is an error rather than a
 /// reason to look further, so a client bug is reported instead of masked.
-pub fn find_token(
-    auth: Option<&Value>,
-    headers: &HeaderMap,
-    uri: &Uri,
-) -> Result<String, ClientError> {
+pub fn find_token(auth: Option<&Value>, headers: &HeaderMap, uri: &Uri) -> Result<String, ClientError> {
     if let Some(token) = auth.and_then(|a| a.get("token")) {
         return match token.as_str() {
             Some(t) if !t.is_empty() => Ok(t.to_owned()),
-            _ => Err(ClientError::new(
-                ErrorCode::TokenInvalid,
-                "auth.token must be a non-empty string",
-            )),
+            _ => Err(ClientError::new(ErrorCode::TokenInvalid, "auth.token must be a non-empty string")),
         };
     }
     if let Some(value) = headers.get(AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default();
         let mut parts = value.splitn(2, ' ');
         return match (parts.next(), parts.next()) {
-            (Some(scheme), Some(t))
-                if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() =>
-            {
+            (Some(scheme), Some(t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
                 Ok(t.trim().to_owned())
             }
-            _ => Err(ClientError::new(
-                ErrorCode::TokenInvalid,
-                "Authorization header must be `Bearer <token>`",
-            )),
+            _ => Err(ClientError::new(ErrorCode::TokenInvalid, "Authorization header must be `Bearer <token>`")),
         };
     }
     if let Some(query) = uri.query() {
@@ -443,12 +367,7 @@ pub fn find_token(
             if let Some(raw) = pair.strip_prefix("token=") {
                 return percent_decode(raw)
                     .filter(|t| !t.is_empty())
-                    .ok_or_else(|| {
-                        ClientError::new(
-                            ErrorCode::TokenInvalid,
-                            "token query parameter is malformed",
-                        )
-                    });
+                    .ok_or_else(|| ClientError::new(ErrorCode::TokenInvalid, "token query parameter is malformed"));
             }
         }
     }
@@ -498,12 +417,7 @@ mod tests {
     }
 
     fn token(claims: Value) -> String {
-        jsonwebtoken::encode(
-            &Header::default(),
-            &claims,
-            &EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
     }
 
     fn exp_in(secs: i64) -> i64 {
@@ -513,7 +427,9 @@ mod tests {
     #[test]
     fn claims_become_an_identity() {
         let id = verifier(&[])
-            .verify(&token(json!({"sub": "u1", "tenant": "t1", "projects": ["p2", "p1"], "channels": ["*"], "exp": exp_in(60)})))
+            .verify(&token(
+                json!({"sub": "u1", "tenant": "t1", "projects": ["p2", "p1"], "channels": ["*"], "exp": exp_in(60)}),
+            ))
             .unwrap();
         assert_eq!((id.tenant.as_str(), id.user.as_str()), ("t1", "u1"));
         assert!(id.projects.allows("p1") && id.projects.allows("p2") && !id.projects.allows("p3"));
@@ -524,34 +440,16 @@ mod tests {
     fn rejection_codes() {
         let v = verifier(&["--jwt-leeway", "0s"]);
         let code = |claims: Value| v.verify(&token(claims)).unwrap_err().code;
-        assert_eq!(
-            code(json!({"sub": "u", "tenant": "t", "exp": exp_in(-10)})),
-            ErrorCode::TokenExpired
-        );
-        assert_eq!(
-            code(json!({"sub": "u", "tenant": "t"})),
-            ErrorCode::TokenInvalid
-        );
+        assert_eq!(code(json!({"sub": "u", "tenant": "t", "exp": exp_in(-10)})), ErrorCode::TokenExpired);
+        assert_eq!(code(json!({"sub": "u", "tenant": "t"})), ErrorCode::TokenInvalid);
         assert_eq!(
             code(json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "nbf": exp_in(60)})),
             ErrorCode::TokenInvalid
         );
-        assert_eq!(
-            code(json!({"sub": "u", "exp": exp_in(60)})),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            code(json!({"sub": "u", "tenant": "a:b", "exp": exp_in(60)})),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            code(json!({"sub": "u", "tenant": "t", "projects": "p1", "exp": exp_in(60)})),
-            ErrorCode::Forbidden
-        );
-        assert_eq!(
-            v.verify("not.a.jwt").unwrap_err().code,
-            ErrorCode::TokenInvalid
-        );
+        assert_eq!(code(json!({"sub": "u", "exp": exp_in(60)})), ErrorCode::Forbidden);
+        assert_eq!(code(json!({"sub": "u", "tenant": "a:b", "exp": exp_in(60)})), ErrorCode::Forbidden);
+        assert_eq!(code(json!({"sub": "u", "tenant": "t", "projects": "p1", "exp": exp_in(60)})), ErrorCode::Forbidden);
+        assert_eq!(v.verify("not.a.jwt").unwrap_err().code, ErrorCode::TokenInvalid);
         let other = jsonwebtoken::encode(
             &Header::default(),
             &json!({"sub": "u", "tenant": "t", "exp": exp_in(60)}),
@@ -571,28 +469,14 @@ mod tests {
             json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "aud": "roomcast"}),
             json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://idp", "aud": "other"}),
         ] {
-            assert_eq!(
-                v.verify(&token(bad)).unwrap_err().code,
-                ErrorCode::TokenInvalid
-            );
+            assert_eq!(v.verify(&token(bad)).unwrap_err().code, ErrorCode::TokenInvalid);
         }
     }
 
     #[test]
     fn custom_claim_names() {
-        let v = verifier(&[
-            "--jwt-user-claim",
-            "uid",
-            "--jwt-tenant-claim",
-            "org",
-            "--jwt-projects-claim",
-            "prj",
-        ]);
-        let id = v
-            .verify(&token(
-                json!({"uid": "u9", "org": "o1", "prj": ["x"], "exp": exp_in(60)}),
-            ))
-            .unwrap();
+        let v = verifier(&["--jwt-user-claim", "uid", "--jwt-tenant-claim", "org", "--jwt-projects-claim", "prj"]);
+        let id = v.verify(&token(json!({"uid": "u9", "org": "o1", "prj": ["x"], "exp": exp_in(60)}))).unwrap();
         assert_eq!((id.user.as_str(), id.tenant.as_str()), ("u9", "o1"));
         assert!(id.projects.allows("x"));
     }
@@ -611,32 +495,13 @@ mod tests {
         headers.insert(AUTHORIZATION, "Bearer from-header".parse().unwrap());
         let uri: Uri = "/socket.io/?EIO=4&token=from%2Dquery".parse().unwrap();
         let auth = json!({"token": "from-auth"});
-        assert_eq!(
-            find_token(Some(&auth), &headers, &uri).unwrap(),
-            "from-auth"
-        );
+        assert_eq!(find_token(Some(&auth), &headers, &uri).unwrap(), "from-auth");
         assert_eq!(find_token(None, &headers, &uri).unwrap(), "from-header");
-        assert_eq!(
-            find_token(None, &HeaderMap::new(), &uri).unwrap(),
-            "from-query"
-        );
+        assert_eq!(find_token(None, &HeaderMap::new(), &uri).unwrap(), "from-query");
         let none: Uri = "/socket.io/?EIO=4".parse().unwrap();
-        assert_eq!(
-            find_token(None, &HeaderMap::new(), &none).unwrap_err().code,
-            ErrorCode::TokenMissing
-        );
-        assert_eq!(
-            find_token(Some(&json!({"token": 42})), &headers, &uri)
-                .unwrap_err()
-                .code,
-            ErrorCode::TokenInvalid
-        );
+        assert_eq!(find_token(None, &HeaderMap::new(), &none).unwrap_err().code, ErrorCode::TokenMissing);
+        assert_eq!(find_token(Some(&json!({"token": 42})), &headers, &uri).unwrap_err().code, ErrorCode::TokenInvalid);
         let bad_query: Uri = "/socket.io/?token=%zz".parse().unwrap();
-        assert_eq!(
-            find_token(None, &HeaderMap::new(), &bad_query)
-                .unwrap_err()
-                .code,
-            ErrorCode::TokenInvalid
-        );
+        assert_eq!(find_token(None, &HeaderMap::new(), &bad_query).unwrap_err().code, ErrorCode::TokenInvalid);
     }
 }

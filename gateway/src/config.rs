@@ -31,6 +31,50 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
+    /// Redis for a cluster of replicas: redis://, rediss:// (TLS), redis-cluster://host:port
+    /// (Redis Cluster, sharded pub/sub) or redis-sentinel://. Unset: single node, in-memory bus.
+    #[arg(long, env = "ROOMCAST_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every Redis channel and key Roomcast uses; publishers must use the same.
+    #[arg(long, env = "ROOMCAST_REDIS_PREFIX", default_value = "roomcast")]
+    pub redis_prefix: String,
+
+    /// Timeout of each Redis command: a publish or subscribe that takes longer fails instead of hanging.
+    #[arg(long, env = "ROOMCAST_REDIS_COMMAND_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_command_timeout: Duration,
+
+    /// Messages buffered between the Redis subscriber connection and delivery; a reader that
+    /// falls further behind loses messages, counted in roomcast_bus_lagged_messages_total.
+    #[arg(long, env = "ROOMCAST_REDIS_BUFFER", default_value_t = 16_384)]
+    pub redis_buffer: usize,
+
+    /// Packets queued per socket before events to it are dropped (and counted in
+    /// roomcast_client_buffer_full_total); memory is only used by sockets that fall behind.
+    #[arg(long, env = "ROOMCAST_CLIENT_BUFFER", default_value_t = 1_024)]
+    pub client_buffer: usize,
+
+    /// Keys that authorize POST /v1/publish (comma-separated, so keys can rotate; 16+ chars).
+    /// Unset (and no key file): the HTTP publish API is disabled.
+    #[arg(long, env = "ROOMCAST_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    pub api_key: Vec<Secret>,
+
+    /// File with publish API keys, one per line; for mounted secrets.
+    #[arg(long, env = "ROOMCAST_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Largest event payload (`data`, as JSON) accepted from publishers, HTTP or Redis, in bytes.
+    #[arg(long, env = "ROOMCAST_PUBLISH_MAX_PAYLOAD", default_value_t = 65_536)]
+    pub publish_max_payload: usize,
+
+    /// Most events in one POST /v1/publish batch.
+    #[arg(long, env = "ROOMCAST_PUBLISH_MAX_BATCH", default_value_t = 100)]
+    pub publish_max_batch: usize,
+
+    /// How long a typing indicator lasts without a refresh (announced to clients as ttlMs).
+    #[arg(long, env = "ROOMCAST_TYPING_TTL", default_value = "6s", value_parser = parse_duration)]
+    pub typing_ttl: Duration,
+
     /// HMAC secret (HS256/HS384/HS512) that signs client tokens; at least 32 bytes.
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
@@ -167,10 +211,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub(crate) fn new(option: &'static str, message: impl Into<String>) -> Self {
-        ConfigError {
-            option,
-            message: message.into(),
-        }
+        ConfigError { option, message: message.into() }
     }
 }
 
@@ -208,10 +249,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.key_source()?;
         if self.max_rooms_per_socket == 0 {
-            return Err(ConfigError::new(
-                "ROOMCAST_MAX_ROOMS_PER_SOCKET",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new("ROOMCAST_MAX_ROOMS_PER_SOCKET", "must be at least 1"));
         }
         if self.max_payload < 1024 {
             return Err(ConfigError::new(
@@ -220,10 +258,7 @@ impl Config {
             ));
         }
         if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "ROOMCAST_PING_INTERVAL",
-                "ping interval and timeout must be above zero",
-            ));
+            return Err(ConfigError::new("ROOMCAST_PING_INTERVAL", "ping interval and timeout must be above zero"));
         }
         if self.drain_delay >= self.shutdown_timeout {
             return Err(ConfigError::new(
@@ -246,11 +281,60 @@ impl Config {
             }
         }
         self.cors_allow_list()?;
-        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+        if let Some(url) = &self.redis_url {
+            // fred parses the URL but takes any scheme for a standalone server, and its error text
+            // can echo the URL (with a password), which must not be shown.
+            const SCHEMES: &[&str] = &[
+                "redis",
+                "rediss",
+                "redis-cluster",
+                "rediss-cluster",
+                "redis-sentinel",
+                "rediss-sentinel",
+                "valkey",
+                "valkeys",
+                "valkey-cluster",
+                "valkeys-cluster",
+                "valkey-sentinel",
+                "valkeys-sentinel",
+            ];
+            let scheme_ok = url.expose().split_once("://").is_some_and(|(scheme, _)| SCHEMES.contains(&scheme));
+            if !scheme_ok || fred::types::config::Config::from_url(url.expose()).is_err() {
+                return Err(ConfigError::new(
+                    "ROOMCAST_REDIS_URL",
+                    "not a Redis URL: expected redis://[user:password@]host:port[/db], rediss:// (TLS), \
+                     redis-cluster://host:port[?node=host:port] or redis-sentinel://",
+                ));
+            }
+        }
+        roomcast_publisher::wire::Keys::new(&self.redis_prefix)
+            .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?;
+        if self.redis_command_timeout.is_zero() {
+            return Err(ConfigError::new("ROOMCAST_REDIS_COMMAND_TIMEOUT", "must be above zero"));
+        }
+        if self.redis_buffer < 64 {
+            return Err(ConfigError::new("ROOMCAST_REDIS_BUFFER", "must be at least 64 messages"));
+        }
+        if self.client_buffer < 16 {
+            return Err(ConfigError::new("ROOMCAST_CLIENT_BUFFER", "must be at least 16 packets"));
+        }
+        if self.api_key.iter().any(|k| k.expose().len() < 16) {
             return Err(ConfigError::new(
-                "ROOMCAST_LOG",
-                format!("not a valid log filter: {:?}", self.log),
+                "ROOMCAST_API_KEY",
+                "every key needs at least 16 characters (e.g. `openssl rand -hex 24`)",
             ));
+        }
+        if self.publish_max_payload == 0 || self.publish_max_batch == 0 {
+            return Err(ConfigError::new(
+                "ROOMCAST_PUBLISH_MAX_PAYLOAD",
+                "payload and batch limits must be above zero",
+            ));
+        }
+        if self.typing_ttl < Duration::from_millis(500) {
+            return Err(ConfigError::new("ROOMCAST_TYPING_TTL", "must be at least 500ms"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return Err(ConfigError::new("ROOMCAST_LOG", format!("not a valid log filter: {:?}", self.log)));
         }
         Ok(())
     }
@@ -289,28 +373,17 @@ impl Config {
             }
             _ => {
                 let names: Vec<_> = sources.iter().map(|(n, _)| *n).collect();
-                Err(ConfigError::new(
-                    names[0],
-                    format!("conflicting options: set only one of {}", names.join(", ")),
-                ))
+                Err(ConfigError::new(names[0], format!("conflicting options: set only one of {}", names.join(", "))))
             }
         }
     }
 
     /// Allowed browser origins: `None` means any origin (`*`), an empty list means none.
     pub(crate) fn cors_allow_list(&self) -> Result<Option<Vec<HeaderValue>>, ConfigError> {
-        let origins: Vec<&str> = self
-            .cors_origins
-            .iter()
-            .map(|o| o.trim())
-            .filter(|o| !o.is_empty())
-            .collect();
+        let origins: Vec<&str> = self.cors_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
         if origins.contains(&"*") {
             if origins.len() > 1 {
-                return Err(ConfigError::new(
-                    "ROOMCAST_CORS_ORIGINS",
-                    "\"*\" cannot be combined with other origins",
-                ));
+                return Err(ConfigError::new("ROOMCAST_CORS_ORIGINS", "\"*\" cannot be combined with other origins"));
             }
             return Ok(None);
         }
@@ -326,7 +399,9 @@ impl Config {
                         format!("{o:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com"),
                     ));
                 }
-                HeaderValue::from_str(o).map_err(|_| ConfigError::new("ROOMCAST_CORS_ORIGINS", format!("{o:?} is not a valid header value")))
+                HeaderValue::from_str(o).map_err(|_| {
+                    ConfigError::new("ROOMCAST_CORS_ORIGINS", format!("{o:?} is not a valid header value"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
@@ -347,10 +422,7 @@ mod tests {
     fn no_key_refuses_to_start_and_says_what_to_set() {
         let err = parse(&[]).validate().unwrap_err();
         assert_eq!(err.option, "ROOMCAST_JWT_SECRET");
-        assert!(
-            err.message.contains("ROOMCAST_JWKS_FILE") && err.message.contains("--dev"),
-            "{err}"
-        );
+        assert!(err.message.contains("ROOMCAST_JWKS_FILE") && err.message.contains("--dev"), "{err}");
     }
 
     #[test]
@@ -360,54 +432,29 @@ mod tests {
 
     #[test]
     fn two_key_sources_conflict() {
-        let err = parse(&["--jwt-secret", &"s".repeat(40), "--jwks-file", "/x.json"])
-            .validate()
-            .unwrap_err();
+        let err = parse(&["--jwt-secret", &"s".repeat(40), "--jwks-file", "/x.json"]).validate().unwrap_err();
         assert!(err.message.contains("conflicting options"), "{err}");
         assert!(err.message.contains("ROOMCAST_JWKS_FILE"), "{err}");
     }
 
     #[test]
     fn dev_with_public_key_is_refused() {
-        let err = parse(&["--dev", "--jwt-public-key-file", "/k.pem"])
-            .validate()
-            .unwrap_err();
+        let err = parse(&["--dev", "--jwt-public-key-file", "/k.pem"]).validate().unwrap_err();
         assert_eq!(err.option, "ROOMCAST_JWT_PUBLIC_KEY_FILE");
     }
 
     #[test]
     fn drain_must_fit_in_shutdown() {
-        let err = parse(&["--dev", "--drain-delay", "30s", "--shutdown-timeout", "10s"])
-            .validate()
-            .unwrap_err();
+        let err = parse(&["--dev", "--drain-delay", "30s", "--shutdown-timeout", "10s"]).validate().unwrap_err();
         assert_eq!(err.option, "ROOMCAST_DRAIN_DELAY");
     }
 
     #[test]
     fn cors_origins_are_checked() {
-        assert!(
-            parse(&[
-                "--dev",
-                "--cors-origins",
-                "https://a.example,http://localhost:5173"
-            ])
-            .validate()
-            .is_ok()
-        );
-        assert_eq!(
-            parse(&["--dev", "--cors-origins", "*"])
-                .cors_allow_list()
-                .unwrap(),
-            None
-        );
-        for bad in [
-            "example.com",
-            "https://a.example/path",
-            "*,https://a.example",
-        ] {
-            let err = parse(&["--dev", "--cors-origins", bad])
-                .validate()
-                .unwrap_err();
+        assert!(parse(&["--dev", "--cors-origins", "https://a.example,http://localhost:5173"]).validate().is_ok());
+        assert_eq!(parse(&["--dev", "--cors-origins", "*"]).cors_allow_list().unwrap(), None);
+        for bad in ["example.com", "https://a.example/path", "*,https://a.example"] {
+            let err = parse(&["--dev", "--cors-origins", bad]).validate().unwrap_err();
             assert_eq!(err.option, "ROOMCAST_CORS_ORIGINS", "{bad}");
         }
     }
@@ -415,10 +462,28 @@ mod tests {
     #[test]
     fn bad_durations_and_log_filters_are_refused() {
         assert!(Config::try_parse_from(["roomcast-gateway", "--jwt-leeway", "soon"]).is_err());
-        let err = parse(&["--dev", "--log", "info,[["])
-            .validate()
-            .unwrap_err();
+        let err = parse(&["--dev", "--log", "info,[["]).validate().unwrap_err();
         assert_eq!(err.option, "ROOMCAST_LOG");
+    }
+
+    #[test]
+    fn redis_urls_are_checked_without_echoing_them() {
+        assert!(parse(&["--dev", "--redis-url", "redis://127.0.0.1:6379"]).validate().is_ok());
+        assert!(
+            parse(&["--dev", "--redis-url", "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001"]).validate().is_ok()
+        );
+        let err = parse(&["--dev", "--redis-url", "http://user:hunter2@host"]).validate().unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_REDIS_URL");
+        assert!(!err.to_string().contains("hunter2"));
+        let err = parse(&["--dev", "--redis-prefix", "a{b}"]).validate().unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_REDIS_PREFIX");
+    }
+
+    #[test]
+    fn short_api_keys_are_refused() {
+        let err = parse(&["--dev", "--api-key", "short"]).validate().unwrap_err();
+        assert_eq!(err.option, "ROOMCAST_API_KEY");
+        assert!(parse(&["--dev", "--api-key", "0123456789abcdef,fedcba9876543210"]).validate().is_ok());
     }
 
     #[test]

@@ -38,7 +38,8 @@ impl Conn {
     pub fn new(identity: Identity) -> Self {
         Conn {
             identity: RwLock::new(Arc::new(identity)),
-            turns: Turns::default(),
+            // Ticket 0 is reserved for the connect work (see `Turns::first`).
+            turns: Turns { next: AtomicU64::new(1), ..Turns::default() },
             deadlines: Mutex::new(None),
             closing: OnceLock::new(),
         }
@@ -56,10 +57,7 @@ impl Conn {
 
     /// The current identity.
     pub fn identity(&self) -> Arc<Identity> {
-        self.identity
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.identity.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Replaces the identity after a successful token refresh.
@@ -99,19 +97,19 @@ pub struct Turn {
 impl Turns {
     /// Operations that took a ticket and have not finished.
     pub fn pending(&self) -> u64 {
-        self.next
-            .load(Ordering::Acquire)
-            .saturating_sub(self.serving.load(Ordering::Acquire))
+        self.next.load(Ordering::Acquire).saturating_sub(self.serving.load(Ordering::Acquire))
+    }
+
+    /// The ticket reserved for the connect handler: whatever the client sends, even in the
+    /// instant between receiving CONNECT and the connect handler running, waits behind it.
+    pub fn first(conn: &Arc<Conn>) -> Ticket {
+        Ticket { conn: conn.clone(), number: 0, armed: true }
     }
 
     /// Takes the next ticket. Call it synchronously, in packet-arrival order.
     pub fn ticket(conn: &Arc<Conn>) -> Ticket {
         let number = conn.turns.next.fetch_add(1, Ordering::AcqRel);
-        Ticket {
-            conn: conn.clone(),
-            number,
-            armed: true,
-        }
+        Ticket { conn: conn.clone(), number, armed: true }
     }
 }
 
@@ -129,9 +127,7 @@ impl Ticket {
             advanced.await;
         }
         self.armed = false;
-        Turn {
-            conn: self.conn.clone(),
-        }
+        Turn { conn: self.conn.clone() }
     }
 }
 
@@ -148,13 +144,7 @@ impl Drop for Ticket {
             advance(&conn);
         } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _turn = Ticket {
-                    conn,
-                    number,
-                    armed: true,
-                }
-                .wait()
-                .await;
+                let _turn = Ticket { conn, number, armed: true }.wait().await;
             });
         }
     }
@@ -191,7 +181,7 @@ mod tests {
     async fn operations_run_in_ticket_order_whatever_order_tasks_start() {
         let c = conn();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let tickets: Vec<_> = (0..20).map(|_| Turns::ticket(&c)).collect();
+        let tickets: Vec<_> = std::iter::once(Turns::first(&c)).chain((1..20).map(|_| Turns::ticket(&c))).collect();
         let mut tasks = Vec::new();
         // Start them in reverse, with the earliest ones slowest: order must still hold.
         for (i, ticket) in tickets.into_iter().enumerate().rev() {
@@ -211,13 +201,11 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_ticket_does_not_stall_later_ones() {
         let c = conn();
-        let first = Turns::ticket(&c);
+        let first = Turns::first(&c);
         let second = Turns::ticket(&c);
         let third = Turns::ticket(&c);
         drop(second);
         drop(first.wait().await);
-        tokio::time::timeout(Duration::from_secs(5), third.wait())
-            .await
-            .expect("third ticket got its turn");
+        tokio::time::timeout(Duration::from_secs(5), third.wait()).await.expect("third ticket got its turn");
     }
 }

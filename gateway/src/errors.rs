@@ -39,8 +39,18 @@ pub enum ErrorCode {
     RateLimited,
     /// The gateway is shutting down; reconnect (to another replica).
     ServerShutdown,
-    /// HTTP only: no endpoint at this path.
+    /// HTTP only: no endpoint at this path (or the publish API is disabled).
     NotFound,
+    /// HTTP only: missing or wrong API key.
+    Unauthorized,
+    /// Publishing: the event name is reserved (`connect`, `typing`, `presence:*`, `auth:*`,
+    /// `roomcast:*`, …) or malformed.
+    InvalidEvent,
+    /// Publishing: the payload (or the batch) is over the configured limit.
+    PayloadTooLarge,
+    /// Redis is unreachable: a publish did not reach other replicas (a client's typing still
+    /// reached members on its own replica).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -57,6 +67,10 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::ServerShutdown,
         ErrorCode::NotFound,
+        ErrorCode::Unauthorized,
+        ErrorCode::InvalidEvent,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as clients see it.
@@ -73,6 +87,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ServerShutdown => "server_shutdown",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidEvent => "invalid_event",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -96,10 +114,7 @@ pub struct ClientError {
 impl ClientError {
     /// An error with `code` and an explanation.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ClientError {
-            code,
-            message: message.into(),
-        }
+        ClientError { code, message: message.into() }
     }
 
     /// The ack payload carrying this error: `{ ok: false, error: { code, message } }`.
@@ -154,19 +169,13 @@ mod tests {
     #[test]
     fn serde_and_as_str_agree() {
         for code in ErrorCode::ALL {
-            assert_eq!(
-                serde_json::to_value(code).unwrap(),
-                serde_json::Value::from(code.as_str())
-            );
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::from(code.as_str()));
         }
     }
 
     #[test]
     fn ack_shape() {
         let ack = ClientError::new(ErrorCode::Forbidden, "no").ack();
-        assert_eq!(
-            ack,
-            serde_json::json!({"ok": false, "error": {"code": "forbidden", "message": "no"}})
-        );
+        assert_eq!(ack, serde_json::json!({"ok": false, "error": {"code": "forbidden", "message": "no"}}));
     }
 }

@@ -27,9 +27,7 @@ pub enum Phase {
 }
 
 fn now_unix() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// The instant a token with `exp` stops being accepted: `exp` plus the leeway the verifier grants.
@@ -41,16 +39,9 @@ fn expire_instant(gw: &Shared, exp: u64) -> Instant {
 /// (Re)schedules `sid`'s deadlines for a token expiring at `exp` (seconds since the epoch).
 pub fn schedule(gw: &Shared, sid: Sid, conn: &Conn, exp: u64) {
     let expire = expire_instant(gw, exp);
-    let notice = expire
-        .checked_sub(gw.config.auth_expiring_notice)
-        .unwrap_or(expire)
-        .max(Instant::now());
+    let notice = expire.checked_sub(gw.config.auth_expiring_notice).unwrap_or(expire).max(Instant::now());
     let new = ExpiryDeadlines { notice, expire };
-    let old = conn
-        .deadlines
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .replace(new);
+    let old = conn.deadlines.lock().unwrap_or_else(|e| e.into_inner()).replace(new);
     if let Some(old) = old {
         gw.expiry.remove(old.notice, &(sid, Phase::Notice));
         gw.expiry.remove(old.expire, &(sid, Phase::Expire));
@@ -61,12 +52,7 @@ pub fn schedule(gw: &Shared, sid: Sid, conn: &Conn, exp: u64) {
 
 /// Drops `sid`'s deadlines (it disconnected).
 pub fn unschedule(gw: &Shared, sid: Sid, conn: &Conn) {
-    if let Some(old) = conn
-        .deadlines
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
-    {
+    if let Some(old) = conn.deadlines.lock().unwrap_or_else(|e| e.into_inner()).take() {
         gw.expiry.remove(old.notice, &(sid, Phase::Notice));
         gw.expiry.remove(old.expire, &(sid, Phase::Expire));
     }
@@ -87,10 +73,7 @@ pub async fn run(gw: Shared, io: SocketIo) {
                 Phase::Notice => {
                     let expires_at_ms = exp.saturating_mul(1000);
                     let in_ms = expires_at_ms.saturating_sub(now_unix().as_millis() as u64);
-                    if socket
-                        .emit(EXPIRING_EVENT, &json!({ "exp": exp, "expiresInMs": in_ms }))
-                        .is_ok()
-                    {
+                    if socket.emit(EXPIRING_EVENT, &json!({ "exp": exp, "expiresInMs": in_ms })).is_ok() {
                         metrics::emitted(EXPIRING_EVENT, 1);
                     }
                 }

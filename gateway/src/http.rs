@@ -32,21 +32,13 @@ pub enum OriginPolicy {
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz).with_state(gw))
         .route(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        metrics.render(),
-                    )
-                }
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
             }),
         )
 }
@@ -54,11 +46,9 @@ pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
 async fn readyz(State(gw): State<Shared>) -> Response {
     match gw.readiness() {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": reason })),
-        )
-            .into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "reason": reason }))).into_response()
+        }
     }
 }
 
@@ -76,55 +66,30 @@ pub fn guard_public(router: Router, gw: Shared, origins: OriginPolicy) -> Router
     }
 }
 
-async fn guard(
-    State((gw, origins)): State<(Shared, OriginPolicy)>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, req: Request, next: Next) -> Response {
     if let (OriginPolicy::List(list), Some(origin)) = (&origins, req.headers().get(header::ORIGIN))
         && !list.contains(origin)
     {
-        return error(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "origin not allowed",
-        );
+        return error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
     }
     if gw.is_draining() && is_new_socket_io_session(&req) {
         // Existing polling sessions carry their sid and keep working until they are closed.
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServerShutdown,
-            "replica is shutting down",
-        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
     }
     next.run(req).await
 }
 
 fn is_new_socket_io_session(req: &Request) -> bool {
     req.uri().path().starts_with(SOCKET_IO_PATH)
-        && !req
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .any(|pair| pair.starts_with("sid="))
+        && !req.uri().query().unwrap_or_default().split('&').any(|pair| pair.starts_with("sid="))
 }
 
-/// A JSON error response: `{ "error": { "code", "message" } }`.
+/// A JSON error response: `{ "ok": false, "error": { "code", "message" } }`, the shape of an error ack.
 pub fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    (
-        status,
-        Json(json!({ "error": { "code": code, "message": message } })),
-    )
-        .into_response()
+    (status, Json(json!({ "ok": false, "error": { "code": code, "message": message } }))).into_response()
 }
 
 /// The response for paths that exist on neither listener.
 pub async fn not_found() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        ErrorCode::NotFound,
-        "no such endpoint",
-    )
+    error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
 }

@@ -13,7 +13,10 @@
 //! - [`conn`]: per-socket state and the ticket lock that keeps a socket's operations in order.
 //! - [`rooms`]: join/leave authorization, local membership counts driving bus subscriptions.
 //! - [`bus`]: the [`bus::Bus`] trait between the socket layer and cross-replica delivery;
-//!   [`bus::memory`] is the single-node implementation.
+//!   [`bus::memory`] is the single-node implementation, [`bus::redis`] the clustered one.
+//! - [`delivery`]: checks inbound envelopes and emits them to local sockets.
+//! - [`publish`]: `POST /v1/publish`, the HTTP publish API.
+//! - [`typing`]: typing indicators sent by clients.
 //! - [`expiry`]: `auth:expiring` and `token_expired` disconnects, on a [`timers::DeadlineQueue`].
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`; the origin and drain guard of the public listener.
 //! - [`metrics`]: every metric name and description.
@@ -24,16 +27,19 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod delivery;
 pub mod errors;
 pub mod expiry;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod publish;
 pub mod rooms;
 pub mod shutdown;
 pub mod socket;
 pub mod state;
 pub mod timers;
+pub mod typing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -45,8 +51,15 @@ pub use config::{Config, ConfigError};
 
 use crate::{
     auth::Verifier,
-    bus::{Bus, memory::MemoryBus},
+    bus::{
+        Bus,
+        memory::MemoryBus,
+        redis::{RedisBus, RedisSettings},
+    },
+    config::Secret,
+    delivery::Delivery,
     http::OriginPolicy,
+    publish::ApiKeys,
     rooms::Membership,
     state::{GatewayState, Shared},
 };
@@ -77,6 +90,8 @@ pub struct Gateway {
     public: (TcpListener, Router),
     admin: (TcpListener, Router),
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// In `--dev` mode without a configured key: the generated publish API key.
+    dev_api_key: Option<Secret>,
 }
 
 impl Gateway {
@@ -94,12 +109,39 @@ impl Gateway {
             origins = OriginPolicy::Any;
         }
         let metrics = metrics::install();
-        let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
-        tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
+        let mut api_keys = ApiKeys::from_config(&config)?;
+        let mut dev_api_key = None;
+        if config.dev && !api_keys.is_enabled() {
+            let key = Secret::from(auth::random_hex(16));
+            api_keys = ApiKeys::new(vec![key.clone()]);
+            dev_api_key = Some(key);
+        }
+        let node_id: Arc<str> = auth::random_hex(16).into();
+        let delivery =
+            Arc::new(Delivery::new(node_id.clone(), config.publish_max_payload, config.typing_ttl.as_millis() as u64));
+        let bus: Arc<dyn Bus> = match &config.redis_url {
+            Some(url) => Arc::new(RedisBus::start(
+                RedisSettings {
+                    url: url.expose().to_owned(),
+                    keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
+                        .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
+                    command_timeout: config.redis_command_timeout,
+                    buffer: config.redis_buffer,
+                },
+                delivery.clone(),
+            )?),
+            None => {
+                tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
+                Arc::new(MemoryBus::new(delivery.clone()))
+            }
+        };
+        tracing::info!(node = %node_id, "replica id");
 
         let state: Shared = Arc::new(GatewayState {
-            membership: Membership::new(bus.clone()),
+            membership: Arc::new(Membership::new(bus.clone())),
             bus,
+            delivery,
+            api_keys,
             verifier,
             expiry: Default::default(),
             draining: Default::default(),
@@ -111,6 +153,7 @@ impl Gateway {
             .ping_interval(config.ping_interval)
             .ping_timeout(config.ping_timeout)
             .max_payload(config.max_payload)
+            .max_buffer_size(config.client_buffer)
             // engineioxide applies max_payload to polling only; without these a WebSocket
             // client could send 64 MiB messages.
             .ws_max_message_size(config.max_payload as usize)
@@ -124,46 +167,31 @@ impl Gateway {
             .with_state(state.clone())
             .build_layer();
         socket::register(&io);
+        state.delivery.attach(io.clone(), state.membership.clone());
 
         // The Socket.IO layer is applied exactly once: every `Layer::layer` call builds a new
         // Engine.IO instance with its own session table, and `Router::layer` would apply it to
         // each endpoint, so a polling GET and the POST that follows would land in different
         // engines ("Session ID unknown").
-        let socket_io = tower::Layer::layer(&layer, Router::new().fallback(http::not_found));
-        let public_router = http::guard_public(
-            Router::new().fallback_service(socket_io),
-            state.clone(),
-            origins,
-        );
-        let admin_router =
-            http::admin_router(state.clone(), metrics.clone()).fallback(http::not_found);
+        let socket_io = tower::Layer::layer(&layer, publish::router(state.clone()).fallback(http::not_found));
+        let public_router = http::guard_public(Router::new().fallback_service(socket_io), state.clone(), origins);
+        let admin_router = http::admin_router(state.clone(), metrics.clone()).fallback(http::not_found);
         let public = bind(config.listen, "ROOMCAST_LISTEN").await?;
         let admin = bind(config.admin_listen, "ROOMCAST_ADMIN_LISTEN").await?;
-        let gateway = Gateway {
-            state,
-            io,
-            public: (public, public_router),
-            admin: (admin, admin_router),
-            metrics,
-        };
+        let gateway =
+            Gateway { state, io, public: (public, public_router), admin: (admin, admin_router), metrics, dev_api_key };
         tracing::info!(public = %gateway.public_addr(), admin = %gateway.admin_addr(), "listening");
         Ok(gateway)
     }
 
     /// The bound public address (Socket.IO and the public API).
     pub fn public_addr(&self) -> SocketAddr {
-        self.public
-            .0
-            .local_addr()
-            .unwrap_or(self.state.config.listen)
+        self.public.0.local_addr().unwrap_or(self.state.config.listen)
     }
 
     /// The bound admin address (`/healthz`, `/readyz`, `/metrics`).
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin
-            .0
-            .local_addr()
-            .unwrap_or(self.state.config.admin_listen)
+        self.admin.0.local_addr().unwrap_or(self.state.config.admin_listen)
     }
 
     /// In `--dev` mode, a demo token valid for `ttl`.
@@ -171,16 +199,15 @@ impl Gateway {
         self.state.verifier.mint_dev_token(ttl)
     }
 
+    /// In `--dev` mode without a configured key, the generated publish API key.
+    pub fn dev_api_key(&self) -> Option<&str> {
+        self.dev_api_key.as_ref().map(Secret::expose)
+    }
+
     /// Serves until `shutdown` resolves, then drains (see [`shutdown::drain`]) and returns
     /// within the configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
-        let Gateway {
-            state,
-            io,
-            public,
-            admin,
-            metrics,
-        } = self;
+        let Gateway { state, io, public, admin, metrics, .. } = self;
         let expiry = tokio::spawn(expiry::run(state.clone(), io.clone()));
         let upkeep = tokio::spawn(async move {
             // Histograms are only compacted on upkeep; without it they grow.
@@ -196,9 +223,7 @@ impl Gateway {
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
+                axum::serve(listener, router).with_graceful_shutdown(stopped).await
             })
         };
         let public_server = serve(public, stop_rx.clone());
@@ -212,13 +237,8 @@ impl Gateway {
             let _ = public_server.await;
             let _ = admin_server.await;
         };
-        if tokio::time::timeout(shutdown::remaining(deadline), servers)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "shutdown timeout reached with HTTP connections still open; exiting anyway"
-            );
+        if tokio::time::timeout(shutdown::remaining(deadline), servers).await.is_err() {
+            tracing::warn!("shutdown timeout reached with HTTP connections still open; exiting anyway");
         }
         expiry.abort();
         upkeep.abort();
@@ -228,19 +248,10 @@ impl Gateway {
 }
 
 async fn bind(addr: SocketAddr, option: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            option,
-            addr,
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { option, addr, source })
 }
 
 /// Binds and serves `config` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), StartError> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
     Gateway::bind(config).await?.run(shutdown).await
 }

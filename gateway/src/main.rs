@@ -11,10 +11,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     logging::init(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("roomcast-gateway: cannot start the async runtime: {e}");
@@ -50,6 +47,7 @@ fn print_dev_banner(gateway: &Gateway) {
     };
     let port = gateway.public_addr().port();
     let admin = gateway.admin_addr().port();
+    let api_key = gateway.dev_api_key().unwrap_or("<your ROOMCAST_API_KEY>");
     println!(
         r#"
 Roomcast is running in --dev mode: a random signing secret was generated for this run only.
@@ -68,6 +66,13 @@ From Node or a browser bundle (npm install socket.io-client):
   const socket = io("http://localhost:{port}", {{ auth: {{ token: "{token}" }} }});
   socket.on("connect", () => socket.emit("join", {{ channel: "general" }}, (ack) => console.log(ack)));
   socket.on("connect_error", (err) => console.error(err.message)); // e.g. "token_expired"
+  socket.on("message:new", (data, meta) => console.log(data, meta));
+
+Publish to that channel from any backend (API key generated for this run):
+
+  curl -X POST http://localhost:{port}/v1/publish \
+    -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \
+    -d '{{"tenant":"demo","channel":"general","event":"message:new","data":{{"text":"hello"}}}}'
 
 Or look at the Engine.IO handshake with curl:
 

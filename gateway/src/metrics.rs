@@ -6,16 +6,14 @@
 
 use std::sync::OnceLock;
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use roomcast_publisher::RoomKind;
 
 use crate::errors::ErrorCode;
 
 /// Latency buckets (seconds) for every `_seconds` histogram: 0.5 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -61,40 +59,54 @@ pub const ROOM_LEAVES: &str = "roomcast_room_leaves_total";
 pub const LOCAL_ROOMS: &str = "roomcast_local_rooms";
 /// Events received from clients, by `event` (known names, else `other`) and `result` (`ok` or an error code).
 pub const EVENTS_RECEIVED: &str = "roomcast_client_events_total";
-/// Events emitted to clients (one per socket reached), by `event` family.
+/// Events emitted to clients, one per local member of the room (for typing, the typer's own
+/// sockets are counted although they are skipped), by `event` family.
 pub const EVENTS_EMITTED: &str = "roomcast_events_emitted_total";
 /// Token refresh attempts, by `result`.
 pub const AUTH_REFRESHES: &str = "roomcast_auth_refreshes_total";
 
+/// Envelopes this replica received from Redis (every room it is subscribed to).
+pub const BUS_RECEIVED: &str = "roomcast_bus_messages_received_total";
+/// Inbound envelopes dropped, by `reason`.
+pub const BUS_REJECTED: &str = "roomcast_bus_messages_rejected_total";
+/// Pub/sub messages lost because the reader fell behind the buffer.
+pub const BUS_LAGGED: &str = "roomcast_bus_lagged_messages_total";
+/// Rooms this replica is subscribed to.
+pub const BUS_SUBSCRIPTIONS: &str = "roomcast_bus_subscriptions";
+/// Redis command or connection errors, by `op`.
+pub const REDIS_ERRORS: &str = "roomcast_redis_errors_total";
+/// Redis reconnections, by `client` (commands, subscriber).
+pub const REDIS_RECONNECTS: &str = "roomcast_redis_reconnects_total";
+/// Room deliveries on this replica (one per envelope per replica), by `type`.
+pub const DELIVERIES: &str = "roomcast_deliveries_total";
+/// Time from publish (the envelope's ts) to local emit.
+pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
+/// Events not sent to a socket because its send buffer was full.
+pub const CLIENT_BUFFER_FULL: &str = "roomcast_client_buffer_full_total";
+/// Publish requests (HTTP API, client typing), by `source` and `result`.
+pub const PUBLISHES: &str = "roomcast_publish_requests_total";
+
 fn describe() {
-    describe_gauge!(
-        BUILD_INFO,
-        "Always 1; the version label names the running build."
-    );
+    describe_counter!(BUS_RECEIVED, "Envelopes received from Redis by this replica.");
+    describe_counter!(BUS_REJECTED, "Inbound envelopes dropped as invalid, by reason.");
+    describe_counter!(BUS_LAGGED, "Pub/sub messages lost because the reader fell behind its buffer.");
+    describe_gauge!(BUS_SUBSCRIPTIONS, "Rooms this replica is subscribed to in Redis.");
+    describe_counter!(REDIS_ERRORS, "Redis command and connection errors, by operation.");
+    describe_counter!(REDIS_RECONNECTS, "Redis reconnections, by client.");
+    describe_counter!(DELIVERIES, "Envelopes delivered to this replica's rooms, by type.");
+    describe_histogram!(DELIVERY_LATENCY, "Seconds from publish to local emit (publisher and gateway clocks).");
+    describe_counter!(CLIENT_BUFFER_FULL, "Events not sent to a socket because its send buffer was full.");
+    describe_counter!(PUBLISHES, "Publish requests, by source and result.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
-    describe_counter!(
-        CONNECTIONS_REJECTED,
-        "Connection attempts refused, by reason."
-    );
+    describe_counter!(CONNECTIONS_REJECTED, "Connection attempts refused, by reason.");
     describe_counter!(DISCONNECTS, "Ended connections, by reason.");
     describe_counter!(ROOM_JOINS, "Room joins, by room kind.");
-    describe_counter!(
-        ROOM_LEAVES,
-        "Room leaves, by room kind, disconnects included."
-    );
-    describe_gauge!(
-        LOCAL_ROOMS,
-        "Rooms with at least one member on this replica."
-    );
-    describe_counter!(
-        EVENTS_RECEIVED,
-        "Events received from clients, by event and result."
-    );
-    describe_counter!(
-        EVENTS_EMITTED,
-        "Events emitted to clients, one per socket reached, by event family."
-    );
+    describe_counter!(ROOM_LEAVES, "Room leaves, by room kind, disconnects included.");
+    describe_gauge!(LOCAL_ROOMS, "Rooms with at least one member on this replica.");
+    describe_counter!(EVENTS_RECEIVED, "Events received from clients, by event and result.");
+    describe_counter!(EVENTS_EMITTED, "Events emitted to clients, one per socket reached, by event family.");
     describe_counter!(AUTH_REFRESHES, "auth:refresh attempts, by result.");
 }
 
@@ -138,4 +150,50 @@ pub(crate) fn emitted(event: &'static str, sockets: u64) {
 
 pub(crate) fn auth_refresh(result: &'static str) {
     counter!(AUTH_REFRESHES, "result" => result).increment(1);
+}
+
+pub(crate) fn bus_received() {
+    counter!(BUS_RECEIVED).increment(1);
+}
+
+pub(crate) fn bus_rejected(reason: &'static str) {
+    counter!(BUS_REJECTED, "reason" => reason).increment(1);
+}
+
+pub(crate) fn bus_lagged(lost: u64) {
+    counter!(BUS_LAGGED).increment(lost);
+}
+
+pub(crate) fn bus_subscriptions(rooms: usize) {
+    gauge!(BUS_SUBSCRIPTIONS).set(rooms as f64);
+}
+
+pub(crate) fn redis_error(op: &'static str) {
+    counter!(REDIS_ERRORS, "op" => op).increment(1);
+}
+
+pub(crate) fn redis_reconnected(client: &'static str) {
+    counter!(REDIS_RECONNECTS, "client" => client).increment(1);
+}
+
+/// An envelope delivered to a local room with `members` local sockets.
+pub(crate) fn delivered(kind: &'static str, members: u64) {
+    counter!(DELIVERIES, "type" => kind).increment(1);
+    counter!(EVENTS_EMITTED, "event" => kind).increment(members);
+}
+
+pub(crate) fn delivery_latency(ms: u64) {
+    histogram!(DELIVERY_LATENCY).record(ms as f64 / 1000.0);
+}
+
+pub(crate) fn client_buffer_full(sockets: u64) {
+    counter!(CLIENT_BUFFER_FULL).increment(sockets);
+}
+
+pub(crate) fn publish(source: &'static str, result: Result<(), ErrorCode>) {
+    let result = match result {
+        Ok(()) => "ok",
+        Err(code) => code.as_str(),
+    };
+    counter!(PUBLISHES, "source" => source, "result" => result).increment(1);
 }

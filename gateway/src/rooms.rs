@@ -29,23 +29,18 @@ pub struct Membership {
 
 impl std::fmt::Debug for Membership {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Membership")
-            .field("rooms", &self.room_count())
-            .finish_non_exhaustive()
+        f.debug_struct("Membership").field("rooms", &self.room_count()).finish_non_exhaustive()
     }
 }
 
 impl Membership {
     /// A registry driving `bus`.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Membership {
-            counts: Mutex::new(HashMap::new()),
-            bus,
-        }
+        Membership { counts: Mutex::new(HashMap::new()), bus }
     }
 
     /// A local socket entered `room`. Resolves once the bus delivers the room's events here.
-    pub fn enter(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+    pub fn enter(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static + use<> {
         let subscribe = {
             let mut counts = self.lock();
             let count = counts.entry(room.to_owned()).or_insert(0);
@@ -61,7 +56,7 @@ impl Membership {
     }
 
     /// A local socket left `room`.
-    pub fn exit(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static {
+    pub fn exit(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static + use<> {
         let unsubscribe = {
             let mut counts = self.lock();
             match counts.get_mut(room) {
@@ -106,18 +101,14 @@ impl Membership {
 pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, ClientError> {
     let invalid = |msg: &str| ClientError::new(ErrorCode::InvalidPayload, msg);
     let Some(obj) = payload.as_object() else {
-        return Err(invalid(
-            "payload must be an object: { project: \"<id>\" } or { channel: \"<id>\" }",
-        ));
+        return Err(invalid("payload must be an object: { project: \"<id>\" } or { channel: \"<id>\" }"));
     };
     let (kind, id) = match (obj.get("project"), obj.get("channel")) {
         (Some(p), None) => (RoomKind::Project, p),
         (None, Some(c)) => (RoomKind::Channel, c),
         (Some(_), Some(_)) => return Err(invalid("name either a project or a channel, not both")),
         (None, None) => {
-            return Err(invalid(
-                "payload needs a \"project\" or a \"channel\" field",
-            ));
+            return Err(invalid("payload needs a \"project\" or a \"channel\" field"));
         }
     };
     let Some(id) = id.as_str() else {
@@ -133,10 +124,7 @@ pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, Clie
         _ => identity.channels.allows(id),
     };
     if !allowed {
-        return Err(ClientError::new(
-            ErrorCode::Forbidden,
-            format!("token does not grant {} {id:?}", kind.as_str()),
-        ));
+        return Err(ClientError::new(ErrorCode::Forbidden, format!("token does not grant {} {id:?}", kind.as_str())));
     }
     Ok(room)
 }
@@ -147,22 +135,12 @@ pub fn explicit_room_count(socket: &SocketRef) -> usize {
     socket
         .rooms()
         .iter()
-        .filter(|r| {
-            matches!(
-                Room::parse(r).map(|r| r.kind()),
-                Some(RoomKind::Project | RoomKind::Channel)
-            )
-        })
+        .filter(|r| matches!(Room::parse(r).map(|r| r.kind()), Some(RoomKind::Project | RoomKind::Channel)))
         .count()
 }
 
 /// Puts `socket` in `room` (idempotent), subscribing the bus if it is the room's first local member.
-pub async fn join(
-    socket: &SocketRef,
-    membership: &Membership,
-    room: &Room,
-    max_rooms: u32,
-) -> Result<(), ClientError> {
+pub async fn join(socket: &SocketRef, membership: &Membership, room: &Room, max_rooms: u32) -> Result<(), ClientError> {
     let name = room.to_string();
     if socket.rooms().iter().any(|r| *r == name) {
         return Ok(());
@@ -170,20 +148,33 @@ pub async fn join(
     if explicit_room_count(socket) >= max_rooms as usize {
         return Err(ClientError::new(
             ErrorCode::TooManyRooms,
-            format!(
-                "a socket may be in at most {max_rooms} project and channel rooms; leave one first"
-            ),
+            format!("a socket may be in at most {max_rooms} project and channel rooms; leave one first"),
         ));
     }
+    confirm(join_now(socket, membership, room)).await;
+    Ok(())
+}
+
+/// Puts `socket` in `room` now (the caller checked it is not there yet) and returns the bus
+/// confirmation to await.
+pub fn join_now(
+    socket: &SocketRef,
+    membership: &Membership,
+    room: &Room,
+) -> impl Future<Output = Result<(), BusError>> + Send + 'static + use<> {
+    let name = room.to_string();
     let subscribed = membership.enter(&name);
     socket.join(name);
     metrics::room_joined(room.kind());
+    subscribed
+}
+
+/// Waits for a subscription confirmation. A failure does not undo the join: the bus keeps the
+/// subscription as wanted and re-applies it when it recovers, and local delivery works meanwhile.
+pub async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
     if let Err(e) = subscribed.await {
-        // The bus keeps the subscription as wanted and re-applies it when it recovers;
-        // local delivery works meanwhile, so the join itself stands.
         tracing::warn!(error = %e, "room subscription not confirmed yet");
     }
-    Ok(())
 }
 
 /// Takes `socket` out of `room` (idempotent), unsubscribing the bus if it was the last local member.
@@ -219,26 +210,13 @@ mod tests {
     fn requests_are_validated_then_authorized() {
         let id = identity();
         let code = |v: Value| requested_room(&v, &id).unwrap_err().code;
-        assert_eq!(
-            requested_room(&json!({"project": "p1"}), &id)
-                .unwrap()
-                .to_string(),
-            "tenant:t1:project:p1"
-        );
-        assert_eq!(
-            requested_room(&json!({"channel": "any"}), &id)
-                .unwrap()
-                .to_string(),
-            "tenant:t1:channel:any"
-        );
+        assert_eq!(requested_room(&json!({"project": "p1"}), &id).unwrap().to_string(), "tenant:t1:project:p1");
+        assert_eq!(requested_room(&json!({"channel": "any"}), &id).unwrap().to_string(), "tenant:t1:channel:any");
         assert_eq!(code(json!({"project": "p2"})), ErrorCode::Forbidden);
         assert_eq!(code(json!({"project": "p1:x"})), ErrorCode::InvalidRoom);
         assert_eq!(code(json!({"channel": ""})), ErrorCode::InvalidRoom);
         assert_eq!(code(json!({"project": 7})), ErrorCode::InvalidPayload);
-        assert_eq!(
-            code(json!({"project": "p1", "channel": "c"})),
-            ErrorCode::InvalidPayload
-        );
+        assert_eq!(code(json!({"project": "p1", "channel": "c"})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!("p1")), ErrorCode::InvalidPayload);
         assert_eq!(code(Value::Null), ErrorCode::InvalidPayload);
@@ -246,7 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_bus_is_subscribed_exactly_while_a_room_has_local_members() {
-        let bus = Arc::new(MemoryBus::new());
+        let bus = Arc::new(MemoryBus::new(Arc::new(crate::delivery::Delivery::new("test".into(), 1024, 6000))));
         let m = Membership::new(bus.clone());
         m.enter("r").await.unwrap();
         m.enter("r").await.unwrap();

@@ -42,17 +42,13 @@ pub async fn signal() {
 
 /// Runs the drain sequence; returns when every client was told to move or `deadline` passed.
 pub async fn drain(gw: &Shared, io: &SocketIo, deadline: Instant) {
-    gw.draining
-        .store(true, std::sync::atomic::Ordering::Release);
+    gw.draining.store(true, std::sync::atomic::Ordering::Release);
     let delay = gw.config.drain_delay;
     tracing::info!(drain_delay = ?delay, "draining: unready, refusing new connections");
     tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
 
     let sockets = io.sockets();
-    tracing::info!(
-        sockets = sockets.len(),
-        "asking connected clients to reconnect elsewhere"
-    );
+    tracing::info!(sockets = sockets.len(), "asking connected clients to reconnect elsewhere");
     let payload = DisconnectReason::ServerShutdown.payload();
     for socket in &sockets {
         if let Some(conn) = socket.extensions.get::<std::sync::Arc<crate::conn::Conn>>() {
@@ -72,7 +68,5 @@ pub async fn drain(gw: &Shared, io: &SocketIo, deadline: Instant) {
 
 /// Time left until `deadline`, at least a few milliseconds so a last flush can happen.
 pub fn remaining(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(10))
+    deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10))
 }

@@ -48,6 +48,11 @@ async fn authenticate(
     match verified {
         Ok(identity) => {
             socket.extensions.insert(Arc::new(Conn::new(identity)));
+            // Registered here, before socketioxide sends CONNECT: it runs the connect handler
+            // only after sending it, and an event the client sends in between would find no
+            // handler and be dropped.
+            socket.on_fallback(on_event);
+            socket.on_disconnect(on_disconnect);
             Ok(())
         }
         Err(e) => {
@@ -78,16 +83,20 @@ fn span(socket: &SocketRef, identity: &Identity) -> tracing::Span {
 }
 
 fn on_connect(socket: SocketRef, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
-    // Registered synchronously, before socketioxide reads the client's next packet: an event
-    // sent right after `connect` must find its handler.
-    socket.on_fallback(on_event);
-    socket.on_disconnect(on_disconnect);
-    let conn = conn_of(&socket);
-    // The first ticket: every later operation of this socket waits for the automatic joins.
-    let ticket = conn.as_ref().map(Turns::ticket);
     metrics::connection_accepted();
+    let conn = conn_of(&socket);
+    // Joined synchronously, right after CONNECT went out: local delivery to the automatic rooms
+    // starts now; the async part only waits for the bus to confirm the subscriptions.
+    let joined = conn.as_ref().map(|conn| {
+        let identity = conn.identity();
+        // The verifier only accepts valid ids, so both rooms always build.
+        let auto = [Room::tenant(&identity.tenant), Room::user(&identity.tenant, &identity.user)];
+        let confirmations: Vec<_> =
+            auto.into_iter().flatten().map(|room| rooms::join_now(&socket, &gw.membership, &room)).collect();
+        (Turns::first(conn), confirmations)
+    });
     async move {
-        let (Some(conn), Some(ticket)) = (conn, ticket) else {
+        let (Some(conn), Some((ticket, confirmations))) = (conn, joined) else {
             tracing::error!(sid = %socket.id, "connected socket has no state; closing it");
             let _ = socket.disconnect();
             return;
@@ -96,13 +105,8 @@ fn on_connect(socket: SocketRef, State(gw): State<Shared>) -> impl Future<Output
         let span = span(&socket, &identity);
         async {
             let _turn = ticket.wait().await;
-            // The verifier only accepts valid ids, so both rooms always build.
-            let auto = [
-                Room::tenant(&identity.tenant),
-                Room::user(&identity.tenant, &identity.user),
-            ];
-            for room in auto.into_iter().flatten() {
-                let _ = rooms::join(&socket, &gw.membership, &room, u32::MAX).await;
+            for confirmed in confirmations {
+                rooms::confirm(confirmed).await;
             }
             metrics::local_rooms(gw.membership.room_count());
             expiry::schedule(&gw, socket.id, &conn, identity.exp);
@@ -129,10 +133,7 @@ fn on_event(
     async move {
         let name = known_event(&event);
         let Some((ticket, conn)) = ticket else {
-            let error = ClientError::new(
-                ErrorCode::RateLimited,
-                "too many operations in flight; wait for their acks",
-            );
+            let error = ClientError::new(ErrorCode::RateLimited, "too many operations in flight; wait for their acks");
             metrics::client_event(name, Err(error.code));
             let _ = ack.send(&error.ack());
             return;
@@ -141,12 +142,16 @@ fn on_event(
         let span = span(&socket, &identity);
         async move {
             let _turn = ticket.wait().await;
-            let payload = payload.map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON"));
+            let payload =
+                payload.map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON"));
             let reply = match name {
                 "join" => join(&socket, &gw, &conn, payload).await,
                 "leave" => leave(&socket, &gw, &conn, payload).await,
                 "auth:refresh" => refresh(&socket, &gw, &conn, payload).await,
-                _ => Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64)))),
+                "typing" => crate::typing::on_typing(&socket, &gw, &conn, payload).await,
+                _ => {
+                    Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
+                }
             };
             metrics::client_event(name, reply.as_ref().map(|_| ()).map_err(|e| e.code));
             let body = match reply {
@@ -170,6 +175,7 @@ fn known_event(event: &str) -> &'static str {
         "join" => "join",
         "leave" => "leave",
         "auth:refresh" => "auth:refresh",
+        "typing" => "typing",
         _ => "other",
     }
 }
@@ -188,13 +194,7 @@ async fn join(
     payload: Result<Value, ClientError>,
 ) -> Result<Value, ClientError> {
     let room = rooms::requested_room(&payload?, &conn.identity())?;
-    rooms::join(
-        socket,
-        &gw.membership,
-        &room,
-        gw.config.max_rooms_per_socket,
-    )
-    .await?;
+    rooms::join(socket, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
     metrics::local_rooms(gw.membership.room_count());
     Ok(json!({ "ok": true, "room": room.to_string() }))
 }
@@ -222,22 +222,13 @@ async fn refresh(
     let payload = payload?;
     let Some(token) = payload.get("token").and_then(Value::as_str) else {
         metrics::auth_refresh("invalid_payload");
-        return Err(ClientError::new(
-            ErrorCode::InvalidPayload,
-            "payload must be { token: \"<jwt>\" }",
-        ));
+        return Err(ClientError::new(ErrorCode::InvalidPayload, "payload must be { token: \"<jwt>\" }"));
     };
     let current = conn.identity();
-    let fresh = gw
-        .verifier
-        .verify(token)
-        .inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    let fresh = gw.verifier.verify(token).inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
-        return Err(ClientError::new(
-            ErrorCode::Forbidden,
-            "the new token is for another user or tenant",
-        ));
+        return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
     }
     let exp = fresh.exp;
     let mut left = Vec::new();
@@ -262,11 +253,7 @@ async fn refresh(
     Ok(json!({ "ok": true, "exp": exp, "left": left }))
 }
 
-fn on_disconnect(
-    socket: SocketRef,
-    reason: SioReason,
-    State(gw): State<Shared>,
-) -> impl Future<Output = ()> + Send {
+fn on_disconnect(socket: SocketRef, reason: SioReason, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
     let conn = conn_of(&socket);
     // Always queued, never rate limited: cleanup must run after the socket's last operation.
     let ticket = conn.as_ref().map(Turns::ticket);
@@ -305,9 +292,7 @@ fn disconnect_label(reason: SioReason, conn: &Conn) -> &'static str {
         SioReason::TransportError => "transport_error",
         SioReason::HeartbeatTimeout => "heartbeat_timeout",
         SioReason::MultipleHttpPollingError | SioReason::PacketParsingError => "protocol_error",
-        SioReason::ServerNSDisconnect => conn
-            .closing_reason()
-            .map_or("server_disconnect", |r| r.code().as_str()),
+        SioReason::ServerNSDisconnect => conn.closing_reason().map_or("server_disconnect", |r| r.code().as_str()),
         SioReason::ClosingServer => "server_shutdown",
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{
 use socketioxide::socket::Sid;
 
 use crate::{
-    auth::Verifier, bus::Bus, config::Config, expiry::Phase, rooms::Membership,
+    auth::Verifier, bus::Bus, config::Config, delivery::Delivery, expiry::Phase, publish::ApiKeys, rooms::Membership,
     timers::DeadlineQueue,
 };
 
@@ -23,9 +23,13 @@ pub struct GatewayState {
     /// Token verification.
     pub verifier: Verifier,
     /// Local room members and the bus subscriptions that follow.
-    pub membership: Membership,
+    pub membership: Arc<Membership>,
     /// Cross-replica delivery.
     pub bus: Arc<dyn Bus>,
+    /// Emits envelopes to local sockets; knows this replica's id.
+    pub delivery: Arc<Delivery>,
+    /// Keys accepted by `POST /v1/publish`.
+    pub api_keys: ApiKeys,
     /// Token-expiry deadlines of every socket.
     pub expiry: DeadlineQueue<(Sid, Phase)>,
     /// Set once shutdown began: `/readyz` fails and new connections are refused.
@@ -48,8 +52,8 @@ impl GatewayState {
     pub fn readiness(&self) -> Result<(), &'static str> {
         if self.is_draining() {
             Err("draining")
-        } else if !self.bus.is_ready() {
-            Err("bus_unavailable")
+        } else if let Some(reason) = self.bus.unavailable() {
+            Err(reason)
         } else {
             Ok(())
         }

@@ -19,10 +19,7 @@ pub struct DeadlineQueue<T> {
 
 impl<T: Ord + Clone> Default for DeadlineQueue<T> {
     fn default() -> Self {
-        DeadlineQueue {
-            items: Mutex::new(BTreeSet::new()),
-            wake: Notify::new(),
-        }
+        DeadlineQueue { items: Mutex::new(BTreeSet::new()), wake: Notify::new() }
     }
 }
 

@@ -11,9 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 async fn rejection(gw: &TestGateway, opts: Connect) -> String {
@@ -28,27 +26,11 @@ async fn rejection(gw: &TestGateway, opts: Connect) -> String {
 async fn a_token_is_accepted_from_auth_header_or_query() {
     let gw = TestGateway::start().await;
     let t = user_token("t1", "u1");
-    Client::connect(gw.addr, Connect::token(&t))
+    Client::connect(gw.addr, Connect::token(&t)).await.expect("auth.token");
+    Client::connect(gw.addr, Connect { headers: vec![("authorization", format!("Bearer {t}"))], ..Default::default() })
         .await
-        .expect("auth.token");
-    Client::connect(
-        gw.addr,
-        Connect {
-            headers: vec![("authorization", format!("Bearer {t}"))],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("Authorization header");
-    Client::connect(
-        gw.addr,
-        Connect {
-            query: Some(format!("token={t}")),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("query");
+        .expect("Authorization header");
+    Client::connect(gw.addr, Connect { query: Some(format!("token={t}")), ..Default::default() }).await.expect("query");
 }
 
 #[tokio::test]
@@ -67,21 +49,8 @@ async fn auth_token_takes_precedence_over_header_and_query() {
 async fn each_rejection_has_its_code() {
     let gw = TestGateway::start_with(|c| c.jwt_leeway = Duration::ZERO).await;
     assert_eq!(rejection(&gw, Connect::default()).await, "token_missing");
-    assert_eq!(
-        rejection(
-            &gw,
-            Connect {
-                auth: Some(json!({})),
-                ..Default::default()
-            }
-        )
-        .await,
-        "token_missing"
-    );
-    assert_eq!(
-        rejection(&gw, Connect::token("not-a-jwt")).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect { auth: Some(json!({})), ..Default::default() }).await, "token_missing");
+    assert_eq!(rejection(&gw, Connect::token("not-a-jwt")).await, "token_invalid");
     let mut wrong_key = claims("t1", "u1");
     wrong_key["exp"] = json!(now() + 60);
     let forged = jsonwebtoken::encode(
@@ -90,40 +59,19 @@ async fn each_rejection_has_its_code() {
         &EncodingKey::from_secret(b"some-other-secret-some-other-secret"),
     )
     .unwrap();
-    assert_eq!(
-        rejection(&gw, Connect::token(&forged)).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&forged)).await, "token_invalid");
     let mut expired = claims("t1", "u1");
     expired["exp"] = json!(now() - 30);
-    assert_eq!(
-        rejection(&gw, Connect::token(&token(&expired))).await,
-        "token_expired"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&token(&expired))).await, "token_expired");
     let no_tenant = json!({ "sub": "u1", "exp": now() + 60 });
-    assert_eq!(
-        rejection(&gw, Connect::token(&token(&no_tenant))).await,
-        "forbidden"
-    );
-    let bad_header = Connect {
-        headers: vec![("authorization", "Basic abc".into())],
-        ..Default::default()
-    };
+    assert_eq!(rejection(&gw, Connect::token(&token(&no_tenant))).await, "forbidden");
+    let bad_header = Connect { headers: vec![("authorization", "Basic abc".into())], ..Default::default() };
     assert_eq!(rejection(&gw, bad_header).await, "token_invalid");
 
     let scrape = gw.metrics().await;
-    for reason in [
-        "token_missing",
-        "token_invalid",
-        "token_expired",
-        "forbidden",
-    ] {
+    for reason in ["token_missing", "token_invalid", "token_expired", "forbidden"] {
         assert!(
-            sample(
-                &scrape,
-                "roomcast_connections_rejected_total",
-                &format!("reason=\"{reason}\"")
-            ) >= 1.0,
+            sample(&scrape, "roomcast_connections_rejected_total", &format!("reason=\"{reason}\"")) >= 1.0,
             "no rejection counted for {reason}"
         );
     }
@@ -142,16 +90,10 @@ async fn issuer_and_audience_are_checked_when_configured() {
     gw.connect(&token(&ok)).await;
     let mut wrong_iss = ok.clone();
     wrong_iss["iss"] = json!("https://evil.example");
-    assert_eq!(
-        rejection(&gw, Connect::token(&token(&wrong_iss))).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&token(&wrong_iss))).await, "token_invalid");
     let mut no_aud = ok.clone();
     no_aud.as_object_mut().unwrap().remove("aud");
-    assert_eq!(
-        rejection(&gw, Connect::token(&token(&no_aud))).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&token(&no_aud))).await, "token_invalid");
 }
 
 fn signed(alg: Algorithm, kid: Option<&str>, key_file: &str, claims: &Value) -> String {
@@ -179,21 +121,13 @@ async fn public_keys_of_each_family_verify_their_tokens() {
             c.jwt_public_key_file = Some(fixture(public));
         })
         .await;
-        gw.connect(&signed(alg, None, private, &claims("t1", "u1")))
-            .await;
+        gw.connect(&signed(alg, None, private, &claims("t1", "u1"))).await;
         // An HMAC token signed with the public key's bytes must not pass (algorithm confusion).
         let pem = std::fs::read(fixture(public)).unwrap();
-        let confused = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims("t1", "u1"),
-            &EncodingKey::from_secret(&pem),
-        )
-        .unwrap();
-        assert_eq!(
-            rejection(&gw, Connect::token(&confused)).await,
-            "token_invalid",
-            "{alg:?}"
-        );
+        let confused =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims("t1", "u1"), &EncodingKey::from_secret(&pem))
+                .unwrap();
+        assert_eq!(rejection(&gw, Connect::token(&confused)).await, "token_invalid", "{alg:?}");
     }
 }
 
@@ -205,36 +139,15 @@ async fn a_jwks_selects_the_key_by_kid_so_keys_can_rotate() {
     })
     .await;
     let c = claims("t1", "u1");
-    gw.connect(&signed(
-        Algorithm::RS256,
-        Some("rsa-2026-01"),
-        "rsa-private.pem",
-        &c,
-    ))
-    .await;
-    gw.connect(&signed(
-        Algorithm::RS256,
-        Some("rsa-2026-06"),
-        "rsa2-private.pem",
-        &c,
-    ))
-    .await;
+    gw.connect(&signed(Algorithm::RS256, Some("rsa-2026-01"), "rsa-private.pem", &c)).await;
+    gw.connect(&signed(Algorithm::RS256, Some("rsa-2026-06"), "rsa2-private.pem", &c)).await;
     // Right key, wrong kid: the kid picks the other key and the signature fails.
     let mismatched = signed(Algorithm::RS256, Some("rsa-2026-06"), "rsa-private.pem", &c);
-    assert_eq!(
-        rejection(&gw, Connect::token(&mismatched)).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&mismatched)).await, "token_invalid");
     let unknown = signed(Algorithm::RS256, Some("retired"), "rsa-private.pem", &c);
-    assert_eq!(
-        rejection(&gw, Connect::token(&unknown)).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&unknown)).await, "token_invalid");
     let no_kid = signed(Algorithm::RS256, None, "rsa-private.pem", &c);
-    assert_eq!(
-        rejection(&gw, Connect::token(&no_kid)).await,
-        "token_invalid"
-    );
+    assert_eq!(rejection(&gw, Connect::token(&no_kid)).await, "token_invalid");
 }
 
 #[tokio::test]
@@ -251,20 +164,11 @@ async fn a_socket_is_warned_then_disconnected_when_its_token_expires() {
     let warning = client.next("auth:expiring").await;
     assert_eq!(warning[0]["exp"], c["exp"]);
     let reason = client.next("roomcast:disconnect").await;
-    assert_eq!(
-        reason[0],
-        json!({ "code": "token_expired", "message": reason[0]["message"], "reconnect": false })
-    );
+    assert_eq!(reason[0], json!({ "code": "token_expired", "message": reason[0]["message"], "reconnect": false }));
     // A Socket.IO disconnect packet ("io server disconnect"), so socket.io-client does not
     // reconnect with the dead token; it closes its transport itself.
     assert!(client.server_disconnect().await);
-    assert!(
-        sample(
-            &gw.metrics().await,
-            "roomcast_disconnects_total",
-            "reason=\"token_expired\""
-        ) >= 1.0
-    );
+    assert!(sample(&gw.metrics().await, "roomcast_disconnects_total", "reason=\"token_expired\"") >= 1.0);
 }
 
 #[tokio::test]
@@ -277,25 +181,14 @@ async fn a_refreshed_token_keeps_the_socket_alive_past_the_old_expiry() {
 
     let mut fresh = claims("t1", "u1");
     fresh["exp"] = json!(now() + 3600);
-    let ack = client
-        .request("auth:refresh", json!({ "token": token(&fresh) }))
-        .await;
+    let ack = client.request("auth:refresh", json!({ "token": token(&fresh) })).await;
     assert_eq!(ack["ok"], true, "{ack}");
     assert_eq!(ack["exp"], fresh["exp"]);
 
     // Wait out the old expiry (a deadline, not a guess), then prove the socket still works.
-    let past_old_exp =
-        Duration::from_secs(old_exp + 1 - now().min(old_exp + 1)) + Duration::from_millis(500);
-    assert!(
-        client
-            .next_within("roomcast:disconnect", past_old_exp)
-            .await
-            .is_none()
-    );
-    assert_eq!(
-        client.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
+    let past_old_exp = Duration::from_secs(old_exp + 1 - now().min(old_exp + 1)) + Duration::from_millis(500);
+    assert!(client.next_within("roomcast:disconnect", past_old_exp).await.is_none());
+    assert_eq!(client.request("join", json!({ "project": "p1" })).await["ok"], true);
     assert!(!client.got_server_disconnect());
 }
 
@@ -304,70 +197,25 @@ async fn a_refresh_must_be_a_valid_token_of_the_same_user() {
     let gw = TestGateway::start().await;
     let client = gw.connect_user("t1", "u1").await;
     let code = |ack: Value| ack["error"]["code"].as_str().unwrap().to_owned();
-    assert_eq!(
-        code(
-            client
-                .request("auth:refresh", json!({ "token": user_token("t1", "u2") }))
-                .await
-        ),
-        "forbidden"
-    );
-    assert_eq!(
-        code(
-            client
-                .request("auth:refresh", json!({ "token": user_token("t2", "u1") }))
-                .await
-        ),
-        "forbidden"
-    );
-    assert_eq!(
-        code(
-            client
-                .request("auth:refresh", json!({ "token": "nope" }))
-                .await
-        ),
-        "token_invalid"
-    );
+    assert_eq!(code(client.request("auth:refresh", json!({ "token": user_token("t1", "u2") })).await), "forbidden");
+    assert_eq!(code(client.request("auth:refresh", json!({ "token": user_token("t2", "u1") })).await), "forbidden");
+    assert_eq!(code(client.request("auth:refresh", json!({ "token": "nope" })).await), "token_invalid");
     let mut expired = claims("t1", "u1");
     expired["exp"] = json!(now() - 120);
-    assert_eq!(
-        code(
-            client
-                .request("auth:refresh", json!({ "token": token(&expired) }))
-                .await
-        ),
-        "token_expired"
-    );
-    assert_eq!(
-        code(client.request("auth:refresh", json!({ "tok": "x" })).await),
-        "invalid_payload"
-    );
-    assert_eq!(
-        code(client.request("auth:refresh", json!("just-a-string")).await),
-        "invalid_payload"
-    );
+    assert_eq!(code(client.request("auth:refresh", json!({ "token": token(&expired) })).await), "token_expired");
+    assert_eq!(code(client.request("auth:refresh", json!({ "tok": "x" })).await), "invalid_payload");
+    assert_eq!(code(client.request("auth:refresh", json!("just-a-string")).await), "invalid_payload");
 }
 
 #[tokio::test]
 async fn a_refresh_that_narrows_access_leaves_the_rooms_it_no_longer_grants() {
     let gw = TestGateway::start().await;
     let client = gw.connect_user("t1", "u1").await;
-    assert_eq!(
-        client.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
-    assert_eq!(
-        client.request("join", json!({ "project": "p2" })).await["ok"],
-        true
-    );
+    assert_eq!(client.request("join", json!({ "project": "p1" })).await["ok"], true);
+    assert_eq!(client.request("join", json!({ "project": "p2" })).await["ok"], true);
     let mut narrower = claims("t1", "u1");
     narrower["projects"] = json!(["p2"]);
-    let ack = client
-        .request("auth:refresh", json!({ "token": token(&narrower) }))
-        .await;
+    let ack = client.request("auth:refresh", json!({ "token": token(&narrower) })).await;
     assert_eq!(ack["left"], json!(["tenant:t1:project:p1"]), "{ack}");
-    assert_eq!(
-        client.request("join", json!({ "project": "p1" })).await["error"]["code"],
-        "forbidden"
-    );
+    assert_eq!(client.request("join", json!({ "project": "p1" })).await["error"]["code"], "forbidden");
 }

@@ -13,10 +13,7 @@ fn readme() -> String {
 fn every_error_code_is_in_the_readme_table() {
     let readme = readme();
     for code in ErrorCode::ALL {
-        assert!(
-            readme.contains(&format!("| `{}` |", code.as_str())),
-            "README's error table lacks {code}"
-        );
+        assert!(readme.contains(&format!("| `{}` |", code.as_str())), "README's error table lacks {code}");
     }
 }
 
@@ -29,10 +26,7 @@ fn env_vars(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_readme_configuration_table_matches_help() {
-    let help = Command::new(env!("CARGO_BIN_EXE_roomcast-gateway"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_roomcast-gateway")).arg("--help").output().unwrap();
     let help = env_vars(&String::from_utf8_lossy(&help.stdout));
     let readme = readme();
     let table: BTreeSet<String> = readme
@@ -44,8 +38,5 @@ fn the_readme_configuration_table_matches_help() {
     assert_eq!(table, help, "README configuration table vs --help");
     // Variables mentioned anywhere in the README must exist.
     let unknown: Vec<_> = env_vars(&readme).difference(&help).cloned().collect();
-    assert!(
-        unknown.is_empty(),
-        "README mentions unknown variables {unknown:?}"
-    );
+    assert!(unknown.is_empty(), "README mentions unknown variables {unknown:?}");
 }

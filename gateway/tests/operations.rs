@@ -34,18 +34,12 @@ async fn health_readiness_and_metrics_answer() {
         "roomcast_client_events_total",
         "roomcast_local_rooms",
     ] {
-        assert!(
-            scrape.contains(&format!("# TYPE {name} ")),
-            "{name} missing from\n{scrape}"
-        );
+        assert!(scrape.contains(&format!("# TYPE {name} ")), "{name} missing from\n{scrape}");
     }
     assert!(sample(&scrape, "roomcast_connections", "") >= 1.0);
     assert!(scrape.contains(r#"roomcast_build_info{version=""#));
     // Labels stay bounded: no socket, user or room ids anywhere in the scrape.
-    assert!(
-        !scrape.contains(&c.sid) && !scrape.contains("u1") && !scrape.contains("tenant:t1"),
-        "{scrape}"
-    );
+    assert!(!scrape.contains(&c.sid) && !scrape.contains("u1") && !scrape.contains("tenant:t1"), "{scrape}");
 }
 
 #[tokio::test]
@@ -55,33 +49,18 @@ async fn shutdown_unreadies_refuses_new_sockets_then_moves_clients_elsewhere() {
     let begun = Instant::now();
     gw.begin_shutdown();
 
-    eventually(WAIT, "readyz to fail", || async {
-        (gw.admin_get("/readyz").await.0 == 503).then_some(())
-    })
-    .await;
+    eventually(WAIT, "readyz to fail", || async { (gw.admin_get("/readyz").await.0 == 503).then_some(()) }).await;
     let (_, body) = gw.admin_get("/readyz").await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["reason"],
-        "draining"
-    );
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["reason"], "draining");
     match Client::connect(gw.addr, Connect::token(&user_token("t1", "u2"))).await {
         Err(ConnectFailure::Http(503)) => {}
-        other => panic!(
-            "a new connection during drain should get 503, got {:?}",
-            other.map(|c| c.sid)
-        ),
+        other => panic!("a new connection during drain should get 503, got {:?}", other.map(|c| c.sid)),
     }
     // Still served during the drain delay.
-    assert_eq!(
-        client.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
+    assert_eq!(client.request("join", json!({ "project": "p1" })).await["ok"], true);
 
     let reason = client.next("roomcast:disconnect").await;
-    assert!(
-        begun.elapsed() >= Duration::from_millis(1500),
-        "told to move before the drain delay"
-    );
+    assert!(begun.elapsed() >= Duration::from_millis(1500), "told to move before the drain delay");
     assert_eq!(reason[0]["code"], "server_shutdown");
     assert_eq!(reason[0]["reconnect"], true);
     assert!(client.closed().await);
@@ -94,32 +73,20 @@ async fn shutdown_unreadies_refuses_new_sockets_then_moves_clients_elsewhere() {
 async fn an_origin_allow_list_is_enforced_for_websockets_and_cors() {
     let gw = TestGateway::start_with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
     let t = user_token("t1", "u1");
-    let with_origin = |origin: &str| Connect {
-        headers: vec![("origin", origin.to_owned())],
-        ..Connect::token(&t)
-    };
-    Client::connect(gw.addr, with_origin("https://app.example"))
-        .await
-        .expect("listed origin");
+    let with_origin = |origin: &str| Connect { headers: vec![("origin", origin.to_owned())], ..Connect::token(&t) };
+    Client::connect(gw.addr, with_origin("https://app.example")).await.expect("listed origin");
     assert_eq!(
-        Client::connect(gw.addr, with_origin("https://evil.example"))
-            .await
-            .err(),
+        Client::connect(gw.addr, with_origin("https://evil.example")).await.err(),
         Some(ConnectFailure::Http(403))
     );
     // Non-browser clients send no Origin and are not affected.
-    Client::connect(gw.addr, Connect::token(&t))
-        .await
-        .expect("no origin");
+    Client::connect(gw.addr, Connect::token(&t)).await.expect("no origin");
 
     let (status, _) = http(
         gw.addr,
         "OPTIONS",
         "/socket.io/?EIO=4&transport=polling",
-        &[
-            ("Origin", "https://app.example"),
-            ("Access-Control-Request-Method", "GET"),
-        ],
+        &[("Origin", "https://app.example"), ("Access-Control-Request-Method", "GET")],
         "",
     )
     .await;
@@ -138,11 +105,7 @@ fn gateway_bin() -> Command {
 
 /// Runs the binary to completion, killing it if it outlives `WAIT` (a startup error must be quick).
 fn run_to_exit(cmd: &mut Command) -> std::process::Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
@@ -151,9 +114,7 @@ fn run_to_exit(cmd: &mut Command) -> std::process::Output {
         out
     });
     if done_rx.recv_timeout(WAIT).is_err() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         panic!("the gateway kept running instead of refusing its configuration");
     }
     waiter.join().unwrap()
@@ -167,47 +128,18 @@ fn bad_configuration_stops_startup_with_one_line_naming_the_option() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: &[Case] = &[
         (&[], &[], "ROOMCAST_JWT_SECRET"),
-        (
-            &[],
-            &[("ROOMCAST_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")],
-            "ROOMCAST_JWT_PUBLIC_KEY_FILE",
-        ),
-        (
-            &[],
-            &[
-                ("ROOMCAST_JWT_SECRET", SECRET),
-                ("ROOMCAST_JWKS_FILE", "/x.json"),
-            ],
-            "conflicting options",
-        ),
-        (
-            &[],
-            &[("ROOMCAST_JWT_SECRET", "short")],
-            "ROOMCAST_JWT_SECRET",
-        ),
-        (
-            &["--dev"],
-            &[
-                ("ROOMCAST_LISTEN", &taken),
-                ("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0"),
-            ],
-            "ROOMCAST_LISTEN",
-        ),
-        (
-            &["--dev"],
-            &[("ROOMCAST_CORS_ORIGINS", "app.example")],
-            "ROOMCAST_CORS_ORIGINS",
-        ),
+        (&[], &[("ROOMCAST_JWT_PUBLIC_KEY_FILE", "/nonexistent/key.pem")], "ROOMCAST_JWT_PUBLIC_KEY_FILE"),
+        (&[], &[("ROOMCAST_JWT_SECRET", SECRET), ("ROOMCAST_JWKS_FILE", "/x.json")], "conflicting options"),
+        (&[], &[("ROOMCAST_JWT_SECRET", "short")], "ROOMCAST_JWT_SECRET"),
+        (&["--dev"], &[("ROOMCAST_LISTEN", &taken), ("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0")], "ROOMCAST_LISTEN"),
+        (&["--dev"], &[("ROOMCAST_CORS_ORIGINS", "app.example")], "ROOMCAST_CORS_ORIGINS"),
     ];
     for (args, env, expected) in cases {
         let out = run_to_exit(gateway_bin().args(*args).envs(env.iter().copied()));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{env:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-        assert!(
-            stderr.contains(expected),
-            "{expected} not named in: {stderr}"
-        );
+        assert!(stderr.contains(expected), "{expected} not named in: {stderr}");
         assert!(!stderr.contains(SECRET), "secret printed: {stderr}");
     }
     // Syntax errors (clap) also exit 2 and name the flag.
@@ -249,13 +181,9 @@ async fn the_binary_drains_on_sigterm_and_never_logs_tokens() {
     };
 
     let good = user_token("t1", "u1");
-    let client = Client::connect(public, Connect::token(&good))
-        .await
-        .unwrap();
+    let client = Client::connect(public, Connect::token(&good)).await.unwrap();
     client.request("join", json!({ "project": "p1" })).await;
-    client
-        .request("auth:refresh", json!({ "token": good }))
-        .await;
+    client.request("auth:refresh", json!({ "token": good })).await;
     let mut forged = claims("t1", "u1");
     forged["sub"] = json!("someone-else");
     let bad = jsonwebtoken::encode(
@@ -265,34 +193,15 @@ async fn the_binary_drains_on_sigterm_and_never_logs_tokens() {
     )
     .unwrap();
     let _ = Client::connect(public, Connect::token(&bad)).await;
-    let _ = Client::connect(
-        public,
-        Connect {
-            query: Some(format!("token={bad}")),
-            ..Default::default()
-        },
-    )
-    .await;
+    let _ = Client::connect(public, Connect { query: Some(format!("token={bad}")), ..Default::default() }).await;
 
     let stopped = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    assert_eq!(
-        client.next("roomcast:disconnect").await[0]["code"],
-        "server_shutdown"
-    );
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(client.next("roomcast:disconnect").await[0]["code"], "server_shutdown");
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(
-        stopped.elapsed() < Duration::from_secs(5),
-        "exited within the shutdown timeout"
-    );
+    assert!(stopped.elapsed() < Duration::from_secs(5), "exited within the shutdown timeout");
 
     while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(1)) {
         log.push(line);
@@ -307,10 +216,7 @@ async fn the_binary_drains_on_sigterm_and_never_logs_tokens() {
         // The signature part alone is the most telling fragment of a token.
         let fragment = secret.rsplit('.').next().unwrap();
         let leaks: Vec<&str> = log.lines().filter(|l| l.contains(fragment)).collect();
-        assert!(
-            leaks.is_empty(),
-            "a token or secret appeared in the logs: {leaks:#?}"
-        );
+        assert!(leaks.is_empty(), "a token or secret appeared in the logs: {leaks:#?}");
     }
 }
 
@@ -319,33 +225,16 @@ async fn the_binary_drains_on_sigterm_and_never_logs_tokens() {
 #[tokio::test]
 async fn long_polling_sessions_work_across_requests() {
     let gw = TestGateway::start().await;
-    let (status, open) = http(
-        gw.addr,
-        "GET",
-        "/socket.io/?EIO=4&transport=polling",
-        &[],
-        "",
-    )
-    .await;
+    let (status, open) = http(gw.addr, "GET", "/socket.io/?EIO=4&transport=polling", &[], "").await;
     assert_eq!(status, 200, "{open}");
     let open: Value = serde_json::from_str(open.trim_start_matches('0')).unwrap();
     let sid = open["sid"].as_str().unwrap();
     let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
     let connect = format!("40{}", json!({ "token": user_token("t1", "u1") }));
-    let (status, body) = http(
-        gw.addr,
-        "POST",
-        &path,
-        &[("Content-Type", "text/plain;charset=UTF-8")],
-        &connect,
-    )
-    .await;
+    let (status, body) = http(gw.addr, "POST", &path, &[("Content-Type", "text/plain;charset=UTF-8")], &connect).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let (status, body) = http(gw.addr, "GET", &path, &[], "").await;
     assert_eq!(status, 200);
     // Polling payloads carry several Engine.IO packets separated by the record separator.
-    assert!(
-        body.split('\u{1e}').any(|p| p.starts_with("40{\"sid\":")),
-        "expected a CONNECT ack, got {body:?}"
-    );
+    assert!(body.split('\u{1e}').any(|p| p.starts_with("40{\"sid\":")), "expected a CONNECT ack, got {body:?}");
 }

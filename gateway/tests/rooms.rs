@@ -8,9 +8,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn code(ack: &Value) -> &str {
-    ack["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not an error ack: {ack}"))
+    ack["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error ack: {ack}"))
 }
 
 #[tokio::test]
@@ -26,54 +24,27 @@ async fn a_socket_joins_and_leaves_the_rooms_its_token_allows() {
         json!({ "ok": true, "room": "tenant:t1:channel:c2" })
     );
     // Idempotent: joining again or leaving twice is fine.
-    assert_eq!(
-        c.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
+    assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
     assert_eq!(
         c.request("leave", json!({ "project": "p1" })).await,
         json!({ "ok": true, "room": "tenant:t1:project:p1" })
     );
-    assert_eq!(
-        c.request("leave", json!({ "project": "p1" })).await["ok"],
-        true
-    );
+    assert_eq!(c.request("leave", json!({ "project": "p1" })).await["ok"], true);
 }
 
 #[tokio::test]
 async fn rooms_outside_the_token_are_forbidden_and_ids_are_validated() {
     let gw = TestGateway::start().await;
     let c = gw.connect_user("t1", "u1").await;
-    assert_eq!(
-        code(&c.request("join", json!({ "project": "p3" })).await),
-        "forbidden"
-    );
-    assert_eq!(
-        code(&c.request("join", json!({ "channel": "c9" })).await),
-        "forbidden"
-    );
+    assert_eq!(code(&c.request("join", json!({ "project": "p3" })).await), "forbidden");
+    assert_eq!(code(&c.request("join", json!({ "channel": "c9" })).await), "forbidden");
     // The tenant comes from the token: there is no way to name another tenant's room.
-    let ack = c
-        .request("join", json!({ "project": "p1", "tenant": "t2" }))
-        .await;
-    assert_eq!(
-        ack["room"], "tenant:t1:project:p1",
-        "a tenant field is ignored: {ack}"
-    );
+    let ack = c.request("join", json!({ "project": "p1", "tenant": "t2" })).await;
+    assert_eq!(ack["room"], "tenant:t1:project:p1", "a tenant field is ignored: {ack}");
     for bad in ["", "a:b", "{p1}", "p 1", "é"] {
-        assert_eq!(
-            code(&c.request("join", json!({ "project": bad })).await),
-            "invalid_room",
-            "{bad:?}"
-        );
+        assert_eq!(code(&c.request("join", json!({ "project": bad })).await), "invalid_room", "{bad:?}");
     }
-    assert_eq!(
-        code(
-            &c.request("join", json!({ "channel": "x".repeat(129) }))
-                .await
-        ),
-        "invalid_room"
-    );
+    assert_eq!(code(&c.request("join", json!({ "channel": "x".repeat(129) })).await), "invalid_room");
 }
 
 #[tokio::test]
@@ -82,14 +53,8 @@ async fn a_wildcard_claim_grants_every_room_of_the_tenant() {
     let mut all = claims("t1", "u1");
     all["projects"] = json!(["*"]);
     let c = gw.connect(&token(&all)).await;
-    assert_eq!(
-        c.request("join", json!({ "project": "anything" })).await["room"],
-        "tenant:t1:project:anything"
-    );
-    assert_eq!(
-        code(&c.request("join", json!({ "channel": "c9" })).await),
-        "forbidden"
-    );
+    assert_eq!(c.request("join", json!({ "project": "anything" })).await["room"], "tenant:t1:project:anything");
+    assert_eq!(code(&c.request("join", json!({ "channel": "c9" })).await), "forbidden");
 }
 
 #[tokio::test]
@@ -106,63 +71,33 @@ async fn malformed_payloads_get_invalid_payload() {
         json!({ "project": null }),
         json!({ "project": "p1", "channel": "c1" }),
     ] {
-        assert_eq!(
-            code(&c.request("join", bad.clone()).await),
-            "invalid_payload",
-            "join {bad}"
-        );
-        assert_eq!(
-            code(&c.request("leave", bad.clone()).await),
-            "invalid_payload",
-            "leave {bad}"
-        );
+        assert_eq!(code(&c.request("join", bad.clone()).await), "invalid_payload", "join {bad}");
+        assert_eq!(code(&c.request("leave", bad.clone()).await), "invalid_payload", "leave {bad}");
     }
     // No argument at all.
     let rx = {
         c.send_raw("421[\"join\"]");
         c.request("join", json!({ "project": "p1" }))
     };
-    assert_eq!(
-        rx.await["ok"],
-        true,
-        "the socket still works after an argument-less event"
-    );
+    assert_eq!(rx.await["ok"], true, "the socket still works after an argument-less event");
 }
 
 #[tokio::test]
 async fn unknown_events_are_answered_not_ignored() {
     let gw = TestGateway::start().await;
     let c = gw.connect_user("t1", "u1").await;
-    assert_eq!(
-        code(&c.request("subscribe", json!({ "room": "x" })).await),
-        "unknown_event"
-    );
+    assert_eq!(code(&c.request("subscribe", json!({ "room": "x" })).await), "unknown_event");
 }
 
 #[tokio::test]
 async fn the_room_cap_is_enforced_and_frees_up_on_leave() {
     let gw = TestGateway::start_with(|c| c.max_rooms_per_socket = 2).await;
     let c = gw.connect_user("t1", "u1").await;
-    assert_eq!(
-        c.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
-    assert_eq!(
-        c.request("join", json!({ "channel": "c1" })).await["ok"],
-        true
-    );
-    assert_eq!(
-        code(&c.request("join", json!({ "project": "p2" })).await),
-        "too_many_rooms"
-    );
-    assert_eq!(
-        c.request("leave", json!({ "channel": "c1" })).await["ok"],
-        true
-    );
-    assert_eq!(
-        c.request("join", json!({ "project": "p2" })).await["ok"],
-        true
-    );
+    assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
+    assert_eq!(c.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    assert_eq!(code(&c.request("join", json!({ "project": "p2" })).await), "too_many_rooms");
+    assert_eq!(c.request("leave", json!({ "channel": "c1" })).await["ok"], true);
+    assert_eq!(c.request("join", json!({ "project": "p2" })).await["ok"], true);
 }
 
 #[tokio::test]
@@ -189,13 +124,7 @@ async fn oversized_and_garbled_packets_close_only_that_connection() {
     let gw = TestGateway::start_with(|c| c.max_payload = 16 * 1024).await;
     let c = gw.connect_user("t1", "u1").await;
     // A big id inside the payload limit is an ordinary invalid room.
-    assert_eq!(
-        code(
-            &c.request("join", json!({ "project": "x".repeat(8 * 1024) }))
-                .await
-        ),
-        "invalid_room"
-    );
+    assert_eq!(code(&c.request("join", json!({ "project": "x".repeat(8 * 1024) })).await), "invalid_room");
 
     // Over the Engine.IO payload limit: the transport is closed, as socket.io does.
     c.emit("join", json!({ "project": "x".repeat(64 * 1024) }));
@@ -211,46 +140,23 @@ async fn oversized_and_garbled_packets_close_only_that_connection() {
 
     // The gateway is unharmed.
     let d = gw.connect_user("t1", "u2").await;
-    assert_eq!(
-        d.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
+    assert_eq!(d.request("join", json!({ "project": "p1" })).await["ok"], true);
 }
 
 #[tokio::test]
 async fn joins_leaves_and_local_rooms_are_counted_in_metrics() {
     let gw = TestGateway::start().await;
     let c = gw.connect_user("metrics-tenant", "u1").await;
-    assert_eq!(
-        c.request("join", json!({ "project": "p1" })).await["ok"],
-        true
-    );
+    assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
     let scrape = gw.metrics().await;
     for kind in ["tenant", "user", "project"] {
-        assert!(
-            sample(
-                &scrape,
-                "roomcast_room_joins_total",
-                &format!("kind=\"{kind}\"")
-            ) >= 1.0,
-            "{kind}"
-        );
+        assert!(sample(&scrape, "roomcast_room_joins_total", &format!("kind=\"{kind}\"")) >= 1.0, "{kind}");
     }
-    assert!(
-        sample(
-            &scrape,
-            "roomcast_client_events_total",
-            "event=\"join\",result=\"ok\""
-        ) >= 1.0
-    );
+    assert!(sample(&scrape, "roomcast_client_events_total", "event=\"join\",result=\"ok\"") >= 1.0);
     c.disconnect();
     eventually(WAIT, "the disconnect to be counted", || async {
         let scrape = gw.metrics().await;
-        (sample(
-            &scrape,
-            "roomcast_disconnects_total",
-            "reason=\"client_disconnect\"",
-        ) >= 1.0
+        (sample(&scrape, "roomcast_disconnects_total", "reason=\"client_disconnect\"") >= 1.0
             && sample(&scrape, "roomcast_room_leaves_total", "kind=\"project\"") >= 1.0)
             .then_some(())
     })

@@ -1,20 +1,28 @@
-//! The single-node bus: every member is local, so subscriptions are a set in memory.
+//! The single-node bus: every member is local, so subscriptions are a set in memory and a
+//! publish is a direct delivery.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
+
+use roomcast_publisher::wire::Envelope;
 
 use super::{BoxFuture, Bus, BusError};
+use crate::delivery::Delivery;
 
 /// In-memory bus for a single replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryBus {
     /// Rooms with local members; the only rooms a publish is delivered to.
     subscribed: Mutex<HashSet<String>>,
+    delivery: Arc<Delivery>,
 }
 
 impl MemoryBus {
-    /// A bus with no subscriptions.
-    pub fn new() -> Self {
-        Self::default()
+    /// A bus with no subscriptions, delivering through `delivery`.
+    pub fn new(delivery: Arc<Delivery>) -> Self {
+        MemoryBus { subscribed: Mutex::new(HashSet::new()), delivery }
     }
 
     /// Whether `room` is subscribed.
@@ -43,7 +51,20 @@ impl Bus for MemoryBus {
         Box::pin(async { Ok(()) })
     }
 
-    fn is_ready(&self) -> bool {
-        true
+    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<u64>, BusError>> {
+        let reached: Vec<u64> = envelopes.iter().map(|e| u64::from(self.is_subscribed(e.room()))).collect();
+        let delivery = self.delivery.clone();
+        Box::pin(async move {
+            for (envelope, reached) in envelopes.iter().zip(&reached) {
+                if *reached == 1 {
+                    delivery.deliver(envelope).await;
+                }
+            }
+            Ok(reached)
+        })
+    }
+
+    fn unavailable(&self) -> Option<&'static str> {
+        None
     }
 }

@@ -1,13 +1,23 @@
 //! The boundary between the socket layer and cross-replica delivery.
 //!
-//! The socket layer never talks to Redis: it tells a [`Bus`] which rooms have local members.
-//! [`memory::MemoryBus`] is the single-node default and the fast test double; it keeps the
-//! same subscription semantics a networked bus has, so a membership bug shows up in
-//! single-node tests too.
+//! The socket layer never talks to Redis: it tells a [`Bus`] which rooms have local members
+//! and hands it envelopes to publish. Whatever a bus receives for a subscribed room it passes
+//! to [`crate::delivery::Delivery`], which emits it to the local sockets.
+//!
+//! - [`memory::MemoryBus`]: the single-node default and the fast test double. It keeps the
+//!   subscription semantics of a networked bus (a publish reaches only subscribed rooms), so
+//!   a membership bug shows in single-node tests too.
+//! - [`redis::RedisBus`]: replicas share rooms through Redis pub/sub (sharded on a cluster).
+//!
+//! Published events reach local members only through the bus, never directly, so a replica
+//! emits each event exactly once whether it published it or not.
 
 pub mod memory;
+pub mod redis;
 
 use std::{future::Future, pin::Pin};
+
+use roomcast_publisher::wire::Envelope;
 
 /// A boxed, sendable future; `Bus` is used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -15,7 +25,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why a bus operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
-    /// The bus cannot reach its backend right now; the operation may succeed later.
+    /// The backend cannot be reached right now; the operation may succeed later.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
 }
@@ -27,12 +37,16 @@ pub enum BusError {
 /// backend confirmed the change; the intent is recorded when the call is made, so a bus that is
 /// down re-applies it when it comes back.
 pub trait Bus: Send + Sync + 'static {
-    /// Starts delivering `room`'s events to this replica (its first local member arrived).
+    /// Starts delivering `room`'s envelopes to this replica (its first local member arrived).
     fn subscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>>;
 
-    /// Stops delivering `room`'s events to this replica (its last local member left).
+    /// Stops delivering `room`'s envelopes to this replica (its last local member left).
     fn unsubscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>>;
 
-    /// Whether the bus can deliver right now; feeds `/readyz`.
-    fn is_ready(&self) -> bool;
+    /// Publishes envelopes to every replica subscribed to their rooms, this one included, in
+    /// one round trip. Resolves to the number of replicas each envelope reached.
+    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<u64>, BusError>>;
+
+    /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
+    fn unavailable(&self) -> Option<&'static str>;
 }

@@ -32,10 +32,7 @@ pub struct Connect {
 
 impl Connect {
     pub fn token(token: &str) -> Self {
-        Connect {
-            auth: Some(json!({ "token": token })),
-            ..Default::default()
-        }
+        Connect { auth: Some(json!({ "token": token })), ..Default::default() }
     }
 }
 
@@ -83,60 +80,43 @@ impl Client {
             url.push('&');
             url.push_str(q);
         }
-        let mut request = url
-            .into_client_request()
-            .map_err(|e| ConnectFailure::Other(e.to_string()))?;
+        let mut request = url.into_client_request().map_err(|e| ConnectFailure::Other(e.to_string()))?;
         for (name, value) in &opts.headers {
-            request
-                .headers_mut()
-                .insert(*name, HeaderValue::from_str(value).unwrap());
+            request.headers_mut().insert(*name, HeaderValue::from_str(value).unwrap());
         }
         let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .map_err(|_| ConnectFailure::Other("connect timed out".into()))?
             .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                    ConnectFailure::Http(resp.status().as_u16())
-                }
+                tokio_tungstenite::tungstenite::Error::Http(resp) => ConnectFailure::Http(resp.status().as_u16()),
                 e => ConnectFailure::Other(e.to_string()),
             })?;
         let (mut sink, mut stream) = ws.split();
 
         // Engine.IO open packet.
-        let open = next_text(&mut stream)
-            .await
-            .ok_or_else(|| ConnectFailure::Other("no open packet".into()))?;
+        let open = next_text(&mut stream).await.ok_or_else(|| ConnectFailure::Other("no open packet".into()))?;
         if !open.starts_with('0') {
-            return Err(ConnectFailure::Other(format!(
-                "unexpected first packet {open}"
-            )));
+            return Err(ConnectFailure::Other(format!("unexpected first packet {open}")));
         }
         let connect = match &opts.auth {
             Some(auth) => format!("40{auth}"),
             None => "40".to_owned(),
         };
-        sink.send(Message::text(connect))
-            .await
-            .map_err(|e| ConnectFailure::Other(e.to_string()))?;
+        sink.send(Message::text(connect)).await.map_err(|e| ConnectFailure::Other(e.to_string()))?;
         let sid = loop {
-            let packet = next_text(&mut stream)
-                .await
-                .ok_or_else(|| ConnectFailure::Other("closed during connect".into()))?;
+            let packet =
+                next_text(&mut stream).await.ok_or_else(|| ConnectFailure::Other("closed during connect".into()))?;
             if packet == "2" {
                 sink.send(Message::text("3")).await.ok();
                 continue;
             }
             if let Some(body) = packet.strip_prefix("40") {
-                let v: Value =
-                    serde_json::from_str(body).map_err(|e| ConnectFailure::Other(e.to_string()))?;
+                let v: Value = serde_json::from_str(body).map_err(|e| ConnectFailure::Other(e.to_string()))?;
                 break v["sid"].as_str().unwrap_or_default().to_owned();
             }
             if let Some(body) = packet.strip_prefix("44") {
-                let v: Value =
-                    serde_json::from_str(body).map_err(|e| ConnectFailure::Other(e.to_string()))?;
-                return Err(ConnectFailure::Rejected(
-                    v["message"].as_str().unwrap_or_default().to_owned(),
-                ));
+                let v: Value = serde_json::from_str(body).map_err(|e| ConnectFailure::Other(e.to_string()))?;
+                return Err(ConnectFailure::Rejected(v["message"].as_str().unwrap_or_default().to_owned()));
             }
             return Err(ConnectFailure::Other(format!("unexpected packet {packet}")));
         };
@@ -183,9 +163,7 @@ impl Client {
                                 Ok(Value::Array(args)) => args,
                                 _ => Vec::new(),
                             };
-                            if let Some(tx) =
-                                id.and_then(|id| reader_shared.acks.lock().unwrap().remove(&id))
-                            {
+                            if let Some(tx) = id.and_then(|id| reader_shared.acks.lock().unwrap().remove(&id)) {
                                 let _ = tx.send(args);
                             }
                         }
@@ -197,19 +175,12 @@ impl Client {
             reader_shared.acks.lock().unwrap().clear();
             push(Incoming::Closed);
         });
-        Ok(Client {
-            sid,
-            out,
-            shared,
-            next_ack: AtomicU64::new(1),
-        })
+        Ok(Client { sid, out, shared, next_ack: AtomicU64::new(1) })
     }
 
     /// Emits `event` with `data` as its only argument, without asking for an ack.
     pub fn emit(&self, event: &str, data: Value) {
-        let _ = self
-            .out
-            .send(Message::text(format!("42{}", json!([event, data]))));
+        let _ = self.out.send(Message::text(format!("42{}", json!([event, data]))));
     }
 
     /// Sends a raw Engine.IO text frame (for malformed-input tests).
@@ -219,9 +190,7 @@ impl Client {
 
     /// Emits `event` with `data` and waits for the ack's first argument.
     pub async fn request(&self, event: &str, data: Value) -> Value {
-        self.try_request(event, data)
-            .await
-            .unwrap_or_else(|| panic!("no ack for {event} within {WAIT:?}"))
+        self.try_request(event, data).await.unwrap_or_else(|| panic!("no ack for {event} within {WAIT:?}"))
     }
 
     /// Like [`Client::request`], `None` if no ack arrives in time.
@@ -238,9 +207,7 @@ impl Client {
         let id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.shared.acks.lock().unwrap().insert(id, tx);
-        let _ = self
-            .out
-            .send(Message::text(format!("42{id}{}", json!([event, data]))));
+        let _ = self.out.send(Message::text(format!("42{id}{}", json!([event, data]))));
         rx
     }
 
@@ -253,22 +220,17 @@ impl Client {
 
     /// Like [`Client::next`] with an explicit deadline; `None` if it does not come.
     pub async fn next_within(&self, event: &str, within: Duration) -> Option<Vec<Value>> {
-        self.wait_for(
-            within,
-            |item| matches!(item, Incoming::Event(name, _) if name == event),
-        )
-        .await
-        .map(|item| match item {
-            Incoming::Event(_, args) => args,
-            _ => unreachable!(),
+        self.wait_for(within, |item| matches!(item, Incoming::Event(name, _) if name == event)).await.map(|item| {
+            match item {
+                Incoming::Event(_, args) => args,
+                _ => unreachable!(),
+            }
         })
     }
 
     /// Waits until the transport is closed.
     pub async fn closed(&self) -> bool {
-        self.wait_for(WAIT, |item| *item == Incoming::Closed)
-            .await
-            .is_some()
+        self.wait_for(WAIT, |item| *item == Incoming::Closed).await.is_some()
     }
 
     /// Whether the server sent a Socket.IO DISCONNECT packet so far.
@@ -278,9 +240,7 @@ impl Client {
 
     /// Waits for a Socket.IO DISCONNECT packet from the server.
     pub async fn server_disconnect(&self) -> bool {
-        self.wait_for(WAIT, |item| *item == Incoming::ServerDisconnect)
-            .await
-            .is_some()
+        self.wait_for(WAIT, |item| *item == Incoming::ServerDisconnect).await.is_some()
     }
 
     /// Everything received and not yet consumed.
@@ -299,11 +259,7 @@ impl Client {
             .collect()
     }
 
-    async fn wait_for(
-        &self,
-        within: Duration,
-        pred: impl Fn(&Incoming) -> bool,
-    ) -> Option<Incoming> {
+    async fn wait_for(&self, within: Duration, pred: impl Fn(&Incoming) -> bool) -> Option<Incoming> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let changed = self.shared.changed.notified();
@@ -313,11 +269,7 @@ impl Client {
                 let mut log = self.shared.log.lock().unwrap();
                 if let Some(pos) = log.iter().position(&pred) {
                     // Closed stays in the log so later waits see it too.
-                    return if log[pos] == Incoming::Closed {
-                        Some(Incoming::Closed)
-                    } else {
-                        log.remove(pos)
-                    };
+                    return if log[pos] == Incoming::Closed { Some(Incoming::Closed) } else { log.remove(pos) };
                 }
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

@@ -3,6 +3,8 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
+pub mod redis;
+pub mod replica;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -33,12 +35,7 @@ pub fn claims(tenant: &str, user: &str) -> Value {
 
 /// Signs `claims` with [`SECRET`] (HS256).
 pub fn token(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&Header::default(), claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
 }
 
 /// A token for `user` in `tenant` (see [`claims`]).
@@ -77,19 +74,12 @@ impl TestGateway {
                 .await
                 .expect("gateway runs");
         });
-        TestGateway {
-            addr,
-            admin,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        TestGateway { addr, admin, stop: Some(stop), task: Some(task) }
     }
 
     /// Connects a client with `token` in the handshake auth.
     pub async fn connect(&self, token: &str) -> Client {
-        Client::connect(self.addr, Connect::token(token))
-            .await
-            .expect("client connects")
+        Client::connect(self.addr, Connect::token(token)).await.expect("client connects")
     }
 
     /// Connects user `user` of tenant `tenant`.
@@ -107,10 +97,7 @@ impl TestGateway {
     /// Waits for `run` to return; panics if it takes longer than `within`.
     pub async fn stopped_within(&mut self, within: Duration) {
         let task = self.task.take().expect("not awaited yet");
-        tokio::time::timeout(within, task)
-            .await
-            .expect("gateway stopped in time")
-            .expect("run returned Ok");
+        tokio::time::timeout(within, task).await.expect("gateway stopped in time").expect("run returned Ok");
     }
 
     /// `GET path` on the admin listener.
@@ -143,8 +130,7 @@ pub fn sample(scrape: &str, name: &str, labels: &str) -> f64 {
             let matches = if labels.is_empty() {
                 series == name
             } else {
-                series.starts_with(&format!("{name}{{"))
-                    && labels.split(',').all(|l| series.contains(l))
+                series.starts_with(&format!("{name}{{")) && labels.split(',').all(|l| series.contains(l))
             };
             matches.then(|| value.parse().ok()).flatten()
         })
@@ -152,18 +138,10 @@ pub fn sample(scrape: &str, name: &str, labels: &str) -> f64 {
 }
 
 /// A minimal HTTP/1.1 request; returns status and body.
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -171,25 +149,12 @@ pub async fn http(
     request.push_str(body);
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .unwrap();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.expect("response in time").unwrap();
     let raw = String::from_utf8_lossy(&raw).to_string();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
     (status, body)
 }
 
@@ -217,10 +182,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

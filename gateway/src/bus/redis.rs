@@ -1,0 +1,474 @@
+//! The clustered bus: replicas share rooms through Redis pub/sub.
+//!
+//! A replica subscribes to a room's channel only while it has local members there, so Redis
+//! sends it nothing for other rooms; on Redis Cluster it uses sharded pub/sub
+//! (`SSUBSCRIBE`/`SPUBLISH`), whose traffic stays on the shard owning the room's slot.
+//!
+//! Two fred clients: `commands` publishes; `subscriber` is in subscribe mode and does nothing
+//! else (a RESP2 connection in subscribe mode cannot run other commands). One task owns the
+//! set of rooms this replica wants and applies changes in order; on every (re)connection it
+//! subscribes the whole set again itself. fred's own `resubscribe_all()` is not used: after a
+//! Redis restart it aborts before restoring shard channels.
+//!
+//! Connectivity is tracked from fred's events (up on a (re)connection, down on a connection
+//! error), not from `is_connected()`: after a Redis restart that flag was seen still reporting
+//! "connected" right after the crash, and "not connected" when the reconnection event arrived.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use fred::{
+    clients::Client,
+    interfaces::{ClientLike, EventInterface, HeartbeatInterface, PubsubInterface},
+    types::{
+        Builder,
+        config::{Config as FredConfig, ReconnectPolicy, UnresponsiveConfig},
+    },
+};
+use roomcast_publisher::wire::{Envelope, Keys};
+use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
+
+use super::{BoxFuture, Bus, BusError};
+use crate::{config::ConfigError, delivery::Delivery, metrics};
+
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command on a standalone server.
+const SUBSCRIBE_CHUNK: usize = 500;
+/// Subscription changes applied per round of the subscription task.
+const MAX_OPS_PER_ROUND: usize = 4_096;
+/// How often rooms whose subscription failed (without a reconnect) are retried.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the Redis bus needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// The server or cluster; may hold a password, never logged.
+    pub url: String,
+    /// Channel and key names.
+    pub keys: Keys,
+    /// Timeout of each command.
+    pub command_timeout: Duration,
+    /// Pub/sub messages buffered before the reader is considered lagging.
+    pub buffer: usize,
+}
+
+enum Op {
+    Subscribe(String, oneshot::Sender<Result<(), BusError>>),
+    Unsubscribe(String, oneshot::Sender<Result<(), BusError>>),
+}
+
+/// Whether a client's connection is up, as its last connection event said.
+#[derive(Debug, Default)]
+struct Link {
+    up: AtomicBool,
+}
+
+impl Link {
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}
+
+/// Redis pub/sub bus.
+pub struct RedisBus {
+    commands: Client,
+    commands_link: Arc<Link>,
+    subscriber_link: Arc<Link>,
+    keys: Keys,
+    clustered: bool,
+    ops: mpsc::UnboundedSender<Op>,
+    /// True once the subscriber connection holds every wanted subscription; false from a
+    /// connection error until the resubscription after the reconnect completed.
+    in_sync: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus").field("keys", &self.keys).field("clustered", &self.clustered).finish_non_exhaustive()
+    }
+}
+
+fn build_client(config: &FredConfig, settings: &RedisSettings) -> Result<Client, ConfigError> {
+    Builder::from_config(config.clone())
+        // Without a policy fred never reconnects. Unlimited attempts, 100 ms doubling to 5 s.
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .with_performance_config(|p| {
+            p.default_command_timeout = settings.command_timeout;
+            // fred's default of 32 drops pub/sub messages (with a log line) on any hiccup.
+            p.broadcast_channel_capacity = settings.buffer;
+        })
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.internal_command_timeout = Duration::from_secs(5);
+            // Commands issued while disconnected are queued; bound the queue.
+            c.max_command_buffer_len = 10_000;
+            // A half-open connection (network partition) is replaced instead of waited on.
+            c.unresponsive =
+                UnresponsiveConfig { max_timeout: Some(Duration::from_secs(10)), interval: Duration::from_secs(1) };
+        })
+        .build()
+        .map_err(|e| ConfigError::new("ROOMCAST_REDIS_URL", format!("cannot build a Redis client: {}", e.details())))
+}
+
+impl RedisBus {
+    /// Creates the clients and starts connecting in the background; delivery starts as soon as
+    /// Redis answers. A replica whose Redis is down at startup runs, unready, and connects later.
+    pub fn start(settings: RedisSettings, delivery: Arc<Delivery>) -> Result<RedisBus, ConfigError> {
+        let config = FredConfig::from_url(&settings.url)
+            .map_err(|_| ConfigError::new("ROOMCAST_REDIS_URL", "not a Redis URL"))?;
+        let clustered = config.server.is_clustered();
+        let commands = build_client(&config, &settings)?;
+        let subscriber = build_client(&config, &settings)?;
+        let in_sync = Arc::new(AtomicBool::new(false));
+        let (commands_link, subscriber_link) = (Arc::new(Link::default()), Arc::new(Link::default()));
+        let (ops_tx, ops_rx) = mpsc::unbounded_channel();
+
+        // Receivers are taken before connecting so the first connection event is not missed.
+        monitor(&commands, "commands", commands_link.clone(), None);
+        monitor(&subscriber, "subscriber", subscriber_link.clone(), Some(in_sync.clone()));
+        let messages = subscriber.message_rx();
+        let reconnects = subscriber.reconnect_rx();
+        commands.connect();
+        subscriber.connect();
+        for client in [&commands, &subscriber] {
+            let client = client.clone();
+            tokio::spawn(async move { client.enable_heartbeat(Duration::from_secs(5), false).await });
+        }
+
+        let subscriptions = Subscriptions {
+            subscriber,
+            link: subscriber_link.clone(),
+            keys: settings.keys.clone(),
+            clustered,
+            wanted: HashSet::new(),
+            unconfirmed: HashSet::new(),
+            in_sync: in_sync.clone(),
+        };
+        tokio::spawn(subscriptions.run(ops_rx, reconnects));
+        tokio::spawn(receive(messages, settings.keys.clone(), delivery));
+        tracing::info!(cluster = clustered, prefix = settings.keys.prefix(), "cluster mode: Redis bus");
+        Ok(RedisBus { commands, commands_link, subscriber_link, keys: settings.keys, clustered, ops: ops_tx, in_sync })
+    }
+
+    fn request(
+        &self,
+        op: impl FnOnce(oneshot::Sender<Result<(), BusError>>) -> Op,
+    ) -> BoxFuture<'static, Result<(), BusError>> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.ops.send(op(tx)).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(BusError::Unavailable("subscription task stopped".into()));
+            }
+            rx.await.unwrap_or_else(|_| Err(BusError::Unavailable("subscription task stopped".into())))
+        })
+    }
+}
+
+impl Bus for RedisBus {
+    fn subscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let room = room.to_owned();
+        self.request(|tx| Op::Subscribe(room, tx))
+    }
+
+    fn unsubscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let room = room.to_owned();
+        self.request(|tx| Op::Unsubscribe(room, tx))
+    }
+
+    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<u64>, BusError>> {
+        let client = self.commands.clone();
+        let up = self.commands_link.is_up();
+        let keys = self.keys.clone();
+        let clustered = self.clustered;
+        Box::pin(async move {
+            // Fail at once rather than queue behind a dead connection until the timeout.
+            if !up {
+                metrics::redis_error("publish");
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let mut messages = Vec::with_capacity(envelopes.len());
+            for envelope in &envelopes {
+                let body = serde_json::to_string(envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
+                messages.push((keys.channel(envelope.room()), body));
+            }
+            let result = if let [(channel, body)] = &messages[..] {
+                let reached: Result<u64, _> = if clustered {
+                    client.spublish(channel.as_str(), body.as_str()).await
+                } else {
+                    client.publish(channel.as_str(), body.as_str()).await
+                };
+                reached.map(|n| vec![n])
+            } else {
+                let pipeline = client.pipeline();
+                let mut queued = Ok(());
+                for (channel, body) in &messages {
+                    queued = if clustered {
+                        pipeline.spublish::<(), _, _>(channel.as_str(), body.as_str()).await
+                    } else {
+                        pipeline.publish::<(), _, _>(channel.as_str(), body.as_str()).await
+                    };
+                    if queued.is_err() {
+                        break;
+                    }
+                }
+                match queued {
+                    Ok(()) => pipeline.all::<Vec<u64>>().await,
+                    Err(e) => Err(e),
+                }
+            };
+            result.map_err(|e| {
+                metrics::redis_error("publish");
+                BusError::Unavailable(e.details().to_owned())
+            })
+        })
+    }
+
+    fn unavailable(&self) -> Option<&'static str> {
+        if !self.commands_link.is_up() || !self.subscriber_link.is_up() {
+            Some("redis_disconnected")
+        } else if !self.in_sync.load(Ordering::Acquire) {
+            Some("redis_resubscribing")
+        } else {
+            None
+        }
+    }
+}
+
+/// Counts connections, reconnections and connection errors of `client`; marks the bus out of
+/// sync on subscriber errors until its resubscription completes.
+fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option<Arc<AtomicBool>>) {
+    let mut reconnects = client.reconnect_rx();
+    let mut errors = client.error_rx();
+    tokio::spawn(async move {
+        let mut connected_before = false;
+        loop {
+            tokio::select! {
+                event = reconnects.recv() => match event {
+                    Ok(_) => {
+                        link.up.store(true, Ordering::Release);
+                        if connected_before {
+                            metrics::redis_reconnected(name);
+                            tracing::info!(client = name, "reconnected to Redis");
+                        } else {
+                            tracing::info!(client = name, "connected to Redis");
+                        }
+                        connected_before = true;
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+                event = errors.recv() => match event {
+                    Ok((error, _server)) => {
+                        link.up.store(false, Ordering::Release);
+                        metrics::redis_error("connection");
+                        if let Some(flag) = &in_sync {
+                            flag.store(false, Ordering::Release);
+                        }
+                        tracing::warn!(client = name, error = %error.details(), "Redis connection error");
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                },
+            }
+        }
+    });
+}
+
+/// Reads pub/sub messages and hands them to delivery, in the order Redis sent them.
+async fn receive(
+    mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+    keys: Keys,
+    delivery: Arc<Delivery>,
+) {
+    loop {
+        match messages.recv().await {
+            Ok(message) => {
+                metrics::bus_received();
+                let Some(room) = keys.room_of_channel(&message.channel) else {
+                    metrics::bus_rejected("channel");
+                    continue;
+                };
+                match message.value.as_str() {
+                    Some(json) => delivery.deliver_json(room, &json).await,
+                    None => metrics::bus_rejected("malformed"),
+                }
+            }
+            Err(RecvError::Lagged(lost)) => {
+                metrics::bus_lagged(lost);
+                tracing::error!(lost, "pub/sub reader fell behind; messages were lost (raise ROOMCAST_REDIS_BUFFER)");
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+/// The subscription state, owned by one task so changes apply in order.
+struct Subscriptions {
+    subscriber: Client,
+    link: Arc<Link>,
+    keys: Keys,
+    clustered: bool,
+    /// Rooms with local members.
+    wanted: HashSet<String>,
+    /// Rooms whose last change Redis has not confirmed; retried until it does.
+    unconfirmed: HashSet<String>,
+    in_sync: Arc<AtomicBool>,
+}
+
+impl Subscriptions {
+    async fn run(
+        mut self,
+        mut ops: mpsc::UnboundedReceiver<Op>,
+        mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    ) {
+        let mut retry = tokio::time::interval(RETRY_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                op = ops.recv() => {
+                    let Some(op) = op else { break };
+                    let mut batch = vec![op];
+                    while batch.len() < MAX_OPS_PER_ROUND {
+                        match ops.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    self.apply(batch).await;
+                }
+                event = reconnects.recv() => match event {
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.resubscribe_all().await,
+                    Err(RecvError::Closed) => break,
+                },
+                _ = retry.tick(), if !self.unconfirmed.is_empty() && self.link.is_up() => {
+                    self.retry_unconfirmed().await;
+                }
+            }
+        }
+    }
+
+    /// Applies a batch of changes. Only each room's last change matters to Redis; every waiter
+    /// is answered with the outcome of the command that carried its room.
+    async fn apply(&mut self, batch: Vec<Op>) {
+        let mut last: HashMap<String, bool> = HashMap::new();
+        let mut waiters: HashMap<String, Vec<oneshot::Sender<Result<(), BusError>>>> = HashMap::new();
+        for op in batch {
+            let (room, subscribe, tx) = match op {
+                Op::Subscribe(room, tx) => (room, true, tx),
+                Op::Unsubscribe(room, tx) => (room, false, tx),
+            };
+            if subscribe {
+                self.wanted.insert(room.clone());
+            } else {
+                self.wanted.remove(&room);
+            }
+            last.insert(room.clone(), subscribe);
+            waiters.entry(room).or_default().push(tx);
+        }
+        metrics::bus_subscriptions(self.wanted.len());
+        let (subscribe, unsubscribe): (Vec<String>, Vec<String>) = {
+            let (s, u): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, sub)| *sub);
+            (s.into_iter().map(|(r, _)| r).collect(), u.into_iter().map(|(r, _)| r).collect())
+        };
+        let failed_sub = self.send(&subscribe, true, false).await;
+        let failed_unsub = self.send(&unsubscribe, false, false).await;
+        for (room, txs) in waiters {
+            let result = match failed_sub.get(&room).or_else(|| failed_unsub.get(&room)) {
+                Some(e) => {
+                    self.unconfirmed.insert(room);
+                    Err(e.clone())
+                }
+                None => {
+                    self.unconfirmed.remove(&room);
+                    Ok(())
+                }
+            };
+            for tx in txs {
+                let _ = tx.send(result.clone());
+            }
+        }
+    }
+
+    /// Subscribes (or unsubscribes) `rooms`; returns the rooms whose command failed. Unless
+    /// `just_connected`, nothing is sent while the link is down: the wanted set is applied by the
+    /// resubscription that follows the reconnection.
+    async fn send(&self, rooms: &[String], subscribe: bool, just_connected: bool) -> HashMap<String, BusError> {
+        let mut failed = HashMap::new();
+        if rooms.is_empty() {
+            return failed;
+        }
+        if !just_connected && !self.link.is_up() {
+            // Recorded in `wanted`; the resubscription on reconnect applies it.
+            let error = BusError::Unavailable("Redis is not connected".into());
+            return rooms.iter().map(|r| (r.clone(), error.clone())).collect();
+        }
+        let channels: Vec<String> = rooms.iter().map(|r| self.keys.channel(r)).collect();
+        if self.clustered {
+            // Sharded pub/sub: one command per channel (each room hashes to its own slot).
+            let results = futures_util::future::join_all(channels.iter().map(|c| async move {
+                if subscribe {
+                    self.subscriber.ssubscribe(c.as_str()).await
+                } else {
+                    self.subscriber.sunsubscribe(c.as_str()).await
+                }
+            }))
+            .await;
+            for (room, result) in rooms.iter().zip(results) {
+                if let Err(e) = result {
+                    metrics::redis_error(if subscribe { "subscribe" } else { "unsubscribe" });
+                    failed.insert(room.clone(), BusError::Unavailable(e.details().to_owned()));
+                }
+            }
+        } else {
+            for (chunk_rooms, chunk) in rooms.chunks(SUBSCRIBE_CHUNK).zip(channels.chunks(SUBSCRIBE_CHUNK)) {
+                let result = if subscribe {
+                    self.subscriber.subscribe(chunk.to_vec()).await
+                } else {
+                    self.subscriber.unsubscribe(chunk.to_vec()).await
+                };
+                if let Err(e) = result {
+                    metrics::redis_error(if subscribe { "subscribe" } else { "unsubscribe" });
+                    let error = BusError::Unavailable(e.details().to_owned());
+                    failed.extend(chunk_rooms.iter().map(|r| (r.clone(), error.clone())));
+                }
+            }
+        }
+        failed
+    }
+
+    /// After a (re)connection the subscriber holds no subscriptions: take every wanted room again.
+    async fn resubscribe_all(&mut self) {
+        self.in_sync.store(false, Ordering::Release);
+        let rooms: Vec<String> = self.wanted.iter().cloned().collect();
+        // The connection event itself says the link is up, whatever the monitor task has recorded yet.
+        let failed = self.send(&rooms, true, true).await;
+        self.unconfirmed = failed.keys().cloned().collect();
+        if failed.is_empty() {
+            self.in_sync.store(true, Ordering::Release);
+            tracing::info!(rooms = rooms.len(), "subscriptions restored");
+        } else {
+            tracing::warn!(
+                rooms = rooms.len(),
+                failed = failed.len(),
+                "some subscriptions could not be restored yet; retrying"
+            );
+        }
+    }
+
+    async fn retry_unconfirmed(&mut self) {
+        let (sub, unsub): (Vec<String>, Vec<String>) =
+            self.unconfirmed.iter().cloned().partition(|r| self.wanted.contains(r));
+        let mut failed = self.send(&sub, true, false).await;
+        failed.extend(self.send(&unsub, false, false).await);
+        self.unconfirmed = failed.into_keys().collect();
+        if self.unconfirmed.is_empty() {
+            self.in_sync.store(true, Ordering::Release);
+        }
+    }
+}

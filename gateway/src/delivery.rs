@@ -1,0 +1,192 @@
+//! Local delivery: an envelope that reached this replica, from whichever bus, is checked and
+//! emitted to the sockets here that are in its room.
+//!
+//! Publishers are untrusted: an envelope with an unknown version, a room that is not a
+//! canonical name, a reserved event name or an oversized payload is dropped and counted,
+//! never emitted.
+
+use std::sync::{Arc, OnceLock};
+
+use roomcast_publisher::{
+    Room, RoomKind,
+    wire::{self, Envelope, EventEnvelope, TypingEnvelope},
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::{BroadcastError, SocketError, SocketIo};
+
+use crate::{metrics, rooms::Membership};
+
+/// The second argument of every published event a client receives.
+#[derive(Debug, Serialize)]
+pub struct EventMeta<'a> {
+    /// Canonical room name.
+    pub room: &'a str,
+    /// The publisher's event id.
+    pub id: &'a str,
+    /// Publish time, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+/// The payload clients receive for a typing indicator.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingPayload<'a> {
+    /// Channel id (not the room name).
+    pub channel: &'a str,
+    /// Who is typing.
+    pub user_id: &'a str,
+    /// Started or stopped.
+    pub typing: bool,
+    /// How long the indicator lasts without a refresh.
+    pub ttl_ms: u64,
+}
+
+/// Why an inbound envelope was dropped; a bounded metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not JSON, or not an envelope.
+    Malformed,
+    /// A format version this replica does not speak.
+    Version,
+    /// The room is not a canonical room name (or not the channel's room).
+    Room,
+    /// A reserved or malformed event name.
+    EventName,
+    /// `data` over the payload limit.
+    TooLarge,
+    /// A typing indicator for something other than a channel, or with a bad user id.
+    Typing,
+}
+
+impl Rejection {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::Version => "version",
+            Rejection::Room => "room",
+            Rejection::EventName => "event_name",
+            Rejection::TooLarge => "too_large",
+            Rejection::Typing => "typing",
+        }
+    }
+}
+
+/// Emits envelopes to this replica's sockets.
+#[derive(Debug)]
+pub struct Delivery {
+    /// Set once the Socket.IO server exists (it is built after the bus, which needs this).
+    io: OnceLock<SocketIo>,
+    /// Local member counts, for the emitted-events metric.
+    membership: OnceLock<Arc<Membership>>,
+    /// This replica's id: typing indicators it originated were already delivered here.
+    node_id: Arc<str>,
+    /// Largest `data` accepted, in bytes.
+    max_payload: usize,
+    /// TTL announced with typing indicators.
+    typing_ttl_ms: u64,
+}
+
+impl Delivery {
+    /// A delivery for replica `node_id`.
+    pub fn new(node_id: Arc<str>, max_payload: usize, typing_ttl_ms: u64) -> Self {
+        Delivery { io: OnceLock::new(), membership: OnceLock::new(), node_id, max_payload, typing_ttl_ms }
+    }
+
+    /// Connects the delivery to the Socket.IO server and membership registry.
+    pub fn attach(&self, io: SocketIo, membership: Arc<Membership>) {
+        let _ = self.io.set(io);
+        let _ = self.membership.set(membership);
+    }
+
+    /// This replica's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Parses and delivers an envelope received as JSON on `channel_room`'s channel.
+    pub async fn deliver_json(&self, channel_room: &str, json: &str) {
+        match Envelope::from_json(json) {
+            Ok(envelope) if envelope.room() == channel_room => self.deliver(&envelope).await,
+            Ok(_) => metrics::bus_rejected(Rejection::Room.as_str()),
+            Err(_) => metrics::bus_rejected(Rejection::Malformed.as_str()),
+        }
+    }
+
+    /// Delivers `envelope` to the local members of its room.
+    pub async fn deliver(&self, envelope: &Envelope) {
+        let result = match envelope {
+            Envelope::Event(event) => self.deliver_event(event).await,
+            Envelope::Typing(typing) => self.deliver_typing(typing).await,
+        };
+        if let Err(rejection) = result {
+            metrics::bus_rejected(rejection.as_str());
+            tracing::debug!(room = envelope.room(), reason = rejection.as_str(), "dropped an inbound envelope");
+        }
+    }
+
+    async fn deliver_event(&self, e: &EventEnvelope) -> Result<(), Rejection> {
+        if e.v != wire::VERSION {
+            return Err(Rejection::Version);
+        }
+        Room::parse(&e.room).ok_or(Rejection::Room)?;
+        wire::validate_event_name(&e.event).map_err(|_| Rejection::EventName)?;
+        if e.data.get().len() > self.max_payload {
+            return Err(Rejection::TooLarge);
+        }
+        let Some(io) = self.io.get() else { return Ok(()) };
+        let meta = EventMeta { room: &e.room, id: &e.id, ts: e.ts };
+        let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
+        note_emit_errors(io.within(e.room.clone()).emit(&e.event, &args).await);
+        metrics::delivered("event", self.members(&e.room));
+        metrics::delivery_latency(wire::now_ms().saturating_sub(e.ts));
+        Ok(())
+    }
+
+    async fn deliver_typing(&self, t: &TypingEnvelope) -> Result<(), Rejection> {
+        if t.v != wire::VERSION {
+            return Err(Rejection::Version);
+        }
+        if t.origin.as_deref() == Some(&*self.node_id) {
+            // Originated here and already delivered to local sockets before it was published.
+            return Ok(());
+        }
+        self.emit_typing(t).await
+    }
+
+    /// Emits a typing indicator to the channel's local members, except the typer's own sockets.
+    pub async fn emit_typing(&self, t: &TypingEnvelope) -> Result<(), Rejection> {
+        let room = Room::parse(&t.room).ok_or(Rejection::Room)?;
+        let (RoomKind::Channel, Some(channel)) = (room.kind(), room.id()) else {
+            return Err(Rejection::Typing);
+        };
+        let user_room = Room::user(room.tenant_id(), &t.user).map_err(|_| Rejection::Typing)?;
+        let Some(io) = self.io.get() else { return Ok(()) };
+        let payload = TypingPayload { channel, user_id: &t.user, typing: t.typing, ttl_ms: self.typing_ttl_ms };
+        note_emit_errors(io.within(t.room.clone()).except(user_room.to_string()).emit("typing", &payload).await);
+        metrics::delivered("typing", self.members(&t.room));
+        Ok(())
+    }
+
+    fn members(&self, room: &str) -> u64 {
+        self.membership.get().map_or(0, |m| u64::from(m.members(room)))
+    }
+}
+
+/// Counts sockets a broadcast skipped. A full send buffer means the client reads slower than
+/// events arrive: the event is lost for that socket, so it is counted (and, with room offsets,
+/// the client sees the gap). Closed sockets are just disconnecting and not counted.
+fn note_emit_errors(result: Result<(), BroadcastError>) {
+    match result {
+        Ok(()) => {}
+        Err(BroadcastError::Socket(errors)) => {
+            let full = errors.iter().filter(|e| matches!(e, SocketError::InternalChannelFull)).count();
+            if full > 0 {
+                metrics::client_buffer_full(full as u64);
+                tracing::warn!(sockets = full, "dropped an event for sockets whose send buffer is full");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "local broadcast failed"),
+    }
+}

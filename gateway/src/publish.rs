@@ -1,0 +1,237 @@
+//! `POST /v1/publish`: publishing over HTTP for services that would rather not speak Redis.
+//!
+//! Authenticated with a service API key (`Authorization: Bearer <key>`, compared in constant
+//! time). The body is one publish or an array of them; a batch is validated as a whole before
+//! anything is sent, then published in one Redis round trip.
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use roomcast_publisher::{
+    Room,
+    wire::{self, EventNameError},
+};
+use serde::Deserialize;
+use serde_json::{json, value::RawValue};
+
+use crate::{
+    config::{Config, ConfigError, Secret},
+    errors::ErrorCode,
+    http, metrics,
+    state::Shared,
+};
+
+/// One publish in a request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    tenant: String,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+/// The keys that authorize publishing.
+#[derive(Clone)]
+pub struct ApiKeys(Vec<Secret>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    /// Keys from `ROOMCAST_API_KEY` and `ROOMCAST_API_KEY_FILE` (one per line).
+    pub fn from_config(config: &Config) -> Result<ApiKeys, ConfigError> {
+        let mut keys: Vec<Secret> = config.api_key.iter().filter(|k| !k.expose().is_empty()).cloned().collect();
+        if let Some(path) = &config.api_key_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("ROOMCAST_API_KEY_FILE", format!("cannot read {}: {e}", path.display()))
+            })?;
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if line.len() < 16 {
+                    return Err(ConfigError::new("ROOMCAST_API_KEY_FILE", "every key needs at least 16 characters"));
+                }
+                keys.push(Secret::from(line.to_owned()));
+            }
+        }
+        Ok(ApiKeys(keys))
+    }
+
+    /// Keys given directly (e.g. the one `--dev` generates).
+    pub fn new(keys: Vec<Secret>) -> ApiKeys {
+        ApiKeys(keys)
+    }
+
+    /// Whether publishing over HTTP is enabled at all.
+    pub fn is_enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// Whether `presented` is one of the keys. Every key is compared in full, so the time taken
+    /// does not reveal how much of a key matched.
+    fn accepts(&self, presented: &[u8]) -> bool {
+        self.0.iter().fold(false, |found, key| found | constant_time_eq(key.expose().as_bytes(), presented))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // The length is not secret (keys have a known format); the content is.
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The public API routes.
+pub fn router(gw: Shared) -> Router {
+    Router::new().route("/v1/publish", post(publish)).with_state(gw)
+}
+
+fn fail(status: StatusCode, code: ErrorCode, message: impl AsRef<str>) -> Response {
+    metrics::publish("http", Err(code));
+    http::error(status, code, message.as_ref())
+}
+
+async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    if !gw.api_keys.is_enabled() {
+        return fail(StatusCode::NOT_FOUND, ErrorCode::NotFound, "the publish API is disabled: set ROOMCAST_API_KEY");
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    if !presented.is_some_and(|key| gw.api_keys.accepts(key.as_bytes())) {
+        metrics::publish("http", Err(ErrorCode::Unauthorized));
+        let mut response = http::error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong API key");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return response;
+    }
+
+    let config = &gw.config;
+    // Room for every item's payload plus its envelope fields.
+    let limit = config.publish_max_batch.saturating_mul(config.publish_max_payload.saturating_add(1024));
+    let bytes: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, format!("body over {limit} bytes"));
+        }
+    };
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(_) => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, "body is not UTF-8"),
+    };
+    let (requests, single) = match text.trim_start().as_bytes().first() {
+        Some(b'[') => (serde_json::from_str::<Vec<PublishRequest>>(text), false),
+        _ => (serde_json::from_str::<PublishRequest>(text).map(|r| vec![r]), true),
+    };
+    let requests = match requests {
+        Ok(r) if r.is_empty() => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, "empty batch"),
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidPayload,
+                format!("expected {{tenant, project|channel|user, event, data}} or an array of them: {e}"),
+            );
+        }
+    };
+    if requests.len() > config.publish_max_batch {
+        return fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            format!("{} publishes in one batch; the limit is {}", requests.len(), config.publish_max_batch),
+        );
+    }
+
+    let mut envelopes = Vec::with_capacity(requests.len());
+    let mut ids = Vec::with_capacity(requests.len());
+    for (i, request) in requests.into_iter().enumerate() {
+        let at = |msg: String| if single { msg } else { format!("item {i}: {msg}") };
+        let room = match target(&request) {
+            Ok(room) => room,
+            Err(msg) => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, at(msg)),
+        };
+        if let Err(e) = wire::validate_event_name(&request.event) {
+            let msg = match e {
+                EventNameError::Reserved(name) => format!("event name {name:?} is reserved"),
+                EventNameError::Malformed => e.to_string(),
+            };
+            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidEvent, at(msg));
+        }
+        let data = request.data.unwrap_or_else(|| RawValue::NULL.to_owned());
+        if data.get().len() > config.publish_max_payload {
+            let msg = format!("data is {} bytes; the limit is {}", data.get().len(), config.publish_max_payload);
+            return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, at(msg));
+        }
+        let id = wire::new_event_id();
+        ids.push((id.clone(), room.to_string()));
+        envelopes.push(wire::event_envelope(&room, &request.event, data, id, wire::now_ms()));
+    }
+
+    let count = envelopes.len();
+    match gw.bus.publish(envelopes).await {
+        Ok(replicas) => {
+            for _ in 0..count {
+                metrics::publish("http", Ok(()));
+            }
+            let receipts: Vec<_> = ids
+                .into_iter()
+                .zip(replicas)
+                .map(|((id, room), replicas)| json!({ "id": id, "room": room, "replicas": replicas }))
+                .collect();
+            let body = if single {
+                let mut receipt = receipts.into_iter().next().unwrap_or_default();
+                receipt["ok"] = json!(true);
+                receipt
+            } else {
+                json!({ "ok": true, "receipts": receipts })
+            };
+            Json(body).into_response()
+        }
+        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("not published: {e}")),
+    }
+}
+
+/// The room a request names: its tenant, and at most one of project, channel or user.
+fn target(request: &PublishRequest) -> Result<Room, String> {
+    let room = match (&request.project, &request.channel, &request.user) {
+        (None, None, None) => Room::tenant(&request.tenant),
+        (Some(p), None, None) => Room::project(&request.tenant, p),
+        (None, Some(c), None) => Room::channel(&request.tenant, c),
+        (None, None, Some(u)) => Room::user(&request.tenant, u),
+        _ => return Err("name at most one of project, channel and user".into()),
+    };
+    room.map_err(|e| format!("invalid id: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_compared_in_full() {
+        let keys = ApiKeys::new(vec![
+            Secret::from("0123456789abcdef".to_owned()),
+            Secret::from("fedcba9876543210".to_owned()),
+        ]);
+        assert!(keys.accepts(b"0123456789abcdef"));
+        assert!(keys.accepts(b"fedcba9876543210"));
+        assert!(!keys.accepts(b"0123456789abcdee"));
+        assert!(!keys.accepts(b"0123456789abcdef0"));
+        assert!(!keys.accepts(b""));
+    }
+}

@@ -1,0 +1,293 @@
+//! The publisher: validate, encode and publish envelopes to Redis.
+
+use std::time::Duration;
+
+use fred::{
+    clients::{Client, Pipeline},
+    interfaces::{ClientLike, PubsubInterface},
+    types::{
+        Builder,
+        config::{Config, ReconnectPolicy},
+    },
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::{
+    room::{IdError, Room},
+    wire::{self, DEFAULT_MAX_PAYLOAD, Envelope, EventNameError, InvalidPrefix, Keys, TypingEnvelope, VERSION},
+};
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A tenant, user, project or channel id is not valid (see [`crate::validate_id`]).
+    #[error("invalid id: {0}")]
+    InvalidId(#[from] IdError),
+    /// The event name is reserved or malformed.
+    #[error(transparent)]
+    InvalidEvent(#[from] EventNameError),
+    /// The serialized payload is larger than the publisher's limit.
+    #[error("payload is {size} bytes, over the {max}-byte limit")]
+    PayloadTooLarge {
+        /// Serialized size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The payload could not be serialized to JSON.
+    #[error("payload does not serialize to JSON: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The channel prefix is not usable.
+    #[error(transparent)]
+    InvalidPrefix(#[from] InvalidPrefix),
+    /// Redis refused the command or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+}
+
+/// What a successful publish reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The event id clients see in the meta argument; `None` for typing indicators.
+    pub id: Option<String>,
+    /// The room published to.
+    pub room: String,
+    /// Gateway replicas subscribed to the room when it was published (the count Redis returns).
+    /// Zero means no replica currently has a member of the room.
+    pub replicas: u64,
+}
+
+/// Publishes events and typing indicators to Roomcast rooms. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    keys: Keys,
+    max_payload: usize,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("keys", &self.keys)
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Timeout applied to each publish when the publisher creates its own client.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Publisher {
+    /// Connects to Redis at `redis_url`: `redis://host:port`, `rediss://` (TLS),
+    /// `redis-cluster://host:port?node=host2:port2` or `redis-sentinel://…`.
+    ///
+    /// The client reconnects with exponential backoff; each publish times out after
+    /// [`DEFAULT_COMMAND_TIMEOUT`] rather than waiting for Redis forever.
+    pub async fn connect(redis_url: &str) -> Result<Publisher, PublishError> {
+        Self::from_config(Config::from_url(redis_url)?).await
+    }
+
+    /// Connects with a fred [`Config`], keeping Roomcast's reconnect policy and timeout.
+    pub async fn from_config(config: Config) -> Result<Publisher, PublishError> {
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = DEFAULT_COMMAND_TIMEOUT)
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+            .build()?;
+        client.init().await?;
+        Ok(Self::from_client(client))
+    }
+
+    /// Uses a fred client the application already configured and connected.
+    pub fn from_client(client: Client) -> Publisher {
+        Publisher { client, keys: Keys::default(), max_payload: DEFAULT_MAX_PAYLOAD }
+    }
+
+    /// Uses channel prefix `prefix` instead of `roomcast` (it must match the gateways' `ROOMCAST_REDIS_PREFIX`).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Result<Publisher, PublishError> {
+        self.keys = Keys::new(prefix)?;
+        Ok(self)
+    }
+
+    /// Refuses payloads whose JSON is larger than `bytes` (default 64 KiB).
+    pub fn with_max_payload(mut self, bytes: usize) -> Publisher {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// The underlying fred client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Every connection of tenant `t`.
+    pub fn tenant(&self, t: &str) -> Target<'_> {
+        Target { publisher: self, room: Room::tenant(t) }
+    }
+
+    /// Members of project `p` in tenant `t`.
+    pub fn project(&self, t: &str, p: &str) -> Target<'_> {
+        Target { publisher: self, room: Room::project(t, p) }
+    }
+
+    /// Members of channel `c` in tenant `t`.
+    pub fn channel(&self, t: &str, c: &str) -> Target<'_> {
+        Target { publisher: self, room: Room::channel(t, c) }
+    }
+
+    /// Every connection of user `u` in tenant `t`.
+    pub fn user(&self, t: &str, u: &str) -> Target<'_> {
+        Target { publisher: self, room: Room::user(t, u) }
+    }
+
+    /// Shows (`typing: true`) or clears a typing indicator for `user` (a user or bot id) in
+    /// channel `c`. Members of the channel see `typing` `{ channel, userId, typing, ttlMs }`.
+    pub async fn typing(&self, t: &str, c: &str, user: &str, typing: bool) -> Result<Receipt, PublishError> {
+        let message = self.typing_message(t, c, user, typing)?;
+        self.send_one(message).await
+    }
+
+    /// A batch of publishes sent in one round trip.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { publisher: self, messages: Vec::new() }
+    }
+
+    fn event_message<T: Serialize + ?Sized>(
+        &self,
+        room: &Room,
+        event: &str,
+        payload: &T,
+    ) -> Result<Message, PublishError> {
+        wire::validate_event_name(event)?;
+        let json = serde_json::to_string(payload)?;
+        if json.len() > self.max_payload {
+            return Err(PublishError::PayloadTooLarge { size: json.len(), max: self.max_payload });
+        }
+        let data = RawValue::from_string(json)?;
+        let id = wire::new_event_id();
+        let envelope = wire::event_envelope(room, event, data, id.clone(), wire::now_ms());
+        Ok(Message { room: room.to_string(), id: Some(id), body: serde_json::to_string(&envelope)? })
+    }
+
+    fn typing_message(&self, t: &str, c: &str, user: &str, typing: bool) -> Result<Message, PublishError> {
+        let room = Room::channel(t, c)?;
+        crate::validate_id(user)?;
+        let envelope = Envelope::Typing(TypingEnvelope {
+            v: VERSION,
+            room: room.to_string(),
+            user: user.to_owned(),
+            typing,
+            ts: wire::now_ms(),
+            origin: None,
+        });
+        Ok(Message { room: room.to_string(), id: None, body: serde_json::to_string(&envelope)? })
+    }
+
+    async fn send_one(&self, message: Message) -> Result<Receipt, PublishError> {
+        let channel = self.keys.channel(&message.room);
+        let replicas: u64 = if self.client.is_clustered() {
+            self.client.spublish(channel, message.body).await?
+        } else {
+            self.client.publish(channel, message.body).await?
+        };
+        Ok(Receipt { id: message.id, room: message.room, replicas })
+    }
+
+    async fn queue(&self, pipeline: &Pipeline<Client>, message: &Message) -> Result<(), PublishError> {
+        let channel = self.keys.channel(&message.room);
+        if self.client.is_clustered() {
+            pipeline.spublish::<(), _, _>(channel, message.body.as_str()).await?;
+        } else {
+            pipeline.publish::<(), _, _>(channel, message.body.as_str()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// An encoded message ready to publish.
+#[derive(Debug, Clone)]
+struct Message {
+    room: String,
+    id: Option<String>,
+    body: String,
+}
+
+/// A room to publish to; obtained from [`Publisher::tenant`], [`Publisher::project`],
+/// [`Publisher::channel`] or [`Publisher::user`]. Invalid ids surface when publishing.
+#[derive(Debug)]
+pub struct Target<'a> {
+    publisher: &'a Publisher,
+    room: Result<Room, IdError>,
+}
+
+impl Target<'_> {
+    /// The room, or why its ids are invalid.
+    pub fn room(&self) -> Result<&Room, IdError> {
+        self.room.as_ref().map_err(Clone::clone)
+    }
+
+    /// Publishes `event` with `payload` (any `Serialize` value) to the room's members.
+    pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<Receipt, PublishError> {
+        let room = self.room()?;
+        let message = self.publisher.event_message(room, event, payload)?;
+        self.publisher.send_one(message).await
+    }
+}
+
+/// Publishes collected with [`Batch::emit`] and [`Batch::typing`], sent in one pipeline.
+///
+/// Everything is validated as it is added, so [`Batch::send`] only fails on Redis errors.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    publisher: &'a Publisher,
+    messages: Vec<Message>,
+}
+
+impl Batch<'_> {
+    /// Adds `event` with `payload` for `target`'s room.
+    pub fn emit<T: Serialize + ?Sized>(
+        &mut self,
+        target: &Target<'_>,
+        event: &str,
+        payload: &T,
+    ) -> Result<&mut Self, PublishError> {
+        let message = self.publisher.event_message(target.room()?, event, payload)?;
+        self.messages.push(message);
+        Ok(self)
+    }
+
+    /// Adds a typing indicator (see [`Publisher::typing`]).
+    pub fn typing(&mut self, t: &str, c: &str, user: &str, typing: bool) -> Result<&mut Self, PublishError> {
+        let message = self.publisher.typing_message(t, c, user, typing)?;
+        self.messages.push(message);
+        Ok(self)
+    }
+
+    /// Number of queued publishes.
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Sends every queued publish in one round trip; receipts come back in the order added.
+    pub async fn send(self) -> Result<Vec<Receipt>, PublishError> {
+        if self.messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.publisher.client.pipeline();
+        for message in &self.messages {
+            self.publisher.queue(&pipeline, message).await?;
+        }
+        let counts: Vec<u64> = pipeline.all().await?;
+        Ok(self
+            .messages
+            .into_iter()
+            .zip(counts)
+            .map(|(m, replicas)| Receipt { id: m.id, room: m.room, replicas })
+            .collect())
+    }
+}

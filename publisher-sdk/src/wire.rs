@@ -1,0 +1,265 @@
+//! The wire format between publishers and gateway replicas: what is sent on which Redis channel.
+//!
+//! `PROTOCOL.md` at the root of this crate describes the same format for publishers written in
+//! other languages; the two must change together (a test builds raw commands from the
+//! document and checks the gateway delivers them).
+//!
+//! One message is one JSON object (the [`Envelope`]), published to the room's channel:
+//!
+//! - channel: `{prefix}:{<room>}`, e.g. `roomcast:{tenant:t1:project:p1}`. The room name in braces
+//!   is a Redis Cluster hash tag, so everything Roomcast stores for a room lives in one slot.
+//! - standalone Redis: `PUBLISH channel envelope`; Redis Cluster: `SPUBLISH channel envelope`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::room::Room;
+
+/// Version of the envelope format; receivers drop envelopes of other versions.
+pub const VERSION: u8 = 1;
+
+/// Channel and key prefix used when none is configured.
+pub const DEFAULT_PREFIX: &str = "roomcast";
+
+/// Largest serialized `data` accepted by default, in bytes.
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Longest event name, in bytes.
+pub const MAX_EVENT_LEN: usize = 128;
+
+/// One message on a room's channel.
+///
+/// Serialized with a `"type"` tag (`"event"` or `"typing"`); parse with [`Envelope::from_json`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Envelope {
+    /// An application event for the room's members.
+    Event(EventEnvelope),
+    /// A typing indicator for a channel room.
+    Typing(TypingEnvelope),
+}
+
+/// An application event: members receive `event` with `data` as first argument and
+/// `{ room, id, ts }` as second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// Format version, [`VERSION`].
+    pub v: u8,
+    /// Unique event id chosen by the publisher.
+    pub id: String,
+    /// Canonical room name; must match the channel it was published on.
+    pub room: String,
+    /// Socket.IO event name clients listen to.
+    pub event: String,
+    /// The payload, kept as raw JSON so replicas forward it without re-encoding.
+    pub data: Box<RawValue>,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// A typing indicator: members of the channel except the typing user's own sockets receive
+/// `typing` `{ channel, userId, typing, ttlMs }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TypingEnvelope {
+    /// Format version, [`VERSION`].
+    pub v: u8,
+    /// Canonical name of a channel room.
+    pub room: String,
+    /// Who is typing: a user or a bot id.
+    pub user: String,
+    /// Started (`true`) or stopped (`false`) typing.
+    pub typing: bool,
+    /// Publish time, milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// Replica that already delivered this indicator to its own sockets; absent for publishers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+}
+
+/// The tag alone, read first so the body can be parsed straight into its struct (serde cannot
+/// hand a raw `data` through an internally tagged enum).
+#[derive(Deserialize)]
+struct Tag {
+    #[serde(rename = "type")]
+    kind: Kind,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Event,
+    Typing,
+}
+
+impl Envelope {
+    /// Parses an envelope from its JSON text.
+    pub fn from_json(json: &str) -> Result<Envelope, serde_json::Error> {
+        let Tag { kind } = serde_json::from_str(json)?;
+        Ok(match kind {
+            Kind::Event => Envelope::Event(serde_json::from_str(json)?),
+            Kind::Typing => Envelope::Typing(serde_json::from_str(json)?),
+        })
+    }
+
+    /// The room the envelope is addressed to.
+    pub fn room(&self) -> &str {
+        match self {
+            Envelope::Event(e) => &e.room,
+            Envelope::Typing(t) => &t.room,
+        }
+    }
+
+    /// The format version it declares.
+    pub fn version(&self) -> u8 {
+        match self {
+            Envelope::Event(e) => e.v,
+            Envelope::Typing(t) => t.v,
+        }
+    }
+}
+
+/// Names of the Redis channels (and, later, keys) Roomcast uses under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys { prefix: DEFAULT_PREFIX.to_owned() }
+    }
+}
+
+/// A prefix that would break channel names or hash tags.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("prefix must be 1-64 characters without braces, colons or whitespace")]
+pub struct InvalidPrefix;
+
+impl Keys {
+    /// Names under `prefix` (several deployments can share one Redis with distinct prefixes).
+    pub fn new(prefix: impl Into<String>) -> Result<Keys, InvalidPrefix> {
+        let prefix = prefix.into();
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 64
+            && !prefix.chars().any(|c| c == '{' || c == '}' || c == ':' || c.is_whitespace() || c.is_control());
+        if ok { Ok(Keys { prefix }) } else { Err(InvalidPrefix) }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The channel a room's envelopes are published on: `{prefix}:{<room>}`.
+    pub fn channel(&self, room: &str) -> String {
+        format!("{}:{{{room}}}", self.prefix)
+    }
+
+    /// The room a channel name belongs to, if it is one of ours.
+    pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?.strip_suffix('}')
+    }
+}
+
+/// Why an event name cannot be published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventNameError {
+    /// Empty, longer than [`MAX_EVENT_LEN`] bytes, or with control characters.
+    #[error("event name must be 1-{MAX_EVENT_LEN} bytes without control characters")]
+    Malformed,
+    /// A name Socket.IO or Roomcast gives its own meaning to.
+    #[error("event name {0:?} is reserved")]
+    Reserved(String),
+}
+
+/// Event names a publisher may not use: Socket.IO's own (`connect`, `connect_error`,
+/// `disconnect`, `disconnecting`, `newListener`, `removeListener`) and Roomcast's (`typing`,
+/// anything under `presence:`, `auth:` or `roomcast:`).
+pub fn validate_event_name(name: &str) -> Result<(), EventNameError> {
+    if name.is_empty() || name.len() > MAX_EVENT_LEN || name.chars().any(char::is_control) {
+        return Err(EventNameError::Malformed);
+    }
+    const EXACT: &[&str] =
+        &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener", "typing"];
+    const PREFIXES: &[&str] = &["presence:", "auth:", "roomcast:"];
+    if EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(EventNameError::Reserved(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Builds an event envelope; `data` is the already-serialized payload.
+pub fn event_envelope(room: &Room, event: &str, data: Box<RawValue>, id: String, ts: u64) -> Envelope {
+    Envelope::Event(EventEnvelope { v: VERSION, id, room: room.to_string(), event: event.to_owned(), data, ts })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A new event id: a UUIDv7, so ids sort by publish time.
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_carry_the_room_as_hash_tag() {
+        let keys = Keys::default();
+        assert_eq!(keys.channel("tenant:t1:project:p1"), "roomcast:{tenant:t1:project:p1}");
+        assert_eq!(keys.room_of_channel("roomcast:{tenant:t1:project:p1}"), Some("tenant:t1:project:p1"));
+        assert_eq!(keys.room_of_channel("other:{tenant:t1}"), None);
+        assert_eq!(keys.room_of_channel("roomcastx:{tenant:t1}"), None);
+        for bad in ["", "a:b", "a{b", "with space"] {
+            assert_eq!(Keys::new(bad), Err(InvalidPrefix), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reserved_and_malformed_event_names() {
+        for reserved in [
+            "connect",
+            "disconnect",
+            "connect_error",
+            "typing",
+            "presence:join",
+            "auth:expiring",
+            "roomcast:disconnect",
+            "newListener",
+        ] {
+            assert!(matches!(validate_event_name(reserved), Err(EventNameError::Reserved(_))), "{reserved}");
+        }
+        for malformed in ["", "a\nb", &"e".repeat(MAX_EVENT_LEN + 1)] {
+            assert_eq!(validate_event_name(malformed), Err(EventNameError::Malformed));
+        }
+        for ok in ["task.updated", "message:new", "presence", "typing-started", "Connect"] {
+            assert_eq!(validate_event_name(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn envelopes_round_trip_with_raw_data() {
+        let room = Room::project("t1", "p1").unwrap();
+        let data = RawValue::from_string(r#"{"a": [1, 2]}"#.to_owned()).unwrap();
+        let env = event_envelope(&room, "task.updated", data, "id-1".into(), 42);
+        let json = serde_json::to_string(&env).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"event","v":1,"id":"id-1","room":"tenant:t1:project:p1","event":"task.updated","data":{"a": [1, 2]},"ts":42}"#
+        );
+        let Envelope::Event(back) = Envelope::from_json(&json).unwrap() else { panic!("not an event") };
+        assert_eq!((back.room.as_str(), back.data.get()), ("tenant:t1:project:p1", r#"{"a": [1, 2]}"#));
+        let typing = Envelope::from_json(
+            r#"{"v":1,"room":"tenant:t:channel:c","user":"bot","typing":true,"ts":1,"type":"typing"}"#,
+        )
+        .unwrap();
+        assert!(matches!(typing, Envelope::Typing(TypingEnvelope { typing: true, origin: None, .. })));
+        for bad in ["", "{}", r#"{"type":"other"}"#, r#"{"type":"event","v":1}"#, "[1]"] {
+            assert!(Envelope::from_json(bad).is_err(), "{bad:?}");
+        }
+    }
+}
