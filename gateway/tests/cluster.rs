@@ -435,3 +435,31 @@ async fn a_redis_cluster_uses_sharded_pubsub_and_survives_a_master_restart() {
     }
     eprintln!("t+{:?}: delivery resumed", t0.elapsed());
 }
+
+/// A replica whose pub/sub reader falls behind its buffer loses messages: that must show in
+/// `roomcast_bus_lagged_messages_total`, never pass silently.
+#[tokio::test]
+async fn a_lagging_pubsub_reader_is_counted() {
+    use std::io::Write;
+    let redis = RedisServer::start();
+    let r = Replica::spawn(Some(&redis.url()), &[("ROOMCAST_REDIS_BUFFER", "64")]).await;
+    let _member = r.connect_user("t1", "u").await;
+    let ch = channel("tenant:t1");
+    eventually(WAIT, "subscription", || async { (numsub(redis.port, &ch) == 1).then_some(()) }).await;
+    let envelope = json!({ "type": "event", "v": 1, "id": "x", "room": "tenant:t1", "event": "e", "data": { "pad": "y".repeat(100) }, "ts": 1 }).to_string();
+    let command = format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{ch}\r\n${}\r\n{envelope}\r\n", ch.len(), envelope.len());
+    let mut pipe = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    pipe.stdin.take().unwrap().write_all(command.repeat(30_000).as_bytes()).unwrap();
+    assert!(pipe.wait().unwrap().success());
+    let lagged = eventually(WAIT, "lag to be counted", || async {
+        let n = r.metric("roomcast_bus_lagged_messages_total", "").await;
+        (n > 0.0).then_some(n)
+    })
+    .await;
+    eprintln!("30000 published in a burst, buffer 64: {lagged} counted as lost by the lagging reader");
+}

@@ -153,3 +153,60 @@ async fn typing_requires_membership_and_a_well_formed_payload() {
     }
     assert_eq!(code(&req(json!({ "channel": "bad:id", "typing": true })).await), "invalid_room");
 }
+
+/// A client that stops reading fills its socket's send buffer; events it then misses are
+/// counted, not silently dropped, and the other members are unaffected.
+#[tokio::test]
+async fn events_a_stalled_client_cannot_take_are_counted() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.client_buffer = 64;
+    })
+    .await;
+    let healthy = gw.connect_user("t1", "healthy").await;
+    healthy.request("join", json!({ "project": "p1" })).await;
+
+    // A raw WebSocket client that joins, then never reads again.
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gw.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // open packet
+    ws.send(Message::text(format!("40{}", json!({ "token": user_token("t1", "stalled") })))).await.unwrap();
+    ws.next().await.unwrap().unwrap(); // CONNECT
+    ws.send(Message::text(r#"421["join",{"project":"p1"}]"#)).await.unwrap();
+    loop {
+        if let Message::Text(t) = ws.next().await.unwrap().unwrap()
+            && t.starts_with("431")
+        {
+            break;
+        }
+    }
+
+    // Bursts of 20 stay well under the 64-packet buffer, so a reading client keeps up; the
+    // stalled one fills the kernel socket buffers, then its send buffer, then loses events.
+    let data = "x".repeat(16 * 1024);
+    let body = json!(
+        (0..20)
+            .map(|i| json!({ "tenant": "t1", "project": "p1", "event": "bulk", "data": { "i": i, "pad": data } }))
+            .collect::<Vec<_>>()
+    )
+    .to_string();
+    let auth = format!("Bearer {KEY}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let mut batches = 0;
+    let dropped = loop {
+        assert_eq!(http(gw.addr, "POST", "/v1/publish", &headers, &body).await.0, 200);
+        batches += 1;
+        for i in 0..20 {
+            assert_eq!(healthy.next("bulk").await[0]["i"], i, "the reading member gets every event, in order");
+        }
+        let n = sample(&gw.metrics().await, "roomcast_client_buffer_full_total", "");
+        if n > 0.0 {
+            break n;
+        }
+        assert!(batches < 400, "no drop counted after {batches} batches (~{} MiB)", batches * 20 * 16 / 1024);
+    };
+    eprintln!("drops counted after {batches} batches: {dropped}");
+    drop(ws);
+}
