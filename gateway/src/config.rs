@@ -71,6 +71,24 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_PUBLISH_MAX_BATCH", default_value_t = 100)]
     pub publish_max_batch: usize,
 
+    /// A user whose last connection leaves a room and is back within this time (a page reload)
+    /// produces neither presence:leave nor presence:join.
+    #[arg(long, env = "ROOMCAST_PRESENCE_GRACE", default_value = "3s", value_parser = parse_duration)]
+    pub presence_grace: Duration,
+
+    /// A replica that has not renewed its presence lease for this long is dead: the others
+    /// announce presence:leave for its users (within this time plus about a second).
+    #[arg(long, env = "ROOMCAST_PRESENCE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub presence_lease_ttl: Duration,
+
+    /// Most users one presence:list page returns (clients page with offset/limit).
+    #[arg(long, env = "ROOMCAST_PRESENCE_PAGE_MAX", default_value_t = 1_000)]
+    pub presence_page_max: u64,
+
+    /// Repeated typing: true from one user in one channel is broadcast at most once per this interval.
+    #[arg(long, env = "ROOMCAST_TYPING_THROTTLE", default_value = "2s", value_parser = parse_duration)]
+    pub typing_throttle: Duration,
+
     /// How long a typing indicator lasts without a refresh (announced to clients as ttlMs).
     #[arg(long, env = "ROOMCAST_TYPING_TTL", default_value = "6s", value_parser = parse_duration)]
     pub typing_ttl: Duration,
@@ -332,6 +350,18 @@ impl Config {
         }
         if self.typing_ttl < Duration::from_millis(500) {
             return Err(ConfigError::new("ROOMCAST_TYPING_TTL", "must be at least 500ms"));
+        }
+        if self.typing_throttle >= self.typing_ttl {
+            return Err(ConfigError::new(
+                "ROOMCAST_TYPING_THROTTLE",
+                "must be shorter than ROOMCAST_TYPING_TTL, or an indicator expires between two refreshes",
+            ));
+        }
+        if self.presence_lease_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("ROOMCAST_PRESENCE_LEASE_TTL", "must be at least 1s"));
+        }
+        if self.presence_page_max == 0 {
+            return Err(ConfigError::new("ROOMCAST_PRESENCE_PAGE_MAX", "must be at least 1"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(ConfigError::new("ROOMCAST_LOG", format!("not a valid log filter: {:?}", self.log)));

@@ -7,7 +7,7 @@ use std::sync::{
 
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{auth::Identity, errors::DisconnectReason};
+use crate::{auth::Identity, errors::DisconnectReason, presence::Status};
 
 /// What the gateway remembers about one socket.
 #[derive(Debug)]
@@ -22,6 +22,11 @@ pub struct Conn {
     /// Set when the server ends the connection, so the disconnect handler can count the
     /// disconnect under its real reason.
     closing: OnceLock<DisconnectReason>,
+    /// The status this socket set with `presence:update`.
+    status: Mutex<Status>,
+    /// Channel rooms where this socket's last indicator was `typing: true`, so leaving or
+    /// disconnecting can stop them.
+    typing_in: Mutex<Vec<String>>,
 }
 
 /// The two token-lifetime deadlines of one socket.
@@ -42,7 +47,33 @@ impl Conn {
             turns: Turns { next: AtomicU64::new(1), ..Turns::default() },
             deadlines: Mutex::new(None),
             closing: OnceLock::new(),
+            status: Mutex::new(Status::Online),
+            typing_in: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The socket's presence status.
+    pub fn status(&self) -> Status {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the socket's presence status.
+    pub fn set_status(&self, status: Status) {
+        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    }
+
+    /// Records the socket's latest indicator in `room`; returns whether it was typing there.
+    pub fn set_typing(&self, room: &str, typing: bool) -> bool {
+        let mut rooms = self.typing_in.lock().unwrap_or_else(|e| e.into_inner());
+        let was = rooms.iter().position(|r| r == room);
+        match (was, typing) {
+            (None, true) => rooms.push(room.to_owned()),
+            (Some(i), false) => {
+                rooms.swap_remove(i);
+            }
+            _ => {}
+        }
+        was.is_some()
     }
 
     /// Records why the server is ending this connection (the first reason wins).

@@ -9,13 +9,17 @@ use std::sync::{Arc, OnceLock};
 
 use roomcast_publisher::{
     Room, RoomKind,
-    wire::{self, Envelope, EventEnvelope, TypingEnvelope},
+    wire::{self, Envelope, EventEnvelope, PresenceAction, PresenceEnvelope, TypingEnvelope},
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
 
-use crate::{metrics, rooms::Membership};
+use crate::{
+    metrics, presence,
+    rooms::Membership,
+    typing::{Indicators, Show},
+};
 
 /// The second argument of every published event a client receives.
 #[derive(Debug, Serialize)]
@@ -57,6 +61,8 @@ pub enum Rejection {
     TooLarge,
     /// A typing indicator for something other than a channel, or with a bad user id.
     Typing,
+    /// A presence change for a room without presence, or with a bad user id or status.
+    Presence,
 }
 
 impl Rejection {
@@ -69,6 +75,7 @@ impl Rejection {
             Rejection::EventName => "event_name",
             Rejection::TooLarge => "too_large",
             Rejection::Typing => "typing",
+            Rejection::Presence => "presence",
         }
     }
 }
@@ -84,14 +91,20 @@ pub struct Delivery {
     node_id: Arc<str>,
     /// Largest `data` accepted, in bytes.
     max_payload: usize,
-    /// TTL announced with typing indicators.
-    typing_ttl_ms: u64,
+    /// Typing indicators shown to this replica's members.
+    indicators: Indicators,
 }
 
 impl Delivery {
     /// A delivery for replica `node_id`.
-    pub fn new(node_id: Arc<str>, max_payload: usize, typing_ttl_ms: u64) -> Self {
-        Delivery { io: OnceLock::new(), membership: OnceLock::new(), node_id, max_payload, typing_ttl_ms }
+    pub fn new(node_id: Arc<str>, max_payload: usize, typing_ttl: std::time::Duration) -> Self {
+        Delivery {
+            io: OnceLock::new(),
+            membership: OnceLock::new(),
+            node_id,
+            max_payload,
+            indicators: Indicators::new(typing_ttl),
+        }
     }
 
     /// Connects the delivery to the Socket.IO server and membership registry.
@@ -114,11 +127,21 @@ impl Delivery {
         }
     }
 
-    /// Delivers `envelope` to the local members of its room.
+    /// Delivers `envelope`, received from the bus, to the local members of its room.
     pub async fn deliver(&self, envelope: &Envelope) {
+        self.deliver_from(envelope, true).await
+    }
+
+    /// Delivers `envelope`, originated on this replica, to the local members of its room.
+    pub async fn deliver_originated(&self, envelope: &Envelope) {
+        self.deliver_from(envelope, false).await
+    }
+
+    async fn deliver_from(&self, envelope: &Envelope, from_bus: bool) {
         let result = match envelope {
             Envelope::Event(event) => self.deliver_event(event).await,
-            Envelope::Typing(typing) => self.deliver_typing(typing).await,
+            Envelope::Typing(typing) => self.deliver_typing(typing, from_bus).await,
+            Envelope::Presence(presence) => self.deliver_presence(presence).await,
         };
         if let Err(rejection) = result {
             metrics::bus_rejected(rejection.as_str());
@@ -144,28 +167,78 @@ impl Delivery {
         Ok(())
     }
 
-    async fn deliver_typing(&self, t: &TypingEnvelope) -> Result<(), Rejection> {
+    async fn deliver_typing(&self, t: &TypingEnvelope, from_bus: bool) -> Result<(), Rejection> {
         if t.v != wire::VERSION {
             return Err(Rejection::Version);
         }
-        if t.origin.as_deref() == Some(&*self.node_id) {
+        if from_bus && t.origin.as_deref() == Some(&*self.node_id) {
             // Originated here and already delivered to local sockets before it was published.
             return Ok(());
         }
-        self.emit_typing(t).await
+        let room = Room::parse(&t.room).ok_or(Rejection::Room)?;
+        if room.kind() != RoomKind::Channel || roomcast_publisher::validate_id(&t.user).is_err() {
+            return Err(Rejection::Typing);
+        }
+        match self.indicators.observe(&t.room, &t.user, t.typing) {
+            Show::Nothing => {}
+            Show::On { refresh } => self.emit_typing(&room, &t.user, true, refresh).await,
+            Show::Off => self.emit_typing(&room, &t.user, false, false).await,
+        }
+        Ok(())
     }
 
-    /// Emits a typing indicator to the channel's local members, except the typer's own sockets.
-    pub async fn emit_typing(&self, t: &TypingEnvelope) -> Result<(), Rejection> {
-        let room = Room::parse(&t.room).ok_or(Rejection::Room)?;
-        let (RoomKind::Channel, Some(channel)) = (room.kind(), room.id()) else {
-            return Err(Rejection::Typing);
+    /// Emits `typing` to the channel's local members, except the typer's own sockets.
+    async fn emit_typing(&self, room: &Room, user: &str, typing: bool, volatile: bool) {
+        let (Some(io), Some(channel), Ok(user_room)) = (self.io.get(), room.id(), Room::user(room.tenant_id(), user))
+        else {
+            return;
         };
-        let user_room = Room::user(room.tenant_id(), &t.user).map_err(|_| Rejection::Typing)?;
+        let ttl_ms = self.indicators.ttl().as_millis() as u64;
+        let payload = TypingPayload { channel, user_id: user, typing, ttl_ms };
+        let to = io.within(room.to_string()).except(user_room.to_string());
+        // A refresh that does not get through changes nothing the client shows.
+        let to = if volatile { to.volatile() } else { to };
+        note_emit_errors(to.emit("typing", &payload).await);
+        metrics::delivered("typing", self.members(&room.to_string()));
+    }
+
+    /// Turns off, for local members, the indicators whose TTL ran out. Runs for the gateway's life.
+    pub async fn expire_typing(&self) {
+        loop {
+            for (room, user) in self.indicators.expired().await {
+                if let Some(room) = Room::parse(&room) {
+                    metrics::typing_expired();
+                    self.emit_typing(&room, &user, false, false).await;
+                }
+            }
+        }
+    }
+
+    async fn deliver_presence(&self, p: &PresenceEnvelope) -> Result<(), Rejection> {
+        if p.v != wire::VERSION {
+            return Err(Rejection::Version);
+        }
+        let room = Room::parse(&p.room).ok_or(Rejection::Room)?;
+        if !presence::tracked(&room) || roomcast_publisher::validate_id(&p.user).is_err() {
+            return Err(Rejection::Presence);
+        }
         let Some(io) = self.io.get() else { return Ok(()) };
-        let payload = TypingPayload { channel, user_id: &t.user, typing: t.typing, ttl_ms: self.typing_ttl_ms };
-        note_emit_errors(io.within(t.room.clone()).except(user_room.to_string()).emit("typing", &payload).await);
-        metrics::delivered("typing", self.members(&t.room));
+        let (kind, id) = presence::room_field(&room);
+        let mut payload = serde_json::Map::new();
+        payload.insert(kind.to_owned(), id.into());
+        payload.insert("userId".to_owned(), p.user.clone().into());
+        if p.action != PresenceAction::Leave {
+            let status = p.status.as_deref().unwrap_or("online");
+            if presence::Status::parse(status).is_err() {
+                return Err(Rejection::Presence);
+            }
+            payload.insert("status".to_owned(), status.into());
+        }
+        if let Some(since) = p.since {
+            payload.insert("since".to_owned(), since.into());
+        }
+        note_emit_errors(io.within(p.room.clone()).emit(p.action.event(), &payload).await);
+        metrics::delivered("presence", self.members(&p.room));
         Ok(())
     }
 

@@ -16,7 +16,9 @@
 //!   [`bus::memory`] is the single-node implementation, [`bus::redis`] the clustered one.
 //! - [`delivery`]: checks inbound envelopes and emits them to local sockets.
 //! - [`publish`]: `POST /v1/publish`, the HTTP publish API.
-//! - [`typing`]: typing indicators sent by clients.
+//! - [`presence`]: who is in which project and channel room, cluster-wide, with a leave grace
+//!   period and per-replica leases ([`presence::memory`], [`presence::redis`]).
+//! - [`typing`]: typing indicators: the sender's throttle and every replica's TTL.
 //! - [`expiry`]: `auth:expiring` and `token_expired` disconnects, on a [`timers::DeadlineQueue`].
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`; the origin and drain guard of the public listener.
 //! - [`metrics`]: every metric name and description.
@@ -33,6 +35,7 @@ pub mod expiry;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod presence;
 pub mod publish;
 pub mod rooms;
 pub mod shutdown;
@@ -59,9 +62,11 @@ use crate::{
     config::Secret,
     delivery::Delivery,
     http::OriginPolicy,
+    presence::{Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
     publish::ApiKeys,
     rooms::Membership,
     state::{GatewayState, Shared},
+    typing::Throttle,
 };
 
 /// Why the gateway could not start.
@@ -117,22 +122,27 @@ impl Gateway {
             dev_api_key = Some(key);
         }
         let node_id: Arc<str> = auth::random_hex(16).into();
-        let delivery =
-            Arc::new(Delivery::new(node_id.clone(), config.publish_max_payload, config.typing_ttl.as_millis() as u64));
-        let bus: Arc<dyn Bus> = match &config.redis_url {
-            Some(url) => Arc::new(RedisBus::start(
-                RedisSettings {
-                    url: url.expose().to_owned(),
-                    keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
-                        .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
-                    command_timeout: config.redis_command_timeout,
-                    buffer: config.redis_buffer,
-                },
-                delivery.clone(),
-            )?),
+        let delivery = Arc::new(Delivery::new(node_id.clone(), config.publish_max_payload, config.typing_ttl));
+        let (bus, presence_store): (Arc<dyn Bus>, Arc<dyn PresenceStore>) = match &config.redis_url {
+            Some(url) => {
+                let bus = RedisBus::start(
+                    RedisSettings {
+                        url: url.expose().to_owned(),
+                        keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
+                            .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
+                        command_timeout: config.redis_command_timeout,
+                        buffer: config.redis_buffer,
+                    },
+                    delivery.clone(),
+                )?;
+                let sweep = (config.presence_lease_ttl / 4).min(Duration::from_secs(1));
+                let store = RedisPresence::new(bus.commands(), &node_id, config.presence_lease_ttl, sweep);
+                (Arc::new(bus), Arc::new(store))
+            }
             None => {
                 tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
-                Arc::new(MemoryBus::new(delivery.clone()))
+                let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(delivery.clone()));
+                (bus.clone(), Arc::new(MemoryPresence::new(bus)))
             }
         };
         tracing::info!(node = %node_id, "replica id");
@@ -142,6 +152,8 @@ impl Gateway {
             bus,
             delivery,
             api_keys,
+            presence: Arc::new(Presence::new(presence_store, config.presence_grace)),
+            throttle: Throttle::new(config.typing_throttle),
             verifier,
             expiry: Default::default(),
             draining: Default::default(),
@@ -209,6 +221,11 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let Gateway { state, io, public, admin, metrics, .. } = self;
         let expiry = tokio::spawn(expiry::run(state.clone(), io.clone()));
+        let presence = tokio::spawn(state.presence.clone().run());
+        let typing = tokio::spawn({
+            let delivery = state.delivery.clone();
+            async move { delivery.expire_typing().await }
+        });
         let upkeep = tokio::spawn(async move {
             // Histograms are only compacted on upkeep; without it they grow.
             let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -232,6 +249,8 @@ impl Gateway {
         shutdown.await;
         let deadline = Instant::now() + state.config.shutdown_timeout;
         shutdown::drain(&state, &io, deadline).await;
+        // After the clients moved: their presence is counted on other replicas by now.
+        state.presence.shutdown(deadline).await;
         let _ = stop_tx.send(true);
         let servers = async {
             let _ = public_server.await;
@@ -242,6 +261,8 @@ impl Gateway {
         }
         expiry.abort();
         upkeep.abort();
+        presence.abort();
+        typing.abort();
         tracing::info!("stopped");
         Ok(())
     }

@@ -85,6 +85,12 @@ pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
 pub const CLIENT_BUFFER_FULL: &str = "roomcast_client_buffer_full_total";
 /// Publish requests (HTTP API, client typing), by `source` and `result`.
 pub const PUBLISHES: &str = "roomcast_publish_requests_total";
+/// Presence changes the store could not apply (reconciled when it is back).
+pub const PRESENCE_ERRORS: &str = "roomcast_presence_errors_total";
+/// Dead replicas whose presence this replica removed.
+pub const REPLICAS_REAPED: &str = "roomcast_replicas_reaped_total";
+/// Typing indicators turned off because their TTL ran out.
+pub const TYPING_EXPIRED: &str = "roomcast_typing_expired_total";
 
 fn describe() {
     describe_counter!(BUS_RECEIVED, "Envelopes received from Redis by this replica.");
@@ -97,6 +103,9 @@ fn describe() {
     describe_histogram!(DELIVERY_LATENCY, "Seconds from publish to local emit (publisher and gateway clocks).");
     describe_counter!(CLIENT_BUFFER_FULL, "Events not sent to a socket because its send buffer was full.");
     describe_counter!(PUBLISHES, "Publish requests, by source and result.");
+    describe_counter!(PRESENCE_ERRORS, "Presence changes the store could not apply (reconciled later).");
+    describe_counter!(REPLICAS_REAPED, "Dead replicas whose presence this replica removed.");
+    describe_counter!(TYPING_EXPIRED, "Typing indicators turned off because their TTL ran out.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
@@ -196,4 +205,16 @@ pub(crate) fn publish(source: &'static str, result: Result<(), ErrorCode>) {
         Err(code) => code.as_str(),
     };
     counter!(PUBLISHES, "source" => source, "result" => result).increment(1);
+}
+
+pub(crate) fn presence_error() {
+    counter!(PRESENCE_ERRORS).increment(1);
+}
+
+pub(crate) fn replica_reaped() {
+    counter!(REPLICAS_REAPED).increment(1);
+}
+
+pub(crate) fn typing_expired() {
+    counter!(TYPING_EXPIRED).increment(1);
 }

@@ -139,11 +139,17 @@ pub fn explicit_room_count(socket: &SocketRef) -> usize {
         .count()
 }
 
-/// Puts `socket` in `room` (idempotent), subscribing the bus if it is the room's first local member.
-pub async fn join(socket: &SocketRef, membership: &Membership, room: &Room, max_rooms: u32) -> Result<(), ClientError> {
+/// Puts `socket` in `room` (idempotent), subscribing the bus if it is the room's first local
+/// member. `Ok(false)` if it already was in the room.
+pub async fn join(
+    socket: &SocketRef,
+    membership: &Membership,
+    room: &Room,
+    max_rooms: u32,
+) -> Result<bool, ClientError> {
     let name = room.to_string();
     if socket.rooms().iter().any(|r| *r == name) {
-        return Ok(());
+        return Ok(false);
     }
     if explicit_room_count(socket) >= max_rooms as usize {
         return Err(ClientError::new(
@@ -152,7 +158,7 @@ pub async fn join(socket: &SocketRef, membership: &Membership, room: &Room, max_
         ));
     }
     confirm(join_now(socket, membership, room)).await;
-    Ok(())
+    Ok(true)
 }
 
 /// Puts `socket` in `room` now (the caller checked it is not there yet) and returns the bus
@@ -177,17 +183,19 @@ pub async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
     }
 }
 
-/// Takes `socket` out of `room` (idempotent), unsubscribing the bus if it was the last local member.
-pub async fn leave(socket: &SocketRef, membership: &Membership, room: &Room) {
+/// Takes `socket` out of `room` (idempotent), unsubscribing the bus if it was the last local
+/// member. `false` if it was not in the room.
+pub async fn leave(socket: &SocketRef, membership: &Membership, room: &Room) -> bool {
     let name = room.to_string();
     if !socket.rooms().iter().any(|r| *r == name) {
-        return;
+        return false;
     }
     socket.leave(name.clone());
     metrics::room_left(room.kind());
     if let Err(e) = membership.exit(&name).await {
         tracing::warn!(error = %e, "room unsubscription not confirmed");
     }
+    true
 }
 
 #[cfg(test)]
@@ -224,7 +232,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_bus_is_subscribed_exactly_while_a_room_has_local_members() {
-        let bus = Arc::new(MemoryBus::new(Arc::new(crate::delivery::Delivery::new("test".into(), 1024, 6000))));
+        let bus = Arc::new(MemoryBus::new(Arc::new(crate::delivery::Delivery::new(
+            "test".into(),
+            1024,
+            std::time::Duration::from_secs(6),
+        ))));
         let m = Membership::new(bus.clone());
         m.enter("r").await.unwrap();
         m.enter("r").await.unwrap();

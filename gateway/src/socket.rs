@@ -149,6 +149,8 @@ fn on_event(
                 "leave" => leave(&socket, &gw, &conn, payload).await,
                 "auth:refresh" => refresh(&socket, &gw, &conn, payload).await,
                 "typing" => crate::typing::on_typing(&socket, &gw, &conn, payload).await,
+                "presence:list" => crate::presence::events::list(&gw, &conn, payload).await,
+                "presence:update" => crate::presence::events::update(&socket, &gw, &conn, payload),
                 _ => {
                     Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
                 }
@@ -176,6 +178,8 @@ fn known_event(event: &str) -> &'static str {
         "leave" => "leave",
         "auth:refresh" => "auth:refresh",
         "typing" => "typing",
+        "presence:list" => "presence:list",
+        "presence:update" => "presence:update",
         _ => "other",
     }
 }
@@ -193,8 +197,11 @@ async fn join(
     conn: &Conn,
     payload: Result<Value, ClientError>,
 ) -> Result<Value, ClientError> {
-    let room = rooms::requested_room(&payload?, &conn.identity())?;
-    rooms::join(socket, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
+    let identity = conn.identity();
+    let room = rooms::requested_room(&payload?, &identity)?;
+    if rooms::join(socket, &gw.membership, &room, gw.config.max_rooms_per_socket).await? {
+        gw.presence.entered(&room, &identity.user, conn.status());
+    }
     metrics::local_rooms(gw.membership.room_count());
     Ok(json!({ "ok": true, "room": room.to_string() }))
 }
@@ -206,9 +213,18 @@ async fn leave(
     payload: Result<Value, ClientError>,
 ) -> Result<Value, ClientError> {
     let room = rooms::requested_room(&payload?, &conn.identity())?;
-    rooms::leave(socket, &gw.membership, &room).await;
+    leave_room(socket, gw, conn, &room).await;
     metrics::local_rooms(gw.membership.room_count());
     Ok(json!({ "ok": true, "room": room.to_string() }))
+}
+
+/// Takes the socket out of `room`, with what leaving means beyond the room itself: the user's
+/// presence there ends (after the grace period) and their typing indicator stops.
+async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
+    if rooms::leave(socket, &gw.membership, room).await {
+        gw.presence.left(room, &conn.identity().user);
+        crate::typing::stop(gw, conn, &room.to_string()).await;
+    }
 }
 
 /// `auth:refresh` `{ token }`: swaps the socket's token for a fresher one of the same user.
@@ -242,7 +258,7 @@ async fn refresh(
             _ => true,
         };
         if !still_allowed {
-            rooms::leave(socket, &gw.membership, &room).await;
+            leave_room(socket, gw, conn, &room).await;
             left.push(name.to_string());
         }
     }
@@ -270,6 +286,8 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, State(gw): State<Shared>)
             for name in socket.rooms() {
                 if let Some(room) = Room::parse(&name) {
                     metrics::room_left(room.kind());
+                    gw.presence.left(&room, &identity.user);
+                    crate::typing::stop(&gw, &conn, &name).await;
                 }
                 if let Err(e) = gw.membership.exit(&name).await {
                     tracing::warn!(error = %e, "room unsubscription not confirmed");

@@ -8,8 +8,8 @@ use std::sync::{
 use socketioxide::socket::Sid;
 
 use crate::{
-    auth::Verifier, bus::Bus, config::Config, delivery::Delivery, expiry::Phase, publish::ApiKeys, rooms::Membership,
-    timers::DeadlineQueue,
+    auth::Verifier, bus::Bus, config::Config, delivery::Delivery, expiry::Phase, presence::Presence, publish::ApiKeys,
+    rooms::Membership, timers::DeadlineQueue, typing::Throttle,
 };
 
 /// Cheap-to-clone handle over the gateway's shared state (socketioxide `State`).
@@ -30,6 +30,10 @@ pub struct GatewayState {
     pub delivery: Arc<Delivery>,
     /// Keys accepted by `POST /v1/publish`.
     pub api_keys: ApiKeys,
+    /// Who is in which project and channel room.
+    pub presence: Arc<Presence>,
+    /// Rate limit on typing indicators sent from this replica.
+    pub throttle: Throttle,
     /// Token-expiry deadlines of every socket.
     pub expiry: DeadlineQueue<(Sid, Phase)>,
     /// Set once shutdown began: `/readyz` fails and new connections are refused.

@@ -37,6 +37,9 @@ pub enum Envelope {
     Event(EventEnvelope),
     /// A typing indicator for a channel room.
     Typing(TypingEnvelope),
+    /// A presence change in a project or channel room. Replicas publish these themselves;
+    /// publishers do not.
+    Presence(PresenceEnvelope),
 }
 
 /// An application event: members receive `event` with `data` as first argument and
@@ -89,6 +92,51 @@ struct Tag {
 enum Kind {
     Event,
     Typing,
+    Presence,
+}
+
+/// What happened to a user's presence in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceAction {
+    /// The user's first connection anywhere entered the room.
+    Join,
+    /// The user's last connection anywhere left the room.
+    Leave,
+    /// The user changed status.
+    Update,
+}
+
+impl PresenceAction {
+    /// The Socket.IO event clients receive: `presence:join`, `presence:leave`, `presence:update`.
+    pub fn event(self) -> &'static str {
+        match self {
+            PresenceAction::Join => "presence:join",
+            PresenceAction::Leave => "presence:leave",
+            PresenceAction::Update => "presence:update",
+        }
+    }
+}
+
+/// A presence change, as replicas publish it on the room's channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PresenceEnvelope {
+    /// Format version, [`VERSION`].
+    pub v: u8,
+    /// Canonical name of a project or channel room.
+    pub room: String,
+    /// Join, leave or update.
+    pub action: PresenceAction,
+    /// The user.
+    pub user: String,
+    /// The user's status (join and update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When the user's presence in the room began, ms since the Unix epoch (join).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// When this was published, ms since the Unix epoch.
+    pub ts: u64,
 }
 
 impl Envelope {
@@ -98,6 +146,7 @@ impl Envelope {
         Ok(match kind {
             Kind::Event => Envelope::Event(serde_json::from_str(json)?),
             Kind::Typing => Envelope::Typing(serde_json::from_str(json)?),
+            Kind::Presence => Envelope::Presence(serde_json::from_str(json)?),
         })
     }
 
@@ -106,6 +155,7 @@ impl Envelope {
         match self {
             Envelope::Event(e) => &e.room,
             Envelope::Typing(t) => &t.room,
+            Envelope::Presence(p) => &p.room,
         }
     }
 
@@ -114,6 +164,7 @@ impl Envelope {
         match self {
             Envelope::Event(e) => e.v,
             Envelope::Typing(t) => t.v,
+            Envelope::Presence(p) => p.v,
         }
     }
 }
@@ -153,6 +204,42 @@ impl Keys {
     /// The channel a room's envelopes are published on: `{prefix}:{<room>}`.
     pub fn channel(&self, room: &str) -> String {
         format!("{}:{{{room}}}", self.prefix)
+    }
+
+    /// Presence of a room: user → number of connections, cluster-wide (hash).
+    pub fn presence_counts(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence", self.prefix)
+    }
+
+    /// Presence of a room: user → when their presence began, ms (sorted set; list order).
+    pub fn presence_since(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence:since", self.prefix)
+    }
+
+    /// Presence of a room: user → status (hash).
+    pub fn presence_status(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence:status", self.prefix)
+    }
+
+    /// Presence of a room: `replica|user` → that replica's connections of the user (hash), so a
+    /// crashed replica's share can be removed.
+    pub fn presence_replicas(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence:replicas", self.prefix)
+    }
+
+    /// Gateway replicas and their lease expiry, ms by Redis' clock (sorted set).
+    pub fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+
+    /// The rooms replica `id` holds presence in (set).
+    pub fn replica_rooms(&self, id: &str) -> String {
+        format!("{}:replica:{{{id}}}:rooms", self.prefix)
+    }
+
+    /// Lock taken by the replica cleaning up after replica `id`.
+    pub fn replica_reaper(&self, id: &str) -> String {
+        format!("{}:replica:{{{id}}}:reaper", self.prefix)
     }
 
     /// The room a channel name belongs to, if it is one of ours.

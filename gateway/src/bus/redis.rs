@@ -64,13 +64,34 @@ enum Op {
 
 /// Whether a client's connection is up, as its last connection event said.
 #[derive(Debug, Default)]
-struct Link {
+pub struct Link {
     up: AtomicBool,
 }
 
 impl Link {
-    fn is_up(&self) -> bool {
+    /// Whether the connection is up.
+    pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+}
+
+/// The bus's command connection, shared with the other Redis-backed stores.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    /// The fred client (not in subscribe mode).
+    pub client: Client,
+    /// Its connection state.
+    pub link: Arc<Link>,
+    /// Whether Redis is a cluster (sharded pub/sub).
+    pub clustered: bool,
+    /// Channel and key names.
+    pub keys: Keys,
+}
+
+impl Commands {
+    /// The command publishing to a room's channel: `PUBLISH`, or `SPUBLISH` on a cluster.
+    pub fn publish_command(&self) -> &'static str {
+        if self.clustered { "SPUBLISH" } else { "PUBLISH" }
     }
 }
 
@@ -153,6 +174,16 @@ impl RedisBus {
         tokio::spawn(receive(messages, settings.keys.clone(), delivery));
         tracing::info!(cluster = clustered, prefix = settings.keys.prefix(), "cluster mode: Redis bus");
         Ok(RedisBus { commands, commands_link, subscriber_link, keys: settings.keys, clustered, ops: ops_tx, in_sync })
+    }
+
+    /// The command connection, for the other Redis-backed stores.
+    pub fn commands(&self) -> Commands {
+        Commands {
+            client: self.commands.clone(),
+            link: self.commands_link.clone(),
+            clustered: self.clustered,
+            keys: self.keys.clone(),
+        }
     }
 
     fn request(

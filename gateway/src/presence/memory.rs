@@ -1,0 +1,190 @@
+//! Presence on a single node: the same semantics as the Redis store, in memory.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use roomcast_publisher::wire::{self, Envelope, PresenceAction, PresenceEnvelope};
+
+use super::{Held, Page, PresenceStore, PresentUser, Status};
+use crate::bus::{BoxFuture, Bus, BusError};
+
+#[derive(Debug, Default)]
+struct RoomPresence {
+    /// user → (connections, status, since)
+    users: HashMap<String, (u64, Status, u64)>,
+    /// (since, user), for listing oldest first.
+    order: BTreeSet<(u64, String)>,
+}
+
+/// In-memory presence store; announces transitions through the (memory) bus.
+pub struct MemoryPresence {
+    rooms: Mutex<HashMap<String, RoomPresence>>,
+    bus: Arc<dyn Bus>,
+}
+
+impl std::fmt::Debug for MemoryPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryPresence").finish_non_exhaustive()
+    }
+}
+
+impl MemoryPresence {
+    /// A store announcing through `bus`.
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        MemoryPresence { rooms: Mutex::new(HashMap::new()), bus }
+    }
+
+    fn announce(&self, envelope: PresenceEnvelope) -> BoxFuture<'static, Result<(), BusError>> {
+        let published = self.bus.publish(vec![Envelope::Presence(envelope)]);
+        Box::pin(async move { published.await.map(|_| ()) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomPresence>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn envelope(
+    room: &str,
+    action: PresenceAction,
+    user: &str,
+    status: Option<Status>,
+    since: Option<u64>,
+) -> PresenceEnvelope {
+    PresenceEnvelope {
+        v: wire::VERSION,
+        room: room.to_owned(),
+        action,
+        user: user.to_owned(),
+        status: status.map(|s| s.as_str().to_owned()),
+        since,
+        ts: wire::now_ms(),
+    }
+}
+
+impl PresenceStore for MemoryPresence {
+    fn enter(&self, room: &str, user: &str, count: u32, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
+        let joined = {
+            let mut rooms = self.lock();
+            let presence = rooms.entry(room.to_owned()).or_default();
+            match presence.users.get_mut(user) {
+                Some((n, _, _)) => {
+                    *n += u64::from(count);
+                    None
+                }
+                None => {
+                    let since = wire::now_ms();
+                    presence.users.insert(user.to_owned(), (u64::from(count), status, since));
+                    presence.order.insert((since, user.to_owned()));
+                    Some(since)
+                }
+            }
+        };
+        match joined {
+            Some(since) => self.announce(envelope(room, PresenceAction::Join, user, Some(status), Some(since))),
+            None => Box::pin(async { Ok(()) }),
+        }
+    }
+
+    fn exit(&self, room: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let left = {
+            let mut rooms = self.lock();
+            let Some(presence) = rooms.get_mut(room) else { return Box::pin(async { Ok(()) }) };
+            let gone = match presence.users.get_mut(user) {
+                Some((n, _, since)) if *n <= 1 => Some(*since),
+                Some((n, _, _)) => {
+                    *n -= 1;
+                    None
+                }
+                None => None,
+            };
+            if let Some(since) = gone {
+                presence.users.remove(user);
+                presence.order.remove(&(since, user.to_owned()));
+                if presence.users.is_empty() {
+                    rooms.remove(room);
+                }
+            }
+            gone.is_some()
+        };
+        if left {
+            self.announce(envelope(room, PresenceAction::Leave, user, None, None))
+        } else {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn set_status(&self, room: &str, user: &str, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
+        let changed = {
+            let mut rooms = self.lock();
+            match rooms.get_mut(room).and_then(|p| p.users.get_mut(user)) {
+                Some((_, current, _)) if *current != status => {
+                    *current = status;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.announce(envelope(room, PresenceAction::Update, user, Some(status), None))
+        } else {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn list(&self, room: &str, offset: u64, limit: u64) -> BoxFuture<'static, Result<Page, BusError>> {
+        let page = {
+            let rooms = self.lock();
+            match rooms.get(room) {
+                None => Page { users: Vec::new(), total: 0 },
+                Some(presence) => Page {
+                    total: presence.users.len() as u64,
+                    users: presence
+                        .order
+                        .iter()
+                        .skip(offset as usize)
+                        .take(limit as usize)
+                        .filter_map(|(_, user)| {
+                            presence.users.get(user).map(|(n, status, since)| PresentUser {
+                                user_id: user.clone(),
+                                status: status.as_str().to_owned(),
+                                connections: *n,
+                                since: *since,
+                            })
+                        })
+                        .collect(),
+                },
+            }
+        };
+        Box::pin(async move { Ok(page) })
+    }
+
+    fn forget(&self, _room: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// In memory nothing is lost and no operation fails, so there is never anything to reconcile.
+    fn reconcile(&self, _held: Held) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn renew(&self) -> BoxFuture<'static, Result<bool, BusError>> {
+        Box::pin(async { Ok(false) })
+    }
+
+    fn reap_dead(&self) -> BoxFuture<'static, Result<usize, BusError>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn release(&self) -> BoxFuture<'static, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// One process: nothing to lease, nobody else to watch.
+    fn maintenance_interval(&self) -> Option<(Duration, Duration)> {
+        None
+    }
+}

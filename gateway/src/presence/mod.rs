@@ -1,0 +1,390 @@
+//! Who is in a project or channel room, cluster-wide: one entry per user however many tabs or
+//! devices they have open, on whichever replicas.
+//!
+//! [`Presence`] is this replica's side. It counts local connections per (room, user) and
+//! applies the leave grace period locally: when a user's *last* connection on this replica
+//! leaves, the store is told only after the grace period, and not at all if the user is back
+//! on this replica by then. A user who reconnects to another replica within the grace is added
+//! there before being removed here, so the store never sees them gone: no leave, no join.
+//!
+//! Store operations go through one ordered queue, so the store sees this replica's changes in
+//! the order they happened. The [`PresenceStore`] decides the cluster-wide transitions (first
+//! connection anywhere → `presence:join`, last → `presence:leave`) and announces them to the
+//! room's members on every replica.
+//!
+//! - [`memory::MemoryPresence`]: single node.
+//! - [`redis::RedisPresence`]: shared through Redis, with per-replica leases so the survivors
+//!   remove a crashed replica's users.
+
+pub mod events;
+pub mod memory;
+pub mod redis;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use roomcast_publisher::{Room, RoomKind};
+use serde::Serialize;
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    bus::{BoxFuture, BusError},
+    errors::{ClientError, ErrorCode},
+    timers::DeadlineQueue,
+};
+
+/// A user's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Status {
+    /// Active.
+    #[default]
+    Online,
+    /// Idle or in the background.
+    Away,
+}
+
+impl Status {
+    /// The status as clients see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+        }
+    }
+
+    /// Parses a client's status; anything else is `invalid_payload`.
+    pub fn parse(s: &str) -> Result<Status, ClientError> {
+        match s {
+            "online" => Ok(Status::Online),
+            "away" => Ok(Status::Away),
+            _ => Err(ClientError::new(ErrorCode::InvalidPayload, "status must be \"online\" or \"away\"")),
+        }
+    }
+}
+
+/// One user in a presence list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresentUser {
+    /// The user.
+    pub user_id: String,
+    /// Their status.
+    pub status: String,
+    /// Their connections in the room, on all replicas.
+    pub connections: u64,
+    /// When their presence in the room began, ms since the Unix epoch.
+    pub since: u64,
+}
+
+/// What one replica holds: room → (user, connections, status).
+pub type Held = Vec<(String, Vec<(String, u32, Status)>)>;
+
+/// A page of a room's presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Users, oldest presence first.
+    pub users: Vec<PresentUser>,
+    /// Present users in the room.
+    pub total: u64,
+}
+
+/// Where presence lives: in memory on a single node, or in Redis for a cluster.
+///
+/// Calls are made in order from one task. `enter` and `exit` announce cluster-wide transitions
+/// to the room's members themselves (atomically with the change, in the Redis store).
+pub trait PresenceStore: Send + Sync + 'static {
+    /// `count` more connections of `user` in `room` on this replica.
+    fn enter(&self, room: &str, user: &str, count: u32, status: Status) -> BoxFuture<'static, Result<(), BusError>>;
+    /// One connection of `user` fewer in `room` on this replica.
+    fn exit(&self, room: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>>;
+    /// `user` is now `status` in `room` (announced if it changed).
+    fn set_status(&self, room: &str, user: &str, status: Status) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Users `offset..offset + limit` of `room`.
+    fn list(&self, room: &str, offset: u64, limit: u64) -> BoxFuture<'static, Result<Page, BusError>>;
+    /// This replica no longer holds presence in `room`.
+    fn forget(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Sets this replica's share of presence to exactly `held` (room → user, connections,
+    /// status), announcing the joins and leaves that follow; rooms it held before and are not
+    /// listed are emptied.
+    fn reconcile(&self, held: Held) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Renews this replica's lease; `true` if the store did not know this replica (it lost
+    /// its data, or declared the replica dead), so this replica's presence must be reconciled.
+    fn renew(&self) -> BoxFuture<'static, Result<bool, BusError>>;
+    /// Removes the presence of replicas whose lease expired; returns how many were reaped.
+    fn reap_dead(&self) -> BoxFuture<'static, Result<usize, BusError>>;
+    /// Removes this replica's lease (after a graceful shutdown emptied its presence).
+    fn release(&self) -> BoxFuture<'static, Result<(), BusError>>;
+    /// How often [`PresenceStore::renew`] and [`PresenceStore::reap_dead`] should run.
+    fn maintenance_interval(&self) -> Option<(Duration, Duration)>;
+}
+
+/// Whether `room` has presence (project and channel rooms do).
+pub fn tracked(room: &Room) -> bool {
+    matches!(room.kind(), RoomKind::Project | RoomKind::Channel)
+}
+
+/// The `{ project: id }` / `{ channel: id }` part of presence payloads.
+pub fn room_field(room: &Room) -> (&'static str, &str) {
+    (room.kind().as_str(), room.id().unwrap_or_default())
+}
+
+#[derive(Debug)]
+enum Op {
+    Enter {
+        room: String,
+        user: String,
+        count: u32,
+        status: Status,
+    },
+    Exit {
+        room: String,
+        user: String,
+    },
+    Status {
+        room: String,
+        user: String,
+        status: Status,
+    },
+    Forget {
+        room: String,
+    },
+    Reconcile(Held),
+    /// Answered once every operation queued before it was applied.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// This replica's connections of one user in one room.
+#[derive(Debug)]
+struct Local {
+    sockets: u32,
+    /// The user's last local connection left; the store is told at this instant unless one returns.
+    leaving_at: Option<Instant>,
+    /// The status this replica last set for the user (replayed if the store loses it).
+    status: Status,
+}
+
+/// This replica's presence bookkeeping; see the module docs.
+pub struct Presence {
+    store: Arc<dyn PresenceStore>,
+    grace: Duration,
+    /// A std mutex: held only to update counts and queue store operations, never across an await.
+    local: Mutex<HashMap<(String, String), Local>>,
+    leaving: DeadlineQueue<(String, String)>,
+    /// A store operation failed: this replica's share may be off until the next reconcile.
+    dirty: std::sync::atomic::AtomicBool,
+    ops: mpsc::UnboundedSender<Op>,
+    ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence").field("grace", &self.grace).finish_non_exhaustive()
+    }
+}
+
+impl Presence {
+    /// Presence backed by `store`, with a leave grace period of `grace`.
+    pub fn new(store: Arc<dyn PresenceStore>, grace: Duration) -> Presence {
+        let (ops, ops_rx) = mpsc::unbounded_channel();
+        Presence {
+            store,
+            grace,
+            local: Mutex::new(HashMap::new()),
+            leaving: DeadlineQueue::default(),
+            dirty: Default::default(),
+            ops,
+            ops_rx: Mutex::new(Some(ops_rx)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Local>> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A socket of `user` entered `room`.
+    pub fn entered(&self, room: &Room, user: &str, status: Status) {
+        if !tracked(room) {
+            return;
+        }
+        let key = (room.to_string(), user.to_owned());
+        let mut local = self.lock();
+        let entry = local.entry(key.clone()).or_insert(Local { sockets: 0, leaving_at: None, status });
+        entry.sockets += 1;
+        let previous = std::mem::replace(&mut entry.status, status);
+        if let Some(at) = entry.leaving_at.take() {
+            // Back within the grace period: the store still counts the connection that left.
+            self.leaving.remove(at, &key);
+            if status != previous {
+                let _ = self.ops.send(Op::Status { room: key.0, user: key.1, status });
+            }
+        } else {
+            let _ = self.ops.send(Op::Enter { room: key.0, user: key.1, count: 1, status });
+        }
+    }
+
+    /// A socket of `user` left `room` (leave, disconnect, token expiry).
+    pub fn left(&self, room: &Room, user: &str) {
+        if !tracked(room) {
+            return;
+        }
+        let key = (room.to_string(), user.to_owned());
+        let mut local = self.lock();
+        let Some(entry) = local.get_mut(&key) else { return };
+        entry.sockets = entry.sockets.saturating_sub(1);
+        if entry.sockets > 0 {
+            let _ = self.ops.send(Op::Exit { room: key.0, user: key.1 });
+        } else if entry.leaving_at.is_none() {
+            let at = Instant::now() + self.grace;
+            entry.leaving_at = Some(at);
+            self.leaving.insert(at, key);
+        }
+    }
+
+    /// `user`, present in `room` through this replica, changed status.
+    pub fn status_changed(&self, room: &Room, user: &str, status: Status) {
+        if !tracked(room) {
+            return;
+        }
+        let key = (room.to_string(), user.to_owned());
+        if let Some(entry) = self.lock().get_mut(&key) {
+            entry.status = status;
+            let _ = self.ops.send(Op::Status { room: key.0, user: key.1, status });
+        }
+    }
+
+    /// A page of `room`'s presence.
+    pub async fn list(&self, room: &Room, offset: u64, limit: u64) -> Result<Page, BusError> {
+        self.store.list(&room.to_string(), offset, limit).await
+    }
+
+    /// Applies grace expiries and store operations, and keeps the lease. Runs for the gateway's life.
+    pub async fn run(self: Arc<Self>) {
+        let Some(mut ops) = self.ops_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                for key in this.leaving.next_due().await {
+                    this.grace_over(key);
+                }
+            }
+        });
+        if let Some((renew, sweep)) = self.store.maintenance_interval() {
+            tokio::spawn(self.clone().maintain(renew, sweep));
+        }
+        while let Some(op) = ops.recv().await {
+            let result = match op {
+                Op::Enter { ref room, ref user, count, status } => self.store.enter(room, user, count, status).await,
+                Op::Exit { ref room, ref user } => self.store.exit(room, user).await,
+                Op::Status { ref room, ref user, status } => self.store.set_status(room, user, status).await,
+                Op::Forget { ref room } => self.store.forget(room).await,
+                Op::Reconcile(held) => self.store.reconcile(held).await,
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            if let Err(e) = result {
+                // Redis is down: the lease lapses meanwhile and the replay after the renewal
+                // restores this replica's presence from `local`.
+                tracing::warn!(error = %e, "presence change not stored; will reconcile when the store is back");
+                self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                crate::metrics::presence_error();
+            }
+        }
+    }
+
+    fn grace_over(&self, key: (String, String)) {
+        let mut local = self.lock();
+        let Some(entry) = local.get(&key) else { return };
+        if entry.sockets == 0 && entry.leaving_at.is_some_and(|at| at <= Instant::now()) {
+            local.remove(&key);
+            let room_empty = !local.keys().any(|(room, _)| *room == key.0);
+            let _ = self.ops.send(Op::Exit { room: key.0.clone(), user: key.1 });
+            if room_empty {
+                let _ = self.ops.send(Op::Forget { room: key.0 });
+            }
+        }
+    }
+
+    async fn maintain(self: Arc<Self>, renew_every: Duration, sweep_every: Duration) {
+        /// A failed renewal is retried this soon, well within the lease.
+        const RETRY: Duration = Duration::from_millis(500);
+        let renew = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(renew);
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut renew => match self.store.renew().await {
+                    Ok(unknown) => {
+                        let dirty = self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
+                        if unknown || dirty {
+                            self.reconcile(unknown);
+                        }
+                        renew.as_mut().reset(Instant::now() + renew_every);
+                    }
+                    Err(e) => {
+                        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                        tracing::warn!(error = %e, "presence lease not renewed");
+                        renew.as_mut().reset(Instant::now() + RETRY);
+                    }
+                },
+                _ = sweep.tick() => match self.store.reap_dead().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(replicas = n, "removed the presence of dead replicas"),
+                    Err(e) => tracing::debug!(error = %e, "dead replica sweep failed"),
+                },
+            }
+        }
+    }
+
+    /// Queues a reconcile of this replica's whole share with what it holds now (after the
+    /// store lost it, declared this replica dead, or missed changes while unreachable).
+    fn reconcile(&self, unknown: bool) {
+        let local = self.lock();
+        let mut held: HashMap<String, Vec<(String, u32, Status)>> = HashMap::new();
+        for ((room, user), entry) in local.iter() {
+            // A connection in its grace period is still counted by the store.
+            let count = entry.sockets.max(u32::from(entry.leaving_at.is_some()));
+            held.entry(room.clone()).or_default().push((user.clone(), count, entry.status));
+        }
+        if unknown && !held.is_empty() {
+            tracing::warn!(rooms = held.len(), "presence store did not know this replica; restoring its presence");
+        }
+        let _ = self.ops.send(Op::Reconcile(held.into_iter().collect()));
+    }
+
+    /// Graceful shutdown: the clients were told to reconnect elsewhere; wait for the grace
+    /// period (so they are counted there first), then remove everything this replica still holds.
+    pub async fn shutdown(&self, deadline: Instant) {
+        if self.store.maintenance_interval().is_none() {
+            // A single node's presence ends with the process: nobody else is left to tell.
+            return;
+        }
+        let wait_until = (Instant::now() + self.grace).min(deadline);
+        tokio::time::sleep_until(wait_until).await;
+        let entries: Vec<((String, String), u32)> = {
+            let mut local = self.lock();
+            local.drain().map(|(key, e)| (key, e.sockets.max(u32::from(e.leaving_at.is_some())))).collect()
+        };
+        let mut rooms = std::collections::HashSet::new();
+        for ((room, user), count) in entries {
+            for _ in 0..count {
+                let _ = self.ops.send(Op::Exit { room: room.clone(), user: user.clone() });
+            }
+            rooms.insert(room);
+        }
+        for room in rooms {
+            let _ = self.ops.send(Op::Forget { room });
+        }
+        // The lease goes only after the worker applied every removal queued above.
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if self.ops.send(Op::Flush(done)).is_ok() && tokio::time::timeout_at(deadline, applied).await.is_err() {
+            tracing::warn!("shutdown deadline reached before presence was removed; the lease expiry will");
+        }
+        let _ = tokio::time::timeout_at(deadline, self.store.release()).await;
+    }
+}

@@ -1,0 +1,24 @@
+-- Removes a dead replica's share of a room's presence; publishes a leave for every user who
+-- had no connection elsewhere.
+-- KEYS: counts, since, status, replicas. ARGV: dead replica, room, channel, publish command, now_ms
+local prefix = ARGV[1] .. '|'
+local fields = redis.call('HGETALL', KEYS[4])
+local left = 0
+for i = 1, #fields, 2 do
+  local member, n = fields[i], tonumber(fields[i + 1])
+  if string.sub(member, 1, #prefix) == prefix then
+    local user = string.sub(member, #prefix + 1)
+    redis.call('HDEL', KEYS[4], member)
+    local total = redis.call('HINCRBY', KEYS[1], user, -n)
+    if total <= 0 then
+      redis.call('HDEL', KEYS[1], user)
+      redis.call('ZREM', KEYS[2], user)
+      redis.call('HDEL', KEYS[3], user)
+      local envelope = '{"type":"presence","v":1,"room":' .. cjson.encode(ARGV[2]) .. ',"action":"leave","user":'
+        .. cjson.encode(user) .. ',"ts":' .. ARGV[5] .. '}'
+      redis.call(ARGV[4], ARGV[3], envelope)
+      left = left + 1
+    end
+  end
+end
+return left

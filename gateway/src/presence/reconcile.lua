@@ -1,0 +1,42 @@
+-- Sets a replica's share of a room's presence to exactly what the replica holds, announcing the
+-- joins and leaves that follow. Used after Redis was unreachable or lost its data.
+-- KEYS: counts, since, status, replicas.
+-- ARGV: replica, room, channel, publish command, now_ms, n, then n triples (user, count, status)
+local replica, room, channel, publish, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local prefix = replica .. '|'
+local have, want, status = {}, {}, {}
+local fields = redis.call('HGETALL', KEYS[4])
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, #prefix) == prefix then
+    have[string.sub(fields[i], #prefix + 1)] = tonumber(fields[i + 1])
+  end
+end
+local n = tonumber(ARGV[6])
+for i = 0, n - 1 do
+  local user = ARGV[7 + i * 3]
+  want[user] = tonumber(ARGV[8 + i * 3])
+  status[user] = ARGV[9 + i * 3]
+  if have[user] == nil then have[user] = 0 end
+end
+local function announce(action, user, extra)
+  redis.call(publish, channel, '{"type":"presence","v":1,"room":' .. cjson.encode(room) .. ',"action":"' .. action
+    .. '","user":' .. cjson.encode(user) .. extra .. ',"ts":' .. now .. '}')
+end
+for user, had in pairs(have) do
+  local target = want[user] or 0
+  if target ~= had then
+    if target > 0 then redis.call('HSET', KEYS[4], prefix .. user, target) else redis.call('HDEL', KEYS[4], prefix .. user) end
+    local total = redis.call('HINCRBY', KEYS[1], user, target - had)
+    if total <= 0 then
+      redis.call('HDEL', KEYS[1], user)
+      redis.call('ZREM', KEYS[2], user)
+      redis.call('HDEL', KEYS[3], user)
+      if total - target + had > 0 then announce('leave', user, '') end
+    elseif total == target - had then
+      redis.call('ZADD', KEYS[2], now, user)
+      redis.call('HSET', KEYS[3], user, status[user] or 'online')
+      announce('join', user, ',"status":' .. cjson.encode(status[user] or 'online') .. ',"since":' .. now)
+    end
+  end
+end
+return 1

@@ -1,0 +1,362 @@
+//! Presence shared through Redis.
+//!
+//! Per room (all keys share the room's hash tag, so one slot on a cluster): user → connection
+//! count, user → since, user → status, and `replica|user` → that replica's share. Lua scripts
+//! change them and publish the resulting `presence:*` envelope on the room's channel in the same
+//! atomic step, so exactly one replica announces each join and leave.
+//!
+//! Crashes: every replica renews a lease (a score in `{prefix}:replicas`, by Redis' clock so
+//! replicas' clocks do not matter). Every replica sweeps for expired leases; the first to take a
+//! dead replica's reaper lock removes its share room by room (it keeps the list of rooms in
+//! `{prefix}:replica:{id}:rooms`), announcing a leave for each user who was connected nowhere else.
+
+use std::time::Duration;
+
+use fred::{
+    interfaces::{KeysInterface, SetsInterface, SortedSetsInterface},
+    types::{Expiration, SetOptions, Value, scripts::Script},
+};
+use roomcast_publisher::wire::{self, Envelope, PresenceAction, PresenceEnvelope};
+
+use super::{Held, Page, PresenceStore, PresentUser, Status};
+use crate::bus::{BoxFuture, BusError, redis::Commands};
+
+/// How long a reaper keeps its lock on a dead replica before another may take over.
+const REAPER_LOCK: Duration = Duration::from_secs(30);
+
+struct Scripts {
+    enter: Script,
+    exit: Script,
+    status: Script,
+    list: Script,
+    reap: Script,
+    lease: Script,
+    expired: Script,
+    reconcile: Script,
+}
+
+/// Presence in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisPresence {
+    redis: Commands,
+    replica: String,
+    lease_ttl: Duration,
+    sweep_every: Duration,
+    scripts: std::sync::Arc<Scripts>,
+    /// Whether this replica holds a lease. Presence is recorded only under a lease: a replica
+    /// that crashed with presence but no lease could never be found dead.
+    leased: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// A renewal found this replica unknown since the last [`PresenceStore::renew`] report.
+    unknown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("replica", &self.replica)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    crate::metrics::redis_error("presence");
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisPresence {
+    /// Presence for replica `replica` on `redis`; a replica is declared dead `lease_ttl` after
+    /// its last renewal, and leases are checked every `sweep_every`.
+    pub fn new(redis: Commands, replica: &str, lease_ttl: Duration, sweep_every: Duration) -> RedisPresence {
+        RedisPresence {
+            redis,
+            replica: replica.to_owned(),
+            lease_ttl,
+            sweep_every,
+            scripts: std::sync::Arc::new(Scripts {
+                enter: Script::from_lua(include_str!("enter.lua")),
+                exit: Script::from_lua(include_str!("exit.lua")),
+                status: Script::from_lua(include_str!("status.lua")),
+                list: Script::from_lua(include_str!("list.lua")),
+                reap: Script::from_lua(include_str!("reap.lua")),
+                lease: Script::from_lua(include_str!("lease.lua")),
+                expired: Script::from_lua(include_str!("expired.lua")),
+                reconcile: Script::from_lua(include_str!("reconcile.lua")),
+            }),
+            leased: Default::default(),
+            unknown: Default::default(),
+        }
+    }
+
+    /// Renews the lease; records whether Redis did not know this replica.
+    async fn renew_lease(&self) -> Result<(), BusError> {
+        let args = vec![self.replica.clone(), self.lease_ttl.as_millis().to_string()];
+        let added: i64 = self
+            .scripts
+            .lease
+            .evalsha_with_reload(&self.redis.client, vec![self.redis.keys.replicas()], args)
+            .await
+            .map_err(unavailable)?;
+        self.leased.store(true, std::sync::atomic::Ordering::Release);
+        if added == 1 {
+            self.unknown.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn room_keys(&self, room: &str) -> Vec<String> {
+        let keys = &self.redis.keys;
+        vec![
+            keys.presence_counts(room),
+            keys.presence_since(room),
+            keys.presence_status(room),
+            keys.presence_replicas(room),
+        ]
+    }
+
+    /// Fails at once while the connection is down instead of queueing until the timeout.
+    fn check(&self) -> Result<(), BusError> {
+        if self.redis.link.is_up() { Ok(()) } else { Err(unavailable("Redis is not connected")) }
+    }
+}
+
+fn envelope_json(room: &str, action: PresenceAction, user: &str, status: Option<Status>, since: Option<u64>) -> String {
+    let envelope = Envelope::Presence(PresenceEnvelope {
+        v: wire::VERSION,
+        room: room.to_owned(),
+        action,
+        user: user.to_owned(),
+        status: status.map(|s| s.as_str().to_owned()),
+        since,
+        ts: wire::now_ms(),
+    });
+    serde_json::to_string(&envelope).unwrap_or_default()
+}
+
+impl PresenceStore for RedisPresence {
+    fn enter(&self, room: &str, user: &str, count: u32, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let (redis, scripts, keys) = (self.redis.clone(), self.scripts.clone(), self.room_keys(room));
+        let rooms_key = redis.keys.replica_rooms(&self.replica);
+        let now = wire::now_ms();
+        let args = vec![
+            user.to_owned(),
+            self.replica.clone(),
+            count.to_string(),
+            now.to_string(),
+            status.as_str().to_owned(),
+            redis.keys.channel(room),
+            envelope_json(room, PresenceAction::Join, user, Some(status), Some(now)),
+            redis.publish_command().to_owned(),
+        ];
+        let room = room.to_owned();
+        let this = self.clone();
+        Box::pin(async move {
+            checked?;
+            if !this.leased.load(std::sync::atomic::Ordering::Acquire) {
+                this.renew_lease().await?;
+            }
+            // Recorded before the share itself: a crash in between leaves a room to sweep, never
+            // a share nobody will find.
+            redis.client.sadd::<(), _, _>(rooms_key, room).await.map_err(unavailable)?;
+            scripts.enter.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn exit(&self, room: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let (redis, scripts, keys) = (self.redis.clone(), self.scripts.clone(), self.room_keys(room));
+        let args = vec![
+            user.to_owned(),
+            self.replica.clone(),
+            redis.keys.channel(room),
+            envelope_json(room, PresenceAction::Leave, user, None, None),
+            redis.publish_command().to_owned(),
+        ];
+        Box::pin(async move {
+            checked?;
+            scripts.exit.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn set_status(&self, room: &str, user: &str, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let (redis, scripts) = (self.redis.clone(), self.scripts.clone());
+        let keys = vec![redis.keys.presence_counts(room), redis.keys.presence_status(room)];
+        let args = vec![
+            user.to_owned(),
+            status.as_str().to_owned(),
+            redis.keys.channel(room),
+            envelope_json(room, PresenceAction::Update, user, Some(status), None),
+            redis.publish_command().to_owned(),
+        ];
+        Box::pin(async move {
+            checked?;
+            scripts.status.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn list(&self, room: &str, offset: u64, limit: u64) -> BoxFuture<'static, Result<Page, BusError>> {
+        let checked = self.check();
+        let (redis, scripts) = (self.redis.clone(), self.scripts.clone());
+        let keys =
+            vec![redis.keys.presence_counts(room), redis.keys.presence_since(room), redis.keys.presence_status(room)];
+        Box::pin(async move {
+            checked?;
+            let flat: Vec<Value> = scripts
+                .list
+                .evalsha_with_reload(&redis.client, keys, vec![offset.to_string(), limit.to_string()])
+                .await
+                .map_err(unavailable)?;
+            let mut values = flat.into_iter();
+            let total = values.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            let rest: Vec<Value> = values.collect();
+            let users = rest
+                .chunks_exact(4)
+                .map(|c| PresentUser {
+                    user_id: c[0].as_string().unwrap_or_default(),
+                    since: c[1].as_string().and_then(|s| s.parse::<f64>().ok()).map_or(0, |f| f as u64),
+                    connections: c[2].as_u64().or_else(|| c[2].as_string().and_then(|s| s.parse().ok())).unwrap_or(0),
+                    status: c[3].as_string().unwrap_or_else(|| "online".to_owned()),
+                })
+                .collect();
+            Ok(Page { users, total })
+        })
+    }
+
+    fn forget(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let redis = self.redis.clone();
+        let (key, room) = (redis.keys.replica_rooms(&self.replica), room.to_owned());
+        Box::pin(async move {
+            checked?;
+            redis.client.srem::<(), _, _>(key, room).await.map_err(unavailable)
+        })
+    }
+
+    fn reconcile(&self, held: Held) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let (redis, scripts, replica) = (self.redis.clone(), self.scripts.clone(), self.replica.clone());
+        let this = self.clone();
+        Box::pin(async move {
+            checked?;
+            let rooms_key = redis.keys.replica_rooms(&replica);
+            let recorded: Vec<String> = redis.client.smembers(&rooms_key).await.map_err(unavailable)?;
+            let mut all: Held = held;
+            for room in recorded {
+                if !all.iter().any(|(r, _)| *r == room) {
+                    all.push((room, Vec::new()));
+                }
+            }
+            let now = wire::now_ms().to_string();
+            for (room, users) in all {
+                if users.is_empty() {
+                    redis.client.srem::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
+                } else {
+                    redis.client.sadd::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
+                }
+                let mut args = vec![
+                    replica.clone(),
+                    room.clone(),
+                    redis.keys.channel(&room),
+                    redis.publish_command().to_owned(),
+                    now.clone(),
+                    users.len().to_string(),
+                ];
+                for (user, count, status) in users {
+                    args.extend([user, count.to_string(), status.as_str().to_owned()]);
+                }
+                scripts
+                    .reconcile
+                    .evalsha_with_reload::<i64, _, _>(&redis.client, this.room_keys(&room), args)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn renew(&self) -> BoxFuture<'static, Result<bool, BusError>> {
+        let checked = self.check();
+        let this = self.clone();
+        Box::pin(async move {
+            checked?;
+            this.renew_lease().await?;
+            Ok(this.unknown.swap(false, std::sync::atomic::Ordering::AcqRel))
+        })
+    }
+
+    fn reap_dead(&self) -> BoxFuture<'static, Result<usize, BusError>> {
+        let checked = self.check();
+        let this = self.clone();
+        Box::pin(async move {
+            checked?;
+            let redis = &this.redis;
+            let dead: Vec<String> = this
+                .scripts
+                .expired
+                .evalsha_with_reload(&redis.client, vec![redis.keys.replicas()], Vec::<String>::new())
+                .await
+                .map_err(unavailable)?;
+            let mut reaped = 0;
+            for replica in dead.into_iter().filter(|r| *r != this.replica) {
+                let lock: Option<String> = redis
+                    .client
+                    .set(
+                        redis.keys.replica_reaper(&replica),
+                        this.replica.as_str(),
+                        Some(Expiration::PX(REAPER_LOCK.as_millis() as i64)),
+                        Some(SetOptions::NX),
+                        false,
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                if lock.is_none() {
+                    continue; // another survivor is on it
+                }
+                let rooms_key = redis.keys.replica_rooms(&replica);
+                let rooms: Vec<String> = redis.client.smembers(&rooms_key).await.map_err(unavailable)?;
+                let mut users_left = 0i64;
+                for room in &rooms {
+                    let args = vec![
+                        replica.clone(),
+                        room.clone(),
+                        redis.keys.channel(room),
+                        redis.publish_command().to_owned(),
+                        wire::now_ms().to_string(),
+                    ];
+                    users_left += this
+                        .scripts
+                        .reap
+                        .evalsha_with_reload::<i64, _, _>(&redis.client, this.room_keys(room), args)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                redis.client.del::<(), _>(&rooms_key).await.map_err(unavailable)?;
+                redis.client.zrem::<(), _, _>(redis.keys.replicas(), replica.as_str()).await.map_err(unavailable)?;
+                crate::metrics::replica_reaped();
+                tracing::warn!(replica = %replica, rooms = rooms.len(), users_left, "replica lease expired; removed its presence");
+                reaped += 1;
+            }
+            Ok(reaped)
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let redis = self.redis.clone();
+        let replica = self.replica.clone();
+        Box::pin(async move {
+            checked?;
+            redis.client.del::<(), _>(redis.keys.replica_rooms(&replica)).await.map_err(unavailable)?;
+            redis.client.zrem::<(), _, _>(redis.keys.replicas(), replica.as_str()).await.map_err(unavailable)
+        })
+    }
+
+    fn maintenance_interval(&self) -> Option<(Duration, Duration)> {
+        Some((self.lease_ttl / 3, self.sweep_every))
+    }
+}
