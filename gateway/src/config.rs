@@ -71,6 +71,15 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_PUBLISH_MAX_BATCH", default_value_t = 100)]
     pub publish_max_batch: usize,
 
+    /// Events each room keeps so clients and replicas can recover what they missed; 0 turns
+    /// history off (no offsets, no recovery; publishing is then a plain PUBLISH).
+    #[arg(long, env = "ROOMCAST_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: u32,
+
+    /// How long an event stays in history; an idle room's history expires this long after its last event.
+    #[arg(long, env = "ROOMCAST_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub history_ttl: Duration,
+
     /// A user whose last connection leaves a room and is back within this time (a page reload)
     /// produces neither presence:leave nor presence:join.
     #[arg(long, env = "ROOMCAST_PRESENCE_GRACE", default_value = "3s", value_parser = parse_duration)]
@@ -357,6 +366,12 @@ impl Config {
                 "must be shorter than ROOMCAST_TYPING_TTL, or an indicator expires between two refreshes",
             ));
         }
+        if self.history_size > 100_000 {
+            return Err(ConfigError::new("ROOMCAST_HISTORY_SIZE", "at most 100000 events per room"));
+        }
+        if self.history_size > 0 && self.history_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::new("ROOMCAST_HISTORY_TTL", "must be at least 1s"));
+        }
         if self.presence_lease_ttl < Duration::from_secs(1) {
             return Err(ConfigError::new("ROOMCAST_PRESENCE_LEASE_TTL", "must be at least 1s"));
         }
@@ -406,6 +421,12 @@ impl Config {
                 Err(ConfigError::new(names[0], format!("conflicting options: set only one of {}", names.join(", "))))
             }
         }
+    }
+
+    /// The history policy; `None` when history is off.
+    pub fn history(&self) -> Option<roomcast_publisher::wire::HistoryPolicy> {
+        (self.history_size > 0)
+            .then_some(roomcast_publisher::wire::HistoryPolicy { size: self.history_size, ttl: self.history_ttl })
     }
 
     /// Allowed browser origins: `None` means any origin (`*`), an empty list means none.

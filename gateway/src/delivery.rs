@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
 
 use crate::{
+    history::History,
     metrics, presence,
     rooms::Membership,
     typing::{Indicators, Show},
@@ -30,6 +31,19 @@ pub struct EventMeta<'a> {
     pub id: &'a str,
     /// Publish time, ms since the Unix epoch.
     pub ts: u64,
+    /// The event's offset in the room (with history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The room history's epoch (with history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+}
+
+impl<'a> EventMeta<'a> {
+    /// The meta of `e`.
+    pub fn of(e: &'a EventEnvelope) -> Self {
+        EventMeta { room: &e.room, id: &e.id, ts: e.ts, offset: e.offset, epoch: e.epoch.as_deref() }
+    }
 }
 
 /// The payload clients receive for a typing indicator.
@@ -93,6 +107,10 @@ pub struct Delivery {
     max_payload: usize,
     /// Typing indicators shown to this replica's members.
     indicators: Indicators,
+    /// Per-room sequence of delivered offsets (see [`crate::recovery`]).
+    pub(crate) sequences: crate::recovery::Sequences,
+    /// Room history, when events are published with it (set once the bus exists).
+    history: OnceLock<Arc<dyn History>>,
 }
 
 impl Delivery {
@@ -104,11 +122,13 @@ impl Delivery {
             node_id,
             max_payload,
             indicators: Indicators::new(typing_ttl),
+            sequences: Default::default(),
+            history: OnceLock::new(),
         }
     }
 
     /// Connects the delivery to the Socket.IO server and membership registry.
-    pub fn attach(&self, io: SocketIo, membership: Arc<Membership>) {
+    pub fn connect(&self, io: SocketIo, membership: Arc<Membership>) {
         let _ = self.io.set(io);
         let _ = self.membership.set(membership);
     }
@@ -118,8 +138,21 @@ impl Delivery {
         &self.node_id
     }
 
+    /// Reads missed events from `history` from now on.
+    pub fn set_history(&self, history: Arc<dyn History>) {
+        let _ = self.history.set(history);
+    }
+
+    pub(crate) fn history(&self) -> Option<Arc<dyn History>> {
+        self.history.get().cloned()
+    }
+
+    pub(crate) fn io(&self) -> Option<&SocketIo> {
+        self.io.get()
+    }
+
     /// Parses and delivers an envelope received as JSON on `channel_room`'s channel.
-    pub async fn deliver_json(&self, channel_room: &str, json: &str) {
+    pub async fn deliver_json(self: &Arc<Self>, channel_room: &str, json: &str) {
         match Envelope::from_json(json) {
             Ok(envelope) if envelope.room() == channel_room => self.deliver(&envelope).await,
             Ok(_) => metrics::bus_rejected(Rejection::Room.as_str()),
@@ -128,16 +161,16 @@ impl Delivery {
     }
 
     /// Delivers `envelope`, received from the bus, to the local members of its room.
-    pub async fn deliver(&self, envelope: &Envelope) {
+    pub async fn deliver(self: &Arc<Self>, envelope: &Envelope) {
         self.deliver_from(envelope, true).await
     }
 
     /// Delivers `envelope`, originated on this replica, to the local members of its room.
-    pub async fn deliver_originated(&self, envelope: &Envelope) {
+    pub async fn deliver_originated(self: &Arc<Self>, envelope: &Envelope) {
         self.deliver_from(envelope, false).await
     }
 
-    async fn deliver_from(&self, envelope: &Envelope, from_bus: bool) {
+    async fn deliver_from(self: &Arc<Self>, envelope: &Envelope, from_bus: bool) {
         let result = match envelope {
             Envelope::Event(event) => self.deliver_event(event).await,
             Envelope::Typing(typing) => self.deliver_typing(typing, from_bus).await,
@@ -149,7 +182,7 @@ impl Delivery {
         }
     }
 
-    async fn deliver_event(&self, e: &EventEnvelope) -> Result<(), Rejection> {
+    async fn deliver_event(self: &Arc<Self>, e: &EventEnvelope) -> Result<(), Rejection> {
         if e.v != wire::VERSION {
             return Err(Rejection::Version);
         }
@@ -158,13 +191,33 @@ impl Delivery {
         if e.data.get().len() > self.max_payload {
             return Err(Rejection::TooLarge);
         }
-        let Some(io) = self.io.get() else { return Ok(()) };
-        let meta = EventMeta { room: &e.room, id: &e.id, ts: e.ts };
+        if e.offset.is_some() && e.epoch.is_some() {
+            self.sequence(e).await;
+        } else {
+            // Published without history: live only, nothing to order against.
+            self.emit_event(e).await;
+        }
+        Ok(())
+    }
+
+    /// Emits `e` to its room's local members.
+    pub(crate) async fn emit_event(&self, e: &EventEnvelope) {
+        self.emit_event_except(e, None).await
+    }
+
+    /// Emits `e` to its room's local members, except those in room `except`.
+    pub(crate) async fn emit_event_except(&self, e: &EventEnvelope, except: Option<String>) {
+        let Some(io) = self.io.get() else { return };
+        let meta = EventMeta::of(e);
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        note_emit_errors(io.within(e.room.clone()).emit(&e.event, &args).await);
+        let to = io.within(e.room.clone());
+        let to = match except {
+            Some(room) => to.except(room),
+            None => to,
+        };
+        note_emit_errors(to.emit(&e.event, &args).await);
         metrics::delivered("event", self.members(&e.room));
         metrics::delivery_latency(wire::now_ms().saturating_sub(e.ts));
-        Ok(())
     }
 
     async fn deliver_typing(&self, t: &TypingEnvelope, from_bus: bool) -> Result<(), Rejection> {
@@ -242,7 +295,7 @@ impl Delivery {
         Ok(())
     }
 
-    fn members(&self, room: &str) -> u64 {
+    pub(crate) fn members(&self, room: &str) -> u64 {
         self.membership.get().map_or(0, |m| u64::from(m.members(room)))
     }
 }

@@ -19,6 +19,8 @@
 //! - [`presence`]: who is in which project and channel room, cluster-wide, with a leave grace
 //!   period and per-replica leases ([`presence::memory`], [`presence::redis`]).
 //! - [`typing`]: typing indicators: the sender's throttle and every replica's TTL.
+//! - [`history`]: reading rooms' bounded history ([`history::memory`], [`history::redis`]).
+//! - [`recovery`]: per-room offset sequencing, replica catch-up and `join` with `since`.
 //! - [`expiry`]: `auth:expiring` and `token_expired` disconnects, on a [`timers::DeadlineQueue`].
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`; the origin and drain guard of the public listener.
 //! - [`metrics`]: every metric name and description.
@@ -32,11 +34,13 @@ pub mod conn;
 pub mod delivery;
 pub mod errors;
 pub mod expiry;
+pub mod history;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod presence;
 pub mod publish;
+pub mod recovery;
 pub mod rooms;
 pub mod shutdown;
 pub mod socket;
@@ -61,6 +65,7 @@ use crate::{
     },
     config::Secret,
     delivery::Delivery,
+    history::{memory::MemoryHistory, redis::RedisHistory},
     http::OriginPolicy,
     presence::{Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
     publish::ApiKeys,
@@ -132,23 +137,41 @@ impl Gateway {
                             .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
                         command_timeout: config.redis_command_timeout,
                         buffer: config.redis_buffer,
+                        history: config.history(),
                     },
                     delivery.clone(),
                 )?;
+                if let Some(policy) = config.history() {
+                    delivery.set_history(Arc::new(RedisHistory::new(bus.commands(), policy)));
+                }
                 let sweep = (config.presence_lease_ttl / 4).min(Duration::from_secs(1));
                 let store = RedisPresence::new(bus.commands(), &node_id, config.presence_lease_ttl, sweep);
                 (Arc::new(bus), Arc::new(store))
             }
             None => {
                 tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
-                let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(delivery.clone()));
+                let history = config.history().map(|policy| Arc::new(MemoryHistory::new(policy)));
+                if let Some(history) = &history {
+                    delivery.set_history(history.clone());
+                    let history = Arc::downgrade(history);
+                    // Rooms idle longer than their offsets would live in Redis are forgotten.
+                    tokio::spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                        loop {
+                            tick.tick().await;
+                            let Some(history) = history.upgrade() else { break };
+                            history.forget_idle(roomcast_publisher::wire::META_TTL);
+                        }
+                    });
+                }
+                let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(delivery.clone(), history));
                 (bus.clone(), Arc::new(MemoryPresence::new(bus)))
             }
         };
         tracing::info!(node = %node_id, "replica id");
 
         let state: Shared = Arc::new(GatewayState {
-            membership: Arc::new(Membership::new(bus.clone())),
+            membership: Arc::new(Membership::new(bus.clone(), delivery.clone())),
             bus,
             delivery,
             api_keys,
@@ -179,7 +202,7 @@ impl Gateway {
             .with_state(state.clone())
             .build_layer();
         socket::register(&io);
-        state.delivery.attach(io.clone(), state.membership.clone());
+        state.delivery.connect(io.clone(), state.membership.clone());
 
         // The Socket.IO layer is applied exactly once: every `Layer::layer` call builds a new
         // Engine.IO instance with its own session table, and `Router::layer` would apply it to

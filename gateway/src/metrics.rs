@@ -91,6 +91,16 @@ pub const PRESENCE_ERRORS: &str = "roomcast_presence_errors_total";
 pub const REPLICAS_REAPED: &str = "roomcast_replicas_reaped_total";
 /// Typing indicators turned off because their TTL ran out.
 pub const TYPING_EXPIRED: &str = "roomcast_typing_expired_total";
+/// Events dropped because this replica had already delivered their offset.
+pub const DUPLICATES_DROPPED: &str = "roomcast_duplicates_dropped_total";
+/// Rooms that caught up from history (after a gap, a lag or a lost subscription).
+pub const CATCH_UPS: &str = "roomcast_catch_ups_total";
+/// `roomcast:resync` notices: events lost beyond history, by `reason`.
+pub const RESYNCS: &str = "roomcast_resyncs_total";
+/// Joins with `since`, by `result` (`recovered` or `not_recovered`).
+pub const RECOVERIES: &str = "roomcast_recoveries_total";
+/// Events replayed from history to recovering sockets.
+pub const REPLAYED: &str = "roomcast_replayed_events_total";
 
 fn describe() {
     describe_counter!(BUS_RECEIVED, "Envelopes received from Redis by this replica.");
@@ -106,6 +116,11 @@ fn describe() {
     describe_counter!(PRESENCE_ERRORS, "Presence changes the store could not apply (reconciled later).");
     describe_counter!(REPLICAS_REAPED, "Dead replicas whose presence this replica removed.");
     describe_counter!(TYPING_EXPIRED, "Typing indicators turned off because their TTL ran out.");
+    describe_counter!(DUPLICATES_DROPPED, "Events dropped because their offset was already delivered here.");
+    describe_counter!(CATCH_UPS, "Rooms that caught up from history after a gap, a lag or a lost subscription.");
+    describe_counter!(RESYNCS, "roomcast:resync notices sent: events lost beyond history, by reason.");
+    describe_counter!(RECOVERIES, "Joins with since, by result.");
+    describe_counter!(REPLAYED, "Events replayed from history to recovering sockets.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
@@ -217,4 +232,24 @@ pub(crate) fn replica_reaped() {
 
 pub(crate) fn typing_expired() {
     counter!(TYPING_EXPIRED).increment(1);
+}
+
+pub(crate) fn duplicate_dropped() {
+    counter!(DUPLICATES_DROPPED).increment(1);
+}
+
+pub(crate) fn catch_up(rooms: usize) {
+    counter!(CATCH_UPS).increment(rooms as u64);
+}
+
+pub(crate) fn resync(reason: &'static str) {
+    counter!(RESYNCS, "reason" => reason).increment(1);
+}
+
+pub(crate) fn recovery(recovered: bool) {
+    counter!(RECOVERIES, "result" => if recovered { "recovered" } else { "not_recovered" }).increment(1);
+}
+
+pub(crate) fn replayed(events: u64) {
+    counter!(REPLAYED).increment(events);
 }

@@ -191,7 +191,14 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
             let receipts: Vec<_> = ids
                 .into_iter()
                 .zip(replicas)
-                .map(|((id, room), replicas)| json!({ "id": id, "room": room, "replicas": replicas }))
+                .map(|((id, room), p)| {
+                    let mut receipt = json!({ "id": id, "room": room, "replicas": p.replicas });
+                    if let (Some(offset), Some(epoch)) = (p.offset, p.epoch) {
+                        receipt["offset"] = json!(offset);
+                        receipt["epoch"] = json!(epoch);
+                    }
+                    receipt
+                })
                 .collect();
             let body = if single {
                 let mut receipt = receipts.into_iter().next().unwrap_or_default();

@@ -14,8 +14,10 @@ use socketioxide::extract::SocketRef;
 use crate::{
     auth::Identity,
     bus::{Bus, BusError},
+    delivery::Delivery,
     errors::{ClientError, ErrorCode},
     metrics,
+    recovery::{Attached, Since},
 };
 
 /// Local members per room, and the bus subscriptions that follow from them.
@@ -25,6 +27,8 @@ pub struct Membership {
     /// for one room in the order the counts changed.
     counts: Mutex<HashMap<String, u32>>,
     bus: Arc<dyn Bus>,
+    /// Forgets a room's delivery sequence when its last local member leaves.
+    delivery: Arc<crate::delivery::Delivery>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -35,8 +39,8 @@ impl std::fmt::Debug for Membership {
 
 impl Membership {
     /// A registry driving `bus`.
-    pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Membership { counts: Mutex::new(HashMap::new()), bus }
+    pub fn new(bus: Arc<dyn Bus>, delivery: Arc<crate::delivery::Delivery>) -> Self {
+        Membership { counts: Mutex::new(HashMap::new()), bus, delivery }
     }
 
     /// A local socket entered `room`. Resolves once the bus delivers the room's events here.
@@ -71,9 +75,13 @@ impl Membership {
                 None => None,
             }
         };
+        let (delivery, room) = (self.delivery.clone(), room.to_owned());
         async move {
             match unsubscribe {
-                Some(confirmed) => confirmed.await,
+                Some(confirmed) => {
+                    delivery.forget_room(&room).await;
+                    confirmed.await
+                }
                 None => Ok(()),
             }
         }
@@ -140,16 +148,18 @@ pub fn explicit_room_count(socket: &SocketRef) -> usize {
 }
 
 /// Puts `socket` in `room` (idempotent), subscribing the bus if it is the room's first local
-/// member. `Ok(false)` if it already was in the room.
+/// member and replaying what it missed since `since`. `Ok(None)` if it already was in the room.
 pub async fn join(
     socket: &SocketRef,
     membership: &Membership,
+    delivery: &Arc<Delivery>,
     room: &Room,
     max_rooms: u32,
-) -> Result<bool, ClientError> {
+    since: Option<Since>,
+) -> Result<Option<Attached>, ClientError> {
     let name = room.to_string();
     if socket.rooms().iter().any(|r| *r == name) {
-        return Ok(false);
+        return Ok(None);
     }
     if explicit_room_count(socket) >= max_rooms as usize {
         return Err(ClientError::new(
@@ -157,8 +167,12 @@ pub async fn join(
             format!("a socket may be in at most {max_rooms} project and channel rooms; leave one first"),
         ));
     }
-    confirm(join_now(socket, membership, room)).await;
-    Ok(true)
+    // Subscribed first: from then on every event of the room reaches this replica, and the
+    // attach below orders history and live events for the socket.
+    confirm(membership.enter(&name)).await;
+    let attached = delivery.attach(socket, &name, since).await;
+    metrics::room_joined(room.kind());
+    Ok(Some(attached))
 }
 
 /// Puts `socket` in `room` now (the caller checked it is not there yet) and returns the bus
@@ -232,12 +246,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_bus_is_subscribed_exactly_while_a_room_has_local_members() {
-        let bus = Arc::new(MemoryBus::new(Arc::new(crate::delivery::Delivery::new(
-            "test".into(),
-            1024,
-            std::time::Duration::from_secs(6),
-        ))));
-        let m = Membership::new(bus.clone());
+        let delivery = Arc::new(crate::delivery::Delivery::new("test".into(), 1024, std::time::Duration::from_secs(6)));
+        let bus = Arc::new(MemoryBus::new(delivery.clone(), None));
+        let m = Membership::new(bus.clone(), delivery);
         m.enter("r").await.unwrap();
         m.enter("r").await.unwrap();
         assert!(bus.is_subscribed("r"));

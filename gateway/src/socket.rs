@@ -198,12 +198,38 @@ async fn join(
     payload: Result<Value, ClientError>,
 ) -> Result<Value, ClientError> {
     let identity = conn.identity();
-    let room = rooms::requested_room(&payload?, &identity)?;
-    if rooms::join(socket, &gw.membership, &room, gw.config.max_rooms_per_socket).await? {
+    let payload = payload?;
+    let room = rooms::requested_room(&payload, &identity)?;
+    let since = parse_since(&payload)?;
+    let mut ack = json!({ "ok": true, "room": room.to_string() });
+    let max = gw.config.max_rooms_per_socket;
+    if let Some(attached) = rooms::join(socket, &gw.membership, &gw.delivery, &room, max, since).await? {
         gw.presence.entered(&room, &identity.user, conn.status());
+        if let Some(recovered) = attached.recovered {
+            ack["recovered"] = json!(recovered);
+        }
+        if let Some(position) = attached.position {
+            ack["offset"] = json!(position.offset);
+            ack["epoch"] = json!(position.epoch);
+        }
     }
     metrics::local_rooms(gw.membership.room_count());
-    Ok(json!({ "ok": true, "room": room.to_string() }))
+    Ok(ack)
+}
+
+/// `since: { offset, epoch }` of a `join`, if given.
+fn parse_since(payload: &Value) -> Result<Option<crate::recovery::Since>, ClientError> {
+    let Some(since) = payload.get("since").filter(|v| !v.is_null()) else { return Ok(None) };
+    let invalid = || {
+        ClientError::new(
+            ErrorCode::InvalidPayload,
+            "since must be { offset: <non-negative integer>, epoch: \"<string>\" }",
+        )
+    };
+    let offset = since.get("offset").and_then(Value::as_u64).ok_or_else(invalid)?;
+    let epoch =
+        since.get("epoch").and_then(Value::as_str).filter(|e| !e.is_empty() && e.len() <= 64).ok_or_else(invalid)?;
+    Ok(Some(crate::recovery::Since { offset, epoch: epoch.to_owned() }))
 }
 
 async fn leave(
@@ -221,6 +247,9 @@ async fn leave(
 /// Takes the socket out of `room`, with what leaving means beyond the room itself: the user's
 /// presence there ends (after the grace period) and their typing indicator stops.
 async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
+    let name = room.to_string();
+    socket.leave(crate::recovery::recovering_room(&name));
+    gw.delivery.detach(socket.id, &name).await;
     if rooms::leave(socket, &gw.membership, room).await {
         gw.presence.left(room, &conn.identity().user);
         crate::typing::stop(gw, conn, &room.to_string()).await;
@@ -284,6 +313,10 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, State(gw): State<Shared>)
             expiry::unschedule(&gw, socket.id, &conn);
             // socketioxide removes the socket from its rooms only after this future completes.
             for name in socket.rooms() {
+                if let Some(recovering) = name.strip_prefix("recovering:") {
+                    gw.delivery.detach(socket.id, recovering).await;
+                    continue;
+                }
                 if let Some(room) = Room::parse(&name) {
                     metrics::room_left(room.kind());
                     gw.presence.left(&room, &identity.user);

@@ -322,7 +322,7 @@ async fn the_redis_cli_example_in_protocol_md_is_delivered() {
     let mut all = claims("acme", "u");
     all["projects"] = json!(["p1"]);
     let c = Client::connect(rs[0].addr, Connect::token(&token(&all))).await.unwrap();
-    join(&c, json!({ "project": "p1" })).await;
+    let joined = c.request("join", json!({ "project": "p1" })).await;
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../publisher-sdk/PROTOCOL.md")).unwrap();
     let line = doc.lines().find(|l| l.starts_with("redis-cli PUBLISH ")).expect("a redis-cli example");
     // redis-cli PUBLISH '<channel>' '<envelope>'
@@ -331,7 +331,39 @@ async fn the_redis_cli_example_in_protocol_md_is_delivered() {
     assert_eq!(redis.cli(&["PUBLISH", args[0], args[1]]), "1", "one replica subscribed");
     let got = c.next("task.updated").await;
     assert_eq!(got[0], json!({ "id": 42, "done": true }));
-    assert_eq!(got[1], json!({ "room": "tenant:acme:project:p1", "id": "evt-1", "ts": 1763800000000u64 }));
+    assert_eq!(
+        got[1],
+        json!({ "room": "tenant:acme:project:p1", "id": "evt-1", "ts": 1763800000000u64 }),
+        "live only: no offset"
+    );
+
+    // The history example, run from the repository root as written.
+    let line = doc.lines().find(|l| l.starts_with("redis-cli --eval ")).expect("a redis-cli --eval example");
+    let mut words = vec![];
+    for (i, part) in line.split('\'').enumerate() {
+        if i % 2 == 1 {
+            words.push(part.to_owned());
+        } else {
+            words.extend(part.split_whitespace().map(str::to_owned));
+        }
+    }
+    let out = std::process::Command::new("redis-cli")
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["-p", &redis.port.to_string()])
+        .args(&words[1..])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(reply.lines().next(), Some("1"), "one replica subscribed: {reply}");
+    let got = c.next("task.updated").await;
+    assert_eq!(got[0], json!({ "id": 43 }));
+    // The join gave the room its epoch; the script's new-epoch argument is for rooms without one.
+    assert_eq!(
+        (got[1]["offset"].clone(), got[1]["epoch"].clone()),
+        (json!(1), joined["epoch"].clone()),
+        "{:?}",
+        got[1]
+    );
 }
 
 #[tokio::test]

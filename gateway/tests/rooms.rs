@@ -15,14 +15,13 @@ fn code(ack: &Value) -> &str {
 async fn a_socket_joins_and_leaves_the_rooms_its_token_allows() {
     let gw = TestGateway::start().await;
     let c = gw.connect_user("t1", "u1").await;
-    assert_eq!(
-        c.request("join", json!({ "project": "p1" })).await,
-        json!({ "ok": true, "room": "tenant:t1:project:p1" })
-    );
-    assert_eq!(
-        c.request("join", json!({ "channel": "c2" })).await,
-        json!({ "ok": true, "room": "tenant:t1:channel:c2" })
-    );
+    let ack = c.request("join", json!({ "project": "p1" })).await;
+    assert_eq!((ack["ok"].clone(), ack["room"].clone()), (json!(true), json!("tenant:t1:project:p1")));
+    // The room's history position: nothing published yet, in an epoch the room keeps.
+    assert_eq!(ack["offset"], 0, "{ack}");
+    assert!(ack["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{ack}");
+    let ack = c.request("join", json!({ "channel": "c2" })).await;
+    assert_eq!(ack["room"], "tenant:t1:channel:c2");
     // Idempotent: joining again or leaving twice is fine.
     assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
     assert_eq!(

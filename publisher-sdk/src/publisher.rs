@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use fred::{
-    clients::{Client, Pipeline},
-    interfaces::{ClientLike, PubsubInterface},
+    clients::Client,
+    interfaces::{ClientLike, LuaInterface, PubsubInterface},
     types::{
-        Builder,
+        Builder, Value,
         config::{Config, ReconnectPolicy},
+        scripts::Script,
     },
 };
 use serde::Serialize;
@@ -15,7 +16,10 @@ use serde_json::value::RawValue;
 
 use crate::{
     room::{IdError, Room},
-    wire::{self, DEFAULT_MAX_PAYLOAD, Envelope, EventNameError, InvalidPrefix, Keys, TypingEnvelope, VERSION},
+    wire::{
+        self, DEFAULT_MAX_PAYLOAD, Envelope, EventNameError, HistoryPolicy, InvalidPrefix, Keys, PUBLISH_SCRIPT,
+        TypingEnvelope, VERSION,
+    },
 };
 
 /// Why a publish failed.
@@ -56,6 +60,10 @@ pub struct Receipt {
     /// Gateway replicas subscribed to the room when it was published (the count Redis returns).
     /// Zero means no replica currently has a member of the room.
     pub replicas: u64,
+    /// The event's offset in the room's history; `None` without history and for typing.
+    pub offset: Option<u64>,
+    /// The room history's epoch; `None` without history and for typing.
+    pub epoch: Option<String>,
 }
 
 /// Publishes events and typing indicators to Roomcast rooms. Cheap to clone.
@@ -64,6 +72,8 @@ pub struct Publisher {
     client: Client,
     keys: Keys,
     max_payload: usize,
+    history: Option<HistoryPolicy>,
+    script: Script,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -71,6 +81,7 @@ impl std::fmt::Debug for Publisher {
         f.debug_struct("Publisher")
             .field("keys", &self.keys)
             .field("max_payload", &self.max_payload)
+            .field("history", &self.history)
             .finish_non_exhaustive()
     }
 }
@@ -100,7 +111,26 @@ impl Publisher {
 
     /// Uses a fred client the application already configured and connected.
     pub fn from_client(client: Client) -> Publisher {
-        Publisher { client, keys: Keys::default(), max_payload: DEFAULT_MAX_PAYLOAD }
+        Publisher {
+            client,
+            keys: Keys::default(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            history: Some(HistoryPolicy::default()),
+            script: Script::from_lua(PUBLISH_SCRIPT),
+        }
+    }
+
+    /// Keeps `policy` worth of history per room (default: 100 events, 5 minutes), so clients and
+    /// replicas that missed events can recover them. Use the gateways' `ROOMCAST_HISTORY_*` values.
+    pub fn with_history(mut self, policy: HistoryPolicy) -> Publisher {
+        self.history = Some(policy);
+        self
+    }
+
+    /// Publishes without history: no offsets, nothing to recover; one `PUBLISH` per event.
+    pub fn without_history(mut self) -> Publisher {
+        self.history = None;
+        self
     }
 
     /// Uses channel prefix `prefix` instead of `roomcast` (it must match the gateways' `ROOMCAST_REDIS_PREFIX`).
@@ -166,7 +196,12 @@ impl Publisher {
         let data = RawValue::from_string(json)?;
         let id = wire::new_event_id();
         let envelope = wire::event_envelope(room, event, data, id.clone(), wire::now_ms());
-        Ok(Message { room: room.to_string(), id: Some(id), body: serde_json::to_string(&envelope)? })
+        Ok(Message {
+            room: room.to_string(),
+            id: Some(id),
+            body: serde_json::to_string(&envelope)?,
+            history: self.history,
+        })
     }
 
     fn typing_message(&self, t: &str, c: &str, user: &str, typing: bool) -> Result<Message, PublishError> {
@@ -180,27 +215,43 @@ impl Publisher {
             ts: wire::now_ms(),
             origin: None,
         });
-        Ok(Message { room: room.to_string(), id: None, body: serde_json::to_string(&envelope)? })
+        // Typing indicators are ephemeral: never in history.
+        Ok(Message { room: room.to_string(), id: None, body: serde_json::to_string(&envelope)?, history: None })
+    }
+
+    fn publish_command(&self) -> &'static str {
+        if self.client.is_clustered() { "SPUBLISH" } else { "PUBLISH" }
+    }
+
+    fn script_call(&self, message: &Message, policy: HistoryPolicy) -> (Vec<String>, Vec<String>) {
+        wire::publish_script_call(&self.keys, &message.room, self.publish_command(), message.body.clone(), policy)
     }
 
     async fn send_one(&self, message: Message) -> Result<Receipt, PublishError> {
+        if let Some(policy) = message.history {
+            let (keys, args) = self.script_call(&message, policy);
+            let reply: Value = self.script.evalsha_with_reload(&self.client, keys, args).await?;
+            return Ok(script_receipt(message, reply));
+        }
         let channel = self.keys.channel(&message.room);
         let replicas: u64 = if self.client.is_clustered() {
             self.client.spublish(channel, message.body).await?
         } else {
             self.client.publish(channel, message.body).await?
         };
-        Ok(Receipt { id: message.id, room: message.room, replicas })
+        Ok(Receipt { id: message.id, room: message.room, replicas, offset: None, epoch: None })
     }
 
-    async fn queue(&self, pipeline: &Pipeline<Client>, message: &Message) -> Result<(), PublishError> {
-        let channel = self.keys.channel(&message.room);
-        if self.client.is_clustered() {
-            pipeline.spublish::<(), _, _>(channel, message.body.as_str()).await?;
-        } else {
-            pipeline.publish::<(), _, _>(channel, message.body.as_str()).await?;
+    /// Publishes a message of a batch whose script is known to be loaded (plain `EVALSHA`).
+    async fn send_loaded(&self, message: Message) -> Result<Receipt, PublishError> {
+        match message.history {
+            Some(policy) => {
+                let (keys, args) = self.script_call(&message, policy);
+                let reply: Value = self.client.evalsha(self.script.sha1().clone(), keys, args).await?;
+                Ok(script_receipt(message, reply))
+            }
+            None => self.send_one(message).await,
         }
-        Ok(())
     }
 }
 
@@ -210,6 +261,26 @@ struct Message {
     room: String,
     id: Option<String>,
     body: String,
+    /// Published through the history script with this policy, else with a plain (S)PUBLISH.
+    history: Option<HistoryPolicy>,
+}
+
+/// The receipt for a message published through the history script.
+fn script_receipt(message: Message, reply: Value) -> Receipt {
+    let (replicas, offset, epoch) = publish_script_reply(reply);
+    Receipt { id: message.id, room: message.room, replicas, offset, epoch }
+}
+
+/// Reads [`wire::PUBLISH_SCRIPT`]'s reply `{ subscribers, offset, epoch }`.
+pub fn publish_script_reply(reply: Value) -> (u64, Option<u64>, Option<String>) {
+    let mut parts = match reply {
+        Value::Array(parts) => parts.into_iter(),
+        _ => Vec::new().into_iter(),
+    };
+    let replicas = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+    let offset = parts.next().and_then(|v| v.as_u64());
+    let epoch = parts.next().and_then(|v| v.as_string());
+    (replicas, offset, epoch)
 }
 
 /// A room to publish to; obtained from [`Publisher::tenant`], [`Publisher::project`],
@@ -234,9 +305,10 @@ impl Target<'_> {
     }
 }
 
-/// Publishes collected with [`Batch::emit`] and [`Batch::typing`], sent in one pipeline.
+/// Publishes collected with [`Batch::emit`] and [`Batch::typing`], sent in one round trip.
 ///
-/// Everything is validated as it is added, so [`Batch::send`] only fails on Redis errors.
+/// Everything is validated as it is added, so [`Batch::send`] only fails on Redis errors; then
+/// the events before the failing one may have been published.
 #[derive(Debug)]
 pub struct Batch<'a> {
     publisher: &'a Publisher,
@@ -278,16 +350,13 @@ impl Batch<'_> {
         if self.messages.is_empty() {
             return Ok(Vec::new());
         }
-        let pipeline = self.publisher.client.pipeline();
-        for message in &self.messages {
-            self.publisher.queue(&pipeline, message).await?;
+        if self.messages.iter().any(|m| m.history.is_some()) {
+            // Loaded once up front, so the batch's EVALSHAs need no fallback.
+            self.publisher.script.load(&self.publisher.client).await?;
         }
-        let counts: Vec<u64> = pipeline.all().await?;
-        Ok(self
-            .messages
-            .into_iter()
-            .zip(counts)
-            .map(|(m, replicas)| Receipt { id: m.id, room: m.room, replicas })
-            .collect())
+        // All in flight at once on the connection, written in the order added (fred does not
+        // wait for a reply before writing the next command), so one round trip for the batch.
+        let sends = self.messages.into_iter().map(|m| self.publisher.send_loaded(m));
+        futures_util::future::join_all(sends).await.into_iter().collect()
     }
 }

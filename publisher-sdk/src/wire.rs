@@ -27,6 +27,58 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
 /// Longest event name, in bytes.
 pub const MAX_EVENT_LEN: usize = 128;
 
+/// The Lua script that publishes an event with history (see [`HistoryPolicy`] and PROTOCOL.md).
+pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
+
+/// How long a room's offset and epoch live after its last publish: much longer than its
+/// history, so a client that was away for long still learns it missed events (its offset is
+/// behind) rather than meeting a new epoch.
+pub const META_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How much history each room keeps for recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPolicy {
+    /// Events kept per room.
+    pub size: u32,
+    /// Entries older than this are dropped; an idle room's history expires after it.
+    pub ttl: std::time::Duration,
+}
+
+impl Default for HistoryPolicy {
+    /// 100 events, 5 minutes: enough to ride out reconnects and replica restarts.
+    fn default() -> Self {
+        HistoryPolicy { size: 100, ttl: std::time::Duration::from_secs(300) }
+    }
+}
+
+/// The keys and arguments of [`PUBLISH_SCRIPT`] publishing `envelope_json` (an event envelope
+/// without offset and epoch) to `room` with `publish_command` (`PUBLISH` or `SPUBLISH`).
+pub fn publish_script_call(
+    keys: &Keys,
+    room: &str,
+    publish_command: &str,
+    envelope_json: String,
+    policy: HistoryPolicy,
+) -> (Vec<String>, Vec<String>) {
+    (
+        vec![keys.meta(room), keys.history(room)],
+        vec![
+            keys.channel(room),
+            publish_command.to_owned(),
+            envelope_json,
+            policy.size.max(1).to_string(),
+            policy.ttl.as_millis().to_string(),
+            new_epoch(),
+            META_TTL.as_millis().to_string(),
+        ],
+    )
+}
+
+/// A new random epoch: 16 hex digits.
+pub fn new_epoch() -> String {
+    format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0)
+}
+
 /// One message on a room's channel.
 ///
 /// Serialized with a `"type"` tag (`"event"` or `"typing"`); parse with [`Envelope::from_json`].
@@ -58,6 +110,12 @@ pub struct EventEnvelope {
     pub data: Box<RawValue>,
     /// Publish time, milliseconds since the Unix epoch.
     pub ts: u64,
+    /// The event's position in the room (1, 2, …); absent when published without history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The room history's epoch; a new epoch means the history before it was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// A typing indicator: members of the channel except the typing user's own sockets receive
@@ -206,6 +264,16 @@ impl Keys {
         format!("{}:{{{room}}}", self.prefix)
     }
 
+    /// A room's history position: `epoch` and last `offset` (hash).
+    pub fn meta(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:meta", self.prefix)
+    }
+
+    /// A room's history (stream of envelopes, entry id `<offset>-0`).
+    pub fn history(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:history", self.prefix)
+    }
+
     /// Presence of a room: user → number of connections, cluster-wide (hash).
     pub fn presence_counts(&self, room: &str) -> String {
         format!("{}:{{{room}}}:presence", self.prefix)
@@ -277,7 +345,16 @@ pub fn validate_event_name(name: &str) -> Result<(), EventNameError> {
 
 /// Builds an event envelope; `data` is the already-serialized payload.
 pub fn event_envelope(room: &Room, event: &str, data: Box<RawValue>, id: String, ts: u64) -> Envelope {
-    Envelope::Event(EventEnvelope { v: VERSION, id, room: room.to_string(), event: event.to_owned(), data, ts })
+    Envelope::Event(EventEnvelope {
+        v: VERSION,
+        id,
+        room: room.to_string(),
+        event: event.to_owned(),
+        data,
+        ts,
+        offset: None,
+        epoch: None,
+    })
 }
 
 /// Milliseconds since the Unix epoch.

@@ -8,8 +8,8 @@ use std::{
 
 use roomcast_publisher::wire::Envelope;
 
-use super::{BoxFuture, Bus, BusError};
-use crate::delivery::Delivery;
+use super::{BoxFuture, Bus, BusError, Published};
+use crate::{delivery::Delivery, history::memory::MemoryHistory};
 
 /// In-memory bus for a single replica.
 #[derive(Debug)]
@@ -17,12 +17,17 @@ pub struct MemoryBus {
     /// Rooms with local members; the only rooms a publish is delivered to.
     subscribed: Mutex<HashSet<String>>,
     delivery: Arc<Delivery>,
+    history: Option<Arc<MemoryHistory>>,
+    /// Held from appending an event to delivering it, so a room's events are delivered in
+    /// offset order even when published concurrently.
+    order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl MemoryBus {
-    /// A bus with no subscriptions, delivering through `delivery`.
-    pub fn new(delivery: Arc<Delivery>) -> Self {
-        MemoryBus { subscribed: Mutex::new(HashSet::new()), delivery }
+    /// A bus with no subscriptions, delivering through `delivery` and keeping events in
+    /// `history` (if any).
+    pub fn new(delivery: Arc<Delivery>, history: Option<Arc<MemoryHistory>>) -> Self {
+        MemoryBus { subscribed: Mutex::new(HashSet::new()), delivery, history, order: Default::default() }
     }
 
     /// Whether `room` is subscribed.
@@ -51,16 +56,25 @@ impl Bus for MemoryBus {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<u64>, BusError>> {
+    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
         let reached: Vec<u64> = envelopes.iter().map(|e| u64::from(self.is_subscribed(e.room()))).collect();
-        let delivery = self.delivery.clone();
+        let (delivery, history, order) = (self.delivery.clone(), self.history.clone(), self.order.clone());
         Box::pin(async move {
-            for (envelope, reached) in envelopes.iter().zip(&reached) {
-                if *reached == 1 {
-                    delivery.deliver(envelope).await;
+            let _order = order.lock().await;
+            let mut published = Vec::with_capacity(envelopes.len());
+            for (mut envelope, replicas) in envelopes.into_iter().zip(reached) {
+                let mut receipt = Published { replicas, offset: None, epoch: None };
+                if let (Envelope::Event(event), Some(history)) = (&mut envelope, &history) {
+                    history.append(event);
+                    receipt.offset = event.offset;
+                    receipt.epoch = event.epoch.clone();
                 }
+                if replicas == 1 {
+                    delivery.deliver(&envelope).await;
+                }
+                published.push(receipt);
             }
-            Ok(reached)
+            Ok(published)
         })
     }
 

@@ -19,6 +19,17 @@ use std::{future::Future, pin::Pin};
 
 use roomcast_publisher::wire::Envelope;
 
+/// What publishing one envelope achieved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Published {
+    /// Replicas subscribed to the room (this one included).
+    pub replicas: u64,
+    /// The event's offset in its room's history, if published with history.
+    pub offset: Option<u64>,
+    /// The room history's epoch, if published with history.
+    pub epoch: Option<String>,
+}
+
 /// A boxed, sendable future; `Bus` is used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -44,8 +55,9 @@ pub trait Bus: Send + Sync + 'static {
     fn unsubscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Publishes envelopes to every replica subscribed to their rooms, this one included, in
-    /// one round trip. Resolves to the number of replicas each envelope reached.
-    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<u64>, BusError>>;
+    /// one round trip; events go into their room's history (when history is on), typing and
+    /// presence never do.
+    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use fred::types::{Value, scripts::Script};
 use fred::{
     clients::Client,
     interfaces::{ClientLike, EventInterface, HeartbeatInterface, PubsubInterface},
@@ -31,10 +32,13 @@ use fred::{
         config::{Config as FredConfig, ReconnectPolicy, UnresponsiveConfig},
     },
 };
-use roomcast_publisher::wire::{Envelope, Keys};
+use roomcast_publisher::{
+    publisher::publish_script_reply,
+    wire::{self, Envelope, HistoryPolicy, Keys},
+};
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError};
+use super::{BoxFuture, Bus, BusError, Published};
 use crate::{config::ConfigError, delivery::Delivery, metrics};
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command on a standalone server.
@@ -55,6 +59,8 @@ pub struct RedisSettings {
     pub command_timeout: Duration,
     /// Pub/sub messages buffered before the reader is considered lagging.
     pub buffer: usize,
+    /// History kept for published events; `None`: events are published without history.
+    pub history: Option<HistoryPolicy>,
 }
 
 enum Op {
@@ -106,6 +112,9 @@ pub struct RedisBus {
     /// True once the subscriber connection holds every wanted subscription; false from a
     /// connection error until the resubscription after the reconnect completed.
     in_sync: Arc<AtomicBool>,
+    history: Option<HistoryPolicy>,
+    /// The publisher crate's script: offset, history and publish in one atomic step.
+    publish_script: Arc<Script>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -163,6 +172,7 @@ impl RedisBus {
 
         let subscriptions = Subscriptions {
             subscriber,
+            delivery: delivery.clone(),
             link: subscriber_link.clone(),
             keys: settings.keys.clone(),
             clustered,
@@ -173,7 +183,17 @@ impl RedisBus {
         tokio::spawn(subscriptions.run(ops_rx, reconnects));
         tokio::spawn(receive(messages, settings.keys.clone(), delivery));
         tracing::info!(cluster = clustered, prefix = settings.keys.prefix(), "cluster mode: Redis bus");
-        Ok(RedisBus { commands, commands_link, subscriber_link, keys: settings.keys, clustered, ops: ops_tx, in_sync })
+        Ok(RedisBus {
+            commands,
+            commands_link,
+            subscriber_link,
+            keys: settings.keys,
+            clustered,
+            ops: ops_tx,
+            in_sync,
+            history: settings.history,
+            publish_script: Arc::new(Script::from_lua(wire::PUBLISH_SCRIPT)),
+        })
     }
 
     /// The command connection, for the other Redis-backed stores.
@@ -212,51 +232,47 @@ impl Bus for RedisBus {
         self.request(|tx| Op::Unsubscribe(room, tx))
     }
 
-    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<u64>, BusError>> {
-        let client = self.commands.clone();
-        let up = self.commands_link.is_up();
-        let keys = self.keys.clone();
-        let clustered = self.clustered;
+    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
+        let redis = self.commands();
+        let (history, script) = (self.history, self.publish_script.clone());
         Box::pin(async move {
             // Fail at once rather than queue behind a dead connection until the timeout.
-            if !up {
+            if !redis.link.is_up() {
                 metrics::redis_error("publish");
                 return Err(BusError::Unavailable("Redis is not connected".into()));
             }
-            let mut messages = Vec::with_capacity(envelopes.len());
-            for envelope in &envelopes {
-                let body = serde_json::to_string(envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
-                messages.push((keys.channel(envelope.room()), body));
-            }
-            let result = if let [(channel, body)] = &messages[..] {
-                let reached: Result<u64, _> = if clustered {
-                    client.spublish(channel.as_str(), body.as_str()).await
-                } else {
-                    client.publish(channel.as_str(), body.as_str()).await
-                };
-                reached.map(|n| vec![n])
-            } else {
-                let pipeline = client.pipeline();
-                let mut queued = Ok(());
-                for (channel, body) in &messages {
-                    queued = if clustered {
-                        pipeline.spublish::<(), _, _>(channel.as_str(), body.as_str()).await
-                    } else {
-                        pipeline.publish::<(), _, _>(channel.as_str(), body.as_str()).await
+            // All in flight at once on the connection, written in order: one round trip.
+            let sends = envelopes.iter().map(|envelope| {
+                let (redis, script) = (&redis, &script);
+                async move {
+                    let body = serde_json::to_string(envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
+                    let room = envelope.room();
+                    let result = match (envelope, history) {
+                        (Envelope::Event(_), Some(policy)) => {
+                            let (keys, args) =
+                                wire::publish_script_call(&redis.keys, room, redis.publish_command(), body, policy);
+                            script.evalsha_with_reload::<Value, _, _>(&redis.client, keys, args).await.map(|reply| {
+                                let (replicas, offset, epoch) = publish_script_reply(reply);
+                                Published { replicas, offset, epoch }
+                            })
+                        }
+                        _ => {
+                            let channel = redis.keys.channel(room);
+                            let replicas = if redis.clustered {
+                                redis.client.spublish::<u64, _, _>(channel, body).await
+                            } else {
+                                redis.client.publish::<u64, _, _>(channel, body).await
+                            };
+                            replicas.map(|replicas| Published { replicas, offset: None, epoch: None })
+                        }
                     };
-                    if queued.is_err() {
-                        break;
-                    }
+                    result.map_err(|e| {
+                        metrics::redis_error("publish");
+                        BusError::Unavailable(e.details().to_owned())
+                    })
                 }
-                match queued {
-                    Ok(()) => pipeline.all::<Vec<u64>>().await,
-                    Err(e) => Err(e),
-                }
-            };
-            result.map_err(|e| {
-                metrics::redis_error("publish");
-                BusError::Unavailable(e.details().to_owned())
-            })
+            });
+            futures_util::future::join_all(sends).await.into_iter().collect()
         })
     }
 
@@ -332,7 +348,13 @@ async fn receive(
             }
             Err(RecvError::Lagged(lost)) => {
                 metrics::bus_lagged(lost);
-                tracing::error!(lost, "pub/sub reader fell behind; messages were lost (raise ROOMCAST_REDIS_BUFFER)");
+                tracing::error!(
+                    lost,
+                    "pub/sub reader fell behind; recovering the lost messages from history (raise ROOMCAST_REDIS_BUFFER)"
+                );
+                // Which rooms lost messages is unknown: every room catches up from its last offset.
+                let rooms = delivery.hold_all().await;
+                delivery.spawn_catch_up(rooms);
             }
             Err(RecvError::Closed) => break,
         }
@@ -342,6 +364,8 @@ async fn receive(
 /// The subscription state, owned by one task so changes apply in order.
 struct Subscriptions {
     subscriber: Client,
+    /// Catches rooms up from history once their subscription is back.
+    delivery: Arc<Delivery>,
     link: Arc<Link>,
     keys: Keys,
     clustered: bool,
@@ -476,10 +500,14 @@ impl Subscriptions {
     /// After a (re)connection the subscriber holds no subscriptions: take every wanted room again.
     async fn resubscribe_all(&mut self) {
         self.in_sync.store(false, Ordering::Release);
+        // Live events of rooms delivered before are held from the moment they are resubscribed
+        // until what was published while the subscription was down has been replayed.
+        let held = self.delivery.hold_all().await;
         let rooms: Vec<String> = self.wanted.iter().cloned().collect();
         // The connection event itself says the link is up, whatever the monitor task has recorded yet.
         let failed = self.send(&rooms, true, true).await;
         self.unconfirmed = failed.keys().cloned().collect();
+        self.delivery.spawn_catch_up(held);
         if failed.is_empty() {
             self.in_sync.store(true, Ordering::Release);
             tracing::info!(rooms = rooms.len(), "subscriptions restored");

@@ -259,6 +259,11 @@ impl Client {
             .collect()
     }
 
+    /// Forgets the events named `event` received so far.
+    pub fn clear_events(&self, event: &str) {
+        self.shared.log.lock().unwrap().retain(|i| !matches!(i, Incoming::Event(name, _) if name == event));
+    }
+
     async fn wait_for(&self, within: Duration, pred: impl Fn(&Incoming) -> bool) -> Option<Incoming> {
         let deadline = tokio::time::Instant::now() + within;
         loop {

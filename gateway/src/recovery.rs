@@ -1,0 +1,383 @@
+//! Exactly once and in order, across reconnects and Redis blips.
+//!
+//! Events published with history carry their room's offset and epoch. Per room, this replica
+//! remembers the last offset it delivered and checks every event against it:
+//! - the next offset is delivered; an old one (a duplicate) is dropped;
+//! - a jump (a message lost, e.g. the pub/sub reader lagged) puts the room in *catch-up*: live
+//!   events are held while the missing range is read from history, then the range and the held
+//!   events are delivered in order. So is every room after the Redis subscription was lost and
+//!   restored. What history no longer has is announced to the room's sockets with
+//!   `roomcast:resync` instead of being silently skipped.
+//!
+//! A socket joining with `since: { offset, epoch }` gets the events it missed, exactly once and in
+//! order, whichever replica it was on before. It enters the room at once but also a companion
+//! room, `recovering:{room}`, that this replica's sequenced broadcasts skip while it recovers:
+//! 1. every event this replica delivers to the room from then on is captured for it;
+//! 2. history after `since` is read and replayed to it, then the captured events past the replay;
+//! 3. history can be ahead of this replica (events already stored but still on their way here),
+//!    so until this replica has delivered up to the socket's position, the sequencer feeds the
+//!    socket directly, skipping what it already has; then it leaves the companion room and is an
+//!    ordinary member.
+
+use std::{collections::HashMap, sync::Arc};
+
+use roomcast_publisher::wire::EventEnvelope;
+use serde_json::json;
+use socketioxide::{extract::SocketRef, socket::Sid};
+
+use crate::{
+    delivery::{Delivery, EventMeta},
+    history::Position,
+    metrics,
+};
+
+/// What this replica knows of one room's sequence.
+#[derive(Debug, Default)]
+pub struct RoomSequence {
+    /// Epoch and offset of the last event delivered here (`None`: no event with an offset yet).
+    epoch: Option<String>,
+    last: u64,
+    /// While catching up: live events held until the missing range was delivered.
+    held: Option<Vec<EventEnvelope>>,
+    /// Sockets recovering in this room (see the module docs).
+    recovering: Vec<Recovering>,
+}
+
+/// A socket recovering in a room.
+#[derive(Debug)]
+struct Recovering {
+    socket: SocketRef,
+    stage: Stage,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// History is being read: events delivered meanwhile are kept for it.
+    Reading(Vec<EventEnvelope>),
+    /// Replayed up to this position; fed directly until this replica has delivered it too.
+    Feeding(Position),
+}
+
+/// The companion room of `room` holding its recovering sockets.
+pub fn recovering_room(room: &str) -> String {
+    format!("recovering:{room}")
+}
+
+/// Whether `e` comes after `p` for a socket at `p`.
+fn after(p: &Position, e: &EventEnvelope) -> bool {
+    match (&e.epoch, e.offset) {
+        (Some(epoch), Some(offset)) if *epoch == p.epoch => offset > p.offset,
+        // Another epoch: the room's history restarted, so this is new to the socket.
+        _ => true,
+    }
+}
+
+/// Every room's sequence, behind one async lock (held across the local emit, never across Redis).
+#[derive(Debug, Default)]
+pub struct Sequences {
+    rooms: tokio::sync::Mutex<HashMap<String, RoomSequence>>,
+}
+
+/// A client's `since`: the last offset it received in a room, and that room's epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// Last offset received.
+    pub offset: u64,
+    /// The epoch it belongs to.
+    pub epoch: String,
+}
+
+/// The outcome of entering a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    /// With `since`: whether every missed event was replayed.
+    pub recovered: Option<bool>,
+    /// Where the socket now stands: the last offset it was sent, and the epoch. `None` without
+    /// history (or while history cannot be read).
+    pub position: Option<Position>,
+}
+
+/// Whether `read` holds every event after `since`, up to the room's last offset.
+fn covers(since: &Since, read: &crate::history::Read) -> bool {
+    if since.epoch != read.position.epoch || since.offset > read.position.offset {
+        return false;
+    }
+    let missing = read.position.offset - since.offset;
+    read.events.len() as u64 == missing
+        && read.events.iter().zip(since.offset + 1..).all(|(e, want)| e.offset == Some(want))
+}
+
+enum Verdict {
+    Deliver,
+    Duplicate,
+    Hold,
+    Gap,
+}
+
+fn verdict(seq: &RoomSequence, e: &EventEnvelope) -> Verdict {
+    let offset = e.offset.unwrap_or(0);
+    if seq.held.is_some() {
+        return Verdict::Hold;
+    }
+    match &seq.epoch {
+        None => Verdict::Deliver,
+        Some(epoch) if Some(epoch) != e.epoch.as_ref() => {
+            // The room's history was lost and restarted: its first event starts a new sequence.
+            if offset == 1 { Verdict::Deliver } else { Verdict::Gap }
+        }
+        Some(_) if offset <= seq.last => Verdict::Duplicate,
+        Some(_) if offset == seq.last + 1 => Verdict::Deliver,
+        Some(_) => Verdict::Gap,
+    }
+}
+
+impl Delivery {
+    /// A live event with an offset reached this replica.
+    pub(crate) async fn sequence(self: &Arc<Self>, e: &EventEnvelope) {
+        let mut rooms = self.sequences.rooms.lock().await;
+        if !rooms.contains_key(&e.room) && self.members(&e.room) == 0 {
+            // In flight after the last member left: nobody to deliver to, and no sequence to
+            // start (it would be stale when members come back).
+            return;
+        }
+        let seq = rooms.entry(e.room.clone()).or_default();
+        match verdict(seq, e) {
+            Verdict::Deliver => self.emit_sequenced(seq, e).await,
+            Verdict::Duplicate => metrics::duplicate_dropped(),
+            Verdict::Hold => seq.held.get_or_insert_with(Vec::new).push(e.clone()),
+            Verdict::Gap => {
+                tracing::info!(room = %e.room, after = seq.last, got = ?e.offset, "missed events; catching up from history");
+                seq.held = Some(vec![e.clone()]);
+                drop(rooms);
+                self.spawn_catch_up(vec![e.room.clone()]);
+            }
+        }
+    }
+
+    async fn emit_sequenced(&self, seq: &mut RoomSequence, e: &EventEnvelope) {
+        // Recovering sockets get it from the loop below, at most once.
+        let skip = (!seq.recovering.is_empty()).then(|| recovering_room(&e.room));
+        self.emit_event_except(e, skip).await;
+        seq.epoch = e.epoch.clone();
+        seq.last = e.offset.unwrap_or(seq.last);
+        let here = Position { epoch: e.epoch.clone().unwrap_or_default(), offset: seq.last };
+        seq.recovering.retain_mut(|r| match &mut r.stage {
+            Stage::Reading(captured) => {
+                captured.push(e.clone());
+                true
+            }
+            Stage::Feeding(at) => {
+                if after(at, e) {
+                    self.emit_to_socket(&r.socket, e);
+                    *at = here.clone();
+                }
+                if at.epoch == here.epoch && at.offset <= here.offset {
+                    // This replica has now delivered everything the socket has: an ordinary member.
+                    r.socket.leave(recovering_room(&e.room));
+                    false
+                } else {
+                    true
+                }
+            }
+        });
+    }
+
+    /// Delivers `e` during a catch-up: skipped if already delivered, announced as a gap if
+    /// history no longer has what came before it.
+    async fn place(&self, room: &str, seq: &mut RoomSequence, e: &EventEnvelope) {
+        let offset = e.offset.unwrap_or(0);
+        let same_epoch = seq.epoch.is_none() || seq.epoch == e.epoch;
+        if same_epoch && seq.epoch.is_some() && offset <= seq.last {
+            return metrics::duplicate_dropped();
+        }
+        let expected = if same_epoch { seq.last + 1 } else { 1 };
+        if seq.epoch.is_some() && offset != expected {
+            let reason = if same_epoch { "gap" } else { "epoch_changed" };
+            self.announce_resync(room, reason, e).await;
+        }
+        self.emit_sequenced(seq, e).await;
+    }
+
+    async fn announce_resync(&self, room: &str, reason: &'static str, next: &EventEnvelope) {
+        metrics::resync(reason);
+        tracing::warn!(room, reason, "events were lost beyond history; telling the room's sockets to resync");
+        if let Some(io) = self.io() {
+            let payload =
+                json!({ "room": room, "reason": reason, "epoch": next.epoch, "offset": next.offset.map(|o| o - 1) });
+            let _ = io.within(room.to_owned()).emit(RESYNC_EVENT, &payload).await;
+        }
+    }
+
+    /// Holds live events of every room this replica delivered before, until [`Delivery::catch_up`]
+    /// replays what was missed. Returns those rooms. Call it *before* the subscriptions are
+    /// restored, and start the catch-up *after*: events published in between are then either in
+    /// the history read or held.
+    pub async fn hold_all(&self) -> Vec<String> {
+        let mut rooms = self.sequences.rooms.lock().await;
+        rooms
+            .iter_mut()
+            .filter(|(_, seq)| seq.epoch.is_some() && seq.held.is_none())
+            .map(|(room, seq)| {
+                seq.held = Some(Vec::new());
+                room.clone()
+            })
+            .collect()
+    }
+
+    /// Reads what `rooms` missed from history and delivers it, then what was held, in order.
+    pub fn spawn_catch_up(self: &Arc<Self>, rooms: Vec<String>) {
+        if rooms.is_empty() {
+            return;
+        }
+        metrics::catch_up(rooms.len());
+        let this = self.clone();
+        tokio::spawn(async move {
+            for room in rooms {
+                this.catch_up(&room).await;
+            }
+        });
+    }
+
+    async fn catch_up(self: &Arc<Self>, room: &str) {
+        // (No socket waits for this: recovering sockets are fed by offset, so events the
+        // catch-up delivers again never reach them twice.)
+        let known = {
+            let rooms = self.sequences.rooms.lock().await;
+            rooms.get(room).map(|seq| (seq.epoch.clone(), seq.last))
+        };
+        let Some((epoch, last)) = known else { return };
+        let read = match self.history() {
+            Some(history) => {
+                let limit = history.policy().size as usize;
+                let first = history.read(room, last, limit).await;
+                match first {
+                    // The history restarted under a new epoch: all of it is new to us.
+                    Ok(r) if epoch.is_some() && epoch.as_ref() != Some(&r.position.epoch) => {
+                        history.read(room, 0, limit).await
+                    }
+                    other => other,
+                }
+            }
+            None => Err(crate::bus::BusError::Unavailable("no history".into())),
+        };
+        let mut rooms = self.sequences.rooms.lock().await;
+        let Some(seq) = rooms.get_mut(room) else { return };
+        let held = seq.held.take().unwrap_or_default();
+        match read {
+            Ok(read) => {
+                for e in &read.events {
+                    self.place(room, seq, e).await;
+                }
+            }
+            Err(error) => tracing::warn!(room, %error, "cannot read history to catch up; delivering what arrived"),
+        }
+        for e in &held {
+            self.place(room, seq, e).await;
+        }
+    }
+
+    /// This replica no longer has members in `room`: what it delivered before means nothing to
+    /// members who come later, so its sequence is forgotten (or, while a catch-up or a join is
+    /// using it, restarted).
+    pub async fn forget_room(&self, room: &str) {
+        let mut rooms = self.sequences.rooms.lock().await;
+        match rooms.get_mut(room) {
+            Some(seq) if seq.held.is_none() && seq.recovering.is_empty() => {
+                rooms.remove(room);
+            }
+            Some(seq) => {
+                seq.epoch = None;
+                seq.last = 0;
+            }
+            None => {}
+        }
+    }
+
+    /// Puts `socket` in `room`, replaying what it missed since `since` (see the module docs).
+    pub async fn attach(self: &Arc<Self>, socket: &SocketRef, room: &str, since: Option<Since>) -> Attached {
+        let Some(history) = self.history() else {
+            socket.join(room.to_owned());
+            return Attached { recovered: since.map(|_| false), position: None };
+        };
+        // 1. In the room (and its companion), capturing what this replica delivers from now on.
+        {
+            let mut rooms = self.sequences.rooms.lock().await;
+            let seq = rooms.entry(room.to_owned()).or_default();
+            socket.join([room.to_owned(), recovering_room(room)]);
+            seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Reading(Vec::new()) });
+        }
+        // 2. Read history; replay what `since` missed, if all of it is there.
+        let limit = history.policy().size as usize;
+        let after_offset = since.as_ref().map_or(u64::MAX, |s| s.offset);
+        let (position, recovered) = match history.read(room, after_offset, limit).await {
+            Ok(read) => {
+                let recovered = since.as_ref().map(|s| covers(s, &read));
+                let mut at = Position { epoch: read.position.epoch.clone(), offset: read.position.offset };
+                if let (Some(true), Some(s)) = (recovered, &since) {
+                    at.offset = s.offset;
+                    for e in &read.events {
+                        self.emit_to_socket(socket, e);
+                        at.offset = e.offset.unwrap_or(at.offset);
+                    }
+                    metrics::replayed(read.events.len() as u64);
+                }
+                (Some(at), recovered)
+            }
+            Err(error) => {
+                tracing::warn!(room, %error, "history unavailable; joining without recovery");
+                (None, since.map(|_| false))
+            }
+        };
+        // 3. What this replica delivered meanwhile, then feeding until it has caught up.
+        let mut rooms = self.sequences.rooms.lock().await;
+        let seq = rooms.entry(room.to_owned()).or_default();
+        let mine = seq.recovering.iter().position(|r| r.socket.id == socket.id);
+        let captured = match mine.map(|i| seq.recovering.swap_remove(i).stage) {
+            Some(Stage::Reading(captured)) => captured,
+            _ => Vec::new(),
+        };
+        let Some(mut at) = position else {
+            // No history: nothing to order against; an ordinary member at once.
+            socket.leave(recovering_room(room));
+            return Attached { recovered, position: None };
+        };
+        for e in &captured {
+            if after(&at, e) {
+                self.emit_to_socket(socket, e);
+                at = Position { epoch: e.epoch.clone().unwrap_or_default(), offset: e.offset.unwrap_or(at.offset) };
+            }
+        }
+        let caught_up = seq.epoch.as_ref() == Some(&at.epoch) && seq.last >= at.offset;
+        if caught_up {
+            socket.leave(recovering_room(room));
+        } else {
+            seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Feeding(at.clone()) });
+        }
+        drop(rooms);
+        if let Some(recovered) = recovered {
+            metrics::recovery(recovered);
+        }
+        Attached { recovered, position: Some(at) }
+    }
+
+    /// `socket` left `room` (or disconnected): stop recovering it there.
+    pub async fn detach(&self, socket: Sid, room: &str) {
+        let mut rooms = self.sequences.rooms.lock().await;
+        if let Some(seq) = rooms.get_mut(room) {
+            seq.recovering.retain(|r| r.socket.id != socket);
+        }
+    }
+
+    fn emit_to_socket(&self, socket: &SocketRef, e: &EventEnvelope) {
+        let meta = EventMeta::of(e);
+        let args: (&serde_json::value::RawValue, &EventMeta<'_>) = (&e.data, &meta);
+        if socket.emit(&e.event, &args).is_err() {
+            metrics::client_buffer_full(1);
+        }
+    }
+}
+
+/// Sent to a room's sockets when events were lost beyond what history keeps:
+/// `{ room, reason: "gap" | "epoch_changed", epoch, offset }`. The app should refetch the state
+/// the room's events describe.
+pub const RESYNC_EVENT: &str = "roomcast:resync";

@@ -1,0 +1,107 @@
+// The README's recovery snippet, used by a client that a load balancer moves from one replica to
+// another while events are published: every event arrives exactly once, in order.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { createServer, connect as tcpConnect } from "node:net";
+import { io } from "socket.io-client";
+import { joinWithRecovery } from "./recovery-snippet.mjs";
+import { API_KEY, eventually, startGateway, startRedis, userToken } from "./helpers.mjs";
+
+let redis;
+let gateways = [];
+
+/** A TCP proxy standing in for the load balancer; `target` can be switched at any time. */
+function proxy(target) {
+  const open = new Set();
+  const server = createServer((client) => {
+    const upstream = tcpConnect(proxy.target);
+    open.add(client);
+    client.pipe(upstream).pipe(client);
+    const close = () => {
+      open.delete(client);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", close).on("close", close);
+    upstream.on("error", close).on("close", close);
+  });
+  proxy.target = target;
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        /** Sends new connections to `next` and drops the current ones, as a replica going away. */
+        switchTo(next) {
+          proxy.target = next;
+          for (const socket of open) socket.destroy();
+        },
+        close: () => server.close(),
+      }),
+    ),
+  );
+}
+
+before(async () => {
+  redis = await startRedis();
+  gateways = [
+    await startGateway({ ROOMCAST_REDIS_URL: redis.url }),
+    await startGateway({ ROOMCAST_REDIS_URL: redis.url }),
+  ];
+});
+after(async () => {
+  for (const g of gateways) await g.stop();
+  redis.stop();
+});
+
+test("the README shows the snippet this test runs", () => {
+  const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+  const snippet = readFileSync(new URL("./recovery-snippet.mjs", import.meta.url), "utf8");
+  assert.ok(readme.includes(snippet.trim()), "README.md must contain js-tests/recovery-snippet.mjs verbatim");
+});
+
+test("a client moved between replicas receives every event exactly once", async () => {
+  const hostPort = (url) => ({ host: "127.0.0.1", port: Number(new URL(url).port) });
+  const lb = await proxy(hostPort(gateways[0].url));
+  const socket = io(lb.url, {
+    auth: { token: userToken("t1", "mover") },
+    transports: ["websocket"],
+    reconnectionDelay: 50,
+    reconnectionDelayMax: 200,
+  });
+  const received = [];
+  const resyncs = [];
+  joinWithRecovery(socket, [{ project: "p1" }], {
+    onEvent: (event, data) => event === "tick" && received.push(data.n),
+    onResync: (room) => resyncs.push(room),
+  });
+  await eventually(() => socket.connected, "connected");
+  await eventually(
+    () => redis.cli("PUBSUB", "NUMSUB", "roomcast:{tenant:t1:project:p1}").split("\n")[1] === "1",
+    "joined",
+  );
+
+  const total = 300;
+  const publishing = (async () => {
+    for (let n = 0; n < total; n++) {
+      const res = await fetch(`${gateways[n % 2].url}/v1/publish`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ tenant: "t1", project: "p1", event: "tick", data: { n } }),
+      });
+      assert.equal(res.status, 200);
+      await new Promise((r) => setTimeout(r, 3));
+    }
+  })();
+  // Moved to the other replica twice while events keep coming.
+  for (const [next, after] of [[1, 60], [0, 180]]) {
+    await eventually(() => received.length > after, `${after} events before moving`);
+    lb.switchTo(hostPort(gateways[next].url));
+  }
+  await publishing;
+  await eventually(() => received.length >= total, `all ${total} events (got ${received.length})`);
+  assert.deepEqual(received, [...Array(total).keys()], "every number once, in order");
+  assert.deepEqual(resyncs, []);
+  socket.close();
+  lb.close();
+});

@@ -1,0 +1,45 @@
+-- Roomcast: publish an event to a room with history (wire format v1, see PROTOCOL.md).
+-- Assigns the room's next offset, appends the event to the room's bounded history and publishes
+-- it, in one atomic step: no subscriber can see an offset the history does not have.
+--
+-- KEYS[1]  room meta (hash)        {prefix}:{<room>}:meta     fields: epoch, offset
+-- KEYS[2]  room history (stream)   {prefix}:{<room>}:history  entry id <offset>-0, fields: e, t
+-- ARGV[1]  channel                 {prefix}:{<room>}
+-- ARGV[2]  PUBLISH (standalone, Sentinel) or SPUBLISH (Redis Cluster)
+-- ARGV[3]  the envelope: a JSON object without "offset" and "epoch"
+-- ARGV[4]  history size: events kept
+-- ARGV[5]  history TTL, ms: entries older are dropped; an idle room's history expires after it
+-- ARGV[6]  epoch for a room that has none yet (random; the SDK uses 16 hex digits)
+-- ARGV[7]  meta TTL, ms (the room's offset and epoch outlive its history)
+-- Returns { subscribers, offset, epoch }.
+local envelope = string.gsub(ARGV[3], '%s+$', '')
+if string.sub(envelope, -1) ~= '}' then
+  return redis.error_reply('ERR roomcast: the envelope must be a JSON object')
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+-- Appended as text: the payload is never decoded, so its numbers keep their precision.
+envelope = string.sub(envelope, 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+
+local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'e', envelope, 't', now)
+-- Age cap: drop entries older than the TTL from the head, a bounded number per publish.
+local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)
+local expired = nil
+for _, entry in ipairs(head) do
+  if tonumber(entry[2][4]) >= now - ttl then break end
+  expired = entry[1]
+end
+if expired then
+  redis.call('XTRIM', KEYS[2], 'MINID', (tonumber(string.match(expired, '^(%d+)')) + 1) .. '-0')
+end
+redis.call('PEXPIRE', KEYS[2], ttl)
+local subscribers = redis.call(ARGV[2], ARGV[1], envelope)
+return { subscribers, offset, epoch }
