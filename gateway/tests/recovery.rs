@@ -334,3 +334,41 @@ async fn single_node_history_recovers_too() {
     let bad = c.request("join", json!({ "channel": "c1", "since": { "offset": -1, "epoch": "x" } })).await;
     assert_eq!(bad["error"]["code"], "invalid_payload");
 }
+
+#[tokio::test]
+async fn history_is_capped_by_size_and_by_age() {
+    let redis = RedisServer::start();
+    let stream = "roomcast:{tenant:t1:project:p1}:history";
+    let sized = Publisher::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_history(HistoryPolicy { size: 100, ttl: Duration::from_secs(300) });
+    let mut batch = sized.batch();
+    for n in 0..150 {
+        batch.emit(&sized.project("t1", "p1"), "tick", &json!({ "n": n })).unwrap();
+    }
+    batch.send().await.unwrap();
+    assert_eq!(redis.cli(&["XLEN", stream]), "100");
+    assert!(redis.cli(&["XRANGE", stream, "-", "+", "COUNT", "1"]).starts_with("51-0"), "the oldest 50 were trimmed");
+
+    // Age: with a 1 s TTL, entries older than a second go as new ones arrive.
+    let aged = Publisher::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_history(HistoryPolicy { size: 100, ttl: Duration::from_secs(1) });
+    let room = aged.project("t1", "aged");
+    for n in 0..3 {
+        room.emit("tick", &json!({ "n": n })).await.unwrap();
+    }
+    let stream = "roomcast:{tenant:t1:project:aged}:history";
+    let started = Instant::now();
+    let head = eventually(Duration::from_secs(10), "the first three to age out", || async {
+        room.emit("tick", &json!({ "n": "keepalive" })).await.unwrap();
+        let head = redis.cli(&["XRANGE", stream, "-", "+", "COUNT", "1"]);
+        let offset: u64 = head.lines().next()?.split('-').next()?.parse().ok()?;
+        (offset > 3).then_some(offset)
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before they were a second old");
+    assert!(head > 3);
+}

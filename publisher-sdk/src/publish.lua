@@ -30,15 +30,12 @@ local size, ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'e', envelope, 't', now)
--- Age cap: drop entries older than the TTL from the head, a bounded number per publish.
-local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 32)
-local expired = nil
-for _, entry in ipairs(head) do
-  if tonumber(entry[2][4]) >= now - ttl then break end
-  expired = entry[1]
-end
-if expired then
-  redis.call('XTRIM', KEYS[2], 'MINID', (tonumber(string.match(expired, '^(%d+)')) + 1) .. '-0')
+-- Age cap: drop expired entries from the head, a few per publish. In the steady state (nothing
+-- expired) that is one look at the head entry: reading more per publish tripled the script's cost.
+for _ = 1, 4 do
+  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if not head or tonumber(head[2][4]) >= now - ttl then break end
+  redis.call('XTRIM', KEYS[2], 'MINID', (tonumber(string.match(head[1], '^(%d+)')) + 1) .. '-0')
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
 local subscribers = redis.call(ARGV[2], ARGV[1], envelope)
