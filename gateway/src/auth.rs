@@ -75,8 +75,8 @@ pub struct Verifier {
     issuers: Vec<String>,
     audiences: Vec<String>,
     leeway: Duration,
-    /// Present in `--dev` mode without a configured key: the generated secret, to mint the demo token.
-    dev_secret: Option<Secret>,
+    /// The HMAC secret, when tokens are HMAC-signed: mints the `--dev` and `--print-token` tokens.
+    hmac_secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -92,41 +92,21 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// Loads the configured key material. Errors name the option to fix.
     pub fn from_config(config: &Config) -> Result<Verifier, ConfigError> {
-        let mut dev_secret = None;
-        let keys = match config.key_source()? {
-            KeySource::Secret(secret) => hmac_keys("ROOMCAST_JWT_SECRET", secret.expose().as_bytes())?,
+        let hmac = |option: &'static str, secret: Secret| -> Result<(Keys, Option<Secret>), ConfigError> {
+            Ok((hmac_keys(option, secret.expose().as_bytes())?, Some(secret)))
+        };
+        let (keys, hmac_secret) = match config.key_source()? {
+            KeySource::Secret(secret) => hmac("ROOMCAST_JWT_SECRET", secret.clone())?,
             KeySource::SecretFile(path) => {
                 let raw = read_file("ROOMCAST_JWT_SECRET_FILE", path)?;
                 let text = String::from_utf8(raw)
                     .map_err(|_| ConfigError::new("ROOMCAST_JWT_SECRET_FILE", "the secret file is not UTF-8 text"))?;
-                hmac_keys("ROOMCAST_JWT_SECRET_FILE", text.trim_end_matches(['\r', '\n']).as_bytes())?
+                hmac("ROOMCAST_JWT_SECRET_FILE", Secret::from(text.trim_end_matches(['\r', '\n']).to_owned()))?
             }
-            KeySource::PublicKeyFile(path) => {
-                let pem = read_file("ROOMCAST_JWT_PUBLIC_KEY_FILE", path)?;
-                pem_keys(&pem)?
-            }
-            KeySource::JwksFile(path) => {
-                let raw = read_file("ROOMCAST_JWKS_FILE", path)?;
-                jwks_keys(&raw)?
-            }
-            KeySource::DevGenerated => {
-                let secret = Secret::from(random_hex(32));
-                let keys = hmac_keys("--dev", secret.expose().as_bytes())?;
-                dev_secret = Some(secret);
-                keys
-            }
+            KeySource::PublicKeyFile(path) => (pem_keys(&read_file("ROOMCAST_JWT_PUBLIC_KEY_FILE", path)?)?, None),
+            KeySource::JwksFile(path) => (jwks_keys(&read_file("ROOMCAST_JWKS_FILE", path)?)?, None),
+            KeySource::DevGenerated => hmac("--dev", Secret::from(random_hex(32)))?,
         };
-        // In --dev mode with a configured secret, the demo token is minted with that secret.
-        if config.dev && dev_secret.is_none() {
-            dev_secret = match config.key_source()? {
-                KeySource::Secret(s) => Some(s.clone()),
-                KeySource::SecretFile(p) => {
-                    let raw = read_file("ROOMCAST_JWT_SECRET_FILE", p)?;
-                    Some(Secret::from(String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_owned()))
-                }
-                _ => None,
-            };
-        }
         Ok(Verifier {
             keys,
             claims: ClaimNames {
@@ -138,7 +118,7 @@ impl Verifier {
             issuers: config.jwt_issuer.iter().filter(|s| !s.is_empty()).cloned().collect(),
             audiences: config.jwt_audience.iter().filter(|s| !s.is_empty()).cloned().collect(),
             leeway: config.jwt_leeway,
-            dev_secret,
+            hmac_secret,
         })
     }
 
@@ -225,24 +205,19 @@ impl Verifier {
         })
     }
 
-    /// In `--dev` mode, a token for user `demo-user` of tenant `demo` with every project and
-    /// channel, valid for `ttl`.
-    pub fn mint_dev_token(&self, ttl: Duration) -> Option<String> {
-        let secret = self.dev_secret.as_ref()?;
+    /// A token for `user` of `tenant` with every project and channel, valid for `ttl`, signed
+    /// with the configured HMAC secret; `None` when tokens are not HMAC-signed.
+    pub fn mint_token(&self, tenant: &str, user: &str, ttl: Duration) -> Option<String> {
+        let secret = self.hmac_secret.as_ref()?;
         let exp = jsonwebtoken::get_current_timestamp() + ttl.as_secs();
-        let claims = serde_json::json!({
-            &self.claims.user: "demo-user",
-            &self.claims.tenant: "demo",
-            &self.claims.projects: ["*"],
-            &self.claims.channels: ["*"],
-            "exp": exp,
-        });
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.expose().as_bytes()),
-        )
-        .ok()
+        let mut claims = Map::new();
+        claims.insert(self.claims.user.clone(), user.into());
+        claims.insert(self.claims.tenant.clone(), tenant.into());
+        claims.insert(self.claims.projects.clone(), serde_json::json!(["*"]));
+        claims.insert(self.claims.channels.clone(), serde_json::json!(["*"]));
+        claims.insert("exp".to_owned(), exp.into());
+        let key = EncodingKey::from_secret(secret.expose().as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).ok()
     }
 }
 

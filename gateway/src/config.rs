@@ -192,6 +192,11 @@ pub struct Config {
     /// Try-it-out mode: without a configured key, generate an HS256 secret and print a demo token.
     #[arg(long, env = "ROOMCAST_DEV")]
     pub dev: bool,
+
+    /// Print a 1-hour token for TENANT/USER (all projects and channels), signed with the
+    /// configured HMAC secret, and exit; for trying a deployment out.
+    #[arg(long, value_name = "TENANT/USER")]
+    pub print_token: Option<String>,
 }
 
 /// Output format of the logs.

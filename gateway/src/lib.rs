@@ -229,9 +229,9 @@ impl Gateway {
         self.admin.0.local_addr().unwrap_or(self.state.config.admin_listen)
     }
 
-    /// In `--dev` mode, a demo token valid for `ttl`.
-    pub fn dev_token(&self, ttl: Duration) -> Option<String> {
-        self.state.verifier.mint_dev_token(ttl)
+    /// A token for `user` of `tenant`, valid for `ttl`, when tokens are HMAC-signed.
+    pub fn token_for(&self, tenant: &str, user: &str, ttl: Duration) -> Option<String> {
+        self.state.verifier.mint_token(tenant, user, ttl)
     }
 
     /// In `--dev` mode without a configured key, the generated publish API key.

@@ -10,6 +10,9 @@ fn main() -> ExitCode {
         eprintln!("roomcast-gateway: {e}");
         return ExitCode::from(2);
     }
+    if let Some(who) = config.print_token.clone() {
+        return print_token(&config, &who);
+    }
     logging::init(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -40,9 +43,40 @@ fn main() -> ExitCode {
     })
 }
 
+/// `--print-token TENANT/USER`: a token for trying a deployment out, then exit.
+fn print_token(config: &Config, who: &str) -> ExitCode {
+    let Some((tenant, user)) = who.split_once('/') else {
+        eprintln!("roomcast-gateway: --print-token: expected TENANT/USER, e.g. demo/ada");
+        return ExitCode::from(2);
+    };
+    let verifier = match roomcast_gateway::auth::Verifier::from_config(config) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("roomcast-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if roomcast_publisher::validate_id(tenant).and(roomcast_publisher::validate_id(user)).is_err() {
+        eprintln!("roomcast-gateway: --print-token: {who:?} is not a valid TENANT/USER");
+        return ExitCode::from(2);
+    }
+    match verifier.mint_token(tenant, user, Duration::from_secs(3600)) {
+        Some(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!(
+                "roomcast-gateway: --print-token needs an HMAC secret (ROOMCAST_JWT_SECRET or ROOMCAST_JWT_SECRET_FILE)"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn print_dev_banner(gateway: &Gateway) {
     let ttl = Duration::from_secs(24 * 3600);
-    let Some(token) = gateway.dev_token(ttl) else {
+    let Some(token) = gateway.token_for("demo", "demo-user", ttl) else {
         return;
     };
     let port = gateway.public_addr().port();

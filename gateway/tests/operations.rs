@@ -238,3 +238,27 @@ async fn long_polling_sessions_work_across_requests() {
     // Polling payloads carry several Engine.IO packets separated by the record separator.
     assert!(body.split('\u{1e}').any(|p| p.starts_with("40{\"sid\":")), "expected a CONNECT ack, got {body:?}");
 }
+
+#[tokio::test]
+async fn print_token_mints_a_token_the_gateway_accepts() {
+    let out = run_to_exit(gateway_bin().env("ROOMCAST_JWT_SECRET", SECRET).args(["--print-token", "acme/ada"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let gw = TestGateway::start().await;
+    let c = Client::connect(gw.addr, Connect::token(token.trim())).await.expect("the printed token connects");
+    assert_eq!(c.request("join", json!({ "channel": "anything" })).await["room"], "tenant:acme:channel:anything");
+
+    for (args, env, expected) in [
+        (&["--print-token", "no-slash"][..], ("ROOMCAST_JWT_SECRET", SECRET), "TENANT/USER"),
+        (&["--print-token", "a:b/c"][..], ("ROOMCAST_JWT_SECRET", SECRET), "not a valid"),
+        (
+            &["--print-token", "a/b"][..],
+            ("ROOMCAST_JWKS_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json")),
+            "HMAC",
+        ),
+    ] {
+        let out = run_to_exit(gateway_bin().env(env.0, env.1).args(args));
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{args:?}");
+    }
+}
