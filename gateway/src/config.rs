@@ -528,6 +528,15 @@ mod tests {
         assert!(
             parse(&["--dev", "--redis-url", "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001"]).validate().is_ok()
         );
+        // The forms the Helm chart's README documents.
+        for url in [
+            "rediss://:password@redis.example.com:6380/0",
+            "rediss-cluster://a:6379?node=b:6379&node=c:6379",
+            "redis-sentinel://sentinel-a:26379/0?sentinelServiceName=mymaster&node=sentinel-b:26379",
+            "valkey://127.0.0.1:6379",
+        ] {
+            assert!(parse(&["--dev", "--redis-url", url]).validate().is_ok(), "{url}");
+        }
         let err = parse(&["--dev", "--redis-url", "http://user:hunter2@host"]).validate().unwrap_err();
         assert_eq!(err.option, "ROOMCAST_REDIS_URL");
         assert!(!err.to_string().contains("hunter2"));

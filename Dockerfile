@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1.7
+# Roomcast gateway image: build with cargo, run on distroless (glibc, no shell, non-root).
+#   docker build -t roomcast-gateway .
+#   docker run --rm -p 3000:3000 -p 9090:9090 roomcast-gateway --dev
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+# Dependencies first, with placeholder sources: this layer (and the cargo caches below) is
+# reused until Cargo.toml or Cargo.lock change, so source edits rebuild only Roomcast itself.
+COPY Cargo.toml Cargo.lock ./
+COPY gateway/Cargo.toml gateway/
+COPY publisher-sdk/Cargo.toml publisher-sdk/
+COPY loadtests/Cargo.toml loadtests/
+RUN mkdir -p gateway/src publisher-sdk/src loadtests/src \
+    && echo 'fn main() {}' > gateway/src/main.rs && touch gateway/src/lib.rs \
+    && touch publisher-sdk/src/lib.rs && echo 'fn main() {}' > loadtests/src/main.rs
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p roomcast-gateway
+COPY gateway gateway
+COPY publisher-sdk publisher-sdk
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    touch gateway/src/main.rs gateway/src/lib.rs publisher-sdk/src/lib.rs \
+    && cargo build --release --locked -p roomcast-gateway \
+    && install -D target/release/roomcast-gateway /out/roomcast-gateway
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/roomcast-gateway /usr/local/bin/roomcast-gateway
+# Public (Socket.IO, publish API) and admin (/healthz, /readyz, /metrics) listeners.
+EXPOSE 3000 9090
+ENV ROOMCAST_LOG_FORMAT=json
+# The gateway drains on SIGTERM: unready at once, clients moved after ROOMCAST_DRAIN_DELAY,
+# exit within ROOMCAST_SHUTDOWN_TIMEOUT.
+STOPSIGNAL SIGTERM
+USER nonroot:nonroot
+ENTRYPOINT ["/usr/local/bin/roomcast-gateway"]
