@@ -426,6 +426,10 @@ class ChartMatchesGateway(unittest.TestCase):
         self.assertEqual(json.loads(configmap["data"]["roomcast.json"]), dashboard)
         self.assertEqual(configmap["metadata"]["labels"]["grafana_dashboard"], "1")
 
+    def test_dashboard_is_what_its_generator_writes(self) -> None:
+        result = subprocess.run(["python3", str(REPO / "deploy" / "tools" / "dashboard.py"), "--check"], capture_output=True, text=True)
+        self.assertEqual(result.returncode, 0, result.stderr)
+
     def test_dashboard_covers_what_operators_watch(self) -> None:
         dashboard = json.loads((CHART / "dashboards" / "roomcast.json").read_text())
         text = json.dumps(dashboard)

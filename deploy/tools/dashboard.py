@@ -7,6 +7,7 @@ compose cluster and with the chart's ServiceMonitor).
 """
 import json
 import pathlib
+import sys
 
 DS = {"type": "prometheus", "uid": "${datasource}"}
 
@@ -100,5 +101,9 @@ dashboard = {
 }
 
 out = pathlib.Path(__file__).resolve().parents[2] / "helm/roomcast/dashboards/roomcast.json"
-out.write_text(json.dumps(dashboard, indent=2) + "\n")
+text = json.dumps(dashboard, indent=2) + "\n"
+if sys.argv[1:] == ["--check"]:
+    # deploy/tests: the committed JSON is what this script generates.
+    sys.exit(0 if out.read_text() == text else f"{out} is stale: run {sys.argv[0]}")
+out.write_text(text)
 print(f"wrote {out}")
