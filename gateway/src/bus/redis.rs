@@ -401,8 +401,14 @@ impl Subscriptions {
                     Ok(_) | Err(RecvError::Lagged(_)) => self.resubscribe_all().await,
                     Err(RecvError::Closed) => break,
                 },
-                _ = retry.tick(), if !self.unconfirmed.is_empty() && self.link.is_up() => {
-                    self.retry_unconfirmed().await;
+                // The conditions are checked on every tick, not as a `select!` guard: a guard is
+                // evaluated once when the loop parks, so a subscription refused just before the
+                // link-up flag flipped would wait for the next unrelated op (seen in CI: the
+                // refusal came 0.1 ms after "connected to Redis" and was never retried).
+                _ = retry.tick() => {
+                    if !self.unconfirmed.is_empty() && self.link.is_up() {
+                        self.retry_unconfirmed().await;
+                    }
                 }
             }
         }
