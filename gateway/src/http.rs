@@ -4,7 +4,7 @@
 use axum::{
     Json, Router,
     extract::{Request, State},
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -66,7 +66,8 @@ pub fn guard_public(router: Router, gw: Shared, origins: OriginPolicy) -> Router
     }
 }
 
-async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, req: Request, next: Next) -> Response {
+async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Request, next: Next) -> Response {
+    detach_from_read_buffer(&mut req);
     if let (OriginPolicy::List(list), Some(origin)) = (&origins, req.headers().get(header::ORIGIN))
         && !list.contains(origin)
     {
@@ -77,6 +78,34 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, req: Request
         return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
     }
     next.run(req).await
+}
+
+/// Copies the request's header values and URI out of hyper's connection read buffer.
+///
+/// hyper parses them as slices of that 8–16 KiB buffer, and engineioxide keeps a WebSocket's
+/// upgrade request parts for the socket's whole life: a few header bytes would pin the whole
+/// buffer per idle connection (BENCHMARKS.md has the measurement). (axum's `OriginalUri`, which
+/// would hold the same slice, is not compiled in: the `original-uri` feature is off.)
+fn detach_from_read_buffer(req: &mut Request) {
+    let headers = std::mem::take(req.headers_mut());
+    let mut copied = HeaderMap::with_capacity(headers.len());
+    let mut name = None;
+    for (next_name, value) in headers {
+        // `into_iter` names only the first value of each header.
+        if next_name.is_some() {
+            name = next_name;
+        }
+        let Some(name) = name.clone() else { continue };
+        // `from_bytes` allocates; the original value was a view into the read buffer.
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            copied.append(name, copy);
+        }
+    }
+    *req.headers_mut() = copied;
+    if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
+        *req.uri_mut() = uri;
+    }
 }
 
 fn is_new_socket_io_session(req: &Request) -> bool {

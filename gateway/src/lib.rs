@@ -93,6 +93,9 @@ pub enum StartError {
 }
 
 /// A gateway whose listeners are bound; [`Gateway::run`] serves them.
+/// Per-socket WebSocket read chunk, bytes (see `Gateway::start`; measured in BENCHMARKS.md).
+const WS_READ_BUFFER: usize = 1024;
+
 #[derive(Debug)]
 pub struct Gateway {
     state: Shared,
@@ -193,6 +196,9 @@ impl Gateway {
             // client could send 64 MiB messages.
             .ws_max_message_size(config.max_payload as usize)
             .ws_max_frame_size(config.max_payload as usize)
+            // The chunk each WebSocket read fills (messages still grow as large as they need):
+            // idle sockets dominate, and engineioxide's 4 KiB default costs 4 KiB each.
+            .ws_read_buffer_size(WS_READ_BUFFER)
             .with_parser(
                 ParserConfig::common()
                     .max_incoming_binaries(8)

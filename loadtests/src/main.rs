@@ -1,9 +1,15 @@
 //! `roomcast-loadtest`: Roomcast's load generator and benchmarks. Each scenario prints its
 //! progress and a human summary on stderr and a JSON result on stdout.
 
+mod fanout;
 mod history_memory;
+mod idle;
 mod publish;
+mod reconnect;
 mod redis;
+mod sio;
+mod stack;
+mod typing;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +26,14 @@ enum Scenario {
     Publish(publish::Options),
     /// Extra Redis memory per room with a full history.
     HistoryMemory(history_memory::Options),
+    /// Idle connections: the replicas' memory per connection and the connect rate.
+    Idle(idle::Options),
+    /// Rooms spread over replicas, events published at stepped rates: throughput and latency.
+    Fanout(fanout::Options),
+    /// Client-originated typing storm across replicas.
+    Typing(typing::Options),
+    /// Kill a replica under load: time until its clients are back, events lost.
+    Reconnect(reconnect::Options),
 }
 
 #[tokio::main]
@@ -27,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
     let json = match Cli::parse().scenario {
         Scenario::Publish(options) => serde_json::to_string_pretty(&publish::run(&options).await?)?,
         Scenario::HistoryMemory(options) => serde_json::to_string_pretty(&history_memory::run(&options).await?)?,
+        Scenario::Idle(options) => serde_json::to_string_pretty(&idle::run(&options).await?)?,
+        Scenario::Fanout(options) => serde_json::to_string_pretty(&fanout::run(&options).await?)?,
+        Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
+        Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
     };
     println!("{json}");
     Ok(())

@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Runs Roomcast and the Node reference stack with the same parameters on this machine, one
+after the other, and prints each figure for both and the ratio.
+
+    loadtests/compare.py                 # the full comparison (BENCHMARKS.md), ~10 minutes
+    loadtests/compare.py --smoke         # a few seconds per scenario; what CI runs
+    loadtests/compare.py --only idle --idle-connections 50000 --stacks roomcast
+
+Each run gets a private redis-server, fresh replicas on free loopback ports, and the load
+generator (target/release/roomcast-loadtest); JSON results go to --out (default
+target/bench/results.json). Needs: cargo, node + npm, redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT / "loadtests" / "peers" / "node"
+SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def raise_fd_limit() -> None:
+    """Tens of thousands of sockets need as many descriptors, in the replicas and the generator."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1_048_576
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Stack:
+    """A private Redis and `replicas` server processes of one stack."""
+
+    def __init__(self, kind: str, replicas: int, profile: str, log_dir: Path) -> None:
+        self.kind, self.procs, self.ports = kind, [], []
+        self.redis_port = free_port()
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_open(self.redis_port), "redis-server")
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}"
+        for i in range(replicas):
+            port = free_port()
+            log = open(log_dir / f"{kind}-{i}.log", "w")
+            if kind == "roomcast":
+                admin = free_port()
+                env = os.environ | {
+                    "ROOMCAST_JWT_SECRET": SECRET,
+                    "ROOMCAST_REDIS_URL": self.redis_url,
+                    "ROOMCAST_LISTEN": f"127.0.0.1:{port}",
+                    "ROOMCAST_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                    "ROOMCAST_LOG": "warn",
+                    # The typing storm toggles every 500 ms; the default 2 s throttle would
+                    # (rightly) swallow most toggles.
+                    "ROOMCAST_TYPING_THROTTLE": "100ms",
+                }
+                proc = subprocess.Popen([ROOT / "target" / profile / "roomcast-gateway"], env=env, stdout=log, stderr=log)
+                ready = lambda a=admin: http_ok(f"http://127.0.0.1:{a}/readyz")
+            else:
+                env = os.environ | {
+                    "PORT": str(port),
+                    "REDIS_URL": self.redis_url,
+                    "JWT_SECRET": SECRET,
+                    "NODE_ENV": "production",
+                }
+                proc = subprocess.Popen(["node", "server.js"], cwd=PEER, env=env, stdout=log, stderr=log)
+                ready = lambda p=port: port_open(p)
+            self.procs.append(proc)
+            self.ports.append(port)
+            wait_for(lambda: proc.poll() is None and ready(), f"{kind} replica {i}")
+
+    def args(self) -> list[str]:
+        return [
+            "--stack", self.kind,
+            "--replicas", ",".join(f"127.0.0.1:{p}" for p in self.ports),
+            "--pids", ",".join(str(p.pid) for p in self.procs),
+            "--redis-url", self.redis_url,
+            "--secret", SECRET,
+            "--node-publisher", f"node {PEER / 'publisher.js'}",
+        ]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+            p.wait()
+        self.redis.kill()
+        self.redis.wait()
+
+
+def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], profile: str, log_dir: Path) -> dict:
+    stack = Stack(kind, replicas, profile, log_dir)
+    try:
+        cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), scenario, *stack.args(), *extra]
+        print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
+        return json.loads(out)
+    finally:
+        stack.stop()
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{v:,}"
+
+
+def ratio(a, b, higher_is_better: bool) -> str:
+    if not a or not b:
+        return "—"
+    r = a / b if higher_is_better else b / a
+    return f"{r:.1f}×"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
+    ap.add_argument("--only", action="append", choices=["idle", "fanout", "typing", "reconnect"])
+    ap.add_argument("--stacks", default="roomcast,node")
+    ap.add_argument("--idle-connections", type=int, default=20_000)
+    ap.add_argument("--fanout-rooms", type=int, default=100)
+    ap.add_argument("--fanout-room-size", type=int, default=50)
+    ap.add_argument("--fanout-rates", default="200,500,1000,2000,3000,4000,6000,8000,12000,16000")
+    ap.add_argument("--step", default="8s")
+    ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "results.json")
+    args = ap.parse_args()
+
+    profile = "debug" if args.smoke else "release"
+    build = ["cargo", "build", "--locked", "-p", "roomcast-gateway", "-p", "roomcast-loadtest"]
+    subprocess.run(build + ([] if args.smoke else ["--release"]), cwd=ROOT, check=True)
+    if "node" in args.stacks and not (PEER / "node_modules").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEER, check=True)
+    raise_fd_limit()
+    log_dir = args.out.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    if args.smoke:
+        plan = {
+            "idle": (1, ["--connections", "200", "--hold", "1s"]),
+            "fanout": (2, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s", "--all-steps"]),
+            "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
+            "reconnect": (3, ["--rooms", "4", "--room-size", "6", "--rate", "50", "--before", "1s", "--after", "3s"]),
+        }
+    else:
+        plan = {
+            "idle": (1, ["--connections", str(args.idle_connections), "--hold", "10s"]),
+            "fanout": (
+                2,
+                ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step],
+            ),
+            "typing": (2, ["--rooms", "100", "--room-size", "20", "--typists", "4", "--interval", "500ms", "--duration", "20s"]),
+            "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
+        }
+    scenarios = args.only or list(plan)
+    stacks = args.stacks.split(",")
+    results: dict[str, dict[str, dict]] = {}
+    for scenario in scenarios:
+        replicas, extra = plan[scenario]
+        for kind in stacks:
+            results.setdefault(scenario, {})[kind] = run_scenario(kind, scenario, replicas, extra, profile, log_dir)
+    args.out.write_text(json.dumps(results, indent=2))
+
+    # The table: each figure for both stacks and how many times better Roomcast is.
+    rows = []
+
+    def row(name, scenario, path, higher_is_better):
+        vals = {}
+        for kind in stacks:
+            v = results.get(scenario, {}).get(kind)
+            for key in path:
+                v = v.get(key) if isinstance(v, dict) else None
+            vals[kind] = v
+        rows.append((name, vals.get("roomcast"), vals.get("node"), ratio(vals.get("roomcast"), vals.get("node"), higher_is_better)))
+
+    row("idle: RSS per connection (bytes)", "idle", ["rss_per_connection_bytes"], False)
+    row("idle: connects/s", "idle", ["connects_per_second"], True)
+    row("fanout: sustainable publish rate (events/s)", "fanout", ["sustainable_publish_rate"], True)
+    row("fanout: sustainable deliveries/s", "fanout", ["sustainable_delivery_rate"], True)
+    # p99 at the Node stack's sustainable rate, from each stack's step at that rate.
+    node_rate = results.get("fanout", {}).get("node", {}).get("sustainable_publish_rate")
+    for kind in stacks:
+        step = next((s for s in results.get("fanout", {}).get(kind, {}).get("steps", []) if s["target_rate"] == node_rate), None)
+        results.setdefault("_p99_at_node_rate", {})[kind] = step["latency"]["p99_ms"] if step else None
+        results.setdefault("_cpu_at_node_rate", {})[kind] = step["server_cpu_us_per_delivery"] if step else None
+    rows.append((f"fanout: p99 ms at {fmt(node_rate)} events/s (Node's sustainable)", results["_p99_at_node_rate"].get("roomcast"), results["_p99_at_node_rate"].get("node"), ratio(results["_p99_at_node_rate"].get("roomcast"), results["_p99_at_node_rate"].get("node"), False)))
+    rows.append(("fanout: server CPU µs per delivery at that rate", results["_cpu_at_node_rate"].get("roomcast"), results["_cpu_at_node_rate"].get("node"), ratio(results["_cpu_at_node_rate"].get("roomcast"), results["_cpu_at_node_rate"].get("node"), False)))
+    row("fanout: events lost", "fanout", ["total_lost"], False)
+    row("typing: indicators delivered/s", "typing", ["indicators_per_second"], True)
+    row("typing: p99 ms", "typing", ["latency", "p99_ms"], False)
+    row("typing: indicators missing", "typing", ["missing"], False)
+    row("reconnect: seconds until all clients back", "reconnect", ["seconds_until_all_back"], False)
+    row("reconnect: deliveries lost", "reconnect", ["lost"], False)
+    row("reconnect: duplicates", "reconnect", ["duplicates"], False)
+    args.out.write_text(json.dumps(results, indent=2))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'figure':<{width}} | {'Roomcast':>12} | {'Node':>12} | Roomcast better by")
+    print(f"{'-' * width}-|-{'-' * 12}-|-{'-' * 12}-|------------------")
+    for name, a, b, r in rows:
+        print(f"{name:<{width}} | {fmt(a):>12} | {fmt(b):>12} | {r}")
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
