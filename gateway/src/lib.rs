@@ -269,6 +269,13 @@ impl Gateway {
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
+                // Nagle's algorithm would hold a small packet written right after another
+                // (an ack, then an event) until the client's delayed ACK: 40 ms tails on Linux.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "TCP_NODELAY not set");
+                    }
+                });
                 axum::serve(listener, router).with_graceful_shutdown(stopped).await
             })
         };

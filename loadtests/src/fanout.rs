@@ -153,12 +153,7 @@ pub async fn open_members(
             Member { next_seq: 0, shard: i, counters: counters.clone(), latencies: latencies.clone(), position: None };
         async move {
             let setup = async {
-                let mut conn = Conn::connect(replica, source, &token, Duration::from_secs(30)).await?;
-                let ack = conn.call("join", &serde_json::json!({ "channel": room }), &mut member).await?;
-                if ack["ok"] != true {
-                    bail!("join refused: {ack}");
-                }
-                Ok(conn)
+                Conn::connect_and_join(replica, source, &token, &room, None, &mut member).await.map(|(conn, _)| conn)
             };
             match setup.await {
                 Ok(conn) => {

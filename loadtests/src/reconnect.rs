@@ -99,15 +99,8 @@ pub async fn run(options: &Options) -> anyhow::Result<ReconnectResult> {
                     .as_ref()
                     .map(|(offset, epoch)| serde_json::json!({ "offset": offset, "epoch": epoch }));
                 let setup = async {
-                    let mut conn = Conn::connect(replica, source, &token, Duration::from_secs(10)).await?;
-                    let mut join = serde_json::json!({ "channel": room });
-                    if let Some(since) = &since {
-                        join["since"] = since.clone();
-                    }
-                    let ack = conn.call("join", &join, &mut member).await?;
-                    if ack["ok"] != true {
-                        bail!("join refused: {ack}");
-                    }
+                    let (conn, ack) =
+                        Conn::connect_and_join(replica, source, &token, &room, since, &mut member).await?;
                     anyhow::Ok((conn, ack["recovered"] == true))
                 };
                 match setup.await {

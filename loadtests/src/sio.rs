@@ -72,6 +72,28 @@ impl Conn {
         }
     }
 
+    /// Connects like [`Conn::connect`], then joins `channel` (with `since` when given); returns
+    /// the connection and the join ack. Events replayed before the ack go to `handler`.
+    pub async fn connect_and_join(
+        addr: SocketAddr,
+        source: IpAddr,
+        token: &str,
+        channel: &str,
+        since: Option<serde_json::Value>,
+        handler: &mut impl Handler,
+    ) -> anyhow::Result<(Conn, serde_json::Value)> {
+        let mut conn = Conn::connect(addr, source, token, Duration::from_secs(30)).await?;
+        let mut join = serde_json::json!({ "channel": channel });
+        if let Some(since) = since {
+            join["since"] = since;
+        }
+        let ack = conn.call("join", &join, handler).await?;
+        if ack["ok"] != true {
+            bail!("join refused: {ack}");
+        }
+        Ok((conn, ack))
+    }
+
     /// Sends a raw Socket.IO packet.
     pub async fn send(&mut self, packet: String) -> anyhow::Result<()> {
         self.ws.send(Message::text(packet)).await.context("sending")

@@ -116,12 +116,7 @@ pub async fn run(options: &Options) -> anyhow::Result<TypingResult> {
         let (mut go, mut stop, toggles, interval) = (go_rx.clone(), stop_rx.clone(), toggles.clone(), options.interval);
         async move {
             let setup = async {
-                let mut conn = Conn::connect(replica, source, &token, Duration::from_secs(30)).await?;
-                let ack = conn.call("join", &serde_json::json!({ "channel": room }), &mut handler).await?;
-                if ack["ok"] != true {
-                    bail!("join refused: {ack}");
-                }
-                Ok(conn)
+                Conn::connect_and_join(replica, source, &token, &room, None, &mut handler).await.map(|(conn, _)| conn)
             };
             let conn = match setup.await {
                 Ok(conn) => {
