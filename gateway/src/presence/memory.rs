@@ -8,7 +8,7 @@ use std::{
 
 use roomcast_publisher::wire::{self, Envelope, PresenceAction, PresenceEnvelope};
 
-use super::{Held, Page, PresenceStore, PresentUser, Status};
+use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::bus::{BoxFuture, Bus, BusError};
 
 #[derive(Debug, Default)]
@@ -44,24 +44,6 @@ impl MemoryPresence {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomPresence>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn envelope(
-    room: &str,
-    action: PresenceAction,
-    user: &str,
-    status: Option<Status>,
-    since: Option<u64>,
-) -> PresenceEnvelope {
-    PresenceEnvelope {
-        v: wire::VERSION,
-        room: room.to_owned(),
-        action,
-        user: user.to_owned(),
-        status: status.map(|s| s.as_str().to_owned()),
-        since,
-        ts: wire::now_ms(),
     }
 }
 

@@ -26,7 +26,10 @@ use std::{
     time::Duration,
 };
 
-use roomcast_publisher::{Room, RoomKind};
+use roomcast_publisher::{
+    Room, RoomKind,
+    wire::{self, PresenceAction, PresenceEnvelope},
+};
 use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};
 
@@ -386,5 +389,24 @@ impl Presence {
             tracing::warn!("shutdown deadline reached before presence was removed; the lease expiry will");
         }
         let _ = tokio::time::timeout_at(deadline, self.store.release()).await;
+    }
+}
+
+/// A presence change as both stores announce it.
+pub(crate) fn envelope(
+    room: &str,
+    action: PresenceAction,
+    user: &str,
+    status: Option<Status>,
+    since: Option<u64>,
+) -> PresenceEnvelope {
+    PresenceEnvelope {
+        v: wire::VERSION,
+        room: room.to_owned(),
+        action,
+        user: user.to_owned(),
+        status: status.map(|s| s.as_str().to_owned()),
+        since,
+        ts: wire::now_ms(),
     }
 }

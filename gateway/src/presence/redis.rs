@@ -16,9 +16,9 @@ use fred::{
     interfaces::{KeysInterface, SetsInterface, SortedSetsInterface},
     types::{Expiration, SetOptions, Value, scripts::Script},
 };
-use roomcast_publisher::wire::{self, Envelope, PresenceAction, PresenceEnvelope};
+use roomcast_publisher::wire::{self, Envelope, PresenceAction};
 
-use super::{Held, Page, PresenceStore, PresentUser, Status};
+use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::bus::{BoxFuture, BusError, redis::Commands};
 
 /// How long a reaper keeps its lock on a dead replica before another may take over.
@@ -121,15 +121,7 @@ impl RedisPresence {
 }
 
 fn envelope_json(room: &str, action: PresenceAction, user: &str, status: Option<Status>, since: Option<u64>) -> String {
-    let envelope = Envelope::Presence(PresenceEnvelope {
-        v: wire::VERSION,
-        room: room.to_owned(),
-        action,
-        user: user.to_owned(),
-        status: status.map(|s| s.as_str().to_owned()),
-        since,
-        ts: wire::now_ms(),
-    });
+    let envelope = Envelope::Presence(envelope(room, action, user, status, since));
     serde_json::to_string(&envelope).unwrap_or_default()
 }
 
