@@ -13,7 +13,7 @@ use roomcast_publisher::{
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::{BroadcastError, SocketError, SocketIo};
+use socketioxide::{BroadcastError, SocketError, SocketIo, operators::BroadcastOperators};
 
 use crate::{
     history::History,
@@ -147,8 +147,11 @@ impl Delivery {
         self.history.get().cloned()
     }
 
-    pub(crate) fn io(&self) -> Option<&SocketIo> {
-        self.io.get()
+    /// Broadcast operators on the root namespace: `None` before [`Delivery::connect`] and once
+    /// the shutdown closed the server. (socketioxide's `SocketIo::within` panics when the
+    /// namespace is gone, which a delivery racing the drain would hit.)
+    pub(crate) fn root(&self) -> Option<BroadcastOperators> {
+        self.io.get()?.of("/")
     }
 
     /// Parses and delivers an envelope received as JSON on `channel_room`'s channel.
@@ -207,10 +210,10 @@ impl Delivery {
 
     /// Emits `e` to its room's local members, except those in room `except`.
     pub(crate) async fn emit_event_except(&self, e: &EventEnvelope, except: Option<String>) {
-        let Some(io) = self.io.get() else { return };
+        let Some(root) = self.root() else { return };
         let meta = EventMeta::of(e);
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        let to = io.within(e.room.clone());
+        let to = root.within(e.room.clone());
         let to = match except {
             Some(room) => to.except(room),
             None => to,
@@ -242,13 +245,13 @@ impl Delivery {
 
     /// Emits `typing` to the channel's local members, except the typer's own sockets.
     async fn emit_typing(&self, room: &Room, user: &str, typing: bool, volatile: bool) {
-        let (Some(io), Some(channel), Ok(user_room)) = (self.io.get(), room.id(), Room::user(room.tenant_id(), user))
+        let (Some(root), Some(channel), Ok(user_room)) = (self.root(), room.id(), Room::user(room.tenant_id(), user))
         else {
             return;
         };
         let ttl_ms = self.indicators.ttl().as_millis() as u64;
         let payload = TypingPayload { channel, user_id: user, typing, ttl_ms };
-        let to = io.within(room.to_string()).except(user_room.to_string());
+        let to = root.within(room.to_string()).except(user_room.to_string());
         // A refresh that does not get through changes nothing the client shows.
         let to = if volatile { to.volatile() } else { to };
         note_emit_errors(to.emit("typing", &payload).await);
@@ -275,7 +278,7 @@ impl Delivery {
         if !presence::tracked(&room) || roomcast_publisher::validate_id(&p.user).is_err() {
             return Err(Rejection::Presence);
         }
-        let Some(io) = self.io.get() else { return Ok(()) };
+        let Some(root) = self.root() else { return Ok(()) };
         let (kind, id) = presence::room_field(&room);
         let mut payload = serde_json::Map::new();
         payload.insert(kind.to_owned(), id.into());
@@ -290,7 +293,7 @@ impl Delivery {
         if let Some(since) = p.since {
             payload.insert("since".to_owned(), since.into());
         }
-        note_emit_errors(io.within(p.room.clone()).emit(p.action.event(), &payload).await);
+        note_emit_errors(root.within(p.room.clone()).emit(p.action.event(), &payload).await);
         metrics::delivered("presence", self.members(&p.room));
         Ok(())
     }
@@ -314,5 +317,31 @@ fn note_emit_errors(result: Result<(), BroadcastError>) {
             }
         }
         Err(error) => tracing::warn!(%error, "local broadcast failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bus::memory::MemoryBus, rooms::Membership};
+
+    /// A delivery from Redis can arrive after the shutdown closed the server; socketioxide's
+    /// `SocketIo::within` panics then ("default namespace not found").
+    #[tokio::test]
+    async fn deliveries_after_the_server_closed_are_dropped() {
+        let delivery = Arc::new(Delivery::new("n1".into(), 1024, std::time::Duration::from_secs(6)));
+        let bus = Arc::new(MemoryBus::new(delivery.clone(), None));
+        let (_layer, io) = SocketIo::new_layer();
+        io.ns("/", async |_: socketioxide::extract::SocketRef| {});
+        delivery.connect(io.clone(), Arc::new(Membership::new(bus, delivery.clone())));
+        io.close().await;
+
+        let room = "tenant:t1:channel:c1";
+        let event = r#"{"type":"event","v":1,"id":"e1","room":"tenant:t1:channel:c1","event":"x","data":{},"ts":1}"#;
+        let typing = r#"{"type":"typing","v":1,"room":"tenant:t1:channel:c1","user":"u1","typing":true,"ts":1}"#;
+        for json in [event, typing] {
+            delivery.deliver_json(room, json).await;
+        }
+        assert!(delivery.root().is_none());
     }
 }

@@ -62,7 +62,8 @@ pub fn unschedule(gw: &Shared, sid: Sid, conn: &Conn) {
 pub async fn run(gw: Shared, io: SocketIo) {
     loop {
         for (sid, phase) in gw.expiry.next_due().await {
-            let Some(socket) = io.get_socket(sid) else {
+            // `of` rather than `io.get_socket`, which panics once the shutdown closed the server.
+            let Some(socket) = io.of("/").and_then(|root| root.get_socket(sid)) else {
                 continue;
             };
             let Some(conn) = socket.extensions.get::<std::sync::Arc<Conn>>() else {

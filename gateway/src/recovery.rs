@@ -201,10 +201,10 @@ impl Delivery {
     async fn announce_resync(&self, room: &str, reason: &'static str, next: &EventEnvelope) {
         metrics::resync(reason);
         tracing::warn!(room, reason, "events were lost beyond history; telling the room's sockets to resync");
-        if let Some(io) = self.io() {
+        if let Some(root) = self.root() {
             let payload =
                 json!({ "room": room, "reason": reason, "epoch": next.epoch, "offset": next.offset.map(|o| o - 1) });
-            let _ = io.within(room.to_owned()).emit(RESYNC_EVENT, &payload).await;
+            let _ = root.within(room.to_owned()).emit(RESYNC_EVENT, &payload).await;
         }
     }
 
