@@ -67,7 +67,6 @@ pub fn guard_public(router: Router, gw: Shared, origins: OriginPolicy) -> Router
 }
 
 async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Request, next: Next) -> Response {
-    detach_from_read_buffer(&mut req);
     if let (OriginPolicy::List(list), Some(origin)) = (&origins, req.headers().get(header::ORIGIN))
         && !list.contains(origin)
     {
@@ -77,32 +76,40 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
         // Existing polling sessions carry their sid and keep working until they are closed.
         return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
     }
+    if req.uri().path().starts_with(SOCKET_IO_PATH) {
+        keep_only_what_sessions_read(&mut req);
+    }
     next.run(req).await
 }
 
-/// Copies the request's header values and URI out of hyper's connection read buffer.
+/// The request headers anything behind this guard reads: the token (`socket::authenticate`),
+/// the WebSocket key (engineioxide's upgrade response) and the polling body's content type
+/// (engineioxide). CORS and the origin check run before this. Add a header here before reading
+/// it from a socket's request parts.
+const SESSION_HEADERS: [header::HeaderName; 3] =
+    [header::AUTHORIZATION, header::SEC_WEBSOCKET_KEY, header::CONTENT_TYPE];
+
+/// Strips an Engine.IO request down to [`SESSION_HEADERS`] and copies what is kept, and the URI,
+/// out of hyper's connection read buffer.
 ///
-/// hyper parses them as slices of that 8–16 KiB buffer, and engineioxide keeps a WebSocket's
-/// upgrade request parts for the socket's whole life: a few header bytes would pin the whole
-/// buffer per idle connection (BENCHMARKS.md has the measurement). (axum's `OriginalUri`, which
-/// would hold the same slice, is not compiled in: the `original-uri` feature is off.)
-fn detach_from_read_buffer(req: &mut Request) {
+/// engineioxide keeps a WebSocket's upgrade request parts for the socket's whole life. hyper
+/// parses header values and the URI as slices of its 8–16 KiB read buffer, so a few header bytes
+/// would pin that whole buffer per idle connection; and a browser's upgrade request carries a
+/// kilobyte or more of headers nothing reads (cookies, user agent, `Sec-Fetch-*`, languages).
+/// BENCHMARKS.md has the measurements.
+fn keep_only_what_sessions_read(req: &mut Request) {
     let headers = std::mem::take(req.headers_mut());
-    let mut copied = HeaderMap::with_capacity(headers.len());
-    let mut name = None;
-    for (next_name, value) in headers {
-        // `into_iter` names only the first value of each header.
-        if next_name.is_some() {
-            name = next_name;
-        }
-        let Some(name) = name.clone() else { continue };
-        // `from_bytes` allocates; the original value was a view into the read buffer.
-        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
-            copy.set_sensitive(value.is_sensitive());
-            copied.append(name, copy);
+    let mut kept = HeaderMap::with_capacity(2);
+    for name in SESSION_HEADERS {
+        for value in headers.get_all(&name) {
+            // `from_bytes` allocates; the original value was a view into the read buffer.
+            if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+                copy.set_sensitive(value.is_sensitive());
+                kept.append(name.clone(), copy);
+            }
         }
     }
-    *req.headers_mut() = copied;
+    *req.headers_mut() = kept;
     if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
         *req.uri_mut() = uri;
     }
@@ -121,4 +128,29 @@ pub fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
 /// The response for paths that exist on neither listener.
 pub async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_io_request_keeps_only_the_headers_sessions_read() {
+        let mut req = Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket")
+            .header(header::COOKIE, "session=".to_string() + &"x".repeat(2000))
+            .header(header::USER_AGENT, "Mozilla/5.0")
+            .header(header::AUTHORIZATION, "Bearer t")
+            .header(header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        keep_only_what_sessions_read(&mut req);
+        let names: Vec<_> = req.headers().keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["authorization", "sec-websocket-key", "content-type"]);
+        assert_eq!(req.headers().get_all(header::CONTENT_TYPE).iter().count(), 2, "repeated values are kept");
+        assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer t");
+        assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+    }
 }

@@ -101,6 +101,9 @@ impl Commands {
     }
 }
 
+/// Event channel size of the commands client: connection events only.
+const COMMANDS_CLIENT_EVENTS: usize = 64;
+
 /// Redis pub/sub bus.
 pub struct RedisBus {
     commands: Client,
@@ -123,14 +126,16 @@ impl std::fmt::Debug for RedisBus {
     }
 }
 
-fn build_client(config: &FredConfig, settings: &RedisSettings) -> Result<Client, ConfigError> {
+/// A client whose event channels hold `events` entries. fred sizes every event channel of a
+/// client (messages, reconnections, errors, ...) alike and allocates each in full up front: at
+/// 16,384 entries that is ~11 MB per client, so only the subscriber gets the large buffer.
+fn build_client(config: &FredConfig, settings: &RedisSettings, events: usize) -> Result<Client, ConfigError> {
     Builder::from_config(config.clone())
         // Without a policy fred never reconnects. Unlimited attempts, 100 ms doubling to 5 s.
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .with_performance_config(|p| {
             p.default_command_timeout = settings.command_timeout;
-            // fred's default of 32 drops pub/sub messages (with a log line) on any hiccup.
-            p.broadcast_channel_capacity = settings.buffer;
+            p.broadcast_channel_capacity = events;
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
@@ -152,8 +157,10 @@ impl RedisBus {
         let config = FredConfig::from_url(&settings.url)
             .map_err(|_| ConfigError::new("ROOMCAST_REDIS_URL", "not a Redis URL"))?;
         let clustered = config.server.is_clustered();
-        let commands = build_client(&config, &settings)?;
-        let subscriber = build_client(&config, &settings)?;
+        // The commands client receives no pub/sub messages, only its own connection events.
+        let commands = build_client(&config, &settings, COMMANDS_CLIENT_EVENTS)?;
+        // fred's default of 32 would drop pub/sub messages (with a log line) on any hiccup.
+        let subscriber = build_client(&config, &settings, settings.buffer)?;
         let in_sync = Arc::new(AtomicBool::new(false));
         let (commands_link, subscriber_link) = (Arc::new(Link::default()), Arc::new(Link::default()));
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
