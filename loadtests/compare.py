@@ -61,14 +61,16 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def raise_fd_limit() -> None:
-    """Tens of thousands of sockets need as many descriptors, in the replicas and the generator."""
+def raise_fd_limit() -> int:
+    """Tens of thousands of sockets need as many descriptors, in the replicas and the generator.
+    Returns the limit in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 1_048_576
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, max(hard, want)))
     except (ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class Stack:
@@ -163,7 +165,11 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
     ap.add_argument("--only", action="append", choices=["idle", "fanout", "typing", "reconnect"])
     ap.add_argument("--stacks", default="roomcast,node")
-    ap.add_argument("--idle-connections", type=int, default=20_000)
+    ap.add_argument(
+        "--idle-connections",
+        type=int,
+        help="default: 50,000, or what the descriptor limit allows (each connection is one descriptor in the replica)",
+    )
     ap.add_argument("--fanout-rooms", type=int, default=100)
     ap.add_argument("--fanout-room-size", type=int, default=50)
     ap.add_argument("--fanout-rates", default="200,500,1000,2000,3000,4000,6000,8000,12000,16000")
@@ -176,7 +182,12 @@ def main() -> int:
     subprocess.run(build + ([] if args.smoke else ["--release"]), cwd=ROOT, check=True)
     if "node" in args.stacks and not (PEER / "node_modules").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEER, check=True)
-    raise_fd_limit()
+    fd_limit = raise_fd_limit()
+    if args.idle_connections is None:
+        # Room for the replica's own descriptors (listeners, Redis, logs) under the limit.
+        args.idle_connections = min(50_000, fd_limit - 1_000)
+        if args.idle_connections < 50_000:
+            print(f"idle: {args.idle_connections} connections: the descriptor limit here is {fd_limit}", file=sys.stderr)
     log_dir = args.out.parent / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 

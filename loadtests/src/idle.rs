@@ -74,7 +74,7 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleResult> {
         connections_requested: options.connections,
         connections_open: open,
         connect_seconds: seconds,
-        connects_per_second: open as f64 / seconds,
+        connects_per_second: if seconds > 0.0 { open as f64 / seconds } else { 0.0 },
         rss_before_bytes: before.rss_bytes,
         rss_after_bytes: after.rss_bytes,
         rss_per_connection_bytes: (after.rss_bytes as f64 - before.rss_bytes as f64) / open.max(1) as f64,

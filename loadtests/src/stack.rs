@@ -250,7 +250,12 @@ impl Latencies {
 
 /// Opens `n` connections with at most `target.connect_concurrency` in flight, calling `open`
 /// for each (it connects, sets up, then runs until told to stop); returns when every attempt
-/// finished its setup. Prints progress every second.
+/// finished its setup, with the number opened and the seconds until the last one opened.
+/// Prints progress every second.
+///
+/// The time is to the last *successful* connection: attempts a server cannot accept (its
+/// descriptor limit, say) fail only at their timeout, which would otherwise count as
+/// connecting time and turn a capacity limit into a bogus connect rate.
 pub async fn open_many<F, Fut>(target: &Target, n: usize, open: F) -> anyhow::Result<(usize, f64)>
 where
     F: Fn(usize, tokio::sync::oneshot::Sender<anyhow::Result<()>>) -> Fut,
@@ -260,6 +265,7 @@ where
     let semaphore = Arc::new(tokio::sync::Semaphore::new(target.connect_concurrency));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let last_opened_us = Arc::new(AtomicU64::new(0));
     let progress = {
         let (ok, failed) = (ok.clone(), failed.clone());
         tokio::spawn(async move {
@@ -280,13 +286,18 @@ where
         let permit = semaphore.clone().acquire_owned().await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(open(i, tx));
-        let (ok, failed) = (ok.clone(), failed.clone());
+        let (ok, failed, last_opened_us) = (ok.clone(), failed.clone(), last_opened_us.clone());
         waits.push(tokio::spawn(async move {
             let result = rx.await.unwrap_or_else(|_| Err(anyhow::anyhow!("connection task ended")));
             match &result {
-                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-            };
+                Ok(()) => {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    last_opened_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             drop(permit);
             result
         }));
@@ -297,7 +308,7 @@ where
         }
     }
     progress.abort();
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = last_opened_us.load(Ordering::Relaxed) as f64 / 1e6;
     let opened = ok.load(Ordering::Relaxed) as usize;
     if opened < n {
         let e = first_error.map(|e| format!("{e:#}")).unwrap_or_default();
