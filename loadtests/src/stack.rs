@@ -156,9 +156,14 @@ impl EventPublisher {
     }
 }
 
-/// Wall-clock microseconds: publisher and receivers share this machine's clock.
+/// Microseconds on CLOCK_MONOTONIC: every process on the machine reads the same clock, and the
+/// wall clock's steps and slewing do not move it. The Node publisher, a separate process, stamps
+/// events with it too (`process.hrtime`). With wall-clock stamps a long-running publisher's
+/// offset went stale: this VM's wall clock stepped 0.76 ms against it within 20 s, which showed
+/// as Node deliveries with a p50 of 0.00 ms.
 pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
 }
 
 /// CPU time and memory of processes, from /proc.

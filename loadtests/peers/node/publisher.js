@@ -1,16 +1,16 @@
 // Publishes benchmark events through @socket.io/redis-emitter, as a backend service using the
 // Node stack would. Reads "room seq" lines on stdin (from the load generator) and emits
-// `bench` {s: seq, t: publish time in µs} with meta {room} to that room.
+// `bench` {s: seq, t: publish time in µs on CLOCK_MONOTONIC} with meta {room} to that room.
 //
 //   REDIS_URL=redis://127.0.0.1:6379 node publisher.js
 "use strict";
 const readline = require("node:readline");
-const { performance } = require("node:perf_hooks");
 const { Emitter } = require("@socket.io/redis-emitter");
 const { createClient } = require("redis");
 
-// Wall-clock microseconds, comparable with the generator's SystemTime.
-const nowUs = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
+// CLOCK_MONOTONIC microseconds (libuv's hrtime), the clock the generator reads: the wall clock
+// can step while this process runs, and `performance.timeOrigin` would not follow.
+const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 
 async function main() {
   const client = createClient({ url: process.env.REDIS_URL });
