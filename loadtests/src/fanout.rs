@@ -116,6 +116,8 @@ pub struct Step {
     pub server_cpu_us_per_delivery: f64,
     pub server_cpu_percent: f64,
     pub generator_cpu_percent: f64,
+    /// The publisher process's CPU (`roomcast-loadtest publisher` or the Node publisher).
+    pub publisher_cpu_percent: f64,
     pub sustainable: bool,
 }
 
@@ -229,7 +231,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
     for &rate in &options.rates {
         latencies.take();
         let (received0, lost0, dup0) = snapshot(&counters);
-        let (server0, gen0, t0) = (target.processes(), ProcSample::this_process(), Instant::now());
+        let (server0, gen0, pub0, t0) =
+            (target.processes(), ProcSample::this_process(), publisher.process(), Instant::now());
         let published =
             publish_at(&publisher, &target.tenant, options.rooms, &mut seqs, &mut next_room, rate, options.step)
                 .await?;
@@ -237,7 +240,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
         settle(&counters, received0 + published * options.room_size as u64, Duration::from_secs(2)).await;
         let seconds = t0.elapsed().as_secs_f64();
         let (received1, lost1, dup1) = snapshot(&counters);
-        let (server1, gen1) = (target.processes(), ProcSample::this_process());
+        let (server1, gen1, pub1) = (target.processes(), ProcSample::this_process(), publisher.process());
         let latency = latencies.take();
         let delivered = received1 - received0;
         let server_cpu = server1.cpu_seconds - server0.cpu_seconds;
@@ -256,6 +259,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
             server_cpu_us_per_delivery: server_cpu * 1e6 / delivered.max(1) as f64,
             server_cpu_percent: server_cpu * 100.0 / seconds,
             generator_cpu_percent: (gen1.cpu_seconds - gen0.cpu_seconds) * 100.0 / seconds,
+            publisher_cpu_percent: (pub1.cpu_seconds - pub0.cpu_seconds) * 100.0 / seconds,
             server_cpu_seconds: server_cpu,
             latency,
             lost,
@@ -264,7 +268,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
         };
         eprintln!(
             "  {rate:>6}/s: published {:.0}/s, delivered {:.0}/s, p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, \
-             lost {} dup {}, replicas {:.0}% CPU ({:.1} µs/delivery), generator {:.0}% CPU{}",
+             lost {} dup {}, replicas {:.0}% CPU ({:.1} µs/delivery), generator {:.0}% CPU, publisher {:.0}% CPU{}",
             step.published_per_second,
             step.delivered_per_second,
             step.latency.p50_ms,
@@ -277,6 +281,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
             step.server_cpu_percent,
             step.server_cpu_us_per_delivery,
             step.generator_cpu_percent,
+            step.publisher_cpu_percent,
             if sustainable { "" } else { "  <- not sustainable" }
         );
         steps.push(step);

@@ -4,6 +4,7 @@
 mod fanout;
 mod history_memory;
 mod idle;
+mod pipe_publisher;
 mod publish;
 mod reconnect;
 mod redis;
@@ -34,6 +35,9 @@ enum Scenario {
     Typing(typing::Options),
     /// Kill a replica under load: time until its clients are back, events lost.
     Reconnect(reconnect::Options),
+    /// Not a scenario: the Roomcast stack's publisher process the scenarios start (publishes
+    /// `room seq` lines read from stdin).
+    Publisher(pipe_publisher::Options),
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout(options) => serde_json::to_string_pretty(&fanout::run(&options).await?)?,
         Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
         Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
+        Scenario::Publisher(options) => return pipe_publisher::run(&options).await,
     };
     println!("{json}");
     Ok(())

@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use roomcast_publisher::Publisher;
 use serde::Serialize;
 use tokio::{
     io::{AsyncWriteExt, BufWriter},
@@ -100,59 +99,59 @@ impl Target {
         self.pids.iter().map(|&pid| ProcSample::of(pid)).fold(ProcSample::default(), |a, b| a + b)
     }
 
-    /// Starts the stack's publisher.
+    /// Starts the stack's publisher, a process of its own for both stacks: `roomcast-loadtest
+    /// publisher` (through `roomcast-publisher`, history on) or `--node-publisher` (through
+    /// @socket.io/redis-emitter).
     pub async fn publisher(&self) -> anyhow::Result<EventPublisher> {
-        match self.stack {
+        let mut command = match self.stack {
             StackKind::Roomcast => {
-                let publisher = Publisher::connect(&self.redis_url).await.context("connecting the publisher")?;
-                Ok(EventPublisher::Roomcast(publisher.with_prefix(self.prefix.as_str())?))
+                let mut command = Command::new(std::env::current_exe().context("finding this program")?);
+                command.args(["publisher", "--redis-url", &self.redis_url, "--prefix", &self.prefix]);
+                command
             }
             StackKind::Node => {
                 let mut parts = self.node_publisher.split_whitespace();
-                let program = parts.next().context("empty --node-publisher")?;
-                let mut child = Command::new(program)
-                    .args(parts)
-                    .env("REDIS_URL", &self.redis_url)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("starting {}", self.node_publisher))?;
-                let stdin = child.stdin.take().context("publisher stdin")?;
-                Ok(EventPublisher::Node { stdin: tokio::sync::Mutex::new(BufWriter::new(stdin)), _child: child })
+                let mut command = Command::new(parts.next().context("empty --node-publisher")?);
+                command.args(parts).env("REDIS_URL", &self.redis_url);
+                command
             }
-        }
+        };
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting the {:?} publisher", self.stack))?;
+        let stdin = child.stdin.take().context("publisher stdin")?;
+        let pid = child.id().context("publisher pid")?;
+        Ok(EventPublisher { stdin: tokio::sync::Mutex::new(BufWriter::new(stdin)), pid, _child: child })
     }
 }
 
-/// Publishes benchmark events (`bench`, data `{ s: seq, t: publish time in µs }`) to channels.
-pub enum EventPublisher {
-    Roomcast(Publisher),
-    Node { stdin: tokio::sync::Mutex<BufWriter<ChildStdin>>, _child: Child },
+/// Hands benchmark events to the stack's publisher process as `room seq` lines; it publishes
+/// `bench` `{ s: seq, t: publish time in µs }`, stamping `t` just before its publish.
+pub struct EventPublisher {
+    stdin: tokio::sync::Mutex<BufWriter<ChildStdin>>,
+    pid: u32,
+    _child: Child,
 }
 
 impl EventPublisher {
-    /// Publishes event `seq` to channel `channel` of `tenant`.
+    /// Queues event `seq` for channel `channel` of `tenant`; [`EventPublisher::flush`] sends.
     pub async fn publish(&self, tenant: &str, channel: &str, seq: u64) -> anyhow::Result<()> {
-        match self {
-            EventPublisher::Roomcast(publisher) => {
-                let data = serde_json::json!({ "s": seq, "t": now_us() });
-                publisher.channel(tenant, channel).emit("bench", &data).await?;
-            }
-            // The Node publisher stamps `t` itself, just before its emit.
-            EventPublisher::Node { stdin, .. } => {
-                stdin.lock().await.write_all(format!("tenant:{tenant}:channel:{channel} {seq}\n").as_bytes()).await?;
-            }
-        }
+        self.stdin.lock().await.write_all(format!("tenant:{tenant}:channel:{channel} {seq}\n").as_bytes()).await?;
         Ok(())
     }
 
-    /// Hands buffered events to the publisher process (no-op for Roomcast).
+    /// Hands queued events to the publisher process.
     pub async fn flush(&self) -> anyhow::Result<()> {
-        if let EventPublisher::Node { stdin, .. } = self {
-            stdin.lock().await.flush().await?;
-        }
+        self.stdin.lock().await.flush().await?;
         Ok(())
+    }
+
+    /// The publisher process's CPU time and memory.
+    pub fn process(&self) -> ProcSample {
+        ProcSample::of(self.pid)
     }
 }
 
