@@ -96,7 +96,8 @@ const SESSION_HEADERS: [header::HeaderName; 3] =
 /// parses header values and the URI as slices of its 8–16 KiB read buffer, so a few header bytes
 /// would pin that whole buffer per idle connection; and a browser's upgrade request carries a
 /// kilobyte or more of headers nothing reads (cookies, user agent, `Sec-Fetch-*`, languages).
-/// BENCHMARKS.md has the measurements.
+/// BENCHMARKS.md has the measurements. (axum's `OriginalUri`, which would hold another slice of
+/// the buffer, is not compiled in: the `original-uri` feature is off.)
 fn keep_only_what_sessions_read(req: &mut Request) {
     let headers = std::mem::take(req.headers_mut());
     let mut kept = HeaderMap::with_capacity(2);
