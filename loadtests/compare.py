@@ -137,7 +137,8 @@ class Stack:
 def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], profile: str, log_dir: Path) -> dict:
     stack = Stack(kind, replicas, profile, log_dir)
     try:
-        cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), scenario, *stack.args(), *extra]
+        subcommand = scenario.removesuffix("-browser")
+        cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), subcommand, *stack.args(), *extra]
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
         return json.loads(out)
@@ -163,7 +164,7 @@ def ratio(a, b, higher_is_better: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
-    ap.add_argument("--only", action="append", choices=["idle", "fanout", "typing", "reconnect"])
+    ap.add_argument("--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect"])
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
         "--idle-connections",
@@ -186,7 +187,7 @@ def main() -> int:
     if args.idle_connections is None:
         # Room for the replica's own descriptors (listeners, Redis, logs) under the limit.
         args.idle_connections = min(50_000, fd_limit - 1_000)
-        if args.idle_connections < 50_000:
+        if args.idle_connections < 50_000 and not args.smoke:
             print(f"idle: {args.idle_connections} connections: the descriptor limit here is {fd_limit}", file=sys.stderr)
     log_dir = args.out.parent / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +195,7 @@ def main() -> int:
     if args.smoke:
         plan = {
             "idle": (1, ["--connections", "200", "--hold", "1s"]),
+            "idle-browser": (1, ["--connections", "200", "--hold", "1s", "--browser-headers"]),
             "fanout": (2, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s", "--all-steps"]),
             "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
             "reconnect": (3, ["--rooms", "4", "--room-size", "6", "--rate", "50", "--before", "1s", "--after", "3s"]),
@@ -201,6 +203,8 @@ def main() -> int:
     else:
         plan = {
             "idle": (1, ["--connections", str(args.idle_connections), "--hold", "10s"]),
+            # The same with the upgrade headers a browser sends, which a server may keep.
+            "idle-browser": (1, ["--connections", str(args.idle_connections), "--hold", "10s", "--browser-headers"]),
             "fanout": (
                 2,
                 ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step],
@@ -231,6 +235,7 @@ def main() -> int:
 
     row("idle: RSS per connection (bytes)", "idle", ["rss_per_connection_bytes"], False)
     row("idle: connects/s", "idle", ["connects_per_second"], True)
+    row("idle, browser headers: RSS per connection (bytes)", "idle-browser", ["rss_per_connection_bytes"], False)
     row("fanout: sustainable publish rate (events/s)", "fanout", ["sustainable_publish_rate"], True)
     row("fanout: sustainable deliveries/s", "fanout", ["sustainable_delivery_rate"], True)
     # p99 at the Node stack's sustainable rate, from each stack's step at that rate.

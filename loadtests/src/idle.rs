@@ -22,6 +22,31 @@ pub struct Options {
     /// How long to hold them open after the last one connected (memory settles).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub hold: Duration,
+    /// Send the upgrade headers a desktop browser sends (origin, user agent, languages,
+    /// encodings, cache directives, a ~600-byte cookie: ~1 KB more), instead of the bare minimum.
+    /// A server that keeps the upgrade request keeps them too.
+    #[arg(long)]
+    pub browser_headers: bool,
+}
+
+/// What desktop Chrome adds to a WebSocket upgrade, besides the headers every client sends;
+/// the cookie is [`browser_cookie`].
+const BROWSER_HEADERS: [(&str, &str); 7] = [
+    ("origin", "https://app.example.com"),
+    ("pragma", "no-cache"),
+    ("cache-control", "no-cache"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/142.0.0.0 Safari/537.36",
+    ),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("accept-language", "en-US,en;q=0.9,de;q=0.8"),
+    ("sec-websocket-extensions", "permessage-deflate; client_max_window_bits"),
+];
+
+/// A cookie header of about 600 bytes: a session and the usual analytics and consent cookies.
+fn browser_cookie() -> String {
+    (0..12).map(|i| format!("c{i:02}={}", "x".repeat(44))).collect::<Vec<_>>().join("; ")
 }
 
 #[derive(Debug, Serialize)]
@@ -46,12 +71,20 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleResult> {
     let gen_before = ProcSample::this_process();
     let (stop_tx, stop_rx) = watch::channel(false);
     eprintln!("idle: opening {} connections to {} replica(s)", options.connections, target.replicas.len());
+    let cookie = browser_cookie();
+    let headers: Vec<(&'static str, String)> = if options.browser_headers {
+        BROWSER_HEADERS.iter().map(|&(n, v)| (n, v.to_owned())).chain([("cookie", cookie)]).collect()
+    } else {
+        Vec::new()
+    };
+    let headers = std::sync::Arc::new(headers);
     let (open, seconds) = open_many(target, options.connections, |i, ready| {
         let (replica, source) = target.addresses(i);
         let token = target.token(&format!("u{i}"));
         let mut stop = stop_rx.clone();
+        let headers = headers.clone();
         async move {
-            match Conn::connect(replica, source, &token, Duration::from_secs(30)).await {
+            match Conn::connect_with_headers(replica, source, &token, Duration::from_secs(30), &headers).await {
                 Ok(conn) => {
                     let _ = ready.send(Ok(()));
                     let _ = conn.run(&mut Ignore, None, async move { while stop.changed().await.is_ok() {} }).await;

@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::{
     WebSocketStream, client_async_with_config,
-    tungstenite::{Message, protocol::WebSocketConfig},
+    tungstenite::{Message, client::IntoClientRequest, protocol::WebSocketConfig},
 };
 
 /// An open, authenticated Socket.IO connection.
@@ -41,19 +41,38 @@ impl Conn {
     /// Connects from `source` (a loopback address, so that many sources multiply the ephemeral
     /// ports available) to the replica at `addr`, and authenticates with `token`.
     pub async fn connect(addr: SocketAddr, source: IpAddr, token: &str, timeout: Duration) -> anyhow::Result<Conn> {
-        tokio::time::timeout(timeout, Self::connect_inner(addr, source, token))
+        Self::connect_with_headers(addr, source, token, timeout, &[]).await
+    }
+
+    /// Like [`Conn::connect`], with `headers` added to the WebSocket upgrade request.
+    pub async fn connect_with_headers(
+        addr: SocketAddr,
+        source: IpAddr,
+        token: &str,
+        timeout: Duration,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Conn> {
+        tokio::time::timeout(timeout, Self::connect_inner(addr, source, token, headers))
             .await
             .map_err(|_| anyhow::anyhow!("connect to {addr} timed out"))?
     }
 
-    async fn connect_inner(addr: SocketAddr, source: IpAddr, token: &str) -> anyhow::Result<Conn> {
+    async fn connect_inner(
+        addr: SocketAddr,
+        source: IpAddr,
+        token: &str,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<Conn> {
         let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
         socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("binding {source}"))?;
         let stream = socket.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0);
-        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = client_async_with_config(url, stream, Some(config)).await.context("WebSocket handshake")?;
+        let mut request = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket").into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse()?);
+        }
+        let (ws, _) = client_async_with_config(request, stream, Some(config)).await.context("WebSocket handshake")?;
         let mut conn = Conn { ws, next_ack: 0 };
         let open = conn.next_text().await?;
         if !open.starts_with('0') {
