@@ -71,9 +71,8 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleResult> {
     let gen_before = ProcSample::this_process();
     let (stop_tx, stop_rx) = watch::channel(false);
     eprintln!("idle: opening {} connections to {} replica(s)", options.connections, target.replicas.len());
-    let cookie = browser_cookie();
     let headers: Vec<(&'static str, String)> = if options.browser_headers {
-        BROWSER_HEADERS.iter().map(|&(n, v)| (n, v.to_owned())).chain([("cookie", cookie)]).collect()
+        BROWSER_HEADERS.iter().map(|&(n, v)| (n, v.to_owned())).chain([("cookie", browser_cookie())]).collect()
     } else {
         Vec::new()
     };
