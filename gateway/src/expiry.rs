@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
-use socketioxide::{SocketIo, socket::Sid};
+use socketioxide::socket::Sid;
 use tokio::time::Instant;
 
 use crate::{
@@ -59,11 +59,10 @@ pub fn unschedule(gw: &Shared, sid: Sid, conn: &Conn) {
 }
 
 /// Acts on deadlines as they come due. Runs for the gateway's lifetime.
-pub async fn run(gw: Shared, io: SocketIo) {
+pub async fn run(gw: Shared) {
     loop {
         for (sid, phase) in gw.expiry.next_due().await {
-            // `of` rather than `io.get_socket`, which panics once the shutdown closed the server.
-            let Some(socket) = io.of("/").and_then(|root| root.get_socket(sid)) else {
+            let Some(socket) = gw.delivery.root().and_then(|root| root.get_socket(sid)) else {
                 continue;
             };
             let Some(conn) = socket.extensions.get::<std::sync::Arc<Conn>>() else {

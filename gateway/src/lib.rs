@@ -249,7 +249,7 @@ impl Gateway {
     /// within the configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let Gateway { state, io, public, admin, metrics, .. } = self;
-        let expiry = tokio::spawn(expiry::run(state.clone(), io.clone()));
+        let expiry = tokio::spawn(expiry::run(state.clone()));
         let presence = tokio::spawn(state.presence.clone().run());
         let typing = tokio::spawn({
             let delivery = state.delivery.clone();
