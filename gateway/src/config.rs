@@ -197,6 +197,12 @@ pub struct Config {
     /// configured HMAC secret, and exit; for trying a deployment out.
     #[arg(long, value_name = "TENANT/USER")]
     pub print_token: Option<String>,
+
+    /// Testing only, hidden from `--help`: every client operation pauses this long once it is
+    /// under way (a `join` after it entered the room, before its ack; the others before they act),
+    /// so a test can land a disconnect inside it deterministically. Never set in production.
+    #[arg(long, env = "ROOMCAST_DEBUG_OPERATION_DELAY", hide = true, value_parser = parse_duration)]
+    pub debug_operation_delay: Option<Duration>,
 }
 
 /// Output format of the logs.

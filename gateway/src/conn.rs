@@ -1,9 +1,20 @@
 //! Per-connection state, kept in the socket's extensions.
+//!
+//! [`Conn`] is Roomcast's own record of a socket: its identity, where it is in its lifecycle
+//! and which rooms it joined. Cleanup reads this record, never what socketioxide still reports:
+//! socketioxide empties a socket's rooms as soon as a *second* close arrives (a client's
+//! DISCONNECT packet, then its transport closing), while our disconnect handler may still be
+//! waiting for the socket's earlier operations to finish.
 
-use std::sync::{
-    Arc, Mutex, OnceLock, RwLock,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
+
+use roomcast_publisher::{Room, RoomKind};
 
 use tokio::{sync::Notify, time::Instant};
 
@@ -27,6 +38,26 @@ pub struct Conn {
     /// Channel rooms where this socket's last indicator was `typing: true`, so leaving or
     /// disconnecting can stop them.
     typing_in: Mutex<Vec<String>>,
+    /// Lifecycle and rooms, under one lock so a close and a join cannot interleave.
+    state: Mutex<ConnState>,
+}
+
+/// Where a socket is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Passed the connect middleware; the connect handler has not run yet.
+    Authenticated,
+    /// The connect handler ran (it holds or held the socket's first ticket).
+    Connected,
+    /// The disconnect handler was called: nothing may enter a room any more.
+    Closed,
+}
+
+#[derive(Debug)]
+struct ConnState {
+    lifecycle: Lifecycle,
+    /// Canonical names of the rooms this socket is in (automatic, project and channel).
+    rooms: BTreeSet<String>,
 }
 
 /// The two token-lifetime deadlines of one socket.
@@ -49,7 +80,66 @@ impl Conn {
             closing: OnceLock::new(),
             status: Mutex::new(Status::Online),
             typing_in: Mutex::new(Vec::new()),
+            state: Mutex::new(ConnState { lifecycle: Lifecycle::Authenticated, rooms: BTreeSet::new() }),
         }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The connect handler starts: `false` if the socket already closed (then the disconnect
+    /// handler has passed the first ticket on, and the connect work must not run).
+    pub fn begin_connect(&self) -> bool {
+        let mut state = self.state();
+        match state.lifecycle {
+            Lifecycle::Authenticated => {
+                state.lifecycle = Lifecycle::Connected;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The socket is closing; returns where it was. From now on [`Conn::enter`] refuses.
+    pub fn close(&self) -> Lifecycle {
+        std::mem::replace(&mut self.state().lifecycle, Lifecycle::Closed)
+    }
+
+    /// Whether the socket is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.state().lifecycle == Lifecycle::Closed
+    }
+
+    /// Records that the socket entered `room`: `false` if it already was there, or is closed.
+    pub fn enter(&self, room: &str) -> bool {
+        let mut state = self.state();
+        state.lifecycle != Lifecycle::Closed && state.rooms.insert(room.to_owned())
+    }
+
+    /// Records that the socket left `room`: `false` if it was not there.
+    pub fn exit(&self, room: &str) -> bool {
+        self.state().rooms.remove(room)
+    }
+
+    /// Whether the socket is in `room`.
+    pub fn is_in(&self, room: &str) -> bool {
+        self.state().rooms.contains(room)
+    }
+
+    /// The rooms the socket is in.
+    pub fn rooms(&self) -> Vec<String> {
+        self.state().rooms.iter().cloned().collect()
+    }
+
+    /// Number of project and channel rooms the socket is in (the automatic tenant and user
+    /// rooms do not count against the cap).
+    pub fn explicit_room_count(&self) -> usize {
+        self.state()
+            .rooms
+            .iter()
+            .filter(|r| matches!(Room::parse(r).map(|r| r.kind()), Some(RoomKind::Project | RoomKind::Channel)))
+            .count()
     }
 
     /// The socket's presence status.
@@ -227,6 +317,32 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(*log.lock().unwrap(), (0..20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_socket_closed_before_its_connect_handler_ran_still_gets_cleaned_up() {
+        // What `on_disconnect` does when the transport closed between the middleware and the
+        // connect handler: close, pass the connect ticket on, queue the cleanup.
+        let c = conn();
+        assert_eq!(c.close(), Lifecycle::Authenticated);
+        drop(Turns::first(&c));
+        let cleanup = Turns::ticket(&c);
+        assert!(!c.begin_connect(), "the connect work must not run after the close");
+        assert!(!c.enter("tenant:t"), "a closed socket enters no room");
+        tokio::time::timeout(Duration::from_secs(5), cleanup.wait()).await.expect("cleanup got its turn");
+    }
+
+    #[test]
+    fn the_room_record_is_what_the_socket_joined_and_left() {
+        let c = conn();
+        assert!(c.begin_connect());
+        assert!(c.enter("tenant:t") && c.enter("tenant:t:project:p") && c.enter("tenant:t:channel:c"));
+        assert!(!c.enter("tenant:t:project:p"), "already there");
+        assert_eq!(c.explicit_room_count(), 2, "the tenant room does not count against the cap");
+        assert!(c.exit("tenant:t:project:p") && !c.exit("tenant:t:project:p"));
+        assert_eq!(c.close(), Lifecycle::Connected);
+        assert!(c.is_closed() && !c.begin_connect());
+        assert_eq!(c.rooms(), ["tenant:t", "tenant:t:channel:c"], "kept for the cleanup");
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
-//! Which rooms a socket is in: authorizing `join`/`leave`, and counting local members per room
-//! so the bus is subscribed exactly while a room has members on this replica.
+//! Which rooms a socket is in: authorizing `join`/`leave`, recording them in the socket's
+//! [`Conn`], and counting local members per room so the bus is subscribed exactly while a room
+//! has members on this replica.
 
 use std::{
     collections::HashMap,
@@ -14,10 +15,9 @@ use socketioxide::extract::SocketRef;
 use crate::{
     auth::Identity,
     bus::{Bus, BusError},
-    delivery::Delivery,
+    conn::Conn,
     errors::{ClientError, ErrorCode},
     metrics,
-    recovery::{Attached, Since},
 };
 
 /// Local members per room, and the bus subscriptions that follow from them.
@@ -137,56 +137,43 @@ pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, Clie
     Ok(room)
 }
 
-/// Number of project and channel rooms `socket` is in (the automatic tenant and user rooms
-/// do not count against the cap).
-pub fn explicit_room_count(socket: &SocketRef) -> usize {
-    socket
-        .rooms()
-        .iter()
-        .filter(|r| matches!(Room::parse(r).map(|r| r.kind()), Some(RoomKind::Project | RoomKind::Channel)))
-        .count()
-}
-
-/// Puts `socket` in `room` (idempotent), subscribing the bus if it is the room's first local
-/// member and replaying what it missed since `since`. `Ok(None)` if it already was in the room.
-pub async fn join(
-    socket: &SocketRef,
-    membership: &Membership,
-    delivery: &Arc<Delivery>,
-    room: &Room,
-    max_rooms: u32,
-    since: Option<Since>,
-) -> Result<Option<Attached>, ClientError> {
-    let name = room.to_string();
-    if socket.rooms().iter().any(|r| *r == name) {
-        return Ok(None);
-    }
-    if explicit_room_count(socket) >= max_rooms as usize {
+/// Records `socket`'s entry into `room` (the caller checked it is not there yet) and
+/// subscribes the bus if it is the room's first local member; resolves once the bus confirmed.
+/// The socket itself is put in the room by [`crate::delivery::Delivery::attach`], which orders history and live
+/// events for it.
+pub async fn enter(conn: &Conn, membership: &Membership, room: &Room, max_rooms: u32) -> Result<(), ClientError> {
+    if conn.explicit_room_count() >= max_rooms as usize {
         return Err(ClientError::new(
             ErrorCode::TooManyRooms,
             format!("a socket may be in at most {max_rooms} project and channel rooms; leave one first"),
         ));
     }
-    // Subscribed first: from then on every event of the room reaches this replica, and the
-    // attach below orders history and live events for the socket.
-    confirm(membership.enter(&name)).await;
-    let attached = delivery.attach(socket, &name, since).await;
+    let name = room.to_string();
+    // Recorded before anything else: from here on the disconnect cleanup will undo it.
+    if !conn.enter(&name) {
+        return Err(ClientError::new(ErrorCode::Unavailable, "the connection is closing"));
+    }
     metrics::room_joined(room.kind());
-    Ok(Some(attached))
+    confirm(membership.enter(&name)).await;
+    Ok(())
 }
 
-/// Puts `socket` in `room` now (the caller checked it is not there yet) and returns the bus
-/// confirmation to await.
-pub fn join_now(
+/// Puts `socket` in `room` now, if it is not there and not closing, and returns the bus
+/// confirmation to await. For the automatic rooms, which need no history position.
+pub fn enter_now(
     socket: &SocketRef,
+    conn: &Conn,
     membership: &Membership,
     room: &Room,
-) -> impl Future<Output = Result<(), BusError>> + Send + 'static + use<> {
+) -> Option<impl Future<Output = Result<(), BusError>> + Send + 'static + use<>> {
     let name = room.to_string();
+    if !conn.enter(&name) {
+        return None;
+    }
     let subscribed = membership.enter(&name);
     socket.join(name);
     metrics::room_joined(room.kind());
-    subscribed
+    Some(subscribed)
 }
 
 /// Waits for a subscription confirmation. A failure does not undo the join: the bus keeps the
@@ -197,11 +184,11 @@ pub async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
     }
 }
 
-/// Takes `socket` out of `room` (idempotent), unsubscribing the bus if it was the last local
-/// member. `false` if it was not in the room.
-pub async fn leave(socket: &SocketRef, membership: &Membership, room: &Room) -> bool {
+/// Takes `socket` out of `room` as far as membership goes (idempotent), unsubscribing the bus
+/// if it was the last local member. `false` if Roomcast's record says it was not in the room.
+pub async fn exit(socket: &SocketRef, conn: &Conn, membership: &Membership, room: &Room) -> bool {
     let name = room.to_string();
-    if !socket.rooms().iter().any(|r| *r == name) {
+    if !conn.exit(&name) {
         return false;
     }
     socket.leave(name.clone());

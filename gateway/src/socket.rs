@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::{
     auth::{self, Identity},
-    conn::{Conn, Turns},
+    conn::{Conn, Lifecycle, Turns},
     errors::{ClientError, DISCONNECT_EVENT, DisconnectReason, ErrorCode},
     expiry, metrics, rooms,
     state::Shared,
@@ -83,24 +83,31 @@ fn span(socket: &SocketRef, identity: &Identity) -> tracing::Span {
 }
 
 fn on_connect(socket: SocketRef, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
-    metrics::connection_accepted();
     let conn = conn_of(&socket);
+    // `false` when the socket closed before this handler ran: the disconnect handler then
+    // passed the first ticket on and there is nothing to set up.
+    let begun = conn.as_ref().is_some_and(|conn| conn.begin_connect());
     // Joined synchronously, right after CONNECT went out: local delivery to the automatic rooms
     // starts now; the async part only waits for the bus to confirm the subscriptions.
-    let joined = conn.as_ref().map(|conn| {
+    let joined = conn.as_ref().filter(|_| begun).map(|conn| {
+        metrics::connection_accepted();
         let identity = conn.identity();
         // The verifier only accepts valid ids, so both rooms always build.
         let auto = [Room::tenant(&identity.tenant), Room::user(&identity.tenant, &identity.user)];
-        let confirmations: Vec<_> =
-            auto.into_iter().flatten().map(|room| rooms::join_now(&socket, &gw.membership, &room)).collect();
+        let confirmations: Vec<_> = auto
+            .into_iter()
+            .flatten()
+            .filter_map(|room| rooms::enter_now(&socket, conn, &gw.membership, &room))
+            .collect();
         (Turns::first(conn), confirmations)
     });
     async move {
-        let (Some(conn), Some((ticket, confirmations))) = (conn, joined) else {
+        let Some(conn) = conn else {
             tracing::error!(sid = %socket.id, "connected socket has no state; closing it");
             let _ = socket.disconnect();
             return;
         };
+        let Some((ticket, confirmations)) = joined else { return };
         let identity = conn.identity();
         let span = span(&socket, &identity);
         async {
@@ -142,15 +149,25 @@ fn on_event(
         let span = span(&socket, &identity);
         async move {
             let _turn = ticket.wait().await;
+            if conn.is_closed() {
+                // Sent after the socket began closing (its DISCONNECT packet came first): the
+                // disconnect cleanup already ran, so acting now would leave state behind.
+                tracing::debug!(event = name, "ignored: the connection is closing");
+                return;
+            }
+            if name != "join" {
+                // (`join` pauses half-way instead, after it entered the room.)
+                debug_pause(&gw).await;
+            }
             let payload =
                 payload.map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON"));
             let reply = match name {
                 "join" => join(&socket, &gw, &conn, payload).await,
                 "leave" => leave(&socket, &gw, &conn, payload).await,
                 "auth:refresh" => refresh(&socket, &gw, &conn, payload).await,
-                "typing" => crate::typing::on_typing(&socket, &gw, &conn, payload).await,
+                "typing" => crate::typing::on_typing(&gw, &conn, payload).await,
                 "presence:list" => crate::presence::events::list(&gw, &conn, payload).await,
-                "presence:update" => crate::presence::events::update(&socket, &gw, &conn, payload),
+                "presence:update" => crate::presence::events::update(&gw, &conn, payload),
                 _ => {
                     Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
                 }
@@ -168,6 +185,13 @@ fn on_event(
         }
         .instrument(span)
         .await
+    }
+}
+
+/// The testing-only pause of `ROOMCAST_DEBUG_OPERATION_DELAY` (see [`crate::Config`]).
+async fn debug_pause(gw: &Shared) {
+    if let Some(delay) = gw.config.debug_operation_delay {
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -201,17 +225,25 @@ async fn join(
     let payload = payload?;
     let room = rooms::requested_room(&payload, &identity)?;
     let since = parse_since(&payload)?;
-    let mut ack = json!({ "ok": true, "room": room.to_string() });
-    let max = gw.config.max_rooms_per_socket;
-    if let Some(attached) = rooms::join(socket, &gw.membership, &gw.delivery, &room, max, since).await? {
+    let name = room.to_string();
+    // Joining a room the socket is already in answers like a first join (position, and a
+    // replay when `since` asks for one), without counting the member twice.
+    let new = !conn.is_in(&name);
+    if new {
+        rooms::enter(conn, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
+        debug_pause(gw).await;
+    }
+    let attached = gw.delivery.attach(socket, &name, since).await;
+    if new {
         gw.presence.entered(&room, &identity.user, conn.status());
-        if let Some(recovered) = attached.recovered {
-            ack["recovered"] = json!(recovered);
-        }
-        if let Some(position) = attached.position {
-            ack["offset"] = json!(position.offset);
-            ack["epoch"] = json!(position.epoch);
-        }
+    }
+    let mut ack = json!({ "ok": true, "room": name });
+    if let Some(recovered) = attached.recovered {
+        ack["recovered"] = json!(recovered);
+    }
+    if let Some(position) = attached.position {
+        ack["offset"] = json!(position.offset);
+        ack["epoch"] = json!(position.epoch);
     }
     metrics::local_rooms(gw.membership.room_count());
     Ok(ack)
@@ -245,14 +277,15 @@ async fn leave(
 }
 
 /// Takes the socket out of `room`, with what leaving means beyond the room itself: the user's
-/// presence there ends (after the grace period) and their typing indicator stops.
+/// presence there ends (after the grace period) and their typing indicator stops. The one path
+/// out of a room, whether the client asked, a refresh narrowed its grants or it disconnected.
 async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
     let name = room.to_string();
     socket.leave(crate::recovery::recovering_room(&name));
     gw.delivery.detach(socket.id, &name).await;
-    if rooms::leave(socket, &gw.membership, room).await {
+    if rooms::exit(socket, conn, &gw.membership, room).await {
         gw.presence.left(room, &conn.identity().user);
-        crate::typing::stop(gw, conn, &room.to_string()).await;
+        crate::typing::stop(gw, conn, &name).await;
     }
 }
 
@@ -277,7 +310,7 @@ async fn refresh(
     }
     let exp = fresh.exp;
     let mut left = Vec::new();
-    for name in socket.rooms() {
+    for name in conn.rooms() {
         let Some(room) = Room::parse(&name) else {
             continue;
         };
@@ -300,10 +333,18 @@ async fn refresh(
 
 fn on_disconnect(socket: SocketRef, reason: SioReason, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
     let conn = conn_of(&socket);
+    // Closed synchronously, in packet order: whatever the client sent after this is ignored.
     // Always queued, never rate limited: cleanup must run after the socket's last operation.
-    let ticket = conn.as_ref().map(Turns::ticket);
+    let ticket = conn.as_ref().map(|conn| {
+        let was = conn.close();
+        if was == Lifecycle::Authenticated {
+            // The connect handler never ran and now never will: pass its ticket on for it.
+            drop(Turns::first(conn));
+        }
+        (Turns::ticket(conn), was)
+    });
     async move {
-        let (Some(conn), Some(ticket)) = (conn, ticket) else {
+        let (Some(conn), Some((ticket, was))) = (conn, ticket) else {
             return;
         };
         let identity = conn.identity();
@@ -311,22 +352,17 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, State(gw): State<Shared>)
         async {
             let _turn = ticket.wait().await;
             expiry::unschedule(&gw, socket.id, &conn);
-            // socketioxide removes the socket from its rooms only after this future completes.
-            for name in socket.rooms() {
-                if let Some(recovering) = name.strip_prefix("recovering:") {
-                    gw.delivery.detach(socket.id, recovering).await;
-                    continue;
-                }
+            // Roomcast's own record, not `socket.rooms()`: socketioxide may have emptied those
+            // already (a second close while this handler waited for its turn).
+            for name in conn.rooms() {
                 if let Some(room) = Room::parse(&name) {
-                    metrics::room_left(room.kind());
-                    gw.presence.left(&room, &identity.user);
-                    crate::typing::stop(&gw, &conn, &name).await;
-                }
-                if let Err(e) = gw.membership.exit(&name).await {
-                    tracing::warn!(error = %e, "room unsubscription not confirmed");
+                    leave_room(&socket, &gw, &conn, &room).await;
                 }
             }
             metrics::local_rooms(gw.membership.room_count());
+            if was == Lifecycle::Authenticated {
+                return;
+            }
             let label = disconnect_label(reason, &conn);
             metrics::disconnected(label);
             tracing::debug!(reason = label, "disconnected");

@@ -20,7 +20,6 @@ use roomcast_publisher::{
     wire::{self, Envelope, TypingEnvelope},
 };
 use serde_json::{Value, json};
-use socketioxide::extract::SocketRef;
 use tokio::time::Instant;
 
 use crate::{
@@ -162,18 +161,13 @@ fn parse(payload: Result<Value, ClientError>) -> Result<(String, bool), ClientEr
 }
 
 /// Handles a client's `typing` event.
-pub async fn on_typing(
-    socket: &SocketRef,
-    gw: &Shared,
-    conn: &Conn,
-    payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
+pub async fn on_typing(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
     let (channel, typing) = parse(payload)?;
     let identity = conn.identity();
     let room = Room::channel(&identity.tenant, &channel)
         .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("channel id: {e}")))?;
     let name = room.to_string();
-    if !socket.rooms().iter().any(|r| *r == name) {
+    if !conn.is_in(&name) {
         return Err(ClientError::new(ErrorCode::Forbidden, "join the channel before typing in it"));
     }
     conn.set_typing(&name, typing);

@@ -2,7 +2,6 @@
 
 use roomcast_publisher::Room;
 use serde_json::{Value, json};
-use socketioxide::extract::SocketRef;
 
 use super::{Status, tracked};
 use crate::{
@@ -45,12 +44,7 @@ pub async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>)
 
 /// `presence:update` `{ status: "online" | "away" }`: the socket's status in every project and
 /// channel room it is in; members see `presence:update` where the user's status changed.
-pub fn update(
-    socket: &SocketRef,
-    gw: &Shared,
-    conn: &Conn,
-    payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
+pub fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
     let payload = payload?;
     let status = payload
         .get("status")
@@ -59,7 +53,7 @@ pub fn update(
         .and_then(Status::parse)?;
     conn.set_status(status);
     let user = conn.identity().user.clone();
-    for name in socket.rooms() {
+    for name in conn.rooms() {
         if let Some(room) = Room::parse(&name).filter(tracked) {
             gw.presence.status_changed(&room, &user, status);
         }
