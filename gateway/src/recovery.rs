@@ -8,6 +8,12 @@
 //!   events are delivered in order. So is every room after the Redis subscription was lost and
 //!   restored. What history no longer has is announced to the room's sockets with
 //!   `roomcast:resync` instead of being silently skipped.
+//! - a room's sequence starts from a position read from history, never from whatever offset
+//!   arrives first: the first join on this replica holds live events until its history read
+//!   answers, then *seeds* the sequence with that position and releases them. An event published
+//!   after the read but before Redis applied the subscription is then a jump like any other,
+//!   caught up from history, instead of silently missing. (The automatic tenant and user rooms
+//!   have no join and no position; their sequence starts at their first event.)
 //!
 //! A socket joining with `since: { offset, epoch }` gets the events it missed, exactly once and in
 //! order, whichever replica it was on before. It enters the room at once but also a companion
@@ -37,8 +43,12 @@ pub struct RoomSequence {
     /// Epoch and offset of the last event delivered here (`None`: no event with an offset yet).
     epoch: Option<String>,
     last: u64,
-    /// While catching up: live events held until the missing range was delivered.
+    /// While catching up, or until a join seeds the sequence: live events held until the
+    /// missing range was delivered.
     held: Option<Vec<EventEnvelope>>,
+    /// A join holds this room's first live events until it read the room's position from
+    /// history, which then seeds the sequence (see [`Delivery::attach`]).
+    seeding: bool,
     /// Sockets recovering in this room (see the module docs).
     recovering: Vec<Recovering>,
 }
@@ -61,6 +71,13 @@ enum Stage {
 /// The companion room of `room` holding its recovering sockets.
 pub fn recovering_room(room: &str) -> String {
     format!("recovering:{room}")
+}
+
+impl RoomSequence {
+    /// Forgets `socket`'s earlier recovery in this room (it joins again).
+    fn retain_others(&mut self, socket: Sid) {
+        self.recovering.retain(|r| r.socket.id != socket);
+    }
 }
 
 /// Whether `e` comes after `p` for a socket at `p`.
@@ -141,6 +158,14 @@ impl Delivery {
             return;
         }
         let seq = rooms.entry(e.room.clone()).or_default();
+        if self.advance(seq, e).await {
+            drop(rooms);
+            self.spawn_catch_up(vec![e.room.clone()]);
+        }
+    }
+
+    /// Acts on `verdict` for `e`; `true` if the room must now catch up from history.
+    async fn advance(&self, seq: &mut RoomSequence, e: &EventEnvelope) -> bool {
         match verdict(seq, e) {
             Verdict::Deliver => self.emit_sequenced(seq, e).await,
             Verdict::Duplicate => metrics::duplicate_dropped(),
@@ -148,10 +173,10 @@ impl Delivery {
             Verdict::Gap => {
                 tracing::info!(room = %e.room, after = seq.last, got = ?e.offset, "missed events; catching up from history");
                 seq.held = Some(vec![e.clone()]);
-                drop(rooms);
-                self.spawn_catch_up(vec![e.room.clone()]);
+                return true;
             }
         }
+        false
     }
 
     async fn emit_sequenced(&self, seq: &mut RoomSequence, e: &EventEnvelope) {
@@ -247,16 +272,18 @@ impl Delivery {
         };
         let Some((epoch, last)) = known else { return };
         let read = match self.history() {
+            // Forgotten meanwhile (its members left): nothing delivered here to continue from,
+            // and reading from offset 0 would replay the whole history to the room.
+            _ if epoch.is_none() => Ok(None),
             Some(history) => {
                 let limit = history.policy().size as usize;
                 let first = history.read(room, last, limit).await;
                 match first {
                     // The history restarted under a new epoch: all of it is new to us.
-                    Ok(r) if epoch.is_some() && epoch.as_ref() != Some(&r.position.epoch) => {
-                        history.read(room, 0, limit).await
-                    }
+                    Ok(r) if epoch.as_ref() != Some(&r.position.epoch) => history.read(room, 0, limit).await,
                     other => other,
                 }
+                .map(Some)
             }
             None => Err(crate::bus::BusError::Unavailable("no history".into())),
         };
@@ -265,7 +292,7 @@ impl Delivery {
         let held = seq.held.take().unwrap_or_default();
         match read {
             Ok(read) => {
-                for e in &read.events {
+                for e in read.iter().flat_map(|read| &read.events) {
                     self.place(room, seq, e).await;
                 }
             }
@@ -303,6 +330,13 @@ impl Delivery {
         {
             let mut rooms = self.sequences.rooms.lock().await;
             let seq = rooms.entry(room.to_owned()).or_default();
+            // Nothing delivered here yet: the sequence does not know where the room stands, so
+            // it would accept any first offset. Hold live events until the read below tells.
+            seq.retain_others(socket.id);
+            if seq.epoch.is_none() && seq.held.is_none() {
+                seq.held = Some(Vec::new());
+                seq.seeding = true;
+            }
             socket.join([room.to_owned(), recovering_room(room)]);
             seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Reading(Vec::new()) });
         }
@@ -331,6 +365,7 @@ impl Delivery {
         // 3. What this replica delivered meanwhile, then feeding until it has caught up.
         let mut rooms = self.sequences.rooms.lock().await;
         let seq = rooms.entry(room.to_owned()).or_default();
+        let catch_up = seq.seeding && self.seed(seq, position.as_ref()).await;
         let mine = seq.recovering.iter().position(|r| r.socket.id == socket.id);
         let captured = match mine.map(|i| seq.recovering.swap_remove(i).stage) {
             Some(Stage::Reading(captured)) => captured,
@@ -354,10 +389,30 @@ impl Delivery {
             seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Feeding(at.clone()) });
         }
         drop(rooms);
+        if catch_up {
+            self.spawn_catch_up(vec![room.to_owned()]);
+        }
         if let Some(recovered) = recovered {
             metrics::recovery(recovered);
         }
         Attached { recovered, position: Some(at) }
+    }
+
+    /// Seeds a room's new sequence with the position a join read (`None`: history could not be
+    /// read), then releases the events held meanwhile through the sequencer: an event that does
+    /// not follow the position is a gap, caught up from history like any other. `true` if a
+    /// catch-up must start.
+    async fn seed(&self, seq: &mut RoomSequence, position: Option<&Position>) -> bool {
+        seq.seeding = false;
+        if let (None, Some(p)) = (&seq.epoch, position) {
+            seq.epoch = Some(p.epoch.clone());
+            seq.last = p.offset;
+        }
+        let mut catch_up = false;
+        for e in seq.held.take().unwrap_or_default() {
+            catch_up |= self.advance(seq, &e).await;
+        }
+        catch_up
     }
 
     /// `socket` left `room` (or disconnected): stop recovering it there.
@@ -381,3 +436,106 @@ impl Delivery {
 /// `{ room, reason: "gap" | "epoch_changed", epoch, offset }`. The app should refetch the state
 /// the room's events describe.
 pub const RESYNC_EVENT: &str = "roomcast:resync";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(epoch: &str, offset: u64) -> EventEnvelope {
+        EventEnvelope {
+            v: roomcast_publisher::wire::VERSION,
+            id: format!("e{offset}"),
+            room: "tenant:t:project:p".into(),
+            event: "x".into(),
+            data: serde_json::value::RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!()),
+            ts: 0,
+            offset: Some(offset),
+            epoch: Some(epoch.into()),
+        }
+    }
+
+    fn at(epoch: &str, last: u64) -> RoomSequence {
+        RoomSequence { epoch: Some(epoch.into()), last, ..Default::default() }
+    }
+
+    fn name(v: Verdict) -> &'static str {
+        match v {
+            Verdict::Deliver => "deliver",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Hold => "hold",
+            Verdict::Gap => "gap",
+        }
+    }
+
+    #[test]
+    fn a_seeded_sequence_delivers_the_next_offset_and_treats_a_jump_as_a_gap() {
+        let seq = at("E", 10);
+        assert_eq!(name(verdict(&seq, &event("E", 11))), "deliver");
+        assert_eq!(name(verdict(&seq, &event("E", 12))), "gap", "offset 11 was missed");
+        assert_eq!(name(verdict(&seq, &event("E", 10))), "duplicate");
+        assert_eq!(name(verdict(&seq, &event("E", 3))), "duplicate");
+        assert_eq!(name(verdict(&seq, &event("F", 1))), "deliver", "a new epoch starts at 1");
+        assert_eq!(name(verdict(&seq, &event("F", 4))), "gap", "a new epoch's first events were missed");
+    }
+
+    #[test]
+    fn an_unseeded_sequence_accepts_any_first_offset_and_a_held_one_holds_everything() {
+        assert_eq!(name(verdict(&RoomSequence::default(), &event("E", 57))), "deliver");
+        let held = RoomSequence { held: Some(Vec::new()), ..at("E", 10) };
+        assert_eq!(name(verdict(&held, &event("E", 11))), "hold");
+    }
+
+    fn delivery() -> Arc<Delivery> {
+        Arc::new(Delivery::new("n".into(), 1024, std::time::Duration::from_secs(6)))
+    }
+
+    fn seeding(held: Vec<EventEnvelope>) -> RoomSequence {
+        RoomSequence { held: Some(held), seeding: true, ..Default::default() }
+    }
+
+    /// The lost-event-after-join race: the join read the room at offset 10, event 11 was
+    /// published before the subscription took effect, and 12 arrived live while reading.
+    #[tokio::test]
+    async fn an_event_missed_between_the_read_and_the_subscription_is_a_gap() {
+        let d = delivery();
+        let mut seq = seeding(vec![event("E", 12), event("E", 13)]);
+        let catch_up = d.seed(&mut seq, Some(&Position { epoch: "E".into(), offset: 10 })).await;
+        assert!(catch_up, "12 after 10 must be caught up from history");
+        assert_eq!((seq.epoch.as_deref(), seq.last), (Some("E"), 10), "seeded with the read position");
+        assert_eq!(
+            seq.held.as_ref().map(|h| h.iter().map(|e| e.offset).collect::<Vec<_>>()),
+            Some(vec![Some(12), Some(13)])
+        );
+        assert!(!seq.seeding);
+    }
+
+    #[tokio::test]
+    async fn events_held_while_reading_follow_the_read_position() {
+        let d = delivery();
+        let mut seq = seeding(vec![event("E", 10), event("E", 11), event("E", 12)]);
+        let catch_up = d.seed(&mut seq, Some(&Position { epoch: "E".into(), offset: 10 })).await;
+        assert!(!catch_up);
+        assert_eq!((seq.last, seq.held.is_none()), (12, true), "10 was in the read; 11 and 12 delivered");
+    }
+
+    #[tokio::test]
+    async fn without_a_readable_history_the_held_events_are_delivered_as_they_came() {
+        let d = delivery();
+        let mut seq = seeding(vec![event("E", 40), event("E", 41)]);
+        assert!(!d.seed(&mut seq, None).await);
+        assert_eq!((seq.epoch.as_deref(), seq.last, seq.held.is_none()), (Some("E"), 41, true));
+    }
+
+    #[test]
+    fn a_replay_covers_since_only_if_every_offset_after_it_is_there() {
+        let read = |events: Vec<EventEnvelope>, last: u64| crate::history::Read {
+            position: Position { epoch: "E".into(), offset: last },
+            events,
+        };
+        let since = Since { offset: 5, epoch: "E".into() };
+        assert!(covers(&since, &read(vec![event("E", 6), event("E", 7)], 7)));
+        assert!(!covers(&since, &read(vec![event("E", 7)], 7)), "6 expired from history");
+        assert!(!covers(&Since { epoch: "F".into(), ..since.clone() }, &read(vec![], 5)), "another epoch");
+        assert!(covers(&since, &read(vec![], 5)), "nothing missed");
+    }
+}

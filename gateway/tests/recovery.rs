@@ -372,3 +372,62 @@ async fn history_is_capped_by_size_and_by_age() {
     assert!(started.elapsed() >= Duration::from_millis(900), "not before they were a second old");
     assert!(head > 3);
 }
+
+/// Joins of `rounds`, each on a replica where the room has no other member (so every join
+/// subscribes anew), while a publisher sends to the room as fast as it can. After each join ack
+/// at offset `o`, the client must receive `o + 1, o + 2, …` exactly once and in order.
+/// Returns (joins, joins that lost or duplicated an event).
+async fn join_under_flat_out_publishing(rounds: u32) -> (u32, u32) {
+    const AFTER_ACK: u64 = 30;
+    let redis = RedisServer::start();
+    let rs = ready(&redis, 2).await;
+    let publisher = Publisher::connect(&redis.url()).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flat_out = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                publisher.project("t1", "p1").emit("tick", &json!({ "n": n })).await.expect("published");
+                n += 1;
+            }
+            n
+        }
+    });
+    let joiner = connect_as("joiner", rs[1].addr).await;
+    let mut failed = 0;
+    for round in 0..rounds {
+        let ack = joiner.request("join", P1()).await;
+        assert_eq!(ack["ok"], true, "{ack}");
+        let at = ack["offset"].as_u64().expect("history is on: the ack has an offset");
+        let mut offsets = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while offsets.last().is_none_or(|o| *o < at + AFTER_ACK) && Instant::now() < deadline {
+            if let Some(args) = joiner.next_within("tick", Duration::from_millis(200)).await {
+                offsets.push(args[1]["offset"].as_u64().unwrap());
+            }
+        }
+        // Events sent before the ack (offsets up to `at`) were logged first and taken too.
+        let after: Vec<u64> = offsets.into_iter().filter(|o| *o > at).collect();
+        let want: Vec<u64> = (at + 1..=at + AFTER_ACK).collect();
+        if after.get(..want.len()) != Some(&want[..]) {
+            failed += 1;
+            eprintln!("join {round}: ack at {at}, then received {:?}", &after[..after.len().min(8)]);
+        }
+        assert_eq!(joiner.request("leave", P1()).await["ok"], true);
+        joiner.clear_events("tick");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = flat_out.await.unwrap();
+    eprintln!(
+        "join stress: {rounds} joins, {failed} lost or duplicated an event after the ack ({published} published)"
+    );
+    (rounds, failed)
+}
+
+#[tokio::test]
+async fn joining_while_a_publisher_runs_flat_out_misses_nothing_after_the_ack() {
+    let rounds = std::env::var("ROOMCAST_JOIN_STRESS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(60);
+    let (_, failed) = join_under_flat_out_publishing(rounds).await;
+    assert_eq!(failed, 0, "every join receives every event after its ack exactly once");
+}

@@ -506,8 +506,27 @@ impl Subscriptions {
                     failed.extend(chunk_rooms.iter().map(|r| (r.clone(), error.clone())));
                 }
             }
+            if subscribe && let Err(error) = self.applied().await {
+                metrics::redis_error("subscribe");
+                failed.extend(rooms.iter().map(|r| (r.clone(), error.clone())));
+            }
         }
         failed
+    }
+
+    /// Resolves once Redis has applied every command written before on the subscriber
+    /// connection. fred answers `SUBSCRIBE` as soon as it is *written* (its confirmation is
+    /// routed as a pub/sub frame, not as the command's reply), so without this a join would
+    /// read the room's history position before Redis delivers the room's messages to us, and an
+    /// event published in between would be neither in the read nor delivered. A `PING` is
+    /// answered in order on the same connection, also in RESP2 subscribe mode (`["pong", ""]`).
+    /// (`SSUBSCRIBE`, on a cluster, already waits for its reply.)
+    async fn applied(&self) -> Result<(), BusError> {
+        self.subscriber
+            .ping::<Value>(None)
+            .await
+            .map(drop)
+            .map_err(|e| BusError::Unavailable(format!("subscription not confirmed: {}", e.details())))
     }
 
     /// After a (re)connection the subscriber holds no subscriptions: take every wanted room again.
