@@ -5,6 +5,7 @@ after the other, and prints each figure for both and the ratio.
     loadtests/compare.py                 # the full comparison (BENCHMARKS.md), ~10 minutes
     loadtests/compare.py --smoke         # a few seconds per scenario; what CI runs
     loadtests/compare.py --only idle --idle-connections 50000 --stacks roomcast
+    loadtests/compare.py --only churn    # Roomcast only: what disconnecting clients leave (must be 0)
 
 Each run gets a private redis-server, fresh replicas on free loopback ports, and the load
 generator (target/release/roomcast-loadtest); JSON results go to --out (default
@@ -29,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / "loadtests" / "peers" / "node"
 SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
+# Scenarios that read Roomcast's own metrics; the Node peer has nothing to compare.
+ROOMCAST_ONLY = {"churn"}
 
 
 def free_port() -> int:
@@ -77,7 +80,7 @@ class Stack:
     """A private Redis and `replicas` server processes of one stack."""
 
     def __init__(self, kind: str, replicas: int, profile: str, log_dir: Path) -> None:
-        self.kind, self.procs, self.ports = kind, [], []
+        self.kind, self.procs, self.ports, self.admin_ports = kind, [], [], []
         self.redis_port = free_port()
         self.redis = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -90,6 +93,7 @@ class Stack:
             log = open(log_dir / f"{kind}-{i}.log", "w")
             if kind == "roomcast":
                 admin = free_port()
+                self.admin_ports.append(admin)
                 env = os.environ | {
                     "ROOMCAST_JWT_SECRET": SECRET,
                     "ROOMCAST_REDIS_URL": self.redis_url,
@@ -139,6 +143,8 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
     try:
         subcommand = scenario.removesuffix("-browser")
         cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), subcommand, *stack.args(), *extra]
+        if scenario in ROOMCAST_ONLY:
+            cmd += ["--admin", ",".join(f"127.0.0.1:{p}" for p in stack.admin_ports)]
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
         return json.loads(out)
@@ -164,7 +170,7 @@ def ratio(a, b, higher_is_better: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
-    ap.add_argument("--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect"])
+    ap.add_argument("--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect", "churn"])
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
         "--idle-connections",
@@ -199,6 +205,7 @@ def main() -> int:
             "fanout": (2, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s", "--all-steps"]),
             "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
             "reconnect": (3, ["--rooms", "4", "--room-size", "6", "--rate", "50", "--before", "1s", "--after", "3s"]),
+            "churn": (2, ["--cycles", "200", "--concurrency", "32", "--rooms", "5"]),
         }
     else:
         plan = {
@@ -211,6 +218,7 @@ def main() -> int:
             ),
             "typing": (2, ["--rooms", "100", "--room-size", "20", "--typists", "4", "--interval", "500ms", "--duration", "20s"]),
             "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
+            "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),
         }
     scenarios = args.only or list(plan)
     stacks = args.stacks.split(",")
@@ -218,6 +226,8 @@ def main() -> int:
     for scenario in scenarios:
         replicas, extra = plan[scenario]
         for kind in stacks:
+            if scenario in ROOMCAST_ONLY and kind != "roomcast":
+                continue
             results.setdefault(scenario, {})[kind] = run_scenario(kind, scenario, replicas, extra, profile, log_dir)
     args.out.write_text(json.dumps(results, indent=2))
 
@@ -253,6 +263,9 @@ def main() -> int:
     row("reconnect: seconds until all clients back", "reconnect", ["seconds_until_all_back"], False)
     row("reconnect: deliveries lost", "reconnect", ["lost"], False)
     row("reconnect: duplicates", "reconnect", ["duplicates"], False)
+    row("churn: leaked local rooms (must be 0)", "churn", ["leaked_local_rooms"], False)
+    row("churn: leaked Redis subscriptions (must be 0)", "churn", ["leaked_subscriptions"], False)
+    row("churn: leaked presence entries (must be 0)", "churn", ["leaked_presence_entries"], False)
     args.out.write_text(json.dumps(results, indent=2))
 
     width = max(len(r[0]) for r in rows)

@@ -1,6 +1,7 @@
 //! `roomcast-loadtest`: Roomcast's load generator and benchmarks. Each scenario prints its
 //! progress and a human summary on stderr and a JSON result on stdout.
 
+mod churn;
 mod fanout;
 mod history_memory;
 mod idle;
@@ -35,6 +36,8 @@ enum Scenario {
     Typing(typing::Options),
     /// Kill a replica under load: time until its clients are back, events lost.
     Reconnect(reconnect::Options),
+    /// Short-lived clients disconnecting mid-operation: what they leave behind (must be 0).
+    Churn(churn::Options),
     /// Not a scenario: the Roomcast stack's publisher process the scenarios start (publishes
     /// `room seq` lines read from stdin).
     Publisher(pipe_publisher::Options),
@@ -49,6 +52,14 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout(options) => serde_json::to_string_pretty(&fanout::run(&options).await?)?,
         Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
         Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
+        Scenario::Churn(options) => {
+            let result = churn::run(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
+            if result.leaked() {
+                anyhow::bail!("churn left state behind (see leaked_* above)");
+            }
+            return Ok(());
+        }
         Scenario::Publisher(options) => return pipe_publisher::run(&options).await,
     };
     println!("{json}");

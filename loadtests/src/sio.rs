@@ -113,6 +113,24 @@ impl Conn {
         Ok((conn, ack))
     }
 
+    /// Emits `event` with one argument, asking for an ack it does not wait for.
+    pub async fn emit_with_ack(&mut self, event: &str, arg: &serde_json::Value) -> anyhow::Result<()> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        self.send(format!("42{id}{}", serde_json::json!([event, arg]))).await
+    }
+
+    /// `socket.disconnect()` of socket.io-client: a DISCONNECT packet, then the transport closes.
+    pub async fn disconnect(mut self) {
+        let _ = self.send("41".to_owned()).await;
+        let _ = self.ws.close(None).await;
+    }
+
+    /// The transport closes without a DISCONNECT packet (a tab closing, a network drop).
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+
     /// Sends a raw Socket.IO packet.
     pub async fn send(&mut self, packet: String) -> anyhow::Result<()> {
         self.ws.send(Message::text(packet)).await.context("sending")
