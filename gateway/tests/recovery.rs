@@ -377,11 +377,15 @@ async fn history_is_capped_by_size_and_by_age() {
 /// subscribes anew), while a publisher sends to the room as fast as it can. After each join ack
 /// at offset `o`, the client must receive `o + 1, o + 2, …` exactly once and in order.
 /// Returns (joins, joins that lost or duplicated an event).
-async fn join_under_flat_out_publishing(rounds: u32) -> (u32, u32) {
+async fn join_under_flat_out_publishing(redis_url: &str, rounds: u32) -> (u32, u32) {
     const AFTER_ACK: u64 = 30;
-    let redis = RedisServer::start();
-    let rs = ready(&redis, 2).await;
-    let publisher = Publisher::connect(&redis.url()).await.unwrap();
+    let mut rs = Vec::new();
+    for _ in 0..2 {
+        let r = Replica::spawn(Some(redis_url), &[]).await;
+        eventually(WAIT, "ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+        rs.push(r);
+    }
+    let publisher = Publisher::connect(redis_url).await.unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flat_out = tokio::spawn({
         let stop = stop.clone();
@@ -427,7 +431,23 @@ async fn join_under_flat_out_publishing(rounds: u32) -> (u32, u32) {
 
 #[tokio::test]
 async fn joining_while_a_publisher_runs_flat_out_misses_nothing_after_the_ack() {
-    let rounds = std::env::var("ROOMCAST_JOIN_STRESS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(60);
-    let (_, failed) = join_under_flat_out_publishing(rounds).await;
+    let redis = RedisServer::start();
+    let (_, failed) = join_under_flat_out_publishing(&redis.url(), stress_rounds(200)).await;
     assert_eq!(failed, 0, "every join receives every event after its ack exactly once");
+}
+
+/// The same on Redis Cluster, where rooms use sharded pub/sub (`SSUBSCRIBE` is confirmed by
+/// its own reply, not by a `PING`).
+#[tokio::test]
+async fn joining_on_redis_cluster_while_a_publisher_runs_flat_out_misses_nothing_after_the_ack() {
+    let cluster = RedisCluster::start();
+    let (_, failed) = join_under_flat_out_publishing(&cluster.url(), stress_rounds(50)).await;
+    assert_eq!(failed, 0, "every join receives every event after its ack exactly once");
+}
+
+/// Rounds of the join stress tests: `ROOMCAST_JOIN_STRESS_ROUNDS`, else `default`. (Before
+/// subscriptions were confirmed and sequences seeded, ~1% of joins lost the event right after
+/// the ack on a loaded 2-core machine: 10 of 1,000.)
+fn stress_rounds(default: u32) -> u32 {
+    std::env::var("ROOMCAST_JOIN_STRESS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(default)
 }
