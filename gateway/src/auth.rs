@@ -5,7 +5,12 @@
 //! process with a [`ConfigError`] naming the option. Verification failures map onto the stable
 //! codes of [`ErrorCode`]; their human messages never contain the token.
 
-use std::{collections::HashMap, fs, path::Path, time::Duration};
+use std::{
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use axum::http::{HeaderMap, Uri, header::AUTHORIZATION};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet};
@@ -105,7 +110,7 @@ impl Verifier {
             }
             KeySource::PublicKeyFile(path) => (pem_keys(&read_file("ROOMCAST_JWT_PUBLIC_KEY_FILE", path)?)?, None),
             KeySource::JwksFile(path) => (jwks_keys(&read_file("ROOMCAST_JWKS_FILE", path)?)?, None),
-            KeySource::DevGenerated => hmac("--dev", Secret::from(random_hex(32)))?,
+            KeySource::DevGenerated => hmac("--dev", dev_secret()?.0)?,
         };
         Ok(Verifier {
             keys,
@@ -304,6 +309,63 @@ fn jwks_keys(raw: &[u8]) -> Result<Keys, ConfigError> {
         return Err(ConfigError::new(OPTION, "the JWKS holds no keys"));
     }
     Ok(Keys::ByKid(map))
+}
+
+/// Where `--dev` keeps its signing secret across runs, so a token minted with
+/// `--dev --print-token` (or by a second `--dev` process) works against a running `--dev`
+/// gateway: `$XDG_CACHE_HOME/roomcast/dev-secret`, else `$HOME/.cache/roomcast/dev-secret`.
+pub fn dev_secret_path() -> Option<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".cache"),
+    };
+    Some(cache.join("roomcast").join("dev-secret"))
+}
+
+/// The `--dev` signing secret, from [`dev_secret_path`] (created there, readable by this user
+/// only, on first use) and that path; a secret for this run only, and `None`, when there is no
+/// place to keep it.
+pub fn dev_secret() -> Result<(Secret, Option<PathBuf>), ConfigError> {
+    let Some(path) = dev_secret_path() else {
+        return Ok((Secret::from(random_hex(32)), None));
+    };
+    let invalid =
+        |why: String| ConfigError::new("--dev", format!("{}: {why}; delete it to start afresh", path.display()));
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = text.trim();
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(invalid(format!("holds no secret of at least {MIN_SECRET_LEN} characters")));
+            }
+            Ok((Secret::from(secret.to_owned()), Some(path)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = random_hex(32);
+            match write_private(&path, &secret) {
+                Ok(()) => Ok((Secret::from(secret), Some(path))),
+                // Another --dev process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => dev_secret(),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot keep the --dev secret; it lasts for this run only");
+                    Ok((Secret::from(secret), None))
+                }
+            }
+        }
+        Err(e) => Err(invalid(e.to_string())),
+    }
+}
+
+/// Creates `path` (and its folder) with `contents`, readable and writable by this user only.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
 }
 
 /// `bytes` random bytes as lowercase hex (secrets, replica ids).

@@ -242,15 +242,42 @@ impl fmt::Debug for Secret {
 #[error("invalid configuration: {option}: {message}")]
 pub struct ConfigError {
     /// The environment variable (and so the option) at fault.
-    pub option: &'static str,
+    pub option: std::borrow::Cow<'static, str>,
     /// What is wrong and what to do about it.
     pub message: String,
 }
 
 impl ConfigError {
-    pub(crate) fn new(option: &'static str, message: impl Into<String>) -> Self {
-        ConfigError { option, message: message.into() }
+    pub(crate) fn new(option: impl Into<std::borrow::Cow<'static, str>>, message: impl Into<String>) -> Self {
+        ConfigError { option: option.into(), message: message.into() }
     }
+}
+
+/// A clap error about an option's value, as a [`ConfigError`] naming its environment variable.
+fn value_error(e: &clap::Error) -> Option<ConfigError> {
+    use clap::{
+        CommandFactory,
+        error::{ContextKind, ContextValue, ErrorKind},
+    };
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else { return None };
+    // "--listen <LISTEN>"
+    let long = arg.trim_start_matches('-').split([' ', '=']).next()?;
+    let command = Config::command();
+    let env = command.get_arguments().find(|a| a.get_long() == Some(long))?.get_env()?.to_str()?.to_owned();
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => String::new(),
+    };
+    let mut message = format!("invalid value {value:?}");
+    if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
+        message.push_str(&format!(": expected one of {}", valid.join(", ")));
+    } else if let Some(source) = std::error::Error::source(e) {
+        message.push_str(&format!(": {source}"));
+    }
+    Some(ConfigError::new(env, message))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
@@ -270,8 +297,13 @@ pub(crate) enum KeySource<'a> {
 
 impl Config {
     /// Parses the command line and environment; exits with clap's usage message on bad syntax.
-    pub fn from_env_and_args() -> Self {
-        Config::parse()
+    ///
+    /// `--help`, `--version` and unknown arguments are clap's to answer (it prints and exits);
+    /// a value that does not parse becomes one [`ConfigError`] line naming the environment
+    /// variable, like every other configuration error, whether it came from a flag or from
+    /// the environment.
+    pub fn from_env_and_args() -> Result<Self, ConfigError> {
+        Config::try_parse().map_err(|e| value_error(&e).unwrap_or_else(|| e.exit()))
     }
 
     /// A configuration with every default, for tests and embedding: listens on loopback port 0.

@@ -43,6 +43,8 @@ pub enum ErrorCode {
     NotFound,
     /// HTTP only: missing or wrong API key.
     Unauthorized,
+    /// HTTP only: the endpoint exists but not for this method (the `Allow` header lists them).
+    MethodNotAllowed,
     /// Publishing: the event name is reserved (`connect`, `typing`, `presence:*`, `auth:*`,
     /// `roomcast:*`, …) or malformed.
     InvalidEvent,
@@ -68,6 +70,7 @@ impl ErrorCode {
         ErrorCode::ServerShutdown,
         ErrorCode::NotFound,
         ErrorCode::Unauthorized,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::InvalidEvent,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
@@ -88,6 +91,7 @@ impl ErrorCode {
             ErrorCode::ServerShutdown => "server_shutdown",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",

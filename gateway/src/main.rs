@@ -2,10 +2,16 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use roomcast_gateway::{Config, Gateway, logging, shutdown};
+use roomcast_gateway::{Config, Gateway, auth::dev_secret_path, logging, shutdown};
 
 fn main() -> ExitCode {
-    let config = Config::from_env_and_args();
+    let config = match Config::from_env_and_args() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("roomcast-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = config.validate() {
         eprintln!("roomcast-gateway: {e}");
         return ExitCode::from(2);
@@ -22,7 +28,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let dev = config.dev;
+        let dev = config.dev.then(|| DevKeys::of(&config));
         let gateway = match Gateway::bind(config).await {
             Ok(g) => g,
             Err(e) => {
@@ -30,8 +36,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        if dev {
-            print_dev_banner(&gateway);
+        if let Some(keys) = dev {
+            print_dev_banner(&gateway, &keys);
         }
         match gateway.run(shutdown::signal()).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +62,12 @@ fn print_token(config: &Config, who: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.dev && config.jwt_secret.is_none() && config.jwt_secret_file.is_none() && dev_secret_path().is_none() {
+        eprintln!(
+            "roomcast-gateway: --print-token: --dev keeps its secret under $XDG_CACHE_HOME or $HOME, and neither is set"
+        );
+        return ExitCode::from(2);
+    }
     if roomcast_publisher::validate_id(tenant).and(roomcast_publisher::validate_id(user)).is_err() {
         eprintln!("roomcast-gateway: --print-token: {who:?} is not a valid TENANT/USER");
         return ExitCode::from(2);
@@ -74,35 +86,79 @@ fn print_token(config: &Config, who: &str) -> ExitCode {
     }
 }
 
-fn print_dev_banner(gateway: &Gateway) {
+/// Where the `--dev` banner's keys come from: what it says must be what the gateway uses.
+struct DevKeys {
+    /// How tokens are signed, for people, when a secret is configured (else `--dev`'s own).
+    signing: Option<String>,
+    /// The `Authorization` value of the curl example, when a key is configured (else the
+    /// gateway generated one for this run).
+    configured_api_key: Option<&'static str>,
+}
+
+impl DevKeys {
+    fn of(config: &Config) -> DevKeys {
+        let signing = if config.jwt_secret.is_some() {
+            Some("tokens are signed with ROOMCAST_JWT_SECRET".to_owned())
+        } else {
+            config.jwt_secret_file.as_ref().map(|path| {
+                format!("tokens are signed with the secret in ROOMCAST_JWT_SECRET_FILE ({})", path.display())
+            })
+        };
+        let configured_api_key = if !config.api_key.is_empty() {
+            Some("$ROOMCAST_API_KEY")
+        } else if config.api_key_file.is_some() {
+            Some("<a key from ROOMCAST_API_KEY_FILE>")
+        } else {
+            None
+        };
+        DevKeys { signing, configured_api_key }
+    }
+}
+
+fn print_dev_banner(gateway: &Gateway, keys: &DevKeys) {
     let ttl = Duration::from_secs(24 * 3600);
-    let Some(token) = gateway.token_for("demo", "demo-user", ttl) else {
+    let (Some(ada), Some(bob)) = (gateway.token_for("demo", "ada", ttl), gateway.token_for("demo", "bob", ttl)) else {
         return;
     };
     let port = gateway.public_addr().port();
     let admin = gateway.admin_addr().port();
-    let api_key = gateway.dev_api_key().unwrap_or("<your ROOMCAST_API_KEY>");
+    let (api_key, api_key_note) = match (keys.configured_api_key, gateway.dev_api_key()) {
+        (Some(configured), _) => (configured.to_owned(), "with your configured API key"),
+        (None, Some(generated)) => (generated.to_owned(), "with the API key generated for this run"),
+        (None, None) => ("<no API key>".to_owned(), "once an API key is configured"),
+    };
+    // Read after the gateway started: the file exists only if it could be written.
+    let signing = keys.signing.clone().unwrap_or_else(|| match dev_secret_path().filter(|p| p.exists()) {
+        Some(path) => {
+            format!("tokens are signed with the --dev secret kept in {} (delete it to rotate)", path.display())
+        }
+        None => "tokens are signed with a secret generated for this run only".to_owned(),
+    });
     println!(
         r#"
-Roomcast is running in --dev mode: a random signing secret was generated for this run only.
+Roomcast is running in --dev mode; {signing}.
 Never use --dev in production.
 
   Socket.IO   http://localhost:{port}/socket.io
   Metrics     http://localhost:{admin}/metrics
 
-Demo token (user "demo-user", tenant "demo", every project and channel, valid 24 h):
+Demo tokens for tenant "demo", every project and channel, valid 24 h. Typing and presence show
+*other* users, so open one client as ada and one as bob:
 
-  {token}
+  ada  {ada}
+  bob  {bob}
 
-From Node or a browser bundle (npm install socket.io-client):
+  More users: roomcast-gateway --dev --print-token demo/carol
+
+From Node (npm install socket.io-client; save as client.mjs, run node client.mjs):
 
   import {{ io }} from "socket.io-client";
-  const socket = io("http://localhost:{port}", {{ auth: {{ token: "{token}" }} }});
+  const socket = io("http://localhost:{port}", {{ auth: {{ token: "{ada}" }} }});
   socket.on("connect", () => socket.emit("join", {{ channel: "general" }}, (ack) => console.log(ack)));
   socket.on("connect_error", (err) => console.error(err.message)); // e.g. "token_expired"
   socket.on("message:new", (data, meta) => console.log(data, meta));
 
-Publish to that channel from any backend (API key generated for this run):
+Publish to that channel from any backend, {api_key_note}:
 
   curl -X POST http://localhost:{port}/v1/publish \
     -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \
@@ -110,7 +166,7 @@ Publish to that channel from any backend (API key generated for this run):
 
 Or look at the Engine.IO handshake with curl:
 
-  curl "http://localhost:{port}/socket.io/?EIO=4&transport=polling&token={token}"
+  curl "http://localhost:{port}/socket.io/?EIO=4&transport=polling&token={ada}"
 "#
     );
 }

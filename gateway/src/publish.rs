@@ -97,7 +97,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The public API routes.
 pub fn router(gw: Shared) -> Router {
-    Router::new().route("/v1/publish", post(publish)).with_state(gw)
+    Router::new().route("/v1/publish", post(publish).fallback(only_post)).with_state(gw)
+}
+
+/// Any other method on `/v1/publish`: 405 with the JSON error every client-visible error has.
+async fn only_post() -> Response {
+    let mut response = http::error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "use POST");
+    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    response
 }
 
 fn fail(status: StatusCode, code: ErrorCode, message: impl AsRef<str>) -> Response {

@@ -100,6 +100,8 @@ fn gateway_bin() -> Command {
             cmd.env_remove(key);
         }
     }
+    // `--dev` keeps its secret in the user's cache folder; never touch the real one.
+    cmd.env("XDG_CACHE_HOME", std::env::temp_dir().join(format!("roomcast-tests-{}", std::process::id())));
     cmd
 }
 
@@ -142,10 +144,120 @@ fn bad_configuration_stops_startup_with_one_line_naming_the_option() {
         assert!(stderr.contains(expected), "{expected} not named in: {stderr}");
         assert!(!stderr.contains(SECRET), "secret printed: {stderr}");
     }
-    // Syntax errors (clap) also exit 2 and name the flag.
-    let out = run_to_exit(gateway_bin().args(["--dev", "--drain-delay", "soon"]));
+    // Values that do not parse, from a flag or from the environment: the same one line.
+    let cases: &[Case] = &[
+        (&["--dev", "--drain-delay", "soon"], &[], "ROOMCAST_DRAIN_DELAY: invalid value \"soon\""),
+        (&["--dev", "--listen", "nope"], &[], "ROOMCAST_LISTEN: invalid value \"nope\""),
+        (&["--dev"], &[("ROOMCAST_ADMIN_LISTEN", "localhost")], "ROOMCAST_ADMIN_LISTEN"),
+        (&["--dev"], &[("ROOMCAST_LOG_FORMAT", "xml")], "ROOMCAST_LOG_FORMAT: invalid value \"xml\": expected one of"),
+        (&["--dev"], &[("ROOMCAST_REDIS_BUFFER", "-3")], "ROOMCAST_REDIS_BUFFER"),
+    ];
+    for (args, env, expected) in cases {
+        let out = run_to_exit(gateway_bin().args(*args).envs(env.iter().copied()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().collect::<Vec<_>>().len(), 1, "one line: {stderr}");
+        assert!(stderr.starts_with("roomcast-gateway: invalid configuration: "), "{stderr}");
+        assert!(stderr.contains(expected), "{expected} not in: {stderr}");
+    }
+    // Unknown flags stay clap's (it suggests the right spelling).
+    let out = run_to_exit(gateway_bin().arg("--lsten"));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--drain-delay"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+}
+
+/// Starts `--dev` with `env`; returns the process, its public address and its banner.
+fn dev_gateway(cache: &std::path::Path, env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr, String) {
+    let mut child = gateway_bin()
+        .arg("--dev")
+        .env("XDG_CACHE_HOME", cache)
+        .env("ROOMCAST_LISTEN", "127.0.0.1:0")
+        .env("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("ROOMCAST_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut addr, mut banner) = (None, String::new());
+    while addr.is_none() || !banner.contains("transport=polling") {
+        let line = rx.recv_timeout(WAIT).expect("the --dev banner");
+        match serde_json::from_str::<Value>(&line) {
+            Ok(v) if v["message"] == "listening" => addr = v["public"].as_str().and_then(|a| a.parse().ok()),
+            Ok(_) => {}
+            Err(_) => {
+                banner.push_str(&line);
+                banner.push('\n');
+            }
+        }
+    }
+    (child, addr.unwrap(), banner)
+}
+
+/// The banner's token for `user` (its line reads `  user  <token>`).
+fn banner_token(banner: &str, user: &str) -> String {
+    let prefix = format!("  {user}  ");
+    banner
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {user} token in {banner}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn dev_mode_prints_two_users_and_keeps_its_secret_for_print_token() {
+    let cache = tempfile::tempdir().unwrap();
+    let (mut child, addr, banner) = dev_gateway(cache.path(), &[]);
+    let secret_file = cache.path().join("roomcast").join("dev-secret");
+    assert!(banner.contains(&secret_file.display().to_string()), "the banner names the secret file: {banner}");
+    assert!(banner.contains("generated for this run"), "the generated API key is said to be: {banner}");
+    assert!(banner.contains("client.mjs"), "the ES module snippet says how to run it: {banner}");
+    let (ada, bob) = (banner_token(&banner, "ada"), banner_token(&banner, "bob"));
+    // A token minted by another process for the running --dev gateway.
+    let out =
+        run_to_exit(gateway_bin().env("XDG_CACHE_HOME", cache.path()).args(["--dev", "--print-token", "demo/carol"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let carol = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut clients = Vec::new();
+    for token in [&ada, &bob, &carol] {
+        let c = Client::connect(addr, Connect::token(token)).await.expect("the token works on the running gateway");
+        assert_eq!(c.request("join", json!({ "channel": "general" })).await["ok"], true);
+        clients.push(c);
+    }
+    // ada sees bob typing: the reason there are two users.
+    clients[1].request("typing", json!({ "channel": "general", "typing": true })).await;
+    assert_eq!(clients[0].next("typing").await[0]["userId"], "bob");
+    let _ = child.kill();
+    let _ = child.wait();
+    // The next --dev run signs with the same secret: yesterday's tokens still work.
+    let (mut again, addr, _) = dev_gateway(cache.path(), &[]);
+    assert!(Client::connect(addr, Connect::token(&carol)).await.is_ok());
+    let _ = again.kill();
+    let _ = again.wait();
+}
+
+#[tokio::test]
+async fn dev_mode_says_which_configured_keys_it_uses() {
+    let cache = tempfile::tempdir().unwrap();
+    let (mut child, addr, banner) = dev_gateway(
+        cache.path(),
+        &[("ROOMCAST_JWT_SECRET", SECRET), ("ROOMCAST_API_KEY", "configured-key-0123456789")],
+    );
+    assert!(banner.contains("signed with ROOMCAST_JWT_SECRET"), "{banner}");
+    assert!(!banner.contains("generated"), "nothing was generated: {banner}");
+    assert!(banner.contains("Bearer $ROOMCAST_API_KEY"), "{banner}");
+    assert!(!banner.contains("configured-key-0123456789"), "the configured key is not printed: {banner}");
+    assert!(!cache.path().join("roomcast").exists(), "no --dev secret written when a secret is configured");
+    assert!(Client::connect(addr, Connect::token(&banner_token(&banner, "ada"))).await.is_ok());
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// The real binary: logs its addresses, serves, exits cleanly on SIGTERM, and never logs a token.

@@ -106,6 +106,21 @@ async fn the_publish_api_refuses_bad_requests_with_codes() {
 }
 
 #[tokio::test]
+async fn wrong_methods_and_unknown_paths_answer_the_json_error_envelope() {
+    let gw = gateway().await;
+    for method in ["GET", "PUT", "DELETE"] {
+        let (status, body) = http(gw.addr, method, "/v1/publish", &[], "").await;
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method}: JSON body, got {body:?}"));
+        assert_eq!((status, code(&body)), (405, "method_not_allowed"), "{method}");
+    }
+    for (method, path) in [("GET", "/v1/nope"), ("POST", "/v1/publish/extra"), ("GET", "/nope")] {
+        let (status, body) = http(gw.addr, method, path, &[], "").await;
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: JSON body, got {body:?}"));
+        assert_eq!((status, code(&body)), (404, "not_found"), "{method} {path}");
+    }
+}
+
+#[tokio::test]
 async fn without_a_key_the_publish_api_is_disabled() {
     let gw = TestGateway::start().await;
     let (status, body) = post(&gw, Some("anything-anything"), r#"{"tenant":"t1","event":"e"}"#).await;

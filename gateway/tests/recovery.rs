@@ -335,6 +335,42 @@ async fn single_node_history_recovers_too() {
     assert_eq!(bad["error"]["code"], "invalid_payload");
 }
 
+/// Joining a room the socket is already in answers like a first join: the position, and a
+/// replay when `since` asks for one; the socket is still counted once.
+#[tokio::test]
+async fn joining_again_answers_like_a_first_join() {
+    let gw =
+        TestGateway::start_with(|c| c.api_key = vec![roomcast_gateway::config::Secret::from(API_KEY.to_owned())]).await;
+    let c = gw.connect_user("t1", "u").await;
+    let first = c.request("join", P1()).await;
+    let epoch = first["epoch"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {API_KEY}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    for n in 0..3 {
+        let body = json!({ "tenant": "t1", "project": "p1", "event": "tick", "data": { "n": n } }).to_string();
+        assert_eq!(http(gw.addr, "POST", "/v1/publish", &headers, &body).await.0, 200);
+    }
+    let last = first["offset"].as_u64().unwrap() + 3;
+    for _ in 0..3 {
+        c.next("tick").await;
+    }
+    let again = c.request("join", P1()).await;
+    assert_eq!(
+        (again["ok"].clone(), again["offset"].clone(), again["epoch"].clone()),
+        (json!(true), json!(last), json!(epoch))
+    );
+    assert!(again.get("recovered").is_none(), "no since, no recovery: {again}");
+    let replay = c.request("join", json!({ "project": "p1", "since": { "offset": last - 2, "epoch": epoch } })).await;
+    assert_eq!((replay["recovered"].clone(), replay["offset"].clone()), (json!(true), json!(last)), "{replay}");
+    let got: Vec<u64> = c.events("tick").iter().map(|args| args[0]["n"].as_u64().unwrap()).collect();
+    assert_eq!(got, vec![1, 2], "the two events after since, replayed before the ack");
+    // One leave takes it out: the re-joins did not count it twice.
+    assert_eq!(c.request("leave", P1()).await["ok"], true);
+    let body = json!({ "tenant": "t1", "project": "p1", "event": "after", "data": {} }).to_string();
+    let (_, receipt) = http(gw.addr, "POST", "/v1/publish", &headers, &body).await;
+    assert_eq!(serde_json::from_str::<Value>(&receipt).unwrap()["replicas"], 0, "nobody left in p1");
+}
+
 #[tokio::test]
 async fn history_is_capped_by_size_and_by_age() {
     let redis = RedisServer::start();
