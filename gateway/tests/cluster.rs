@@ -495,3 +495,49 @@ async fn a_lagging_pubsub_reader_is_counted() {
     .await;
     eprintln!("30000 published in a burst, buffer 64: {lagged} counted as lost by the lagging reader");
 }
+
+/// A replica starting next to a healthy Redis has nothing to warn about: its first presence
+/// renewal runs before the connection is up, which is not a failure.
+#[tokio::test]
+async fn a_clean_start_logs_no_warning() {
+    let redis = RedisServer::start();
+    let r = Replica::spawn(Some(&redis.url()), &[]).await;
+    eventually(WAIT, "replica ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+    // Past a few lease renewals and sweeps.
+    let c = r.connect_user("t1", "u").await;
+    join(&c, json!({ "project": "p1" })).await;
+    let warnings: Vec<String> = r
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["level"] == "WARN" || v["level"] == "ERROR"))
+        .cloned()
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+/// A replica started before its Redis (a pod scheduled first) connects once Redis is up
+/// (fred's default gave up after a failed first connection), and Redis coming up a moment
+/// late is the connection being set up, not a presence failure worth a warning.
+#[tokio::test]
+async fn a_replica_started_before_its_redis_connects_later_without_a_presence_warning() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let r = Replica::spawn(Some(&redis.url()), &[]).await;
+    let lease_lines = || -> Vec<Value> {
+        r.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.starts_with("presence lease")))
+            .collect()
+    };
+    // The first renewal ran and failed while Redis was down.
+    eventually(WAIT, "a failed presence renewal", || async { (!lease_lines().is_empty()).then_some(()) }).await;
+    redis.start_again();
+    eventually(WAIT, "replica ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+    let warned: Vec<Value> = lease_lines().into_iter().filter(|v| v["level"] == "WARN").collect();
+    assert!(warned.is_empty(), "{warned:#?}");
+}

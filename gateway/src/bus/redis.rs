@@ -154,8 +154,12 @@ impl RedisBus {
     /// Creates the clients and starts connecting in the background; delivery starts as soon as
     /// Redis answers. A replica whose Redis is down at startup runs, unready, and connects later.
     pub fn start(settings: RedisSettings, delivery: Arc<Delivery>) -> Result<RedisBus, ConfigError> {
-        let config = FredConfig::from_url(&settings.url)
+        let mut config = FredConfig::from_url(&settings.url)
             .map_err(|_| ConfigError::new("ROOMCAST_REDIS_URL", "not a Redis URL"))?;
+        // fred's default gives up for good when the *first* connection fails: a replica started
+        // before its Redis (a pod scheduled first) would never connect. Apply the reconnect
+        // policy to the first connection too.
+        config.fail_fast = false;
         let clustered = config.server.is_clustered();
         // The commands client receives no pub/sub messages, only its own connection events.
         let commands = build_client(&config, &settings, COMMANDS_CLIENT_EVENTS)?;

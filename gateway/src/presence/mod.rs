@@ -315,6 +315,12 @@ impl Presence {
     async fn maintain(self: Arc<Self>, renew_every: Duration, sweep_every: Duration) {
         /// A failed renewal is retried this soon, well within the lease.
         const RETRY: Duration = Duration::from_millis(500);
+        /// Until the first renewal succeeded, failures within this time are the Redis connection
+        /// still being set up (the first attempt runs at once), not worth a warning: the Redis
+        /// clients' connection timeout.
+        const STARTUP: Duration = Duration::from_secs(5);
+        let started = Instant::now();
+        let mut renewed_once = false;
         let renew = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(renew);
         let mut sweep = tokio::time::interval(sweep_every);
@@ -323,6 +329,7 @@ impl Presence {
             tokio::select! {
                 _ = &mut renew => match self.store.renew().await {
                     Ok(unknown) => {
+                        renewed_once = true;
                         let dirty = self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
                         if unknown || dirty {
                             self.reconcile(unknown);
@@ -331,7 +338,11 @@ impl Presence {
                     }
                     Err(e) => {
                         self.dirty.store(true, std::sync::atomic::Ordering::Release);
-                        tracing::warn!(error = %e, "presence lease not renewed");
+                        if renewed_once || started.elapsed() >= STARTUP {
+                            tracing::warn!(error = %e, "presence lease not renewed");
+                        } else {
+                            tracing::debug!(error = %e, "presence lease not taken yet; Redis is still connecting");
+                        }
                         renew.as_mut().reset(Instant::now() + RETRY);
                     }
                 },
