@@ -35,6 +35,7 @@ pub fn install() -> PrometheusHandle {
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();
+            register();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
@@ -132,6 +133,72 @@ fn describe() {
     describe_counter!(EVENTS_RECEIVED, "Events received from clients, by event and result.");
     describe_counter!(EVENTS_EMITTED, "Events emitted to clients, one per socket reached, by event family.");
     describe_counter!(AUTH_REFRESHES, "auth:refresh attempts, by result.");
+}
+
+/// Creates every counter and gauge, with the label values known up front, at 0: a fresh replica
+/// shows 0 rather than "no data" on dashboards and in alert expressions (`rate()` of a series
+/// that appears only at its first increment misses that increment).
+fn register() {
+    for name in [
+        CONNECTIONS_ACCEPTED,
+        BUS_RECEIVED,
+        BUS_LAGGED,
+        CLIENT_BUFFER_FULL,
+        PRESENCE_ERRORS,
+        REPLICAS_REAPED,
+        TYPING_EXPIRED,
+        DUPLICATES_DROPPED,
+        CATCH_UPS,
+        REPLAYED,
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS] {
+        // `increment(0)`, not `set(0)`: never resets a gauge already in use.
+        gauge!(name).increment(0.0);
+    }
+    let labelled: &[(&str, &str, &[&str])] = &[
+        (CONNECTIONS_REJECTED, "reason", &["token_missing", "token_invalid", "token_expired", "forbidden"]),
+        (
+            DISCONNECTS,
+            "reason",
+            &[
+                "client_closed",
+                "client_disconnect",
+                "transport_error",
+                "heartbeat_timeout",
+                "protocol_error",
+                "server_disconnect",
+                "server_shutdown",
+                "token_expired",
+            ],
+        ),
+        (ROOM_JOINS, "kind", &["tenant", "user", "project", "channel"]),
+        (ROOM_LEAVES, "kind", &["tenant", "user", "project", "channel"]),
+        (EVENTS_EMITTED, "event", &["event", "typing", "presence", "roomcast:disconnect", "auth:expiring"]),
+        (AUTH_REFRESHES, "result", &["ok", "invalid_payload", "token_invalid", "token_expired", "forbidden"]),
+        (
+            BUS_REJECTED,
+            "reason",
+            &["malformed", "version", "room", "event_name", "too_large", "typing", "presence", "channel"],
+        ),
+        (REDIS_ERRORS, "op", &["connection", "publish", "subscribe", "unsubscribe", "history", "presence"]),
+        (REDIS_RECONNECTS, "client", &["commands", "subscriber"]),
+        (DELIVERIES, "type", &["event", "typing", "presence"]),
+        (RESYNCS, "reason", &["gap", "epoch_changed"]),
+        (RECOVERIES, "result", &["recovered", "not_recovered"]),
+    ];
+    for (name, label, values) in labelled {
+        for value in *values {
+            counter!(*name, *label => *value).increment(0);
+        }
+    }
+    for event in ["join", "leave", "auth:refresh", "typing", "presence:list", "presence:update"] {
+        counter!(EVENTS_RECEIVED, "event" => event, "result" => "ok").increment(0);
+    }
+    for source in ["http", "client_typing"] {
+        counter!(PUBLISHES, "source" => source, "result" => "ok").increment(0);
+    }
 }
 
 pub(crate) fn connection_accepted() {

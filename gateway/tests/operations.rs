@@ -384,3 +384,27 @@ async fn print_token_mints_a_token_the_gateway_accepts() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{args:?}");
     }
 }
+
+/// A fresh replica exposes every counter and gauge at 0, so dashboards and alerts show 0
+/// instead of "no data". The names are read from `metrics.rs`, so a new metric is covered.
+#[tokio::test]
+async fn a_fresh_replica_exposes_every_counter_and_gauge_at_zero() {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs")).unwrap();
+    let names: Vec<&str> = source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub const ")?.split_once("= \"")?.1.strip_suffix("\";"))
+        .filter(|name| !name.ends_with("_seconds")) // histograms appear with their first sample
+        .collect();
+    assert!(names.len() > 20, "metric names found: {names:?}");
+    let r = common::replica::Replica::spawn(None, &[]).await;
+    let scrape = r.metrics().await;
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| {
+            !scrape.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+        })
+        .collect();
+    assert!(missing.is_empty(), "not exposed before first use: {missing:?}\n{scrape}");
+    assert!(scrape.contains("roomcast_connections 0\n"), "{scrape}");
+    assert!(scrape.contains(r#"roomcast_disconnects_total{reason="token_expired"} 0"#), "{scrape}");
+}
