@@ -46,11 +46,36 @@ pub struct RoomSequence {
     /// While catching up, or until a join seeds the sequence: live events held until the
     /// missing range was delivered.
     held: Option<Vec<EventEnvelope>>,
-    /// A join holds this room's first live events until it read the room's position from
-    /// history, which then seeds the sequence (see [`Delivery::attach`]).
-    seeding: bool,
+    /// Set while joins read the position of a room this replica has no sequence for; live
+    /// events are held meanwhile (see [`Delivery::attach`]).
+    seeding: Option<Seeding>,
+    /// The membership period the sequence belongs to (see [`crate::rooms::Entered::generation`]).
+    generation: u64,
     /// Sockets recovering in this room (see the module docs).
     recovering: Vec<Recovering>,
+}
+
+/// Joins reading a new sequence's starting position.
+#[derive(Debug, Default)]
+struct Seeding {
+    /// Joins still reading history.
+    readers: usize,
+    /// The lowest position they read: seeding from it delivers (or catches up) everything
+    /// after *every* reader's position, and each reader is fed only what comes after its own.
+    lowest: Option<Position>,
+    /// The subscription was restored meanwhile: what it missed must be read from history
+    /// once the sequence is seeded, even if no later event shows a gap.
+    catch_up: bool,
+}
+
+/// `b` if lower than `a` in the same epoch (or `a` is unknown). Positions in different epochs
+/// (history lost between two reads) keep the first.
+fn lowest(a: Option<Position>, b: Option<&Position>) -> Option<Position> {
+    match (a, b) {
+        (None, b) => b.cloned(),
+        (Some(a), Some(b)) if a.epoch == b.epoch && b.offset < a.offset => Some(b.clone()),
+        (a, _) => a,
+    }
 }
 
 /// A socket recovering in a room.
@@ -238,15 +263,23 @@ impl Delivery {
     /// restored, and start the catch-up *after*: events published in between are then either in
     /// the history read or held.
     pub async fn hold_all(&self) -> Vec<String> {
+        self.hold(|_| true).await
+    }
+
+    /// Like [`Delivery::hold_all`], for the rooms `wanted` picks.
+    pub async fn hold(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         let mut rooms = self.sequences.rooms.lock().await;
-        rooms
-            .iter_mut()
-            .filter(|(_, seq)| seq.epoch.is_some() && seq.held.is_none())
-            .map(|(room, seq)| {
+        let mut held = Vec::new();
+        for (room, seq) in rooms.iter_mut().filter(|(room, _)| wanted(room)) {
+            if let Some(seeding) = &mut seq.seeding {
+                // Not started yet: its seeding starts the catch-up.
+                seeding.catch_up = true;
+            } else if seq.epoch.is_some() && seq.held.is_none() {
                 seq.held = Some(Vec::new());
-                room.clone()
-            })
-            .collect()
+                held.push(room.clone());
+            }
+        }
+        held
     }
 
     /// Reads what `rooms` missed from history and delivers it, then what was held, in order.
@@ -301,6 +334,11 @@ impl Delivery {
         for e in &held {
             self.place(room, seq, e).await;
         }
+        if seq.recovering.is_empty() && self.members(room) == 0 {
+            // Its last member left during the catch-up: nothing here will deliver to it again,
+            // and a stale position would make the next join's first event look like a gap.
+            rooms.remove(room);
+        }
     }
 
     /// This replica no longer has members in `room`: what it delivered before means nothing to
@@ -308,6 +346,10 @@ impl Delivery {
     /// using it, restarted).
     pub async fn forget_room(&self, room: &str) {
         let mut rooms = self.sequences.rooms.lock().await;
+        if self.members(room) > 0 {
+            // A member came back before this ran: its join decided what the sequence is.
+            return;
+        }
         match rooms.get_mut(room) {
             Some(seq) if seq.held.is_none() && seq.recovering.is_empty() => {
                 rooms.remove(room);
@@ -321,7 +363,16 @@ impl Delivery {
     }
 
     /// Puts `socket` in `room`, replaying what it missed since `since` (see the module docs).
-    pub async fn attach(self: &Arc<Self>, socket: &SocketRef, room: &str, since: Option<Since>) -> Attached {
+    /// `generation` is the room's membership period: a sequence from an earlier one was kept
+    /// while this replica was not subscribed, so the first join of the period starts it afresh
+    /// (whichever of the period's joins gets here first, not the one that subscribed).
+    pub async fn attach(
+        self: &Arc<Self>,
+        socket: &SocketRef,
+        room: &str,
+        since: Option<Since>,
+        generation: u64,
+    ) -> Attached {
         let Some(history) = self.history() else {
             socket.join(room.to_owned());
             return Attached { recovered: since.map(|_| false), position: None };
@@ -330,12 +381,22 @@ impl Delivery {
         {
             let mut rooms = self.sequences.rooms.lock().await;
             let seq = rooms.entry(room.to_owned()).or_default();
-            // Nothing delivered here yet: the sequence does not know where the room stands, so
-            // it would accept any first offset. Hold live events until the read below tells.
             seq.retain_others(socket.id);
-            if seq.epoch.is_none() && seq.held.is_none() {
+            if seq.generation != generation {
+                seq.generation = generation;
+                if seq.held.is_none() && seq.seeding.is_none() {
+                    seq.epoch = None;
+                    seq.last = 0;
+                }
+            }
+            // Nothing delivered here yet: the sequence does not know where the room stands, so
+            // it would accept any first offset. Hold live events until the reads below tell.
+            if seq.epoch.is_none() && seq.held.is_none() && seq.seeding.is_none() {
                 seq.held = Some(Vec::new());
-                seq.seeding = true;
+                seq.seeding = Some(Seeding::default());
+            }
+            if let Some(seeding) = &mut seq.seeding {
+                seeding.readers += 1;
             }
             socket.join([room.to_owned(), recovering_room(room)]);
             seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Reading(Vec::new()) });
@@ -343,10 +404,10 @@ impl Delivery {
         // 2. Read history; replay what `since` missed, if all of it is there.
         let limit = history.policy().size as usize;
         let after_offset = since.as_ref().map_or(u64::MAX, |s| s.offset);
-        let (position, recovered) = match history.read(room, after_offset, limit).await {
+        let (read_at, position, recovered) = match history.read(room, after_offset, limit).await {
             Ok(read) => {
                 let recovered = since.as_ref().map(|s| covers(s, &read));
-                let mut at = Position { epoch: read.position.epoch.clone(), offset: read.position.offset };
+                let mut at = read.position.clone();
                 if let (Some(true), Some(s)) = (recovered, &since) {
                     at.offset = s.offset;
                     for e in &read.events {
@@ -355,25 +416,41 @@ impl Delivery {
                     }
                     metrics::replayed(read.events.len() as u64);
                 }
-                (Some(at), recovered)
+                (Some(read.position), Some(at), recovered)
             }
             Err(error) => {
                 tracing::warn!(room, %error, "history unavailable; joining without recovery");
-                (None, since.map(|_| false))
+                (None, None, since.map(|_| false))
             }
         };
-        // 3. What this replica delivered meanwhile, then feeding until it has caught up.
+        // 3. The last reader seeds a new sequence; then what this replica delivered meanwhile,
+        //    then feeding until it has caught up.
         let mut rooms = self.sequences.rooms.lock().await;
         let seq = rooms.entry(room.to_owned()).or_default();
-        let catch_up = seq.seeding && self.seed(seq, position.as_ref()).await;
+        let mut catch_up = false;
+        if let Some(seeding) = &mut seq.seeding {
+            seeding.readers = seeding.readers.saturating_sub(1);
+            seeding.lowest = lowest(seeding.lowest.take(), read_at.as_ref());
+            if seeding.readers == 0 {
+                catch_up = self.seed(seq).await;
+            }
+        }
         let mine = seq.recovering.iter().position(|r| r.socket.id == socket.id);
         let captured = match mine.map(|i| seq.recovering.swap_remove(i).stage) {
             Some(Stage::Reading(captured)) => captured,
             _ => Vec::new(),
         };
         let Some(mut at) = position else {
-            // No history: nothing to order against; an ordinary member at once.
+            // No history: nothing to order against. What was delivered while reading is still
+            // the socket's; then it is an ordinary member.
+            for e in &captured {
+                self.emit_to_socket(socket, e);
+            }
             socket.leave(recovering_room(room));
+            drop(rooms);
+            if catch_up {
+                self.spawn_catch_up(vec![room.to_owned()]);
+            }
             return Attached { recovered, position: None };
         };
         for e in &captured {
@@ -398,19 +475,23 @@ impl Delivery {
         Attached { recovered, position: Some(at) }
     }
 
-    /// Seeds a room's new sequence with the position a join read (`None`: history could not be
-    /// read), then releases the events held meanwhile through the sequencer: an event that does
-    /// not follow the position is a gap, caught up from history like any other. `true` if a
-    /// catch-up must start.
-    async fn seed(&self, seq: &mut RoomSequence, position: Option<&Position>) -> bool {
-        seq.seeding = false;
-        if let (None, Some(p)) = (&seq.epoch, position) {
-            seq.epoch = Some(p.epoch.clone());
+    /// Seeds a room's new sequence with the lowest position its joins read (none: history could
+    /// not be read), then releases the events held meanwhile through the sequencer: an event
+    /// that does not follow the position is a gap, caught up from history like any other.
+    /// `true` if a catch-up must start.
+    async fn seed(&self, seq: &mut RoomSequence) -> bool {
+        let seeding = seq.seeding.take().unwrap_or_default();
+        if let (None, Some(p)) = (&seq.epoch, seeding.lowest) {
+            seq.epoch = Some(p.epoch);
             seq.last = p.offset;
         }
         let mut catch_up = false;
         for e in seq.held.take().unwrap_or_default() {
             catch_up |= self.advance(seq, &e).await;
+        }
+        if seeding.catch_up && seq.epoch.is_some() && !catch_up {
+            seq.held = Some(Vec::new());
+            catch_up = true;
         }
         catch_up
     }
@@ -426,7 +507,10 @@ impl Delivery {
     fn emit_to_socket(&self, socket: &SocketRef, e: &EventEnvelope) {
         let meta = EventMeta::of(e);
         let args: (&serde_json::value::RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        if socket.emit(&e.event, &args).is_err() {
+        // A closed socket is just disconnecting; only a full buffer loses the event for it.
+        if let Err(socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)) =
+            socket.emit(&e.event, &args)
+        {
             metrics::client_buffer_full(1);
         }
     }
@@ -489,8 +573,12 @@ mod tests {
         Arc::new(Delivery::new("n".into(), 1024, std::time::Duration::from_secs(6)))
     }
 
-    fn seeding(held: Vec<EventEnvelope>) -> RoomSequence {
-        RoomSequence { held: Some(held), seeding: true, ..Default::default() }
+    fn seeding(held: Vec<EventEnvelope>, lowest: Option<Position>) -> RoomSequence {
+        RoomSequence { held: Some(held), seeding: Some(Seeding { lowest, ..Default::default() }), ..Default::default() }
+    }
+
+    fn pos(epoch: &str, offset: u64) -> Option<Position> {
+        Some(Position { epoch: epoch.into(), offset })
     }
 
     /// The lost-event-after-join race: the join read the room at offset 10, event 11 was
@@ -498,32 +586,52 @@ mod tests {
     #[tokio::test]
     async fn an_event_missed_between_the_read_and_the_subscription_is_a_gap() {
         let d = delivery();
-        let mut seq = seeding(vec![event("E", 12), event("E", 13)]);
-        let catch_up = d.seed(&mut seq, Some(&Position { epoch: "E".into(), offset: 10 })).await;
-        assert!(catch_up, "12 after 10 must be caught up from history");
+        let mut seq = seeding(vec![event("E", 12), event("E", 13)], pos("E", 10));
+        assert!(d.seed(&mut seq).await, "12 after 10 must be caught up from history");
         assert_eq!((seq.epoch.as_deref(), seq.last), (Some("E"), 10), "seeded with the read position");
-        assert_eq!(
-            seq.held.as_ref().map(|h| h.iter().map(|e| e.offset).collect::<Vec<_>>()),
-            Some(vec![Some(12), Some(13)])
-        );
-        assert!(!seq.seeding);
+        let held = seq.held.as_ref().map(|h| h.iter().map(|e| e.offset).collect::<Vec<_>>());
+        assert_eq!(held, Some(vec![Some(12), Some(13)]));
+        assert!(seq.seeding.is_none());
     }
 
     #[tokio::test]
     async fn events_held_while_reading_follow_the_read_position() {
         let d = delivery();
-        let mut seq = seeding(vec![event("E", 10), event("E", 11), event("E", 12)]);
-        let catch_up = d.seed(&mut seq, Some(&Position { epoch: "E".into(), offset: 10 })).await;
-        assert!(!catch_up);
+        let mut seq = seeding(vec![event("E", 10), event("E", 11), event("E", 12)], pos("E", 10));
+        assert!(!d.seed(&mut seq).await);
         assert_eq!((seq.last, seq.held.is_none()), (12, true), "10 was in the read; 11 and 12 delivered");
     }
 
     #[tokio::test]
     async fn without_a_readable_history_the_held_events_are_delivered_as_they_came() {
         let d = delivery();
-        let mut seq = seeding(vec![event("E", 40), event("E", 41)]);
-        assert!(!d.seed(&mut seq, None).await);
+        let mut seq = seeding(vec![event("E", 40), event("E", 41)], None);
+        assert!(!d.seed(&mut seq).await);
         assert_eq!((seq.epoch.as_deref(), seq.last, seq.held.is_none()), (Some("E"), 41, true));
+    }
+
+    /// Two joins read a new room at 10 and 11: seeding from 11 would drop 11 as a duplicate
+    /// although the first join's ack says 10.
+    #[test]
+    fn concurrent_readers_seed_from_the_lowest_position() {
+        assert_eq!(lowest(pos("E", 11), pos("E", 10).as_ref()), pos("E", 10));
+        assert_eq!(lowest(pos("E", 10), pos("E", 11).as_ref()), pos("E", 10));
+        assert_eq!(lowest(None, pos("E", 11).as_ref()), pos("E", 11));
+        assert_eq!(lowest(pos("E", 11), None), pos("E", 11), "a failed read does not count");
+        assert_eq!(lowest(pos("E", 11), pos("F", 1).as_ref()), pos("E", 11));
+    }
+
+    /// The subscription was restored while the room was being seeded: what it missed is read
+    /// from history even though no later event shows a gap.
+    #[tokio::test]
+    async fn a_subscription_restored_during_seeding_catches_up_after_it() {
+        let d = delivery();
+        let mut seq = seeding(vec![], pos("E", 10));
+        if let Some(s) = &mut seq.seeding {
+            s.catch_up = true;
+        }
+        assert!(d.seed(&mut seq).await);
+        assert_eq!((seq.last, seq.held.as_ref().map(Vec::len)), (10, Some(0)), "held from 10 until the catch-up");
     }
 
     #[test]

@@ -8,13 +8,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use futures_util::{FutureExt, future::Shared};
 use roomcast_publisher::{Room, RoomKind};
 use serde_json::Value;
 use socketioxide::extract::SocketRef;
 
 use crate::{
     auth::Identity,
-    bus::{Bus, BusError},
+    bus::{BoxFuture, Bus, BusError},
     conn::Conn,
     errors::{ClientError, ErrorCode},
     metrics,
@@ -22,13 +23,46 @@ use crate::{
 
 /// Local members per room, and the bus subscriptions that follow from them.
 pub struct Membership {
-    /// Room name → number of local sockets in it. A std mutex: held only to update the
-    /// count and to *issue* the bus call, never across an await, which keeps the bus calls
-    /// for one room in the order the counts changed.
-    counts: Mutex<HashMap<String, u32>>,
+    /// Room name → its local members. A std mutex: held only to update the count and to
+    /// *issue* the bus call, never across an await, which keeps the bus calls for one room in
+    /// the order the counts changed.
+    counts: Mutex<HashMap<String, Local>>,
+    /// Numbers each period during which a room has local members (see [`Entered::generation`]).
+    generations: std::sync::atomic::AtomicU64,
     bus: Arc<dyn Bus>,
     /// Forgets a room's delivery sequence when its last local member leaves.
     delivery: Arc<crate::delivery::Delivery>,
+}
+
+/// One room's local members.
+struct Local {
+    members: u32,
+    generation: u64,
+    /// The confirmation of the subscription the first member started: every later member
+    /// waits for it too, so no join reads the room's history position before Redis delivers
+    /// the room's events here.
+    subscribed: Shared<BoxFuture<'static, Result<(), BusError>>>,
+}
+
+/// The outcome of [`Membership::enter`].
+pub struct Entered<F> {
+    /// Whether the socket is the room's first local member (its subscription just started).
+    pub first: bool,
+    /// The room's current membership period on this replica: it changes each time the room
+    /// gets a first local member again, so delivery state kept from an earlier period (when
+    /// the replica was not subscribed) is recognised as stale.
+    pub generation: u64,
+    /// Resolves once the bus delivers the room's events here.
+    pub subscribed: F,
+}
+
+impl<F> std::fmt::Debug for Entered<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entered")
+            .field("first", &self.first)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Membership {
@@ -40,21 +74,22 @@ impl std::fmt::Debug for Membership {
 impl Membership {
     /// A registry driving `bus`.
     pub fn new(bus: Arc<dyn Bus>, delivery: Arc<crate::delivery::Delivery>) -> Self {
-        Membership { counts: Mutex::new(HashMap::new()), bus, delivery }
+        Membership { counts: Mutex::new(HashMap::new()), generations: Default::default(), bus, delivery }
     }
 
-    /// A local socket entered `room`. Resolves once the bus delivers the room's events here.
-    pub fn enter(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static + use<> {
-        let subscribe = {
-            let mut counts = self.lock();
-            let count = counts.entry(room.to_owned()).or_insert(0);
-            *count += 1;
-            (*count == 1).then(|| self.bus.subscribe(room))
-        };
-        async move {
-            match subscribe {
-                Some(confirmed) => confirmed.await,
-                None => Ok(()),
+    /// A local socket entered `room`.
+    pub fn enter(&self, room: &str) -> Entered<impl Future<Output = Result<(), BusError>> + Send + 'static + use<>> {
+        let mut counts = self.lock();
+        match counts.get_mut(room) {
+            Some(local) => {
+                local.members += 1;
+                Entered { first: false, generation: local.generation, subscribed: local.subscribed.clone() }
+            }
+            None => {
+                let subscribed = self.bus.subscribe(room).shared();
+                let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                counts.insert(room.to_owned(), Local { members: 1, generation, subscribed: subscribed.clone() });
+                Entered { first: true, generation, subscribed }
             }
         }
     }
@@ -64,8 +99,8 @@ impl Membership {
         let unsubscribe = {
             let mut counts = self.lock();
             match counts.get_mut(room) {
-                Some(count) if *count > 1 => {
-                    *count -= 1;
+                Some(local) if local.members > 1 => {
+                    local.members -= 1;
                     None
                 }
                 Some(_) => {
@@ -92,12 +127,17 @@ impl Membership {
         self.lock().len()
     }
 
-    /// Local members of `room`.
-    pub fn members(&self, room: &str) -> u32 {
-        self.lock().get(room).copied().unwrap_or(0)
+    /// The current membership period of `room` (0: no local member).
+    pub fn generation(&self, room: &str) -> u64 {
+        self.lock().get(room).map_or(0, |local| local.generation)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+    /// Local members of `room`.
+    pub fn members(&self, room: &str) -> u32 {
+        self.lock().get(room).map_or(0, |local| local.members)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -141,7 +181,8 @@ pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, Clie
 /// subscribes the bus if it is the room's first local member; resolves once the bus confirmed.
 /// The socket itself is put in the room by [`crate::delivery::Delivery::attach`], which orders history and live
 /// events for it.
-pub async fn enter(conn: &Conn, membership: &Membership, room: &Room, max_rooms: u32) -> Result<(), ClientError> {
+/// Returns the room's membership generation (see [`Entered::generation`]).
+pub async fn enter(conn: &Conn, membership: &Membership, room: &Room, max_rooms: u32) -> Result<u64, ClientError> {
     if conn.explicit_room_count() >= max_rooms as usize {
         return Err(ClientError::new(
             ErrorCode::TooManyRooms,
@@ -154,8 +195,9 @@ pub async fn enter(conn: &Conn, membership: &Membership, room: &Room, max_rooms:
         return Err(ClientError::new(ErrorCode::Unavailable, "the connection is closing"));
     }
     metrics::room_joined(room.kind());
-    confirm(membership.enter(&name)).await;
-    Ok(())
+    let entered = membership.enter(&name);
+    confirm(entered.subscribed).await;
+    Ok(entered.generation)
 }
 
 /// Puts `socket` in `room` now, if it is not there and not closing, and returns the bus
@@ -170,10 +212,10 @@ pub fn enter_now(
     if !conn.enter(&name) {
         return None;
     }
-    let subscribed = membership.enter(&name);
+    let entered = membership.enter(&name);
     socket.join(name);
     metrics::room_joined(room.kind());
-    Some(subscribed)
+    Some(entered.subscribed)
 }
 
 /// Waits for a subscription confirmation. A failure does not undo the join: the bus keeps the
@@ -236,8 +278,10 @@ mod tests {
         let delivery = Arc::new(crate::delivery::Delivery::new("test".into(), 1024, std::time::Duration::from_secs(6)));
         let bus = Arc::new(MemoryBus::new(delivery.clone(), None));
         let m = Membership::new(bus.clone(), delivery);
-        m.enter("r").await.unwrap();
-        m.enter("r").await.unwrap();
+        assert!(m.enter("r").first);
+        let second = m.enter("r");
+        assert!(!second.first);
+        second.subscribed.await.unwrap();
         assert!(bus.is_subscribed("r"));
         m.exit("r").await.unwrap();
         assert!(bus.is_subscribed("r"), "one member is still here");

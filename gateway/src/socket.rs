@@ -229,11 +229,14 @@ async fn join(
     // Joining a room the socket is already in answers like a first join (position, and a
     // replay when `since` asks for one), without counting the member twice.
     let new = !conn.is_in(&name);
-    if new {
-        rooms::enter(conn, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
+    let generation = if new {
+        let generation = rooms::enter(conn, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
         debug_pause(gw).await;
-    }
-    let attached = gw.delivery.attach(socket, &name, since).await;
+        generation
+    } else {
+        gw.membership.generation(&name)
+    };
+    let attached = gw.delivery.attach(socket, &name, since, generation).await;
     if new {
         gw.presence.entered(&room, &identity.user, conn.status());
     }

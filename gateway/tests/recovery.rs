@@ -409,10 +409,11 @@ async fn history_is_capped_by_size_and_by_age() {
     assert!(head > 3);
 }
 
-/// Joins of `rounds`, each on a replica where the room has no other member (so every join
-/// subscribes anew), while a publisher sends to the room as fast as it can. After each join ack
-/// at offset `o`, the client must receive `o + 1, o + 2, …` exactly once and in order.
-/// Returns (joins, joins that lost or duplicated an event).
+/// `rounds` of two sockets joining together on a replica where the room has no other member
+/// (so each round subscribes anew and seeds a new sequence), while a publisher sends to the
+/// room as fast as it can. After each join ack at offset `o`, that client must receive
+/// `o + 1, o + 2, …` exactly once and in order. Returns (joins, joins that lost or duplicated
+/// an event).
 async fn join_under_flat_out_publishing(redis_url: &str, rounds: u32) -> (u32, u32) {
     const AFTER_ACK: u64 = 30;
     let mut rs = Vec::new();
@@ -434,35 +435,42 @@ async fn join_under_flat_out_publishing(redis_url: &str, rounds: u32) -> (u32, u
             n
         }
     });
-    let joiner = connect_as("joiner", rs[1].addr).await;
+    // Two sockets join together each round: a new room's sequence is seeded from both reads.
+    let joiners = [connect_as("joiner-a", rs[1].addr).await, connect_as("joiner-b", rs[1].addr).await];
     let mut failed = 0;
     for round in 0..rounds {
-        let ack = joiner.request("join", P1()).await;
-        assert_eq!(ack["ok"], true, "{ack}");
-        let at = ack["offset"].as_u64().expect("history is on: the ack has an offset");
-        let mut offsets = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        while offsets.last().is_none_or(|o| *o < at + AFTER_ACK) && Instant::now() < deadline {
-            if let Some(args) = joiner.next_within("tick", Duration::from_millis(200)).await {
-                offsets.push(args[1]["offset"].as_u64().unwrap());
+        let acks: Vec<_> = joiners.iter().map(|j| j.send_request("join", P1())).collect();
+        let outcomes = futures_util::future::join_all(joiners.iter().zip(acks).map(|(joiner, ack)| async move {
+            let ack = tokio::time::timeout(WAIT, ack).await.expect("join ack").unwrap().remove(0);
+            assert_eq!(ack["ok"], true, "{ack}");
+            let at = ack["offset"].as_u64().expect("history is on: the ack has an offset");
+            let mut offsets = Vec::new();
+            let deadline = Instant::now() + WAIT;
+            while offsets.last().is_none_or(|o| *o < at + AFTER_ACK) && Instant::now() < deadline {
+                if let Some(args) = joiner.next_within("tick", Duration::from_millis(200)).await {
+                    offsets.push(args[1]["offset"].as_u64().unwrap());
+                }
             }
-        }
-        // Events sent before the ack (offsets up to `at`) were logged first and taken too.
-        let after: Vec<u64> = offsets.into_iter().filter(|o| *o > at).collect();
-        let want: Vec<u64> = (at + 1..=at + AFTER_ACK).collect();
-        if after.get(..want.len()) != Some(&want[..]) {
+            // Events sent before the ack (offsets up to `at`) were logged first and taken too.
+            let after: Vec<u64> = offsets.into_iter().filter(|o| *o > at).collect();
+            let want: Vec<u64> = (at + 1..=at + AFTER_ACK).collect();
+            (after.get(..want.len()) == Some(&want[..])).then_some(()).ok_or((at, after))
+        }))
+        .await;
+        for (at, after) in outcomes.into_iter().filter_map(Result::err) {
             failed += 1;
-            eprintln!("join {round}: ack at {at}, then received {:?}", &after[..after.len().min(8)]);
+            eprintln!("round {round}: ack at {at}, then received {:?}", &after[..after.len().min(8)]);
         }
-        assert_eq!(joiner.request("leave", P1()).await["ok"], true);
-        joiner.clear_events("tick");
+        for joiner in &joiners {
+            assert_eq!(joiner.request("leave", P1()).await["ok"], true);
+            joiner.clear_events("tick");
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let published = flat_out.await.unwrap();
-    eprintln!(
-        "join stress: {rounds} joins, {failed} lost or duplicated an event after the ack ({published} published)"
-    );
-    (rounds, failed)
+    let joins = rounds * joiners.len() as u32;
+    eprintln!("join stress: {joins} joins, {failed} lost or duplicated an event after the ack ({published} published)");
+    (joins, failed)
 }
 
 #[tokio::test]

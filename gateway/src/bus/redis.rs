@@ -559,7 +559,12 @@ impl Subscriptions {
     async fn retry_unconfirmed(&mut self) {
         let (sub, unsub): (Vec<String>, Vec<String>) =
             self.unconfirmed.iter().cloned().partition(|r| self.wanted.contains(r));
+        // What was published while these rooms were not subscribed is read from history once
+        // they are (as after a reconnect), not only when a later event reveals the gap.
+        let wanted: HashSet<&str> = sub.iter().map(String::as_str).collect();
+        let held = self.delivery.hold(|room| wanted.contains(room)).await;
         let mut failed = self.send(&sub, true, false).await;
+        self.delivery.spawn_catch_up(held);
         failed.extend(self.send(&unsub, false, false).await);
         self.unconfirmed = failed.into_keys().collect();
         if self.unconfirmed.is_empty() {
