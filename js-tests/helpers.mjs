@@ -73,6 +73,11 @@ export async function startGateway(env = {}) {
     child.on("exit", (code) => reject(new Error(`gateway exited with ${code} before listening`)));
   });
   const entry = await withTimeout(listening, WAIT_MS, "gateway to listen");
+  if (env.ROOMCAST_REDIS_URL) {
+    // Ready means connected to Redis and subscribed: what a load balancer waits for too.
+    const readyz = `http://${entry.admin}/readyz`;
+    await eventually(async () => (await fetch(readyz).catch(() => null))?.status === 200, "gateway to be ready");
+  }
   return {
     url: `http://${entry.public}`,
     adminUrl: `http://${entry.admin}`,

@@ -69,39 +69,43 @@ test("a client moved between replicas receives every event exactly once", async 
     reconnectionDelay: 50,
     reconnectionDelayMax: 200,
   });
-  const received = [];
-  const resyncs = [];
-  joinWithRecovery(socket, [{ project: "p1" }], {
-    onEvent: (event, data) => event === "tick" && received.push(data.n),
-    onResync: (room) => resyncs.push(room),
-  });
-  await eventually(() => socket.connected, "connected");
-  await eventually(
-    () => redis.cli("PUBSUB", "NUMSUB", "roomcast:{tenant:t1:project:p1}").split("\n")[1] === "1",
-    "joined",
-  );
+  // Closed whatever happens: a socket left reconnecting would keep node (and the suite) running.
+  try {
+    const received = [];
+    const resyncs = [];
+    joinWithRecovery(socket, [{ project: "p1" }], {
+      onEvent: (event, data) => event === "tick" && received.push(data.n),
+      onResync: (room) => resyncs.push(room),
+    });
+    await eventually(() => socket.connected, "connected");
+    await eventually(
+      () => redis.cli("PUBSUB", "NUMSUB", "roomcast:{tenant:t1:project:p1}").split("\n")[1] === "1",
+      "joined",
+    );
 
-  const total = 300;
-  const publishing = (async () => {
-    for (let n = 0; n < total; n++) {
-      const res = await fetch(`${gateways[n % 2].url}/v1/publish`, {
-        method: "POST",
-        headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
-        body: JSON.stringify({ tenant: "t1", project: "p1", event: "tick", data: { n } }),
-      });
-      assert.equal(res.status, 200);
-      await new Promise((r) => setTimeout(r, 3));
+    const total = 300;
+    const publishing = (async () => {
+      for (let n = 0; n < total; n++) {
+        const res = await fetch(`${gateways[n % 2].url}/v1/publish`, {
+          method: "POST",
+          headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+          body: JSON.stringify({ tenant: "t1", project: "p1", event: "tick", data: { n } }),
+        });
+        assert.equal(res.status, 200);
+        await new Promise((r) => setTimeout(r, 3));
+      }
+    })();
+    // Moved to the other replica twice while events keep coming.
+    for (const [next, after] of [[1, 60], [0, 180]]) {
+      await eventually(() => received.length > after, `${after} events before moving`);
+      lb.switchTo(hostPort(gateways[next].url));
     }
-  })();
-  // Moved to the other replica twice while events keep coming.
-  for (const [next, after] of [[1, 60], [0, 180]]) {
-    await eventually(() => received.length > after, `${after} events before moving`);
-    lb.switchTo(hostPort(gateways[next].url));
+    await publishing;
+    await eventually(() => received.length >= total, `all ${total} events (got ${received.length})`);
+    assert.deepEqual(received, [...Array(total).keys()], "every number once, in order");
+    assert.deepEqual(resyncs, []);
+  } finally {
+    socket.close();
+    lb.close();
   }
-  await publishing;
-  await eventually(() => received.length >= total, `all ${total} events (got ${received.length})`);
-  assert.deepEqual(received, [...Array(total).keys()], "every number once, in order");
-  assert.deepEqual(resyncs, []);
-  socket.close();
-  lb.close();
 });

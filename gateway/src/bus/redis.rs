@@ -154,12 +154,8 @@ impl RedisBus {
     /// Creates the clients and starts connecting in the background; delivery starts as soon as
     /// Redis answers. A replica whose Redis is down at startup runs, unready, and connects later.
     pub fn start(settings: RedisSettings, delivery: Arc<Delivery>) -> Result<RedisBus, ConfigError> {
-        let mut config = FredConfig::from_url(&settings.url)
+        let config = FredConfig::from_url(&settings.url)
             .map_err(|_| ConfigError::new("ROOMCAST_REDIS_URL", "not a Redis URL"))?;
-        // fred's default gives up for good when the *first* connection fails: a replica started
-        // before its Redis (a pod scheduled first) would never connect. Apply the reconnect
-        // policy to the first connection too.
-        config.fail_fast = false;
         let clustered = config.server.is_clustered();
         // The commands client receives no pub/sub messages, only its own connection events.
         let commands = build_client(&config, &settings, COMMANDS_CLIENT_EVENTS)?;
@@ -174,8 +170,8 @@ impl RedisBus {
         monitor(&subscriber, "subscriber", subscriber_link.clone(), Some(in_sync.clone()));
         let messages = subscriber.message_rx();
         let reconnects = subscriber.reconnect_rx();
-        commands.connect();
-        subscriber.connect();
+        keep_connecting(&commands);
+        keep_connecting(&subscriber);
         for client in [&commands, &subscriber] {
             let client = client.clone();
             tokio::spawn(async move { client.enable_heartbeat(Duration::from_secs(5), false).await });
@@ -296,6 +292,31 @@ impl Bus for RedisBus {
             None
         }
     }
+}
+
+/// Connects `client`, and connects it again whenever its connection task ends with an error.
+///
+/// fred applies its reconnect policy only once a client has connected: when the *first*
+/// connection fails, the task ends and the client stays down for good, so a replica started
+/// before its Redis (a pod scheduled first) would never connect. Its `fail_fast = false`
+/// applies the policy to the first connection too, but then waits the policy's first delay
+/// before even trying, which makes every start ~100-200 ms slower; this tries at once.
+fn keep_connecting(client: &Client) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match client.connect().await {
+                // The client quit (or the task was cancelled): nothing left to do.
+                Ok(Ok(())) | Err(_) => break,
+                // The errors themselves reach the monitor through the client's error events.
+                Ok(Err(_)) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
 }
 
 /// Counts connections, reconnections and connection errors of `client`; marks the bus out of
