@@ -263,17 +263,19 @@ impl Delivery {
     /// restored, and start the catch-up *after*: events published in between are then either in
     /// the history read or held.
     pub async fn hold_all(&self) -> Vec<String> {
-        self.hold(|_| true).await
+        self.hold(|_| true, false).await
     }
 
-    /// Like [`Delivery::hold_all`], for the rooms `wanted` picks.
-    pub async fn hold(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+    /// Like [`Delivery::hold_all`], for the rooms `wanted` picks. With `seeding`, rooms still
+    /// being seeded are marked to catch up once seeded: only do that once their subscription
+    /// is live, or the catch-up could read history before it is.
+    pub async fn hold(&self, wanted: impl Fn(&str) -> bool, seeding: bool) -> Vec<String> {
         let mut rooms = self.sequences.rooms.lock().await;
         let mut held = Vec::new();
         for (room, seq) in rooms.iter_mut().filter(|(room, _)| wanted(room)) {
-            if let Some(seeding) = &mut seq.seeding {
+            if let Some(state) = &mut seq.seeding {
                 // Not started yet: its seeding starts the catch-up.
-                seeding.catch_up = true;
+                state.catch_up |= seeding;
             } else if seq.epoch.is_some() && seq.held.is_none() {
                 seq.held = Some(Vec::new());
                 held.push(room.clone());
@@ -301,9 +303,9 @@ impl Delivery {
         // catch-up delivers again never reach them twice.)
         let known = {
             let rooms = self.sequences.rooms.lock().await;
-            rooms.get(room).map(|seq| (seq.epoch.clone(), seq.last))
+            rooms.get(room).map(|seq| (seq.epoch.clone(), seq.last, seq.generation))
         };
-        let Some((epoch, last)) = known else { return };
+        let Some((epoch, last, generation)) = known else { return };
         let read = match self.history() {
             // Forgotten meanwhile (its members left): nothing delivered here to continue from,
             // and reading from offset 0 would replay the whole history to the room.
@@ -322,6 +324,11 @@ impl Delivery {
         };
         let mut rooms = self.sequences.rooms.lock().await;
         let Some(seq) = rooms.get_mut(room) else { return };
+        if seq.generation != generation {
+            // The room emptied and a new membership period started meanwhile: its first join
+            // restarted the sequence and owns what is held now.
+            return;
+        }
         let held = seq.held.take().unwrap_or_default();
         match read {
             Ok(read) => {
@@ -378,16 +385,19 @@ impl Delivery {
             return Attached { recovered: since.map(|_| false), position: None };
         };
         // 1. In the room (and its companion), capturing what this replica delivers from now on.
-        {
+        let reader = {
             let mut rooms = self.sequences.rooms.lock().await;
             let seq = rooms.entry(room.to_owned()).or_default();
             seq.retain_others(socket.id);
             if seq.generation != generation {
+                // A new membership period: nothing kept from the last one applies (its members
+                // are gone, and what it held was published before the read below). A catch-up
+                // still running for it sees the new generation and does nothing.
                 seq.generation = generation;
-                if seq.held.is_none() && seq.seeding.is_none() {
-                    seq.epoch = None;
-                    seq.last = 0;
-                }
+                seq.epoch = None;
+                seq.last = 0;
+                seq.held = None;
+                seq.seeding = None;
             }
             // Nothing delivered here yet: the sequence does not know where the room stands, so
             // it would accept any first offset. Hold live events until the reads below tell.
@@ -395,12 +405,17 @@ impl Delivery {
                 seq.held = Some(Vec::new());
                 seq.seeding = Some(Seeding::default());
             }
-            if let Some(seeding) = &mut seq.seeding {
-                seeding.readers += 1;
-            }
+            let reader = match &mut seq.seeding {
+                Some(seeding) => {
+                    seeding.readers += 1;
+                    true
+                }
+                None => false,
+            };
             socket.join([room.to_owned(), recovering_room(room)]);
             seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Reading(Vec::new()) });
-        }
+            reader
+        };
         // 2. Read history; replay what `since` missed, if all of it is there.
         let limit = history.policy().size as usize;
         let after_offset = since.as_ref().map_or(u64::MAX, |s| s.offset);
@@ -428,7 +443,7 @@ impl Delivery {
         let mut rooms = self.sequences.rooms.lock().await;
         let seq = rooms.entry(room.to_owned()).or_default();
         let mut catch_up = false;
-        if let Some(seeding) = &mut seq.seeding {
+        if let (true, Some(seeding)) = (reader, &mut seq.seeding) {
             seeding.readers = seeding.readers.saturating_sub(1);
             seeding.lowest = lowest(seeding.lowest.take(), read_at.as_ref());
             if seeding.readers == 0 {

@@ -185,6 +185,7 @@ impl RedisBus {
             clustered,
             wanted: HashSet::new(),
             unconfirmed: HashSet::new(),
+            awaiting: HashSet::new(),
             in_sync: in_sync.clone(),
         };
         tokio::spawn(subscriptions.run(ops_rx, reconnects));
@@ -405,6 +406,9 @@ struct Subscriptions {
     wanted: HashSet<String>,
     /// Rooms whose last change Redis has not confirmed; retried until it does.
     unconfirmed: HashSet<String>,
+    /// Rooms held since their subscription was lost, caught up from history once it is
+    /// confirmed again (not before: a read before that could miss what comes in between).
+    awaiting: HashSet<String>,
     in_sync: Arc<AtomicBool>,
 }
 
@@ -560,11 +564,12 @@ impl Subscriptions {
         // Live events of rooms delivered before are held from the moment they are resubscribed
         // until what was published while the subscription was down has been replayed.
         let held = self.delivery.hold_all().await;
+        self.awaiting.extend(held);
         let rooms: Vec<String> = self.wanted.iter().cloned().collect();
         // The connection event itself says the link is up, whatever the monitor task has recorded yet.
         let failed = self.send(&rooms, true, true).await;
         self.unconfirmed = failed.keys().cloned().collect();
-        self.delivery.spawn_catch_up(held);
+        self.catch_up_confirmed(&rooms, &failed).await;
         if failed.is_empty() {
             self.in_sync.store(true, Ordering::Release);
             tracing::info!(rooms = rooms.len(), "subscriptions restored");
@@ -583,13 +588,26 @@ impl Subscriptions {
         // What was published while these rooms were not subscribed is read from history once
         // they are (as after a reconnect), not only when a later event reveals the gap.
         let wanted: HashSet<&str> = sub.iter().map(String::as_str).collect();
-        let held = self.delivery.hold(|room| wanted.contains(room)).await;
+        let held = self.delivery.hold(|room| wanted.contains(room), false).await;
+        self.awaiting.extend(held);
         let mut failed = self.send(&sub, true, false).await;
-        self.delivery.spawn_catch_up(held);
+        self.catch_up_confirmed(&sub, &failed).await;
         failed.extend(self.send(&unsub, false, false).await);
         self.unconfirmed = failed.into_keys().collect();
         if self.unconfirmed.is_empty() {
             self.in_sync.store(true, Ordering::Release);
         }
+    }
+
+    /// Starts the catch-up of the rooms of `sent` whose subscription is now confirmed: those
+    /// held while it was lost, those a join is seeding (once seeded), and any room released
+    /// meanwhile. Rooms still failing stay held for the next retry; rooms nobody wants any more
+    /// are released (their catch-up drops them).
+    async fn catch_up_confirmed(&mut self, sent: &[String], failed: &HashMap<String, BusError>) {
+        let confirmed: HashSet<&str> = sent.iter().map(String::as_str).filter(|r| !failed.contains_key(*r)).collect();
+        let mut ready = self.delivery.hold(|room| confirmed.contains(room), true).await;
+        let wanted = &self.wanted;
+        ready.extend(self.awaiting.extract_if(|room| confirmed.contains(room.as_str()) || !wanted.contains(room)));
+        self.delivery.spawn_catch_up(ready);
     }
 }
