@@ -114,10 +114,31 @@ fn after(p: &Position, e: &EventEnvelope) -> bool {
     }
 }
 
-/// Every room's sequence, behind one async lock (held across the local emit, never across Redis).
-#[derive(Debug, Default)]
+/// Lock shards of [`Sequences`]: rooms in different shards are sequenced, joined and caught up
+/// in parallel.
+const SEQUENCE_SHARDS: usize = 64;
+
+/// Every room's sequence, behind one async lock per shard of rooms (held across the local emit
+/// of an event of that room, never across Redis). A room's operations always take the same
+/// shard, so they stay in order; no operation holds two shards.
+#[derive(Debug)]
 pub struct Sequences {
-    rooms: tokio::sync::Mutex<HashMap<String, RoomSequence>>,
+    shards: Box<[tokio::sync::Mutex<HashMap<String, RoomSequence>>]>,
+}
+
+impl Default for Sequences {
+    fn default() -> Self {
+        Sequences { shards: (0..SEQUENCE_SHARDS).map(|_| Default::default()).collect() }
+    }
+}
+
+impl Sequences {
+    /// The shard holding `room`.
+    fn shard(&self, room: &str) -> &tokio::sync::Mutex<HashMap<String, RoomSequence>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room);
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
 }
 
 /// A client's `since`: the last offset it received in a room, and that room's epoch.
@@ -176,7 +197,7 @@ fn verdict(seq: &RoomSequence, e: &EventEnvelope) -> Verdict {
 impl Delivery {
     /// A live event with an offset reached this replica.
     pub(crate) async fn sequence(self: &Arc<Self>, e: &EventEnvelope) {
-        let mut rooms = self.sequences.rooms.lock().await;
+        let mut rooms = self.sequences.shard(&e.room).lock().await;
         if !rooms.contains_key(&e.room) && self.members(&e.room) == 0 {
             // In flight after the last member left: nobody to deliver to, and no sequence to
             // start (it would be stale when members come back).
@@ -270,15 +291,17 @@ impl Delivery {
     /// being seeded are marked to catch up once seeded: only do that once their subscription
     /// is live, or the catch-up could read history before it is.
     pub async fn hold(&self, wanted: impl Fn(&str) -> bool, seeding: bool) -> Vec<String> {
-        let mut rooms = self.sequences.rooms.lock().await;
         let mut held = Vec::new();
-        for (room, seq) in rooms.iter_mut().filter(|(room, _)| wanted(room)) {
-            if let Some(state) = &mut seq.seeding {
-                // Not started yet: its seeding starts the catch-up.
-                state.catch_up |= seeding;
-            } else if seq.epoch.is_some() && seq.held.is_none() {
-                seq.held = Some(Vec::new());
-                held.push(room.clone());
+        for shard in &self.sequences.shards {
+            let mut rooms = shard.lock().await;
+            for (room, seq) in rooms.iter_mut().filter(|(room, _)| wanted(room)) {
+                if let Some(state) = &mut seq.seeding {
+                    // Not started yet: its seeding starts the catch-up.
+                    state.catch_up |= seeding;
+                } else if seq.epoch.is_some() && seq.held.is_none() {
+                    seq.held = Some(Vec::new());
+                    held.push(room.clone());
+                }
             }
         }
         held
@@ -302,7 +325,7 @@ impl Delivery {
         // (No socket waits for this: recovering sockets are fed by offset, so events the
         // catch-up delivers again never reach them twice.)
         let known = {
-            let rooms = self.sequences.rooms.lock().await;
+            let rooms = self.sequences.shard(room).lock().await;
             rooms.get(room).map(|seq| (seq.epoch.clone(), seq.last, seq.generation))
         };
         let Some((epoch, last, generation)) = known else { return };
@@ -322,7 +345,7 @@ impl Delivery {
             }
             None => Err(crate::bus::BusError::Unavailable("no history".into())),
         };
-        let mut rooms = self.sequences.rooms.lock().await;
+        let mut rooms = self.sequences.shard(room).lock().await;
         let Some(seq) = rooms.get_mut(room) else { return };
         if seq.generation != generation {
             // The room emptied and a new membership period started meanwhile: its first join
@@ -352,7 +375,7 @@ impl Delivery {
     /// members who come later, so its sequence is forgotten (or, while a catch-up or a join is
     /// using it, restarted).
     pub async fn forget_room(&self, room: &str) {
-        let mut rooms = self.sequences.rooms.lock().await;
+        let mut rooms = self.sequences.shard(room).lock().await;
         if self.members(room) > 0 {
             // A member came back before this ran: its join decided what the sequence is.
             return;
@@ -386,7 +409,7 @@ impl Delivery {
         };
         // 1. In the room (and its companion), capturing what this replica delivers from now on.
         let reader = {
-            let mut rooms = self.sequences.rooms.lock().await;
+            let mut rooms = self.sequences.shard(room).lock().await;
             let seq = rooms.entry(room.to_owned()).or_default();
             seq.retain_others(socket.id);
             if seq.generation != generation {
@@ -440,7 +463,7 @@ impl Delivery {
         };
         // 3. The last reader seeds a new sequence; then what this replica delivered meanwhile,
         //    then feeding until it has caught up.
-        let mut rooms = self.sequences.rooms.lock().await;
+        let mut rooms = self.sequences.shard(room).lock().await;
         let seq = rooms.entry(room.to_owned()).or_default();
         let mut catch_up = false;
         if let (true, Some(seeding)) = (reader, &mut seq.seeding) {
@@ -513,7 +536,7 @@ impl Delivery {
 
     /// `socket` left `room` (or disconnected): stop recovering it there.
     pub async fn detach(&self, socket: Sid, room: &str) {
-        let mut rooms = self.sequences.rooms.lock().await;
+        let mut rooms = self.sequences.shard(room).lock().await;
         if let Some(seq) = rooms.get_mut(room) {
             seq.recovering.retain(|r| r.socket.id != socket);
         }
@@ -647,6 +670,19 @@ mod tests {
         }
         assert!(d.seed(&mut seq).await);
         assert_eq!((seq.last, seq.held.as_ref().map(Vec::len)), (10, Some(0)), "held from 10 until the catch-up");
+    }
+
+    /// The lock over one room's sequence is not a lock over every room's.
+    #[tokio::test]
+    async fn rooms_in_other_shards_are_not_blocked_by_a_busy_room() {
+        let sequences = Sequences::default();
+        let busy = sequences.shard("tenant:t:project:busy").lock().await;
+        let other = (0..100)
+            .map(|i| format!("tenant:t:project:p{i}"))
+            .find(|room| !std::ptr::eq(sequences.shard(room), sequences.shard("tenant:t:project:busy")))
+            .unwrap_or_else(|| unreachable!("100 rooms all in one of 64 shards"));
+        assert!(sequences.shard(&other).try_lock().is_ok(), "{other} is free while the busy room is held");
+        drop(busy);
     }
 
     #[test]
