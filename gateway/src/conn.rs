@@ -1,4 +1,5 @@
-//! Per-connection state, kept in the socket's extensions.
+//! Per-connection state, kept in the socket's extensions, and ending a connection from the
+//! server side (`roomcast:disconnect`, then the close).
 //!
 //! [`Conn`] is Roomcast's own record of a socket: its identity, where it is in its lifecycle
 //! and which rooms it joined. Cleanup reads this record, never what socketioxide still reports:
@@ -15,10 +16,16 @@ use std::{
 };
 
 use roomcast_publisher::{Room, RoomKind};
+use socketioxide::extract::SocketRef;
 
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{auth::Identity, errors::DisconnectReason, presence::Status};
+use crate::{
+    auth::Identity,
+    errors::{DISCONNECT_EVENT, DisconnectReason},
+    metrics,
+    presence::Status,
+};
 
 /// What the gateway remembers about one socket.
 #[derive(Debug)]
@@ -185,6 +192,25 @@ impl Conn {
     pub fn set_identity(&self, identity: Identity) {
         *self.identity.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(identity);
     }
+}
+
+/// Tells the client why the server is ending its connection (`roomcast:disconnect`) and records
+/// the reason for the disconnect metric. The shutdown drain stops here and closes transports
+/// itself, which is what makes socket.io-client reconnect on its own.
+pub(crate) fn notify_closing(socket: &SocketRef, reason: DisconnectReason) {
+    if let Some(conn) = socket.extensions.get::<Arc<Conn>>() {
+        conn.set_closing_reason(reason);
+    }
+    if socket.emit(DISCONNECT_EVENT, &reason.payload()).is_ok() {
+        metrics::emitted(DISCONNECT_EVENT, 1);
+    }
+}
+
+/// Tells the client why, then ends the connection the way `reason` calls for (see
+/// [`DisconnectReason`]).
+pub(crate) fn disconnect(socket: SocketRef, reason: DisconnectReason) {
+    notify_closing(&socket, reason);
+    let _ = socket.disconnect();
 }
 
 /// A ticket lock that runs a socket's operations in the order its packets arrived.

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::{
     conn::{Conn, ExpiryDeadlines},
     errors::DisconnectReason,
-    metrics, socket,
+    metrics,
     state::Shared,
 };
 
@@ -83,7 +83,7 @@ pub async fn run(gw: Shared) {
                         continue;
                     }
                     tracing::info!(sid = %sid, "token expired; disconnecting");
-                    socket::disconnect(socket, DisconnectReason::TokenExpired);
+                    crate::conn::disconnect(socket, DisconnectReason::TokenExpired);
                 }
             }
         }

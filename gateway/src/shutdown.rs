@@ -6,11 +6,7 @@ use std::time::Duration;
 use socketioxide::SocketIo;
 use tokio::time::Instant;
 
-use crate::{
-    errors::{DISCONNECT_EVENT, DisconnectReason},
-    metrics,
-    state::Shared,
-};
+use crate::{errors::DisconnectReason, state::Shared};
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
@@ -49,14 +45,8 @@ pub async fn drain(gw: &Shared, io: &SocketIo, deadline: Instant) {
 
     let sockets = io.sockets();
     tracing::info!(sockets = sockets.len(), "asking connected clients to reconnect elsewhere");
-    let payload = DisconnectReason::ServerShutdown.payload();
     for socket in &sockets {
-        if let Some(conn) = socket.extensions.get::<std::sync::Arc<crate::conn::Conn>>() {
-            conn.set_closing_reason(DisconnectReason::ServerShutdown);
-        }
-        if socket.emit(DISCONNECT_EVENT, &payload).is_ok() {
-            metrics::emitted(DISCONNECT_EVENT, 1);
-        }
+        crate::conn::notify_closing(socket, DisconnectReason::ServerShutdown);
     }
     // Closing the transport (not a Socket.IO disconnect) is what makes socket.io-client
     // reconnect on its own; its randomized backoff spreads the reconnections.

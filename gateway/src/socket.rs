@@ -19,7 +19,7 @@ use tracing::Instrument;
 use crate::{
     auth::{self, Identity},
     conn::{Conn, Lifecycle, Turns},
-    errors::{ClientError, DISCONNECT_EVENT, DisconnectReason, ErrorCode},
+    errors::{ClientError, ErrorCode},
     expiry, metrics, rooms,
     state::Shared,
 };
@@ -385,16 +385,4 @@ fn disconnect_label(reason: SioReason, conn: &Conn) -> &'static str {
         SioReason::ServerNSDisconnect => conn.closing_reason().map_or("server_disconnect", |r| r.code().as_str()),
         SioReason::ClosingServer => "server_shutdown",
     }
-}
-
-/// Tells the client why, then ends the connection the way `reason` calls for (see
-/// [`DisconnectReason`]).
-pub(crate) fn disconnect(socket: SocketRef, reason: DisconnectReason) {
-    if let Some(conn) = conn_of(&socket) {
-        conn.set_closing_reason(reason);
-    }
-    if socket.emit(DISCONNECT_EVENT, &reason.payload()).is_ok() {
-        metrics::emitted(DISCONNECT_EVENT, 1);
-    }
-    let _ = socket.disconnect();
 }

@@ -10,10 +10,11 @@ use std::{
     path::Path,
 };
 
-/// The modules in an import cycle when this test was written (2026-12-02).
+/// The modules still in an import cycle (13 when this test was written, 2026-12-02; `socket`
+/// left it when ending a connection moved to `conn`).
 const IN_THE_CYCLE: &[&str] = &[
-    "bus", "conn", "delivery", "expiry", "history", "http", "presence", "publish", "recovery", "rooms", "socket",
-    "state", "typing",
+    "bus", "conn", "delivery", "expiry", "history", "http", "presence", "publish", "recovery", "rooms", "state",
+    "typing",
 ];
 
 /// Top-level module → the top-level modules its non-test code names with `crate::`.
