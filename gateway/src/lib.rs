@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`config`]: the one clap struct; `--help` is the reference; `validate()`.
+//! - [`api_keys`]: the keys backends present to the HTTP API.
 //! - [`auth`]: finding a connection's token, verifying it, claims → [`auth::Identity`].
 //! - [`errors`]: client-visible error codes and disconnect reasons (the README table).
 //! - [`socket`]: the Socket.IO surface: connect middleware, client events, disconnect.
@@ -27,6 +28,7 @@
 //! - [`shutdown`]: signals and the drain sequence.
 //! - [`logging`]: text or JSON logs.
 
+pub mod api_keys;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -57,6 +59,7 @@ use tokio::{net::TcpListener, sync::watch, time::Instant};
 pub use config::{Config, ConfigError};
 
 use crate::{
+    api_keys::ApiKeys,
     auth::Verifier,
     bus::{
         Bus,
@@ -68,7 +71,6 @@ use crate::{
     history::{memory::MemoryHistory, redis::RedisHistory},
     http::OriginPolicy,
     presence::{Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
-    publish::ApiKeys,
     rooms::Membership,
     state::{GatewayState, Shared},
     typing::Throttle,

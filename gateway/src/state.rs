@@ -8,7 +8,7 @@ use std::sync::{
 use socketioxide::socket::Sid;
 
 use crate::{
-    auth::Verifier, bus::Bus, config::Config, delivery::Delivery, expiry::Phase, presence::Presence, publish::ApiKeys,
+    api_keys::ApiKeys, auth::Verifier, bus::Bus, config::Config, delivery::Delivery, expiry::Phase, presence::Presence,
     rooms::Membership, timers::DeadlineQueue, typing::Throttle,
 };
 

@@ -11,11 +11,10 @@ use std::{
 };
 
 /// The modules still in an import cycle (13 when this test was written, 2026-12-02; `socket`
-/// left it when ending a connection moved to `conn`).
-const IN_THE_CYCLE: &[&str] = &[
-    "bus", "conn", "delivery", "expiry", "history", "http", "presence", "publish", "recovery", "rooms", "state",
-    "typing",
-];
+/// left it when ending a connection moved to `conn`, `http` and `publish` when the API keys
+/// moved out of `publish`).
+const IN_THE_CYCLE: &[&str] =
+    &["bus", "conn", "delivery", "expiry", "history", "presence", "recovery", "rooms", "state", "typing"];
 
 /// Top-level module → the top-level modules its non-test code names with `crate::`.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
