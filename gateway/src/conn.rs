@@ -22,9 +22,8 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     auth::Identity,
-    errors::{DISCONNECT_EVENT, DisconnectReason},
+    errors::{ClientError, DISCONNECT_EVENT, DisconnectReason, ErrorCode},
     metrics,
-    presence::Status,
 };
 
 /// What the gateway remembers about one socket.
@@ -47,6 +46,35 @@ pub struct Conn {
     typing_in: Mutex<Vec<String>>,
     /// Lifecycle and rooms, under one lock so a close and a join cannot interleave.
     state: Mutex<ConnState>,
+}
+
+/// A user's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Status {
+    /// Active.
+    #[default]
+    Online,
+    /// Idle or in the background.
+    Away,
+}
+
+impl Status {
+    /// The status as clients see it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Online => "online",
+            Status::Away => "away",
+        }
+    }
+
+    /// Parses a client's status; anything else is `invalid_payload`.
+    pub fn parse(s: &str) -> Result<Status, ClientError> {
+        match s {
+            "online" => Ok(Status::Online),
+            "away" => Ok(Status::Away),
+            _ => Err(ClientError::new(ErrorCode::InvalidPayload, "status must be \"online\" or \"away\"")),
+        }
+    }
 }
 
 /// Where a socket is in its life.

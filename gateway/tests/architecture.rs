@@ -12,9 +12,9 @@ use std::{
 
 /// The modules still in an import cycle (13 when this test was written, 2026-12-02; `socket`
 /// left it when ending a connection moved to `conn`, `http` and `publish` when the API keys
-/// moved out of `publish`).
+/// moved out of `publish`, `conn` when the presence status moved into it).
 const IN_THE_CYCLE: &[&str] =
-    &["bus", "conn", "delivery", "expiry", "history", "presence", "recovery", "rooms", "state", "typing"];
+    &["bus", "delivery", "expiry", "history", "presence", "recovery", "rooms", "state", "typing"];
 
 /// Top-level module → the top-level modules its non-test code names with `crate::`.
 fn module_graph() -> BTreeMap<String, BTreeSet<String>> {

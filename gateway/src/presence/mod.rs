@@ -35,38 +35,11 @@ use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     bus::{BoxFuture, BusError},
-    errors::{ClientError, ErrorCode},
     timers::DeadlineQueue,
 };
 
-/// A user's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Status {
-    /// Active.
-    #[default]
-    Online,
-    /// Idle or in the background.
-    Away,
-}
-
-impl Status {
-    /// The status as clients see it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Online => "online",
-            Status::Away => "away",
-        }
-    }
-
-    /// Parses a client's status; anything else is `invalid_payload`.
-    pub fn parse(s: &str) -> Result<Status, ClientError> {
-        match s {
-            "online" => Ok(Status::Online),
-            "away" => Ok(Status::Away),
-            _ => Err(ClientError::new(ErrorCode::InvalidPayload, "status must be \"online\" or \"away\"")),
-        }
-    }
-}
+/// A user's status (what a socket sets with `presence:update`; kept in its [`crate::conn::Conn`]).
+pub use crate::conn::Status;
 
 /// One user in a presence list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
