@@ -9,8 +9,9 @@
 //!   restored. What history no longer has is announced to the room's sockets with
 //!   `roomcast:resync` instead of being silently skipped.
 //! - a room's sequence starts from a position read from history, never from whatever offset
-//!   arrives first: the first join on this replica holds live events until its history read
-//!   answers, then *seeds* the sequence with that position and releases them. An event published
+//!   arrives first: the joins that find no sequence hold live events until their history reads
+//!   answer; the last of them *seeds* the sequence with the lowest position read and releases
+//!   the held events. An event published
 //!   after the read but before Redis applied the subscription is then a jump like any other,
 //!   caught up from history, instead of silently missing. (The automatic tenant and user rooms
 //!   have no join and no position; their sequence starts at their first event.)
@@ -99,7 +100,7 @@ pub fn recovering_room(room: &str) -> String {
 }
 
 impl RoomSequence {
-    /// Forgets `socket`'s earlier recovery in this room (it joins again).
+    /// Forgets `socket`'s recovery in this room (it joins again, leaves or disconnects).
     fn retain_others(&mut self, socket: Sid) {
         self.recovering.retain(|r| r.socket.id != socket);
     }
@@ -478,39 +479,43 @@ impl Delivery {
             Some(Stage::Reading(captured)) => captured,
             _ => Vec::new(),
         };
-        let Some(mut at) = position else {
+        let position = match position {
             // No history: nothing to order against. What was delivered while reading is still
             // the socket's; then it is an ordinary member.
-            for e in &captured {
-                self.emit_to_socket(socket, e);
+            None => {
+                for e in &captured {
+                    self.emit_to_socket(socket, e);
+                }
+                socket.leave(recovering_room(room));
+                None
             }
-            socket.leave(recovering_room(room));
-            drop(rooms);
-            if catch_up {
-                self.spawn_catch_up(vec![room.to_owned()]);
+            Some(mut at) => {
+                for e in &captured {
+                    if after(&at, e) {
+                        self.emit_to_socket(socket, e);
+                        at = Position {
+                            epoch: e.epoch.clone().unwrap_or_default(),
+                            offset: e.offset.unwrap_or(at.offset),
+                        };
+                    }
+                }
+                let caught_up = seq.epoch.as_ref() == Some(&at.epoch) && seq.last >= at.offset;
+                if caught_up {
+                    socket.leave(recovering_room(room));
+                } else {
+                    seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Feeding(at.clone()) });
+                }
+                if let Some(recovered) = recovered {
+                    metrics::recovery(recovered);
+                }
+                Some(at)
             }
-            return Attached { recovered, position: None };
         };
-        for e in &captured {
-            if after(&at, e) {
-                self.emit_to_socket(socket, e);
-                at = Position { epoch: e.epoch.clone().unwrap_or_default(), offset: e.offset.unwrap_or(at.offset) };
-            }
-        }
-        let caught_up = seq.epoch.as_ref() == Some(&at.epoch) && seq.last >= at.offset;
-        if caught_up {
-            socket.leave(recovering_room(room));
-        } else {
-            seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Feeding(at.clone()) });
-        }
         drop(rooms);
         if catch_up {
             self.spawn_catch_up(vec![room.to_owned()]);
         }
-        if let Some(recovered) = recovered {
-            metrics::recovery(recovered);
-        }
-        Attached { recovered, position: Some(at) }
+        Attached { recovered, position }
     }
 
     /// Seeds a room's new sequence with the lowest position its joins read (none: history could
@@ -538,7 +543,7 @@ impl Delivery {
     pub async fn detach(&self, socket: Sid, room: &str) {
         let mut rooms = self.sequences.shard(room).lock().await;
         if let Some(seq) = rooms.get_mut(room) {
-            seq.recovering.retain(|r| r.socket.id != socket);
+            seq.retain_others(socket);
         }
     }
 

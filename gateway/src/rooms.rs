@@ -46,8 +46,6 @@ struct Local {
 
 /// The outcome of [`Membership::enter`].
 pub struct Entered<F> {
-    /// Whether the socket is the room's first local member (its subscription just started).
-    pub first: bool,
     /// The room's current membership period on this replica: it changes each time the room
     /// gets a first local member again, so delivery state kept from an earlier period (when
     /// the replica was not subscribed) is recognised as stale.
@@ -58,10 +56,7 @@ pub struct Entered<F> {
 
 impl<F> std::fmt::Debug for Entered<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entered")
-            .field("first", &self.first)
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
+        f.debug_struct("Entered").field("generation", &self.generation).finish_non_exhaustive()
     }
 }
 
@@ -83,13 +78,13 @@ impl Membership {
         match counts.get_mut(room) {
             Some(local) => {
                 local.members += 1;
-                Entered { first: false, generation: local.generation, subscribed: local.subscribed.clone() }
+                Entered { generation: local.generation, subscribed: local.subscribed.clone() }
             }
             None => {
                 let subscribed = self.bus.subscribe(room).shared();
                 let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 counts.insert(room.to_owned(), Local { members: 1, generation, subscribed: subscribed.clone() });
-                Entered { first: true, generation, subscribed }
+                Entered { generation, subscribed }
             }
         }
     }
@@ -178,10 +173,10 @@ pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, Clie
 }
 
 /// Records `socket`'s entry into `room` (the caller checked it is not there yet) and
-/// subscribes the bus if it is the room's first local member; resolves once the bus confirmed.
-/// The socket itself is put in the room by [`crate::delivery::Delivery::attach`], which orders history and live
+/// subscribes the bus if it is the room's first local member; resolves once the bus confirmed,
+/// with the room's membership generation (see [`Entered::generation`]). The socket itself is
+/// put in the room by [`crate::delivery::Delivery::attach`], which orders history and live
 /// events for it.
-/// Returns the room's membership generation (see [`Entered::generation`]).
 pub async fn enter(conn: &Conn, membership: &Membership, room: &Room, max_rooms: u32) -> Result<u64, ClientError> {
     if conn.explicit_room_count() >= max_rooms as usize {
         return Err(ClientError::new(
@@ -278,9 +273,9 @@ mod tests {
         let delivery = Arc::new(crate::delivery::Delivery::new("test".into(), 1024, std::time::Duration::from_secs(6)));
         let bus = Arc::new(MemoryBus::new(delivery.clone(), None));
         let m = Membership::new(bus.clone(), delivery);
-        assert!(m.enter("r").first);
+        let first = m.enter("r");
         let second = m.enter("r");
-        assert!(!second.first);
+        assert_eq!(first.generation, second.generation, "one membership period");
         second.subscribed.await.unwrap();
         assert!(bus.is_subscribed("r"));
         m.exit("r").await.unwrap();

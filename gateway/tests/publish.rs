@@ -169,6 +169,26 @@ async fn typing_requires_membership_and_a_well_formed_payload() {
     assert_eq!(code(&req(json!({ "channel": "bad:id", "typing": true })).await), "invalid_room");
 }
 
+/// Reads `ws` until a text frame starting with `prefix` (the `what`); what came before goes to
+/// `seen`, for the panic message if the connection closes first.
+async fn skip_until<S>(ws: &mut S, prefix: &str, what: &str, seen: &mut Vec<tokio_tungstenite::tungstenite::Message>)
+where
+    S: futures_util::Stream<
+            Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        let Some(Ok(message)) = ws.next().await else { panic!("closed before the {what}; got {seen:?}") };
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = &message
+            && t.starts_with(prefix)
+        {
+            return;
+        }
+        seen.push(message);
+    }
+}
+
 /// A client that stops reading fills its socket's send buffer; events it then misses are
 /// counted, not silently dropped, and the other members are unaffected.
 #[tokio::test]
@@ -191,25 +211,9 @@ async fn events_a_stalled_client_cannot_take_are_counted() {
     // engineioxide may send its first ping before the CONNECT ack: wait for the ack itself (an
     // event sent before it is refused and closes the connection, as the test once did).
     let mut seen = Vec::new();
-    loop {
-        let Some(Ok(message)) = ws.next().await else { panic!("closed before the CONNECT ack; got {seen:?}") };
-        if let Message::Text(t) = &message
-            && t.starts_with("40")
-        {
-            break;
-        }
-        seen.push(message);
-    }
+    skip_until(&mut ws, "40", "CONNECT ack", &mut seen).await;
     ws.send(Message::text(r#"421["join",{"project":"p1"}]"#)).await.unwrap();
-    loop {
-        let Some(Ok(message)) = ws.next().await else { panic!("closed before the join ack; got {seen:?}") };
-        if let Message::Text(t) = &message
-            && t.starts_with("431")
-        {
-            break;
-        }
-        seen.push(message);
-    }
+    skip_until(&mut ws, "431", "join ack", &mut seen).await;
 
     // Bursts of 20 stay well under the 64-packet buffer, so a reading client keeps up; the
     // stalled one fills the kernel socket buffers, then its send buffer, then loses events.

@@ -307,6 +307,13 @@ async fn a_redis_restart_without_persistence_changes_the_epoch() {
     assert_eq!(ack["epoch"], json!(receipt.epoch.unwrap()));
 }
 
+/// `POST /v1/publish` of `body` on the in-process gateway `gw` (which accepts [`API_KEY`]).
+async fn publish_http(gw: &TestGateway, body: &Value) -> (u16, String) {
+    let auth = format!("Bearer {API_KEY}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    http(gw.addr, "POST", "/v1/publish", &headers, &body.to_string()).await
+}
+
 #[tokio::test]
 async fn single_node_history_recovers_too() {
     let gw =
@@ -315,14 +322,12 @@ async fn single_node_history_recovers_too() {
     let ack = c.request("join", P1()).await;
     let (offset, epoch) = (ack["offset"].as_u64().unwrap(), ack["epoch"].as_str().unwrap().to_owned());
     c.close();
-    let auth = format!("Bearer {API_KEY}");
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let body = json!(
         (0..5)
             .map(|n| json!({ "tenant": "t1", "project": "p1", "event": "tick", "data": { "n": n } }))
             .collect::<Vec<_>>()
     );
-    let (status, receipts) = http(gw.addr, "POST", "/v1/publish", &headers, &body.to_string()).await;
+    let (status, receipts) = publish_http(&gw, &body).await;
     assert_eq!(status, 200, "{receipts}");
     let receipts: Value = serde_json::from_str(&receipts).unwrap();
     assert_eq!(receipts["receipts"][4]["offset"], offset + 5);
@@ -344,11 +349,9 @@ async fn joining_again_answers_like_a_first_join() {
     let c = gw.connect_user("t1", "u").await;
     let first = c.request("join", P1()).await;
     let epoch = first["epoch"].as_str().unwrap().to_owned();
-    let auth = format!("Bearer {API_KEY}");
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     for n in 0..3 {
-        let body = json!({ "tenant": "t1", "project": "p1", "event": "tick", "data": { "n": n } }).to_string();
-        assert_eq!(http(gw.addr, "POST", "/v1/publish", &headers, &body).await.0, 200);
+        let body = json!({ "tenant": "t1", "project": "p1", "event": "tick", "data": { "n": n } });
+        assert_eq!(publish_http(&gw, &body).await.0, 200);
     }
     let last = first["offset"].as_u64().unwrap() + 3;
     for _ in 0..3 {
@@ -366,8 +369,8 @@ async fn joining_again_answers_like_a_first_join() {
     assert_eq!(got, vec![1, 2], "the two events after since, replayed before the ack");
     // One leave takes it out: the re-joins did not count it twice.
     assert_eq!(c.request("leave", P1()).await["ok"], true);
-    let body = json!({ "tenant": "t1", "project": "p1", "event": "after", "data": {} }).to_string();
-    let (_, receipt) = http(gw.addr, "POST", "/v1/publish", &headers, &body).await;
+    let body = json!({ "tenant": "t1", "project": "p1", "event": "after", "data": {} });
+    let (_, receipt) = publish_http(&gw, &body).await;
     assert_eq!(serde_json::from_str::<Value>(&receipt).unwrap()["replicas"], 0, "nobody left in p1");
 }
 
