@@ -38,6 +38,15 @@ export function userToken(tenant, user, extra = {}) {
  * `env` adds ROOMCAST_* settings. The returned object's `stop()` sends SIGTERM and waits.
  */
 export async function startGateway(env = {}) {
+  const gateway = await spawnGateway(env);
+  running.add(gateway);
+  return gateway;
+}
+
+/** Gateways started and not yet stopped: what a transport failure reports on. */
+const running = new Set();
+
+async function spawnGateway(env) {
   const child = spawn(GATEWAY_BIN, [], {
     env: {
       PATH: process.env.PATH,
@@ -82,7 +91,9 @@ export async function startGateway(env = {}) {
     url: `http://${entry.public}`,
     adminUrl: `http://${entry.admin}`,
     logs,
+    child,
     async stop() {
+      running.delete(this);
       if (child.exitCode !== null) return;
       child.kill("SIGTERM");
       await withTimeout(once(child, "exit"), WAIT_MS, "gateway to exit");
@@ -121,9 +132,31 @@ export async function connect(url, options = {}, setup = () => {}) {
     );
   } catch (err) {
     socket.close();
+    // A transport failure (not a refusal by the gateway) carries what the transport saw: the
+    // HTTP status of a failed poll, the WebSocket close event. Show it, or the failure is opaque.
+    if (err.description !== undefined) {
+      const seen = err.description instanceof Error ? err.description.message : JSON.stringify(err.description);
+      err.message = `${err.message} (transport ${err.type ?? "?"}: ${seen}; context ${describe(err.context)}; ${gatewayReport()})`;
+    }
     throw err;
   }
   return socket;
+}
+
+/** Whether each running gateway is alive, and its latest warnings and errors. */
+function gatewayReport() {
+  const lines = [...running].map((gw) => {
+    const alive = gw.child.exitCode === null ? "running" : `exited with ${gw.child.exitCode}`;
+    const worrying = gw.logs.filter((l) => /"level":"(WARN|ERROR)"/.test(l)).slice(-3);
+    return `${gw.url} ${alive}${worrying.length ? ": " + worrying.join(" | ") : ""}`;
+  });
+  return `gateways: ${lines.join("; ") || "none"}`;
+}
+
+function describe(context) {
+  if (context === undefined) return "none";
+  if (typeof context.responseText === "string") return `status ${context.status}, body ${JSON.stringify(context.responseText)}`;
+  return String(context);
 }
 
 /** The connect_error message (the error code) a connection attempt gets. */
