@@ -336,6 +336,15 @@ fn advance(conn: &Conn) {
     conn.turns.advanced.notify_waiters();
 }
 
+/// Which of a socket's two token deadlines came due (the `expiry` module schedules them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Emit `auth:expiring`.
+    Notice,
+    /// Disconnect with `token_expired`.
+    Expire,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,46 +5,23 @@
 //! canonical name, a reserved event name or an oversized payload is dropped and counted,
 //! never emitted.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use roomcast_publisher::{
     Room, RoomKind,
     wire::{self, Envelope, EventEnvelope, PresenceAction, PresenceEnvelope, TypingEnvelope},
 };
 use serde::Serialize;
-use serde_json::value::RawValue;
-use socketioxide::{BroadcastError, SocketError, SocketIo, operators::BroadcastOperators};
 
 use crate::{
+    backend::BoxFuture,
+    bus::Inbound,
     history::History,
+    local::{Local, note_emit_errors},
     metrics, presence,
-    rooms::Membership,
+    recovery::Sequencer,
     typing::{Indicators, Show},
 };
-
-/// The second argument of every published event a client receives.
-#[derive(Debug, Serialize)]
-pub struct EventMeta<'a> {
-    /// Canonical room name.
-    pub room: &'a str,
-    /// The publisher's event id.
-    pub id: &'a str,
-    /// Publish time, ms since the Unix epoch.
-    pub ts: u64,
-    /// The event's offset in the room (with history).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    /// The room history's epoch (with history).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<&'a str>,
-}
-
-impl<'a> EventMeta<'a> {
-    /// The meta of `e`.
-    pub fn of(e: &'a EventEnvelope) -> Self {
-        EventMeta { room: &e.room, id: &e.id, ts: e.ts, offset: e.offset, epoch: e.epoch.as_deref() }
-    }
-}
 
 /// The payload clients receive for a typing indicator.
 #[derive(Debug, Serialize)]
@@ -97,40 +74,34 @@ impl Rejection {
 /// Emits envelopes to this replica's sockets.
 #[derive(Debug)]
 pub struct Delivery {
-    /// Set once the Socket.IO server exists (it is built after the bus, which needs this).
-    io: OnceLock<SocketIo>,
-    /// Local member counts, for the emitted-events metric.
-    membership: OnceLock<Arc<Membership>>,
+    /// The local sockets.
+    local: Local,
+    /// Orders events published with history (see [`crate::recovery`]).
+    sequencer: Arc<Sequencer>,
     /// This replica's id: typing indicators it originated were already delivered here.
     node_id: Arc<str>,
     /// Largest `data` accepted, in bytes.
     max_payload: usize,
     /// Typing indicators shown to this replica's members.
     indicators: Indicators,
-    /// Per-room sequence of delivered offsets (see [`crate::recovery`]).
-    pub(crate) sequences: crate::recovery::Sequences,
-    /// Room history, when events are published with it (set once the bus exists).
-    history: OnceLock<Arc<dyn History>>,
 }
 
 impl Delivery {
-    /// A delivery for replica `node_id`.
-    pub fn new(node_id: Arc<str>, max_payload: usize, typing_ttl: std::time::Duration) -> Self {
+    /// A delivery for replica `node_id` to `local`'s sockets, recovering from `history`.
+    pub fn new(
+        local: Local,
+        history: Option<Arc<dyn History>>,
+        node_id: Arc<str>,
+        max_payload: usize,
+        typing_ttl: std::time::Duration,
+    ) -> Self {
         Delivery {
-            io: OnceLock::new(),
-            membership: OnceLock::new(),
+            sequencer: Arc::new(Sequencer::new(local.clone(), history)),
+            local,
             node_id,
             max_payload,
             indicators: Indicators::new(typing_ttl),
-            sequences: Default::default(),
-            history: OnceLock::new(),
         }
-    }
-
-    /// Connects the delivery to the Socket.IO server and membership registry.
-    pub fn connect(&self, io: SocketIo, membership: Arc<Membership>) {
-        let _ = self.io.set(io);
-        let _ = self.membership.set(membership);
     }
 
     /// This replica's id.
@@ -138,24 +109,18 @@ impl Delivery {
         &self.node_id
     }
 
-    /// Reads missed events from `history` from now on.
-    pub fn set_history(&self, history: Arc<dyn History>) {
-        let _ = self.history.set(history);
+    /// The sequencer of events published with history: joins attach through it.
+    pub fn sequencer(&self) -> &Arc<Sequencer> {
+        &self.sequencer
     }
 
-    pub(crate) fn history(&self) -> Option<Arc<dyn History>> {
-        self.history.get().cloned()
-    }
-
-    /// Broadcast operators on the root namespace: `None` before [`Delivery::connect`] and once
-    /// the shutdown closed the server. (socketioxide's `SocketIo::within` panics when the
-    /// namespace is gone, which a delivery racing the drain would hit.)
-    pub(crate) fn root(&self) -> Option<BroadcastOperators> {
-        self.io.get()?.of("/")
+    /// The local sockets.
+    pub fn local(&self) -> &Local {
+        &self.local
     }
 
     /// Parses and delivers an envelope received as JSON on `channel_room`'s channel.
-    pub async fn deliver_json(self: &Arc<Self>, channel_room: &str, json: &str) {
+    pub async fn deliver_json(&self, channel_room: &str, json: &str) {
         match Envelope::from_json(json) {
             Ok(envelope) if envelope.room() == channel_room => self.deliver(&envelope).await,
             Ok(_) => metrics::bus_rejected(Rejection::Room.as_str()),
@@ -164,16 +129,16 @@ impl Delivery {
     }
 
     /// Delivers `envelope`, received from the bus, to the local members of its room.
-    pub async fn deliver(self: &Arc<Self>, envelope: &Envelope) {
+    pub async fn deliver(&self, envelope: &Envelope) {
         self.deliver_from(envelope, true).await
     }
 
     /// Delivers `envelope`, originated on this replica, to the local members of its room.
-    pub async fn deliver_originated(self: &Arc<Self>, envelope: &Envelope) {
+    pub async fn deliver_originated(&self, envelope: &Envelope) {
         self.deliver_from(envelope, false).await
     }
 
-    async fn deliver_from(self: &Arc<Self>, envelope: &Envelope, from_bus: bool) {
+    async fn deliver_from(&self, envelope: &Envelope, from_bus: bool) {
         let result = match envelope {
             Envelope::Event(event) => self.deliver_event(event).await,
             Envelope::Typing(typing) => self.deliver_typing(typing, from_bus).await,
@@ -185,7 +150,7 @@ impl Delivery {
         }
     }
 
-    async fn deliver_event(self: &Arc<Self>, e: &EventEnvelope) -> Result<(), Rejection> {
+    async fn deliver_event(&self, e: &EventEnvelope) -> Result<(), Rejection> {
         if e.v != wire::VERSION {
             return Err(Rejection::Version);
         }
@@ -195,32 +160,12 @@ impl Delivery {
             return Err(Rejection::TooLarge);
         }
         if e.offset.is_some() && e.epoch.is_some() {
-            self.sequence(e).await;
+            self.sequencer.sequence(e).await;
         } else {
             // Published without history: live only, nothing to order against.
-            self.emit_event(e).await;
+            self.local.emit_event_except(e, None).await;
         }
         Ok(())
-    }
-
-    /// Emits `e` to its room's local members.
-    pub(crate) async fn emit_event(&self, e: &EventEnvelope) {
-        self.emit_event_except(e, None).await
-    }
-
-    /// Emits `e` to its room's local members, except those in room `except`.
-    pub(crate) async fn emit_event_except(&self, e: &EventEnvelope, except: Option<String>) {
-        let Some(root) = self.root() else { return };
-        let meta = EventMeta::of(e);
-        let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        let to = root.within(e.room.clone());
-        let to = match except {
-            Some(room) => to.except(room),
-            None => to,
-        };
-        note_emit_errors(to.emit(&e.event, &args).await);
-        metrics::delivered("event", self.members(&e.room));
-        metrics::delivery_latency(wire::now_ms().saturating_sub(e.ts));
     }
 
     async fn deliver_typing(&self, t: &TypingEnvelope, from_bus: bool) -> Result<(), Rejection> {
@@ -245,7 +190,8 @@ impl Delivery {
 
     /// Emits `typing` to the channel's local members, except the typer's own sockets.
     async fn emit_typing(&self, room: &Room, user: &str, typing: bool, volatile: bool) {
-        let (Some(root), Some(channel), Ok(user_room)) = (self.root(), room.id(), Room::user(room.tenant_id(), user))
+        let (Some(root), Some(channel), Ok(user_room)) =
+            (self.local.root(), room.id(), Room::user(room.tenant_id(), user))
         else {
             return;
         };
@@ -255,7 +201,7 @@ impl Delivery {
         // A refresh that does not get through changes nothing the client shows.
         let to = if volatile { to.volatile() } else { to };
         note_emit_errors(to.emit("typing", &payload).await);
-        metrics::delivered("typing", self.members(&room.to_string()));
+        metrics::delivered("typing", self.local.members(&room.to_string()));
     }
 
     /// Turns off, for local members, the indicators whose TTL ran out. Runs for the gateway's life.
@@ -278,7 +224,7 @@ impl Delivery {
         if !presence::tracked(&room) || roomcast_publisher::validate_id(&p.user).is_err() {
             return Err(Rejection::Presence);
         }
-        let Some(root) = self.root() else { return Ok(()) };
+        let Some(root) = self.local.root() else { return Ok(()) };
         let (kind, id) = presence::room_field(&room);
         let mut payload = serde_json::Map::new();
         payload.insert(kind.to_owned(), id.into());
@@ -294,29 +240,30 @@ impl Delivery {
             payload.insert("since".to_owned(), since.into());
         }
         note_emit_errors(root.within(p.room.clone()).emit(p.action.event(), &payload).await);
-        metrics::delivered("presence", self.members(&p.room));
+        metrics::delivered("presence", self.local.members(&p.room));
         Ok(())
-    }
-
-    pub(crate) fn members(&self, room: &str) -> u64 {
-        self.membership.get().map_or(0, |m| u64::from(m.members(room)))
     }
 }
 
-/// Counts sockets a broadcast skipped. A full send buffer means the client reads slower than
-/// events arrive: the event is lost for that socket, so it is counted (and, with room offsets,
-/// the client sees the gap). Closed sockets are just disconnecting and not counted.
-fn note_emit_errors(result: Result<(), BroadcastError>) {
-    match result {
-        Ok(()) => {}
-        Err(BroadcastError::Socket(errors)) => {
-            let full = errors.iter().filter(|e| matches!(e, SocketError::InternalChannelFull)).count();
-            if full > 0 {
-                metrics::client_buffer_full(full as u64);
-                tracing::warn!(sockets = full, "dropped an event for sockets whose send buffer is full");
-            }
-        }
-        Err(error) => tracing::warn!(%error, "local broadcast failed"),
+impl Inbound for Delivery {
+    fn deliver<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, ()> {
+        Box::pin(Delivery::deliver(self, envelope))
+    }
+
+    fn deliver_json<'a>(&'a self, room: &'a str, json: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(Delivery::deliver_json(self, room, json))
+    }
+
+    fn hold<'a>(
+        &'a self,
+        wanted: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        seeding: bool,
+    ) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(self.sequencer.hold(wanted, seeding))
+    }
+
+    fn catch_up(&self, rooms: Vec<String>) {
+        self.sequencer.spawn_catch_up(rooms);
     }
 }
 
@@ -324,16 +271,17 @@ fn note_emit_errors(result: Result<(), BroadcastError>) {
 mod tests {
     use super::*;
     use crate::{bus::memory::MemoryBus, rooms::Membership};
+    use socketioxide::SocketIo;
 
     /// A delivery from Redis can arrive after the shutdown closed the server; socketioxide's
     /// `SocketIo::within` panics then ("default namespace not found").
     #[tokio::test]
     async fn deliveries_after_the_server_closed_are_dropped() {
-        let delivery = Arc::new(Delivery::new("n1".into(), 1024, std::time::Duration::from_secs(6)));
-        let bus = Arc::new(MemoryBus::new(delivery.clone(), None));
+        let (bus, _) = MemoryBus::new(None);
         let (_layer, io) = SocketIo::new_layer();
         io.ns("/", async |_: socketioxide::extract::SocketRef| {});
-        delivery.connect(io.clone(), Arc::new(Membership::new(bus, delivery.clone())));
+        let local = Local::new(io.clone(), Arc::new(Membership::new(Arc::new(bus))));
+        let delivery = Delivery::new(local, None, "n1".into(), 1024, std::time::Duration::from_secs(6));
         io.close().await;
 
         let room = "tenant:t1:channel:c1";
@@ -342,6 +290,6 @@ mod tests {
         for json in [event, typing] {
             delivery.deliver_json(room, json).await;
         }
-        assert!(delivery.root().is_none());
+        assert!(delivery.local().root().is_none());
     }
 }

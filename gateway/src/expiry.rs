@@ -8,7 +8,7 @@ use socketioxide::socket::Sid;
 use tokio::time::Instant;
 
 use crate::{
-    conn::{Conn, ExpiryDeadlines},
+    conn::{Conn, ExpiryDeadlines, Phase},
     errors::DisconnectReason,
     metrics,
     state::Shared,
@@ -16,15 +16,6 @@ use crate::{
 
 /// Name of the event warning that the token is about to expire.
 pub const EXPIRING_EVENT: &str = "auth:expiring";
-
-/// Which of a socket's two deadlines came due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Phase {
-    /// Emit `auth:expiring`.
-    Notice,
-    /// Disconnect with `token_expired`.
-    Expire,
-}
 
 fn now_unix() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
@@ -62,7 +53,7 @@ pub fn unschedule(gw: &Shared, sid: Sid, conn: &Conn) {
 pub async fn run(gw: Shared) {
     loop {
         for (sid, phase) in gw.expiry.next_due().await {
-            let Some(socket) = gw.delivery.root().and_then(|root| root.get_socket(sid)) else {
+            let Some(socket) = gw.delivery.local().root().and_then(|root| root.get_socket(sid)) else {
                 continue;
             };
             let Some(conn) = socket.extensions.get::<std::sync::Arc<Conn>>() else {

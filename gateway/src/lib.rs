@@ -6,30 +6,24 @@
 //! real thing this way on port 0; `main` only adds signal handling and the `--dev` banner.
 //!
 //! # Layout
-//! - [`config`]: the one clap struct; `--help` is the reference; `validate()`.
-//! - [`api_keys`]: the keys backends present to the HTTP API.
-//! - [`auth`]: finding a connection's token, verifying it, claims → [`auth::Identity`].
-//! - [`errors`]: client-visible error codes and disconnect reasons (the README table).
-//! - [`socket`]: the Socket.IO surface: connect middleware, client events, disconnect.
-//! - [`conn`]: per-socket state and the ticket lock that keeps a socket's operations in order.
-//! - [`rooms`]: join/leave authorization, local membership counts driving bus subscriptions.
-//! - [`bus`]: the [`bus::Bus`] trait between the socket layer and cross-replica delivery;
-//!   [`bus::memory`] is the single-node implementation, [`bus::redis`] the clustered one.
-//! - [`delivery`]: checks inbound envelopes and emits them to local sockets.
-//! - [`publish`]: `POST /v1/publish`, the HTTP publish API.
-//! - [`presence`]: who is in which project and channel room, cluster-wide, with a leave grace
-//!   period and per-replica leases ([`presence::memory`], [`presence::redis`]).
-//! - [`typing`]: typing indicators: the sender's throttle and every replica's TTL.
-//! - [`history`]: reading rooms' bounded history ([`history::memory`], [`history::redis`]).
-//! - [`recovery`]: per-room offset sequencing, replica catch-up and `join` with `since`.
-//! - [`expiry`]: `auth:expiring` and `token_expired` disconnects, on a [`timers::DeadlineQueue`].
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`; the origin and drain guard of the public listener.
-//! - [`metrics`]: every metric name and description.
-//! - [`shutdown`]: signals and the drain sequence.
-//! - [`logging`]: text or JSON logs.
+//! Layers, bottom up (ARCHITECTURE.md; `tests/architecture.rs` enforces the direction):
+//! - foundation: [`config`] (the one clap struct; `--help` is the reference), [`errors`] (the
+//!   client-visible codes, the README table), [`metrics`], [`auth`] (tokens → [`auth::Identity`]),
+//!   [`api_keys`], [`conn`] (per-socket record and ticket lock), [`timers`], [`logging`],
+//!   [`backend`] (what the storage traits share), [`redis_conn`] (the shared Redis connection).
+//! - adapters: [`bus`] (the [`bus::Bus`] and [`bus::Inbound`] traits; [`bus::memory`] single
+//!   node, [`bus::redis`] clustered), [`history`] (rooms' bounded history, memory and Redis).
+//! - core: [`delivery`] (inbound envelopes → local sockets), [`recovery`] (the
+//!   [`recovery::Sequencer`]: offsets, catch-up, `join` with `since`), [`local`] (the local
+//!   sockets), [`rooms`] (local membership → bus subscriptions), [`presence`], [`typing`].
+//! - edge: [`socket`] (the Socket.IO surface, one module per client event family), [`http`]
+//!   (`/healthz`, `/readyz`, `/metrics`, the public listener's guards), [`publish`]
+//!   (`POST /v1/publish`), [`expiry`] (`auth:expiring`, `token_expired`), [`shutdown`] (the
+//!   drain), [`state`] (the handles the edge shares).
 
 pub mod api_keys;
 pub mod auth;
+pub mod backend;
 pub mod bus;
 pub mod config;
 pub mod conn;
@@ -38,11 +32,13 @@ pub mod errors;
 pub mod expiry;
 pub mod history;
 pub mod http;
+pub mod local;
 pub mod logging;
 pub mod metrics;
 pub mod presence;
 pub mod publish;
 pub mod recovery;
+pub mod redis_conn;
 pub mod rooms;
 pub mod shutdown;
 pub mod socket;
@@ -68,8 +64,9 @@ use crate::{
     },
     config::Secret,
     delivery::Delivery,
-    history::{memory::MemoryHistory, redis::RedisHistory},
+    history::{History, memory::MemoryHistory, redis::RedisHistory},
     http::OriginPolicy,
+    local::Local,
     presence::{Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
     rooms::Membership,
     state::{GatewayState, Shared},
@@ -94,10 +91,24 @@ pub enum StartError {
     },
 }
 
-/// A gateway whose listeners are bound; [`Gateway::run`] serves them.
-/// Per-socket WebSocket read chunk, bytes (see `Gateway::start`; measured in BENCHMARKS.md).
+/// Per-socket WebSocket read chunk, bytes (see `Gateway::bind`; measured in BENCHMARKS.md).
 const WS_READ_BUFFER: usize = 1024;
 
+/// The bus and stores a gateway runs on: in memory, or shared through Redis.
+struct Stores {
+    bus: Arc<dyn Bus>,
+    history: Option<Arc<dyn History>>,
+    presence: Arc<dyn PresenceStore>,
+    receiving: Start,
+}
+
+/// The receiving side of the bus, started once the delivery exists.
+enum Start {
+    Redis(bus::redis::RedisDelivery),
+    Memory(bus::memory::MemoryDelivery),
+}
+
+/// A gateway whose listeners are bound; [`Gateway::run`] serves them.
 #[derive(Debug)]
 pub struct Gateway {
     state: Shared,
@@ -132,32 +143,30 @@ impl Gateway {
             dev_api_key = Some(key);
         }
         let node_id: Arc<str> = auth::random_hex(16).into();
-        let delivery = Arc::new(Delivery::new(node_id.clone(), config.publish_max_payload, config.typing_ttl));
-        let (bus, presence_store): (Arc<dyn Bus>, Arc<dyn PresenceStore>) = match &config.redis_url {
+        // Built bottom-up: the bus and stores, the membership over the bus, the Socket.IO
+        // server, the delivery to its sockets; then the bus is started with the delivery as its
+        // handler and the socket handlers with the state. Nothing is bound late.
+        let stores = match &config.redis_url {
             Some(url) => {
-                let bus = RedisBus::start(
-                    RedisSettings {
-                        url: url.expose().to_owned(),
-                        keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
-                            .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
-                        command_timeout: config.redis_command_timeout,
-                        buffer: config.redis_buffer,
-                        history: config.history(),
-                    },
-                    delivery.clone(),
-                )?;
-                if let Some(policy) = config.history() {
-                    delivery.set_history(Arc::new(RedisHistory::new(bus.commands(), policy)));
-                }
+                let (bus, receiving) = RedisBus::start(RedisSettings {
+                    url: url.expose().to_owned(),
+                    keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
+                        .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
+                    command_timeout: config.redis_command_timeout,
+                    buffer: config.redis_buffer,
+                    history: config.history(),
+                })?;
+                let history = config
+                    .history()
+                    .map(|policy| Arc::new(RedisHistory::new(bus.commands(), policy)) as Arc<dyn History>);
                 let sweep = (config.presence_lease_ttl / 4).min(Duration::from_secs(1));
                 let store = RedisPresence::new(bus.commands(), &node_id, config.presence_lease_ttl, sweep);
-                (Arc::new(bus), Arc::new(store))
+                Stores { bus: Arc::new(bus), history, presence: Arc::new(store), receiving: Start::Redis(receiving) }
             }
             None => {
                 tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
                 let history = config.history().map(|policy| Arc::new(MemoryHistory::new(policy)));
                 if let Some(history) = &history {
-                    delivery.set_history(history.clone());
                     let history = Arc::downgrade(history);
                     // Rooms idle longer than their offsets would live in Redis are forgotten.
                     tokio::spawn(async move {
@@ -169,25 +178,21 @@ impl Gateway {
                         }
                     });
                 }
-                let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new(delivery.clone(), history));
-                (bus.clone(), Arc::new(MemoryPresence::new(bus)))
+                let (bus, receiving) = MemoryBus::new(history.clone());
+                let bus: Arc<dyn Bus> = Arc::new(bus);
+                let history = history.map(|h| h as Arc<dyn History>);
+                Stores {
+                    bus: bus.clone(),
+                    history,
+                    presence: Arc::new(MemoryPresence::new(bus)),
+                    receiving: Start::Memory(receiving),
+                }
             }
         };
+        let Stores { bus, history, presence: presence_store, receiving } = stores;
         tracing::info!(node = %node_id, "replica id");
+        let membership = Arc::new(Membership::new(bus.clone()));
 
-        let state: Shared = Arc::new(GatewayState {
-            membership: Arc::new(Membership::new(bus.clone(), delivery.clone())),
-            bus,
-            delivery,
-            api_keys,
-            presence: Arc::new(Presence::new(presence_store, config.presence_grace)),
-            throttle: Throttle::new(config.typing_throttle),
-            verifier,
-            expiry: Default::default(),
-            draining: Default::default(),
-            config,
-        });
-        let config = &state.config;
         let (layer, io) = SocketIo::builder()
             .req_path(http::SOCKET_IO_PATH)
             .ping_interval(config.ping_interval)
@@ -207,10 +212,30 @@ impl Gateway {
                     .max_incoming_binary_buf_size(config.max_payload as usize)
                     .packet_completion_timeout(Duration::from_secs(10)),
             )
-            .with_state(state.clone())
             .build_layer();
-        socket::register(&io);
-        state.delivery.connect(io.clone(), state.membership.clone());
+        let local = Local::new(io.clone(), membership.clone());
+        let delivery = Arc::new(Delivery::new(local, history, node_id, config.publish_max_payload, config.typing_ttl));
+        match receiving {
+            Start::Redis(receiving) => receiving.run(delivery.clone()),
+            Start::Memory(receiving) => {
+                tokio::spawn(receiving.run(delivery.clone()));
+            }
+        }
+
+        let state: Shared = Arc::new(GatewayState {
+            membership,
+            bus,
+            delivery,
+            api_keys,
+            presence: Arc::new(Presence::new(presence_store, config.presence_grace)),
+            throttle: Throttle::new(config.typing_throttle),
+            verifier,
+            expiry: Default::default(),
+            draining: Default::default(),
+            config,
+        });
+        socket::register(&io, state.clone());
+        let config = &state.config;
 
         // The Socket.IO layer is applied exactly once: every `Layer::layer` call builds a new
         // Engine.IO instance with its own session table, and `Router::layer` would apply it to

@@ -33,8 +33,8 @@ use serde_json::json;
 use socketioxide::{extract::SocketRef, socket::Sid};
 
 use crate::{
-    delivery::{Delivery, EventMeta},
-    history::Position,
+    history::{History, Position},
+    local::Local,
     metrics,
 };
 
@@ -48,7 +48,7 @@ pub struct RoomSequence {
     /// missing range was delivered.
     held: Option<Vec<EventEnvelope>>,
     /// Set while joins read the position of a room this replica has no sequence for; live
-    /// events are held meanwhile (see [`Delivery::attach`]).
+    /// events are held meanwhile (see [`Sequencer::attach`]).
     seeding: Option<Seeding>,
     /// The membership period the sequence belongs to (see [`crate::rooms::Entered::generation`]).
     generation: u64,
@@ -195,11 +195,27 @@ fn verdict(seq: &RoomSequence, e: &EventEnvelope) -> Verdict {
     }
 }
 
-impl Delivery {
+/// Orders this replica's deliveries of events published with history: one [`RoomSequence`] per
+/// room with local members, seeded by joins, advanced by live events, caught up from history
+/// (see the module docs). The one owner of that state.
+#[derive(Debug)]
+pub struct Sequencer {
+    rooms: Sequences,
+    local: Local,
+    history: Option<Arc<dyn History>>,
+}
+
+impl Sequencer {
+    /// A sequencer emitting to `local`'s sockets and reading what was missed from `history`
+    /// (without history, events are delivered as they come and joins cannot recover).
+    pub fn new(local: Local, history: Option<Arc<dyn History>>) -> Self {
+        Sequencer { rooms: Sequences::default(), local, history }
+    }
+
     /// A live event with an offset reached this replica.
-    pub(crate) async fn sequence(self: &Arc<Self>, e: &EventEnvelope) {
-        let mut rooms = self.sequences.shard(&e.room).lock().await;
-        if !rooms.contains_key(&e.room) && self.members(&e.room) == 0 {
+    pub async fn sequence(self: &Arc<Self>, e: &EventEnvelope) {
+        let mut rooms = self.rooms.shard(&e.room).lock().await;
+        if !rooms.contains_key(&e.room) && self.local.members(&e.room) == 0 {
             // In flight after the last member left: nobody to deliver to, and no sequence to
             // start (it would be stale when members come back).
             return;
@@ -229,7 +245,7 @@ impl Delivery {
     async fn emit_sequenced(&self, seq: &mut RoomSequence, e: &EventEnvelope) {
         // Recovering sockets get it from the loop below, at most once.
         let skip = (!seq.recovering.is_empty()).then(|| recovering_room(&e.room));
-        self.emit_event_except(e, skip).await;
+        self.local.emit_event_except(e, skip).await;
         seq.epoch = e.epoch.clone();
         seq.last = e.offset.unwrap_or(seq.last);
         let here = Position { epoch: e.epoch.clone().unwrap_or_default(), offset: seq.last };
@@ -240,7 +256,7 @@ impl Delivery {
             }
             Stage::Feeding(at) => {
                 if after(at, e) {
-                    self.emit_to_socket(&r.socket, e);
+                    self.local.emit_to_socket(&r.socket, e);
                     *at = here.clone();
                 }
                 if at.epoch == here.epoch && at.offset <= here.offset {
@@ -273,27 +289,22 @@ impl Delivery {
     async fn announce_resync(&self, room: &str, reason: &'static str, next: &EventEnvelope) {
         metrics::resync(reason);
         tracing::warn!(room, reason, "events were lost beyond history; telling the room's sockets to resync");
-        if let Some(root) = self.root() {
+        if let Some(root) = self.local.root() {
             let payload =
                 json!({ "room": room, "reason": reason, "epoch": next.epoch, "offset": next.offset.map(|o| o - 1) });
             let _ = root.within(room.to_owned()).emit(RESYNC_EVENT, &payload).await;
         }
     }
 
-    /// Holds live events of every room this replica delivered before, until [`Delivery::catch_up`]
-    /// replays what was missed. Returns those rooms. Call it *before* the subscriptions are
-    /// restored, and start the catch-up *after*: events published in between are then either in
-    /// the history read or held.
-    pub async fn hold_all(&self) -> Vec<String> {
-        self.hold(|_| true, false).await
-    }
-
-    /// Like [`Delivery::hold_all`], for the rooms `wanted` picks. With `seeding`, rooms still
-    /// being seeded are marked to catch up once seeded: only do that once their subscription
-    /// is live, or the catch-up could read history before it is.
+    /// Holds live events of the rooms `wanted` picks that this replica delivered before, until
+    /// [`Sequencer::spawn_catch_up`] replays what was missed; returns those rooms. Call it
+    /// *before* their subscriptions are restored, and start the catch-up *after*: events
+    /// published in between are then either in the history read or held. With `seeding`, rooms
+    /// still being seeded are marked to catch up once seeded: only do that once their
+    /// subscription is live, or the catch-up could read history before it is.
     pub async fn hold(&self, wanted: impl Fn(&str) -> bool, seeding: bool) -> Vec<String> {
         let mut held = Vec::new();
-        for shard in &self.sequences.shards {
+        for shard in &self.rooms.shards {
             let mut rooms = shard.lock().await;
             for (room, seq) in rooms.iter_mut().filter(|(room, _)| wanted(room)) {
                 if let Some(state) = &mut seq.seeding {
@@ -326,11 +337,11 @@ impl Delivery {
         // (No socket waits for this: recovering sockets are fed by offset, so events the
         // catch-up delivers again never reach them twice.)
         let known = {
-            let rooms = self.sequences.shard(room).lock().await;
+            let rooms = self.rooms.shard(room).lock().await;
             rooms.get(room).map(|seq| (seq.epoch.clone(), seq.last, seq.generation))
         };
         let Some((epoch, last, generation)) = known else { return };
-        let read = match self.history() {
+        let read = match self.history.clone() {
             // Forgotten meanwhile (its members left): nothing delivered here to continue from,
             // and reading from offset 0 would replay the whole history to the room.
             _ if epoch.is_none() => Ok(None),
@@ -344,9 +355,9 @@ impl Delivery {
                 }
                 .map(Some)
             }
-            None => Err(crate::bus::BusError::Unavailable("no history".into())),
+            None => Err(crate::backend::BusError::Unavailable("no history".into())),
         };
-        let mut rooms = self.sequences.shard(room).lock().await;
+        let mut rooms = self.rooms.shard(room).lock().await;
         let Some(seq) = rooms.get_mut(room) else { return };
         if seq.generation != generation {
             // The room emptied and a new membership period started meanwhile: its first join
@@ -365,7 +376,7 @@ impl Delivery {
         for e in &held {
             self.place(room, seq, e).await;
         }
-        if seq.recovering.is_empty() && self.members(room) == 0 {
+        if seq.recovering.is_empty() && self.local.members(room) == 0 {
             // Its last member left during the catch-up: nothing here will deliver to it again,
             // and a stale position would make the next join's first event look like a gap.
             rooms.remove(room);
@@ -376,8 +387,8 @@ impl Delivery {
     /// members who come later, so its sequence is forgotten (or, while a catch-up or a join is
     /// using it, restarted).
     pub async fn forget_room(&self, room: &str) {
-        let mut rooms = self.sequences.shard(room).lock().await;
-        if self.members(room) > 0 {
+        let mut rooms = self.rooms.shard(room).lock().await;
+        if self.local.members(room) > 0 {
             // A member came back before this ran: its join decided what the sequence is.
             return;
         }
@@ -404,13 +415,13 @@ impl Delivery {
         since: Option<Since>,
         generation: u64,
     ) -> Attached {
-        let Some(history) = self.history() else {
+        let Some(history) = self.history.clone() else {
             socket.join(room.to_owned());
             return Attached { recovered: since.map(|_| false), position: None };
         };
         // 1. In the room (and its companion), capturing what this replica delivers from now on.
         let reader = {
-            let mut rooms = self.sequences.shard(room).lock().await;
+            let mut rooms = self.rooms.shard(room).lock().await;
             let seq = rooms.entry(room.to_owned()).or_default();
             seq.retain_others(socket.id);
             if seq.generation != generation {
@@ -450,7 +461,7 @@ impl Delivery {
                 if let (Some(true), Some(s)) = (recovered, &since) {
                     at.offset = s.offset;
                     for e in &read.events {
-                        self.emit_to_socket(socket, e);
+                        self.local.emit_to_socket(socket, e);
                         at.offset = e.offset.unwrap_or(at.offset);
                     }
                     metrics::replayed(read.events.len() as u64);
@@ -464,7 +475,7 @@ impl Delivery {
         };
         // 3. The last reader seeds a new sequence; then what this replica delivered meanwhile,
         //    then feeding until it has caught up.
-        let mut rooms = self.sequences.shard(room).lock().await;
+        let mut rooms = self.rooms.shard(room).lock().await;
         let seq = rooms.entry(room.to_owned()).or_default();
         let mut catch_up = false;
         if let (true, Some(seeding)) = (reader, &mut seq.seeding) {
@@ -484,7 +495,7 @@ impl Delivery {
             // the socket's; then it is an ordinary member.
             None => {
                 for e in &captured {
-                    self.emit_to_socket(socket, e);
+                    self.local.emit_to_socket(socket, e);
                 }
                 socket.leave(recovering_room(room));
                 None
@@ -492,7 +503,7 @@ impl Delivery {
             Some(mut at) => {
                 for e in &captured {
                     if after(&at, e) {
-                        self.emit_to_socket(socket, e);
+                        self.local.emit_to_socket(socket, e);
                         at = Position {
                             epoch: e.epoch.clone().unwrap_or_default(),
                             offset: e.offset.unwrap_or(at.offset),
@@ -541,20 +552,9 @@ impl Delivery {
 
     /// `socket` left `room` (or disconnected): stop recovering it there.
     pub async fn detach(&self, socket: Sid, room: &str) {
-        let mut rooms = self.sequences.shard(room).lock().await;
+        let mut rooms = self.rooms.shard(room).lock().await;
         if let Some(seq) = rooms.get_mut(room) {
             seq.retain_others(socket);
-        }
-    }
-
-    fn emit_to_socket(&self, socket: &SocketRef, e: &EventEnvelope) {
-        let meta = EventMeta::of(e);
-        let args: (&serde_json::value::RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        // A closed socket is just disconnecting; only a full buffer loses the event for it.
-        if let Err(socketioxide::SendError::Socket(socketioxide::SocketError::InternalChannelFull)) =
-            socket.emit(&e.event, &args)
-        {
-            metrics::client_buffer_full(1);
         }
     }
 }
@@ -612,8 +612,11 @@ mod tests {
         assert_eq!(name(verdict(&held, &event("E", 11))), "hold");
     }
 
-    fn delivery() -> Arc<Delivery> {
-        Arc::new(Delivery::new("n".into(), 1024, std::time::Duration::from_secs(6)))
+    fn delivery() -> Arc<Sequencer> {
+        let (_layer, io) = socketioxide::SocketIo::new_layer();
+        let bus = Arc::new(crate::bus::memory::MemoryBus::new(None).0);
+        let membership = Arc::new(crate::rooms::Membership::new(bus));
+        Arc::new(Sequencer::new(Local::new(io, membership), None))
     }
 
     fn seeding(held: Vec<EventEnvelope>, lowest: Option<Position>) -> RoomSequence {

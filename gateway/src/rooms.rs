@@ -1,6 +1,6 @@
-//! Which rooms a socket is in: authorizing `join`/`leave`, recording them in the socket's
-//! [`Conn`], and counting local members per room so the bus is subscribed exactly while a room
-//! has members on this replica.
+//! Local membership: how many of this replica's sockets are in each room, so the bus is
+//! subscribed exactly while a room has members here. (Which rooms one socket is in is its
+//! [`crate::conn::Conn`]'s; authorizing `join`/`leave` is the protocol edge's, the `socket` module.)
 
 use std::{
     collections::HashMap,
@@ -9,17 +9,8 @@ use std::{
 };
 
 use futures_util::{FutureExt, future::Shared};
-use roomcast_publisher::{Room, RoomKind};
-use serde_json::Value;
-use socketioxide::extract::SocketRef;
 
-use crate::{
-    auth::Identity,
-    bus::{BoxFuture, Bus, BusError},
-    conn::Conn,
-    errors::{ClientError, ErrorCode},
-    metrics,
-};
+use crate::bus::{BoxFuture, Bus, BusError};
 
 /// Local members per room, and the bus subscriptions that follow from them.
 pub struct Membership {
@@ -30,8 +21,6 @@ pub struct Membership {
     /// Numbers each period during which a room has local members (see [`Entered::generation`]).
     generations: std::sync::atomic::AtomicU64,
     bus: Arc<dyn Bus>,
-    /// Forgets a room's delivery sequence when its last local member leaves.
-    delivery: Arc<crate::delivery::Delivery>,
 }
 
 /// One room's local members.
@@ -68,8 +57,8 @@ impl std::fmt::Debug for Membership {
 
 impl Membership {
     /// A registry driving `bus`.
-    pub fn new(bus: Arc<dyn Bus>, delivery: Arc<crate::delivery::Delivery>) -> Self {
-        Membership { counts: Mutex::new(HashMap::new()), generations: Default::default(), bus, delivery }
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Membership { counts: Mutex::new(HashMap::new()), generations: Default::default(), bus }
     }
 
     /// A local socket entered `room`.
@@ -89,31 +78,20 @@ impl Membership {
         }
     }
 
-    /// A local socket left `room`.
-    pub fn exit(&self, room: &str) -> impl Future<Output = Result<(), BusError>> + Send + 'static + use<> {
-        let unsubscribe = {
-            let mut counts = self.lock();
-            match counts.get_mut(room) {
-                Some(local) if local.members > 1 => {
-                    local.members -= 1;
-                    None
-                }
-                Some(_) => {
-                    counts.remove(room);
-                    Some(self.bus.unsubscribe(room))
-                }
-                None => None,
+    /// A local socket left `room`. `Some` if it was the room's last local member here: the bus
+    /// is being unsubscribed, and the future resolves once it confirmed.
+    pub fn exit(&self, room: &str) -> Option<BoxFuture<'static, Result<(), BusError>>> {
+        let mut counts = self.lock();
+        match counts.get_mut(room) {
+            Some(local) if local.members > 1 => {
+                local.members -= 1;
+                None
             }
-        };
-        let (delivery, room) = (self.delivery.clone(), room.to_owned());
-        async move {
-            match unsubscribe {
-                Some(confirmed) => {
-                    delivery.forget_room(&room).await;
-                    confirmed.await
-                }
-                None => Ok(()),
+            Some(_) => {
+                counts.remove(room);
+                Some(self.bus.unsubscribe(room))
             }
+            None => None,
         }
     }
 
@@ -137,152 +115,25 @@ impl Membership {
     }
 }
 
-/// The room a `join`/`leave` payload names, authorized against `identity`.
-///
-/// The payload is `{ "project": "<id>" }` or `{ "channel": "<id>" }`. The tenant always comes
-/// from the token, so a client can never name a room of another tenant.
-pub fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, ClientError> {
-    let invalid = |msg: &str| ClientError::new(ErrorCode::InvalidPayload, msg);
-    let Some(obj) = payload.as_object() else {
-        return Err(invalid("payload must be an object: { project: \"<id>\" } or { channel: \"<id>\" }"));
-    };
-    let (kind, id) = match (obj.get("project"), obj.get("channel")) {
-        (Some(p), None) => (RoomKind::Project, p),
-        (None, Some(c)) => (RoomKind::Channel, c),
-        (Some(_), Some(_)) => return Err(invalid("name either a project or a channel, not both")),
-        (None, None) => {
-            return Err(invalid("payload needs a \"project\" or a \"channel\" field"));
-        }
-    };
-    let Some(id) = id.as_str() else {
-        return Err(invalid("the room id must be a string"));
-    };
-    let room = match kind {
-        RoomKind::Project => Room::project(&identity.tenant, id),
-        _ => Room::channel(&identity.tenant, id),
-    }
-    .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("{} id: {e}", kind.as_str())))?;
-    let allowed = match kind {
-        RoomKind::Project => identity.projects.allows(id),
-        _ => identity.channels.allows(id),
-    };
-    if !allowed {
-        return Err(ClientError::new(ErrorCode::Forbidden, format!("token does not grant {} {id:?}", kind.as_str())));
-    }
-    Ok(room)
-}
-
-/// Records `socket`'s entry into `room` (the caller checked it is not there yet) and
-/// subscribes the bus if it is the room's first local member; resolves once the bus confirmed,
-/// with the room's membership generation (see [`Entered::generation`]). The socket itself is
-/// put in the room by [`crate::delivery::Delivery::attach`], which orders history and live
-/// events for it.
-pub async fn enter(conn: &Conn, membership: &Membership, room: &Room, max_rooms: u32) -> Result<u64, ClientError> {
-    if conn.explicit_room_count() >= max_rooms as usize {
-        return Err(ClientError::new(
-            ErrorCode::TooManyRooms,
-            format!("a socket may be in at most {max_rooms} project and channel rooms; leave one first"),
-        ));
-    }
-    let name = room.to_string();
-    // Recorded before anything else: from here on the disconnect cleanup will undo it.
-    if !conn.enter(&name) {
-        return Err(ClientError::new(ErrorCode::Unavailable, "the connection is closing"));
-    }
-    metrics::room_joined(room.kind());
-    let entered = membership.enter(&name);
-    confirm(entered.subscribed).await;
-    Ok(entered.generation)
-}
-
-/// Puts `socket` in `room` now, if it is not there and not closing, and returns the bus
-/// confirmation to await. For the automatic rooms, which need no history position.
-pub fn enter_now(
-    socket: &SocketRef,
-    conn: &Conn,
-    membership: &Membership,
-    room: &Room,
-) -> Option<impl Future<Output = Result<(), BusError>> + Send + 'static + use<>> {
-    let name = room.to_string();
-    if !conn.enter(&name) {
-        return None;
-    }
-    let entered = membership.enter(&name);
-    socket.join(name);
-    metrics::room_joined(room.kind());
-    Some(entered.subscribed)
-}
-
-/// Waits for a subscription confirmation. A failure does not undo the join: the bus keeps the
-/// subscription as wanted and re-applies it when it recovers, and local delivery works meanwhile.
-pub async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
-    if let Err(e) = subscribed.await {
-        tracing::warn!(error = %e, "room subscription not confirmed yet");
-    }
-}
-
-/// Takes `socket` out of `room` as far as membership goes (idempotent), unsubscribing the bus
-/// if it was the last local member. `false` if Roomcast's record says it was not in the room.
-pub async fn exit(socket: &SocketRef, conn: &Conn, membership: &Membership, room: &Room) -> bool {
-    let name = room.to_string();
-    if !conn.exit(&name) {
-        return false;
-    }
-    socket.leave(name.clone());
-    metrics::room_left(room.kind());
-    if let Err(e) = membership.exit(&name).await {
-        tracing::warn!(error = %e, "room unsubscription not confirmed");
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{auth::Scope, bus::memory::MemoryBus};
-    use serde_json::json;
-
-    fn identity() -> Identity {
-        Identity {
-            tenant: "t1".into(),
-            user: "u1".into(),
-            projects: Scope::Only(vec!["p1".into()]),
-            channels: Scope::All,
-            exp: 0,
-        }
-    }
-
-    #[test]
-    fn requests_are_validated_then_authorized() {
-        let id = identity();
-        let code = |v: Value| requested_room(&v, &id).unwrap_err().code;
-        assert_eq!(requested_room(&json!({"project": "p1"}), &id).unwrap().to_string(), "tenant:t1:project:p1");
-        assert_eq!(requested_room(&json!({"channel": "any"}), &id).unwrap().to_string(), "tenant:t1:channel:any");
-        assert_eq!(code(json!({"project": "p2"})), ErrorCode::Forbidden);
-        assert_eq!(code(json!({"project": "p1:x"})), ErrorCode::InvalidRoom);
-        assert_eq!(code(json!({"channel": ""})), ErrorCode::InvalidRoom);
-        assert_eq!(code(json!({"project": 7})), ErrorCode::InvalidPayload);
-        assert_eq!(code(json!({"project": "p1", "channel": "c"})), ErrorCode::InvalidPayload);
-        assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
-        assert_eq!(code(json!("p1")), ErrorCode::InvalidPayload);
-        assert_eq!(code(Value::Null), ErrorCode::InvalidPayload);
-    }
+    use crate::bus::memory::MemoryBus;
 
     #[tokio::test]
     async fn the_bus_is_subscribed_exactly_while_a_room_has_local_members() {
-        let delivery = Arc::new(crate::delivery::Delivery::new("test".into(), 1024, std::time::Duration::from_secs(6)));
-        let bus = Arc::new(MemoryBus::new(delivery.clone(), None));
-        let m = Membership::new(bus.clone(), delivery);
+        let bus = Arc::new(MemoryBus::new(None).0);
+        let m = Membership::new(bus.clone());
         let first = m.enter("r");
         let second = m.enter("r");
         assert_eq!(first.generation, second.generation, "one membership period");
         second.subscribed.await.unwrap();
         assert!(bus.is_subscribed("r"));
-        m.exit("r").await.unwrap();
+        assert!(m.exit("r").is_none());
         assert!(bus.is_subscribed("r"), "one member is still here");
-        m.exit("r").await.unwrap();
+        m.exit("r").expect("the last member left").await.unwrap();
         assert!(!bus.is_subscribed("r"));
-        m.exit("r").await.unwrap();
+        assert!(m.exit("r").is_none());
         assert_eq!((m.room_count(), bus.subscription_count()), (0, 0));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{
 use socketioxide::socket::Sid;
 
 use crate::{
-    api_keys::ApiKeys, auth::Verifier, bus::Bus, config::Config, delivery::Delivery, expiry::Phase, presence::Presence,
+    api_keys::ApiKeys, auth::Verifier, bus::Bus, config::Config, conn::Phase, delivery::Delivery, presence::Presence,
     rooms::Membership, timers::DeadlineQueue, typing::Throttle,
 };
 

@@ -1,8 +1,10 @@
 //! The boundary between the socket layer and cross-replica delivery.
 //!
 //! The socket layer never talks to Redis: it tells a [`Bus`] which rooms have local members
-//! and hands it envelopes to publish. Whatever a bus receives for a subscribed room it passes
-//! to [`crate::delivery::Delivery`], which emits it to the local sockets.
+//! and hands it envelopes to publish. Whatever a bus receives for a subscribed room it reports
+//! to the [`Inbound`] handler registered when it is started (the delivery, which emits it to
+//! the local sockets): the bus knows the handler only as this trait, as centrifuge's broker
+//! knows its node through `RegisterBrokerEventHandler`.
 //!
 //! - [`memory::MemoryBus`]: the single-node default and the fast test double. It keeps the
 //!   subscription semantics of a networked bus (a publish reaches only subscribed rooms), so
@@ -14,8 +16,6 @@
 
 pub mod memory;
 pub mod redis;
-
-use std::{future::Future, pin::Pin};
 
 use roomcast_publisher::wire::Envelope;
 
@@ -30,15 +30,28 @@ pub struct Published {
     pub epoch: Option<String>,
 }
 
-/// A boxed, sendable future; `Bus` is used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::backend::{BoxFuture, BusError};
 
-/// Why a bus operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BusError {
-    /// The backend cannot be reached right now; the operation may succeed later.
-    #[error("bus unavailable: {0}")]
-    Unavailable(String),
+/// What a bus reports to the replica: envelopes for subscribed rooms, and when live delivery
+/// of rooms was interrupted (so they catch up from history).
+pub trait Inbound: Send + Sync + 'static {
+    /// An envelope published to a room this replica is subscribed to.
+    fn deliver<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, ()>;
+
+    /// An envelope, as JSON, received on `room`'s channel (not yet parsed or checked).
+    fn deliver_json<'a>(&'a self, room: &'a str, json: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Live delivery of the rooms `wanted` picks may have lost events from now on: hold their
+    /// live events until [`Inbound::catch_up`] (rooms still being seeded are marked to catch up
+    /// once seeded if `seeding`). Returns the rooms held.
+    fn hold<'a>(
+        &'a self,
+        wanted: &'a (dyn Fn(&str) -> bool + Send + Sync),
+        seeding: bool,
+    ) -> BoxFuture<'a, Vec<String>>;
+
+    /// Reads what `rooms` missed from history and delivers it, then what was held, in order.
+    fn catch_up(&self, rooms: Vec<String>);
 }
 
 /// Cross-replica delivery, as seen by the socket layer.

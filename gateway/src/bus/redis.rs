@@ -38,8 +38,12 @@ use roomcast_publisher::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError, Published};
-use crate::{config::ConfigError, delivery::Delivery, metrics};
+use super::{BoxFuture, Bus, BusError, Inbound, Published};
+use crate::{
+    config::ConfigError,
+    metrics,
+    redis_conn::{Commands, Link},
+};
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command on a standalone server.
 const SUBSCRIBE_CHUNK: usize = 500;
@@ -66,39 +70,6 @@ pub struct RedisSettings {
 enum Op {
     Subscribe(String, oneshot::Sender<Result<(), BusError>>),
     Unsubscribe(String, oneshot::Sender<Result<(), BusError>>),
-}
-
-/// Whether a client's connection is up, as its last connection event said.
-#[derive(Debug, Default)]
-pub struct Link {
-    up: AtomicBool,
-}
-
-impl Link {
-    /// Whether the connection is up.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-}
-
-/// The bus's command connection, shared with the other Redis-backed stores.
-#[derive(Debug, Clone)]
-pub struct Commands {
-    /// The fred client (not in subscribe mode).
-    pub client: Client,
-    /// Its connection state.
-    pub link: Arc<Link>,
-    /// Whether Redis is a cluster (sharded pub/sub).
-    pub clustered: bool,
-    /// Channel and key names.
-    pub keys: Keys,
-}
-
-impl Commands {
-    /// The command publishing to a room's channel: `PUBLISH`, or `SPUBLISH` on a cluster.
-    pub fn publish_command(&self) -> &'static str {
-        if self.clustered { "SPUBLISH" } else { "PUBLISH" }
-    }
 }
 
 /// Event channel size of the commands client: connection events only.
@@ -153,7 +124,9 @@ fn build_client(config: &FredConfig, settings: &RedisSettings, events: usize) ->
 impl RedisBus {
     /// Creates the clients and starts connecting in the background; delivery starts as soon as
     /// Redis answers. A replica whose Redis is down at startup runs, unready, and connects later.
-    pub fn start(settings: RedisSettings, delivery: Arc<Delivery>) -> Result<RedisBus, ConfigError> {
+    /// The returned [`RedisDelivery`] reports what arrives once it runs; subscriptions asked
+    /// for before that are applied then.
+    pub fn start(settings: RedisSettings) -> Result<(RedisBus, RedisDelivery), ConfigError> {
         let config = FredConfig::from_url(&settings.url)
             .map_err(|_| ConfigError::new("ROOMCAST_REDIS_URL", "not a Redis URL"))?;
         let clustered = config.server.is_clustered();
@@ -177,21 +150,18 @@ impl RedisBus {
             tokio::spawn(async move { client.enable_heartbeat(Duration::from_secs(5), false).await });
         }
 
-        let subscriptions = Subscriptions {
+        let delivery = RedisDelivery {
             subscriber,
-            delivery: delivery.clone(),
             link: subscriber_link.clone(),
             keys: settings.keys.clone(),
             clustered,
-            wanted: HashSet::new(),
-            unconfirmed: HashSet::new(),
-            awaiting: HashSet::new(),
             in_sync: in_sync.clone(),
+            ops: ops_rx,
+            reconnects,
+            messages,
         };
-        tokio::spawn(subscriptions.run(ops_rx, reconnects));
-        tokio::spawn(receive(messages, settings.keys.clone(), delivery));
         tracing::info!(cluster = clustered, prefix = settings.keys.prefix(), "cluster mode: Redis bus");
-        Ok(RedisBus {
+        let bus = RedisBus {
             commands,
             commands_link,
             subscriber_link,
@@ -201,7 +171,8 @@ impl RedisBus {
             in_sync,
             history: settings.history,
             publish_script: Arc::new(Script::from_lua(wire::PUBLISH_SCRIPT)),
-        })
+        };
+        Ok((bus, delivery))
     }
 
     /// The command connection, for the other Redis-backed stores.
@@ -226,6 +197,48 @@ impl RedisBus {
             }
             rx.await.unwrap_or_else(|_| Err(BusError::Unavailable("subscription task stopped".into())))
         })
+    }
+}
+
+/// The Redis bus's receiving side: the subscriber connection's tasks, started with
+/// [`RedisDelivery::run`] once the replica can take what arrives.
+pub struct RedisDelivery {
+    subscriber: Client,
+    link: Arc<Link>,
+    keys: Keys,
+    clustered: bool,
+    in_sync: Arc<AtomicBool>,
+    ops: mpsc::UnboundedReceiver<Op>,
+    reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
+}
+
+impl std::fmt::Debug for RedisDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDelivery")
+            .field("keys", &self.keys)
+            .field("clustered", &self.clustered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisDelivery {
+    /// Starts applying subscriptions and reporting messages to `inbound`, for the bus's life.
+    pub fn run(self, inbound: Arc<dyn Inbound>) {
+        let RedisDelivery { subscriber, link, keys, clustered, in_sync, ops, reconnects, messages } = self;
+        let subscriptions = Subscriptions {
+            subscriber,
+            inbound: inbound.clone(),
+            link,
+            keys: keys.clone(),
+            clustered,
+            wanted: HashSet::new(),
+            unconfirmed: HashSet::new(),
+            awaiting: HashSet::new(),
+            in_sync,
+        };
+        tokio::spawn(subscriptions.run(ops, reconnects));
+        tokio::spawn(receive(messages, keys, inbound));
     }
 }
 
@@ -331,7 +344,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
             tokio::select! {
                 event = reconnects.recv() => match event {
                     Ok(_) => {
-                        link.up.store(true, Ordering::Release);
+                        link.set_up(true, Ordering::Release);
                         if connected_before {
                             metrics::redis_reconnected(name);
                             tracing::info!(client = name, "reconnected to Redis");
@@ -345,7 +358,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
                 },
                 event = errors.recv() => match event {
                     Ok((error, _server)) => {
-                        link.up.store(false, Ordering::Release);
+                        link.set_up(false, Ordering::Release);
                         metrics::redis_error("connection");
                         if let Some(flag) = &in_sync {
                             flag.store(false, Ordering::Release);
@@ -364,7 +377,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
 async fn receive(
     mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     keys: Keys,
-    delivery: Arc<Delivery>,
+    inbound: Arc<dyn Inbound>,
 ) {
     loop {
         match messages.recv().await {
@@ -375,7 +388,7 @@ async fn receive(
                     continue;
                 };
                 match message.value.as_str() {
-                    Some(json) => delivery.deliver_json(room, &json).await,
+                    Some(json) => inbound.deliver_json(room, &json).await,
                     None => metrics::bus_rejected("malformed"),
                 }
             }
@@ -386,8 +399,8 @@ async fn receive(
                     "pub/sub reader fell behind; recovering the lost messages from history (raise ROOMCAST_REDIS_BUFFER)"
                 );
                 // Which rooms lost messages is unknown: every room catches up from its last offset.
-                let rooms = delivery.hold_all().await;
-                delivery.spawn_catch_up(rooms);
+                let rooms = inbound.hold(&|_| true, false).await;
+                inbound.catch_up(rooms);
             }
             Err(RecvError::Closed) => break,
         }
@@ -398,7 +411,7 @@ async fn receive(
 struct Subscriptions {
     subscriber: Client,
     /// Catches rooms up from history once their subscription is back.
-    delivery: Arc<Delivery>,
+    inbound: Arc<dyn Inbound>,
     link: Arc<Link>,
     keys: Keys,
     clustered: bool,
@@ -563,7 +576,7 @@ impl Subscriptions {
         self.in_sync.store(false, Ordering::Release);
         // Live events of rooms delivered before are held from the moment they are resubscribed
         // until what was published while the subscription was down has been replayed.
-        let held = self.delivery.hold_all().await;
+        let held = self.inbound.hold(&|_| true, false).await;
         self.awaiting.extend(held);
         let rooms: Vec<String> = self.wanted.iter().cloned().collect();
         // The connection event itself says the link is up, whatever the monitor task has recorded yet.
@@ -588,7 +601,7 @@ impl Subscriptions {
         // What was published while these rooms were not subscribed is read from history once
         // they are (as after a reconnect), not only when a later event reveals the gap.
         let wanted: HashSet<&str> = sub.iter().map(String::as_str).collect();
-        let held = self.delivery.hold(|room| wanted.contains(room), false).await;
+        let held = self.inbound.hold(&|room| wanted.contains(room), false).await;
         self.awaiting.extend(held);
         let mut failed = self.send(&sub, true, false).await;
         self.catch_up_confirmed(&sub, &failed).await;
@@ -605,9 +618,9 @@ impl Subscriptions {
     /// are released (their catch-up drops them).
     async fn catch_up_confirmed(&mut self, sent: &[String], failed: &HashMap<String, BusError>) {
         let confirmed: HashSet<&str> = sent.iter().map(String::as_str).filter(|r| !failed.contains_key(*r)).collect();
-        let mut ready = self.delivery.hold(|room| confirmed.contains(room), true).await;
+        let mut ready = self.inbound.hold(&|room| confirmed.contains(room), true).await;
         let wanted = &self.wanted;
         ready.extend(self.awaiting.extract_if(|room| confirmed.contains(room.as_str()) || !wanted.contains(room)));
-        self.delivery.spawn_catch_up(ready);
+        self.inbound.catch_up(ready);
     }
 }

@@ -10,7 +10,7 @@ use roomcast_publisher::wire::{self, EventEnvelope, HistoryPolicy};
 use tokio::time::Instant;
 
 use super::{History, Position, Read};
-use crate::bus::{BoxFuture, BusError};
+use crate::backend::{BoxFuture, BusError};
 
 #[derive(Debug)]
 struct RoomLog {

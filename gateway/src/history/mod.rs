@@ -10,7 +10,7 @@ pub mod redis;
 
 use roomcast_publisher::wire::{EventEnvelope, HistoryPolicy};
 
-use crate::bus::{BoxFuture, BusError};
+use crate::backend::{BoxFuture, BusError};
 
 /// Where a room's history stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

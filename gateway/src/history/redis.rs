@@ -4,7 +4,10 @@ use fred::types::{Value, scripts::Script};
 use roomcast_publisher::wire::{self, Envelope, HistoryPolicy, META_TTL};
 
 use super::{History, Position, Read};
-use crate::bus::{BoxFuture, BusError, redis::Commands};
+use crate::{
+    backend::{BoxFuture, BusError},
+    redis_conn::Commands,
+};
 
 /// Reads history from Redis.
 #[derive(Clone)]

@@ -16,7 +16,6 @@
 //! - [`redis::RedisPresence`]: shared through Redis, with per-replica leases so the survivors
 //!   remove a crashed replica's users.
 
-pub mod events;
 pub mod memory;
 pub mod redis;
 
@@ -34,7 +33,7 @@ use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    bus::{BoxFuture, BusError},
+    backend::{BoxFuture, BusError},
     timers::DeadlineQueue,
 };
 

@@ -19,7 +19,10 @@ use fred::{
 use roomcast_publisher::wire::{self, Envelope, PresenceAction};
 
 use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
-use crate::bus::{BoxFuture, BusError, redis::Commands};
+use crate::{
+    backend::{BoxFuture, BusError},
+    redis_conn::Commands,
+};
 
 /// How long a reaper keeps its lock on a dead replica before another may take over.
 const REAPER_LOCK: Duration = Duration::from_secs(30);

@@ -1,16 +1,23 @@
-//! The Socket.IO surface: authentication at connect, the events a client may send, and
-//! cleanup at disconnect.
+//! The protocol edge: the Socket.IO surface. Authentication at connect, the events a client
+//! may send (one module per event family: `rooms`, `refresh`, `typing`, `presence`),
+//! and cleanup at disconnect. The domain modules below know nothing of Socket.IO events and
+//! payloads; this is where client input is parsed and answered with a coded error.
 //!
 //! Handlers are plain functions returning a future: their synchronous part runs while
-//! socketioxide reads packets in order, which is where each operation takes its [`Ticket`];
+//! socketioxide reads packets in order, which is where each operation takes its [`Ticket`](crate::conn::Ticket);
 //! the asynchronous part waits for its turn. A client's `join` then `leave` therefore always
 //! apply in that order, whatever the scheduler does with the spawned tasks.
 
+mod presence;
+mod refresh;
+mod rooms;
+mod typing;
+
 use std::{future::Future, sync::Arc};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::{
-    extract::{AckSender, Event, SocketRef, State, TryData},
+    extract::{AckSender, Event, SocketRef, TryData},
     handler::ConnectHandler,
     socket::DisconnectReason as SioReason,
 };
@@ -20,7 +27,7 @@ use crate::{
     auth::{self, Identity},
     conn::{Conn, Lifecycle, Turns},
     errors::{ClientError, ErrorCode},
-    expiry, metrics, rooms,
+    expiry, metrics,
     state::Shared,
 };
 use roomcast_publisher::Room;
@@ -31,16 +38,24 @@ const MAX_PENDING_OPERATIONS: u64 = 32;
 
 /// Installs the handlers on the default namespace. Other namespaces are refused by
 /// socketioxide with `connect_error` "Invalid namespace".
-pub(crate) fn register(io: &socketioxide::SocketIo) {
-    io.ns("/", on_connect.with(authenticate));
+///
+/// The handlers hold `gw` (not socketioxide's `State`): the server exists before the state
+/// that delivers to it.
+pub(crate) fn register(io: &socketioxide::SocketIo, gw: Shared) {
+    let connect = {
+        let gw = gw.clone();
+        move |socket: SocketRef| on_connect(socket, gw.clone())
+    };
+    let authenticate = move |socket: SocketRef, TryData(auth): TryData<Value>| authenticate(socket, auth, gw.clone());
+    io.ns("/", connect.with(authenticate));
 }
 
 /// The connect middleware: a socket that fails here gets a `connect_error` whose message is the
 /// error code, and never reaches [`on_connect`].
 async fn authenticate(
     socket: SocketRef,
-    TryData(auth_payload): TryData<Value>,
-    State(gw): State<Shared>,
+    auth_payload: Result<Value, socketioxide::ParserError>,
+    gw: Shared,
 ) -> Result<(), ConnectRejection> {
     let parts = socket.req_parts();
     let verified = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
@@ -51,6 +66,13 @@ async fn authenticate(
             // Registered here, before socketioxide sends CONNECT: it runs the connect handler
             // only after sending it, and an event the client sends in between would find no
             // handler and be dropped.
+            let on_event = {
+                let gw = gw.clone();
+                move |socket: SocketRef, Event(event): Event, TryData(payload): TryData<Value>, ack: AckSender| {
+                    on_event(socket, event, payload, ack, gw.clone())
+                }
+            };
+            let on_disconnect = move |socket: SocketRef, reason: SioReason| on_disconnect(socket, reason, gw.clone());
             socket.on_fallback(on_event);
             socket.on_disconnect(on_disconnect);
             Ok(())
@@ -82,7 +104,7 @@ fn span(socket: &SocketRef, identity: &Identity) -> tracing::Span {
     tracing::info_span!("conn", sid = %socket.id, tenant = %identity.tenant, user = %identity.user)
 }
 
-fn on_connect(socket: SocketRef, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
+fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send {
     let conn = conn_of(&socket);
     // `false` when the socket closed before this handler ran: the disconnect handler then
     // passed the first ticket on and there is nothing to set up.
@@ -128,10 +150,10 @@ fn on_connect(socket: SocketRef, State(gw): State<Shared>) -> impl Future<Output
 /// and gives unknown events an error ack instead of silence.
 fn on_event(
     socket: SocketRef,
-    Event(event): Event,
-    TryData(payload): TryData<Value>,
+    event: String,
+    payload: Result<Value, socketioxide::ParserError>,
     ack: AckSender,
-    State(gw): State<Shared>,
+    gw: Shared,
 ) -> impl Future<Output = ()> + Send {
     let ticket = conn_of(&socket).and_then(|conn| {
         let pending = conn.turns.pending();
@@ -162,12 +184,12 @@ fn on_event(
             let payload =
                 payload.map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON"));
             let reply = match name {
-                "join" => join(&socket, &gw, &conn, payload).await,
-                "leave" => leave(&socket, &gw, &conn, payload).await,
-                "auth:refresh" => refresh(&socket, &gw, &conn, payload).await,
-                "typing" => crate::typing::on_typing(&gw, &conn, payload).await,
-                "presence:list" => crate::presence::events::list(&gw, &conn, payload).await,
-                "presence:update" => crate::presence::events::update(&gw, &conn, payload),
+                "join" => rooms::join(&socket, &gw, &conn, payload).await,
+                "leave" => rooms::leave(&socket, &gw, &conn, payload).await,
+                "auth:refresh" => refresh::refresh(&socket, &gw, &conn, payload).await,
+                "typing" => typing::typing(&gw, &conn, payload).await,
+                "presence:list" => presence::list(&gw, &conn, payload).await,
+                "presence:update" => presence::update(&gw, &conn, payload),
                 _ => {
                     Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
                 }
@@ -189,7 +211,7 @@ fn on_event(
 }
 
 /// The testing-only pause of `ROOMCAST_DEBUG_OPERATION_DELAY` (see [`crate::Config`]).
-async fn debug_pause(gw: &Shared) {
+pub(super) async fn debug_pause(gw: &Shared) {
     if let Some(delay) = gw.config.debug_operation_delay {
         tokio::time::sleep(delay).await;
     }
@@ -215,126 +237,20 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-async fn join(
-    socket: &SocketRef,
-    gw: &Shared,
-    conn: &Conn,
-    payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
-    let identity = conn.identity();
-    let payload = payload?;
-    let room = rooms::requested_room(&payload, &identity)?;
-    let since = parse_since(&payload)?;
-    let name = room.to_string();
-    // Joining a room the socket is already in answers like a first join (position, and a
-    // replay when `since` asks for one), without counting the member twice.
-    let new = !conn.is_in(&name);
-    let generation = if new {
-        let generation = rooms::enter(conn, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
-        debug_pause(gw).await;
-        generation
-    } else {
-        gw.membership.generation(&name)
-    };
-    let attached = gw.delivery.attach(socket, &name, since, generation).await;
-    if new {
-        gw.presence.entered(&room, &identity.user, conn.status());
-    }
-    let mut ack = json!({ "ok": true, "room": name });
-    if let Some(recovered) = attached.recovered {
-        ack["recovered"] = json!(recovered);
-    }
-    if let Some(position) = attached.position {
-        ack["offset"] = json!(position.offset);
-        ack["epoch"] = json!(position.epoch);
-    }
-    metrics::local_rooms(gw.membership.room_count());
-    Ok(ack)
-}
-
-/// `since: { offset, epoch }` of a `join`, if given.
-fn parse_since(payload: &Value) -> Result<Option<crate::recovery::Since>, ClientError> {
-    let Some(since) = payload.get("since").filter(|v| !v.is_null()) else { return Ok(None) };
-    let invalid = || {
-        ClientError::new(
-            ErrorCode::InvalidPayload,
-            "since must be { offset: <non-negative integer>, epoch: \"<string>\" }",
-        )
-    };
-    let offset = since.get("offset").and_then(Value::as_u64).ok_or_else(invalid)?;
-    let epoch =
-        since.get("epoch").and_then(Value::as_str).filter(|e| !e.is_empty() && e.len() <= 64).ok_or_else(invalid)?;
-    Ok(Some(crate::recovery::Since { offset, epoch: epoch.to_owned() }))
-}
-
-async fn leave(
-    socket: &SocketRef,
-    gw: &Shared,
-    conn: &Conn,
-    payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
-    let room = rooms::requested_room(&payload?, &conn.identity())?;
-    leave_room(socket, gw, conn, &room).await;
-    metrics::local_rooms(gw.membership.room_count());
-    Ok(json!({ "ok": true, "room": room.to_string() }))
-}
-
 /// Takes the socket out of `room`, with what leaving means beyond the room itself: the user's
 /// presence there ends (after the grace period) and their typing indicator stops. The one path
 /// out of a room, whether the client asked, a refresh narrowed its grants or it disconnected.
-async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
+pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
     let name = room.to_string();
     socket.leave(crate::recovery::recovering_room(&name));
-    gw.delivery.detach(socket.id, &name).await;
-    if rooms::exit(socket, conn, &gw.membership, room).await {
+    gw.delivery.sequencer().detach(socket.id, &name).await;
+    if rooms::exit(socket, gw, conn, room).await {
         gw.presence.left(room, &conn.identity().user);
-        crate::typing::stop(gw, conn, &name).await;
+        typing::stop(gw, conn, &name).await;
     }
 }
 
-/// `auth:refresh` `{ token }`: swaps the socket's token for a fresher one of the same user.
-/// Rooms the new token no longer grants are left, and listed in the ack.
-async fn refresh(
-    socket: &SocketRef,
-    gw: &Shared,
-    conn: &Conn,
-    payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
-    let payload = payload?;
-    let Some(token) = payload.get("token").and_then(Value::as_str) else {
-        metrics::auth_refresh("invalid_payload");
-        return Err(ClientError::new(ErrorCode::InvalidPayload, "payload must be { token: \"<jwt>\" }"));
-    };
-    let current = conn.identity();
-    let fresh = gw.verifier.verify(token).inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
-    if fresh.tenant != current.tenant || fresh.user != current.user {
-        metrics::auth_refresh("forbidden");
-        return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
-    }
-    let exp = fresh.exp;
-    let mut left = Vec::new();
-    for name in conn.rooms() {
-        let Some(room) = Room::parse(&name) else {
-            continue;
-        };
-        let still_allowed = match (room.kind(), room.id()) {
-            (roomcast_publisher::RoomKind::Project, Some(id)) => fresh.projects.allows(id),
-            (roomcast_publisher::RoomKind::Channel, Some(id)) => fresh.channels.allows(id),
-            _ => true,
-        };
-        if !still_allowed {
-            leave_room(socket, gw, conn, &room).await;
-            left.push(name.to_string());
-        }
-    }
-    conn.set_identity(fresh);
-    expiry::schedule(gw, socket.id, conn, exp);
-    metrics::auth_refresh("ok");
-    tracing::debug!(exp, left = left.len(), "token refreshed");
-    Ok(json!({ "ok": true, "exp": exp, "left": left }))
-}
-
-fn on_disconnect(socket: SocketRef, reason: SioReason, State(gw): State<Shared>) -> impl Future<Output = ()> + Send {
+fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Future<Output = ()> + Send {
     let conn = conn_of(&socket);
     // Closed synchronously, in packet order: whatever the client sent after this is ignored.
     // Always queued, never rate limited: cleanup must run after the socket's last operation.

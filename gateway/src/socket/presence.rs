@@ -3,11 +3,11 @@
 use roomcast_publisher::Room;
 use serde_json::{Value, json};
 
-use super::{Status, tracked};
+use super::rooms::requested_room;
 use crate::{
     conn::Conn,
     errors::{ClientError, ErrorCode},
-    rooms,
+    presence::{Status, tracked},
     state::Shared,
 };
 
@@ -19,9 +19,9 @@ const DEFAULT_PAGE: u64 = 100;
 /// Anyone whose token grants the room may list it (the same check as `join`), so a client can
 /// see who is there before joining. Pages are at most `ROOMCAST_PRESENCE_PAGE_MAX` users;
 /// `next` is the offset of the following page, or null.
-pub async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
+pub(super) async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
     let payload = payload?;
-    let room = rooms::requested_room(&payload, &conn.identity())?;
+    let room = requested_room(&payload, &conn.identity())?;
     let number = |field: &str| -> Result<Option<u64>, ClientError> {
         match payload.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -44,7 +44,7 @@ pub async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>)
 
 /// `presence:update` `{ status: "online" | "away" }`: the socket's status in every project and
 /// channel room it is in; members see `presence:update` where the user's status changed.
-pub fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
+pub(super) fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
     let payload = payload?;
     let status = payload
         .get("status")

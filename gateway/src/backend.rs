@@ -1,0 +1,16 @@
+//! What the traits at the storage edge share (the bus, history and presence stores): a leaf
+//! module, so the domain modules that use those traits and the adapters that implement them
+//! depend on it and not on each other.
+
+use std::{future::Future, pin::Pin};
+
+/// A boxed, sendable future; the storage traits are used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a storage operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// The backend cannot be reached right now; the operation may succeed later.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}

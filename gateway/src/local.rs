@@ -1,0 +1,104 @@
+//! This replica's sockets, as the domain core reaches them: emitting to a room's local members
+//! (or one socket) and counting them. The only place below the protocol edge that holds the
+//! Socket.IO server.
+
+use std::sync::Arc;
+
+use roomcast_publisher::wire::{self, EventEnvelope};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::{BroadcastError, SocketError, SocketIo, extract::SocketRef, operators::BroadcastOperators};
+
+use crate::{metrics, rooms::Membership};
+
+/// The second argument of every published event a client receives.
+#[derive(Debug, Serialize)]
+pub struct EventMeta<'a> {
+    /// Canonical room name.
+    pub room: &'a str,
+    /// The publisher's event id.
+    pub id: &'a str,
+    /// Publish time, ms since the Unix epoch.
+    pub ts: u64,
+    /// The event's offset in the room (with history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The room history's epoch (with history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
+}
+
+impl<'a> EventMeta<'a> {
+    /// The meta of `e`.
+    pub fn of(e: &'a EventEnvelope) -> Self {
+        EventMeta { room: &e.room, id: &e.id, ts: e.ts, offset: e.offset, epoch: e.epoch.as_deref() }
+    }
+}
+
+/// The local sockets: the Socket.IO server and the local member counts.
+#[derive(Debug, Clone)]
+pub struct Local {
+    io: SocketIo,
+    membership: Arc<Membership>,
+}
+
+impl Local {
+    /// The sockets of `io`, whose room memberships `membership` counts.
+    pub fn new(io: SocketIo, membership: Arc<Membership>) -> Self {
+        Local { io, membership }
+    }
+
+    /// Broadcast operators on the root namespace; `None` once the shutdown closed the server.
+    /// (socketioxide's `SocketIo::within` panics when the namespace is gone, which a delivery
+    /// racing the drain would hit.)
+    pub fn root(&self) -> Option<BroadcastOperators> {
+        self.io.of("/")
+    }
+
+    /// Local members of `room`.
+    pub fn members(&self, room: &str) -> u64 {
+        u64::from(self.membership.members(room))
+    }
+
+    /// Emits `e` to its room's local members, except those in room `except`.
+    pub async fn emit_event_except(&self, e: &EventEnvelope, except: Option<String>) {
+        let Some(root) = self.root() else { return };
+        let meta = EventMeta::of(e);
+        let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
+        let to = root.within(e.room.clone());
+        let to = match except {
+            Some(room) => to.except(room),
+            None => to,
+        };
+        note_emit_errors(to.emit(&e.event, &args).await);
+        metrics::delivered("event", self.members(&e.room));
+        metrics::delivery_latency(wire::now_ms().saturating_sub(e.ts));
+    }
+
+    /// Emits `e` to one socket.
+    pub fn emit_to_socket(&self, socket: &SocketRef, e: &EventEnvelope) {
+        let meta = EventMeta::of(e);
+        let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
+        // A closed socket is just disconnecting; only a full buffer loses the event for it.
+        if let Err(socketioxide::SendError::Socket(SocketError::InternalChannelFull)) = socket.emit(&e.event, &args) {
+            metrics::client_buffer_full(1);
+        }
+    }
+}
+
+/// Counts sockets a broadcast skipped. A full send buffer means the client reads slower than
+/// events arrive: the event is lost for that socket, so it is counted (and, with room offsets,
+/// the client sees the gap). Closed sockets are just disconnecting and not counted.
+pub fn note_emit_errors(result: Result<(), BroadcastError>) {
+    match result {
+        Ok(()) => {}
+        Err(BroadcastError::Socket(errors)) => {
+            let full = errors.iter().filter(|e| matches!(e, SocketError::InternalChannelFull)).count();
+            if full > 0 {
+                metrics::client_buffer_full(full as u64);
+                tracing::warn!(sockets = full, "dropped an event for sockets whose send buffer is full");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "local broadcast failed"),
+    }
+}

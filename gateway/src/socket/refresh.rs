@@ -1,0 +1,55 @@
+//! `auth:refresh`: a live socket swaps its token for a fresher one.
+
+use roomcast_publisher::{Room, RoomKind};
+use serde_json::{Value, json};
+use socketioxide::extract::SocketRef;
+
+use super::leave_room;
+use crate::{
+    conn::Conn,
+    errors::{ClientError, ErrorCode},
+    expiry, metrics,
+    state::Shared,
+};
+
+/// `auth:refresh` `{ token }`: swaps the socket's token for a fresher one of the same user.
+/// Rooms the new token no longer grants are left, and listed in the ack.
+pub(super) async fn refresh(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let payload = payload?;
+    let Some(token) = payload.get("token").and_then(Value::as_str) else {
+        metrics::auth_refresh("invalid_payload");
+        return Err(ClientError::new(ErrorCode::InvalidPayload, "payload must be { token: \"<jwt>\" }"));
+    };
+    let current = conn.identity();
+    let fresh = gw.verifier.verify(token).inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    if fresh.tenant != current.tenant || fresh.user != current.user {
+        metrics::auth_refresh("forbidden");
+        return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
+    }
+    let exp = fresh.exp;
+    let mut left = Vec::new();
+    for name in conn.rooms() {
+        let Some(room) = Room::parse(&name) else {
+            continue;
+        };
+        let still_allowed = match (room.kind(), room.id()) {
+            (RoomKind::Project, Some(id)) => fresh.projects.allows(id),
+            (RoomKind::Channel, Some(id)) => fresh.channels.allows(id),
+            _ => true,
+        };
+        if !still_allowed {
+            leave_room(socket, gw, conn, &room).await;
+            left.push(name.to_string());
+        }
+    }
+    conn.set_identity(fresh);
+    expiry::schedule(gw, socket.id, conn, exp);
+    metrics::auth_refresh("ok");
+    tracing::debug!(exp, left = left.len(), "token refreshed");
+    Ok(json!({ "ok": true, "exp": exp, "left": left }))
+}

@@ -1,0 +1,224 @@
+//! `join` and `leave`: the client's way in and out of project and channel rooms.
+
+use std::future::Future;
+
+use roomcast_publisher::{Room, RoomKind};
+use serde_json::{Value, json};
+use socketioxide::extract::SocketRef;
+
+use super::{debug_pause, leave_room};
+use crate::{
+    auth::Identity,
+    bus::BusError,
+    conn::Conn,
+    errors::{ClientError, ErrorCode},
+    metrics,
+    recovery::Since,
+    rooms::Membership,
+    state::Shared,
+};
+
+pub(super) async fn join(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let identity = conn.identity();
+    let payload = payload?;
+    let room = requested_room(&payload, &identity)?;
+    let since = parse_since(&payload)?;
+    let name = room.to_string();
+    // Joining a room the socket is already in answers like a first join (position, and a
+    // replay when `since` asks for one), without counting the member twice.
+    let new = !conn.is_in(&name);
+    let generation = if new {
+        let generation = enter(conn, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
+        debug_pause(gw).await;
+        generation
+    } else {
+        gw.membership.generation(&name)
+    };
+    let attached = gw.delivery.sequencer().attach(socket, &name, since, generation).await;
+    if new {
+        gw.presence.entered(&room, &identity.user, conn.status());
+    }
+    let mut ack = json!({ "ok": true, "room": name });
+    if let Some(recovered) = attached.recovered {
+        ack["recovered"] = json!(recovered);
+    }
+    if let Some(position) = attached.position {
+        ack["offset"] = json!(position.offset);
+        ack["epoch"] = json!(position.epoch);
+    }
+    metrics::local_rooms(gw.membership.room_count());
+    Ok(ack)
+}
+
+/// `since: { offset, epoch }` of a `join`, if given.
+fn parse_since(payload: &Value) -> Result<Option<Since>, ClientError> {
+    let Some(since) = payload.get("since").filter(|v| !v.is_null()) else { return Ok(None) };
+    let invalid = || {
+        ClientError::new(
+            ErrorCode::InvalidPayload,
+            "since must be { offset: <non-negative integer>, epoch: \"<string>\" }",
+        )
+    };
+    let offset = since.get("offset").and_then(Value::as_u64).ok_or_else(invalid)?;
+    let epoch =
+        since.get("epoch").and_then(Value::as_str).filter(|e| !e.is_empty() && e.len() <= 64).ok_or_else(invalid)?;
+    Ok(Some(Since { offset, epoch: epoch.to_owned() }))
+}
+
+pub(super) async fn leave(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let room = requested_room(&payload?, &conn.identity())?;
+    leave_room(socket, gw, conn, &room).await;
+    metrics::local_rooms(gw.membership.room_count());
+    Ok(json!({ "ok": true, "room": room.to_string() }))
+}
+
+/// The room a `join`/`leave` payload names, authorized against `identity`.
+///
+/// The payload is `{ "project": "<id>" }` or `{ "channel": "<id>" }`. The tenant always comes
+/// from the token, so a client can never name a room of another tenant.
+pub(super) fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, ClientError> {
+    let invalid = |msg: &str| ClientError::new(ErrorCode::InvalidPayload, msg);
+    let Some(obj) = payload.as_object() else {
+        return Err(invalid("payload must be an object: { project: \"<id>\" } or { channel: \"<id>\" }"));
+    };
+    let (kind, id) = match (obj.get("project"), obj.get("channel")) {
+        (Some(p), None) => (RoomKind::Project, p),
+        (None, Some(c)) => (RoomKind::Channel, c),
+        (Some(_), Some(_)) => return Err(invalid("name either a project or a channel, not both")),
+        (None, None) => {
+            return Err(invalid("payload needs a \"project\" or a \"channel\" field"));
+        }
+    };
+    let Some(id) = id.as_str() else {
+        return Err(invalid("the room id must be a string"));
+    };
+    let room = match kind {
+        RoomKind::Project => Room::project(&identity.tenant, id),
+        _ => Room::channel(&identity.tenant, id),
+    }
+    .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("{} id: {e}", kind.as_str())))?;
+    let allowed = match kind {
+        RoomKind::Project => identity.projects.allows(id),
+        _ => identity.channels.allows(id),
+    };
+    if !allowed {
+        return Err(ClientError::new(ErrorCode::Forbidden, format!("token does not grant {} {id:?}", kind.as_str())));
+    }
+    Ok(room)
+}
+
+/// Records `socket`'s entry into `room` (the caller checked it is not there yet) and
+/// subscribes the bus if it is the room's first local member; resolves once the bus confirmed,
+/// with the room's membership generation (see [`Entered::generation`]). The socket itself is
+/// put in the room by [`crate::recovery::Sequencer::attach`], which orders history and live
+/// events for it.
+pub(super) async fn enter(
+    conn: &Conn,
+    membership: &Membership,
+    room: &Room,
+    max_rooms: u32,
+) -> Result<u64, ClientError> {
+    if conn.explicit_room_count() >= max_rooms as usize {
+        return Err(ClientError::new(
+            ErrorCode::TooManyRooms,
+            format!("a socket may be in at most {max_rooms} project and channel rooms; leave one first"),
+        ));
+    }
+    let name = room.to_string();
+    // Recorded before anything else: from here on the disconnect cleanup will undo it.
+    if !conn.enter(&name) {
+        return Err(ClientError::new(ErrorCode::Unavailable, "the connection is closing"));
+    }
+    metrics::room_joined(room.kind());
+    let entered = membership.enter(&name);
+    confirm(entered.subscribed).await;
+    Ok(entered.generation)
+}
+
+/// Puts `socket` in `room` now, if it is not there and not closing, and returns the bus
+/// confirmation to await. For the automatic rooms, which need no history position.
+pub(super) fn enter_now(
+    socket: &SocketRef,
+    conn: &Conn,
+    membership: &Membership,
+    room: &Room,
+) -> Option<impl Future<Output = Result<(), BusError>> + Send + 'static + use<>> {
+    let name = room.to_string();
+    if !conn.enter(&name) {
+        return None;
+    }
+    let entered = membership.enter(&name);
+    socket.join(name);
+    metrics::room_joined(room.kind());
+    Some(entered.subscribed)
+}
+
+/// Waits for a subscription confirmation. A failure does not undo the join: the bus keeps the
+/// subscription as wanted and re-applies it when it recovers, and local delivery works meanwhile.
+pub(super) async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
+    if let Err(e) = subscribed.await {
+        tracing::warn!(error = %e, "room subscription not confirmed yet");
+    }
+}
+
+/// Takes `socket` out of `room` as far as membership goes (idempotent), unsubscribing the bus
+/// if it was the last local member (what this replica delivered to the room is then forgotten:
+/// it means nothing to members who come later). `false` if Roomcast's record says it was not
+/// in the room.
+pub(super) async fn exit(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) -> bool {
+    let name = room.to_string();
+    if !conn.exit(&name) {
+        return false;
+    }
+    socket.leave(name.clone());
+    metrics::room_left(room.kind());
+    if let Some(unsubscribed) = gw.membership.exit(&name) {
+        gw.delivery.sequencer().forget_room(&name).await;
+        if let Err(e) = unsubscribed.await {
+            tracing::warn!(error = %e, "room unsubscription not confirmed");
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scope;
+
+    fn identity() -> Identity {
+        Identity {
+            tenant: "t1".into(),
+            user: "u1".into(),
+            projects: Scope::Only(vec!["p1".into()]),
+            channels: Scope::All,
+            exp: 0,
+        }
+    }
+
+    #[test]
+    fn requests_are_validated_then_authorized() {
+        let id = identity();
+        let code = |v: Value| requested_room(&v, &id).unwrap_err().code;
+        assert_eq!(requested_room(&json!({"project": "p1"}), &id).unwrap().to_string(), "tenant:t1:project:p1");
+        assert_eq!(requested_room(&json!({"channel": "any"}), &id).unwrap().to_string(), "tenant:t1:channel:any");
+        assert_eq!(code(json!({"project": "p2"})), ErrorCode::Forbidden);
+        assert_eq!(code(json!({"project": "p1:x"})), ErrorCode::InvalidRoom);
+        assert_eq!(code(json!({"channel": ""})), ErrorCode::InvalidRoom);
+        assert_eq!(code(json!({"project": 7})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"project": "p1", "channel": "c"})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!("p1")), ErrorCode::InvalidPayload);
+        assert_eq!(code(Value::Null), ErrorCode::InvalidPayload);
+    }
+}

@@ -1,0 +1,76 @@
+//! `typing`: a client shows or stops its typing indicator in a channel (see [`crate::typing`]).
+
+use roomcast_publisher::{
+    Room,
+    wire::{self, Envelope, TypingEnvelope},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    conn::Conn,
+    errors::{ClientError, ErrorCode},
+    metrics,
+    state::Shared,
+};
+
+fn parse(payload: Result<Value, ClientError>) -> Result<(String, bool), ClientError> {
+    let payload = payload?;
+    let invalid =
+        || ClientError::new(ErrorCode::InvalidPayload, "payload must be { channel: \"<id>\", typing: true|false }");
+    let channel = payload.get("channel").and_then(Value::as_str).ok_or_else(invalid)?;
+    let typing = payload.get("typing").and_then(Value::as_bool).ok_or_else(invalid)?;
+    Ok((channel.to_owned(), typing))
+}
+
+/// `typing` `{ channel, typing }`.
+pub(super) async fn typing(
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Value, ClientError> {
+    let (channel, typing) = parse(payload)?;
+    let identity = conn.identity();
+    let room = Room::channel(&identity.tenant, &channel)
+        .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("channel id: {e}")))?;
+    let name = room.to_string();
+    if !conn.is_in(&name) {
+        return Err(ClientError::new(ErrorCode::Forbidden, "join the channel before typing in it"));
+    }
+    conn.set_typing(&name, typing);
+    if !gw.throttle.admit(&name, &identity.user, typing) {
+        metrics::publish("client_typing", Ok(()));
+        return Ok(json!({ "ok": true, "throttled": true }));
+    }
+    broadcast(gw, name, identity.user.clone(), typing).await
+}
+
+/// Stops the socket's indicator in `room` if it showed one (it left the channel or disconnected).
+pub(super) async fn stop(gw: &Shared, conn: &Conn, room: &str) {
+    if conn.set_typing(room, false) {
+        let user = conn.identity().user.clone();
+        gw.throttle.admit(room, &user, false);
+        let _ = broadcast(gw, room.to_owned(), user, false).await;
+    }
+}
+
+async fn broadcast(gw: &Shared, room: String, user: String, typing: bool) -> Result<Value, ClientError> {
+    let envelope = Envelope::Typing(TypingEnvelope {
+        v: wire::VERSION,
+        room,
+        user,
+        typing,
+        ts: wire::now_ms(),
+        origin: Some(gw.delivery.node_id().to_owned()),
+    });
+    gw.delivery.deliver_originated(&envelope).await;
+    match gw.bus.publish(vec![envelope]).await {
+        Ok(_) => {
+            metrics::publish("client_typing", Ok(()));
+            Ok(json!({ "ok": true }))
+        }
+        Err(e) => {
+            metrics::publish("client_typing", Err(ErrorCode::Unavailable));
+            Err(ClientError::new(ErrorCode::Unavailable, format!("shown on this replica only: {e}")))
+        }
+    }
+}
