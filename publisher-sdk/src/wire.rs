@@ -274,42 +274,6 @@ impl Keys {
         format!("{}:{{{room}}}:history", self.prefix)
     }
 
-    /// Presence of a room: user → number of connections, cluster-wide (hash).
-    pub fn presence_counts(&self, room: &str) -> String {
-        format!("{}:{{{room}}}:presence", self.prefix)
-    }
-
-    /// Presence of a room: user → when their presence began, ms (sorted set; list order).
-    pub fn presence_since(&self, room: &str) -> String {
-        format!("{}:{{{room}}}:presence:since", self.prefix)
-    }
-
-    /// Presence of a room: user → status (hash).
-    pub fn presence_status(&self, room: &str) -> String {
-        format!("{}:{{{room}}}:presence:status", self.prefix)
-    }
-
-    /// Presence of a room: `replica|user` → that replica's connections of the user (hash), so a
-    /// crashed replica's share can be removed.
-    pub fn presence_replicas(&self, room: &str) -> String {
-        format!("{}:{{{room}}}:presence:replicas", self.prefix)
-    }
-
-    /// Gateway replicas and their lease expiry, ms by Redis' clock (sorted set).
-    pub fn replicas(&self) -> String {
-        format!("{}:replicas", self.prefix)
-    }
-
-    /// The rooms replica `id` holds presence in (set).
-    pub fn replica_rooms(&self, id: &str) -> String {
-        format!("{}:replica:{{{id}}}:rooms", self.prefix)
-    }
-
-    /// Lock taken by the replica cleaning up after replica `id`.
-    pub fn replica_reaper(&self, id: &str) -> String {
-        format!("{}:replica:{{{id}}}:reaper", self.prefix)
-    }
-
     /// The room a channel name belongs to, if it is one of ours.
     pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?.strip_suffix('}')

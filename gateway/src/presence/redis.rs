@@ -16,7 +16,7 @@ use fred::{
     interfaces::{KeysInterface, SetsInterface, SortedSetsInterface},
     types::{Expiration, SetOptions, Value, scripts::Script},
 };
-use roomcast_publisher::wire::{self, Envelope, PresenceAction};
+use roomcast_publisher::wire::{self, Envelope, Keys, PresenceAction};
 
 use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::{
@@ -353,5 +353,49 @@ impl PresenceStore for RedisPresence {
 
     fn maintenance_interval(&self) -> Option<(Duration, Duration)> {
         Some((self.lease_ttl / 3, self.sweep_every))
+    }
+}
+/// The gateway's own Redis keys for presence and replica leases, beside the publisher crate's
+/// wire keys (same prefix, same `{room}` hash tag) but not part of the wire: no publisher reads
+/// or writes them, so they change with the gateway alone.
+trait PresenceKeys {
+    /// Presence of a room: user → number of connections, cluster-wide (hash).
+    fn presence_counts(&self, room: &str) -> String;
+    /// Presence of a room: user → when their presence began, ms (sorted set; list order).
+    fn presence_since(&self, room: &str) -> String;
+    /// Presence of a room: user → status (hash).
+    fn presence_status(&self, room: &str) -> String;
+    /// Presence of a room: `replica|user` → that replica's connections of the user (hash), so a
+    /// crashed replica's share can be removed.
+    fn presence_replicas(&self, room: &str) -> String;
+    /// Gateway replicas and their lease expiry, ms by Redis' clock (sorted set).
+    fn replicas(&self) -> String;
+    /// The rooms replica `id` holds presence in (set).
+    fn replica_rooms(&self, id: &str) -> String;
+    /// Lock taken by the replica cleaning up after replica `id`.
+    fn replica_reaper(&self, id: &str) -> String;
+}
+
+impl PresenceKeys for Keys {
+    fn presence_counts(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence", self.prefix())
+    }
+    fn presence_since(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence:since", self.prefix())
+    }
+    fn presence_status(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence:status", self.prefix())
+    }
+    fn presence_replicas(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:presence:replicas", self.prefix())
+    }
+    fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix())
+    }
+    fn replica_rooms(&self, id: &str) -> String {
+        format!("{}:replica:{{{id}}}:rooms", self.prefix())
+    }
+    fn replica_reaper(&self, id: &str) -> String {
+        format!("{}:replica:{{{id}}}:reaper", self.prefix())
     }
 }
