@@ -38,15 +38,6 @@ export function userToken(tenant, user, extra = {}) {
  * `env` adds ROOMCAST_* settings. The returned object's `stop()` sends SIGTERM and waits.
  */
 export async function startGateway(env = {}) {
-  const gateway = await spawnGateway(env);
-  running.add(gateway);
-  return gateway;
-}
-
-/** Gateways started and not yet stopped: what a transport failure reports on. */
-const running = new Set();
-
-async function spawnGateway(env) {
   const child = spawn(GATEWAY_BIN, [], {
     env: {
       PATH: process.env.PATH,
@@ -87,7 +78,7 @@ async function spawnGateway(env) {
     const readyz = `http://${entry.admin}/readyz`;
     await eventually(async () => (await fetch(readyz).catch(() => null))?.status === 200, "gateway to be ready");
   }
-  return {
+  const gateway = {
     url: `http://${entry.public}`,
     adminUrl: `http://${entry.admin}`,
     logs,
@@ -99,7 +90,12 @@ async function spawnGateway(env) {
       await withTimeout(once(child, "exit"), WAIT_MS, "gateway to exit");
     },
   };
+  running.add(gateway);
+  return gateway;
 }
+
+/** Gateways started and not yet stopped: what a transport failure reports on. */
+const running = new Set();
 
 export function withTimeout(promise, ms, what) {
   let timer;
@@ -133,11 +129,8 @@ export async function connect(url, options = {}, setup = () => {}) {
   } catch (err) {
     socket.close();
     // A transport failure (not a refusal by the gateway) carries what the transport saw: the
-    // HTTP status of a failed poll, the WebSocket close event. Show it, or the failure is opaque.
-    if (err.description !== undefined) {
-      const seen = err.description instanceof Error ? err.description.message : JSON.stringify(err.description);
-      err.message = `${err.message} (transport ${err.type ?? "?"}: ${seen}; context ${describe(err.context)}; ${gatewayReport()})`;
-    }
+    // HTTP status of a failed poll and why, the WebSocket error. Show it, or the failure is opaque.
+    if (err.type === "TransportError") err.message = `${err.message} (${transportSaw(err)}; ${gatewayReport()})`;
     throw err;
   }
   return socket;
@@ -153,10 +146,14 @@ function gatewayReport() {
   return `gateways: ${lines.join("; ") || "none"}`;
 }
 
-function describe(context) {
-  if (context === undefined) return "none";
-  if (typeof context.responseText === "string") return `status ${context.status}, body ${JSON.stringify(context.responseText)}`;
-  return String(context);
+/** A polling failure: the HTTP status, and the status text or the network error (the XHR's
+ * response text is gone by now: engine.io-client aborts the request after reporting it). */
+function transportSaw({ description, context }) {
+  if (context && "status" in context) {
+    const why = context.statusText?.message ?? context.statusText;
+    return `HTTP status ${context.status}${why ? `: ${why}` : ""}`;
+  }
+  return description instanceof Error ? description.message : String(description?.message ?? description);
 }
 
 /** The connect_error message (the error code) a connection attempt gets. */

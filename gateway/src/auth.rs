@@ -20,7 +20,7 @@ use crate::{
     config::{Config, ConfigError, KeySource, MIN_SECRET_LEN, Secret},
     errors::{ClientError, ErrorCode},
 };
-use roomcast_publisher::validate_id;
+use roomcast_publisher::{Room, RoomKind, validate_id};
 
 /// The rooms of one kind a token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,18 @@ pub struct Identity {
     pub channels: Scope,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub exp: u64,
+}
+
+impl Identity {
+    /// Whether the token grants `room`: a project or channel its scopes allow. (Its tenant and
+    /// user rooms are the identity's own; a room of another tenant is never built for it.)
+    pub fn grants(&self, room: &Room) -> bool {
+        match (room.kind(), room.id()) {
+            (RoomKind::Project, Some(id)) => self.projects.allows(id),
+            (RoomKind::Channel, Some(id)) => self.channels.allows(id),
+            _ => true,
+        }
+    }
 }
 
 /// Claim names, from the configuration.

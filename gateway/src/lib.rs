@@ -58,7 +58,7 @@ use crate::{
     api_keys::ApiKeys,
     auth::Verifier,
     bus::{
-        Bus,
+        Bus, Inbound,
         memory::MemoryBus,
         redis::{RedisBus, RedisSettings},
     },
@@ -99,13 +99,8 @@ struct Stores {
     bus: Arc<dyn Bus>,
     history: Option<Arc<dyn History>>,
     presence: Arc<dyn PresenceStore>,
-    receiving: Start,
-}
-
-/// The receiving side of the bus, started once the delivery exists.
-enum Start {
-    Redis(bus::redis::RedisDelivery),
-    Memory(bus::memory::MemoryDelivery),
+    /// Starts the bus's receiving side, reporting to the handler given (once it exists).
+    receive: Box<dyn FnOnce(Arc<dyn Inbound>) + Send>,
 }
 
 /// A gateway whose listeners are bound; [`Gateway::run`] serves them.
@@ -146,7 +141,7 @@ impl Gateway {
         // Built bottom-up: the bus and stores, the membership over the bus, the Socket.IO
         // server, the delivery to its sockets; then the bus is started with the delivery as its
         // handler and the socket handlers with the state. Nothing is bound late.
-        let stores = match &config.redis_url {
+        let Stores { bus, history, presence: presence_store, receive } = match &config.redis_url {
             Some(url) => {
                 let (bus, receiving) = RedisBus::start(RedisSettings {
                     url: url.expose().to_owned(),
@@ -161,7 +156,12 @@ impl Gateway {
                     .map(|policy| Arc::new(RedisHistory::new(bus.commands(), policy)) as Arc<dyn History>);
                 let sweep = (config.presence_lease_ttl / 4).min(Duration::from_secs(1));
                 let store = RedisPresence::new(bus.commands(), &node_id, config.presence_lease_ttl, sweep);
-                Stores { bus: Arc::new(bus), history, presence: Arc::new(store), receiving: Start::Redis(receiving) }
+                Stores {
+                    bus: Arc::new(bus),
+                    history,
+                    presence: Arc::new(store),
+                    receive: Box::new(|inbound| receiving.run(inbound)),
+                }
             }
             None => {
                 tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
@@ -185,11 +185,10 @@ impl Gateway {
                     bus: bus.clone(),
                     history,
                     presence: Arc::new(MemoryPresence::new(bus)),
-                    receiving: Start::Memory(receiving),
+                    receive: Box::new(|inbound| receiving.run(inbound)),
                 }
             }
         };
-        let Stores { bus, history, presence: presence_store, receiving } = stores;
         tracing::info!(node = %node_id, "replica id");
         let membership = Arc::new(Membership::new(bus.clone()));
 
@@ -215,12 +214,7 @@ impl Gateway {
             .build_layer();
         let local = Local::new(io.clone(), membership.clone());
         let delivery = Arc::new(Delivery::new(local, history, node_id, config.publish_max_payload, config.typing_ttl));
-        match receiving {
-            Start::Redis(receiving) => receiving.run(delivery.clone()),
-            Start::Memory(receiving) => {
-                tokio::spawn(receiving.run(delivery.clone()));
-            }
-        }
+        receive(delivery.clone());
 
         let state: Shared = Arc::new(GatewayState {
             membership,

@@ -11,9 +11,9 @@
 //! - a room's sequence starts from a position read from history, never from whatever offset
 //!   arrives first: the joins that find no sequence hold live events until their history reads
 //!   answer; the last of them *seeds* the sequence with the lowest position read and releases
-//!   the held events. An event published
-//!   after the read but before Redis applied the subscription is then a jump like any other,
-//!   caught up from history, instead of silently missing. (The automatic tenant and user rooms
+//!   the held events. An event published after the read but before Redis applied the
+//!   subscription is then a jump like any other, caught up from history, instead of silently
+//!   missing. (The automatic tenant and user rooms
 //!   have no join and no position; their sequence starts at their first event.)
 //!
 //! A socket joining with `since: { offset, epoch }` gets the events it missed, exactly once and in
@@ -40,7 +40,7 @@ use crate::{
 
 /// What this replica knows of one room's sequence.
 #[derive(Debug, Default)]
-pub struct RoomSequence {
+struct RoomSequence {
     /// Epoch and offset of the last event delivered here (`None`: no event with an offset yet).
     epoch: Option<String>,
     last: u64,
@@ -123,7 +123,7 @@ const SEQUENCE_SHARDS: usize = 64;
 /// of an event of that room, never across Redis). A room's operations always take the same
 /// shard, so they stay in order; no operation holds two shards.
 #[derive(Debug)]
-pub struct Sequences {
+struct Sequences {
     shards: Box<[tokio::sync::Mutex<HashMap<String, RoomSequence>>]>,
 }
 
@@ -195,7 +195,7 @@ fn verdict(seq: &RoomSequence, e: &EventEnvelope) -> Verdict {
     }
 }
 
-/// Orders this replica's deliveries of events published with history: one [`RoomSequence`] per
+/// Orders this replica's deliveries of events published with history: one `RoomSequence` per
 /// room with local members, seeded by joins, advanced by live events, caught up from history
 /// (see the module docs). The one owner of that state.
 #[derive(Debug)]

@@ -22,8 +22,8 @@ impl Link {
     }
 
     /// Records what the client's last connection event said.
-    pub fn set_up(&self, up: bool, ordering: Ordering) {
-        self.up.store(up, ordering);
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
     }
 }
 

@@ -10,13 +10,16 @@ use std::{
 
 use futures_util::{FutureExt, future::Shared};
 
-use crate::bus::{BoxFuture, Bus, BusError};
+use crate::{
+    bus::{BoxFuture, Bus, BusError},
+    metrics,
+};
 
 /// Local members per room, and the bus subscriptions that follow from them.
 pub struct Membership {
-    /// Room name → its local members. A std mutex: held only to update the count and to
-    /// *issue* the bus call, never across an await, which keeps the bus calls for one room in
-    /// the order the counts changed.
+    /// Room name → its local members. A std mutex: held only to update the count (and the
+    /// `roomcast_local_rooms` gauge) and to *issue* the bus call, never across an await, which
+    /// keeps the bus calls for one room in the order the counts changed.
     counts: Mutex<HashMap<String, Local>>,
     /// Numbers each period during which a room has local members (see [`Entered::generation`]).
     generations: std::sync::atomic::AtomicU64,
@@ -73,6 +76,7 @@ impl Membership {
                 let subscribed = self.bus.subscribe(room).shared();
                 let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 counts.insert(room.to_owned(), Local { members: 1, generation, subscribed: subscribed.clone() });
+                metrics::local_rooms(counts.len());
                 Entered { generation, subscribed }
             }
         }
@@ -89,6 +93,7 @@ impl Membership {
             }
             Some(_) => {
                 counts.remove(room);
+                metrics::local_rooms(counts.len());
                 Some(self.bus.unsubscribe(room))
             }
             None => None,

@@ -66,10 +66,14 @@ impl MemoryBus {
 }
 
 impl MemoryDelivery {
-    /// Appends each published event to history and delivers it to `inbound`, one publish at a
-    /// time, so a room's events are delivered in offset order even when published
-    /// concurrently. Ends when the bus is dropped.
-    pub async fn run(mut self, inbound: Arc<dyn Inbound>) {
+    /// Starts the task that appends each published event to history and delivers it to
+    /// `inbound`, one publish at a time, so a room's events are delivered in offset order even
+    /// when published concurrently. It ends when the bus is dropped.
+    pub fn run(self, inbound: Arc<dyn Inbound>) {
+        tokio::spawn(self.deliver(inbound));
+    }
+
+    async fn deliver(mut self, inbound: Arc<dyn Inbound>) {
         while let Some(Batch { envelopes, done }) = self.queue.recv().await {
             let mut published = Vec::with_capacity(envelopes.len());
             for (mut envelope, replicas) in envelopes {

@@ -344,7 +344,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
             tokio::select! {
                 event = reconnects.recv() => match event {
                     Ok(_) => {
-                        link.set_up(true, Ordering::Release);
+                        link.set_up(true);
                         if connected_before {
                             metrics::redis_reconnected(name);
                             tracing::info!(client = name, "reconnected to Redis");
@@ -358,7 +358,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
                 },
                 event = errors.recv() => match event {
                     Ok((error, _server)) => {
-                        link.set_up(false, Ordering::Release);
+                        link.set_up(false);
                         metrics::redis_error("connection");
                         if let Some(flag) = &in_sync {
                             flag.store(false, Ordering::Release);

@@ -137,7 +137,6 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
             for confirmed in confirmations {
                 rooms::confirm(confirmed).await;
             }
-            metrics::local_rooms(gw.membership.room_count());
             expiry::schedule(&gw, socket.id, &conn, identity.exp);
             tracing::debug!(transport = ?socket.transport_type(), "connected");
         }
@@ -237,19 +236,6 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-/// Takes the socket out of `room`, with what leaving means beyond the room itself: the user's
-/// presence there ends (after the grace period) and their typing indicator stops. The one path
-/// out of a room, whether the client asked, a refresh narrowed its grants or it disconnected.
-pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
-    let name = room.to_string();
-    socket.leave(crate::recovery::recovering_room(&name));
-    gw.delivery.sequencer().detach(socket.id, &name).await;
-    if rooms::exit(socket, gw, conn, room).await {
-        gw.presence.left(room, &conn.identity().user);
-        typing::stop(gw, conn, &name).await;
-    }
-}
-
 fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Future<Output = ()> + Send {
     let conn = conn_of(&socket);
     // Closed synchronously, in packet order: whatever the client sent after this is ignored.
@@ -275,10 +261,9 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
             // already (a second close while this handler waited for its turn).
             for name in conn.rooms() {
                 if let Some(room) = Room::parse(&name) {
-                    leave_room(&socket, &gw, &conn, &room).await;
+                    rooms::leave_room(&socket, &gw, &conn, &room).await;
                 }
             }
-            metrics::local_rooms(gw.membership.room_count());
             if was == Lifecycle::Authenticated {
                 return;
             }

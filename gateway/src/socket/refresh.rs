@@ -1,10 +1,10 @@
 //! `auth:refresh`: a live socket swaps its token for a fresher one.
 
-use roomcast_publisher::{Room, RoomKind};
+use roomcast_publisher::Room;
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 
-use super::leave_room;
+use super::rooms::leave_room;
 use crate::{
     conn::Conn,
     errors::{ClientError, ErrorCode},
@@ -37,12 +37,7 @@ pub(super) async fn refresh(
         let Some(room) = Room::parse(&name) else {
             continue;
         };
-        let still_allowed = match (room.kind(), room.id()) {
-            (RoomKind::Project, Some(id)) => fresh.projects.allows(id),
-            (RoomKind::Channel, Some(id)) => fresh.channels.allows(id),
-            _ => true,
-        };
-        if !still_allowed {
+        if !fresh.grants(&room) {
             leave_room(socket, gw, conn, &room).await;
             left.push(name.to_string());
         }

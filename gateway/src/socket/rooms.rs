@@ -6,14 +6,14 @@ use roomcast_publisher::{Room, RoomKind};
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 
-use super::{debug_pause, leave_room};
+use super::{debug_pause, typing};
 use crate::{
     auth::Identity,
     bus::BusError,
     conn::Conn,
     errors::{ClientError, ErrorCode},
     metrics,
-    recovery::Since,
+    recovery::{Since, recovering_room},
     rooms::Membership,
     state::Shared,
 };
@@ -51,7 +51,6 @@ pub(super) async fn join(
         ack["offset"] = json!(position.offset);
         ack["epoch"] = json!(position.epoch);
     }
-    metrics::local_rooms(gw.membership.room_count());
     Ok(ack)
 }
 
@@ -78,7 +77,6 @@ pub(super) async fn leave(
 ) -> Result<Value, ClientError> {
     let room = requested_room(&payload?, &conn.identity())?;
     leave_room(socket, gw, conn, &room).await;
-    metrics::local_rooms(gw.membership.room_count());
     Ok(json!({ "ok": true, "room": room.to_string() }))
 }
 
@@ -107,11 +105,7 @@ pub(super) fn requested_room(payload: &Value, identity: &Identity) -> Result<Roo
         _ => Room::channel(&identity.tenant, id),
     }
     .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("{} id: {e}", kind.as_str())))?;
-    let allowed = match kind {
-        RoomKind::Project => identity.projects.allows(id),
-        _ => identity.channels.allows(id),
-    };
-    if !allowed {
+    if !identity.grants(&room) {
         return Err(ClientError::new(ErrorCode::Forbidden, format!("token does not grant {} {id:?}", kind.as_str())));
     }
     Ok(room)
@@ -119,7 +113,7 @@ pub(super) fn requested_room(payload: &Value, identity: &Identity) -> Result<Roo
 
 /// Records `socket`'s entry into `room` (the caller checked it is not there yet) and
 /// subscribes the bus if it is the room's first local member; resolves once the bus confirmed,
-/// with the room's membership generation (see [`Entered::generation`]). The socket itself is
+/// with the room's membership generation (see [`crate::rooms::Entered::generation`]). The socket itself is
 /// put in the room by [`crate::recovery::Sequencer::attach`], which orders history and live
 /// events for it.
 pub(super) async fn enter(
@@ -171,14 +165,18 @@ pub(super) async fn confirm(subscribed: impl Future<Output = Result<(), BusError
     }
 }
 
-/// Takes `socket` out of `room` as far as membership goes (idempotent), unsubscribing the bus
-/// if it was the last local member (what this replica delivered to the room is then forgotten:
-/// it means nothing to members who come later). `false` if Roomcast's record says it was not
-/// in the room.
-pub(super) async fn exit(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) -> bool {
+/// Takes the socket out of `room` (idempotent), with what leaving means beyond the room itself:
+/// the last local member unsubscribes the bus and makes this replica forget what it delivered
+/// there (it means nothing to members who come later); the user's presence there ends (after
+/// the grace period) and their typing indicator stops. The one path out of a room, whether the
+/// client asked, a refresh narrowed its grants or it disconnected.
+pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
     let name = room.to_string();
+    socket.leave(recovering_room(&name));
+    gw.delivery.sequencer().detach(socket.id, &name).await;
+    // Roomcast's record, not `socket.rooms()` (see the disconnect handler).
     if !conn.exit(&name) {
-        return false;
+        return;
     }
     socket.leave(name.clone());
     metrics::room_left(room.kind());
@@ -188,7 +186,8 @@ pub(super) async fn exit(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Ro
             tracing::warn!(error = %e, "room unsubscription not confirmed");
         }
     }
-    true
+    gw.presence.left(room, &conn.identity().user);
+    typing::stop(gw, conn, &name).await;
 }
 
 #[cfg(test)]
