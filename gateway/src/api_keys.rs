@@ -1,6 +1,6 @@
 //! The keys backends present to Roomcast's HTTP API (`Authorization: Bearer <key>`).
 
-use crate::config::{Config, ConfigError, Secret};
+use crate::config::{Config, ConfigError, Secret, env};
 
 /// The keys that authorize publishing.
 #[derive(Clone)]
@@ -17,12 +17,11 @@ impl ApiKeys {
     pub fn from_config(config: &Config) -> Result<ApiKeys, ConfigError> {
         let mut keys: Vec<Secret> = config.api_key.iter().filter(|k| !k.expose().is_empty()).cloned().collect();
         if let Some(path) = &config.api_key_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new("ROOMCAST_API_KEY_FILE", format!("cannot read {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(env::API_KEY_FILE, format!("cannot read {}: {e}", path.display())))?;
             for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
                 if line.len() < 16 {
-                    return Err(ConfigError::new("ROOMCAST_API_KEY_FILE", "every key needs at least 16 characters"));
+                    return Err(ConfigError::new(env::API_KEY_FILE, "every key needs at least 16 characters"));
                 }
                 keys.push(Secret::from(line.to_owned()));
             }

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde_json::{Map, Value};
 
 use crate::{
-    config::{Config, ConfigError, KeySource, MIN_SECRET_LEN, Secret},
+    config::{Config, ConfigError, KeySource, MIN_SECRET_LEN, Secret, env},
     errors::{ClientError, ErrorCode},
 };
 use roomcast_publisher::{Room, RoomKind, validate_id};
@@ -113,15 +113,15 @@ impl Verifier {
             Ok((hmac_keys(option, secret.expose().as_bytes())?, Some(secret)))
         };
         let (keys, hmac_secret) = match config.key_source()? {
-            KeySource::Secret(secret) => hmac("ROOMCAST_JWT_SECRET", secret.clone())?,
+            KeySource::Secret(secret) => hmac(env::JWT_SECRET, secret.clone())?,
             KeySource::SecretFile(path) => {
-                let raw = read_file("ROOMCAST_JWT_SECRET_FILE", path)?;
+                let raw = read_file(env::JWT_SECRET_FILE, path)?;
                 let text = String::from_utf8(raw)
-                    .map_err(|_| ConfigError::new("ROOMCAST_JWT_SECRET_FILE", "the secret file is not UTF-8 text"))?;
-                hmac("ROOMCAST_JWT_SECRET_FILE", Secret::from(text.trim_end_matches(['\r', '\n']).to_owned()))?
+                    .map_err(|_| ConfigError::new(env::JWT_SECRET_FILE, "the secret file is not UTF-8 text"))?;
+                hmac(env::JWT_SECRET_FILE, Secret::from(text.trim_end_matches(['\r', '\n']).to_owned()))?
             }
-            KeySource::PublicKeyFile(path) => (pem_keys(&read_file("ROOMCAST_JWT_PUBLIC_KEY_FILE", path)?)?, None),
-            KeySource::JwksFile(path) => (jwks_keys(&read_file("ROOMCAST_JWKS_FILE", path)?)?, None),
+            KeySource::PublicKeyFile(path) => (pem_keys(&read_file(env::JWT_PUBLIC_KEY_FILE, path)?)?, None),
+            KeySource::JwksFile(path) => (jwks_keys(&read_file(env::JWKS_FILE, path)?)?, None),
             KeySource::DevGenerated => hmac("--dev", dev_secret()?.0)?,
         };
         Ok(Verifier {
@@ -275,7 +275,7 @@ fn hmac_keys(option: &'static str, secret: &[u8]) -> Result<Keys, ConfigError> {
 }
 
 fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
-    const OPTION: &str = "ROOMCAST_JWT_PUBLIC_KEY_FILE";
+    const OPTION: &str = env::JWT_PUBLIC_KEY_FILE;
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
         let algs = vec![
             Algorithm::RS256,
@@ -297,7 +297,7 @@ fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
 }
 
 fn jwks_keys(raw: &[u8]) -> Result<Keys, ConfigError> {
-    const OPTION: &str = "ROOMCAST_JWKS_FILE";
+    const OPTION: &str = env::JWKS_FILE;
     let set: JwkSet = serde_json::from_slice(raw)
         .map_err(|e| ConfigError::new(OPTION, format!("not a JWKS document ({{\"keys\": [...]}}): {e}")))?;
     let mut map = HashMap::new();
@@ -535,7 +535,7 @@ mod tests {
         use clap::Parser;
         let config = Config::try_parse_from(["roomcast-gateway", "--jwt-secret", "short"]).unwrap();
         let err = Verifier::from_config(&config).unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_JWT_SECRET");
+        assert_eq!(err.option, env::JWT_SECRET);
     }
 
     #[test]

@@ -9,10 +9,98 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use axum::http::HeaderValue;
 use clap::{Parser, ValueEnum};
+use roomcast_publisher::wire;
 
 /// Shortest HMAC secret accepted, in bytes. RFC 7518 §3.2 requires a key at least as long as
 /// the hash output for HS256; a shorter one is brute-forceable offline from any captured token.
 pub const MIN_SECRET_LEN: usize = 32;
+
+/// The environment variable of each option, named once: validation errors and the modules that
+/// load keys name the option with these.
+pub mod env {
+    /// `ROOMCAST_LISTEN`.
+    pub const LISTEN: &str = "ROOMCAST_LISTEN";
+    /// `ROOMCAST_ADMIN_LISTEN`.
+    pub const ADMIN_LISTEN: &str = "ROOMCAST_ADMIN_LISTEN";
+    /// `ROOMCAST_REDIS_URL`.
+    pub const REDIS_URL: &str = "ROOMCAST_REDIS_URL";
+    /// `ROOMCAST_REDIS_PREFIX`.
+    pub const REDIS_PREFIX: &str = "ROOMCAST_REDIS_PREFIX";
+    /// `ROOMCAST_REDIS_COMMAND_TIMEOUT`.
+    pub const REDIS_COMMAND_TIMEOUT: &str = "ROOMCAST_REDIS_COMMAND_TIMEOUT";
+    /// `ROOMCAST_REDIS_BUFFER`.
+    pub const REDIS_BUFFER: &str = "ROOMCAST_REDIS_BUFFER";
+    /// `ROOMCAST_CLIENT_BUFFER`.
+    pub const CLIENT_BUFFER: &str = "ROOMCAST_CLIENT_BUFFER";
+    /// `ROOMCAST_API_KEY`.
+    pub const API_KEY: &str = "ROOMCAST_API_KEY";
+    /// `ROOMCAST_API_KEY_FILE`.
+    pub const API_KEY_FILE: &str = "ROOMCAST_API_KEY_FILE";
+    /// `ROOMCAST_PUBLISH_MAX_PAYLOAD`.
+    pub const PUBLISH_MAX_PAYLOAD: &str = "ROOMCAST_PUBLISH_MAX_PAYLOAD";
+    /// `ROOMCAST_PUBLISH_MAX_BATCH`.
+    pub const PUBLISH_MAX_BATCH: &str = "ROOMCAST_PUBLISH_MAX_BATCH";
+    /// `ROOMCAST_HISTORY_SIZE`.
+    pub const HISTORY_SIZE: &str = "ROOMCAST_HISTORY_SIZE";
+    /// `ROOMCAST_HISTORY_TTL`.
+    pub const HISTORY_TTL: &str = "ROOMCAST_HISTORY_TTL";
+    /// `ROOMCAST_PRESENCE_GRACE`.
+    pub const PRESENCE_GRACE: &str = "ROOMCAST_PRESENCE_GRACE";
+    /// `ROOMCAST_PRESENCE_LEASE_TTL`.
+    pub const PRESENCE_LEASE_TTL: &str = "ROOMCAST_PRESENCE_LEASE_TTL";
+    /// `ROOMCAST_PRESENCE_PAGE_MAX`.
+    pub const PRESENCE_PAGE_MAX: &str = "ROOMCAST_PRESENCE_PAGE_MAX";
+    /// `ROOMCAST_TYPING_THROTTLE`.
+    pub const TYPING_THROTTLE: &str = "ROOMCAST_TYPING_THROTTLE";
+    /// `ROOMCAST_TYPING_TTL`.
+    pub const TYPING_TTL: &str = "ROOMCAST_TYPING_TTL";
+    /// `ROOMCAST_JWT_SECRET`.
+    pub const JWT_SECRET: &str = "ROOMCAST_JWT_SECRET";
+    /// `ROOMCAST_JWT_SECRET_FILE`.
+    pub const JWT_SECRET_FILE: &str = "ROOMCAST_JWT_SECRET_FILE";
+    /// `ROOMCAST_JWT_PUBLIC_KEY_FILE`.
+    pub const JWT_PUBLIC_KEY_FILE: &str = "ROOMCAST_JWT_PUBLIC_KEY_FILE";
+    /// `ROOMCAST_JWKS_FILE`.
+    pub const JWKS_FILE: &str = "ROOMCAST_JWKS_FILE";
+    /// `ROOMCAST_JWT_ISSUER`.
+    pub const JWT_ISSUER: &str = "ROOMCAST_JWT_ISSUER";
+    /// `ROOMCAST_JWT_AUDIENCE`.
+    pub const JWT_AUDIENCE: &str = "ROOMCAST_JWT_AUDIENCE";
+    /// `ROOMCAST_JWT_LEEWAY`.
+    pub const JWT_LEEWAY: &str = "ROOMCAST_JWT_LEEWAY";
+    /// `ROOMCAST_JWT_USER_CLAIM`.
+    pub const JWT_USER_CLAIM: &str = "ROOMCAST_JWT_USER_CLAIM";
+    /// `ROOMCAST_JWT_TENANT_CLAIM`.
+    pub const JWT_TENANT_CLAIM: &str = "ROOMCAST_JWT_TENANT_CLAIM";
+    /// `ROOMCAST_JWT_PROJECTS_CLAIM`.
+    pub const JWT_PROJECTS_CLAIM: &str = "ROOMCAST_JWT_PROJECTS_CLAIM";
+    /// `ROOMCAST_JWT_CHANNELS_CLAIM`.
+    pub const JWT_CHANNELS_CLAIM: &str = "ROOMCAST_JWT_CHANNELS_CLAIM";
+    /// `ROOMCAST_AUTH_EXPIRING_NOTICE`.
+    pub const AUTH_EXPIRING_NOTICE: &str = "ROOMCAST_AUTH_EXPIRING_NOTICE";
+    /// `ROOMCAST_MAX_ROOMS_PER_SOCKET`.
+    pub const MAX_ROOMS_PER_SOCKET: &str = "ROOMCAST_MAX_ROOMS_PER_SOCKET";
+    /// `ROOMCAST_MAX_PAYLOAD`.
+    pub const MAX_PAYLOAD: &str = "ROOMCAST_MAX_PAYLOAD";
+    /// `ROOMCAST_PING_INTERVAL`.
+    pub const PING_INTERVAL: &str = "ROOMCAST_PING_INTERVAL";
+    /// `ROOMCAST_PING_TIMEOUT`.
+    pub const PING_TIMEOUT: &str = "ROOMCAST_PING_TIMEOUT";
+    /// `ROOMCAST_CORS_ORIGINS`.
+    pub const CORS_ORIGINS: &str = "ROOMCAST_CORS_ORIGINS";
+    /// `ROOMCAST_LOG_FORMAT`.
+    pub const LOG_FORMAT: &str = "ROOMCAST_LOG_FORMAT";
+    /// `ROOMCAST_LOG`.
+    pub const LOG: &str = "ROOMCAST_LOG";
+    /// `ROOMCAST_DRAIN_DELAY`.
+    pub const DRAIN_DELAY: &str = "ROOMCAST_DRAIN_DELAY";
+    /// `ROOMCAST_SHUTDOWN_TIMEOUT`.
+    pub const SHUTDOWN_TIMEOUT: &str = "ROOMCAST_SHUTDOWN_TIMEOUT";
+    /// `ROOMCAST_DEV`.
+    pub const DEV: &str = "ROOMCAST_DEV";
+    /// `ROOMCAST_DEBUG_OPERATION_DELAY`.
+    pub const DEBUG_OPERATION_DELAY: &str = "ROOMCAST_DEBUG_OPERATION_DELAY";
+}
 
 /// The gateway's configuration.
 #[derive(Debug, Clone, Parser)]
@@ -24,173 +112,173 @@ pub const MIN_SECRET_LEN: usize = 32;
 )]
 pub struct Config {
     /// Address for Socket.IO (path /socket.io) and the public HTTP API.
-    #[arg(long, env = "ROOMCAST_LISTEN", default_value = "0.0.0.0:3000")]
+    #[arg(long, env = env::LISTEN, default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
     /// Address for the operator endpoints: /healthz, /readyz and /metrics.
-    #[arg(long, env = "ROOMCAST_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = env::ADMIN_LISTEN, default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
 
     /// Redis for a cluster of replicas: redis://, rediss:// (TLS), redis-cluster://host:port
     /// (Redis Cluster, sharded pub/sub) or redis-sentinel://. Unset: single node, in-memory bus.
-    #[arg(long, env = "ROOMCAST_REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<Secret>,
 
     /// Prefix of every Redis channel and key Roomcast uses; publishers must use the same.
-    #[arg(long, env = "ROOMCAST_REDIS_PREFIX", default_value = "roomcast")]
+    #[arg(long, env = env::REDIS_PREFIX, default_value = wire::DEFAULT_PREFIX)]
     pub redis_prefix: String,
 
     /// Timeout of each Redis command: a publish or subscribe that takes longer fails instead of hanging.
-    #[arg(long, env = "ROOMCAST_REDIS_COMMAND_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = env::REDIS_COMMAND_TIMEOUT, default_value = "2s", value_parser = parse_duration)]
     pub redis_command_timeout: Duration,
 
     /// Messages buffered between the Redis subscriber connection and delivery; a reader that
     /// falls further behind loses messages, counted in roomcast_bus_lagged_messages_total.
-    #[arg(long, env = "ROOMCAST_REDIS_BUFFER", default_value_t = 16_384)]
+    #[arg(long, env = env::REDIS_BUFFER, default_value_t = 16_384)]
     pub redis_buffer: usize,
 
     /// Packets queued per socket before events to it are dropped (and counted in
     /// roomcast_client_buffer_full_total); memory is only used by sockets that fall behind.
-    #[arg(long, env = "ROOMCAST_CLIENT_BUFFER", default_value_t = 1_024)]
+    #[arg(long, env = env::CLIENT_BUFFER, default_value_t = 1_024)]
     pub client_buffer: usize,
 
     /// Keys that authorize POST /v1/publish (comma-separated, so keys can rotate; 16+ chars).
     /// Unset (and no key file): the HTTP publish API is disabled.
-    #[arg(long, env = "ROOMCAST_API_KEY", value_delimiter = ',', hide_env_values = true)]
+    #[arg(long, env = env::API_KEY, value_delimiter = ',', hide_env_values = true)]
     pub api_key: Vec<Secret>,
 
     /// File with publish API keys, one per line; for mounted secrets.
-    #[arg(long, env = "ROOMCAST_API_KEY_FILE")]
+    #[arg(long, env = env::API_KEY_FILE)]
     pub api_key_file: Option<PathBuf>,
 
     /// Largest event payload (`data`, as JSON) accepted from publishers, HTTP or Redis, in bytes.
-    #[arg(long, env = "ROOMCAST_PUBLISH_MAX_PAYLOAD", default_value_t = 65_536)]
+    #[arg(long, env = env::PUBLISH_MAX_PAYLOAD, default_value_t = wire::DEFAULT_MAX_PAYLOAD)]
     pub publish_max_payload: usize,
 
     /// Most events in one POST /v1/publish batch.
-    #[arg(long, env = "ROOMCAST_PUBLISH_MAX_BATCH", default_value_t = 100)]
+    #[arg(long, env = env::PUBLISH_MAX_BATCH, default_value_t = 100)]
     pub publish_max_batch: usize,
 
     /// Events each room keeps so clients and replicas can recover what they missed; 0 turns
     /// history off (no offsets, no recovery; publishing is then a plain PUBLISH).
-    #[arg(long, env = "ROOMCAST_HISTORY_SIZE", default_value_t = 100)]
+    #[arg(long, env = env::HISTORY_SIZE, default_value_t = wire::DEFAULT_HISTORY_SIZE)]
     pub history_size: u32,
 
     /// How long an event stays in history; an idle room's history expires this long after its last event.
-    #[arg(long, env = "ROOMCAST_HISTORY_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = env::HISTORY_TTL, default_value = "5m", value_parser = parse_duration)]
     pub history_ttl: Duration,
 
     /// A user whose last connection leaves a room and is back within this time (a page reload)
     /// produces neither presence:leave nor presence:join.
-    #[arg(long, env = "ROOMCAST_PRESENCE_GRACE", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = env::PRESENCE_GRACE, default_value = "3s", value_parser = parse_duration)]
     pub presence_grace: Duration,
 
     /// A replica that has not renewed its presence lease for this long is dead: the others
     /// announce presence:leave for its users (within this time plus about a second).
-    #[arg(long, env = "ROOMCAST_PRESENCE_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = env::PRESENCE_LEASE_TTL, default_value = "10s", value_parser = parse_duration)]
     pub presence_lease_ttl: Duration,
 
     /// Most users one presence:list page returns (clients page with offset/limit).
-    #[arg(long, env = "ROOMCAST_PRESENCE_PAGE_MAX", default_value_t = 1_000)]
+    #[arg(long, env = env::PRESENCE_PAGE_MAX, default_value_t = 1_000)]
     pub presence_page_max: u64,
 
     /// Repeated typing: true from one user in one channel is broadcast at most once per this interval.
-    #[arg(long, env = "ROOMCAST_TYPING_THROTTLE", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = env::TYPING_THROTTLE, default_value = "2s", value_parser = parse_duration)]
     pub typing_throttle: Duration,
 
     /// How long a typing indicator lasts without a refresh (announced to clients as ttlMs).
-    #[arg(long, env = "ROOMCAST_TYPING_TTL", default_value = "6s", value_parser = parse_duration)]
+    #[arg(long, env = env::TYPING_TTL, default_value = "6s", value_parser = parse_duration)]
     pub typing_ttl: Duration,
 
     /// HMAC secret (HS256/HS384/HS512) that signs client tokens; at least 32 bytes.
-    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
     /// File holding the HMAC secret (trailing newline ignored); for mounted secrets.
-    #[arg(long, env = "ROOMCAST_JWT_SECRET_FILE")]
+    #[arg(long, env = env::JWT_SECRET_FILE)]
     pub jwt_secret_file: Option<PathBuf>,
 
     /// PEM public key (RSA, EC P-256/P-384 or Ed25519) that verifies RS*/PS*/ES*/EdDSA tokens.
-    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY_FILE")]
+    #[arg(long, env = env::JWT_PUBLIC_KEY_FILE)]
     pub jwt_public_key_file: Option<PathBuf>,
 
     /// JWKS file ({"keys":[...]}); a token's `kid` header selects the key, so keys can rotate.
-    #[arg(long, env = "ROOMCAST_JWKS_FILE")]
+    #[arg(long, env = env::JWKS_FILE)]
     pub jwks_file: Option<PathBuf>,
 
     /// Accepted `iss` values (comma-separated); when set, tokens must carry one of them.
-    #[arg(long, env = "ROOMCAST_JWT_ISSUER", value_delimiter = ',')]
+    #[arg(long, env = env::JWT_ISSUER, value_delimiter = ',')]
     pub jwt_issuer: Vec<String>,
 
     /// Accepted `aud` values (comma-separated); when set, tokens must carry one of them.
-    #[arg(long, env = "ROOMCAST_JWT_AUDIENCE", value_delimiter = ',')]
+    #[arg(long, env = env::JWT_AUDIENCE, value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
 
     /// Clock skew tolerated on `exp` and `nbf`.
-    #[arg(long, env = "ROOMCAST_JWT_LEEWAY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = env::JWT_LEEWAY, default_value = "5s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
 
     /// Claim holding the user id.
-    #[arg(long, env = "ROOMCAST_JWT_USER_CLAIM", default_value = "sub")]
+    #[arg(long, env = env::JWT_USER_CLAIM, default_value = "sub")]
     pub jwt_user_claim: String,
 
     /// Claim holding the tenant id.
-    #[arg(long, env = "ROOMCAST_JWT_TENANT_CLAIM", default_value = "tenant")]
+    #[arg(long, env = env::JWT_TENANT_CLAIM, default_value = "tenant")]
     pub jwt_tenant_claim: String,
 
     /// Claim listing the project ids the user may join; "*" means all of the tenant's.
-    #[arg(long, env = "ROOMCAST_JWT_PROJECTS_CLAIM", default_value = "projects")]
+    #[arg(long, env = env::JWT_PROJECTS_CLAIM, default_value = "projects")]
     pub jwt_projects_claim: String,
 
     /// Claim listing the channel ids the user may join; "*" means all of the tenant's.
-    #[arg(long, env = "ROOMCAST_JWT_CHANNELS_CLAIM", default_value = "channels")]
+    #[arg(long, env = env::JWT_CHANNELS_CLAIM, default_value = "channels")]
     pub jwt_channels_claim: String,
 
     /// How long before its token's `exp` a socket receives `auth:expiring`.
-    #[arg(long, env = "ROOMCAST_AUTH_EXPIRING_NOTICE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = env::AUTH_EXPIRING_NOTICE, default_value = "60s", value_parser = parse_duration)]
     pub auth_expiring_notice: Duration,
 
     /// Most project and channel rooms one socket may be in at once.
-    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_SOCKET", default_value_t = 100)]
+    #[arg(long, env = env::MAX_ROOMS_PER_SOCKET, default_value_t = 100)]
     pub max_rooms_per_socket: u32,
 
     /// Largest Engine.IO payload a client may send, in bytes (handshake auth included).
-    #[arg(long, env = "ROOMCAST_MAX_PAYLOAD", default_value_t = 65_536)]
+    #[arg(long, env = env::MAX_PAYLOAD, default_value_t = 65_536)]
     pub max_payload: u64,
 
     /// Interval between Engine.IO pings.
-    #[arg(long, env = "ROOMCAST_PING_INTERVAL", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = env::PING_INTERVAL, default_value = "25s", value_parser = parse_duration)]
     pub ping_interval: Duration,
 
     /// How long a client has to answer a ping before it is disconnected.
-    #[arg(long, env = "ROOMCAST_PING_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = env::PING_TIMEOUT, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
 
     /// Browser origins allowed to connect (comma-separated, e.g. https://app.example.com), or *.
     /// With a list, other origins get 403 (WebSocket included). Unset: no CORS headers and no
     /// Origin check (* under --dev).
-    #[arg(long, env = "ROOMCAST_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(long, env = env::CORS_ORIGINS, value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
     /// Log output format.
-    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `roomcast_gateway=debug`). The
     /// Socket.IO, WebSocket and Redis libraries never log below INFO: their packet dumps hold tokens.
-    #[arg(long, env = "ROOMCAST_LOG", default_value = "info")]
+    #[arg(long, env = env::LOG, default_value = "info")]
     pub log: String,
 
     /// After SIGTERM/SIGINT: how long to keep serving, unready, so load balancers stop routing here.
-    #[arg(long, env = "ROOMCAST_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = env::DRAIN_DELAY, default_value = "5s", value_parser = parse_duration)]
     pub drain_delay: Duration,
 
     /// After SIGTERM/SIGINT: the most the process takes to exit, drain delay included.
-    #[arg(long, env = "ROOMCAST_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = parse_duration)]
+    #[arg(long, env = env::SHUTDOWN_TIMEOUT, default_value = "25s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
     /// Try-it-out mode: without a configured key, generate an HS256 secret and print a demo token.
-    #[arg(long, env = "ROOMCAST_DEV")]
+    #[arg(long, env = env::DEV)]
     pub dev: bool,
 
     /// Print a 1-hour token for TENANT/USER (all projects and channels), signed with the
@@ -201,7 +289,7 @@ pub struct Config {
     /// Testing only, hidden from `--help`: every client operation pauses this long once it is
     /// under way (a `join` after it entered the room, before its ack; the others before they act),
     /// so a test can land a disconnect inside it deterministically. Never set in production.
-    #[arg(long, env = "ROOMCAST_DEBUG_OPERATION_DELAY", hide = true, value_parser = parse_duration)]
+    #[arg(long, env = env::DEBUG_OPERATION_DELAY, hide = true, value_parser = parse_duration)]
     pub debug_operation_delay: Option<Duration>,
 }
 
@@ -319,20 +407,20 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.key_source()?;
         if self.max_rooms_per_socket == 0 {
-            return Err(ConfigError::new("ROOMCAST_MAX_ROOMS_PER_SOCKET", "must be at least 1"));
+            return Err(ConfigError::new(env::MAX_ROOMS_PER_SOCKET, "must be at least 1"));
         }
         if self.max_payload < 1024 {
             return Err(ConfigError::new(
-                "ROOMCAST_MAX_PAYLOAD",
+                env::MAX_PAYLOAD,
                 "must be at least 1024 bytes (a handshake with a token must fit)",
             ));
         }
         if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
-            return Err(ConfigError::new("ROOMCAST_PING_INTERVAL", "ping interval and timeout must be above zero"));
+            return Err(ConfigError::new(env::PING_INTERVAL, "ping interval and timeout must be above zero"));
         }
         if self.drain_delay >= self.shutdown_timeout {
             return Err(ConfigError::new(
-                "ROOMCAST_DRAIN_DELAY",
+                env::DRAIN_DELAY,
                 format!(
                     "drain delay ({}) must be shorter than ROOMCAST_SHUTDOWN_TIMEOUT ({}) or clients are never told to move",
                     humantime::format_duration(self.drain_delay),
@@ -341,10 +429,10 @@ impl Config {
             ));
         }
         for claim in [
-            ("ROOMCAST_JWT_USER_CLAIM", &self.jwt_user_claim),
-            ("ROOMCAST_JWT_TENANT_CLAIM", &self.jwt_tenant_claim),
-            ("ROOMCAST_JWT_PROJECTS_CLAIM", &self.jwt_projects_claim),
-            ("ROOMCAST_JWT_CHANNELS_CLAIM", &self.jwt_channels_claim),
+            (env::JWT_USER_CLAIM, &self.jwt_user_claim),
+            (env::JWT_TENANT_CLAIM, &self.jwt_tenant_claim),
+            (env::JWT_PROJECTS_CLAIM, &self.jwt_projects_claim),
+            (env::JWT_CHANNELS_CLAIM, &self.jwt_channels_claim),
         ] {
             if claim.1.is_empty() {
                 return Err(ConfigError::new(claim.0, "claim name must not be empty"));
@@ -371,58 +459,54 @@ impl Config {
             let scheme_ok = url.expose().split_once("://").is_some_and(|(scheme, _)| SCHEMES.contains(&scheme));
             if !scheme_ok || fred::types::config::Config::from_url(url.expose()).is_err() {
                 return Err(ConfigError::new(
-                    "ROOMCAST_REDIS_URL",
+                    env::REDIS_URL,
                     "not a Redis URL: expected redis://[user:password@]host:port[/db], rediss:// (TLS), \
                      redis-cluster://host:port[?node=host:port] or redis-sentinel://",
                 ));
             }
         }
-        roomcast_publisher::wire::Keys::new(&self.redis_prefix)
-            .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?;
+        wire::Keys::new(&self.redis_prefix).map_err(|e| ConfigError::new(env::REDIS_PREFIX, e.to_string()))?;
         if self.redis_command_timeout.is_zero() {
-            return Err(ConfigError::new("ROOMCAST_REDIS_COMMAND_TIMEOUT", "must be above zero"));
+            return Err(ConfigError::new(env::REDIS_COMMAND_TIMEOUT, "must be above zero"));
         }
         if self.redis_buffer < 64 {
-            return Err(ConfigError::new("ROOMCAST_REDIS_BUFFER", "must be at least 64 messages"));
+            return Err(ConfigError::new(env::REDIS_BUFFER, "must be at least 64 messages"));
         }
         if self.client_buffer < 16 {
-            return Err(ConfigError::new("ROOMCAST_CLIENT_BUFFER", "must be at least 16 packets"));
+            return Err(ConfigError::new(env::CLIENT_BUFFER, "must be at least 16 packets"));
         }
         if self.api_key.iter().any(|k| k.expose().len() < 16) {
             return Err(ConfigError::new(
-                "ROOMCAST_API_KEY",
+                env::API_KEY,
                 "every key needs at least 16 characters (e.g. `openssl rand -hex 24`)",
             ));
         }
         if self.publish_max_payload == 0 || self.publish_max_batch == 0 {
-            return Err(ConfigError::new(
-                "ROOMCAST_PUBLISH_MAX_PAYLOAD",
-                "payload and batch limits must be above zero",
-            ));
+            return Err(ConfigError::new(env::PUBLISH_MAX_PAYLOAD, "payload and batch limits must be above zero"));
         }
         if self.typing_ttl < Duration::from_millis(500) {
-            return Err(ConfigError::new("ROOMCAST_TYPING_TTL", "must be at least 500ms"));
+            return Err(ConfigError::new(env::TYPING_TTL, "must be at least 500ms"));
         }
         if self.typing_throttle >= self.typing_ttl {
             return Err(ConfigError::new(
-                "ROOMCAST_TYPING_THROTTLE",
+                env::TYPING_THROTTLE,
                 "must be shorter than ROOMCAST_TYPING_TTL, or an indicator expires between two refreshes",
             ));
         }
         if self.history_size > 100_000 {
-            return Err(ConfigError::new("ROOMCAST_HISTORY_SIZE", "at most 100000 events per room"));
+            return Err(ConfigError::new(env::HISTORY_SIZE, "at most 100000 events per room"));
         }
         if self.history_size > 0 && self.history_ttl < Duration::from_secs(1) {
-            return Err(ConfigError::new("ROOMCAST_HISTORY_TTL", "must be at least 1s"));
+            return Err(ConfigError::new(env::HISTORY_TTL, "must be at least 1s"));
         }
         if self.presence_lease_ttl < Duration::from_secs(1) {
-            return Err(ConfigError::new("ROOMCAST_PRESENCE_LEASE_TTL", "must be at least 1s"));
+            return Err(ConfigError::new(env::PRESENCE_LEASE_TTL, "must be at least 1s"));
         }
         if self.presence_page_max == 0 {
-            return Err(ConfigError::new("ROOMCAST_PRESENCE_PAGE_MAX", "must be at least 1"));
+            return Err(ConfigError::new(env::PRESENCE_PAGE_MAX, "must be at least 1"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
-            return Err(ConfigError::new("ROOMCAST_LOG", format!("not a valid log filter: {:?}", self.log)));
+            return Err(ConfigError::new(env::LOG, format!("not a valid log filter: {:?}", self.log)));
         }
         Ok(())
     }
@@ -431,21 +515,21 @@ impl Config {
     pub(crate) fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
         let mut sources = Vec::new();
         if let Some(s) = &self.jwt_secret {
-            sources.push(("ROOMCAST_JWT_SECRET", KeySource::Secret(s)));
+            sources.push((env::JWT_SECRET, KeySource::Secret(s)));
         }
         if let Some(p) = &self.jwt_secret_file {
-            sources.push(("ROOMCAST_JWT_SECRET_FILE", KeySource::SecretFile(p)));
+            sources.push((env::JWT_SECRET_FILE, KeySource::SecretFile(p)));
         }
         if let Some(p) = &self.jwt_public_key_file {
-            sources.push(("ROOMCAST_JWT_PUBLIC_KEY_FILE", KeySource::PublicKeyFile(p)));
+            sources.push((env::JWT_PUBLIC_KEY_FILE, KeySource::PublicKeyFile(p)));
         }
         if let Some(p) = &self.jwks_file {
-            sources.push(("ROOMCAST_JWKS_FILE", KeySource::JwksFile(p)));
+            sources.push((env::JWKS_FILE, KeySource::JwksFile(p)));
         }
         match sources.len() {
             0 if self.dev => Ok(KeySource::DevGenerated),
             0 => Err(ConfigError::new(
-                "ROOMCAST_JWT_SECRET",
+                env::JWT_SECRET,
                 "no token key configured: set one of ROOMCAST_JWT_SECRET, ROOMCAST_JWT_SECRET_FILE, \
                  ROOMCAST_JWT_PUBLIC_KEY_FILE or ROOMCAST_JWKS_FILE, or pass --dev to try Roomcast out",
             )),
@@ -467,9 +551,8 @@ impl Config {
     }
 
     /// The history policy; `None` when history is off.
-    pub fn history(&self) -> Option<roomcast_publisher::wire::HistoryPolicy> {
-        (self.history_size > 0)
-            .then_some(roomcast_publisher::wire::HistoryPolicy { size: self.history_size, ttl: self.history_ttl })
+    pub fn history(&self) -> Option<wire::HistoryPolicy> {
+        (self.history_size > 0).then_some(wire::HistoryPolicy { size: self.history_size, ttl: self.history_ttl })
     }
 
     /// Allowed browser origins: `None` means any origin (`*`), an empty list means none.
@@ -477,7 +560,7 @@ impl Config {
         let origins: Vec<&str> = self.cors_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
         if origins.contains(&"*") {
             if origins.len() > 1 {
-                return Err(ConfigError::new("ROOMCAST_CORS_ORIGINS", "\"*\" cannot be combined with other origins"));
+                return Err(ConfigError::new(env::CORS_ORIGINS, "\"*\" cannot be combined with other origins"));
             }
             return Ok(None);
         }
@@ -489,13 +572,12 @@ impl Config {
                     && o.split("://").nth(1).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
                 if !valid_shape {
                     return Err(ConfigError::new(
-                        "ROOMCAST_CORS_ORIGINS",
+                        env::CORS_ORIGINS,
                         format!("{o:?} is not an origin: expected scheme://host[:port], e.g. https://app.example.com"),
                     ));
                 }
-                HeaderValue::from_str(o).map_err(|_| {
-                    ConfigError::new("ROOMCAST_CORS_ORIGINS", format!("{o:?} is not a valid header value"))
-                })
+                HeaderValue::from_str(o)
+                    .map_err(|_| ConfigError::new(env::CORS_ORIGINS, format!("{o:?} is not a valid header value")))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
@@ -512,11 +594,21 @@ mod tests {
         Config::try_parse_from(all).expect("parses")
     }
 
+    /// Gateway and publishers must agree on these; the values are the publisher crate's (the
+    /// duration is written as text for `--help`, so it is checked here).
+    #[test]
+    fn shared_defaults_are_the_wire_formats() {
+        let config = parse(&["--jwt-secret", &"s".repeat(MIN_SECRET_LEN)]);
+        assert_eq!(config.history(), Some(wire::HistoryPolicy::default()));
+        assert_eq!(config.redis_prefix, wire::DEFAULT_PREFIX);
+        assert_eq!(config.publish_max_payload, wire::DEFAULT_MAX_PAYLOAD);
+    }
+
     #[test]
     fn no_key_refuses_to_start_and_says_what_to_set() {
         let err = parse(&[]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_JWT_SECRET");
-        assert!(err.message.contains("ROOMCAST_JWKS_FILE") && err.message.contains("--dev"), "{err}");
+        assert_eq!(err.option, env::JWT_SECRET);
+        assert!(err.message.contains(env::JWKS_FILE) && err.message.contains("--dev"), "{err}");
     }
 
     #[test]
@@ -528,19 +620,19 @@ mod tests {
     fn two_key_sources_conflict() {
         let err = parse(&["--jwt-secret", &"s".repeat(40), "--jwks-file", "/x.json"]).validate().unwrap_err();
         assert!(err.message.contains("conflicting options"), "{err}");
-        assert!(err.message.contains("ROOMCAST_JWKS_FILE"), "{err}");
+        assert!(err.message.contains(env::JWKS_FILE), "{err}");
     }
 
     #[test]
     fn dev_with_public_key_is_refused() {
         let err = parse(&["--dev", "--jwt-public-key-file", "/k.pem"]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_JWT_PUBLIC_KEY_FILE");
+        assert_eq!(err.option, env::JWT_PUBLIC_KEY_FILE);
     }
 
     #[test]
     fn drain_must_fit_in_shutdown() {
         let err = parse(&["--dev", "--drain-delay", "30s", "--shutdown-timeout", "10s"]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_DRAIN_DELAY");
+        assert_eq!(err.option, env::DRAIN_DELAY);
     }
 
     #[test]
@@ -549,7 +641,7 @@ mod tests {
         assert_eq!(parse(&["--dev", "--cors-origins", "*"]).cors_allow_list().unwrap(), None);
         for bad in ["example.com", "https://a.example/path", "*,https://a.example"] {
             let err = parse(&["--dev", "--cors-origins", bad]).validate().unwrap_err();
-            assert_eq!(err.option, "ROOMCAST_CORS_ORIGINS", "{bad}");
+            assert_eq!(err.option, env::CORS_ORIGINS, "{bad}");
         }
     }
 
@@ -557,7 +649,7 @@ mod tests {
     fn bad_durations_and_log_filters_are_refused() {
         assert!(Config::try_parse_from(["roomcast-gateway", "--jwt-leeway", "soon"]).is_err());
         let err = parse(&["--dev", "--log", "info,[["]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_LOG");
+        assert_eq!(err.option, env::LOG);
     }
 
     #[test]
@@ -576,16 +668,16 @@ mod tests {
             assert!(parse(&["--dev", "--redis-url", url]).validate().is_ok(), "{url}");
         }
         let err = parse(&["--dev", "--redis-url", "http://user:hunter2@host"]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_REDIS_URL");
+        assert_eq!(err.option, env::REDIS_URL);
         assert!(!err.to_string().contains("hunter2"));
         let err = parse(&["--dev", "--redis-prefix", "a{b}"]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_REDIS_PREFIX");
+        assert_eq!(err.option, env::REDIS_PREFIX);
     }
 
     #[test]
     fn short_api_keys_are_refused() {
         let err = parse(&["--dev", "--api-key", "short"]).validate().unwrap_err();
-        assert_eq!(err.option, "ROOMCAST_API_KEY");
+        assert_eq!(err.option, env::API_KEY);
         assert!(parse(&["--dev", "--api-key", "0123456789abcdef,fedcba9876543210"]).validate().is_ok());
     }
 

@@ -7,15 +7,13 @@
 
 use std::sync::Arc;
 
-use roomcast_publisher::{
-    Room, RoomKind,
-    wire::{self, Envelope, EventEnvelope, PresenceAction, PresenceEnvelope, TypingEnvelope},
-};
+use roomcast_publisher::{Room, RoomKind, wire};
 use serde::Serialize;
 
 use crate::{
     backend::BoxFuture,
     bus::Inbound,
+    envelope::{Envelope, EventEnvelope, PresenceAction, PresenceEnvelope, Typing},
     history::History,
     local::{Local, note_emit_errors},
     metrics, presence,
@@ -168,11 +166,12 @@ impl Delivery {
         Ok(())
     }
 
-    async fn deliver_typing(&self, t: &TypingEnvelope, from_bus: bool) -> Result<(), Rejection> {
+    async fn deliver_typing(&self, typing: &Typing, from_bus: bool) -> Result<(), Rejection> {
+        let t = &typing.indicator;
         if t.v != wire::VERSION {
             return Err(Rejection::Version);
         }
-        if from_bus && t.origin.as_deref() == Some(&*self.node_id) {
+        if from_bus && typing.origin.as_deref() == Some(&*self.node_id) {
             // Originated here and already delivered to local sockets before it was published.
             return Ok(());
         }

@@ -28,6 +28,7 @@ pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod delivery;
+pub mod envelope;
 pub mod errors;
 pub mod expiry;
 pub mod history;
@@ -62,7 +63,7 @@ use crate::{
         memory::MemoryBus,
         redis::{RedisBus, RedisSettings},
     },
-    config::Secret,
+    config::{Secret, env},
     delivery::Delivery,
     history::{History, memory::MemoryHistory, redis::RedisHistory},
     http::OriginPolicy,
@@ -146,7 +147,7 @@ impl Gateway {
                 let (bus, receiving) = RedisBus::start(RedisSettings {
                     url: url.expose().to_owned(),
                     keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
-                        .map_err(|e| ConfigError::new("ROOMCAST_REDIS_PREFIX", e.to_string()))?,
+                        .map_err(|e| ConfigError::new(env::REDIS_PREFIX, e.to_string()))?,
                     command_timeout: config.redis_command_timeout,
                     buffer: config.redis_buffer,
                     history: config.history(),
@@ -238,8 +239,8 @@ impl Gateway {
         let socket_io = tower::Layer::layer(&layer, publish::router(state.clone()).fallback(http::not_found));
         let public_router = http::guard_public(Router::new().fallback_service(socket_io), state.clone(), origins);
         let admin_router = http::admin_router(state.clone(), metrics.clone()).fallback(http::not_found);
-        let public = bind(config.listen, "ROOMCAST_LISTEN").await?;
-        let admin = bind(config.admin_listen, "ROOMCAST_ADMIN_LISTEN").await?;
+        let public = bind(config.listen, env::LISTEN).await?;
+        let admin = bind(config.admin_listen, env::ADMIN_LISTEN).await?;
         let gateway =
             Gateway { state, io, public: (public, public_router), admin: (admin, admin_router), metrics, dev_api_key };
         tracing::info!(public = %gateway.public_addr(), admin = %gateway.admin_addr(), "listening");

@@ -128,7 +128,7 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
         }
         let id = wire::new_event_id();
         ids.push((id.clone(), room.to_string()));
-        envelopes.push(wire::event_envelope(&room, &request.event, data, id, wire::now_ms()));
+        envelopes.push(wire::event_envelope(&room, &request.event, data, id, wire::now_ms()).into());
     }
 
     let count = envelopes.len();

@@ -15,7 +15,19 @@ const LAYERS: &[(&str, &[&str])] = &[
     // token checks, timers, and what the storage traits and Redis adapters share.
     (
         "foundation",
-        &["api_keys", "auth", "backend", "config", "conn", "errors", "logging", "metrics", "redis_conn", "timers"],
+        &[
+            "api_keys",
+            "auth",
+            "backend",
+            "config",
+            "conn",
+            "envelope",
+            "errors",
+            "logging",
+            "metrics",
+            "redis_conn",
+            "timers",
+        ],
     ),
     // Adapters at the storage edge: the bus and history (memory and Redis).
     ("adapters", &["bus", "history"]),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, LuaInterface, PubsubInterface},
+    interfaces::{ClientLike, PubsubInterface},
     types::{
         Builder, Value,
         config::{Config, ReconnectPolicy},
@@ -174,7 +174,7 @@ impl Publisher {
     /// channel `c`. Members of the channel see `typing` `{ channel, userId, typing, ttlMs }`.
     pub async fn typing(&self, t: &str, c: &str, user: &str, typing: bool) -> Result<Receipt, PublishError> {
         let message = self.typing_message(t, c, user, typing)?;
-        self.send_one(message).await
+        self.send(message).await
     }
 
     /// A batch of publishes sent in one round trip.
@@ -213,49 +213,25 @@ impl Publisher {
             user: user.to_owned(),
             typing,
             ts: wire::now_ms(),
-            origin: None,
         });
         // Typing indicators are ephemeral: never in history.
         Ok(Message { room: room.to_string(), id: None, body: serde_json::to_string(&envelope)?, history: None })
     }
 
-    fn publish_command(&self) -> &'static str {
-        if self.client.is_clustered() { "SPUBLISH" } else { "PUBLISH" }
-    }
-
-    fn script_call(&self, message: &Message, policy: HistoryPolicy) -> (Vec<String>, Vec<String>) {
-        wire::publish_script_call(&self.keys, &message.room, self.publish_command(), message.body.clone(), policy)
-    }
-
-    async fn send_one(&self, message: Message) -> Result<Receipt, PublishError> {
-        if let Some(policy) = message.history {
-            let (keys, args) = self.script_call(&message, policy);
-            let reply: Value = self.script.evalsha_with_reload(&self.client, keys, args).await?;
-            return Ok(script_receipt(message, reply));
-        }
-        let channel = self.keys.channel(&message.room);
-        let replicas: u64 = if self.client.is_clustered() {
-            self.client.spublish(channel, message.body).await?
-        } else {
-            self.client.publish(channel, message.body).await?
-        };
-        Ok(Receipt { id: message.id, room: message.room, replicas, offset: None, epoch: None })
-    }
-
-    /// Publishes a message of a batch whose script is known to be loaded (plain `EVALSHA`).
-    async fn send_loaded(&self, message: Message) -> Result<Receipt, PublishError> {
-        match message.history {
-            Some(policy) => {
-                let (keys, args) = self.script_call(&message, policy);
-                let reply: Value = self.client.evalsha(self.script.sha1().clone(), keys, args).await?;
-                Ok(script_receipt(message, reply))
-            }
-            None => self.send_one(message).await,
-        }
+    /// Publishes one encoded message (see [`send_encoded`]).
+    async fn send(&self, message: Message) -> Result<Receipt, PublishError> {
+        let sent =
+            send_encoded(&self.client, &self.script, &self.keys, &message.room, message.body, message.history).await?;
+        Ok(Receipt {
+            id: message.id,
+            room: message.room,
+            replicas: sent.replicas,
+            offset: sent.offset,
+            epoch: sent.epoch,
+        })
     }
 }
 
-/// An encoded message ready to publish.
 #[derive(Debug, Clone)]
 struct Message {
     room: String,
@@ -266,21 +242,52 @@ struct Message {
 }
 
 /// The receipt for a message published through the history script.
-fn script_receipt(message: Message, reply: Value) -> Receipt {
-    let (replicas, offset, epoch) = publish_script_reply(reply);
-    Receipt { id: message.id, room: message.room, replicas, offset, epoch }
+/// What one publish did: how many replicas received it and, with history, its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Subscribers that received it (replicas with members in the room).
+    pub replicas: u64,
+    /// Its offset in the room (published with history).
+    pub offset: Option<u64>,
+    /// The room history's epoch (published with history).
+    pub epoch: Option<String>,
 }
 
-/// Reads [`wire::PUBLISH_SCRIPT`]'s reply `{ subscribers, offset, epoch }`.
-pub fn publish_script_reply(reply: Value) -> (u64, Option<u64>, Option<String>) {
-    let mut parts = match reply {
-        Value::Array(parts) => parts.into_iter(),
-        _ => Vec::new().into_iter(),
+/// Publishes `body`, an encoded [`Envelope`] for `room`: through [`wire::PUBLISH_SCRIPT`] when
+/// `history` is given (the script assigns offset and epoch, stores the event and publishes it),
+/// else with `PUBLISH`, or `SPUBLISH` when `client` is a cluster client.
+///
+/// The one publish path of Roomcast: [`Publisher`] and the gateway (for `POST /v1/publish` and
+/// what replicas send each other) both publish through it. `script` is
+/// `Script::from_lua(PUBLISH_SCRIPT)`; it is loaded on first use.
+pub async fn send_encoded(
+    client: &Client,
+    script: &Script,
+    keys: &Keys,
+    room: &str,
+    body: String,
+    history: Option<HistoryPolicy>,
+) -> Result<Sent, fred::error::Error> {
+    let command = if client.is_clustered() { "SPUBLISH" } else { "PUBLISH" };
+    if let Some(policy) = history {
+        let (keys, args) = wire::publish_script_call(keys, room, command, body, policy);
+        let reply: Value = script.evalsha_with_reload(client, keys, args).await?;
+        let mut parts = match reply {
+            Value::Array(parts) => parts.into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        let replicas = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let offset = parts.next().and_then(|v| v.as_u64());
+        let epoch = parts.next().and_then(|v| v.as_string());
+        return Ok(Sent { replicas, offset, epoch });
+    }
+    let channel = keys.channel(room);
+    let replicas: u64 = if client.is_clustered() {
+        client.spublish(channel, body).await?
+    } else {
+        client.publish(channel, body).await?
     };
-    let replicas = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
-    let offset = parts.next().and_then(|v| v.as_u64());
-    let epoch = parts.next().and_then(|v| v.as_string());
-    (replicas, offset, epoch)
+    Ok(Sent { replicas, offset: None, epoch: None })
 }
 
 /// A room to publish to; obtained from [`Publisher::tenant`], [`Publisher::project`],
@@ -301,7 +308,7 @@ impl Target<'_> {
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<Receipt, PublishError> {
         let room = self.room()?;
         let message = self.publisher.event_message(room, event, payload)?;
-        self.publisher.send_one(message).await
+        self.publisher.send(message).await
     }
 }
 
@@ -356,7 +363,7 @@ impl Batch<'_> {
         }
         // All in flight at once on the connection, written in the order added (fred does not
         // wait for a reply before writing the next command), so one round trip for the batch.
-        let sends = self.messages.into_iter().map(|m| self.publisher.send_loaded(m));
+        let sends = self.messages.into_iter().map(|m| self.publisher.send(m));
         futures_util::future::join_all(sends).await.into_iter().collect()
     }
 }

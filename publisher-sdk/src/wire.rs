@@ -30,6 +30,12 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// The Lua script that publishes an event with history (see [`HistoryPolicy`] and PROTOCOL.md).
 pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
+/// Events a room keeps for recovery unless configured otherwise.
+pub const DEFAULT_HISTORY_SIZE: u32 = 100;
+
+/// How long a room keeps an event for recovery unless configured otherwise.
+pub const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How long a room's offset and epoch live after its last publish: much longer than its
 /// history, so a client that was away for long still learns it missed events (its offset is
 /// behind) rather than meeting a new epoch.
@@ -47,13 +53,13 @@ pub struct HistoryPolicy {
 impl Default for HistoryPolicy {
     /// 100 events, 5 minutes: enough to ride out reconnects and replica restarts.
     fn default() -> Self {
-        HistoryPolicy { size: 100, ttl: std::time::Duration::from_secs(300) }
+        HistoryPolicy { size: DEFAULT_HISTORY_SIZE, ttl: DEFAULT_HISTORY_TTL }
     }
 }
 
 /// The keys and arguments of [`PUBLISH_SCRIPT`] publishing `envelope_json` (an event envelope
 /// without offset and epoch) to `room` with `publish_command` (`PUBLISH` or `SPUBLISH`).
-pub fn publish_script_call(
+pub(crate) fn publish_script_call(
     keys: &Keys,
     room: &str,
     publish_command: &str,
@@ -79,9 +85,11 @@ pub fn new_epoch() -> String {
     format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0)
 }
 
-/// One message on a room's channel.
+/// One message a publisher sends on a room's channel.
 ///
 /// Serialized with a `"type"` tag (`"event"` or `"typing"`); parse with [`Envelope::from_json`].
+/// Gateway replicas also send each other messages on these channels (presence changes); those
+/// are the gateway's own business, not part of this format, and a publisher must not send them.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Envelope {
@@ -89,9 +97,6 @@ pub enum Envelope {
     Event(EventEnvelope),
     /// A typing indicator for a channel room.
     Typing(TypingEnvelope),
-    /// A presence change in a project or channel room. Replicas publish these themselves;
-    /// publishers do not.
-    Presence(PresenceEnvelope),
 }
 
 /// An application event: members receive `event` with `data` as first argument and
@@ -132,9 +137,6 @@ pub struct TypingEnvelope {
     pub typing: bool,
     /// Publish time, milliseconds since the Unix epoch.
     pub ts: u64,
-    /// Replica that already delivered this indicator to its own sockets; absent for publishers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
 }
 
 /// The tag alone, read first so the body can be parsed straight into its struct (serde cannot
@@ -150,51 +152,6 @@ struct Tag {
 enum Kind {
     Event,
     Typing,
-    Presence,
-}
-
-/// What happened to a user's presence in a room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PresenceAction {
-    /// The user's first connection anywhere entered the room.
-    Join,
-    /// The user's last connection anywhere left the room.
-    Leave,
-    /// The user changed status.
-    Update,
-}
-
-impl PresenceAction {
-    /// The Socket.IO event clients receive: `presence:join`, `presence:leave`, `presence:update`.
-    pub fn event(self) -> &'static str {
-        match self {
-            PresenceAction::Join => "presence:join",
-            PresenceAction::Leave => "presence:leave",
-            PresenceAction::Update => "presence:update",
-        }
-    }
-}
-
-/// A presence change, as replicas publish it on the room's channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PresenceEnvelope {
-    /// Format version, [`VERSION`].
-    pub v: u8,
-    /// Canonical name of a project or channel room.
-    pub room: String,
-    /// Join, leave or update.
-    pub action: PresenceAction,
-    /// The user.
-    pub user: String,
-    /// The user's status (join and update).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    /// When the user's presence in the room began, ms since the Unix epoch (join).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<u64>,
-    /// When this was published, ms since the Unix epoch.
-    pub ts: u64,
 }
 
 impl Envelope {
@@ -204,7 +161,6 @@ impl Envelope {
         Ok(match kind {
             Kind::Event => Envelope::Event(serde_json::from_str(json)?),
             Kind::Typing => Envelope::Typing(serde_json::from_str(json)?),
-            Kind::Presence => Envelope::Presence(serde_json::from_str(json)?),
         })
     }
 
@@ -213,7 +169,6 @@ impl Envelope {
         match self {
             Envelope::Event(e) => &e.room,
             Envelope::Typing(t) => &t.room,
-            Envelope::Presence(p) => &p.room,
         }
     }
 
@@ -222,7 +177,6 @@ impl Envelope {
         match self {
             Envelope::Event(e) => e.v,
             Envelope::Typing(t) => t.v,
-            Envelope::Presence(p) => p.v,
         }
     }
 }
@@ -385,7 +339,7 @@ mod tests {
             r#"{"v":1,"room":"tenant:t:channel:c","user":"bot","typing":true,"ts":1,"type":"typing"}"#,
         )
         .unwrap();
-        assert!(matches!(typing, Envelope::Typing(TypingEnvelope { typing: true, origin: None, .. })));
+        assert!(matches!(typing, Envelope::Typing(TypingEnvelope { typing: true, .. })));
         for bad in ["", "{}", r#"{"type":"other"}"#, r#"{"type":"event","v":1}"#, "[1]"] {
             assert!(Envelope::from_json(bad).is_err(), "{bad:?}");
         }

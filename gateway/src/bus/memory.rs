@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use roomcast_publisher::wire::Envelope;
+use crate::envelope::Envelope;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BoxFuture, Bus, BusError, Inbound, Published};

@@ -17,7 +17,7 @@
 pub mod memory;
 pub mod redis;
 
-use roomcast_publisher::wire::Envelope;
+use crate::envelope::Envelope;
 
 /// What publishing one envelope achieved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -33,14 +33,15 @@ use fred::{
     },
 };
 use roomcast_publisher::{
-    publisher::publish_script_reply,
-    wire::{self, Envelope, HistoryPolicy, Keys},
+    send_encoded,
+    wire::{self, HistoryPolicy, Keys},
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
 use super::{BoxFuture, Bus, BusError, Inbound, Published};
 use crate::{
-    config::ConfigError,
+    config::{ConfigError, env},
+    envelope::Envelope,
     metrics,
     redis_conn::{Commands, Link},
 };
@@ -118,7 +119,7 @@ fn build_client(config: &FredConfig, settings: &RedisSettings, events: usize) ->
                 UnresponsiveConfig { max_timeout: Some(Duration::from_secs(10)), interval: Duration::from_secs(1) };
         })
         .build()
-        .map_err(|e| ConfigError::new("ROOMCAST_REDIS_URL", format!("cannot build a Redis client: {}", e.details())))
+        .map_err(|e| ConfigError::new(env::REDIS_URL, format!("cannot build a Redis client: {}", e.details())))
 }
 
 impl RedisBus {
@@ -127,8 +128,8 @@ impl RedisBus {
     /// The returned [`RedisDelivery`] reports what arrives once it runs; subscriptions asked
     /// for before that are applied then.
     pub fn start(settings: RedisSettings) -> Result<(RedisBus, RedisDelivery), ConfigError> {
-        let config = FredConfig::from_url(&settings.url)
-            .map_err(|_| ConfigError::new("ROOMCAST_REDIS_URL", "not a Redis URL"))?;
+        let config =
+            FredConfig::from_url(&settings.url).map_err(|_| ConfigError::new(env::REDIS_URL, "not a Redis URL"))?;
         let clustered = config.server.is_clustered();
         // The commands client receives no pub/sub messages, only its own connection events.
         let commands = build_client(&config, &settings, COMMANDS_CLIENT_EVENTS)?;
@@ -267,27 +268,10 @@ impl Bus for RedisBus {
                 let (redis, script) = (&redis, &script);
                 async move {
                     let body = serde_json::to_string(envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
-                    let room = envelope.room();
-                    let result = match (envelope, history) {
-                        (Envelope::Event(_), Some(policy)) => {
-                            let (keys, args) =
-                                wire::publish_script_call(&redis.keys, room, redis.publish_command(), body, policy);
-                            script.evalsha_with_reload::<Value, _, _>(&redis.client, keys, args).await.map(|reply| {
-                                let (replicas, offset, epoch) = publish_script_reply(reply);
-                                Published { replicas, offset, epoch }
-                            })
-                        }
-                        _ => {
-                            let channel = redis.keys.channel(room);
-                            let replicas = if redis.clustered {
-                                redis.client.spublish::<u64, _, _>(channel, body).await
-                            } else {
-                                redis.client.publish::<u64, _, _>(channel, body).await
-                            };
-                            replicas.map(|replicas| Published { replicas, offset: None, epoch: None })
-                        }
-                    };
-                    result.map_err(|e| {
+                    // Only events are kept in history; typing and presence are live only.
+                    let history = history.filter(|_| matches!(envelope, Envelope::Event(_)));
+                    let sent = send_encoded(&redis.client, script, &redis.keys, envelope.room(), body, history).await;
+                    sent.map(|s| Published { replicas: s.replicas, offset: s.offset, epoch: s.epoch }).map_err(|e| {
                         metrics::redis_error("publish");
                         BusError::Unavailable(e.details().to_owned())
                     })

@@ -1,7 +1,9 @@
 //! History in Redis: a stream per room, written by the publisher crate's script.
 
 use fred::types::{Value, scripts::Script};
-use roomcast_publisher::wire::{self, Envelope, HistoryPolicy, META_TTL};
+use roomcast_publisher::wire::{self, HistoryPolicy, META_TTL};
+
+use crate::envelope::Envelope;
 
 use super::{History, Position, Read};
 use crate::{

@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use roomcast_publisher::wire::{self, Envelope, PresenceAction, PresenceEnvelope};
+use roomcast_publisher::wire;
+
+use crate::envelope::{Envelope, PresenceAction, PresenceEnvelope};
 
 use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::bus::{BoxFuture, Bus, BusError};

@@ -25,15 +25,13 @@ use std::{
     time::Duration,
 };
 
-use roomcast_publisher::{
-    Room, RoomKind,
-    wire::{self, PresenceAction, PresenceEnvelope},
-};
+use roomcast_publisher::{Room, RoomKind, wire};
 use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
     backend::{BoxFuture, BusError},
+    envelope::{PresenceAction, PresenceEnvelope},
     timers::DeadlineQueue,
 };
 

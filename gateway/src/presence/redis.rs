@@ -16,7 +16,9 @@ use fred::{
     interfaces::{KeysInterface, SetsInterface, SortedSetsInterface},
     types::{Expiration, SetOptions, Value, scripts::Script},
 };
-use roomcast_publisher::wire::{self, Envelope, Keys, PresenceAction};
+use roomcast_publisher::wire::{self, Keys};
+
+use crate::envelope::{Envelope, PresenceAction};
 
 use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::{

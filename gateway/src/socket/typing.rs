@@ -1,13 +1,11 @@
 //! `typing`: a client shows or stops its typing indicator in a channel (see [`crate::typing`]).
 
-use roomcast_publisher::{
-    Room,
-    wire::{self, Envelope, TypingEnvelope},
-};
+use roomcast_publisher::Room;
 use serde_json::{Value, json};
 
 use crate::{
     conn::Conn,
+    envelope::Envelope,
     errors::{ClientError, ErrorCode},
     metrics,
     state::Shared,
@@ -54,14 +52,7 @@ pub(super) async fn stop(gw: &Shared, conn: &Conn, room: &str) {
 }
 
 async fn broadcast(gw: &Shared, room: String, user: String, typing: bool) -> Result<Value, ClientError> {
-    let envelope = Envelope::Typing(TypingEnvelope {
-        v: wire::VERSION,
-        room,
-        user,
-        typing,
-        ts: wire::now_ms(),
-        origin: Some(gw.delivery.node_id().to_owned()),
-    });
+    let envelope = Envelope::typing(room, user, typing, gw.delivery.node_id());
     gw.delivery.deliver_originated(&envelope).await;
     match gw.bus.publish(vec![envelope]).await {
         Ok(_) => {
