@@ -8,6 +8,7 @@
 //! the asynchronous part waits for its turn. A client's `join` then `leave` therefore always
 //! apply in that order, whatever the scheduler does with the spawned tasks.
 
+mod payloads;
 mod presence;
 mod refresh;
 mod rooms;
@@ -194,15 +195,14 @@ fn on_event(
                 }
             };
             metrics::client_event(name, reply.as_ref().map(|_| ()).map_err(|e| e.code));
-            let body = match reply {
-                Ok(body) => body,
+            // No ack callback on the client side is fine: there is nobody to answer.
+            let _ = match reply {
+                Ok(body) => ack.send(&payloads::Success::from(body)),
                 Err(error) => {
                     tracing::debug!(event = name, code = %error.code, reason = %error.message, "event refused");
-                    error.ack()
+                    ack.send(&error.ack())
                 }
             };
-            // No ack callback on the client side is fine: there is nobody to answer.
-            let _ = ack.send(&body);
         }
         .instrument(span)
         .await

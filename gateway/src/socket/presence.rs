@@ -1,9 +1,12 @@
 //! The presence events clients send: `presence:list` and `presence:update`.
 
 use roomcast_publisher::Room;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::rooms::requested_room;
+use super::{
+    payloads::{self, Ack, PRESENCE_LIST_SHAPE, PRESENCE_UPDATE_SHAPE},
+    rooms::requested_room,
+};
 use crate::{
     conn::Conn,
     errors::{ClientError, ErrorCode},
@@ -19,38 +22,26 @@ const DEFAULT_PAGE: u64 = 100;
 /// Anyone whose token grants the room may list it (the same check as `join`), so a client can
 /// see who is there before joining. Pages are at most `ROOMCAST_PRESENCE_PAGE_MAX` users;
 /// `next` is the offset of the following page, or null.
-pub(super) async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
-    let payload = payload?;
-    let room = requested_room(&payload, &conn.identity())?;
-    let number = |field: &str| -> Result<Option<u64>, ClientError> {
-        match payload.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-                ClientError::new(ErrorCode::InvalidPayload, format!("{field} must be a non-negative integer"))
-            }),
-        }
-    };
-    let offset = number("offset")?.unwrap_or(0);
+pub(super) async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Ack, ClientError> {
+    let request: payloads::PresenceList = payloads::parse(payload, PRESENCE_LIST_SHAPE)?;
+    let room = requested_room(&request.room, &conn.identity())?;
+    let offset = request.offset.unwrap_or(0);
     let max = gw.config.presence_page_max;
-    let limit = number("limit")?.unwrap_or(DEFAULT_PAGE.min(max)).clamp(1, max);
+    let limit = request.limit.unwrap_or(DEFAULT_PAGE.min(max)).clamp(1, max);
     let page = gw
         .presence
         .list(&room, offset, limit)
         .await
         .map_err(|e| ClientError::new(ErrorCode::Unavailable, format!("presence is unavailable: {e}")))?;
     let next = (offset + (page.users.len() as u64) < page.total).then(|| offset + page.users.len() as u64);
-    Ok(json!({ "ok": true, "room": room.to_string(), "users": page.users, "total": page.total, "next": next }))
+    Ok(Ack::PresencePage { room: room.to_string(), users: page.users, total: page.total, next })
 }
 
 /// `presence:update` `{ status: "online" | "away" }`: the socket's status in every project and
 /// channel room it is in; members see `presence:update` where the user's status changed.
-pub(super) fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Value, ClientError> {
-    let payload = payload?;
-    let status = payload
-        .get("status")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ClientError::new(ErrorCode::InvalidPayload, "payload must be { status: \"online\" | \"away\" }"))
-        .and_then(Status::parse)?;
+pub(super) fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Ack, ClientError> {
+    let request: payloads::PresenceUpdate = payloads::parse(payload, PRESENCE_UPDATE_SHAPE)?;
+    let status = Status::parse(&request.status)?;
     conn.set_status(status);
     let user = conn.identity().user.clone();
     for name in conn.rooms() {
@@ -58,5 +49,5 @@ pub(super) fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientErro
             gw.presence.status_changed(&room, &user, status);
         }
     }
-    Ok(json!({ "ok": true, "status": status.as_str() }))
+    Ok(Ack::Status { status: status.as_str() })
 }

@@ -1,10 +1,13 @@
 //! `auth:refresh`: a live socket swaps its token for a fresher one.
 
 use roomcast_publisher::Room;
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::extract::SocketRef;
 
-use super::rooms::leave_room;
+use super::{
+    payloads::{self, Ack, REFRESH_SHAPE},
+    rooms::leave_room,
+};
 use crate::{
     conn::Conn,
     errors::{ClientError, ErrorCode},
@@ -19,14 +22,11 @@ pub(super) async fn refresh(
     gw: &Shared,
     conn: &Conn,
     payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
-    let payload = payload?;
-    let Some(token) = payload.get("token").and_then(Value::as_str) else {
-        metrics::auth_refresh("invalid_payload");
-        return Err(ClientError::new(ErrorCode::InvalidPayload, "payload must be { token: \"<jwt>\" }"));
-    };
+) -> Result<Ack, ClientError> {
+    let payloads::Refresh { token } =
+        payloads::parse(payload, REFRESH_SHAPE).inspect_err(|_| metrics::auth_refresh("invalid_payload"))?;
     let current = conn.identity();
-    let fresh = gw.verifier.verify(token).inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    let fresh = gw.verifier.verify(&token).inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
         return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
@@ -46,5 +46,5 @@ pub(super) async fn refresh(
     expiry::schedule(gw, socket.id, conn, exp);
     metrics::auth_refresh("ok");
     tracing::debug!(exp, left = left.len(), "token refreshed");
-    Ok(json!({ "ok": true, "exp": exp, "left": left }))
+    Ok(Ack::Refreshed { exp, left })
 }

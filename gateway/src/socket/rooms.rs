@@ -3,10 +3,14 @@
 use std::future::Future;
 
 use roomcast_publisher::{Room, RoomKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::extract::SocketRef;
 
-use super::{debug_pause, typing};
+use super::{
+    debug_pause,
+    payloads::{self, Ack, JOIN_SHAPE, ROOM_SHAPE, RoomRef},
+    typing,
+};
 use crate::{
     auth::Identity,
     bus::BusError,
@@ -23,11 +27,17 @@ pub(super) async fn join(
     gw: &Shared,
     conn: &Conn,
     payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
+) -> Result<Ack, ClientError> {
     let identity = conn.identity();
-    let payload = payload?;
-    let room = requested_room(&payload, &identity)?;
-    let since = parse_since(&payload)?;
+    let request: payloads::Join = payloads::parse(payload, JOIN_SHAPE)?;
+    let room = requested_room(&request.room, &identity)?;
+    let since = match request.since {
+        Some(since) if since.epoch.is_empty() || since.epoch.len() > 64 => {
+            return Err(ClientError::new(ErrorCode::InvalidPayload, JOIN_SHAPE));
+        }
+        Some(since) => Some(Since { offset: since.offset, epoch: since.epoch }),
+        None => None,
+    };
     let name = room.to_string();
     // Joining a room the socket is already in answers like a first join (position, and a
     // replay when `since` asks for one), without counting the member twice.
@@ -39,34 +49,12 @@ pub(super) async fn join(
     } else {
         gw.membership.generation(&name)
     };
-    let attached = gw.delivery.sequencer().attach(socket, &name, since, generation).await;
+    let attached = gw.delivery.sequencer().attach(socket.id, &name, since, generation).await;
     if new {
         gw.presence.entered(&room, &identity.user, conn.status());
     }
-    let mut ack = json!({ "ok": true, "room": name });
-    if let Some(recovered) = attached.recovered {
-        ack["recovered"] = json!(recovered);
-    }
-    if let Some(position) = attached.position {
-        ack["offset"] = json!(position.offset);
-        ack["epoch"] = json!(position.epoch);
-    }
-    Ok(ack)
-}
-
-/// `since: { offset, epoch }` of a `join`, if given.
-fn parse_since(payload: &Value) -> Result<Option<Since>, ClientError> {
-    let Some(since) = payload.get("since").filter(|v| !v.is_null()) else { return Ok(None) };
-    let invalid = || {
-        ClientError::new(
-            ErrorCode::InvalidPayload,
-            "since must be { offset: <non-negative integer>, epoch: \"<string>\" }",
-        )
-    };
-    let offset = since.get("offset").and_then(Value::as_u64).ok_or_else(invalid)?;
-    let epoch =
-        since.get("epoch").and_then(Value::as_str).filter(|e| !e.is_empty() && e.len() <= 64).ok_or_else(invalid)?;
-    Ok(Some(Since { offset, epoch: epoch.to_owned() }))
+    let (offset, epoch) = attached.position.map(|p| (p.offset, p.epoch)).unzip();
+    Ok(Ack::Joined { room: name, recovered: attached.recovered, offset, epoch })
 }
 
 pub(super) async fn leave(
@@ -74,31 +62,21 @@ pub(super) async fn leave(
     gw: &Shared,
     conn: &Conn,
     payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
-    let room = requested_room(&payload?, &conn.identity())?;
+) -> Result<Ack, ClientError> {
+    let request: payloads::Leave = payloads::parse(payload, ROOM_SHAPE)?;
+    let room = requested_room(&request.room, &conn.identity())?;
     leave_room(socket, gw, conn, &room).await;
-    Ok(json!({ "ok": true, "room": room.to_string() }))
+    Ok(Ack::Left { room: room.to_string() })
 }
 
-/// The room a `join`/`leave` payload names, authorized against `identity`.
-///
-/// The payload is `{ "project": "<id>" }` or `{ "channel": "<id>" }`. The tenant always comes
-/// from the token, so a client can never name a room of another tenant.
-pub(super) fn requested_room(payload: &Value, identity: &Identity) -> Result<Room, ClientError> {
+/// The room a request names, in the token's tenant, authorized against `identity`.
+pub(super) fn requested_room(request: &RoomRef, identity: &Identity) -> Result<Room, ClientError> {
     let invalid = |msg: &str| ClientError::new(ErrorCode::InvalidPayload, msg);
-    let Some(obj) = payload.as_object() else {
-        return Err(invalid("payload must be an object: { project: \"<id>\" } or { channel: \"<id>\" }"));
-    };
-    let (kind, id) = match (obj.get("project"), obj.get("channel")) {
+    let (kind, id) = match (&request.project, &request.channel) {
         (Some(p), None) => (RoomKind::Project, p),
         (None, Some(c)) => (RoomKind::Channel, c),
         (Some(_), Some(_)) => return Err(invalid("name either a project or a channel, not both")),
-        (None, None) => {
-            return Err(invalid("payload needs a \"project\" or a \"channel\" field"));
-        }
-    };
-    let Some(id) = id.as_str() else {
-        return Err(invalid("the room id must be a string"));
+        (None, None) => return Err(invalid("payload needs a \"project\" or a \"channel\" field")),
     };
     let room = match kind {
         RoomKind::Project => Room::project(&identity.tenant, id),
@@ -194,6 +172,7 @@ pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, roo
 mod tests {
     use super::*;
     use crate::auth::Scope;
+    use serde_json::json;
 
     fn identity() -> Identity {
         Identity {
@@ -208,9 +187,13 @@ mod tests {
     #[test]
     fn requests_are_validated_then_authorized() {
         let id = identity();
-        let code = |v: Value| requested_room(&v, &id).unwrap_err().code;
-        assert_eq!(requested_room(&json!({"project": "p1"}), &id).unwrap().to_string(), "tenant:t1:project:p1");
-        assert_eq!(requested_room(&json!({"channel": "any"}), &id).unwrap().to_string(), "tenant:t1:channel:any");
+        let requested = |v: Value| {
+            let request: payloads::Leave = payloads::parse(Ok(v), ROOM_SHAPE)?;
+            requested_room(&request.room, &id)
+        };
+        let code = |v: Value| requested(v).unwrap_err().code;
+        assert_eq!(requested(json!({"project": "p1"})).unwrap().to_string(), "tenant:t1:project:p1");
+        assert_eq!(requested(json!({"channel": "any"})).unwrap().to_string(), "tenant:t1:channel:any");
         assert_eq!(code(json!({"project": "p2"})), ErrorCode::Forbidden);
         assert_eq!(code(json!({"project": "p1:x"})), ErrorCode::InvalidRoom);
         assert_eq!(code(json!({"channel": ""})), ErrorCode::InvalidRoom);

@@ -1,8 +1,9 @@
 //! `typing`: a client shows or stops its typing indicator in a channel (see [`crate::typing`]).
 
 use roomcast_publisher::Room;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::payloads::{self, Ack, TYPING_SHAPE};
 use crate::{
     conn::Conn,
     envelope::Envelope,
@@ -11,22 +12,9 @@ use crate::{
     state::Shared,
 };
 
-fn parse(payload: Result<Value, ClientError>) -> Result<(String, bool), ClientError> {
-    let payload = payload?;
-    let invalid =
-        || ClientError::new(ErrorCode::InvalidPayload, "payload must be { channel: \"<id>\", typing: true|false }");
-    let channel = payload.get("channel").and_then(Value::as_str).ok_or_else(invalid)?;
-    let typing = payload.get("typing").and_then(Value::as_bool).ok_or_else(invalid)?;
-    Ok((channel.to_owned(), typing))
-}
-
 /// `typing` `{ channel, typing }`.
-pub(super) async fn typing(
-    gw: &Shared,
-    conn: &Conn,
-    payload: Result<Value, ClientError>,
-) -> Result<Value, ClientError> {
-    let (channel, typing) = parse(payload)?;
+pub(super) async fn typing(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Ack, ClientError> {
+    let payloads::Typing { channel, typing } = payloads::parse(payload, TYPING_SHAPE)?;
     let identity = conn.identity();
     let room = Room::channel(&identity.tenant, &channel)
         .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("channel id: {e}")))?;
@@ -37,7 +25,7 @@ pub(super) async fn typing(
     conn.set_typing(&name, typing);
     if !gw.throttle.admit(&name, &identity.user, typing) {
         metrics::publish("client_typing", Ok(()));
-        return Ok(json!({ "ok": true, "throttled": true }));
+        return Ok(Ack::Typing { throttled: Some(true) });
     }
     broadcast(gw, name, identity.user.clone(), typing).await
 }
@@ -51,13 +39,13 @@ pub(super) async fn stop(gw: &Shared, conn: &Conn, room: &str) {
     }
 }
 
-async fn broadcast(gw: &Shared, room: String, user: String, typing: bool) -> Result<Value, ClientError> {
+async fn broadcast(gw: &Shared, room: String, user: String, typing: bool) -> Result<Ack, ClientError> {
     let envelope = Envelope::typing(room, user, typing, gw.delivery.node_id());
     gw.delivery.deliver_originated(&envelope).await;
     match gw.bus.publish(vec![envelope]).await {
         Ok(_) => {
             metrics::publish("client_typing", Ok(()));
-            Ok(json!({ "ok": true }))
+            Ok(Ack::Typing { throttled: None })
         }
         Err(e) => {
             metrics::publish("client_typing", Err(ErrorCode::Unavailable));
