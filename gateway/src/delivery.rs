@@ -15,7 +15,7 @@ use crate::{
     bus::Inbound,
     envelope::{Envelope, EventEnvelope, PresenceAction, PresenceEnvelope, Typing},
     history::History,
-    local::{Local, note_emit_errors},
+    local::Local,
     metrics, presence,
     recovery::Sequencer,
     typing::{Indicators, Show},
@@ -189,17 +189,13 @@ impl Delivery {
 
     /// Emits `typing` to the channel's local members, except the typer's own sockets.
     async fn emit_typing(&self, room: &Room, user: &str, typing: bool, volatile: bool) {
-        let (Some(root), Some(channel), Ok(user_room)) =
-            (self.local.root(), room.id(), Room::user(room.tenant_id(), user))
-        else {
+        let (Some(channel), Ok(user_room)) = (room.id(), Room::user(room.tenant_id(), user)) else {
             return;
         };
         let ttl_ms = self.indicators.ttl().as_millis() as u64;
         let payload = TypingPayload { channel, user_id: user, typing, ttl_ms };
-        let to = root.within(room.to_string()).except(user_room.to_string());
-        // A refresh that does not get through changes nothing the client shows.
-        let to = if volatile { to.volatile() } else { to };
-        note_emit_errors(to.emit("typing", &payload).await);
+        // A refresh that does not get through changes nothing the client shows: volatile.
+        self.local.emit_to_room(room.to_string(), Some(user_room.to_string()), "typing", &payload, volatile).await;
         metrics::delivered("typing", self.local.members(&room.to_string()));
     }
 
@@ -223,7 +219,6 @@ impl Delivery {
         if !presence::tracked(&room) || roomcast_publisher::validate_id(&p.user).is_err() {
             return Err(Rejection::Presence);
         }
-        let Some(root) = self.local.root() else { return Ok(()) };
         let (kind, id) = presence::room_field(&room);
         let mut payload = serde_json::Map::new();
         payload.insert(kind.to_owned(), id.into());
@@ -238,7 +233,7 @@ impl Delivery {
         if let Some(since) = p.since {
             payload.insert("since".to_owned(), since.into());
         }
-        note_emit_errors(root.within(p.room.clone()).emit(p.action.event(), &payload).await);
+        self.local.emit_to_room(p.room.clone(), None, p.action.event(), &payload, false).await;
         metrics::delivered("presence", self.local.members(&p.room));
         Ok(())
     }

@@ -53,7 +53,7 @@ pub fn unschedule(gw: &Shared, sid: Sid, conn: &Conn) {
 pub async fn run(gw: Shared) {
     loop {
         for (sid, phase) in gw.expiry.next_due().await {
-            let Some(socket) = gw.delivery.local().root().and_then(|root| root.get_socket(sid)) else {
+            let Some(socket) = gw.delivery.local().socket(sid) else {
                 continue;
             };
             let Some(conn) = socket.extensions.get::<std::sync::Arc<Conn>>() else {

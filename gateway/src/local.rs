@@ -1,13 +1,15 @@
-//! This replica's sockets, as the domain core reaches them: emitting to a room's local members
-//! (or one socket) and counting them. The only place below the protocol edge that holds the
-//! Socket.IO server.
+//! This replica's sockets, as the domain core reaches them: by room or by socket id, to emit to,
+//! count, or move between rooms. The only place below the protocol edge that holds the
+//! Socket.IO server; the core never holds a socket handle.
 
 use std::sync::Arc;
 
 use roomcast_publisher::wire::{self, EventEnvelope};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::{BroadcastError, SocketError, SocketIo, extract::SocketRef, operators::BroadcastOperators};
+use socketioxide::{
+    BroadcastError, SocketError, SocketIo, extract::SocketRef, operators::BroadcastOperators, socket::Sid,
+};
 
 use crate::{metrics, rooms::Membership};
 
@@ -55,6 +57,45 @@ impl Local {
         self.io.of("/")
     }
 
+    /// The socket `sid`, if it is still connected here.
+    pub fn socket(&self, sid: Sid) -> Option<SocketRef> {
+        self.root()?.get_socket(sid)
+    }
+
+    /// Puts socket `sid` in `rooms`, if it is still connected.
+    pub fn join(&self, sid: Sid, rooms: Vec<String>) {
+        if let Some(socket) = self.socket(sid) {
+            socket.join(rooms);
+        }
+    }
+
+    /// Takes socket `sid` out of `room`, if it is still connected.
+    pub fn leave(&self, sid: Sid, room: String) {
+        if let Some(socket) = self.socket(sid) {
+            socket.leave(room);
+        }
+    }
+
+    /// Emits `event` with `payload` to `room`'s local members, except those in room `except`.
+    /// `volatile`: a socket whose buffer is full just misses it (nothing is counted).
+    pub async fn emit_to_room<T: Serialize + ?Sized>(
+        &self,
+        room: String,
+        except: Option<String>,
+        event: &str,
+        payload: &T,
+        volatile: bool,
+    ) {
+        let Some(root) = self.root() else { return };
+        let to = root.within(room);
+        let to = match except {
+            Some(room) => to.except(room),
+            None => to,
+        };
+        let to = if volatile { to.volatile() } else { to };
+        note_emit_errors(to.emit(event, payload).await);
+    }
+
     /// Local members of `room`.
     pub fn members(&self, room: &str) -> u64 {
         u64::from(self.membership.members(room))
@@ -62,21 +103,16 @@ impl Local {
 
     /// Emits `e` to its room's local members, except those in room `except`.
     pub async fn emit_event_except(&self, e: &EventEnvelope, except: Option<String>) {
-        let Some(root) = self.root() else { return };
         let meta = EventMeta::of(e);
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        let to = root.within(e.room.clone());
-        let to = match except {
-            Some(room) => to.except(room),
-            None => to,
-        };
-        note_emit_errors(to.emit(&e.event, &args).await);
+        self.emit_to_room(e.room.clone(), except, &e.event, &args, false).await;
         metrics::delivered("event", self.members(&e.room));
         metrics::delivery_latency(wire::now_ms().saturating_sub(e.ts));
     }
 
-    /// Emits `e` to one socket.
-    pub fn emit_to_socket(&self, socket: &SocketRef, e: &EventEnvelope) {
+    /// Emits `e` to socket `sid` (if it is still connected).
+    pub fn emit_to_socket(&self, sid: Sid, e: &EventEnvelope) {
+        let Some(socket) = self.socket(sid) else { return };
         let meta = EventMeta::of(e);
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
         // A closed socket is just disconnecting; only a full buffer loses the event for it.
@@ -89,7 +125,7 @@ impl Local {
 /// Counts sockets a broadcast skipped. A full send buffer means the client reads slower than
 /// events arrive: the event is lost for that socket, so it is counted (and, with room offsets,
 /// the client sees the gap). Closed sockets are just disconnecting and not counted.
-pub fn note_emit_errors(result: Result<(), BroadcastError>) {
+fn note_emit_errors(result: Result<(), BroadcastError>) {
     match result {
         Ok(()) => {}
         Err(BroadcastError::Socket(errors)) => {

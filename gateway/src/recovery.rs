@@ -30,7 +30,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use roomcast_publisher::wire::EventEnvelope;
 use serde_json::json;
-use socketioxide::{extract::SocketRef, socket::Sid};
+use socketioxide::socket::Sid;
 
 use crate::{
     history::{History, Position},
@@ -82,7 +82,7 @@ fn lowest(a: Option<Position>, b: Option<&Position>) -> Option<Position> {
 /// A socket recovering in a room.
 #[derive(Debug)]
 struct Recovering {
-    socket: SocketRef,
+    socket: Sid,
     stage: Stage,
 }
 
@@ -102,7 +102,7 @@ pub fn recovering_room(room: &str) -> String {
 impl RoomSequence {
     /// Forgets `socket`'s recovery in this room (it joins again, leaves or disconnects).
     fn retain_others(&mut self, socket: Sid) {
-        self.recovering.retain(|r| r.socket.id != socket);
+        self.recovering.retain(|r| r.socket != socket);
     }
 }
 
@@ -256,12 +256,12 @@ impl Sequencer {
             }
             Stage::Feeding(at) => {
                 if after(at, e) {
-                    self.local.emit_to_socket(&r.socket, e);
+                    self.local.emit_to_socket(r.socket, e);
                     *at = here.clone();
                 }
                 if at.epoch == here.epoch && at.offset <= here.offset {
                     // This replica has now delivered everything the socket has: an ordinary member.
-                    r.socket.leave(recovering_room(&e.room));
+                    self.local.leave(r.socket, recovering_room(&e.room));
                     false
                 } else {
                     true
@@ -289,11 +289,9 @@ impl Sequencer {
     async fn announce_resync(&self, room: &str, reason: &'static str, next: &EventEnvelope) {
         metrics::resync(reason);
         tracing::warn!(room, reason, "events were lost beyond history; telling the room's sockets to resync");
-        if let Some(root) = self.local.root() {
-            let payload =
-                json!({ "room": room, "reason": reason, "epoch": next.epoch, "offset": next.offset.map(|o| o - 1) });
-            let _ = root.within(room.to_owned()).emit(RESYNC_EVENT, &payload).await;
-        }
+        let payload =
+            json!({ "room": room, "reason": reason, "epoch": next.epoch, "offset": next.offset.map(|o| o - 1) });
+        self.local.emit_to_room(room.to_owned(), None, RESYNC_EVENT, &payload, false).await;
     }
 
     /// Holds live events of the rooms `wanted` picks that this replica delivered before, until
@@ -408,22 +406,16 @@ impl Sequencer {
     /// `generation` is the room's membership period: a sequence from an earlier one was kept
     /// while this replica was not subscribed, so the first join of the period starts it afresh
     /// (whichever of the period's joins gets here first, not the one that subscribed).
-    pub async fn attach(
-        self: &Arc<Self>,
-        socket: &SocketRef,
-        room: &str,
-        since: Option<Since>,
-        generation: u64,
-    ) -> Attached {
+    pub async fn attach(self: &Arc<Self>, socket: Sid, room: &str, since: Option<Since>, generation: u64) -> Attached {
         let Some(history) = self.history.clone() else {
-            socket.join(room.to_owned());
+            self.local.join(socket, vec![room.to_owned()]);
             return Attached { recovered: since.map(|_| false), position: None };
         };
         // 1. In the room (and its companion), capturing what this replica delivers from now on.
         let reader = {
             let mut rooms = self.rooms.shard(room).lock().await;
             let seq = rooms.entry(room.to_owned()).or_default();
-            seq.retain_others(socket.id);
+            seq.retain_others(socket);
             if seq.generation != generation {
                 // A new membership period: nothing kept from the last one applies (its members
                 // are gone, and what it held was published before the read below). A catch-up
@@ -447,8 +439,8 @@ impl Sequencer {
                 }
                 None => false,
             };
-            socket.join([room.to_owned(), recovering_room(room)]);
-            seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Reading(Vec::new()) });
+            self.local.join(socket, vec![room.to_owned(), recovering_room(room)]);
+            seq.recovering.push(Recovering { socket: socket, stage: Stage::Reading(Vec::new()) });
             reader
         };
         // 2. Read history; replay what `since` missed, if all of it is there.
@@ -485,7 +477,7 @@ impl Sequencer {
                 catch_up = self.seed(seq).await;
             }
         }
-        let mine = seq.recovering.iter().position(|r| r.socket.id == socket.id);
+        let mine = seq.recovering.iter().position(|r| r.socket == socket);
         let captured = match mine.map(|i| seq.recovering.swap_remove(i).stage) {
             Some(Stage::Reading(captured)) => captured,
             _ => Vec::new(),
@@ -497,7 +489,7 @@ impl Sequencer {
                 for e in &captured {
                     self.local.emit_to_socket(socket, e);
                 }
-                socket.leave(recovering_room(room));
+                self.local.leave(socket, recovering_room(room));
                 None
             }
             Some(mut at) => {
@@ -512,9 +504,9 @@ impl Sequencer {
                 }
                 let caught_up = seq.epoch.as_ref() == Some(&at.epoch) && seq.last >= at.offset;
                 if caught_up {
-                    socket.leave(recovering_room(room));
+                    self.local.leave(socket, recovering_room(room));
                 } else {
-                    seq.recovering.push(Recovering { socket: socket.clone(), stage: Stage::Feeding(at.clone()) });
+                    seq.recovering.push(Recovering { socket: socket, stage: Stage::Feeding(at.clone()) });
                 }
                 if let Some(recovered) = recovered {
                     metrics::recovery(recovered);
