@@ -440,7 +440,7 @@ impl Sequencer {
                 None => false,
             };
             self.local.join(socket, vec![room.to_owned(), recovering_room(room)]);
-            seq.recovering.push(Recovering { socket: socket, stage: Stage::Reading(Vec::new()) });
+            seq.recovering.push(Recovering { socket, stage: Stage::Reading(Vec::new()) });
             reader
         };
         // 2. Read history; replay what `since` missed, if all of it is there.
@@ -506,7 +506,7 @@ impl Sequencer {
                 if caught_up {
                     self.local.leave(socket, recovering_room(room));
                 } else {
-                    seq.recovering.push(Recovering { socket: socket, stage: Stage::Feeding(at.clone()) });
+                    seq.recovering.push(Recovering { socket, stage: Stage::Feeding(at.clone()) });
                 }
                 if let Some(recovered) = recovered {
                     metrics::recovery(recovered);
