@@ -5,6 +5,10 @@
 //! [`Gateway::run`] serves until the `shutdown` future resolves, then drains. Tests drive the
 //! real thing this way on port 0; `main` only adds signal handling and the `--dev` banner.
 //!
+//! The public surface is that, the [`config`] (one clap struct; `--help` is the reference) and
+//! the client-visible [`errors`]; the binary also uses [`Verifier`], [`init_logging`] and
+//! [`shutdown_signal`]. Every other module is private.
+//!
 //! # Layout
 //! Layers, bottom up (ARCHITECTURE.md; `tests/architecture.rs` enforces the direction):
 //! - foundation: [`config`] (the one clap struct; `--help` is the reference), [`errors`] (the
@@ -21,31 +25,31 @@
 //!   (`POST /v1/publish`), [`expiry`] (`auth:expiring`, `token_expired`), [`shutdown`] (the
 //!   drain), [`state`] (the handles the edge shares).
 
-pub mod api_keys;
-pub mod auth;
-pub mod backend;
-pub mod bus;
+mod api_keys;
+mod auth;
+mod backend;
+mod bus;
 pub mod config;
-pub mod conn;
-pub mod delivery;
-pub mod envelope;
+mod conn;
+mod delivery;
+mod envelope;
 pub mod errors;
-pub mod expiry;
-pub mod history;
-pub mod http;
-pub mod local;
-pub mod logging;
-pub mod metrics;
-pub mod presence;
-pub mod publish;
-pub mod recovery;
-pub mod redis_conn;
-pub mod rooms;
-pub mod shutdown;
-pub mod socket;
-pub mod state;
-pub mod timers;
-pub mod typing;
+mod expiry;
+mod history;
+mod http;
+mod local;
+mod logging;
+mod metrics;
+mod presence;
+mod publish;
+mod recovery;
+mod redis_conn;
+mod rooms;
+mod shutdown;
+mod socket;
+mod state;
+mod timers;
+mod typing;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -53,11 +57,13 @@ use axum::Router;
 use socketioxide::{ParserConfig, SocketIo};
 use tokio::{net::TcpListener, sync::watch, time::Instant};
 
+pub use auth::{Verifier, dev_secret_path};
 pub use config::{Config, ConfigError};
+pub use logging::init as init_logging;
+pub use shutdown::signal as shutdown_signal;
 
 use crate::{
     api_keys::ApiKeys,
-    auth::Verifier,
     bus::{
         Bus, Inbound,
         memory::MemoryBus,

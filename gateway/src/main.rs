@@ -2,7 +2,7 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use roomcast_gateway::{Config, Gateway, auth::dev_secret_path, logging, shutdown};
+use roomcast_gateway::{Config, Gateway, Verifier, dev_secret_path, init_logging, shutdown_signal};
 
 fn main() -> ExitCode {
     let config = match Config::from_env_and_args() {
@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     if let Some(who) = config.print_token.clone() {
         return print_token(&config, &who);
     }
-    logging::init(&config);
+    init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         if let Some(keys) = dev {
             print_dev_banner(&gateway, &keys);
         }
-        match gateway.run(shutdown::signal()).await {
+        match gateway.run(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("roomcast-gateway: {e}");
@@ -55,7 +55,7 @@ fn print_token(config: &Config, who: &str) -> ExitCode {
         eprintln!("roomcast-gateway: --print-token: expected TENANT/USER, e.g. demo/ada");
         return ExitCode::from(2);
     };
-    let verifier = match roomcast_gateway::auth::Verifier::from_config(config) {
+    let verifier = match Verifier::from_config(config) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("roomcast-gateway: {e}");

@@ -40,12 +40,8 @@ impl<T: Ord + Clone> DeadlineQueue<T> {
         self.lock().remove(&(at, item.clone()))
     }
 
-    /// Number of scheduled items.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
     /// Whether nothing is scheduled.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }

@@ -97,11 +97,13 @@ impl Indicators {
     }
 
     /// Indicators currently shown.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.shown.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Whether no indicator is shown.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -56,6 +56,7 @@ impl MemoryBus {
     }
 
     /// Number of subscribed rooms.
+    #[cfg(test)]
     pub fn subscription_count(&self) -> usize {
         self.lock().len()
     }
