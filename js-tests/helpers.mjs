@@ -190,25 +190,37 @@ export async function eventually(check, what, ms = WAIT_MS) {
   }
 }
 
-/** Starts redis-server on a free port; `stop()` kills it. */
+/**
+ * Starts redis-server on a free port; `stop()` kills it. redis-server cannot bind port 0 and
+ * report it, so the port is one that was free a moment ago: if another process took it
+ * meanwhile, the server exits (or another server answers) and another port is tried.
+ */
 export async function startRedis() {
-  const port = await freePort();
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: "ignore",
-  });
-  const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args], { encoding: "utf8" }).trim();
-  await eventually(() => {
-    try {
-      return cli("PING") === "PONG";
-    } catch {
-      return false;
-    }
-  }, "redis-server");
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    cli,
-    stop() {
-      child.kill("SIGKILL");
-    },
-  };
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const port = await freePort();
+    const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+      stdio: "ignore",
+    });
+    let exited = false;
+    child.once("exit", () => (exited = true));
+    const cli = (...args) => execFileSync("redis-cli", ["-p", String(port), ...args], { encoding: "utf8" }).trim();
+    const ours = await eventually(() => {
+      if (exited) return "exited";
+      try {
+        // This process answering, not another server that took the port.
+        return cli("INFO", "server").split(/\r?\n/).includes(`process_id:${child.pid}`) && "ours";
+      } catch {
+        return false;
+      }
+    }, "redis-server");
+    if (ours !== "ours") continue;
+    return {
+      url: `redis://127.0.0.1:${port}`,
+      cli,
+      stop() {
+        child.kill("SIGKILL");
+      },
+    };
+  }
+  throw new Error("redis-server could not bind any of 10 free ports");
 }

@@ -60,13 +60,14 @@ use tokio::{net::TcpListener, sync::watch, time::Instant};
 pub use auth::{Verifier, dev_secret_path};
 pub use config::{Config, ConfigError};
 pub use logging::init as init_logging;
+pub use roomcast_publisher::wire::HistoryPolicy;
 pub use shutdown::signal as shutdown_signal;
 
 use crate::{
     api_keys::ApiKeys,
     bus::{
         Bus, Inbound,
-        memory::MemoryBus,
+        memory::Hub,
         redis::{RedisBus, RedisSettings},
     },
     config::{Secret, env},
@@ -110,6 +111,55 @@ struct Stores {
     receive: Box<dyn FnOnce(Arc<dyn Inbound>) + Send>,
 }
 
+/// Gateways in one process sharing an in-memory bus, history and presence: they behave as
+/// replicas sharing Redis do, without Redis. A single node is a cluster of one; several serve
+/// tests of cluster semantics that run in seconds (Redis behaviour itself is tested against
+/// real servers) and applications embedding several gateways. Create it inside a Tokio runtime.
+#[derive(Debug, Clone)]
+pub struct LocalCluster {
+    hub: Arc<Hub>,
+    history: Option<Arc<MemoryHistory>>,
+    presence: Arc<MemoryPresence>,
+}
+
+impl LocalCluster {
+    /// A cluster with no gateways yet, keeping `history` (`None`: no history, no recovery).
+    pub fn new(history: Option<HistoryPolicy>) -> LocalCluster {
+        let history = history.map(|policy| Arc::new(MemoryHistory::new(policy)));
+        if let Some(history) = &history {
+            let history = Arc::downgrade(history);
+            // Rooms idle longer than their offsets would live in Redis are forgotten.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    let Some(history) = history.upgrade() else { break };
+                    history.forget_idle(roomcast_publisher::wire::META_TTL);
+                }
+            });
+        }
+        let hub = Hub::new(history.clone());
+        // Presence is announced from a node of its own, with no rooms.
+        let presence = Arc::new(MemoryPresence::new(Arc::new(hub.node().0)));
+        LocalCluster { hub, history, presence }
+    }
+
+    /// Gateways of this cluster with members in `room` (each subscribes while it has some).
+    pub fn subscribers(&self, room: &str) -> usize {
+        self.hub.subscribers(room)
+    }
+
+    fn node(&self) -> Stores {
+        let (bus, receiving) = self.hub.node();
+        Stores {
+            bus: Arc::new(bus),
+            history: self.history.clone().map(|h| h as Arc<dyn History>),
+            presence: self.presence.clone(),
+            receive: Box::new(|inbound| receiving.run(inbound)),
+        }
+    }
+}
+
 /// A gateway whose listeners are bound; [`Gateway::run`] serves them.
 #[derive(Debug)]
 pub struct Gateway {
@@ -125,6 +175,19 @@ pub struct Gateway {
 impl Gateway {
     /// Validates `config`, loads the keys, builds the Socket.IO server and binds both listeners.
     pub async fn bind(config: Config) -> Result<Gateway, StartError> {
+        Self::bind_to(config, None).await
+    }
+
+    /// Like [`Gateway::bind`], as one node of `cluster` instead of a single node (or Redis,
+    /// which `config` must not name).
+    pub async fn bind_local(config: Config, cluster: &LocalCluster) -> Result<Gateway, StartError> {
+        if config.redis_url.is_some() {
+            return Err(ConfigError::new(env::REDIS_URL, "a gateway of a LocalCluster does not use Redis").into());
+        }
+        Self::bind_to(config, Some(cluster)).await
+    }
+
+    async fn bind_to(config: Config, cluster: Option<&LocalCluster>) -> Result<Gateway, StartError> {
         config.validate()?;
         let verifier = Verifier::from_config(&config)?;
         let mut origins = match config.cors_allow_list()? {
@@ -170,31 +233,13 @@ impl Gateway {
                     receive: Box::new(|inbound| receiving.run(inbound)),
                 }
             }
-            None => {
-                tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
-                let history = config.history().map(|policy| Arc::new(MemoryHistory::new(policy)));
-                if let Some(history) = &history {
-                    let history = Arc::downgrade(history);
-                    // Rooms idle longer than their offsets would live in Redis are forgotten.
-                    tokio::spawn(async move {
-                        let mut tick = tokio::time::interval(Duration::from_secs(3600));
-                        loop {
-                            tick.tick().await;
-                            let Some(history) = history.upgrade() else { break };
-                            history.forget_idle(roomcast_publisher::wire::META_TTL);
-                        }
-                    });
+            None => match cluster {
+                Some(cluster) => cluster.node(),
+                None => {
+                    tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
+                    LocalCluster::new(config.history()).node()
                 }
-                let (bus, receiving) = MemoryBus::new(history.clone());
-                let bus: Arc<dyn Bus> = Arc::new(bus);
-                let history = history.map(|h| h as Arc<dyn History>);
-                Stores {
-                    bus: bus.clone(),
-                    history,
-                    presence: Arc::new(MemoryPresence::new(bus)),
-                    receive: Box::new(|inbound| receiving.run(inbound)),
-                }
-            }
+            },
         };
         tracing::info!(node = %node_id, "replica id");
         let membership = Arc::new(Membership::new(bus.clone()));

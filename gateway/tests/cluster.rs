@@ -15,18 +15,6 @@ fn channel(room: &str) -> String {
     format!("roomcast:{{{room}}}")
 }
 
-/// Starts `n` replicas on `redis_url`.
-async fn replicas(n: usize, redis_url: &str) -> Vec<Replica> {
-    let mut all = Vec::new();
-    for _ in 0..n {
-        all.push(Replica::spawn(Some(redis_url), &[]).await);
-    }
-    for r in &all {
-        eventually(WAIT, "replica ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
-    }
-    all
-}
-
 async fn join(c: &Client, payload: Value) {
     let ack = c.request("join", payload.clone()).await;
     assert_eq!(ack["ok"], true, "join {payload}: {ack}");
@@ -46,7 +34,7 @@ async fn drain(c: &Client, marker: u64) {
 #[tokio::test]
 async fn an_sdk_publish_reaches_exactly_the_right_sockets_on_every_replica_once() {
     let redis = RedisServer::start();
-    let rs = replicas(3, &redis.url()).await;
+    let rs = Replica::ready(3, &redis.url(), &[]).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
 
     let mut project = Vec::new();
@@ -109,7 +97,7 @@ async fn an_sdk_publish_reaches_exactly_the_right_sockets_on_every_replica_once(
 #[tokio::test]
 async fn each_replica_receives_only_the_rooms_it_has_members_in() {
     let redis = RedisServer::start();
-    let rs = replicas(3, &redis.url()).await;
+    let rs = Replica::ready(3, &redis.url(), &[]).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     // Replica 0 hosts project p1, replica 1 project p2, replica 2 only plain connections.
     let p1 = rs[0].connect_user("t1", "u0").await;
@@ -155,7 +143,7 @@ async fn each_replica_receives_only_the_rooms_it_has_members_in() {
 #[tokio::test]
 async fn subscriptions_follow_membership_across_replicas() {
     let redis = RedisServer::start();
-    let rs = replicas(2, &redis.url()).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let ch = channel("tenant:t1:project:p1");
     let subscribers = |n: u64| {
         let (port, ch) = (redis.port, ch.clone());
@@ -192,7 +180,7 @@ async fn c_leave(c: &Client) -> bool {
 #[tokio::test]
 async fn an_http_publish_is_delivered_once_on_the_replica_that_took_it() {
     let redis = RedisServer::start();
-    let rs = replicas(2, &redis.url()).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let here = rs[0].connect_user("t1", "here").await;
     let there = rs[1].connect_user("t1", "there").await;
     for c in [&here, &there] {
@@ -223,7 +211,7 @@ async fn an_http_publish_is_delivered_once_on_the_replica_that_took_it() {
 #[tokio::test]
 async fn when_redis_restarts_replicas_report_it_keep_local_delivery_and_resume() {
     let mut redis = RedisServer::start();
-    let rs = replicas(2, &redis.url()).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let a = rs[0].connect_user("t1", "a").await;
     let a_peer = rs[0].connect_user("t1", "a-peer").await;
     let b = rs[1].connect_user("t1", "b").await;
@@ -281,7 +269,7 @@ async fn when_redis_restarts_replicas_report_it_keep_local_delivery_and_resume()
 #[tokio::test]
 async fn malformed_and_forbidden_envelopes_from_publishers_are_dropped_and_counted() {
     let redis = RedisServer::start();
-    let rs = replicas(1, &redis.url()).await;
+    let rs = Replica::ready(1, &redis.url(), &[]).await;
     let c = rs[0].connect_user("t1", "u").await;
     let ch = channel("tenant:t1");
     eventually(WAIT, "subscription", || async { (numsub(redis.port, &ch) == 1).then_some(()) }).await;
@@ -318,7 +306,7 @@ async fn malformed_and_forbidden_envelopes_from_publishers_are_dropped_and_count
 #[tokio::test]
 async fn the_redis_cli_example_in_protocol_md_is_delivered() {
     let redis = RedisServer::start();
-    let rs = replicas(1, &redis.url()).await;
+    let rs = Replica::ready(1, &redis.url(), &[]).await;
     let mut all = claims("acme", "u");
     all["projects"] = json!(["p1"]);
     let c = Client::connect(rs[0].addr, Connect::token(&token(&all))).await.unwrap();
@@ -369,7 +357,7 @@ async fn the_redis_cli_example_in_protocol_md_is_delivered() {
 #[tokio::test]
 async fn an_sdk_typing_indicator_reaches_the_channel_but_not_the_typists_own_sockets() {
     let redis = RedisServer::start();
-    let rs = replicas(2, &redis.url()).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     let watcher = rs[0].connect_user("t1", "watcher").await;
     let watcher2 = rs[1].connect_user("t1", "watcher2").await;
@@ -423,7 +411,7 @@ async fn the_sdk_refuses_bad_input_before_it_reaches_redis() {
 async fn a_redis_cluster_uses_sharded_pubsub_and_survives_a_master_restart() {
     let mut cluster = RedisCluster::start();
     let url = cluster.url();
-    let rs = replicas(2, &url).await;
+    let rs = Replica::ready(2, &url, &[]).await;
     let publisher = Publisher::connect(&url).await.unwrap();
     let a = rs[0].connect_user("t1", "a").await;
     let b = rs[1].connect_user("t1", "b").await;

@@ -11,16 +11,6 @@ use common::{redis::*, replica::*, *};
 use roomcast_publisher::Publisher;
 use serde_json::{Value, json};
 
-async fn cluster(n: usize, redis: &RedisServer, env: &[(&str, &str)]) -> Vec<Replica> {
-    let mut all = Vec::new();
-    for _ in 0..n {
-        let r = Replica::spawn(Some(&redis.url()), env).await;
-        eventually(WAIT, "ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
-        all.push(r);
-    }
-    all
-}
-
 async fn member(r: &Replica, user: &str, room: Value) -> Client {
     let c = r.connect_user("t1", user).await;
     assert_eq!(c.request("join", room.clone()).await["ok"], true, "{user} joins {room}");
@@ -74,7 +64,7 @@ const P1: fn() -> Value = || json!({ "project": "p1" });
 #[tokio::test]
 async fn tabs_on_two_replicas_make_one_join_and_one_leave() {
     let redis = RedisServer::start();
-    let rs = cluster(2, &redis, &[("ROOMCAST_PRESENCE_GRACE", "300ms")]).await;
+    let rs = Replica::ready(2, &redis.url(), &[("ROOMCAST_PRESENCE_GRACE", "300ms")]).await;
     let observer = member(&rs[0], "observer", P1()).await;
     // Members see their own join too.
     assert_eq!(users(vec![observer.next("presence:join").await]), ["observer"]);
@@ -108,7 +98,7 @@ async fn tabs_on_two_replicas_make_one_join_and_one_leave() {
 async fn a_reload_within_the_grace_period_is_neither_a_leave_nor_a_join() {
     let redis = RedisServer::start();
     let grace = Duration::from_millis(1500);
-    let rs = cluster(2, &redis, &[("ROOMCAST_PRESENCE_GRACE", "1500ms")]).await;
+    let rs = Replica::ready(2, &redis.url(), &[("ROOMCAST_PRESENCE_GRACE", "1500ms")]).await;
     let observer = member(&rs[0], "observer", P1()).await;
     assert_eq!(users(vec![observer.next("presence:join").await]), ["observer"]);
     let ada = member(&rs[0], "ada", P1()).await;
@@ -134,7 +124,7 @@ async fn a_reload_within_the_grace_period_is_neither_a_leave_nor_a_join() {
 #[tokio::test]
 async fn status_updates_reach_every_member_and_the_list() {
     let redis = RedisServer::start();
-    let rs = cluster(2, &redis, &[]).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let observer = member(&rs[1], "observer", P1()).await;
     let ada = member(&rs[0], "ada", P1()).await;
     observer.next("presence:join").await;
@@ -200,7 +190,7 @@ async fn presence_lists_are_authorized_paginated_and_validated() {
 async fn a_killed_replica_s_users_leave_within_the_bound_and_users_connected_elsewhere_stay() {
     let redis = RedisServer::start();
     // Default lease settings: what a user of Roomcast gets.
-    let mut rs = cluster(2, &redis, &[]).await;
+    let mut rs = Replica::ready(2, &redis.url(), &[]).await;
     let observer = member(&rs[1], "observer", P1()).await;
     let _gone1 = member(&rs[0], "gone1", P1()).await;
     let _gone2 = member(&rs[0], "gone2", P1()).await;
@@ -231,7 +221,7 @@ async fn a_killed_replica_s_users_leave_within_the_bound_and_users_connected_els
 #[tokio::test]
 async fn a_replica_restores_its_presence_after_redis_loses_it() {
     let mut redis = RedisServer::start();
-    let rs = cluster(1, &redis, &[("ROOMCAST_PRESENCE_LEASE_TTL", "3s")]).await;
+    let rs = Replica::ready(1, &redis.url(), &[("ROOMCAST_PRESENCE_LEASE_TTL", "3s")]).await;
     let observer = member(&rs[0], "observer", P1()).await;
     let _ada = member(&rs[0], "ada", P1()).await;
     wait_listed(&observer, P1(), &[("ada", 1), ("observer", 1)]).await;
@@ -248,7 +238,7 @@ const C1: fn() -> Value = || json!({ "channel": "c1" });
 #[tokio::test]
 async fn typing_crosses_replicas_skips_the_typists_tabs_and_stops_on_disconnect() {
     let redis = RedisServer::start();
-    let rs = cluster(2, &redis, &[]).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let bob = member(&rs[1], "bob", C1()).await;
     let ada = member(&rs[0], "ada", C1()).await;
     let ada_tab = member(&rs[1], "ada", C1()).await;
@@ -271,7 +261,7 @@ async fn typing_crosses_replicas_skips_the_typists_tabs_and_stops_on_disconnect(
 async fn an_unrefreshed_indicator_turns_off_after_the_ttl_even_if_its_replica_died() {
     let redis = RedisServer::start();
     let env = [("ROOMCAST_TYPING_TTL", "1500ms"), ("ROOMCAST_TYPING_THROTTLE", "500ms")];
-    let mut rs = cluster(2, &redis, &env).await;
+    let mut rs = Replica::ready(2, &redis.url(), &env).await;
     let bob = member(&rs[1], "bob", C1()).await;
     let ada = member(&rs[0], "ada", C1()).await;
     eventually(WAIT, "subscriptions", || async {
@@ -303,7 +293,7 @@ async fn an_unrefreshed_indicator_turns_off_after_the_ttl_even_if_its_replica_di
 #[tokio::test]
 async fn repeated_typing_is_throttled_but_changes_go_out_at_once() {
     let redis = RedisServer::start();
-    let rs = cluster(2, &redis, &[("ROOMCAST_TYPING_THROTTLE", "1s")]).await;
+    let rs = Replica::ready(2, &redis.url(), &[("ROOMCAST_TYPING_THROTTLE", "1s")]).await;
     let bob = member(&rs[1], "bob", C1()).await;
     let ada = member(&rs[0], "ada", C1()).await;
     eventually(WAIT, "subscriptions", || async {
@@ -343,7 +333,8 @@ async fn repeated_typing_is_throttled_but_changes_go_out_at_once() {
 #[tokio::test]
 async fn a_bots_typing_from_the_sdk_follows_the_same_ttl() {
     let redis = RedisServer::start();
-    let rs = cluster(1, &redis, &[("ROOMCAST_TYPING_TTL", "1s"), ("ROOMCAST_TYPING_THROTTLE", "300ms")]).await;
+    let rs =
+        Replica::ready(1, &redis.url(), &[("ROOMCAST_TYPING_TTL", "1s"), ("ROOMCAST_TYPING_THROTTLE", "300ms")]).await;
     let bob = member(&rs[0], "bob", C1()).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     publisher.typing("t1", "c1", "assistant", true).await.unwrap();

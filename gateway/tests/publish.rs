@@ -31,10 +31,6 @@ async fn post(gw: &TestGateway, key: Option<&str>, body: &str) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error: {body}"))
-}
-
 #[tokio::test]
 async fn an_http_publish_reaches_the_rooms_members_with_meta_and_a_receipt() {
     let gw = gateway().await;

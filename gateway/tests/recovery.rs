@@ -145,16 +145,6 @@ fn publish_steadily(publisher: Publisher, count: u64, every: Duration) -> tokio:
     })
 }
 
-async fn ready(redis: &RedisServer, n: usize) -> Vec<Replica> {
-    let mut rs = Vec::new();
-    for _ in 0..n {
-        let r = Replica::spawn(Some(&redis.url()), &[]).await;
-        eventually(WAIT, "ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
-        rs.push(r);
-    }
-    rs
-}
-
 fn report(scenario: &str, published: u64, followers: &[(String, Outcome)]) {
     for (name, o) in followers {
         eprintln!(
@@ -173,7 +163,7 @@ fn assert_exactly_once(published: u64, followers: &[(String, Outcome)]) {
 #[tokio::test]
 async fn clients_hopping_between_replicas_lose_nothing() {
     let redis = RedisServer::start();
-    let rs = ready(&redis, 3).await;
+    let rs = Replica::ready(3, &redis.url(), &[]).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     let mut followers = vec![
         Follower::start("hopper-a", rs[0].addr).await,
@@ -203,7 +193,7 @@ async fn clients_hopping_between_replicas_lose_nothing() {
 #[tokio::test]
 async fn clients_of_a_killed_replica_recover_everything_elsewhere() {
     let redis = RedisServer::start();
-    let mut rs = ready(&redis, 2).await;
+    let mut rs = Replica::ready(2, &redis.url(), &[]).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     let mut victims =
         vec![Follower::start("victim-1", rs[0].addr).await, Follower::start("victim-2", rs[0].addr).await];
@@ -230,7 +220,7 @@ async fn clients_of_a_killed_replica_recover_everything_elsewhere() {
 #[tokio::test]
 async fn a_killed_subscriber_connection_is_caught_up_from_history() {
     let redis = RedisServer::start();
-    let rs = ready(&redis, 2).await;
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     let mut followers = vec![Follower::start("on-0", rs[0].addr).await, Follower::start("on-1", rs[1].addr).await];
     let count = 400;
@@ -259,7 +249,7 @@ async fn a_killed_subscriber_connection_is_caught_up_from_history() {
 #[tokio::test]
 async fn a_gap_larger_than_history_is_reported_not_papered_over() {
     let redis = RedisServer::start();
-    let rs = ready(&redis, 1).await;
+    let rs = Replica::ready(1, &redis.url(), &[]).await;
     let history = HistoryPolicy { size: 100, ttl: Duration::from_secs(300) };
     let publisher = Publisher::connect(&redis.url()).await.unwrap().with_history(history);
     let f = Follower::start("away", rs[0].addr).await;
@@ -288,7 +278,7 @@ async fn a_gap_larger_than_history_is_reported_not_papered_over() {
 #[tokio::test]
 async fn a_redis_restart_without_persistence_changes_the_epoch() {
     let mut redis = RedisServer::start();
-    let rs = ready(&redis, 1).await;
+    let rs = Replica::ready(1, &redis.url(), &[]).await;
     let f = Follower::start("before", rs[0].addr).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     publisher.project("t1", "p1").emit("tick", &json!({ "n": 0 })).await.unwrap();

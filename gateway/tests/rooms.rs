@@ -5,11 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
-
-fn code(ack: &Value) -> &str {
-    ack["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error ack: {ack}"))
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn a_socket_joins_and_leaves_the_rooms_its_token_allows() {

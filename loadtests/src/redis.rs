@@ -16,8 +16,19 @@ pub struct PrivateRedis {
 }
 
 impl PrivateRedis {
-    /// Starts `redis-server` on a free loopback port, without persistence.
+    /// Starts `redis-server` on a free loopback port, without persistence. The port is one the
+    /// OS said was free a moment ago (redis-server cannot bind port 0 and report it): if another
+    /// process took it meanwhile, another is tried.
     pub fn start() -> anyhow::Result<PrivateRedis> {
+        for _ in 0..10 {
+            if let Some(redis) = Self::try_start()? {
+                return Ok(redis);
+            }
+        }
+        bail!("redis-server could not bind any of 10 free ports")
+    }
+
+    fn try_start() -> anyhow::Result<Option<PrivateRedis>> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = std::env::temp_dir().join(format!("roomcast-loadtest-redis-{port}"));
         std::fs::create_dir_all(&dir)?;
@@ -29,15 +40,22 @@ impl PrivateRedis {
             .stderr(Stdio::null())
             .spawn()
             .context("starting redis-server (is it on the PATH?)")?;
-        let redis = PrivateRedis { port, child, _dir: dir };
+        let pid = child.id();
+        let mut redis = PrivateRedis { port, child, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.cli(&["PING"]).as_deref() != Some("PONG") {
+        // This process answering, not another server that took the port.
+        let ours =
+            |info: Option<String>| info.is_some_and(|i| i.lines().any(|l| l.trim() == format!("process_id:{pid}")));
+        while !ours(redis.cli(&["INFO", "server"])) {
+            if redis.child.try_wait()?.is_some() {
+                return Ok(None);
+            }
             if Instant::now() > deadline {
                 bail!("redis-server did not answer on port {port}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(redis)
+        Ok(Some(redis))
     }
 
     /// `redis://127.0.0.1:port`.

@@ -1,9 +1,10 @@
-//! The single-node bus: every member is local, so subscriptions are a set in memory and a
-//! publish is a direct delivery.
+//! The in-memory bus: a hub delivering publishes to the gateways of this process whose rooms
+//! have members. One gateway on its own hub is the single node; several gateways on one hub
+//! ([`crate::LocalCluster`]) behave as replicas sharing Redis would, without Redis.
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
 };
 
 use crate::envelope::Envelope;
@@ -15,76 +16,85 @@ use crate::history::memory::MemoryHistory;
 /// Publish calls waiting for the delivery task; a publisher beyond that waits its turn.
 const QUEUE: usize = 1024;
 
-/// One publish call: its envelopes with the replicas each reached, and where to answer.
+/// One publish call: its envelopes with the nodes each reached, and where to answer.
 struct Batch {
-    envelopes: Vec<(Envelope, u64)>,
+    envelopes: Vec<(Envelope, Vec<usize>)>,
     done: oneshot::Sender<Vec<Published>>,
 }
 
-/// In-memory bus for a single replica.
-#[derive(Debug)]
-pub struct MemoryBus {
-    /// Rooms with local members; the only rooms a publish is delivered to.
-    subscribed: Mutex<HashSet<String>>,
-    /// To the delivery task, which owns the order of appends and deliveries.
-    queue: mpsc::Sender<Batch>,
+/// One gateway on the hub.
+#[derive(Default)]
+struct Node {
+    /// Rooms with members on this node; the only rooms a publish is delivered to here.
+    subscribed: HashSet<String>,
+    /// Where this node's deliveries go, once it receives. Weak: the gateway owns its delivery,
+    /// and a gateway that is gone just stops receiving.
+    inbound: Option<Weak<dyn Inbound>>,
 }
 
-/// The memory bus's delivery task, started with [`MemoryDelivery::run`].
-pub struct MemoryDelivery {
-    queue: mpsc::Receiver<Batch>,
+/// The nodes of one in-memory bus and the history they share.
+pub struct Hub {
+    nodes: Mutex<Vec<Node>>,
+    /// To the delivery task, which owns the order of appends and deliveries.
+    queue: mpsc::Sender<Batch>,
+    /// Taken by the first node that starts receiving, which spawns the delivery task.
+    receiver: Mutex<Option<mpsc::Receiver<Batch>>>,
     history: Option<Arc<MemoryHistory>>,
 }
 
-impl std::fmt::Debug for MemoryDelivery {
+impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryDelivery").field("history", &self.history).finish_non_exhaustive()
+        f.debug_struct("Hub").field("history", &self.history).finish_non_exhaustive()
     }
 }
 
-impl MemoryBus {
-    /// A bus with no subscriptions, keeping events in `history` (if any); publishes are
-    /// delivered once the returned task runs.
-    pub fn new(history: Option<Arc<MemoryHistory>>) -> (Self, MemoryDelivery) {
+impl Hub {
+    /// A hub with no nodes, keeping events in `history` (if any).
+    pub fn new(history: Option<Arc<MemoryHistory>>) -> Arc<Hub> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (MemoryBus { subscribed: Mutex::new(HashSet::new()), queue: tx }, MemoryDelivery { queue: rx, history })
+        Arc::new(Hub { nodes: Mutex::new(Vec::new()), queue: tx, receiver: Mutex::new(Some(rx)), history })
     }
 
-    /// Whether `room` is subscribed.
-    pub fn is_subscribed(&self, room: &str) -> bool {
-        self.lock().contains(room)
+    /// A new node: its bus, and its receiving side to start with [`MemoryDelivery::run`].
+    pub fn node(self: &Arc<Self>) -> (MemoryBus, MemoryDelivery) {
+        let node = {
+            let mut nodes = self.lock();
+            nodes.push(Node::default());
+            nodes.len() - 1
+        };
+        (MemoryBus { hub: self.clone(), node }, MemoryDelivery { hub: self.clone(), node })
     }
 
-    /// Number of subscribed rooms.
-    #[cfg(test)]
-    pub fn subscription_count(&self) -> usize {
-        self.lock().len()
+    /// Nodes subscribed to `room`.
+    pub fn subscribers(&self, room: &str) -> usize {
+        self.lock().iter().filter(|n| n.subscribed.contains(room)).count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.subscribed.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl MemoryDelivery {
-    /// Starts the task that appends each published event to history and delivers it to
-    /// `inbound`, one publish at a time, so a room's events are delivered in offset order even
-    /// when published concurrently. It ends when the bus is dropped.
-    pub fn run(self, inbound: Arc<dyn Inbound>) {
-        tokio::spawn(self.deliver(inbound));
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Node>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn deliver(mut self, inbound: Arc<dyn Inbound>) {
-        while let Some(Batch { envelopes, done }) = self.queue.recv().await {
+    /// Appends each published event to history and delivers it to the nodes it reached, one
+    /// publish at a time, so a room's events are delivered in offset order everywhere even when
+    /// published concurrently. Ends when every handle on the hub is gone.
+    async fn deliver(self: Arc<Self>, mut queue: mpsc::Receiver<Batch>) {
+        let hub = Arc::downgrade(&self);
+        drop(self);
+        while let Some(Batch { envelopes, done }) = queue.recv().await {
+            let Some(hub) = hub.upgrade() else { break };
             let mut published = Vec::with_capacity(envelopes.len());
-            for (mut envelope, replicas) in envelopes {
-                let mut receipt = Published { replicas, offset: None, epoch: None };
-                if let (Envelope::Event(event), Some(history)) = (&mut envelope, &self.history) {
+            for (mut envelope, reached) in envelopes {
+                let mut receipt = Published { replicas: reached.len() as u64, offset: None, epoch: None };
+                if let (Envelope::Event(event), Some(history)) = (&mut envelope, &hub.history) {
                     history.append(event);
                     receipt.offset = event.offset;
                     receipt.epoch = event.epoch.clone();
                 }
-                if replicas == 1 {
+                let inbounds: Vec<_> = {
+                    let nodes = hub.lock();
+                    reached.iter().filter_map(|&n| nodes[n].inbound.as_ref().and_then(Weak::upgrade)).collect()
+                };
+                for inbound in inbounds {
                     inbound.deliver(&envelope).await;
                 }
                 published.push(receipt);
@@ -95,27 +105,81 @@ impl MemoryDelivery {
     }
 }
 
+/// One node's handle on an in-memory [`Hub`].
+#[derive(Debug)]
+pub struct MemoryBus {
+    hub: Arc<Hub>,
+    node: usize,
+}
+
+/// A node's receiving side, started with [`MemoryDelivery::run`].
+#[derive(Debug)]
+pub struct MemoryDelivery {
+    hub: Arc<Hub>,
+    node: usize,
+}
+
+impl MemoryBus {
+    /// The bus of a single node: a hub of its own, keeping events in `history` (if any);
+    /// publishes are delivered once the returned side runs.
+    #[cfg(test)]
+    pub fn new(history: Option<Arc<MemoryHistory>>) -> (Self, MemoryDelivery) {
+        Hub::new(history).node()
+    }
+
+    /// Whether `room` is subscribed on this node.
+    #[cfg(test)]
+    pub fn is_subscribed(&self, room: &str) -> bool {
+        self.hub.lock()[self.node].subscribed.contains(room)
+    }
+
+    /// Number of subscribed rooms.
+    #[cfg(test)]
+    pub fn subscription_count(&self) -> usize {
+        self.hub.lock()[self.node].subscribed.len()
+    }
+
+    fn subscribed<T>(&self, f: impl FnOnce(&mut HashSet<String>) -> T) -> T {
+        f(&mut self.hub.lock()[self.node].subscribed)
+    }
+}
+
+impl MemoryDelivery {
+    /// Delivers this node's publishes to `inbound` from now on (it is held weakly: the caller
+    /// keeps it alive). The first node to run starts the hub's delivery task.
+    pub fn run(self, inbound: Arc<dyn Inbound>) {
+        self.hub.lock()[self.node].inbound = Some(Arc::downgrade(&inbound));
+        let receiver = self.hub.receiver.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(receiver) = receiver {
+            tokio::spawn(self.hub.clone().deliver(receiver));
+        }
+    }
+}
+
 impl Bus for MemoryBus {
     fn subscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>> {
-        self.lock().insert(room.to_owned());
+        self.subscribed(|rooms| rooms.insert(room.to_owned()));
         Box::pin(async { Ok(()) })
     }
 
     fn unsubscribe(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>> {
-        self.lock().remove(room);
+        self.subscribed(|rooms| rooms.remove(room));
         Box::pin(async { Ok(()) })
     }
 
     fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
         // Who is subscribed is decided when the call is made, as Redis decides at PUBLISH.
-        let envelopes: Vec<(Envelope, u64)> = envelopes
-            .into_iter()
-            .map(|e| {
-                let reached = u64::from(self.is_subscribed(e.room()));
-                (e, reached)
-            })
-            .collect();
-        let queue = self.queue.clone();
+        let envelopes: Vec<(Envelope, Vec<usize>)> = {
+            let nodes = self.hub.lock();
+            envelopes
+                .into_iter()
+                .map(|e| {
+                    let reached = (0..nodes.len()).filter(|&n| nodes[n].subscribed.contains(e.room())).collect();
+                    (e, reached)
+                })
+                .collect()
+        };
+        let queue = self.hub.queue.clone();
         Box::pin(async move {
             let stopped = || BusError::Unavailable("the delivery task stopped".into());
             let (done, receipts) = oneshot::channel();

@@ -17,7 +17,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -225,8 +225,10 @@ impl std::fmt::Debug for RedisDelivery {
 
 impl RedisDelivery {
     /// Starts applying subscriptions and reporting messages to `inbound`, for the bus's life.
+    /// `inbound` is held weakly: the gateway owns its delivery, and the tasks do not keep it.
     pub fn run(self, inbound: Arc<dyn Inbound>) {
         let RedisDelivery { subscriber, link, keys, clustered, in_sync, ops, reconnects, messages } = self;
+        let inbound = Arc::downgrade(&inbound);
         let subscriptions = Subscriptions {
             subscriber,
             inbound: inbound.clone(),
@@ -361,10 +363,13 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
 async fn receive(
     mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     keys: Keys,
-    inbound: Arc<dyn Inbound>,
+    inbound: Weak<dyn Inbound>,
 ) {
     loop {
-        match messages.recv().await {
+        let received = messages.recv().await;
+        // The gateway is gone: nobody to deliver to.
+        let Some(inbound) = inbound.upgrade() else { break };
+        match received {
             Ok(message) => {
                 metrics::bus_received();
                 let Some(room) = keys.room_of_channel(&message.channel) else {
@@ -394,8 +399,8 @@ async fn receive(
 /// The subscription state, owned by one task so changes apply in order.
 struct Subscriptions {
     subscriber: Client,
-    /// Catches rooms up from history once their subscription is back.
-    inbound: Arc<dyn Inbound>,
+    /// Catches rooms up from history once their subscription is back (weak: see `run`).
+    inbound: Weak<dyn Inbound>,
     link: Arc<Link>,
     keys: Keys,
     clustered: bool,
@@ -410,6 +415,14 @@ struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// [`Inbound::hold`], while the gateway exists.
+    async fn hold(&self, wanted: &(dyn Fn(&str) -> bool + Send + Sync), seeding: bool) -> Vec<String> {
+        match self.inbound.upgrade() {
+            Some(inbound) => inbound.hold(wanted, seeding).await,
+            None => Vec::new(),
+        }
+    }
+
     async fn run(
         mut self,
         mut ops: mpsc::UnboundedReceiver<Op>,
@@ -560,7 +573,7 @@ impl Subscriptions {
         self.in_sync.store(false, Ordering::Release);
         // Live events of rooms delivered before are held from the moment they are resubscribed
         // until what was published while the subscription was down has been replayed.
-        let held = self.inbound.hold(&|_| true, false).await;
+        let held = self.hold(&|_| true, false).await;
         self.awaiting.extend(held);
         let rooms: Vec<String> = self.wanted.iter().cloned().collect();
         // The connection event itself says the link is up, whatever the monitor task has recorded yet.
@@ -585,7 +598,7 @@ impl Subscriptions {
         // What was published while these rooms were not subscribed is read from history once
         // they are (as after a reconnect), not only when a later event reveals the gap.
         let wanted: HashSet<&str> = sub.iter().map(String::as_str).collect();
-        let held = self.inbound.hold(&|room| wanted.contains(room), false).await;
+        let held = self.hold(&|room| wanted.contains(room), false).await;
         self.awaiting.extend(held);
         let mut failed = self.send(&sub, true, false).await;
         self.catch_up_confirmed(&sub, &failed).await;
@@ -602,9 +615,11 @@ impl Subscriptions {
     /// are released (their catch-up drops them).
     async fn catch_up_confirmed(&mut self, sent: &[String], failed: &HashMap<String, BusError>) {
         let confirmed: HashSet<&str> = sent.iter().map(String::as_str).filter(|r| !failed.contains_key(*r)).collect();
-        let mut ready = self.inbound.hold(&|room| confirmed.contains(room), true).await;
+        let mut ready = self.hold(&|room| confirmed.contains(room), true).await;
         let wanted = &self.wanted;
         ready.extend(self.awaiting.extract_if(|room| confirmed.contains(room.as_str()) || !wanted.contains(room)));
-        self.inbound.catch_up(ready);
+        if let Some(inbound) = self.inbound.upgrade() {
+            inbound.catch_up(ready);
+        }
     }
 }

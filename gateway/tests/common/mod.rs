@@ -9,7 +9,7 @@ pub mod replica;
 use std::{net::SocketAddr, time::Duration};
 
 use jsonwebtoken::{EncodingKey, Header};
-use roomcast_gateway::{Config, Gateway};
+use roomcast_gateway::{Config, Gateway, LocalCluster};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -59,11 +59,24 @@ impl TestGateway {
 
     /// Like [`TestGateway::start`], with `configure` applied to the config first.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestGateway {
+        Self::start_in(None, configure).await
+    }
+
+    /// A gateway of `cluster` (see [`LocalCluster`]), with `configure` applied to the config.
+    pub async fn start_local(cluster: &LocalCluster, configure: impl FnOnce(&mut Config)) -> TestGateway {
+        Self::start_in(Some(cluster), configure).await
+    }
+
+    async fn start_in(cluster: Option<&LocalCluster>, configure: impl FnOnce(&mut Config)) -> TestGateway {
         let mut config = Config::for_tests(SECRET);
         config.drain_delay = Duration::from_millis(200);
         config.shutdown_timeout = Duration::from_secs(5);
         configure(&mut config);
-        let gateway = Gateway::bind(config).await.expect("gateway starts");
+        let gateway = match cluster {
+            Some(cluster) => Gateway::bind_local(config, cluster).await,
+            None => Gateway::bind(config).await,
+        }
+        .expect("gateway starts");
         let (addr, admin) = (gateway.public_addr(), gateway.admin_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -108,6 +121,14 @@ impl TestGateway {
     /// The Prometheus scrape.
     pub async fn metrics(&self) -> String {
         self.admin_get("/metrics").await.1
+    }
+
+    /// `POST /v1/publish` with [`replica::API_KEY`] (the gateway must accept it).
+    pub async fn publish(&self, body: &Value) -> (u16, Value) {
+        let auth = format!("Bearer {}", replica::API_KEY);
+        let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        let (status, body) = http(self.addr, "POST", "/v1/publish", &headers, &body.to_string()).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 }
 
@@ -169,6 +190,11 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The code of an error ack or error response body `{ ok: false, error: { code, message } }`.
+pub fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error: {body}"))
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `within`.

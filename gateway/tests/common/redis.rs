@@ -9,6 +9,10 @@ use std::{
 
 use super::WAIT;
 
+/// A port that was free a moment ago. Another process may take it before redis-server binds it
+/// (redis cannot be told to bind port 0 and report it), so servers are started with
+/// [`RedisServer::start_on_a_free_port`], which checks the server answering is its own and
+/// tries another port if not.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -40,16 +44,29 @@ impl RedisServer {
     /// A standalone server without persistence (a restart loses everything, like the
     /// machine's CI Redis).
     pub fn start() -> RedisServer {
-        Self::start_with(free_port(), Vec::new())
+        Self::start_on_a_free_port(|_| Vec::new())
     }
 
-    fn start_with(port: u16, extra: Vec<String>) -> RedisServer {
-        let mut server = RedisServer { port, dir: tempfile::tempdir().unwrap(), extra, child: None };
-        server.spawn();
-        server
+    /// A server with the arguments `extra(port)` on a port the OS says is free; if another
+    /// process took it meanwhile, on another.
+    fn start_on_a_free_port(extra: impl Fn(u16) -> Vec<String>) -> RedisServer {
+        for _ in 0..10 {
+            let port = free_port();
+            let mut server = RedisServer { port, dir: tempfile::tempdir().unwrap(), extra: extra(port), child: None };
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server could not bind any of 10 free ports");
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "redis-server could not start again on port {}", self.port);
+    }
+
+    /// Starts the process; `false` if it exited (its port was taken). Waits until *this*
+    /// process answers PING, not another server that took the port.
+    fn try_spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -59,9 +76,23 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
+        let (port, pid) = (self.port, child.id());
         self.child = Some(child);
-        let port = self.port;
-        wait_for("redis-server to answer PING", || cli(port, &["PING"]) == "PONG");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(child) = &mut self.child
+                && child.try_wait().is_ok_and(|status| status.is_some())
+            {
+                self.child = None;
+                return false;
+            }
+            let ours = |info: String| info.lines().any(|l| l.trim() == format!("process_id:{pid}"));
+            if cli(port, &["PING"]) == "PONG" && ours(cli(port, &["INFO", "server"])) {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for redis-server to answer PING");
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// `redis://127.0.0.1:port`.
@@ -114,9 +145,7 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                let port = free_port();
-                RedisServer::start_with(
-                    port,
+                RedisServer::start_on_a_free_port(|port| {
                     vec![
                         "--cluster-enabled".into(),
                         "yes".into(),
@@ -124,8 +153,8 @@ impl RedisCluster {
                         format!("nodes-{port}.conf"),
                         "--cluster-node-timeout".into(),
                         "2000".into(),
-                    ],
-                )
+                    ]
+                })
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();

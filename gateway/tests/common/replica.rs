@@ -70,6 +70,17 @@ impl Replica {
         Replica { addr, admin, child: Some(child), logs }
     }
 
+    /// `n` replicas on Redis `redis_url` with extra `env`, each ready (`/readyz` 200).
+    pub async fn ready(n: usize, redis_url: &str, env: &[(&str, &str)]) -> Vec<Replica> {
+        let mut all = Vec::new();
+        for _ in 0..n {
+            let r = Replica::spawn(Some(redis_url), env).await;
+            super::eventually(WAIT, "replica ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+            all.push(r);
+        }
+        all
+    }
+
     /// Connects user `user` of `tenant`.
     pub async fn connect_user(&self, tenant: &str, user: &str) -> Client {
         Client::connect(self.addr, Connect::token(&user_token(tenant, user))).await.expect("client connects")
