@@ -115,17 +115,22 @@ struct Stores {
 /// replicas sharing Redis do, without Redis. A single node is a cluster of one; several serve
 /// tests of cluster semantics that run in seconds (Redis behaviour itself is tested against
 /// real servers) and applications embedding several gateways. Create it inside a Tokio runtime.
+///
+/// Unlike Redis, one delivery task delivers each publish to every gateway in turn, so a slow
+/// gateway delays the others; and a gateway stopped without its graceful `run` keeps its
+/// subscriptions (and is counted in publish receipts) until the cluster is dropped.
 #[derive(Debug, Clone)]
 pub struct LocalCluster {
     hub: Arc<Hub>,
     history: Option<Arc<MemoryHistory>>,
+    policy: Option<HistoryPolicy>,
     presence: Arc<MemoryPresence>,
 }
 
 impl LocalCluster {
     /// A cluster with no gateways yet, keeping `history` (`None`: no history, no recovery).
-    pub fn new(history: Option<HistoryPolicy>) -> LocalCluster {
-        let history = history.map(|policy| Arc::new(MemoryHistory::new(policy)));
+    pub fn new(policy: Option<HistoryPolicy>) -> LocalCluster {
+        let history = policy.map(|policy| Arc::new(MemoryHistory::new(policy)));
         if let Some(history) = &history {
             let history = Arc::downgrade(history);
             // Rooms idle longer than their offsets would live in Redis are forgotten.
@@ -141,7 +146,7 @@ impl LocalCluster {
         let hub = Hub::new(history.clone());
         // Presence is announced from a node of its own, with no rooms.
         let presence = Arc::new(MemoryPresence::new(Arc::new(hub.node().0)));
-        LocalCluster { hub, history, presence }
+        LocalCluster { hub, history, policy, presence }
     }
 
     /// Gateways of this cluster with members in `room` (each subscribes while it has some).
@@ -150,6 +155,7 @@ impl LocalCluster {
     }
 
     fn node(&self) -> Stores {
+        self.presence.add_node();
         let (bus, receiving) = self.hub.node();
         Stores {
             bus: Arc::new(bus),
@@ -183,6 +189,11 @@ impl Gateway {
     pub async fn bind_local(config: Config, cluster: &LocalCluster) -> Result<Gateway, StartError> {
         if config.redis_url.is_some() {
             return Err(ConfigError::new(env::REDIS_URL, "a gateway of a LocalCluster does not use Redis").into());
+        }
+        if config.history() != cluster.policy {
+            let message =
+                format!("the LocalCluster keeps {:?}; its gateways must be configured the same", cluster.policy);
+            return Err(ConfigError::new(env::HISTORY_SIZE, message).into());
         }
         Self::bind_to(config, Some(cluster)).await
     }

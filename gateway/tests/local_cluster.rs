@@ -115,17 +115,15 @@ async fn tabs_on_two_gateways_make_one_join_and_one_leave_and_status_crosses() {
     let tab1 = member(&gws[0], "ada", P1()).await;
     assert_eq!(observer.next("presence:join").await[0]["userId"], "ada");
     let tab2 = member(&gws[1], "ada", P1()).await;
-    let listed = observer.request("presence:list", P1()).await;
-    let ada = listed["users"].as_array().unwrap().iter().find(|u| u["userId"] == "ada").cloned().unwrap();
-    assert_eq!(ada["connections"], 2, "{listed}");
+    connections_become(&observer, "ada", 2).await;
 
     assert_eq!(tab2.request("presence:update", json!({ "status": "away" })).await["ok"], true);
     let update = observer.next("presence:update").await;
     assert_eq!(update[0], json!({ "project": "p1", "userId": "ada", "status": "away" }));
 
     tab1.close();
-    barrier(&gws[1], &observer, P1(), 1).await;
-    tokio::time::sleep(Duration::from_millis(400)).await; // past the grace: a leave would be out
+    // Counted out after the grace period: a leave, if any, would have been published by then.
+    connections_become(&observer, "ada", 1).await;
     barrier(&gws[1], &observer, P1(), 2).await;
     assert!(observer.events("presence:leave").is_empty(), "closing one tab is not a leave");
     assert!(observer.events("presence:join").is_empty(), "a second tab is not a second join");
@@ -134,6 +132,29 @@ async fn tabs_on_two_gateways_make_one_join_and_one_leave_and_status_crosses() {
     assert_eq!(observer.next("presence:leave").await[0], json!({ "project": "p1", "userId": "ada" }));
     barrier(&gws[0], &observer, P1(), 3).await;
     assert!(observer.events("presence:leave").is_empty(), "exactly one leave");
+}
+
+/// Waits until `c`'s presence list of p1 counts `want` connections of `user`.
+async fn connections_become(c: &Client, user: &str, want: u64) {
+    eventually(WAIT, &format!("{user} with {want} connections"), || async {
+        let listed = c.request("presence:list", P1()).await;
+        let users = listed["users"].as_array()?.clone();
+        users.iter().any(|u| u["userId"] == user && u["connections"] == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_gateway_that_stops_takes_its_users_presence_with_it() {
+    let (_cluster, mut gws) = gateways(2, Duration::from_millis(200)).await;
+    let observer = member(&gws[0], "observer", P1()).await;
+    let _ada = member(&gws[1], "ada", P1()).await;
+    connections_become(&observer, "ada", 1).await;
+    gws[1].begin_shutdown();
+    gws[1].stopped_within(Duration::from_secs(10)).await;
+    assert_eq!(observer.next("presence:leave").await[0], json!({ "project": "p1", "userId": "ada" }));
+    let listed = observer.request("presence:list", P1()).await;
+    assert_eq!(listed["total"], 1, "only the observer is left: {listed}");
 }
 
 #[tokio::test]

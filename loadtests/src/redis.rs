@@ -30,7 +30,10 @@ impl PrivateRedis {
 
     fn try_start() -> anyhow::Result<Option<PrivateRedis>> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!("roomcast-loadtest-redis-{port}"));
+        // Unique to this attempt: dropping a failed one must not delete another server's files.
+        static ATTEMPTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("roomcast-loadtest-redis-{}-{attempt}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])

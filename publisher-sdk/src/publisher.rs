@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, PubsubInterface},
+    interfaces::{ClientLike, LuaInterface, PubsubInterface},
     types::{
         Builder, Value,
         config::{Config, ReconnectPolicy},
@@ -174,7 +174,7 @@ impl Publisher {
     /// channel `c`. Members of the channel see `typing` `{ channel, userId, typing, ttlMs }`.
     pub async fn typing(&self, t: &str, c: &str, user: &str, typing: bool) -> Result<Receipt, PublishError> {
         let message = self.typing_message(t, c, user, typing)?;
-        self.send(message).await
+        self.send(message, Run::Reload(&self.script)).await
     }
 
     /// A batch of publishes sent in one round trip.
@@ -219,9 +219,8 @@ impl Publisher {
     }
 
     /// Publishes one encoded message (see [`send_encoded`]).
-    async fn send(&self, message: Message) -> Result<Receipt, PublishError> {
-        let sent =
-            send_encoded(&self.client, &self.script, &self.keys, &message.room, message.body, message.history).await?;
+    async fn send(&self, message: Message, run: Run<'_>) -> Result<Receipt, PublishError> {
+        let sent = send_with(&self.client, run, &self.keys, &message.room, message.body, message.history).await?;
         Ok(Receipt {
             id: message.id,
             room: message.room,
@@ -241,7 +240,6 @@ struct Message {
     history: Option<HistoryPolicy>,
 }
 
-/// The receipt for a message published through the history script.
 /// What one publish did: how many replicas received it and, with history, its position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -268,10 +266,34 @@ pub async fn send_encoded(
     body: String,
     history: Option<HistoryPolicy>,
 ) -> Result<Sent, fred::error::Error> {
+    send_with(client, Run::Reload(script), keys, room, body, history).await
+}
+
+/// How [`send_with`] runs the history script.
+#[derive(Clone, Copy)]
+enum Run<'a> {
+    /// `EVALSHA`, loading the script on `NOSCRIPT` and trying again.
+    Reload(&'a Script),
+    /// Plain `EVALSHA` of a script known to be loaded: a batch's messages are all written before
+    /// any reply arrives, and retrying one after `NOSCRIPT` would publish it after later ones.
+    Loaded(&'a Script),
+}
+
+async fn send_with(
+    client: &Client,
+    run: Run<'_>,
+    keys: &Keys,
+    room: &str,
+    body: String,
+    history: Option<HistoryPolicy>,
+) -> Result<Sent, fred::error::Error> {
     let command = if client.is_clustered() { "SPUBLISH" } else { "PUBLISH" };
     if let Some(policy) = history {
         let (keys, args) = wire::publish_script_call(keys, room, command, body, policy);
-        let reply: Value = script.evalsha_with_reload(client, keys, args).await?;
+        let reply: Value = match run {
+            Run::Reload(script) => script.evalsha_with_reload(client, keys, args).await?,
+            Run::Loaded(script) => client.evalsha(script.sha1().clone(), keys, args).await?,
+        };
         let mut parts = match reply {
             Value::Array(parts) => parts.into_iter(),
             _ => Vec::new().into_iter(),
@@ -308,7 +330,7 @@ impl Target<'_> {
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<Receipt, PublishError> {
         let room = self.room()?;
         let message = self.publisher.event_message(room, event, payload)?;
-        self.publisher.send(message).await
+        self.publisher.send(message, Run::Reload(&self.publisher.script)).await
     }
 }
 
@@ -363,7 +385,7 @@ impl Batch<'_> {
         }
         // All in flight at once on the connection, written in the order added (fred does not
         // wait for a reply before writing the next command), so one round trip for the batch.
-        let sends = self.messages.into_iter().map(|m| self.publisher.send(m));
+        let sends = self.messages.into_iter().map(|m| self.publisher.send(m, Run::Loaded(&self.publisher.script)));
         futures_util::future::join_all(sends).await.into_iter().collect()
     }
 }

@@ -2,7 +2,10 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -25,6 +28,8 @@ struct RoomPresence {
 pub struct MemoryPresence {
     rooms: Mutex<HashMap<String, RoomPresence>>,
     bus: Arc<dyn Bus>,
+    /// Gateways using the store (several on a `LocalCluster`).
+    nodes: AtomicUsize,
 }
 
 impl std::fmt::Debug for MemoryPresence {
@@ -36,7 +41,12 @@ impl std::fmt::Debug for MemoryPresence {
 impl MemoryPresence {
     /// A store announcing through `bus`.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        MemoryPresence { rooms: Mutex::new(HashMap::new()), bus }
+        MemoryPresence { rooms: Mutex::new(HashMap::new()), bus, nodes: AtomicUsize::new(0) }
+    }
+
+    /// One more gateway uses the store.
+    pub fn add_node(&self) {
+        self.nodes.fetch_add(1, Ordering::Relaxed);
     }
 
     fn announce(&self, envelope: PresenceEnvelope) -> BoxFuture<'static, Result<(), BusError>> {
@@ -170,5 +180,9 @@ impl PresenceStore for MemoryPresence {
     /// One process: nothing to lease, nobody else to watch.
     fn maintenance_interval(&self) -> Option<(Duration, Duration)> {
         None
+    }
+
+    fn shared(&self) -> bool {
+        self.nodes.load(Ordering::Relaxed) > 1
     }
 }

@@ -92,6 +92,9 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn release(&self) -> BoxFuture<'static, Result<(), BusError>>;
     /// How often [`PresenceStore::renew`] and [`PresenceStore::reap_dead`] should run.
     fn maintenance_interval(&self) -> Option<(Duration, Duration)>;
+    /// Whether other replicas still read this store after this one stops, so a graceful
+    /// shutdown must remove what this replica holds.
+    fn shared(&self) -> bool;
 }
 
 /// Whether `room` has presence (project and channel rooms do).
@@ -344,7 +347,7 @@ impl Presence {
     /// Graceful shutdown: the clients were told to reconnect elsewhere; wait for the grace
     /// period (so they are counted there first), then remove everything this replica still holds.
     pub async fn shutdown(&self, deadline: Instant) {
-        if self.store.maintenance_interval().is_none() {
+        if !self.store.shared() {
             // A single node's presence ends with the process: nobody else is left to tell.
             return;
         }

@@ -356,6 +356,10 @@ impl PresenceStore for RedisPresence {
     fn maintenance_interval(&self) -> Option<(Duration, Duration)> {
         Some((self.lease_ttl / 3, self.sweep_every))
     }
+
+    fn shared(&self) -> bool {
+        true
+    }
 }
 /// The gateway's own Redis keys for presence and replica leases, beside the publisher crate's
 /// wire keys (same prefix, same `{room}` hash tag) but not part of the wire: no publisher reads

@@ -2,7 +2,10 @@
 //! defined here once, and a payload that does not fit gets `invalid_payload` with the shape it
 //! should have had. Ids and grants are checked by the handlers (`invalid_room`, `forbidden`).
 
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{DeserializeOwned, Error as _},
+};
 use serde_json::Value;
 
 use crate::{
@@ -10,17 +13,40 @@ use crate::{
     presence::PresentUser,
 };
 
-/// Parses `payload` as `T`, or answers `invalid_payload` with `shape`.
+/// Parses `payload`, which must be an object, as `T`, or answers `invalid_payload` with
+/// `shape`. (serde would also fill a struct from an array, field by field.)
 pub(super) fn parse<T: DeserializeOwned>(payload: Result<Value, ClientError>, shape: &str) -> Result<T, ClientError> {
-    serde_json::from_value(payload?).map_err(|_| ClientError::new(ErrorCode::InvalidPayload, shape.to_owned()))
+    let invalid = || ClientError::new(ErrorCode::InvalidPayload, shape.to_owned());
+    let payload = payload?;
+    if !payload.is_object() {
+        return Err(invalid());
+    }
+    serde_json::from_value(payload).map_err(|_| invalid())
 }
 
 /// A room named by a request: `{ project: "<id>" }` or `{ channel: "<id>" }`. The tenant
 /// always comes from the token, so a client can never name a room of another tenant.
+///
+/// `Some(None)` is a field given as `null`: named, but not a valid id.
 #[derive(Debug, Deserialize)]
 pub(super) struct RoomRef {
-    pub project: Option<String>,
-    pub channel: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub project: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub channel: Option<Option<String>>,
+}
+
+/// A field that is there, even as `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+/// `since`, which must be an object (or null) like the payload itself.
+fn since_object<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Since>, D::Error> {
+    match Option::<serde_json::Map<String, Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => serde_json::from_value(Value::Object(map)).map(Some).map_err(D::Error::custom),
+    }
 }
 
 /// What every room request says when it does not fit.
@@ -31,7 +57,7 @@ pub(super) const ROOM_SHAPE: &str = "payload must be an object: { project: \"<id
 pub(super) struct Join {
     #[serde(flatten)]
     pub room: RoomRef,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "since_object")]
     pub since: Option<Since>,
 }
 
@@ -148,13 +174,21 @@ mod tests {
             json!({"project": 7}),
             json!({"project": "p", "since": {"offset": -1, "epoch": "e"}}),
             json!({"project": "p", "since": {"offset": 1}}),
+            json!({"project": "p", "since": [4, "e"]}),
+            json!(["p"]),
         ] {
             let err = code(bad.clone());
             assert_eq!((err.code, err.message.as_str()), (ErrorCode::InvalidPayload, JOIN_SHAPE), "{bad}");
         }
         let join: Join = parse(Ok(json!({"channel": "c", "since": null, "extra": 1})), JOIN_SHAPE).unwrap();
-        assert_eq!((join.room.channel.as_deref(), join.room.project, join.since.is_none()), (Some("c"), None, true));
+        assert_eq!((join.room.channel, join.room.project, join.since.is_none()), (Some(Some("c".into())), None, true));
+        let join: Join = parse(Ok(json!({"project": "p", "since": {"offset": 2, "epoch": "e"}})), JOIN_SHAPE).unwrap();
+        assert_eq!(join.since.map(|s| (s.offset, s.epoch)), Some((2, "e".to_owned())));
         assert!(parse::<Typing>(Ok(json!({"channel": "c", "typing": "yes"})), TYPING_SHAPE).is_err());
+        // Arrays are not objects, though serde would fill a struct from one.
+        assert!(parse::<Typing>(Ok(json!(["c", true])), TYPING_SHAPE).is_err());
+        assert!(parse::<Refresh>(Ok(json!(["jwt"])), REFRESH_SHAPE).is_err());
+        assert!(parse::<PresenceUpdate>(Ok(json!(["away"])), PRESENCE_UPDATE_SHAPE).is_err());
         assert!(parse::<PresenceList>(Ok(json!({"channel": "c", "limit": 1.5})), PRESENCE_LIST_SHAPE).is_err());
         let missing = ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON");
         assert_eq!(

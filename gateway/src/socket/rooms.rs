@@ -78,6 +78,7 @@ pub(super) fn requested_room(request: &RoomRef, identity: &Identity) -> Result<R
         (Some(_), Some(_)) => return Err(invalid("name either a project or a channel, not both")),
         (None, None) => return Err(invalid("payload needs a \"project\" or a \"channel\" field")),
     };
+    let Some(id) = id else { return Err(invalid("the room id must be a string")) };
     let room = match kind {
         RoomKind::Project => Room::project(&identity.tenant, id),
         _ => Room::channel(&identity.tenant, id),
@@ -199,6 +200,8 @@ mod tests {
         assert_eq!(code(json!({"channel": ""})), ErrorCode::InvalidRoom);
         assert_eq!(code(json!({"project": 7})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!({"project": "p1", "channel": "c"})), ErrorCode::InvalidPayload);
+        assert_eq!(code(json!({"project": "p1", "channel": null})), ErrorCode::InvalidPayload, "both named");
+        assert_eq!(code(json!({"project": null})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!({})), ErrorCode::InvalidPayload);
         assert_eq!(code(json!("p1")), ErrorCode::InvalidPayload);
         assert_eq!(code(Value::Null), ErrorCode::InvalidPayload);
