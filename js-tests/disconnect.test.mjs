@@ -4,7 +4,7 @@
 // lands inside it every time (a test hook; never set in production).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { connect, eventually, startGateway, startRedis, userToken } from "./helpers.mjs";
+import { connect, emitPolitely, eventually, startGateway, startRedis, userToken } from "./helpers.mjs";
 
 const ENV = { ROOMCAST_DEBUG_OPERATION_DELAY: "400ms", ROOMCAST_PRESENCE_GRACE: "50ms" };
 
@@ -65,7 +65,7 @@ for (const transport of ["polling", "websocket"]) {
         try {
           for (const room of [{ project: "p1" }, { project: "p2" }]) {
             await eventually(async () => {
-              const ack = await observer.emitWithAck("presence:list", room);
+              const ack = await emitPolitely(observer, "presence:list", room);
               assert.equal(ack.ok, true);
               return ack.users.length === 0;
             }, `${tenant} ${JSON.stringify(room)} empty`);

@@ -179,6 +179,18 @@ export function freePort() {
   });
 }
 
+/**
+ * `socket.emitWithAck(event, data)`, waiting as told and trying again while the answer is
+ * `rate_limited`, as a well-behaved client does (for checks that poll).
+ */
+export async function emitPolitely(socket, event, data) {
+  for (;;) {
+    const ack = await socket.emitWithAck(event, data);
+    if (ack?.error?.code !== "rate_limited") return ack;
+    await new Promise((r) => setTimeout(r, ack.error.retryAfterMs));
+  }
+}
+
 /** Polls `check` every 25 ms until it returns a truthy value or `ms` pass. */
 export async function eventually(check, what, ms = WAIT_MS) {
   const deadline = Date.now() + ms;

@@ -69,10 +69,16 @@ test("typing indicators: shown to others, stopped explicitly or by the TTL", asy
   await alice.socket.emitWithAck("typing", { channel: "c2", typing: false });
   assert.equal((await off)[0].typing, false);
 
+  // A start right after a stop waits for the throttle interval (300 ms): at most a start and a
+  // stop per interval reach the others, whatever the client sends.
+  const again = await alice.socket.emitWithAck("typing", { channel: "c2", typing: true });
+  assert.deepEqual(again, { ok: true, throttled: true });
+  await new Promise((r) => setTimeout(r, 350));
+
   // Alice starts typing and goes quiet: the server turns the indicator off after the TTL.
   const started = Date.now();
   const shown = next(bob.socket, "typing");
-  await alice.socket.emitWithAck("typing", { channel: "c2", typing: true });
+  assert.deepEqual(await alice.socket.emitWithAck("typing", { channel: "c2", typing: true }), { ok: true });
   await shown;
   const expired = await next(bob.socket, "typing");
   assert.equal(expired[0].typing, false);

@@ -11,6 +11,8 @@ use axum::http::HeaderValue;
 use clap::{Parser, ValueEnum};
 use roomcast_publisher::wire;
 
+use crate::limits::{Policy, Rate};
+
 /// Shortest HMAC secret accepted, in bytes. RFC 7518 §3.2 requires a key at least as long as
 /// the hash output for HS256; a shorter one is brute-forceable offline from any captured token.
 pub const MIN_SECRET_LEN: usize = 32;
@@ -80,6 +82,20 @@ pub mod env {
     pub const AUTH_EXPIRING_NOTICE: &str = "ROOMCAST_AUTH_EXPIRING_NOTICE";
     /// `ROOMCAST_MAX_ROOMS_PER_SOCKET`.
     pub const MAX_ROOMS_PER_SOCKET: &str = "ROOMCAST_MAX_ROOMS_PER_SOCKET";
+    /// `ROOMCAST_RATE_ROOMS`.
+    pub const RATE_ROOMS: &str = "ROOMCAST_RATE_ROOMS";
+    /// `ROOMCAST_RATE_PRESENCE_UPDATE`.
+    pub const RATE_PRESENCE_UPDATE: &str = "ROOMCAST_RATE_PRESENCE_UPDATE";
+    /// `ROOMCAST_RATE_PRESENCE_LIST`.
+    pub const RATE_PRESENCE_LIST: &str = "ROOMCAST_RATE_PRESENCE_LIST";
+    /// `ROOMCAST_RATE_TYPING`.
+    pub const RATE_TYPING: &str = "ROOMCAST_RATE_TYPING";
+    /// `ROOMCAST_RATE_REFRESH`.
+    pub const RATE_REFRESH: &str = "ROOMCAST_RATE_REFRESH";
+    /// `ROOMCAST_RATE_OTHER`.
+    pub const RATE_OTHER: &str = "ROOMCAST_RATE_OTHER";
+    /// `ROOMCAST_RATE_LIMIT_DISCONNECT`.
+    pub const RATE_LIMIT_DISCONNECT: &str = "ROOMCAST_RATE_LIMIT_DISCONNECT";
     /// `ROOMCAST_MAX_PAYLOAD`.
     pub const MAX_PAYLOAD: &str = "ROOMCAST_MAX_PAYLOAD";
     /// `ROOMCAST_PING_INTERVAL`.
@@ -241,6 +257,37 @@ pub struct Config {
     /// Most project and channel rooms one socket may be in at once.
     #[arg(long, env = env::MAX_ROOMS_PER_SOCKET, default_value_t = 100)]
     pub max_rooms_per_socket: u32,
+
+    /// Per socket: `join` and `leave` allowed, as N/s:BURST (a token bucket: BURST at once, then
+    /// N per second). Beyond it the event is refused with `rate_limited` and `retryAfterMs`.
+    #[arg(long, env = env::RATE_ROOMS, default_value = "20/s:50")]
+    pub rate_rooms: Rate,
+
+    /// Per socket: `presence:update` allowed, as N/s:BURST.
+    #[arg(long, env = env::RATE_PRESENCE_UPDATE, default_value = "2/s:5")]
+    pub rate_presence_update: Rate,
+
+    /// Per socket: `presence:list` allowed, as N/s:BURST.
+    #[arg(long, env = env::RATE_PRESENCE_LIST, default_value = "5/s:10")]
+    pub rate_presence_list: Rate,
+
+    /// Per socket: `typing` allowed, as N/s:BURST; room for a client that sends one per
+    /// keystroke (what reaches other members is throttled further by ROOMCAST_TYPING_THROTTLE).
+    #[arg(long, env = env::RATE_TYPING, default_value = "20/s:40")]
+    pub rate_typing: Rate,
+
+    /// Per socket: `auth:refresh` allowed, as N/s:BURST.
+    #[arg(long, env = env::RATE_REFRESH, default_value = "2/s:10")]
+    pub rate_refresh: Rate,
+
+    /// Per socket: every other client event (unknown ones included), as N/s:BURST.
+    #[arg(long, env = env::RATE_OTHER, default_value = "20/s:40")]
+    pub rate_other: Rate,
+
+    /// A socket whose events keep being refused (at least once a second) for this long is
+    /// disconnected with `roomcast:disconnect` `rate_limited`; 0 never disconnects.
+    #[arg(long, env = env::RATE_LIMIT_DISCONNECT, default_value = "10s", value_parser = parse_duration)]
+    pub rate_limit_disconnect: Duration,
 
     /// Largest Engine.IO payload a client may send, in bytes (handshake auth included).
     #[arg(long, env = env::MAX_PAYLOAD, default_value_t = 65_536)]
@@ -547,6 +594,22 @@ impl Config {
                 let names: Vec<_> = sources.iter().map(|(n, _)| *n).collect();
                 Err(ConfigError::new(names[0], format!("conflicting options: set only one of {}", names.join(", "))))
             }
+        }
+    }
+
+    /// The per-socket rate limits.
+    pub fn rate_limits(&self) -> Policy {
+        Policy {
+            // In the order of `EventClass`'s variants.
+            rates: [
+                self.rate_rooms,
+                self.rate_presence_update,
+                self.rate_presence_list,
+                self.rate_typing,
+                self.rate_refresh,
+                self.rate_other,
+            ],
+            disconnect_after: self.rate_limit_disconnect,
         }
     }
 

@@ -23,6 +23,7 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     auth::Identity,
     errors::{ClientError, DISCONNECT_EVENT, DisconnectReason, ErrorCode},
+    limits::{EventClass, Policy, Refused, SocketLimits},
     metrics,
 };
 
@@ -46,6 +47,8 @@ pub struct Conn {
     typing_in: Mutex<Vec<String>>,
     /// Lifecycle and rooms, under one lock so a close and a join cannot interleave.
     state: Mutex<ConnState>,
+    /// What this socket may still send (per-class token buckets).
+    limits: Mutex<SocketLimits>,
 }
 
 /// A user's status.
@@ -106,8 +109,9 @@ pub struct ExpiryDeadlines {
 
 impl Conn {
     /// State for a socket that authenticated as `identity`.
-    pub fn new(identity: Identity) -> Self {
+    pub fn new(identity: Identity, limits: &Policy) -> Self {
         Conn {
+            limits: Mutex::new(SocketLimits::new(limits, Instant::now())),
             identity: RwLock::new(Arc::new(identity)),
             // Ticket 0 is reserved for the connect work (see `Turns::first`).
             turns: Turns { next: AtomicU64::new(1), ..Turns::default() },
@@ -117,6 +121,11 @@ impl Conn {
             typing_in: Mutex::new(Vec::new()),
             state: Mutex::new(ConnState { lifecycle: Lifecycle::Authenticated, rooms: BTreeSet::new() }),
         }
+    }
+
+    /// Takes a token for an event of `class` (see [`crate::limits`]).
+    pub fn take_token(&self, policy: &Policy, class: EventClass) -> Result<(), Refused> {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner()).take(policy, class, Instant::now())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ConnState> {
@@ -352,13 +361,10 @@ mod tests {
     use std::time::Duration;
 
     fn conn() -> Arc<Conn> {
-        Arc::new(Conn::new(Identity {
-            tenant: "t".into(),
-            user: "u".into(),
-            projects: Scope::All,
-            channels: Scope::All,
-            exp: 0,
-        }))
+        Arc::new(Conn::new(
+            Identity { tenant: "t".into(), user: "u".into(), projects: Scope::All, channels: Scope::All, exp: 0 },
+            &crate::Config::for_tests("s").rate_limits(),
+        ))
     }
 
     #[tokio::test]

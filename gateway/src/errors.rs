@@ -113,12 +113,22 @@ pub struct ClientError {
     pub code: ErrorCode,
     /// What went wrong, for people. Never contains a token or a secret.
     pub message: String,
+    /// `rate_limited`: how long to wait before trying again, in ms.
+    #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ClientError {
     /// An error with `code` and an explanation.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ClientError { code, message: message.into() }
+        ClientError { code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// `rate_limited`, to try again after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        // Rounded up: trying again after a rounded-down wait would be refused again.
+        let ms = u64::try_from(retry_after.as_micros().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
+        ClientError { code: ErrorCode::RateLimited, message: message.into(), retry_after_ms: Some(ms) }
     }
 
     /// The ack payload carrying this error: `{ ok: false, error: { code, message } }`.
@@ -137,6 +147,10 @@ pub enum DisconnectReason {
     /// The replica is shutting down. The server closes the transport, so `socket.io-client`
     /// reconnects by itself and the load balancer sends it to another replica.
     ServerShutdown,
+    /// The socket kept sending more than its rate limits allow (`ROOMCAST_RATE_*`) for longer
+    /// than `ROOMCAST_RATE_LIMIT_DISCONNECT`. A Socket.IO disconnect: a client stuck in a loop
+    /// does not reconnect on its own and resume the flood.
+    RateLimited,
 }
 
 impl DisconnectReason {
@@ -145,6 +159,7 @@ impl DisconnectReason {
         match self {
             DisconnectReason::TokenExpired => ErrorCode::TokenExpired,
             DisconnectReason::ServerShutdown => ErrorCode::ServerShutdown,
+            DisconnectReason::RateLimited => ErrorCode::RateLimited,
         }
     }
 
@@ -158,6 +173,7 @@ impl DisconnectReason {
         let message = match self {
             DisconnectReason::TokenExpired => "token expired; connect again with a fresh token",
             DisconnectReason::ServerShutdown => "this replica is shutting down; reconnecting",
+            DisconnectReason::RateLimited => "too many events for too long; slow down before connecting again",
         };
         serde_json::json!({ "code": self.code(), "message": message, "reconnect": self.reconnect() })
     }
@@ -181,5 +197,8 @@ mod tests {
     fn ack_shape() {
         let ack = ClientError::new(ErrorCode::Forbidden, "no").ack();
         assert_eq!(ack, serde_json::json!({"ok": false, "error": {"code": "forbidden", "message": "no"}}));
+        let ack = ClientError::rate_limited("slow", std::time::Duration::from_micros(1500)).ack();
+        let error = serde_json::json!({"code": "rate_limited", "message": "slow", "retryAfterMs": 2});
+        assert_eq!(ack, serde_json::json!({"ok": false, "error": error}));
     }
 }

@@ -37,6 +37,7 @@ pub mod errors;
 mod expiry;
 mod history;
 mod http;
+mod limits;
 mod local;
 mod logging;
 mod metrics;
@@ -289,6 +290,7 @@ impl Gateway {
             verifier,
             expiry: Default::default(),
             draining: Default::default(),
+            limits: config.rate_limits(),
             config,
         });
         socket::register(&io, state.clone());

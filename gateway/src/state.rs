@@ -8,8 +8,8 @@ use std::sync::{
 use socketioxide::socket::Sid;
 
 use crate::{
-    api_keys::ApiKeys, auth::Verifier, bus::Bus, config::Config, conn::Phase, delivery::Delivery, presence::Presence,
-    rooms::Membership, timers::DeadlineQueue, typing::Throttle,
+    api_keys::ApiKeys, auth::Verifier, bus::Bus, config::Config, conn::Phase, delivery::Delivery, limits::Policy,
+    presence::Presence, rooms::Membership, timers::DeadlineQueue, typing::Throttle,
 };
 
 /// Cheap-to-clone handle over the gateway's shared state (socketioxide `State`).
@@ -38,6 +38,8 @@ pub struct GatewayState {
     pub expiry: DeadlineQueue<(Sid, Phase)>,
     /// Set once shutdown began: `/readyz` fails and new connections are refused.
     pub draining: AtomicBool,
+    /// Per-socket rate limits on client events.
+    pub limits: Policy,
 }
 
 impl std::fmt::Debug for dyn Bus {

@@ -109,36 +109,49 @@ impl Indicators {
     }
 }
 
-/// Rate limit on indicators sent from this replica.
+/// Rate limit on indicators sent from this replica: per user and channel, at most one start
+/// per interval, and a stop only when a start went out before it — so whatever pattern of
+/// `true` and `false` a client sends, at most two broadcasts per interval leave the replica.
 #[derive(Debug)]
 pub struct Throttle {
     interval: Duration,
-    /// (room, user) → when `typing: true` was last broadcast; absent once stopped.
-    typing_since: Mutex<HashMap<Key, Instant>>,
+    /// (room, user) → (when a start last went out, whether the last broadcast was a start).
+    sent: Mutex<HashMap<Key, (Instant, bool)>>,
+    /// Calls since the last sweep of entries that no longer limit anything.
+    calls: std::sync::atomic::AtomicU32,
 }
+
+/// A sweep runs once per this many calls, so the map holds only recent or shown indicators.
+const SWEEP_EVERY: u32 = 1024;
 
 impl Throttle {
     /// At most one `typing: true` broadcast per `interval` per user and channel.
     pub fn new(interval: Duration) -> Self {
-        Throttle { interval, typing_since: Mutex::new(HashMap::new()) }
+        Throttle { interval, sent: Mutex::new(HashMap::new()), calls: Default::default() }
     }
 
     /// Whether this indicator should be broadcast.
     pub fn admit(&self, room: &str, user: &str, typing: bool) -> bool {
-        let key = (room.to_owned(), user.to_owned());
-        let mut map = self.typing_since.lock().unwrap_or_else(|e| e.into_inner());
-        if !typing {
-            // A stop always goes out (the start may have come from another tab or replica).
-            map.remove(&key);
-            return true;
-        }
         let now = Instant::now();
-        match map.get(&key) {
-            Some(last) if now.duration_since(*last) < self.interval => false,
-            _ => {
-                map.insert(key, now);
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            sent.retain(|_, (started, shown)| *shown || now.duration_since(*started) < self.interval);
+        }
+        let key = (room.to_owned(), user.to_owned());
+        match (typing, sent.get_mut(&key)) {
+            // A refresh, or a start right after a stop: the next start after the interval goes.
+            (true, Some((started, _))) if now.duration_since(*started) < self.interval => false,
+            (true, _) => {
+                sent.insert(key, (now, true));
                 true
             }
+            // Shown: the stop goes out at once.
+            (false, Some((_, shown))) if *shown => {
+                *shown = false;
+                true
+            }
+            // Nothing from here shows it: nothing to stop.
+            (false, _) => false,
         }
     }
 }
@@ -169,7 +182,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn repeated_starts_are_throttled_but_a_stop_always_passes() {
+    async fn repeated_starts_are_throttled_and_a_stop_of_a_shown_indicator_passes_at_once() {
         let t = Throttle::new(Duration::from_secs(2));
         assert!(t.admit("r", "u", true));
         assert!(!t.admit("r", "u", true));
@@ -177,8 +190,26 @@ mod tests {
         assert!(!t.admit("r", "u", true));
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(t.admit("r", "u", true));
-        assert!(t.admit("r", "u", false));
-        assert!(t.admit("r", "u", true), "a start after a stop is a change of state");
+        assert!(t.admit("r", "u", false), "a stop of what was shown goes at once");
+        assert!(!t.admit("r", "u", false), "nothing shown: nothing to stop");
         assert!(t.admit("r", "other", true), "per user");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(t.admit("r", "u", true), "a start after a stop, an interval later");
+    }
+
+    /// The abuse of issue 14: alternating true/false as fast as possible got ~8,000 indicators
+    /// through in 3 s. Now any pattern sends at most a start and a stop per interval.
+    #[tokio::test(start_paused = true)]
+    async fn any_pattern_of_starts_and_stops_sends_at_most_two_per_interval() {
+        let t = Throttle::new(Duration::from_secs(2));
+        let mut sent = 0;
+        for i in 0..30_000u32 {
+            sent += u32::from(t.admit("r", "u", i % 2 == 0));
+            if i % 10 == 0 {
+                tokio::time::advance(Duration::from_millis(1)).await; // 3 s in all
+            }
+        }
+        assert!(sent <= 4, "{sent} broadcasts in 3 s");
+        assert!(sent >= 2, "a start and its stop still go out");
     }
 }

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "conn",
             "envelope",
             "errors",
+            "limits",
             "logging",
             "metrics",
             "redis_conn",

@@ -137,7 +137,7 @@ async fn tabs_on_two_gateways_make_one_join_and_one_leave_and_status_crosses() {
 /// Waits until `c`'s presence list of p1 counts `want` connections of `user`.
 async fn connections_become(c: &Client, user: &str, want: u64) {
     eventually(WAIT, &format!("{user} with {want} connections"), || async {
-        let listed = c.request("presence:list", P1()).await;
+        let listed = request_politely(c, "presence:list", P1()).await;
         let users = listed["users"].as_array()?.clone();
         users.iter().any(|u| u["userId"] == user && u["connections"] == want).then_some(())
     })
@@ -153,7 +153,7 @@ async fn a_gateway_that_stops_takes_its_users_presence_with_it() {
     gws[1].begin_shutdown();
     gws[1].stopped_within(Duration::from_secs(10)).await;
     assert_eq!(observer.next("presence:leave").await[0], json!({ "project": "p1", "userId": "ada" }));
-    let listed = observer.request("presence:list", P1()).await;
+    let listed = request_politely(&observer, "presence:list", P1()).await;
     assert_eq!(listed["total"], 1, "only the observer is left: {listed}");
 }
 

@@ -26,9 +26,11 @@ use tracing::Instrument;
 
 use crate::{
     auth::{self, Identity},
-    conn::{Conn, Lifecycle, Turns},
-    errors::{ClientError, ErrorCode},
-    expiry, metrics,
+    conn::{self, Conn, Lifecycle, Turns},
+    errors::{ClientError, DisconnectReason, ErrorCode},
+    expiry,
+    limits::EventClass,
+    metrics,
     state::Shared,
 };
 use roomcast_publisher::Room;
@@ -36,6 +38,10 @@ use roomcast_publisher::Room;
 /// Most operations one socket may have waiting for their turn. A client that sends faster
 /// than the gateway can apply gets `rate_limited` instead of growing an unbounded queue.
 const MAX_PENDING_OPERATIONS: u64 = 32;
+
+/// The `retryAfterMs` of a refusal for too many operations in flight: their acks are what to
+/// wait for, and they usually come within this.
+const WAIT_FOR_ACKS: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Installs the handlers on the default namespace. Other namespaces are refused by
 /// socketioxide with `connect_error` "Invalid namespace".
@@ -63,7 +69,7 @@ async fn authenticate(
         .and_then(|token| gw.verifier.verify(&token));
     match verified {
         Ok(identity) => {
-            socket.extensions.insert(Arc::new(Conn::new(identity)));
+            socket.extensions.insert(Arc::new(Conn::new(identity, &gw.limits)));
             // Registered here, before socketioxide sends CONNECT: it runs the connect handler
             // only after sending it, and an event the client sends in between would find no
             // handler and be dropped.
@@ -155,17 +161,32 @@ fn on_event(
     ack: AckSender,
     gw: Shared,
 ) -> impl Future<Output = ()> + Send {
-    let ticket = conn_of(&socket).and_then(|conn| {
-        let pending = conn.turns.pending();
-        (pending < MAX_PENDING_OPERATIONS).then(|| (Turns::ticket(&conn), conn))
+    // Decided here, in packet order: the budget, then a place in the socket's queue.
+    let admitted = conn_of(&socket).map(|conn| {
+        if let Err(refused) = conn.take_token(&gw.limits, EventClass::of(&event)) {
+            let error = ClientError::rate_limited("too many events of this kind; wait and retry", refused.retry_after);
+            return Err((error, refused.disconnect));
+        }
+        if conn.turns.pending() >= MAX_PENDING_OPERATIONS {
+            let error = ClientError::rate_limited("too many operations in flight; wait for their acks", WAIT_FOR_ACKS);
+            return Err((error, false));
+        }
+        Ok((Turns::ticket(&conn), conn))
     });
     async move {
         let name = known_event(&event);
-        let Some((ticket, conn)) = ticket else {
-            let error = ClientError::new(ErrorCode::RateLimited, "too many operations in flight; wait for their acks");
-            metrics::client_event(name, Err(error.code));
-            let _ = ack.send(&error.ack());
-            return;
+        let (ticket, conn) = match admitted {
+            Some(Ok(admitted)) => admitted,
+            Some(Err((error, disconnect))) => {
+                metrics::client_event(name, Err(error.code));
+                let _ = ack.send(&error.ack());
+                if disconnect && !conn_of(&socket).is_some_and(|c| c.is_closed()) {
+                    tracing::info!(sid = %socket.id, event = name, "disconnecting a socket that kept exceeding its rate limits");
+                    conn::disconnect(socket, DisconnectReason::RateLimited);
+                }
+                return;
+            }
+            None => return,
         };
         let identity = conn.identity();
         let span = span(&socket, &identity);

@@ -197,6 +197,18 @@ pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error: {body}"))
 }
 
+/// `c.request(event, data)`, waiting as told and trying again while the answer is
+/// `rate_limited`, as a well-behaved client does (for helpers that poll).
+pub async fn request_politely(c: &Client, event: &str, data: Value) -> Value {
+    loop {
+        let ack = c.request(event, data.clone()).await;
+        match ack["error"]["retryAfterMs"].as_u64() {
+            Some(ms) if ack["error"]["code"] == "rate_limited" => tokio::time::sleep(Duration::from_millis(ms)).await,
+            _ => return ack,
+        }
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where
