@@ -155,16 +155,16 @@ async fn presence_lists_are_authorized_paginated_and_validated() {
     }
     let c = &clients[0];
     eventually(WAIT, "three present", || async {
-        (request_politely(&c, "presence:list", json!({ "channel": "c1" })).await["total"] == 3).then_some(())
+        (request_politely(c, "presence:list", json!({ "channel": "c1" })).await["total"] == 3).then_some(())
     })
     .await;
-    let first = request_politely(&c, "presence:list", json!({ "channel": "c1", "limit": 50 })).await;
+    let first = request_politely(c, "presence:list", json!({ "channel": "c1", "limit": 50 })).await;
     assert_eq!(
         (first["users"].as_array().unwrap().len(), first["next"].clone()),
         (2, json!(2)),
         "capped at the page max"
     );
-    let second = request_politely(&c, "presence:list", json!({ "channel": "c1", "offset": 2 })).await;
+    let second = request_politely(c, "presence:list", json!({ "channel": "c1", "offset": 2 })).await;
     assert_eq!((second["users"].as_array().unwrap().len(), second["next"].clone()), (1, Value::Null));
     let all: Vec<Value> = first["users"]
         .as_array()
@@ -176,17 +176,17 @@ async fn presence_lists_are_authorized_paginated_and_validated() {
     assert_eq!(all, vec![json!("u1"), json!("u2"), json!("u3")], "oldest presence first");
 
     let code = |v: Value| v["error"]["code"].as_str().unwrap().to_owned();
-    assert_eq!(code(request_politely(&c, "presence:list", json!({ "channel": "c9" })).await), "forbidden");
+    assert_eq!(code(request_politely(c, "presence:list", json!({ "channel": "c9" })).await), "forbidden");
     assert_eq!(
-        code(request_politely(&c, "presence:list", json!({ "channel": "c1", "limit": -1 })).await),
+        code(request_politely(c, "presence:list", json!({ "channel": "c1", "limit": -1 })).await),
         "invalid_payload"
     );
     assert_eq!(
-        code(request_politely(&c, "presence:list", json!({ "channel": "c1", "offset": "x" })).await),
+        code(request_politely(c, "presence:list", json!({ "channel": "c1", "offset": "x" })).await),
         "invalid_payload"
     );
-    assert_eq!(code(request_politely(&c, "presence:list", json!("c1")).await), "invalid_payload");
-    assert_eq!(code(request_politely(&c, "presence:list", json!({ "channel": "bad:id" })).await), "invalid_room");
+    assert_eq!(code(request_politely(c, "presence:list", json!("c1")).await), "invalid_payload");
+    assert_eq!(code(request_politely(c, "presence:list", json!({ "channel": "bad:id" })).await), "invalid_room");
     // Listing does not require having joined: the token's grant is enough.
     let outsider = gw.connect_user("t1", "u9").await;
     assert_eq!(request_politely(&outsider, "presence:list", json!({ "channel": "c2" })).await["total"], 0);
