@@ -124,7 +124,7 @@ async fn nobody_present(r: &Replica, tenants: &[String]) {
                 let room = room.clone();
                 let observer = &observer;
                 async move {
-                    let ack = request_politely(&observer, "presence:list", room).await;
+                    let ack = request_politely(observer, "presence:list", room).await;
                     assert_eq!(ack["ok"], true, "{ack}");
                     (ack["users"] == Value::Array(vec![])).then_some(())
                 }
