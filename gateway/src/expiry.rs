@@ -21,10 +21,19 @@ fn now_unix() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
+/// Deadlines further away than this are capped to it: a token may say it expires in the year
+/// 500 billion, and an `Instant` that far away does not exist (adding it panics).
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// The instant a token with `exp` stops being accepted: `exp` plus the leeway the verifier grants.
 fn expire_instant(gw: &Shared, exp: u64) -> Instant {
-    let deadline = Duration::from_secs(exp) + gw.verifier.leeway();
-    Instant::now() + deadline.saturating_sub(now_unix())
+    Instant::now() + time_left(exp, gw.verifier.leeway(), now_unix())
+}
+
+/// How long from `now` (since the Unix epoch) until `exp` (seconds since the epoch) plus
+/// `leeway`, saturating: any `exp` a signed token can carry gives a deadline.
+fn time_left(exp: u64, leeway: Duration, now: Duration) -> Duration {
+    Duration::from_secs(exp).saturating_add(leeway).saturating_sub(now).min(FAR_FUTURE)
 }
 
 /// (Re)schedules `sid`'s deadlines for a token expiring at `exp` (seconds since the epoch).
@@ -78,5 +87,20 @@ pub async fn run(gw: Shared) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_exp_gives_a_deadline_without_overflow() {
+        let now = Duration::from_secs(1_700_000_000);
+        let leeway = Duration::from_secs(5);
+        assert_eq!(time_left(1_700_000_060, leeway, now), Duration::from_secs(65));
+        assert_eq!(time_left(0, leeway, now), Duration::ZERO, "long expired");
+        assert_eq!(time_left(u64::MAX, Duration::MAX, now), FAR_FUTURE);
+        let _ = Instant::now() + time_left(u64::MAX, leeway, now);
     }
 }

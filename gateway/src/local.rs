@@ -2,7 +2,7 @@
 //! count, or move between rooms. The only place below the protocol edge that holds the
 //! Socket.IO server; the core never holds a socket handle.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use roomcast_publisher::wire::{self, EventEnvelope};
 use serde::Serialize;
@@ -11,7 +11,11 @@ use socketioxide::{
     BroadcastError, SocketError, SocketIo, extract::SocketRef, operators::BroadcastOperators, socket::Sid,
 };
 
-use crate::{metrics, rooms::Membership};
+use crate::{
+    logging::{Throttled, WARN_EVERY},
+    metrics,
+    rooms::Membership,
+};
 
 /// The second argument of every published event a client receives.
 #[derive(Debug, Serialize)]
@@ -126,15 +130,27 @@ impl Local {
 /// events arrive: the event is lost for that socket, so it is counted (and, with room offsets,
 /// the client sees the gap). Closed sockets are just disconnecting and not counted.
 fn note_emit_errors(result: Result<(), BroadcastError>) {
+    static BUFFER_FULL: LazyLock<Throttled> = LazyLock::new(|| Throttled::new(WARN_EVERY));
+    static FAILED: LazyLock<Throttled> = LazyLock::new(|| Throttled::new(WARN_EVERY));
     match result {
         Ok(()) => {}
         Err(BroadcastError::Socket(errors)) => {
             let full = errors.iter().filter(|e| matches!(e, SocketError::InternalChannelFull)).count();
             if full > 0 {
                 metrics::client_buffer_full(full as u64);
-                tracing::warn!(sockets = full, "dropped an event for sockets whose send buffer is full");
+                if let Some(held) = BUFFER_FULL.check() {
+                    tracing::warn!(
+                        sockets = full,
+                        similar_since = held,
+                        "dropped an event for sockets whose send buffer is full (roomcast_client_buffer_full_total counts them all)"
+                    );
+                }
             }
         }
-        Err(error) => tracing::warn!(%error, "local broadcast failed"),
+        Err(error) => {
+            if let Some(held) = FAILED.check() {
+                tracing::warn!(%error, similar_since = held, "local broadcast failed");
+            }
+        }
     }
 }

@@ -35,3 +35,59 @@ pub fn init(config: &Config) {
     // Already initialised (an embedding application or a test did): keep theirs.
     let _ = result;
 }
+
+/// Lets a warning that can fire once per event (a full send buffer, a failed Redis call per
+/// operation) through at most once per `every`, with how many were held back since: a flood
+/// must not turn into a flood of log lines.
+#[derive(Debug)]
+pub struct Throttled {
+    every: std::time::Duration,
+    /// Milliseconds since `start` of the last line let through, or `u64::MAX` before the first.
+    last: std::sync::atomic::AtomicU64,
+    /// Lines held back since the last one let through.
+    held: std::sync::atomic::AtomicU64,
+    start: std::time::Instant,
+}
+
+impl Throttled {
+    /// At most one line per `every`.
+    pub fn new(every: std::time::Duration) -> Self {
+        Throttled {
+            every,
+            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+            held: Default::default(),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// `Some(held back since the last line)` if a line may be logged now, else `None` (counted).
+    pub fn check(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == u64::MAX || now.saturating_sub(last) >= self.every.as_millis() as u64;
+        if due && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// How often a throttled warning may repeat.
+pub const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_warnings_is_one_line_then_one_per_interval_with_the_count_held_back() {
+        let t = Throttled::new(std::time::Duration::from_millis(50));
+        assert_eq!(t.check(), Some(0));
+        assert_eq!((0..1000).filter_map(|_| t.check()).count(), 0, "held back within the interval");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(t.check(), Some(1000), "the next line says how many were held back");
+        assert_eq!(t.check(), None);
+    }
+}

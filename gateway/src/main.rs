@@ -27,7 +27,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let shutdown_timeout = config.shutdown_timeout;
+    let code = runtime.block_on(async {
         let dev = config.dev.then(|| DevKeys::of(&config));
         let gateway = match Gateway::bind(config).await {
             Ok(g) => g,
@@ -39,14 +40,41 @@ fn main() -> ExitCode {
         if let Some(keys) = dev {
             print_dev_banner(&gateway, &keys);
         }
-        match gateway.run(shutdown_signal()).await {
+        let shutdown = async {
+            shutdown_signal().await;
+            // Whatever a task is doing (even spinning without yielding, which no timer can
+            // interrupt), the process is gone shortly after the shutdown timeout.
+            watchdog(shutdown_timeout + WATCHDOG_MARGIN, || {
+                eprintln!("roomcast-gateway: shutdown timeout passed with work still running; exiting");
+                std::process::exit(1);
+            });
+        };
+        match gateway.run(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("roomcast-gateway: {e}");
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Tasks still running (aborted ones stop at their next await) are not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// How long past `ROOMCAST_SHUTDOWN_TIMEOUT` the watchdog lets an orderly shutdown finish.
+const WATCHDOG_MARGIN: Duration = Duration::from_millis(500);
+
+/// Runs `on_expiry` on a thread of its own after `after`, unless the process ended first. A
+/// plain thread, not a task: it must fire even when every runtime worker is stuck.
+fn watchdog(after: Duration, on_expiry: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new().name("shutdown-watchdog".into()).spawn(move || {
+        std::thread::sleep(after);
+        on_expiry();
+    });
+    if let Err(e) = spawned {
+        eprintln!("roomcast-gateway: cannot start the shutdown watchdog: {e}");
+    }
 }
 
 /// `--print-token TENANT/USER`: a token for trying a deployment out, then exit.
@@ -169,4 +197,25 @@ Or look at the Engine.IO handshake with curl:
   curl "http://localhost:{port}/socket.io/?EIO=4&transport=polling&token={ada}"
 "#
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_fires_after_its_time_even_with_the_runtime_stuck() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        // The only worker spins without yielding: no timer of the runtime can fire now.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = stop.clone();
+        runtime.spawn(async move { while !spinning.load(std::sync::atomic::Ordering::Relaxed) {} });
+        let (fired, rx) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
+        watchdog(Duration::from_millis(200), move || fired.send(()).unwrap());
+        rx.recv_timeout(Duration::from_secs(30)).expect("the watchdog fired");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
 }

@@ -461,7 +461,11 @@ impl Sequencer {
                 (Some(read.position), Some(at), recovered)
             }
             Err(error) => {
-                tracing::warn!(room, %error, "history unavailable; joining without recovery");
+                static UNAVAILABLE: std::sync::LazyLock<crate::logging::Throttled> =
+                    std::sync::LazyLock::new(|| crate::logging::Throttled::new(crate::logging::WARN_EVERY));
+                if let Some(held) = UNAVAILABLE.check() {
+                    tracing::warn!(room, %error, similar_since = held, "history unavailable; joining without recovery");
+                }
                 (None, None, since.map(|_| false))
             }
         };

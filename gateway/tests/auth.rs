@@ -219,3 +219,19 @@ async fn a_refresh_that_narrows_access_leaves_the_rooms_it_no_longer_grants() {
     assert_eq!(ack["left"], json!(["tenant:t1:project:p1"]), "{ack}");
     assert_eq!(client.request("join", json!({ "project": "p1" })).await["error"]["code"], "forbidden");
 }
+
+/// Issue 14: a validly signed token with `exp` near `u64::MAX` panicked the expiry arithmetic
+/// (caught by the runtime, but the socket then never expired and its setup never finished).
+#[tokio::test]
+async fn a_token_expiring_at_the_end_of_time_connects_and_works() {
+    let gw = TestGateway::start().await;
+    for exp in [u64::MAX, u64::MAX / 1000, u64::MAX - 5] {
+        let mut c = claims("t1", "forever");
+        c["exp"] = json!(exp);
+        let client = gw.connect(&token(&c)).await;
+        assert_eq!(client.request("join", json!({ "project": "p1" })).await["ok"], true, "exp {exp}");
+        let ack = client.request("auth:refresh", json!({ "token": token(&c) })).await;
+        assert_eq!(ack["ok"], true, "exp {exp}: {ack}");
+        assert!(client.next_within("auth:expiring", Duration::from_millis(200)).await.is_none());
+    }
+}

@@ -142,17 +142,56 @@ struct Local {
     status: Status,
 }
 
+/// This replica's users per room, with the number of users per room, so that the last user's
+/// grace ending finds the room empty without scanning every entry (a scan per expiry was
+/// quadratic: ~80,000 join/leave pairs kept a worker spinning).
+#[derive(Debug, Default)]
+struct LocalUsers {
+    entries: HashMap<(String, String), Local>,
+    per_room: HashMap<String, usize>,
+}
+
+impl LocalUsers {
+    /// The entry of `key`, created with `status` if new.
+    fn entry(&mut self, key: (String, String), status: Status) -> &mut Local {
+        let per_room = &mut self.per_room;
+        self.entries.entry(key).or_insert_with_key(|(room, _)| {
+            *per_room.entry(room.clone()).or_default() += 1;
+            Local { sockets: 0, leaving_at: None, status }
+        })
+    }
+
+    /// Removes `key`; `true` if its room has no entry left.
+    fn remove(&mut self, key: &(String, String)) -> bool {
+        if self.entries.remove(key).is_none() {
+            return false;
+        }
+        match self.per_room.get_mut(&key.0) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.per_room.remove(&key.0);
+                true
+            }
+        }
+    }
+}
+
 /// This replica's presence bookkeeping; see the module docs.
 pub struct Presence {
     store: Arc<dyn PresenceStore>,
     grace: Duration,
     /// A std mutex: held only to update counts and queue store operations, never across an await.
-    local: Mutex<HashMap<(String, String), Local>>,
+    local: Mutex<LocalUsers>,
     leaving: DeadlineQueue<(String, String)>,
     /// A store operation failed: this replica's share may be off until the next reconcile.
     dirty: std::sync::atomic::AtomicBool,
     ops: mpsc::UnboundedSender<Op>,
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    /// One warning per interval while the store fails, not one per operation.
+    store_errors: crate::logging::Throttled,
 }
 
 impl std::fmt::Debug for Presence {
@@ -168,15 +207,16 @@ impl Presence {
         Presence {
             store,
             grace,
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(LocalUsers::default()),
             leaving: DeadlineQueue::default(),
             dirty: Default::default(),
             ops,
             ops_rx: Mutex::new(Some(ops_rx)),
+            store_errors: crate::logging::Throttled::new(crate::logging::WARN_EVERY),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Local>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalUsers> {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -187,7 +227,7 @@ impl Presence {
         }
         let key = (room.to_string(), user.to_owned());
         let mut local = self.lock();
-        let entry = local.entry(key.clone()).or_insert(Local { sockets: 0, leaving_at: None, status });
+        let entry = local.entry(key.clone(), status);
         entry.sockets += 1;
         let previous = std::mem::replace(&mut entry.status, status);
         if let Some(at) = entry.leaving_at.take() {
@@ -208,7 +248,7 @@ impl Presence {
         }
         let key = (room.to_string(), user.to_owned());
         let mut local = self.lock();
-        let Some(entry) = local.get_mut(&key) else { return };
+        let Some(entry) = local.entries.get_mut(&key) else { return };
         entry.sockets = entry.sockets.saturating_sub(1);
         if entry.sockets > 0 {
             let _ = self.ops.send(Op::Exit { room: key.0, user: key.1 });
@@ -225,7 +265,7 @@ impl Presence {
             return;
         }
         let key = (room.to_string(), user.to_owned());
-        if let Some(entry) = self.lock().get_mut(&key) {
+        if let Some(entry) = self.lock().entries.get_mut(&key) {
             entry.status = status;
             let _ = self.ops.send(Op::Status { room: key.0, user: key.1, status });
         }
@@ -242,8 +282,12 @@ impl Presence {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                for key in this.leaving.next_due().await {
+                for (i, key) in this.leaving.next_due().await.into_iter().enumerate() {
                     this.grace_over(key);
+                    if i % 1024 == 1023 {
+                        // Thousands due at once (a mass disconnect): let other tasks run.
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         });
@@ -265,7 +309,9 @@ impl Presence {
             if let Err(e) = result {
                 // Redis is down: the lease lapses meanwhile and the replay after the renewal
                 // restores this replica's presence from `local`.
-                tracing::warn!(error = %e, "presence change not stored; will reconcile when the store is back");
+                if let Some(held) = self.store_errors.check() {
+                    tracing::warn!(error = %e, similar_since = held, "presence change not stored; will reconcile when the store is back");
+                }
                 self.dirty.store(true, std::sync::atomic::Ordering::Release);
                 crate::metrics::presence_error();
             }
@@ -274,10 +320,9 @@ impl Presence {
 
     fn grace_over(&self, key: (String, String)) {
         let mut local = self.lock();
-        let Some(entry) = local.get(&key) else { return };
+        let Some(entry) = local.entries.get(&key) else { return };
         if entry.sockets == 0 && entry.leaving_at.is_some_and(|at| at <= Instant::now()) {
-            local.remove(&key);
-            let room_empty = !local.keys().any(|(room, _)| *room == key.0);
+            let room_empty = local.remove(&key);
             let _ = self.ops.send(Op::Exit { room: key.0.clone(), user: key.1 });
             if room_empty {
                 let _ = self.ops.send(Op::Forget { room: key.0 });
@@ -333,7 +378,7 @@ impl Presence {
     fn reconcile(&self, unknown: bool) {
         let local = self.lock();
         let mut held: HashMap<String, Vec<(String, u32, Status)>> = HashMap::new();
-        for ((room, user), entry) in local.iter() {
+        for ((room, user), entry) in local.entries.iter() {
             // A connection in its grace period is still counted by the store.
             let count = entry.sockets.max(u32::from(entry.leaving_at.is_some()));
             held.entry(room.clone()).or_default().push((user.clone(), count, entry.status));
@@ -355,7 +400,8 @@ impl Presence {
         tokio::time::sleep_until(wait_until).await;
         let entries: Vec<((String, String), u32)> = {
             let mut local = self.lock();
-            local.drain().map(|(key, e)| (key, e.sockets.max(u32::from(e.leaving_at.is_some())))).collect()
+            local.per_room.clear();
+            local.entries.drain().map(|(key, e)| (key, e.sockets.max(u32::from(e.leaving_at.is_some())))).collect()
         };
         let mut rooms = std::collections::HashSet::new();
         for ((room, user), count) in entries {
@@ -392,5 +438,29 @@ pub(crate) fn envelope(
         status: status.map(|s| s.as_str().to_owned()),
         since,
         ts: wire::now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_is_empty_when_its_last_user_is_removed_whatever_else_is_held() {
+        let mut users = LocalUsers::default();
+        let key = |room: &str, user: &str| (room.to_owned(), user.to_owned());
+        for i in 0..10_000 {
+            users.entry(key("busy", &format!("u{i}")), Status::Online);
+        }
+        users.entry(key("r", "a"), Status::Online).sockets += 1;
+        users.entry(key("r", "a"), Status::Away).sockets += 1;
+        users.entry(key("r", "b"), Status::Online);
+        assert_eq!(users.per_room["r"], 2, "one count per user, not per socket");
+        assert!(!users.remove(&key("r", "a")), "b is still there");
+        assert!(!users.remove(&key("r", "a")), "removing twice changes nothing");
+        assert!(users.remove(&key("r", "b")), "the last one");
+        assert!(!users.remove(&key("r", "b")));
+        assert!(!users.per_room.contains_key("r"));
+        assert_eq!(users.per_room["busy"], 10_000);
     }
 }

@@ -140,7 +140,11 @@ pub(super) fn enter_now(
 /// subscription as wanted and re-applies it when it recovers, and local delivery works meanwhile.
 pub(super) async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
     if let Err(e) = subscribed.await {
-        tracing::warn!(error = %e, "room subscription not confirmed yet");
+        static UNCONFIRMED: std::sync::LazyLock<crate::logging::Throttled> =
+            std::sync::LazyLock::new(|| crate::logging::Throttled::new(crate::logging::WARN_EVERY));
+        if let Some(held) = UNCONFIRMED.check() {
+            tracing::warn!(error = %e, similar_since = held, "room subscription not confirmed yet");
+        }
     }
 }
 
