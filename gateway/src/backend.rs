@@ -10,7 +10,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Why a storage operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
-    /// The backend cannot be reached right now; the operation may succeed later.
+    /// The backend cannot be reached right now; the operation did not happen and may succeed
+    /// later.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The operation was sent but its answer never came (a timeout, a connection lost while
+    /// waiting): it may or may not have happened.
+    #[error("outcome unknown: {0}")]
+    Uncertain(String),
 }

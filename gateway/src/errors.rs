@@ -53,6 +53,8 @@ pub enum ErrorCode {
     /// Redis is unreachable: a publish did not reach other replicas (a client's typing still
     /// reached members on its own replica).
     Unavailable,
+    /// Publishing: Redis did not answer in time, so whether the event was published is unknown.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -74,6 +76,7 @@ impl ErrorCode {
         ErrorCode::InvalidEvent,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::Timeout,
     ];
 
     /// The code as clients see it.
@@ -95,6 +98,7 @@ impl ErrorCode {
             ErrorCode::InvalidEvent => "invalid_event",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }

@@ -19,7 +19,7 @@ use roomcast_publisher::{
 use serde::Deserialize;
 use serde_json::{json, value::RawValue};
 
-use crate::{errors::ErrorCode, http, metrics, state::Shared};
+use crate::{backend::BusError, errors::ErrorCode, http, metrics, state::Shared};
 
 /// One publish in a request body.
 #[derive(Debug, Deserialize)]
@@ -158,7 +158,14 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
             };
             Json(body).into_response()
         }
-        Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("not published: {e}")),
+        Err(BusError::Unavailable(why)) => {
+            fail(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("nothing was published: {why}"))
+        }
+        Err(BusError::Uncertain(why)) => fail(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Timeout,
+            format!("{why}: the events may or may not have been published"),
+        ),
     }
 }
 

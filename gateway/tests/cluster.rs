@@ -529,3 +529,64 @@ async fn a_replica_started_before_its_redis_connects_later_without_a_presence_wa
     let warned: Vec<Value> = lease_lines().into_iter().filter(|v| v["level"] == "WARN").collect();
     assert!(warned.is_empty(), "{warned:#?}");
 }
+
+/// Issue 14: with Redis stopped (SIGSTOP) `/readyz` stayed 200, and `POST /v1/publish` answered
+/// 503 "not published" for events that were all delivered once Redis resumed. Now a hung Redis
+/// is reported down within about a command timeout, an answer of 503 means the event was
+/// certainly not published, and one that may have been gets 504 `timeout`.
+#[tokio::test]
+async fn a_hung_redis_is_reported_down_and_publish_answers_never_claim_more_than_is_known() {
+    let redis = RedisServer::start();
+    let rs = Replica::ready(1, &redis.url(), &[("ROOMCAST_REDIS_COMMAND_TIMEOUT", "500ms")]).await;
+    let member = rs[0].connect_user("t1", "ada").await;
+    join(&member, json!({ "project": "p1" })).await;
+    let publish = |n: u64| {
+        let replica = &rs[0];
+        async move { replica.publish(&json!({ "tenant": "t1", "project": "p1", "event": "n", "data": n })).await }
+    };
+
+    redis.pause();
+    let (mut not_published, mut unknown) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    let hung = Instant::now();
+    while rs[0].readyz().await.0 == 200 {
+        assert!(hung.elapsed() < Duration::from_secs(8), "/readyz still 200 {:?} after Redis hung", hung.elapsed());
+        n += 1;
+        let (status, body) = publish(n).await;
+        let message = body["error"]["message"].as_str().unwrap_or_default().to_owned();
+        match status {
+            503 => not_published.push(n),
+            504 => unknown.push(n),
+            other => panic!("publish {n} during the hang answered {other}: {body}"),
+        }
+        assert!(!message.contains("ERR") && !message.contains("NOSCRIPT"), "Redis internals leak: {message}");
+    }
+    eprintln!(
+        "down after {:?}: {} unknown (504), {} not published (503)",
+        hung.elapsed(),
+        unknown.len(),
+        not_published.len()
+    );
+    // Known down: refused at once, and certainly not published.
+    for _ in 0..5 {
+        n += 1;
+        let (status, body) = publish(n).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "{body}");
+        not_published.push(n);
+    }
+
+    redis.resume();
+    eventually(WAIT, "ready again", || async { (rs[0].readyz().await.0 == 200).then_some(()) }).await;
+    let marker = n + 1;
+    eventually(WAIT, "a publish after the resume", || async { (publish(marker).await.0 == 200).then_some(()) }).await;
+    let mut got = Vec::new();
+    loop {
+        let value = member.next("n").await[0].as_u64().unwrap();
+        if value == marker {
+            break;
+        }
+        got.push(value);
+    }
+    let lies: Vec<_> = got.iter().filter(|v| not_published.contains(v)).collect();
+    assert!(lies.is_empty(), "answered 503 but delivered: {lies:?} (delivered {got:?})");
+}

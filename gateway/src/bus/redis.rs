@@ -115,8 +115,12 @@ fn build_client(config: &FredConfig, settings: &RedisSettings, events: usize) ->
             // Commands issued while disconnected are queued; bound the queue.
             c.max_command_buffer_len = 10_000;
             // A half-open connection (network partition) is replaced instead of waited on.
-            c.unresponsive =
-                UnresponsiveConfig { max_timeout: Some(Duration::from_secs(10)), interval: Duration::from_secs(1) };
+            // A Redis that stops answering (a stopped process, a hung host) counts as down like a
+            // dropped link, within about a command timeout: readiness and publish answers say so.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(settings.command_timeout.max(Duration::from_secs(1))),
+                interval: Duration::from_millis(500),
+            };
         })
         .build()
         .map_err(|e| ConfigError::new(env::REDIS_URL, format!("cannot build a Redis client: {}", e.details())))
@@ -148,7 +152,8 @@ impl RedisBus {
         keep_connecting(&subscriber);
         for client in [&commands, &subscriber] {
             let client = client.clone();
-            tokio::spawn(async move { client.enable_heartbeat(Duration::from_secs(5), false).await });
+            // The heartbeat's PING is what the unresponsive check times on an idle connection.
+            tokio::spawn(async move { client.enable_heartbeat(Duration::from_secs(1), false).await });
         }
 
         let delivery = RedisDelivery {
@@ -259,9 +264,12 @@ impl Bus for RedisBus {
     fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
         let redis = self.commands();
         let (history, script) = (self.history, self.publish_script.clone());
+        // Either connection found Redis gone (closed, or not answering): a hang shows on
+        // whichever connection was busy first, and the other follows within a heartbeat.
+        let down = !self.subscriber_link.is_up();
         Box::pin(async move {
             // Fail at once rather than queue behind a dead connection until the timeout.
-            if !redis.link.is_up() {
+            if down || !redis.link.is_up() {
                 metrics::redis_error("publish");
                 return Err(BusError::Unavailable("Redis is not connected".into()));
             }
@@ -275,11 +283,11 @@ impl Bus for RedisBus {
                     let sent = send_encoded(&redis.client, script, &redis.keys, envelope.room(), body, history).await;
                     sent.map(|s| Published { replicas: s.replicas, offset: s.offset, epoch: s.epoch }).map_err(|e| {
                         metrics::redis_error("publish");
-                        BusError::Unavailable(e.details().to_owned())
+                        publish_error(&e)
                     })
                 }
             });
-            futures_util::future::join_all(sends).await.into_iter().collect()
+            batch_outcome(futures_util::future::join_all(sends).await)
         })
     }
 
@@ -291,6 +299,43 @@ impl Bus for RedisBus {
         } else {
             None
         }
+    }
+}
+
+/// What a failed publish means for the publisher. Only an answer from Redis, or not reaching
+/// it, says the publish did not happen; a timeout or a connection lost while waiting says
+/// nothing. Redis' own words (script hashes, OOM text) stay in the logs.
+fn publish_error(e: &fred::error::Error) -> BusError {
+    use fred::error::ErrorKind;
+    static LOGGED: std::sync::LazyLock<crate::logging::Throttled> =
+        std::sync::LazyLock::new(|| crate::logging::Throttled::new(crate::logging::WARN_EVERY));
+    if let Some(held) = LOGGED.check() {
+        tracing::warn!(error = %e, similar_since = held, "publish to Redis failed");
+    }
+    match e.kind() {
+        ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Protocol | ErrorKind::Parse => {
+            BusError::Uncertain("Redis did not answer in time".into())
+        }
+        ErrorKind::Backpressure => BusError::Unavailable("Redis is overloaded".into()),
+        _ => BusError::Unavailable("Redis refused the publish".into()),
+    }
+}
+
+/// One answer for a batch: all published, all certainly not, or — when some were and some
+/// were not, or any is unknown — unknown.
+fn batch_outcome(results: Vec<Result<Published, BusError>>) -> Result<Vec<Published>, BusError> {
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    if failed == 0 {
+        return Ok(results.into_iter().flatten().collect());
+    }
+    let uncertain = results.iter().find_map(|r| match r {
+        Err(BusError::Uncertain(why)) => Some(why.clone()),
+        _ => None,
+    });
+    match (uncertain, failed == results.len()) {
+        (Some(why), _) => Err(BusError::Uncertain(why)),
+        (None, true) => Err(results.into_iter().find_map(Result::err).unwrap_or(BusError::Unavailable(String::new()))),
+        (None, false) => Err(BusError::Uncertain(format!("{} of {} publishes failed", failed, results.len()))),
     }
 }
 

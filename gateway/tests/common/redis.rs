@@ -108,6 +108,22 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the process keeps its connections but answers nothing, like a hung host.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Starts the server again on the same port (and data directory).
     pub fn start_again(&mut self) {
         assert!(self.child.is_none(), "stop it first");
