@@ -82,6 +82,10 @@ pub mod env {
     pub const AUTH_EXPIRING_NOTICE: &str = "ROOMCAST_AUTH_EXPIRING_NOTICE";
     /// `ROOMCAST_MAX_ROOMS_PER_SOCKET`.
     pub const MAX_ROOMS_PER_SOCKET: &str = "ROOMCAST_MAX_ROOMS_PER_SOCKET";
+    /// `ROOMCAST_HISTORY_MAX_ROOMS`.
+    pub const HISTORY_MAX_ROOMS: &str = "ROOMCAST_HISTORY_MAX_ROOMS";
+    /// `ROOMCAST_HISTORY_MAX_BYTES`.
+    pub const HISTORY_MAX_BYTES: &str = "ROOMCAST_HISTORY_MAX_BYTES";
     /// `ROOMCAST_RATE_ROOMS`.
     pub const RATE_ROOMS: &str = "ROOMCAST_RATE_ROOMS";
     /// `ROOMCAST_RATE_PRESENCE_UPDATE`.
@@ -183,6 +187,18 @@ pub struct Config {
     /// How long an event stays in history; an idle room's history expires this long after its last event.
     #[arg(long, env = env::HISTORY_TTL, default_value = "5m", value_parser = parse_duration)]
     pub history_ttl: Duration,
+
+    /// Single node (no Redis): most rooms the in-memory history keeps an entry for (rooms that
+    /// were joined or published to). Beyond it the least recently active rooms are forgotten
+    /// (their clients get `recovered: false`), counted in roomcast_history_rooms_evicted_total.
+    #[arg(long, env = env::HISTORY_MAX_ROOMS, default_value_t = 100_000)]
+    pub history_max_rooms: usize,
+
+    /// Single node (no Redis): most bytes of events the in-memory history keeps, all rooms
+    /// together; beyond it the least recently active rooms are forgotten. With Redis, its
+    /// maxmemory bounds history.
+    #[arg(long, env = env::HISTORY_MAX_BYTES, default_value_t = 256 * 1024 * 1024)]
+    pub history_max_bytes: usize,
 
     /// A user whose last connection leaves a room and is back within this time (a page reload)
     /// produces neither presence:leave nor presence:join.
@@ -542,6 +558,12 @@ impl Config {
         }
         if self.history_size > 100_000 {
             return Err(ConfigError::new(env::HISTORY_SIZE, "at most 100000 events per room"));
+        }
+        if self.history_max_rooms == 0 {
+            return Err(ConfigError::new(env::HISTORY_MAX_ROOMS, "must be at least 1"));
+        }
+        if self.history_max_bytes < 64 * 1024 {
+            return Err(ConfigError::new(env::HISTORY_MAX_BYTES, "must be at least 65536 (64 KiB)"));
         }
         if self.history_size > 0 && self.history_ttl < Duration::from_secs(1) {
             return Err(ConfigError::new(env::HISTORY_TTL, "must be at least 1s"));

@@ -73,7 +73,11 @@ use crate::{
     },
     config::{Secret, env},
     delivery::Delivery,
-    history::{History, memory::MemoryHistory, redis::RedisHistory},
+    history::{
+        History,
+        memory::{MemoryHistory, MemoryLimits},
+        redis::RedisHistory,
+    },
     http::OriginPolicy,
     local::Local,
     presence::{Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
@@ -129,18 +133,24 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// A cluster with no gateways yet, keeping `history` (`None`: no history, no recovery).
+    /// A cluster with no gateways yet, keeping `history` (`None`: no history, no recovery)
+    /// within the default memory limits (`ROOMCAST_HISTORY_MAX_ROOMS`, `_MAX_BYTES`).
     pub fn new(policy: Option<HistoryPolicy>) -> LocalCluster {
-        let history = policy.map(|policy| Arc::new(MemoryHistory::new(policy)));
+        let defaults = Config::for_tests("");
+        Self::with_limits(policy, MemoryLimits { rooms: defaults.history_max_rooms, bytes: defaults.history_max_bytes })
+    }
+
+    fn with_limits(policy: Option<HistoryPolicy>, limits: MemoryLimits) -> LocalCluster {
+        let history = policy.map(|policy| Arc::new(MemoryHistory::new(policy, limits)));
         if let Some(history) = &history {
             let history = Arc::downgrade(history);
-            // Rooms idle longer than their offsets would live in Redis are forgotten.
+            // Rooms idle longer than they would live in Redis are forgotten.
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
                 loop {
                     tick.tick().await;
                     let Some(history) = history.upgrade() else { break };
-                    history.forget_idle(roomcast_publisher::wire::META_TTL);
+                    history.sweep();
                 }
             });
         }
@@ -249,7 +259,8 @@ impl Gateway {
                 Some(cluster) => cluster.node(),
                 None => {
                     tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
-                    LocalCluster::new(config.history()).node()
+                    let limits = MemoryLimits { rooms: config.history_max_rooms, bytes: config.history_max_bytes };
+                    LocalCluster::with_limits(config.history(), limits).node()
                 }
             },
         };

@@ -84,6 +84,9 @@ pub const DELIVERIES: &str = "roomcast_deliveries_total";
 pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
 /// Events not sent to a socket because its send buffer was full.
 pub const CLIENT_BUFFER_FULL: &str = "roomcast_client_buffer_full_total";
+/// Single node: rooms whose in-memory history was dropped to stay within
+/// `ROOMCAST_HISTORY_MAX_ROOMS` / `ROOMCAST_HISTORY_MAX_BYTES`.
+pub const HISTORY_EVICTED: &str = "roomcast_history_rooms_evicted_total";
 /// Publish requests (HTTP API, client typing), by `source` and `result`.
 pub const PUBLISHES: &str = "roomcast_publish_requests_total";
 /// Presence changes the store could not apply (reconciled when it is back).
@@ -113,6 +116,7 @@ fn describe() {
     describe_counter!(DELIVERIES, "Envelopes delivered to this replica's rooms, by type.");
     describe_histogram!(DELIVERY_LATENCY, "Seconds from publish to local emit (publisher and gateway clocks).");
     describe_counter!(CLIENT_BUFFER_FULL, "Events not sent to a socket because its send buffer was full.");
+    describe_counter!(HISTORY_EVICTED, "Rooms whose in-memory history was dropped to stay within its limits.");
     describe_counter!(PUBLISHES, "Publish requests, by source and result.");
     describe_counter!(PRESENCE_ERRORS, "Presence changes the store could not apply (reconciled later).");
     describe_counter!(REPLICAS_REAPED, "Dead replicas whose presence this replica removed.");
@@ -144,6 +148,7 @@ fn register() {
         BUS_RECEIVED,
         BUS_LAGGED,
         CLIENT_BUFFER_FULL,
+        HISTORY_EVICTED,
         PRESENCE_ERRORS,
         REPLICAS_REAPED,
         TYPING_EXPIRED,
@@ -275,6 +280,10 @@ pub(crate) fn delivered(kind: &'static str, members: u64) {
 
 pub(crate) fn delivery_latency(ms: u64) {
     histogram!(DELIVERY_LATENCY).record(ms as f64 / 1000.0);
+}
+
+pub(crate) fn history_evicted(rooms: u64) {
+    counter!(HISTORY_EVICTED).increment(rooms);
 }
 
 pub(crate) fn client_buffer_full(sockets: u64) {

@@ -590,3 +590,37 @@ async fn a_hung_redis_is_reported_down_and_publish_answers_never_claim_more_than
     let lies: Vec<_> = got.iter().filter(|v| not_published.contains(v)).collect();
     assert!(lies.is_empty(), "answered 503 but delivered: {lies:?} (delivered {got:?})");
 }
+
+/// Issue 14: every join's history read created a `…:meta` key living 7 days, so joining many
+/// channel names filled Redis. What a read creates now lives as long as history; a publish is
+/// what makes a room's position last.
+#[tokio::test]
+async fn a_join_creates_nothing_in_redis_that_outlives_history() {
+    let redis = RedisServer::start();
+    let env = [("ROOMCAST_HISTORY_TTL", "30s"), ("ROOMCAST_PRESENCE_GRACE", "100ms")];
+    let rs = Replica::ready(1, &redis.url(), &env).await;
+    let mut any_channel = claims("t1", "ada");
+    any_channel["channels"] = json!(["*"]);
+    let c = Client::connect(rs[0].addr, Connect::token(&token(&any_channel))).await.unwrap();
+    for i in 0..20 {
+        join(&c, json!({ "channel": format!("browse-{i}") })).await;
+        assert_eq!(c.request("leave", json!({ "channel": format!("browse-{i}") })).await["ok"], true);
+    }
+    // Once the presence grace is over, what is left of those rooms is their position, with
+    // the history's TTL.
+    let keys = eventually(WAIT, "only the rooms' meta keys left", || async {
+        let keys = redis.cli(&["KEYS", "roomcast:{tenant:t1:channel:*"]);
+        let keys: Vec<String> = keys.lines().map(str::to_owned).collect();
+        keys.iter().all(|k| k.ends_with(":meta")).then_some(keys)
+    })
+    .await;
+    assert_eq!(keys.len(), 20, "{keys:?}");
+    for key in &keys {
+        let ttl: i64 = redis.cli(&["PTTL", key]).parse().unwrap();
+        assert!((1..=30_000).contains(&ttl), "{key} lives {ttl} ms, not the history's 30 s");
+    }
+    let (status, _) = rs[0].publish(&json!({ "tenant": "t1", "channel": "browse-0", "event": "e", "data": 1 })).await;
+    assert_eq!(status, 200);
+    let ttl: i64 = redis.cli(&["PTTL", "roomcast:{tenant:t1:channel:browse-0}:meta"]).parse().unwrap();
+    assert!(ttl > 24 * 3600 * 1000, "a published room keeps its position for days: {ttl} ms");
+}

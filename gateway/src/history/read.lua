@@ -1,9 +1,11 @@
 -- A room's history position and the events after an offset.
 -- KEYS: meta (hash: epoch, offset), history (stream, ids <offset>-0)
--- ARGV: after (offset), count, epoch for a room without one, meta TTL (ms)
+-- ARGV: after (offset), count, epoch for a room without one, TTL of that epoch (ms)
 -- Returns { epoch, offset, envelope1, envelope2, ... } with the envelopes after `after`, in order.
 -- A room without an epoch gets one now, so a client that joins before the first publish can
--- recover from offset 0 of that epoch.
+-- recover from offset 0 of that epoch. Reads are what clients cause, so what they create lives
+-- only as long as history does (the gateway passes the history TTL); the first publish makes
+-- it last as long as a published room's meta.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[3]

@@ -1,7 +1,7 @@
 //! History in Redis: a stream per room, written by the publisher crate's script.
 
 use fred::types::{Value, scripts::Script};
-use roomcast_publisher::wire::{self, HistoryPolicy, META_TTL};
+use roomcast_publisher::wire::{self, HistoryPolicy};
 
 use crate::envelope::Envelope;
 
@@ -36,7 +36,9 @@ impl History for RedisHistory {
     fn read(&self, room: &str, after: u64, limit: usize) -> BoxFuture<'static, Result<Read, BusError>> {
         let this = self.clone();
         let keys = vec![self.redis.keys.meta(room), self.redis.keys.history(room)];
-        let args = vec![after.to_string(), limit.to_string(), wire::new_epoch(), META_TTL.as_millis().to_string()];
+        // A room only read (joined, never published to) is forgotten with its history.
+        let ttl = self.policy.ttl.as_millis().to_string();
+        let args = vec![after.to_string(), limit.to_string(), wire::new_epoch(), ttl];
         Box::pin(async move {
             if !this.redis.link.is_up() {
                 return Err(BusError::Unavailable("Redis is not connected".into()));
