@@ -86,6 +86,8 @@ pub mod env {
     pub const HISTORY_MAX_ROOMS: &str = "ROOMCAST_HISTORY_MAX_ROOMS";
     /// `ROOMCAST_HISTORY_MAX_BYTES`.
     pub const HISTORY_MAX_BYTES: &str = "ROOMCAST_HISTORY_MAX_BYTES";
+    /// `ROOMCAST_PRESENCE_QUEUE_PER_TENANT`.
+    pub const PRESENCE_QUEUE_PER_TENANT: &str = "ROOMCAST_PRESENCE_QUEUE_PER_TENANT";
     /// `ROOMCAST_RATE_ROOMS`.
     pub const RATE_ROOMS: &str = "ROOMCAST_RATE_ROOMS";
     /// `ROOMCAST_RATE_PRESENCE_UPDATE`.
@@ -213,6 +215,12 @@ pub struct Config {
     /// Most users one presence:list page returns (clients page with offset/limit).
     #[arg(long, env = env::PRESENCE_PAGE_MAX, default_value_t = 1_000)]
     pub presence_page_max: u64,
+
+    /// Presence changes (joins, leaves, status) waiting for the store, per tenant. Tenants are
+    /// served in turn, so one tenant's backlog delays only itself; beyond this its joins and
+    /// `presence:update`s get `rate_limited` (leaves are always taken).
+    #[arg(long, env = env::PRESENCE_QUEUE_PER_TENANT, default_value_t = 10_000)]
+    pub presence_queue_per_tenant: usize,
 
     /// Repeated typing: true from one user in one channel is broadcast at most once per this interval.
     #[arg(long, env = env::TYPING_THROTTLE, default_value = "2s", value_parser = parse_duration)]
@@ -558,6 +566,9 @@ impl Config {
         }
         if self.history_size > 100_000 {
             return Err(ConfigError::new(env::HISTORY_SIZE, "at most 100000 events per room"));
+        }
+        if self.presence_queue_per_tenant == 0 {
+            return Err(ConfigError::new(env::PRESENCE_QUEUE_PER_TENANT, "must be at least 1"));
         }
         if self.history_max_rooms == 0 {
             return Err(ConfigError::new(env::HISTORY_MAX_ROOMS, "must be at least 1"));

@@ -296,7 +296,7 @@ impl Gateway {
             bus,
             delivery,
             api_keys,
-            presence: Arc::new(Presence::new(presence_store, config.presence_grace)),
+            presence: Arc::new(Presence::new(presence_store, config.presence_grace, config.presence_queue_per_tenant)),
             throttle: Throttle::new(config.typing_throttle),
             verifier,
             expiry: Default::default(),

@@ -84,6 +84,8 @@ pub const DELIVERIES: &str = "roomcast_deliveries_total";
 pub const DELIVERY_LATENCY: &str = "roomcast_delivery_latency_seconds";
 /// Events not sent to a socket because its send buffer was full.
 pub const CLIENT_BUFFER_FULL: &str = "roomcast_client_buffer_full_total";
+/// Presence changes waiting to be applied to the store, all tenants together.
+pub const PRESENCE_QUEUE: &str = "roomcast_presence_queue_depth";
 /// Single node: rooms whose in-memory history was dropped to stay within
 /// `ROOMCAST_HISTORY_MAX_ROOMS` / `ROOMCAST_HISTORY_MAX_BYTES`.
 pub const HISTORY_EVICTED: &str = "roomcast_history_rooms_evicted_total";
@@ -116,6 +118,7 @@ fn describe() {
     describe_counter!(DELIVERIES, "Envelopes delivered to this replica's rooms, by type.");
     describe_histogram!(DELIVERY_LATENCY, "Seconds from publish to local emit (publisher and gateway clocks).");
     describe_counter!(CLIENT_BUFFER_FULL, "Events not sent to a socket because its send buffer was full.");
+    describe_gauge!(PRESENCE_QUEUE, "Presence changes waiting to be applied to the store.");
     describe_counter!(HISTORY_EVICTED, "Rooms whose in-memory history was dropped to stay within its limits.");
     describe_counter!(PUBLISHES, "Publish requests, by source and result.");
     describe_counter!(PRESENCE_ERRORS, "Presence changes the store could not apply (reconciled later).");
@@ -158,7 +161,7 @@ fn register() {
     ] {
         counter!(name).increment(0);
     }
-    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS] {
+    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS, PRESENCE_QUEUE] {
         // `increment(0)`, not `set(0)`: never resets a gauge already in use.
         gauge!(name).increment(0.0);
     }
@@ -176,6 +179,7 @@ fn register() {
                 "server_disconnect",
                 "server_shutdown",
                 "token_expired",
+                "rate_limited",
             ],
         ),
         (ROOM_JOINS, "kind", &["tenant", "user", "project", "channel"]),
@@ -280,6 +284,10 @@ pub(crate) fn delivered(kind: &'static str, members: u64) {
 
 pub(crate) fn delivery_latency(ms: u64) {
     histogram!(DELIVERY_LATENCY).record(ms as f64 / 1000.0);
+}
+
+pub(crate) fn presence_queue(depth: usize) {
+    gauge!(PRESENCE_QUEUE).set(depth as f64);
 }
 
 pub(crate) fn history_evicted(rooms: u64) {

@@ -412,3 +412,56 @@ async fn a_single_node_keeps_the_same_presence_semantics_in_memory() {
     back.request("leave", P1()).await;
     assert_eq!(observer.next("presence:leave").await[0], json!({ "project": "p1", "userId": "ada" }));
 }
+
+/// Issue 14: a socket flooding `presence:update` in 100 channels delayed another tenant's
+/// `presence:join` by ~14 s (one unbounded queue, one worker). Now the queue is per tenant,
+/// served in turn, with status changes coalesced: the other tenant's join arrives promptly
+/// while the flood goes on.
+#[tokio::test]
+async fn a_presence_flood_in_one_tenant_does_not_delay_another_tenants_joins() {
+    let redis = RedisServer::start();
+    // The flood is many users' worth: budgets that let one socket send as much as it can.
+    let env = [("ROOMCAST_RATE_PRESENCE_UPDATE", "100000/s:100000"), ("ROOMCAST_RATE_ROOMS", "100000/s:100000")];
+    let rs = Replica::ready(1, &redis.url(), &env).await;
+    let mut noisy = Vec::new();
+    for u in 0..20 {
+        let mut grants = claims("noisy", &format!("n{u}"));
+        grants["channels"] = json!(["*"]);
+        let c = Client::connect(rs[0].addr, Connect::token(&token(&grants))).await.unwrap();
+        // 30 at once: within the 32 operations a socket may have waiting.
+        let joins: Vec<_> = (0..30).map(|i| c.send_request("join", json!({ "channel": format!("c{i}") }))).collect();
+        for ack in futures_util::future::join_all(joins).await {
+            assert_eq!(ack.unwrap()[0]["ok"], true);
+        }
+        noisy.push(c);
+    }
+    let observer = member(&rs[0], "observer", P1()).await;
+    observer.next("presence:join").await;
+
+    let flooding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flood = tokio::spawn({
+        let flooding = flooding.clone();
+        async move {
+            let mut away = false;
+            while flooding.load(std::sync::atomic::Ordering::Relaxed) {
+                away = !away;
+                for c in &noisy {
+                    c.emit("presence:update", json!({ "status": if away { "away" } else { "online" } }));
+                }
+                // 2,000 updates/s, 60,000 status changes/s: far more than the store takes, and
+                // little enough CPU that what is measured is the queue, not a saturated machine.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await; // one second of flood, as in the report
+    let started = Instant::now();
+    let _ada = member(&rs[0], "ada", P1()).await;
+    let join = observer.next("presence:join").await;
+    let waited = started.elapsed();
+    flooding.store(false, std::sync::atomic::Ordering::Relaxed);
+    flood.await.unwrap();
+    assert_eq!(join[0]["userId"], "ada");
+    eprintln!("another tenant's presence:join during the flood took {waited:?}");
+    assert!(waited < Duration::from_secs(3), "the flood delayed another tenant's join by {waited:?}");
+}

@@ -17,6 +17,7 @@
 //!   remove a crashed replica's users.
 
 pub mod memory;
+mod queue;
 pub mod redis;
 
 use std::{
@@ -27,7 +28,10 @@ use std::{
 
 use roomcast_publisher::{Room, RoomKind, wire};
 use serde::Serialize;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
+
+pub use queue::Full;
+use queue::{FairQueue, Next, Op};
 
 use crate::{
     backend::{BoxFuture, BusError},
@@ -107,31 +111,6 @@ pub fn room_field(room: &Room) -> (&'static str, &str) {
     (room.kind().as_str(), room.id().unwrap_or_default())
 }
 
-#[derive(Debug)]
-enum Op {
-    Enter {
-        room: String,
-        user: String,
-        count: u32,
-        status: Status,
-    },
-    Exit {
-        room: String,
-        user: String,
-    },
-    Status {
-        room: String,
-        user: String,
-        status: Status,
-    },
-    Forget {
-        room: String,
-    },
-    Reconcile(Held),
-    /// Answered once every operation queued before it was applied.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
 /// This replica's connections of one user in one room.
 #[derive(Debug)]
 struct Local {
@@ -188,8 +167,8 @@ pub struct Presence {
     leaving: DeadlineQueue<(String, String)>,
     /// A store operation failed: this replica's share may be off until the next reconcile.
     dirty: std::sync::atomic::AtomicBool,
-    ops: mpsc::UnboundedSender<Op>,
-    ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    /// To the worker that applies changes to the store (see [`queue`]).
+    ops: FairQueue,
     /// One warning per interval while the store fails, not one per operation.
     store_errors: crate::logging::Throttled,
 }
@@ -202,16 +181,14 @@ impl std::fmt::Debug for Presence {
 
 impl Presence {
     /// Presence backed by `store`, with a leave grace period of `grace`.
-    pub fn new(store: Arc<dyn PresenceStore>, grace: Duration) -> Presence {
-        let (ops, ops_rx) = mpsc::unbounded_channel();
+    pub fn new(store: Arc<dyn PresenceStore>, grace: Duration, queue_per_tenant: usize) -> Presence {
         Presence {
             store,
             grace,
             local: Mutex::new(LocalUsers::default()),
             leaving: DeadlineQueue::default(),
             dirty: Default::default(),
-            ops,
-            ops_rx: Mutex::new(Some(ops_rx)),
+            ops: FairQueue::new(queue_per_tenant),
             store_errors: crate::logging::Throttled::new(crate::logging::WARN_EVERY),
         }
     }
@@ -234,10 +211,11 @@ impl Presence {
             // Back within the grace period: the store still counts the connection that left.
             self.leaving.remove(at, &key);
             if status != previous {
-                let _ = self.ops.send(Op::Status { room: key.0, user: key.1, status });
+                // Refused only when the tenant is backed up; the entry was counted all the same.
+                let _ = self.ops.push(Op::Status { room: key.0, user: key.1 }, Some(status));
             }
         } else {
-            let _ = self.ops.send(Op::Enter { room: key.0, user: key.1, count: 1, status });
+            let _ = self.ops.push(Op::Enter { room: key.0, user: key.1, count: 1, status }, None);
         }
     }
 
@@ -251,7 +229,7 @@ impl Presence {
         let Some(entry) = local.entries.get_mut(&key) else { return };
         entry.sockets = entry.sockets.saturating_sub(1);
         if entry.sockets > 0 {
-            let _ = self.ops.send(Op::Exit { room: key.0, user: key.1 });
+            let _ = self.ops.push(Op::Exit { room: key.0, user: key.1 }, None);
         } else if entry.leaving_at.is_none() {
             let at = Instant::now() + self.grace;
             entry.leaving_at = Some(at);
@@ -259,16 +237,27 @@ impl Presence {
         }
     }
 
-    /// `user`, present in `room` through this replica, changed status.
-    pub fn status_changed(&self, room: &Room, user: &str, status: Status) {
+    /// `user`, present in `room` through this replica, changed status. `Err` when the
+    /// room's tenant has too many presence changes waiting (the status is kept locally and
+    /// reaches the store with the user's next change or the next reconcile).
+    pub fn status_changed(&self, room: &Room, user: &str, status: Status) -> Result<(), Full> {
         if !tracked(room) {
-            return;
+            return Ok(());
         }
         let key = (room.to_string(), user.to_owned());
-        if let Some(entry) = self.lock().entries.get_mut(&key) {
-            entry.status = status;
-            let _ = self.ops.send(Op::Status { room: key.0, user: key.1, status });
+        match self.lock().entries.get_mut(&key) {
+            Some(entry) => {
+                entry.status = status;
+                self.ops.push(Op::Status { room: key.0, user: key.1 }, Some(status))
+            }
+            None => Ok(()),
         }
+    }
+
+    /// Whether a join into `room` may change presence now: `false` while the room's tenant has
+    /// too many presence changes waiting (`ROOMCAST_PRESENCE_QUEUE_PER_TENANT`).
+    pub fn has_room(&self, room: &Room) -> bool {
+        !tracked(room) || self.ops.has_room(&room.to_string())
     }
 
     /// A page of `room`'s presence.
@@ -278,7 +267,6 @@ impl Presence {
 
     /// Applies grace expiries and store operations, and keeps the lease. Runs for the gateway's life.
     pub async fn run(self: Arc<Self>) {
-        let Some(mut ops) = self.ops_rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         let this = self.clone();
         tokio::spawn(async move {
             loop {
@@ -294,17 +282,18 @@ impl Presence {
         if let Some((renew, sweep)) = self.store.maintenance_interval() {
             tokio::spawn(self.clone().maintain(renew, sweep));
         }
-        while let Some(op) = ops.recv().await {
+        loop {
+            let Next { op, status } = self.ops.next().await;
+            crate::metrics::presence_queue(self.ops.len());
             let result = match op {
                 Op::Enter { ref room, ref user, count, status } => self.store.enter(room, user, count, status).await,
                 Op::Exit { ref room, ref user } => self.store.exit(room, user).await,
-                Op::Status { ref room, ref user, status } => self.store.set_status(room, user, status).await,
+                Op::Status { ref room, ref user } => match status {
+                    Some(status) => self.store.set_status(room, user, status).await,
+                    None => Ok(()),
+                },
                 Op::Forget { ref room } => self.store.forget(room).await,
                 Op::Reconcile(held) => self.store.reconcile(held).await,
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
             };
             if let Err(e) = result {
                 // Redis is down: the lease lapses meanwhile and the replay after the renewal
@@ -323,9 +312,9 @@ impl Presence {
         let Some(entry) = local.entries.get(&key) else { return };
         if entry.sockets == 0 && entry.leaving_at.is_some_and(|at| at <= Instant::now()) {
             let room_empty = local.remove(&key);
-            let _ = self.ops.send(Op::Exit { room: key.0.clone(), user: key.1 });
+            let _ = self.ops.push(Op::Exit { room: key.0.clone(), user: key.1 }, None);
             if room_empty {
-                let _ = self.ops.send(Op::Forget { room: key.0 });
+                let _ = self.ops.push(Op::Forget { room: key.0 }, None);
             }
         }
     }
@@ -386,7 +375,7 @@ impl Presence {
         if unknown && !held.is_empty() {
             tracing::warn!(rooms = held.len(), "presence store did not know this replica; restoring its presence");
         }
-        let _ = self.ops.send(Op::Reconcile(held.into_iter().collect()));
+        let _ = self.ops.push(Op::Reconcile(held.into_iter().collect()), None);
     }
 
     /// Graceful shutdown: the clients were told to reconnect elsewhere; wait for the grace
@@ -406,16 +395,17 @@ impl Presence {
         let mut rooms = std::collections::HashSet::new();
         for ((room, user), count) in entries {
             for _ in 0..count {
-                let _ = self.ops.send(Op::Exit { room: room.clone(), user: user.clone() });
+                let _ = self.ops.push(Op::Exit { room: room.clone(), user: user.clone() }, None);
             }
             rooms.insert(room);
         }
         for room in rooms {
-            let _ = self.ops.send(Op::Forget { room });
+            let _ = self.ops.push(Op::Forget { room }, None);
         }
         // The lease goes only after the worker applied every removal queued above.
         let (done, applied) = tokio::sync::oneshot::channel();
-        if self.ops.send(Op::Flush(done)).is_ok() && tokio::time::timeout_at(deadline, applied).await.is_err() {
+        self.ops.flush(done);
+        if tokio::time::timeout_at(deadline, applied).await.is_err() {
             tracing::warn!("shutdown deadline reached before presence was removed; the lease expiry will");
         }
         let _ = tokio::time::timeout_at(deadline, self.store.release()).await;

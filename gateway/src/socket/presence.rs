@@ -14,6 +14,9 @@ use crate::{
     state::Shared,
 };
 
+/// `retryAfterMs` when the tenant's presence changes are backed up.
+pub(super) const BACKED_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Users per `presence:list` page unless the client asks for fewer or more.
 const DEFAULT_PAGE: u64 = 100;
 
@@ -44,10 +47,18 @@ pub(super) fn update(gw: &Shared, conn: &Conn, payload: Result<Value, ClientErro
     let status = Status::parse(&request.status)?;
     conn.set_status(status);
     let user = conn.identity().user.clone();
+    let mut backed_up = false;
     for name in conn.rooms() {
         if let Some(room) = Room::parse(&name).filter(tracked) {
-            gw.presence.status_changed(&room, &user, status);
+            backed_up |= gw.presence.status_changed(&room, &user, status).is_err();
         }
+    }
+    if backed_up {
+        // Kept on this socket; sending it again once the backlog drains publishes it.
+        return Err(ClientError::rate_limited(
+            "presence changes of this tenant are backed up; send the status again later",
+            BACKED_UP_RETRY,
+        ));
     }
     Ok(Ack::Status { status: status.as_str() })
 }

@@ -42,6 +42,12 @@ pub(super) async fn join(
     // Joining a room the socket is already in answers like a first join (position, and a
     // replay when `since` asks for one), without counting the member twice.
     let new = !conn.is_in(&name);
+    if new && !gw.presence.has_room(&room) {
+        return Err(ClientError::rate_limited(
+            "presence changes of this tenant are backed up; join again later",
+            super::presence::BACKED_UP_RETRY,
+        ));
+    }
     let generation = if new {
         let generation = enter(conn, &gw.membership, &room, gw.config.max_rooms_per_socket).await?;
         debug_pause(gw).await;
