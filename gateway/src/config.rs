@@ -88,6 +88,8 @@ pub mod env {
     pub const HISTORY_MAX_BYTES: &str = "ROOMCAST_HISTORY_MAX_BYTES";
     /// `ROOMCAST_PRESENCE_QUEUE_PER_TENANT`.
     pub const PRESENCE_QUEUE_PER_TENANT: &str = "ROOMCAST_PRESENCE_QUEUE_PER_TENANT";
+    /// `ROOMCAST_MAX_HEADER_BYTES`.
+    pub const MAX_HEADER_BYTES: &str = "ROOMCAST_MAX_HEADER_BYTES";
     /// `ROOMCAST_RATE_ROOMS`.
     pub const RATE_ROOMS: &str = "ROOMCAST_RATE_ROOMS";
     /// `ROOMCAST_RATE_PRESENCE_UPDATE`.
@@ -281,6 +283,12 @@ pub struct Config {
     /// Most project and channel rooms one socket may be in at once.
     #[arg(long, env = env::MAX_ROOMS_PER_SOCKET, default_value_t = 100)]
     pub max_rooms_per_socket: u32,
+
+    /// Largest request target plus headers accepted on the public listener, in bytes (a
+    /// Socket.IO handshake's included); beyond it: 431 `headers_too_large`. A WebSocket keeps
+    /// its handshake's token for its whole life, so this bounds what each socket holds.
+    #[arg(long, env = env::MAX_HEADER_BYTES, default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
 
     /// Per socket: `join` and `leave` allowed, as N/s:BURST (a token bucket: BURST at once, then
     /// N per second). Beyond it the event is refused with `rate_limited` and `retryAfterMs`.
@@ -566,6 +574,12 @@ impl Config {
         }
         if self.history_size > 100_000 {
             return Err(ConfigError::new(env::HISTORY_SIZE, "at most 100000 events per room"));
+        }
+        if self.max_header_bytes < 4096 {
+            return Err(ConfigError::new(
+                env::MAX_HEADER_BYTES,
+                "must be at least 4096: browsers send kilobytes of headers",
+            ));
         }
         if self.presence_queue_per_tenant == 0 {
             return Err(ConfigError::new(env::PRESENCE_QUEUE_PER_TENANT, "must be at least 1"));

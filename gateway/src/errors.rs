@@ -55,6 +55,9 @@ pub enum ErrorCode {
     Unavailable,
     /// Publishing: Redis did not answer in time, so whether the event was published is unknown.
     Timeout,
+    /// An HTTP request (a Socket.IO handshake included) whose target and headers are over
+    /// `ROOMCAST_MAX_HEADER_BYTES`.
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
+        ErrorCode::HeadersTooLarge,
     ];
 
     /// The code as clients see it.
@@ -99,6 +103,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
         }
     }
 }

@@ -72,6 +72,14 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
     {
         return error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
     }
+    let head = head_bytes(&req);
+    if head > gw.config.max_header_bytes {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            &format!("request line and headers are {head} bytes; the limit is {}", gw.config.max_header_bytes),
+        );
+    }
     if gw.is_draining() && is_new_socket_io_session(&req) {
         // Existing polling sessions carry their sid and keep working until they are closed.
         return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
@@ -80,6 +88,12 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
         keep_only_what_sessions_read(&mut req);
     }
     next.run(req).await
+}
+
+/// Bytes of the request's target and headers, as sent (`name: value\r\n` each).
+fn head_bytes(req: &Request) -> usize {
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    target + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>()
 }
 
 /// The request headers anything behind this guard reads: the token (`socket::authenticate`),
