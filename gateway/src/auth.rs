@@ -553,4 +553,39 @@ mod tests {
         let bad_query: Uri = "/socket.io/?token=%zz".parse().unwrap();
         assert_eq!(find_token(None, &HeaderMap::new(), &bad_query).unwrap_err().code, ErrorCode::TokenInvalid);
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Tokens come from anyone: any text is refused with a code, and any claims a holder
+            /// of the key signs give an identity or a coded refusal, never a panic.
+            #[test]
+            fn prop_any_token_text_is_refused_with_a_code(text in "\\PC{0,300}") {
+                let error = verifier(&[]).verify(&text).unwrap_err();
+                prop_assert!(matches!(error.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired | ErrorCode::Forbidden));
+            }
+
+            #[test]
+            fn prop_any_signed_claims_give_an_identity_or_a_code(
+                claims in crate::prop::json(),
+                sub in prop_oneof![Just(Value::from("u1")), crate::prop::json()],
+                tenant in prop_oneof![Just(Value::from("t1")), crate::prop::json()],
+                exp in prop_oneof![Just(Value::from(exp_in(3600))), any::<u64>().prop_map(Value::from), crate::prop::json()],
+            ) {
+                let mut claims = match claims {
+                    Value::Object(map) => Value::Object(map),
+                    _ => json!({}),
+                };
+                claims["sub"] = sub;
+                claims["tenant"] = tenant;
+                claims["exp"] = exp;
+                if let Ok(identity) = verifier(&[]).verify(&token(claims)) {
+                    prop_assert!(roomcast_publisher::validate_id(&identity.tenant).is_ok());
+                    prop_assert!(roomcast_publisher::validate_id(&identity.user).is_ok());
+                }
+            }
+        }
+    }
 }

@@ -164,4 +164,28 @@ mod tests {
             assert!(Envelope::from_json(bad).is_err(), "{bad:?}");
         }
     }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// What arrives on a room's channel comes from any publisher.
+            #[test]
+            fn prop_any_message_parses_or_is_refused_without_panicking(
+                text in "\\PC{0,300}",
+                value in crate::prop::json(),
+                kind in prop_oneof![Just("event"), Just("typing"), Just("presence")],
+            ) {
+                let _ = Envelope::from_json(&text);
+                let mut tagged = value;
+                if let serde_json::Value::Object(map) = &mut tagged {
+                    map.insert("type".into(), kind.into());
+                }
+                if let Ok(envelope) = Envelope::from_json(&tagged.to_string()) {
+                    let _ = envelope.room();
+                }
+            }
+        }
+    }
 }

@@ -42,6 +42,8 @@ mod local;
 mod logging;
 mod metrics;
 mod presence;
+#[cfg(test)]
+mod prop;
 mod publish;
 mod recovery;
 mod redis_conn;

@@ -206,4 +206,37 @@ mod tests {
         // The flood's first event still found a token; its first refusal, 100 ms in, starts the streak.
         assert_eq!(first_disconnect.duration_since(at(start + 100)), Duration::from_secs(10));
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Rates come from operators: parsed or refused with a message, never a panic, and
+            /// a bucket never lets more through than its burst plus its rate allow.
+            #[test]
+            fn prop_any_rate_text_parses_or_says_why(text in "\\PC{0,20}") {
+                let _ = text.parse::<Rate>();
+            }
+
+            #[test]
+            fn prop_a_bucket_never_exceeds_burst_plus_rate(
+                per_second in 0.1f64..1000.0,
+                burst in 1u32..100,
+                gaps in proptest::collection::vec(0u64..50, 1..300),
+            ) {
+                let rate = Rate { per_second, burst };
+                let policy = Policy { rates: [rate; 6], disconnect_after: Duration::ZERO };
+                let t0 = Instant::now();
+                let mut limits = SocketLimits::new(&policy, t0);
+                let (mut now, mut admitted) = (t0, 0u64);
+                for gap in gaps {
+                    now += Duration::from_millis(gap);
+                    admitted += u64::from(limits.take(&policy, EventClass::Typing, now).is_ok());
+                }
+                let allowed = f64::from(burst) + per_second * now.duration_since(t0).as_secs_f64();
+                prop_assert!(admitted as f64 <= allowed + 1e-6, "{} admitted, {} allowed", admitted, allowed);
+            }
+        }
+    }
 }

@@ -193,4 +193,44 @@ mod tests {
             assert!(Room::parse(bad).is_none(), "{bad:?} parsed");
         }
     }
+
+    /// Property tests (`PROPTEST_CASES=100000 cargo test -p roomcast-publisher prop_` for a long
+    /// run): room names come from clients and publishers, so parsing must hold for any input.
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn id() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.@|+=-]{1,128}"
+        }
+
+        proptest! {
+            #[test]
+            fn prop_any_text_parses_without_panicking_and_what_parses_is_canonical(name in "\\PC{0,300}") {
+                if let Some(room) = Room::parse(&name) {
+                    prop_assert_eq!(room.to_string(), name);
+                }
+            }
+
+            #[test]
+            fn prop_rooms_built_from_valid_ids_round_trip(t in id(), x in id(), kind in 0..4u8) {
+                let room = match kind {
+                    0 => Room::tenant(t.clone()),
+                    1 => Room::user(t.clone(), x.clone()),
+                    2 => Room::project(t.clone(), x.clone()),
+                    _ => Room::channel(t.clone(), x.clone()),
+                }
+                .unwrap();
+                let parsed = Room::parse(&room.to_string()).unwrap();
+                prop_assert_eq!(parsed.tenant_id(), t.as_str());
+                prop_assert_eq!(parsed.kind(), room.kind());
+                prop_assert_eq!(parsed.to_string(), room.to_string());
+            }
+
+            #[test]
+            fn prop_ids_outside_the_grammar_are_refused(bad in "[A-Za-z0-9]{0,5}[^A-Za-z0-9_.@|+=-][A-Za-z0-9]{0,5}") {
+                prop_assert!(Room::project("t", bad).is_err());
+            }
+        }
+    }
 }

@@ -344,4 +344,46 @@ mod tests {
             assert!(Envelope::from_json(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// Envelopes arrive from any publisher: parsing must hold for any input.
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn prop_any_text_parses_without_panicking(json in "\\PC{0,400}") {
+                let _ = Envelope::from_json(&json);
+            }
+
+            #[test]
+            fn prop_any_json_object_parses_without_panicking(
+                fields in proptest::collection::vec(("[a-z]{1,6}", "\\PC{0,20}"), 0..8),
+                kind in prop_oneof![Just("event"), Just("typing"), Just("other")],
+            ) {
+                let mut object = serde_json::Map::new();
+                object.insert("type".into(), kind.into());
+                for (k, v) in fields {
+                    object.insert(k, v.into());
+                }
+                let _ = Envelope::from_json(&serde_json::Value::Object(object).to_string());
+            }
+
+            #[test]
+            fn prop_events_round_trip_with_their_data_untouched(
+                event in "[a-z.:]{1,20}",
+                text in "\\PC{0,50}",
+                n in any::<i64>(),
+                ts in any::<u64>(),
+            ) {
+                let room = Room::channel("t", "c").unwrap();
+                let data = serde_json::json!({ "text": text, "n": n, "list": [n, -1.5e300] }).to_string();
+                let raw = RawValue::from_string(data.clone()).unwrap();
+                let json = serde_json::to_string(&event_envelope(&room, &event, raw, "id".into(), ts)).unwrap();
+                let Envelope::Event(back) = Envelope::from_json(&json).unwrap() else { panic!("not an event") };
+                prop_assert_eq!(back.data.get(), data.as_str());
+                prop_assert_eq!((back.event.as_str(), back.ts), (event.as_str(), ts));
+            }
+        }
+    }
 }

@@ -212,4 +212,40 @@ mod tests {
             json!({"ok": true, "room": "r", "users": [], "total": 0, "next": null})
         );
     }
+
+    mod prop {
+        use super::super::*;
+        use crate::auth::{Identity, Scope};
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever a client sends as a payload: a typed request or `invalid_payload`, never
+            /// a panic; and a room it names is always in the token's tenant.
+            #[test]
+            fn prop_any_payload_is_parsed_or_refused_with_a_code(payload in crate::prop::json()) {
+                let identity = Identity {
+                    tenant: "t1".into(),
+                    user: "u".into(),
+                    projects: Scope::All,
+                    channels: Scope::All,
+                    exp: 0,
+                };
+                if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)
+                    && let Ok(room) = crate::socket::rooms::requested_room(&join.room, &identity)
+                {
+                    prop_assert_eq!(room.tenant_id(), "t1");
+                }
+                let refused = [
+                    parse::<Leave>(Ok(payload.clone()), ROOM_SHAPE).err(),
+                    parse::<Refresh>(Ok(payload.clone()), REFRESH_SHAPE).err(),
+                    parse::<Typing>(Ok(payload.clone()), TYPING_SHAPE).err(),
+                    parse::<PresenceList>(Ok(payload.clone()), PRESENCE_LIST_SHAPE).err(),
+                    parse::<PresenceUpdate>(Ok(payload), PRESENCE_UPDATE_SHAPE).err(),
+                ];
+                for error in refused.into_iter().flatten() {
+                    prop_assert_eq!(error.code, ErrorCode::InvalidPayload);
+                }
+            }
+        }
+    }
 }
