@@ -90,6 +90,8 @@ pub mod env {
     pub const PRESENCE_QUEUE_PER_TENANT: &str = "ROOMCAST_PRESENCE_QUEUE_PER_TENANT";
     /// `ROOMCAST_MAX_HEADER_BYTES`.
     pub const MAX_HEADER_BYTES: &str = "ROOMCAST_MAX_HEADER_BYTES";
+    /// `ROOMCAST_CONNECT_RATE`.
+    pub const CONNECT_RATE: &str = "ROOMCAST_CONNECT_RATE";
     /// `ROOMCAST_RATE_ROOMS`.
     pub const RATE_ROOMS: &str = "ROOMCAST_RATE_ROOMS";
     /// `ROOMCAST_RATE_PRESENCE_UPDATE`.
@@ -289,6 +291,12 @@ pub struct Config {
     /// its handshake's token for its whole life, so this bounds what each socket holds.
     #[arg(long, env = env::MAX_HEADER_BYTES, default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
+
+    /// New Socket.IO connections this replica accepts, as N/s:BURST; beyond it they are refused
+    /// with `connect_error` `rate_limited` (before the token is even checked), so a reconnect
+    /// storm cannot starve the sockets already here. Unset: no limit.
+    #[arg(long, env = env::CONNECT_RATE)]
+    pub connect_rate: Option<Rate>,
 
     /// Per socket: `join` and `leave` allowed, as N/s:BURST (a token bucket: BURST at once, then
     /// N per second). Beyond it the event is refused with `rate_limited` and `retryAfterMs`.

@@ -81,6 +81,7 @@ use crate::{
         redis::RedisHistory,
     },
     http::OriginPolicy,
+    limits::SharedBucket,
     local::Local,
     presence::{Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
     rooms::Membership,
@@ -304,6 +305,7 @@ impl Gateway {
             expiry: Default::default(),
             draining: Default::default(),
             limits: config.rate_limits(),
+            connects: config.connect_rate.map(SharedBucket::new),
             config,
         });
         socket::register(&io, state.clone());

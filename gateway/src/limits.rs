@@ -91,6 +91,41 @@ pub struct Policy {
 /// Refusals this far apart belong to one streak of exceeding.
 const STREAK_GAP: Duration = Duration::from_secs(1);
 
+/// Refills a bucket holding `tokens` (last refilled at `refilled`) at `rate` up to `now` and takes
+/// a token, or says how long until one is there.
+fn take(tokens: &mut f64, refilled: &mut Instant, rate: Rate, now: Instant) -> Result<(), Duration> {
+    let elapsed = now.saturating_duration_since(*refilled).as_secs_f64();
+    *tokens = (*tokens + elapsed * rate.per_second).min(f64::from(rate.burst));
+    *refilled = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        return Ok(());
+    }
+    Err(Duration::from_secs_f64((1.0 - *tokens) / rate.per_second))
+}
+
+/// A replica-wide budget (new connections): one bucket behind a lock.
+#[derive(Debug)]
+pub struct SharedBucket {
+    rate: Rate,
+    /// (tokens, last refill).
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl SharedBucket {
+    /// A full bucket.
+    pub fn new(rate: Rate) -> Self {
+        SharedBucket { rate, state: std::sync::Mutex::new((f64::from(rate.burst), Instant::now())) }
+    }
+
+    /// Takes a token now, or says how long until one is there.
+    pub fn take(&self) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, refilled) = &mut *state;
+        take(tokens, refilled, self.rate, Instant::now())
+    }
+}
+
 /// What a socket may still send: its buckets and its current streak of refusals.
 #[derive(Debug)]
 pub struct SocketLimits {
@@ -120,16 +155,10 @@ impl SocketLimits {
     /// Takes a token of `class` at `now`, or says why not.
     pub fn take(&mut self, policy: &Policy, class: EventClass, now: Instant) -> Result<(), Refused> {
         let i = class.index();
-        let rate = policy.rates[i];
-        let elapsed = now.saturating_duration_since(self.refilled[i]).as_secs_f64();
-        let tokens = (f64::from(self.tokens[i]) + elapsed * rate.per_second).min(f64::from(rate.burst));
-        self.refilled[i] = now;
-        if tokens >= 1.0 {
-            self.tokens[i] = (tokens - 1.0) as f32;
-            return Ok(());
-        }
+        let mut tokens = f64::from(self.tokens[i]);
+        let taken = take(&mut tokens, &mut self.refilled[i], policy.rates[i], now);
         self.tokens[i] = tokens as f32;
-        let retry_after = Duration::from_secs_f64((1.0 - tokens) / rate.per_second);
+        let Err(retry_after) = taken else { return Ok(()) };
         let first = match self.streak {
             Some((first, last)) if now.saturating_duration_since(last) <= STREAK_GAP => first,
             _ => now,

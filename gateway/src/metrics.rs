@@ -166,7 +166,11 @@ fn register() {
         gauge!(name).increment(0.0);
     }
     let labelled: &[(&str, &str, &[&str])] = &[
-        (CONNECTIONS_REJECTED, "reason", &["token_missing", "token_invalid", "token_expired", "forbidden"]),
+        (
+            CONNECTIONS_REJECTED,
+            "reason",
+            &["token_missing", "token_invalid", "token_expired", "forbidden", "rate_limited"],
+        ),
         (
             DISCONNECTS,
             "reason",

@@ -8,8 +8,17 @@ use std::sync::{
 use socketioxide::socket::Sid;
 
 use crate::{
-    api_keys::ApiKeys, auth::Verifier, bus::Bus, config::Config, conn::Phase, delivery::Delivery, limits::Policy,
-    presence::Presence, rooms::Membership, timers::DeadlineQueue, typing::Throttle,
+    api_keys::ApiKeys,
+    auth::Verifier,
+    bus::Bus,
+    config::Config,
+    conn::Phase,
+    delivery::Delivery,
+    limits::{Policy, SharedBucket},
+    presence::Presence,
+    rooms::Membership,
+    timers::DeadlineQueue,
+    typing::Throttle,
 };
 
 /// Cheap-to-clone handle over the gateway's shared state (socketioxide `State`).
@@ -40,6 +49,8 @@ pub struct GatewayState {
     pub draining: AtomicBool,
     /// Per-socket rate limits on client events.
     pub limits: Policy,
+    /// New connections this replica accepts (`ROOMCAST_CONNECT_RATE`).
+    pub connects: Option<SharedBucket>,
 }
 
 impl std::fmt::Debug for dyn Bus {

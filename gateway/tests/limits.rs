@@ -80,3 +80,19 @@ async fn a_budget_that_is_not_a_rate_stops_the_gateway_at_startup_naming_the_opt
     assert!(stderr.contains("ROOMCAST_RATE_TYPING") || stderr.contains("--rate-typing"), "{stderr}");
     assert!(stderr.contains("N/s"), "says how to write it: {stderr}");
 }
+
+#[tokio::test]
+async fn new_connections_over_the_replica_connect_rate_are_refused_with_a_code() {
+    // 0.01/s: no token comes back during the test, whatever the machine's load.
+    let gw = TestGateway::start_with(|c| c.connect_rate = Some("0.01/s:3".parse().unwrap())).await;
+    let mut connected = Vec::new();
+    for i in 0..3 {
+        connected.push(gw.connect_user("t1", &format!("u{i}")).await);
+    }
+    let refused = Client::connect(gw.addr, Connect::token(&user_token("t1", "late"))).await;
+    assert_eq!(refused.err(), Some(ConnectFailure::Rejected("rate_limited".into())));
+    // Those already connected are unaffected.
+    assert_eq!(connected[0].request("join", json!({ "project": "p1" })).await["ok"], true);
+    let scrape = gw.metrics().await;
+    assert!(sample(&scrape, "roomcast_connections_rejected_total", "reason=\"rate_limited\"") >= 1.0);
+}

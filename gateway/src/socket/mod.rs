@@ -29,7 +29,7 @@ use crate::{
     conn::{self, Conn, Lifecycle, Turns},
     errors::{ClientError, DisconnectReason, ErrorCode},
     expiry,
-    limits::EventClass,
+    limits::{EventClass, SharedBucket},
     metrics,
     state::Shared,
 };
@@ -64,6 +64,11 @@ async fn authenticate(
     auth_payload: Result<Value, socketioxide::ParserError>,
     gw: Shared,
 ) -> Result<(), ConnectRejection> {
+    if let Some(Err(_)) = gw.connects.as_ref().map(SharedBucket::take) {
+        metrics::connection_rejected(ErrorCode::RateLimited);
+        tracing::debug!(sid = %socket.id, "connection refused: over ROOMCAST_CONNECT_RATE");
+        return Err(ConnectRejection(ErrorCode::RateLimited));
+    }
     let parts = socket.req_parts();
     let verified = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
         .and_then(|token| gw.verifier.verify(&token));
