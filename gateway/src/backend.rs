@@ -19,3 +19,16 @@ pub enum BusError {
     #[error("outcome unknown: {0}")]
     Uncertain(String),
 }
+
+/// What publishing one envelope achieved.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Published {
+    /// Replicas subscribed to the room (this one included).
+    pub replicas: u64,
+    /// The event's offset in its room's history, if published with history.
+    pub offset: Option<u64>,
+    /// The room history's epoch, if published with history.
+    pub epoch: Option<String>,
+    /// Already published within the dedupe window: nothing was published now.
+    pub duplicate: bool,
+}

@@ -92,6 +92,8 @@ pub mod env {
     pub const MAX_HEADER_BYTES: &str = "ROOMCAST_MAX_HEADER_BYTES";
     /// `ROOMCAST_CONNECT_RATE`.
     pub const CONNECT_RATE: &str = "ROOMCAST_CONNECT_RATE";
+    /// `ROOMCAST_PUBLISH_DEDUPE_WINDOW`.
+    pub const PUBLISH_DEDUPE_WINDOW: &str = "ROOMCAST_PUBLISH_DEDUPE_WINDOW";
     /// `ROOMCAST_RATE_ROOMS`.
     pub const RATE_ROOMS: &str = "ROOMCAST_RATE_ROOMS";
     /// `ROOMCAST_RATE_PRESENCE_UPDATE`.
@@ -184,6 +186,11 @@ pub struct Config {
     /// Most events in one POST /v1/publish batch.
     #[arg(long, env = env::PUBLISH_MAX_BATCH, default_value_t = 100)]
     pub publish_max_batch: usize,
+
+    /// How long an event id given in a POST /v1/publish body is remembered: a publish retried
+    /// with the same id within it is delivered once and answered with the first receipt.
+    #[arg(long, env = env::PUBLISH_DEDUPE_WINDOW, default_value = "5m", value_parser = parse_duration)]
+    pub publish_dedupe_window: Duration,
 
     /// Events each room keeps so clients and replicas can recover what they missed; 0 turns
     /// history off (no offsets, no recovery; publishing is then a plain PUBLISH).
@@ -582,6 +589,9 @@ impl Config {
         }
         if self.history_size > 100_000 {
             return Err(ConfigError::new(env::HISTORY_SIZE, "at most 100000 events per room"));
+        }
+        if self.publish_dedupe_window.is_zero() {
+            return Err(ConfigError::new(env::PUBLISH_DEDUPE_WINDOW, "must be above zero"));
         }
         if self.max_header_bytes < 4096 {
             return Err(ConfigError::new(

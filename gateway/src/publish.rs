@@ -35,6 +35,10 @@ struct PublishRequest {
     event: String,
     #[serde(default)]
     data: Option<Box<RawValue>>,
+    /// The event id, chosen by the publisher: an idempotency key (a retry with the same id
+    /// within `ROOMCAST_PUBLISH_DEDUPE_WINDOW` is published once). Absent: a new UUIDv7.
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// The public API routes.
@@ -107,6 +111,8 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
     }
 
     let mut envelopes = Vec::with_capacity(requests.len());
+    // Deduplicated by id when the publisher chose ids (generated ones are unique anyway).
+    let mut dedupe = None;
     let mut ids = Vec::with_capacity(requests.len());
     for (i, request) in requests.into_iter().enumerate() {
         let at = |msg: String| if single { msg } else { format!("item {i}: {msg}") };
@@ -126,13 +132,22 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
             let msg = format!("data is {} bytes; the limit is {}", data.get().len(), config.publish_max_payload);
             return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, at(msg));
         }
-        let id = wire::new_event_id();
+        let id = match request.id {
+            Some(id) => match roomcast_publisher::validate_id(&id) {
+                Ok(()) => {
+                    dedupe = Some(config.publish_dedupe_window);
+                    id
+                }
+                Err(e) => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, at(format!("id: {e}"))),
+            },
+            None => wire::new_event_id(),
+        };
         ids.push((id.clone(), room.to_string()));
         envelopes.push(wire::event_envelope(&room, &request.event, data, id, wire::now_ms()).into());
     }
 
     let count = envelopes.len();
-    match gw.bus.publish(envelopes).await {
+    match gw.bus.publish(envelopes, dedupe).await {
         Ok(replicas) => {
             for _ in 0..count {
                 metrics::publish("http", Ok(()));
@@ -145,6 +160,9 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
                     if let (Some(offset), Some(epoch)) = (p.offset, p.epoch) {
                         receipt["offset"] = json!(offset);
                         receipt["epoch"] = json!(epoch);
+                    }
+                    if p.duplicate {
+                        receipt["duplicate"] = json!(true);
                     }
                     receipt
                 })

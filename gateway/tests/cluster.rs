@@ -624,3 +624,37 @@ async fn a_join_creates_nothing_in_redis_that_outlives_history() {
     let ttl: i64 = redis.cli(&["PTTL", "roomcast:{tenant:t1:channel:browse-0}:meta"]).parse().unwrap();
     assert!(ttl > 24 * 3600 * 1000, "a published room keeps its position for days: {ttl} ms");
 }
+
+/// Issue 14: a publisher that retries (after a 504, or a lost answer) with the same event id
+/// gets the event delivered once, whichever replica takes the retry, and the first receipt.
+#[tokio::test]
+async fn a_publish_retried_with_the_same_id_is_delivered_once() {
+    let redis = RedisServer::start();
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
+    let member = rs[1].connect_user("t1", "ada").await;
+    join(&member, json!({ "project": "p1" })).await;
+    let body = |id: &str, n: u64| json!({ "tenant": "t1", "project": "p1", "event": "n", "data": n, "id": id });
+    let (status, first) = rs[0].publish(&body("order-42-shipped", 1)).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["id"], "order-42-shipped");
+    assert!(first.get("duplicate").is_none());
+    let (status, retry) = rs[1].publish(&body("order-42-shipped", 1)).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!((retry["duplicate"].clone(), retry["offset"].clone()), (json!(true), first["offset"].clone()));
+    // The SDK's idempotent emit shares the same ids.
+    let publisher = Publisher::connect(&redis.url()).await.unwrap();
+    let sdk = publisher.project("t1", "p1").emit_with_id("n", &json!(1), "order-42-shipped").await.unwrap();
+    assert!(sdk.duplicate && sdk.offset == first["offset"].as_u64(), "{sdk:?}");
+    let fresh = publisher.project("t1", "p1").emit_with_id("n", &json!(2), "order-43-shipped").await.unwrap();
+    assert!(!fresh.duplicate && fresh.offset == Some(first["offset"].as_u64().unwrap() + 1), "{fresh:?}");
+    let again = publisher.project("t1", "p1").emit_with_id("n", &json!(2), "order-43-shipped").await.unwrap();
+    assert!(again.duplicate, "{again:?}");
+    let (status, _) = rs[0].publish(&json!({ "tenant": "t1", "project": "p1", "event": "done", "data": 0 })).await;
+    assert_eq!(status, 200);
+    member.next("done").await;
+    let got: Vec<Value> = member.events("n").into_iter().map(|args| args[0].clone()).collect();
+    assert_eq!(got, [json!(1), json!(2)], "each id once");
+    // An id outside the id grammar is refused, as a room id would be.
+    let (status, refused) = rs[0].publish(&body("not an id", 3)).await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (400, Some("invalid_payload")), "{refused}");
+}

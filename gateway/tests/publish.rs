@@ -238,3 +238,20 @@ async fn events_a_stalled_client_cannot_take_are_counted() {
     eprintln!("drops counted after {batches} batches: {dropped}");
     drop(ws);
 }
+
+#[tokio::test]
+async fn a_single_node_delivers_a_retried_publish_once_too() {
+    let gw = gateway().await;
+    let member = gw.connect_user("t1", "ada").await;
+    assert_eq!(member.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    let body = json!({ "tenant": "t1", "channel": "c1", "event": "n", "data": 1, "id": "retry-me" });
+    let (status, first) = post(&gw, Some(KEY), &body.to_string()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, retry) = post(&gw, Some(KEY), &body.to_string()).await;
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!((retry["duplicate"].clone(), retry["offset"].clone()), (json!(true), first["offset"].clone()));
+    let done = json!({ "tenant": "t1", "channel": "c1", "event": "done", "data": 0 });
+    assert_eq!(post(&gw, Some(KEY), &done.to_string()).await.0, 200);
+    member.next("done").await;
+    assert_eq!(member.events("n").len(), 1);
+}

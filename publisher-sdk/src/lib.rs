@@ -45,5 +45,5 @@ pub mod publisher;
 pub mod room;
 pub mod wire;
 
-pub use publisher::{Batch, PublishError, Publisher, Receipt, Sent, Target, send_encoded};
+pub use publisher::{Batch, DEFAULT_DEDUPE_WINDOW, PublishError, Publisher, Receipt, Sent, Target, send_encoded};
 pub use room::{IdError, Room, RoomKind, validate_id};

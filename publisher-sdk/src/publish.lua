@@ -11,10 +11,21 @@
 -- ARGV[5]  history TTL, ms: entries older are dropped; an idle room's history expires after it
 -- ARGV[6]  epoch for a room that has none yet (random; the SDK uses 16 hex digits)
 -- ARGV[7]  meta TTL, ms (the room's offset and epoch outlive its history)
--- Returns { subscribers, offset, epoch }.
+-- Optional, for idempotent publishing (a retry with the same event id is published once):
+-- KEYS[3]  the event's dedupe key      {prefix}:{<room>}:dedupe:<event id>
+-- ARGV[8]  how long the id is remembered, ms
+-- Returns { subscribers, offset, epoch }, or { subscribers, offset, epoch, 1 } with the first
+-- publish's values when KEYS[3] says this event id was already published.
 local envelope = string.gsub(ARGV[3], '%s+$', '')
 if string.sub(envelope, -1) ~= '}' then
   return redis.error_reply('ERR roomcast: the envelope must be a JSON object')
+end
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local subscribers, offset, epoch = string.match(seen, '^(%d+):(%d+):(.*)$')
+    return { tonumber(subscribers), tonumber(offset), epoch, 1 }
+  end
 end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -39,4 +50,7 @@ for _ = 1, 4 do
 end
 redis.call('PEXPIRE', KEYS[2], ttl)
 local subscribers = redis.call(ARGV[2], ARGV[1], envelope)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], subscribers .. ':' .. offset .. ':' .. epoch, 'PX', ARGV[8])
+end
 return { subscribers, offset, epoch }

@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use crate::{
     room::{IdError, Room},
     wire::{
-        self, DEFAULT_MAX_PAYLOAD, Envelope, EventNameError, HistoryPolicy, InvalidPrefix, Keys, PUBLISH_SCRIPT,
-        TypingEnvelope, VERSION,
+        self, DEFAULT_MAX_PAYLOAD, Dedupe, Envelope, EventNameError, HistoryPolicy, InvalidPrefix, Keys,
+        PUBLISH_SCRIPT, TypingEnvelope, VERSION,
     },
 };
 
@@ -64,7 +64,15 @@ pub struct Receipt {
     pub offset: Option<u64>,
     /// The room history's epoch; `None` without history and for typing.
     pub epoch: Option<String>,
+    /// This event id was already published to the room within the dedupe window
+    /// ([`Target::emit_with_id`]): nothing was published now, and the fields above are the
+    /// first publish's.
+    pub duplicate: bool,
 }
+
+/// How long an event id given to [`Target::emit_with_id`] is remembered unless
+/// [`Publisher::with_dedupe_window`] says otherwise.
+pub const DEFAULT_DEDUPE_WINDOW: Duration = Duration::from_secs(300);
 
 /// Publishes events and typing indicators to Roomcast rooms. Cheap to clone.
 #[derive(Clone)]
@@ -72,6 +80,7 @@ pub struct Publisher {
     client: Client,
     keys: Keys,
     max_payload: usize,
+    dedupe_window: Duration,
     history: Option<HistoryPolicy>,
     script: Script,
 }
@@ -115,6 +124,7 @@ impl Publisher {
             client,
             keys: Keys::default(),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            dedupe_window: DEFAULT_DEDUPE_WINDOW,
             history: Some(HistoryPolicy::default()),
             script: Script::from_lua(PUBLISH_SCRIPT),
         }
@@ -137,6 +147,13 @@ impl Publisher {
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Result<Publisher, PublishError> {
         self.keys = Keys::new(prefix)?;
         Ok(self)
+    }
+
+    /// How long an id given to [`Target::emit_with_id`] is remembered (default 5 minutes):
+    /// longer than any retry of a publish.
+    pub fn with_dedupe_window(mut self, window: Duration) -> Publisher {
+        self.dedupe_window = window;
+        self
     }
 
     /// Refuses payloads whose JSON is larger than `bytes` (default 64 KiB).
@@ -187,6 +204,7 @@ impl Publisher {
         room: &Room,
         event: &str,
         payload: &T,
+        chosen_id: Option<String>,
     ) -> Result<Message, PublishError> {
         wire::validate_event_name(event)?;
         let json = serde_json::to_string(payload)?;
@@ -194,13 +212,16 @@ impl Publisher {
             return Err(PublishError::PayloadTooLarge { size: json.len(), max: self.max_payload });
         }
         let data = RawValue::from_string(json)?;
-        let id = wire::new_event_id();
+        // A chosen id is an idempotency key; a generated one is unique anyway.
+        let dedupe = chosen_id.as_ref().map(|_| self.dedupe_window);
+        let id = chosen_id.unwrap_or_else(wire::new_event_id);
         let envelope = wire::event_envelope(room, event, data, id.clone(), wire::now_ms());
         Ok(Message {
             room: room.to_string(),
             id: Some(id),
             body: serde_json::to_string(&envelope)?,
             history: self.history,
+            dedupe,
         })
     }
 
@@ -215,18 +236,31 @@ impl Publisher {
             ts: wire::now_ms(),
         });
         // Typing indicators are ephemeral: never in history.
-        Ok(Message { room: room.to_string(), id: None, body: serde_json::to_string(&envelope)?, history: None })
+        Ok(Message {
+            room: room.to_string(),
+            id: None,
+            body: serde_json::to_string(&envelope)?,
+            history: None,
+            dedupe: None,
+        })
     }
 
     /// Publishes one encoded message (see [`send_encoded`]).
     async fn send(&self, message: Message, run: Run<'_>) -> Result<Receipt, PublishError> {
-        let sent = send_with(&self.client, run, &self.keys, &message.room, message.body, message.history).await?;
+        let dedupe = match (&message.id, message.dedupe) {
+            (Some(id), Some(window)) => Some(Dedupe { id, window }),
+            _ => None,
+        };
+        let sent =
+            send_with(&self.client, run, &self.keys, &message.room, message.body.clone(), message.history, dedupe)
+                .await?;
         Ok(Receipt {
             id: message.id,
             room: message.room,
             replicas: sent.replicas,
             offset: sent.offset,
             epoch: sent.epoch,
+            duplicate: sent.duplicate,
         })
     }
 }
@@ -238,6 +272,8 @@ struct Message {
     body: String,
     /// Published through the history script with this policy, else with a plain (S)PUBLISH.
     history: Option<HistoryPolicy>,
+    /// Published once per `id` within this window (the caller chose the id).
+    dedupe: Option<Duration>,
 }
 
 /// What one publish did: how many replicas received it and, with history, its position.
@@ -249,6 +285,9 @@ pub struct Sent {
     pub offset: Option<u64>,
     /// The room history's epoch (published with history).
     pub epoch: Option<String>,
+    /// The event id was already published within the dedupe window: nothing was published now,
+    /// and the fields above are the first publish's.
+    pub duplicate: bool,
 }
 
 /// Publishes `body`, an encoded [`Envelope`] for `room`: through [`wire::PUBLISH_SCRIPT`] when
@@ -257,7 +296,8 @@ pub struct Sent {
 ///
 /// The one publish path of Roomcast: [`Publisher`] and the gateway (for `POST /v1/publish` and
 /// what replicas send each other) both publish through it. `script` is
-/// `Script::from_lua(PUBLISH_SCRIPT)`; it is loaded on first use.
+/// `Script::from_lua(PUBLISH_SCRIPT)`; it is loaded on first use. With `dedupe` (and history),
+/// an event id already published to the room within the window is not published again.
 pub async fn send_encoded(
     client: &Client,
     script: &Script,
@@ -265,8 +305,9 @@ pub async fn send_encoded(
     room: &str,
     body: String,
     history: Option<HistoryPolicy>,
+    dedupe: Option<Dedupe<'_>>,
 ) -> Result<Sent, fred::error::Error> {
-    send_with(client, Run::Reload(script), keys, room, body, history).await
+    send_with(client, Run::Reload(script), keys, room, body, history, dedupe).await
 }
 
 /// How [`send_with`] runs the history script.
@@ -286,10 +327,11 @@ async fn send_with(
     room: &str,
     body: String,
     history: Option<HistoryPolicy>,
+    dedupe: Option<Dedupe<'_>>,
 ) -> Result<Sent, fred::error::Error> {
     let command = if client.is_clustered() { "SPUBLISH" } else { "PUBLISH" };
     if let Some(policy) = history {
-        let (keys, args) = wire::publish_script_call(keys, room, command, body, policy);
+        let (keys, args) = wire::publish_script_call(keys, room, command, body, policy, dedupe);
         let reply: Value = match run {
             Run::Reload(script) => script.evalsha_with_reload(client, keys, args).await?,
             Run::Loaded(script) => client.evalsha(script.sha1().clone(), keys, args).await?,
@@ -301,7 +343,8 @@ async fn send_with(
         let replicas = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
         let offset = parts.next().and_then(|v| v.as_u64());
         let epoch = parts.next().and_then(|v| v.as_string());
-        return Ok(Sent { replicas, offset, epoch });
+        let duplicate = parts.next().and_then(|v| v.as_u64()) == Some(1);
+        return Ok(Sent { replicas, offset, epoch, duplicate });
     }
     let channel = keys.channel(room);
     let replicas: u64 = if client.is_clustered() {
@@ -309,7 +352,7 @@ async fn send_with(
     } else {
         client.publish(channel, body).await?
     };
-    Ok(Sent { replicas, offset: None, epoch: None })
+    Ok(Sent { replicas, offset: None, epoch: None, duplicate: false })
 }
 
 /// A room to publish to; obtained from [`Publisher::tenant`], [`Publisher::project`],
@@ -329,7 +372,24 @@ impl Target<'_> {
     /// Publishes `event` with `payload` (any `Serialize` value) to the room's members.
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<Receipt, PublishError> {
         let room = self.room()?;
-        let message = self.publisher.event_message(room, event, payload)?;
+        let message = self.publisher.event_message(room, event, payload, None)?;
+        self.publisher.send(message, Run::Reload(&self.publisher.script)).await
+    }
+
+    /// Like [`Target::emit`], with the event id chosen by the caller (an id, see
+    /// [`crate::validate_id`]) and published at most once per id and room within the dedupe
+    /// window: retrying after an error whose outcome is unknown (a timeout) cannot deliver the
+    /// event twice. A retry of a publish that went through gets the first receipt, marked
+    /// `duplicate`. Needs history (the default).
+    pub async fn emit_with_id<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        payload: &T,
+        id: &str,
+    ) -> Result<Receipt, PublishError> {
+        crate::validate_id(id)?;
+        let room = self.room()?;
+        let message = self.publisher.event_message(room, event, payload, Some(id.to_owned()))?;
         self.publisher.send(message, Run::Reload(&self.publisher.script)).await
     }
 }
@@ -352,7 +412,7 @@ impl Batch<'_> {
         event: &str,
         payload: &T,
     ) -> Result<&mut Self, PublishError> {
-        let message = self.publisher.event_message(target.room()?, event, payload)?;
+        let message = self.publisher.event_message(target.room()?, event, payload, None)?;
         self.messages.push(message);
         Ok(self)
     }

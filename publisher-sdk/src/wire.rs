@@ -65,8 +65,9 @@ pub(crate) fn publish_script_call(
     publish_command: &str,
     envelope_json: String,
     policy: HistoryPolicy,
+    dedupe: Option<Dedupe<'_>>,
 ) -> (Vec<String>, Vec<String>) {
-    (
+    let mut call = (
         vec![keys.meta(room), keys.history(room)],
         vec![
             keys.channel(room),
@@ -77,7 +78,22 @@ pub(crate) fn publish_script_call(
             new_epoch(),
             META_TTL.as_millis().to_string(),
         ],
-    )
+    );
+    if let Some(Dedupe { id, window }) = dedupe {
+        call.0.push(keys.dedupe(room, id));
+        call.1.push(window.as_millis().max(1).to_string());
+    }
+    call
+}
+
+/// Publishing idempotently: a publish whose event `id` was already published to the room within
+/// `window` is not published again; the first publish's receipt is returned instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dedupe<'a> {
+    /// The event id, the idempotency key.
+    pub id: &'a str,
+    /// How long the id is remembered.
+    pub window: std::time::Duration,
 }
 
 /// A new random epoch: 16 hex digits.
@@ -226,6 +242,11 @@ impl Keys {
     /// A room's history (stream of envelopes, entry id `<offset>-0`).
     pub fn history(&self, room: &str) -> String {
         format!("{}:{{{room}}}:history", self.prefix)
+    }
+
+    /// Remembers that event `id` was published to `room` (idempotent publishing).
+    pub fn dedupe(&self, room: &str, id: &str) -> String {
+        format!("{}:{{{room}}}:dedupe:{id}", self.prefix)
     }
 
     /// The room a channel name belongs to, if it is one of ours.

@@ -19,6 +19,7 @@ const QUEUE: usize = 1024;
 /// One publish call: its envelopes with the nodes each reached, and where to answer.
 struct Batch {
     envelopes: Vec<(Envelope, Vec<usize>)>,
+    dedupe: Option<std::time::Duration>,
     done: oneshot::Sender<Vec<Published>>,
 }
 
@@ -80,13 +81,18 @@ impl Hub {
     async fn deliver(self: Arc<Self>, mut queue: mpsc::Receiver<Batch>) {
         let hub = Arc::downgrade(&self);
         drop(self);
-        while let Some(Batch { envelopes, done }) = queue.recv().await {
+        while let Some(Batch { envelopes, dedupe, done }) = queue.recv().await {
             let Some(hub) = hub.upgrade() else { break };
             let mut published = Vec::with_capacity(envelopes.len());
             for (mut envelope, reached) in envelopes {
-                let mut receipt = Published { replicas: reached.len() as u64, offset: None, epoch: None };
+                let replicas = reached.len() as u64;
+                let mut receipt = Published { replicas, offset: None, epoch: None, duplicate: false };
                 if let (Envelope::Event(event), Some(history)) = (&mut envelope, &hub.history) {
-                    history.append(event);
+                    if let Some(first) = history.append(event, replicas, dedupe) {
+                        // Published before within the window: the first receipt, nothing sent.
+                        published.push(first);
+                        continue;
+                    }
                     receipt.offset = event.offset;
                     receipt.epoch = event.epoch.clone();
                 }
@@ -167,7 +173,11 @@ impl Bus for MemoryBus {
         Box::pin(async { Ok(()) })
     }
 
-    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
+    fn publish(
+        &self,
+        envelopes: Vec<Envelope>,
+        dedupe: Option<std::time::Duration>,
+    ) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
         // Who is subscribed is decided when the call is made, as Redis decides at PUBLISH.
         let envelopes: Vec<(Envelope, Vec<usize>)> = {
             let nodes = self.hub.lock();
@@ -183,7 +193,7 @@ impl Bus for MemoryBus {
         Box::pin(async move {
             let stopped = || BusError::Unavailable("the delivery task stopped".into());
             let (done, receipts) = oneshot::channel();
-            queue.send(Batch { envelopes, done }).await.map_err(|_| stopped())?;
+            queue.send(Batch { envelopes, dedupe, done }).await.map_err(|_| stopped())?;
             receipts.await.map_err(|_| stopped())
         })
     }

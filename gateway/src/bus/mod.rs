@@ -17,20 +17,11 @@
 pub mod memory;
 pub mod redis;
 
+use std::time::Duration;
+
 use crate::envelope::Envelope;
 
-/// What publishing one envelope achieved.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Published {
-    /// Replicas subscribed to the room (this one included).
-    pub replicas: u64,
-    /// The event's offset in its room's history, if published with history.
-    pub offset: Option<u64>,
-    /// The room history's epoch, if published with history.
-    pub epoch: Option<String>,
-}
-
-pub use crate::backend::{BoxFuture, BusError};
+pub use crate::backend::{BoxFuture, BusError, Published};
 
 /// What a bus reports to the replica: envelopes for subscribed rooms, and when live delivery
 /// of rooms was interrupted (so they catch up from history).
@@ -69,8 +60,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Publishes envelopes to every replica subscribed to their rooms, this one included, in
     /// one round trip; events go into their room's history (when history is on), typing and
-    /// presence never do.
-    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>>;
+    /// presence never do. With `dedupe` (and history), an event whose id was already published
+    /// to its room within that window is not published again: its receipt is the first one's,
+    /// marked `duplicate`.
+    fn publish(
+        &self,
+        envelopes: Vec<Envelope>,
+        dedupe: Option<Duration>,
+    ) -> BoxFuture<'static, Result<Vec<Published>, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

@@ -34,7 +34,7 @@ use fred::{
 };
 use roomcast_publisher::{
     send_encoded,
-    wire::{self, HistoryPolicy, Keys},
+    wire::{self, Dedupe, HistoryPolicy, Keys},
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
@@ -261,7 +261,11 @@ impl Bus for RedisBus {
         self.request(|tx| Op::Unsubscribe(room, tx))
     }
 
-    fn publish(&self, envelopes: Vec<Envelope>) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
+    fn publish(
+        &self,
+        envelopes: Vec<Envelope>,
+        dedupe: Option<Duration>,
+    ) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
         let redis = self.commands();
         let (history, script) = (self.history, self.publish_script.clone());
         // Either connection found Redis gone (closed, or not answering): a hang shows on
@@ -280,8 +284,19 @@ impl Bus for RedisBus {
                     let body = serde_json::to_string(envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
                     // Only events are kept in history; typing and presence are live only.
                     let history = history.filter(|_| matches!(envelope, Envelope::Event(_)));
-                    let sent = send_encoded(&redis.client, script, &redis.keys, envelope.room(), body, history).await;
-                    sent.map(|s| Published { replicas: s.replicas, offset: s.offset, epoch: s.epoch }).map_err(|e| {
+                    let dedupe = match (envelope, dedupe) {
+                        (Envelope::Event(e), Some(window)) => Some(Dedupe { id: &e.id, window }),
+                        _ => None,
+                    };
+                    let sent =
+                        send_encoded(&redis.client, script, &redis.keys, envelope.room(), body, history, dedupe).await;
+                    let sent = sent.map(|s| Published {
+                        replicas: s.replicas,
+                        offset: s.offset,
+                        epoch: s.epoch,
+                        duplicate: s.duplicate,
+                    });
+                    sent.map_err(|e| {
                         metrics::redis_error("publish");
                         publish_error(&e)
                     })

@@ -10,6 +10,7 @@ use roomcast_publisher::wire::{self, EventEnvelope, HistoryPolicy};
 use tokio::time::Instant;
 
 use super::{History, Position, Read};
+use crate::backend::Published;
 use crate::backend::{BoxFuture, BusError};
 
 #[derive(Debug)]
@@ -39,7 +40,12 @@ pub struct MemoryLimits {
 struct Logs {
     rooms: HashMap<String, RoomLog>,
     bytes: usize,
+    /// (room, event id) → the first publish's receipt, until it expires (idempotent publishes).
+    published: HashMap<(String, String), (Instant, Published)>,
 }
+
+/// Remembered ids beyond which expired ones are swept on the next insert.
+const DEDUPE_SWEEP_AT: usize = 10_000;
 
 /// In-memory history.
 #[derive(Debug)]
@@ -84,10 +90,19 @@ impl MemoryHistory {
         log
     }
 
-    /// Gives `event` its room's next offset and epoch and keeps it.
-    pub fn append(&self, event: &mut EventEnvelope) {
+    /// Gives `event` its room's next offset and epoch and keeps it. With `dedupe`, an event id
+    /// already appended to the room within that window is not appended again: the first
+    /// publish's receipt is returned (marked `duplicate`), and the caller must not deliver it.
+    pub fn append(&self, event: &mut EventEnvelope, replicas: u64, dedupe: Option<Duration>) -> Option<Published> {
         let now = Instant::now();
         let mut logs = self.lock();
+        let key = dedupe.map(|window| ((event.room.clone(), event.id.clone()), window));
+        if let Some((key, _)) = &key
+            && let Some((until, first)) = logs.published.get(key)
+            && *until > now
+        {
+            return Some(Published { duplicate: true, ..first.clone() });
+        }
         let log = self.log(&mut logs, &event.room, now);
         log.offset += 1;
         log.published = true;
@@ -104,10 +119,19 @@ impl MemoryHistory {
             }
         }
         log.bytes = (log.bytes + size).saturating_sub(freed);
+        let receipt =
+            Published { replicas, offset: Some(log.offset), epoch: Some(log.epoch.clone()), duplicate: false };
         logs.bytes = (logs.bytes + size).saturating_sub(freed);
+        if let Some((key, window)) = key {
+            if logs.published.len() >= DEDUPE_SWEEP_AT {
+                logs.published.retain(|_, (until, _)| *until > now);
+            }
+            logs.published.insert(key, (now + window, receipt));
+        }
         if logs.bytes > self.limits.bytes {
             self.evict(&mut logs, now);
         }
+        None
     }
 
     /// Forgets rooms idle for longer than they would live in Redis: a room only read, once its
@@ -115,7 +139,8 @@ impl MemoryHistory {
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut logs = self.lock();
-        let Logs { rooms, bytes } = &mut *logs;
+        logs.published.retain(|_, (until, _)| *until > now);
+        let Logs { rooms, bytes, .. } = &mut *logs;
         rooms.retain(|_, log| {
             let keep = now.duration_since(log.last_active) < self.idle_limit(log);
             if !keep {
@@ -133,7 +158,7 @@ impl MemoryHistory {
     /// of both limits (so the sort runs once per many new rooms, not once per room). A room
     /// forgotten this way loses its history: its clients get `recovered: false`.
     fn evict(&self, logs: &mut Logs, now: Instant) {
-        let Logs { rooms, bytes } = logs;
+        let Logs { rooms, bytes, .. } = logs;
         rooms.retain(|_, log| {
             let keep = now.duration_since(log.last_active) < self.idle_limit(log);
             if !keep {
@@ -228,7 +253,7 @@ mod tests {
         assert_eq!(h.read("tenant:t:channel:c49999", 0, 10).await.unwrap().position, recent);
 
         let mut published = event("tenant:t:channel:news", 10);
-        h.append(&mut published);
+        h.append(&mut published, 0, None);
         tokio::time::advance(Duration::from_secs(301)).await;
         h.sweep();
         assert_eq!(h.usage().0, 1, "only-read rooms go with the history TTL; the published one stays");
@@ -241,11 +266,11 @@ mod tests {
     async fn retained_bytes_stay_under_the_limit_and_the_active_room_keeps_its_history() {
         let h = history(usize::MAX, 1024 * 1024);
         for i in 0..2_000 {
-            h.append(&mut event(&format!("tenant:t:channel:c{i}"), 4 * 1024));
+            h.append(&mut event(&format!("tenant:t:channel:c{i}"), 4 * 1024), 0, None);
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         for _ in 0..10 {
-            h.append(&mut event("tenant:t:channel:hot", 100));
+            h.append(&mut event("tenant:t:channel:hot", 100), 0, None);
         }
         let (_, bytes) = h.usage();
         assert!(bytes <= 1024 * 1024, "{bytes} bytes");

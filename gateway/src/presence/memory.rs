@@ -50,7 +50,7 @@ impl MemoryPresence {
     }
 
     fn announce(&self, envelope: PresenceEnvelope) -> BoxFuture<'static, Result<(), BusError>> {
-        let published = self.bus.publish(vec![Envelope::Presence(envelope)]);
+        let published = self.bus.publish(vec![Envelope::Presence(envelope)], None);
         Box::pin(async move { published.await.map(|_| ()) })
     }
 

@@ -42,7 +42,7 @@ pub(super) async fn stop(gw: &Shared, conn: &Conn, room: &str) {
 async fn broadcast(gw: &Shared, room: String, user: String, typing: bool) -> Result<Ack, ClientError> {
     let envelope = Envelope::typing(room, user, typing, gw.delivery.node_id());
     gw.delivery.deliver_originated(&envelope).await;
-    match gw.bus.publish(vec![envelope]).await {
+    match gw.bus.publish(vec![envelope], None).await {
         Ok(_) => {
             metrics::publish("client_typing", Ok(()));
             Ok(Ack::Typing { throttled: None })
