@@ -307,7 +307,7 @@ pub struct Config {
 
     /// Per socket: `join` and `leave` allowed, as N/s:BURST (a token bucket: BURST at once, then
     /// N per second). Beyond it the event is refused with `rate_limited` and `retryAfterMs`.
-    #[arg(long, env = env::RATE_ROOMS, default_value = "20/s:50")]
+    #[arg(long, env = env::RATE_ROOMS, default_value = "20/s:100")]
     pub rate_rooms: Rate,
 
     /// Per socket: `presence:update` allowed, as N/s:BURST.

@@ -92,7 +92,11 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
 
 /// Bytes of the request's target and headers, as sent (`name: value\r\n` each).
 fn head_bytes(req: &Request) -> usize {
-    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    // The whole target: an absolute-form one (`GET http://host/…`) carries its authority too.
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     target + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>()
 }
 

@@ -264,7 +264,8 @@ mod tests {
                     admitted += u64::from(limits.take(&policy, EventClass::Typing, now).is_ok());
                 }
                 let allowed = f64::from(burst) + per_second * now.duration_since(t0).as_secs_f64();
-                prop_assert!(admitted as f64 <= allowed + 1e-6, "{} admitted, {} allowed", admitted, allowed);
+                // (Tokens are kept as f32: allow its rounding.)
+                prop_assert!(admitted as f64 <= allowed + 1e-3, "{} admitted, {} allowed", admitted, allowed);
             }
         }
     }

@@ -3,8 +3,9 @@
 //! edge, in the `socket` module; this module is the state both halves keep.)
 //!
 //! Two halves:
-//! - [`Throttle`], on the sender's replica: a repeated `typing: true` from one user in one
-//!   channel is broadcast at most once per interval; a change of state always goes out at once.
+//! - [`Throttle`], on the sender's replica: per user and channel, at most one `typing: true`
+//!   broadcast per interval, and a `typing: false` only for an indicator it showed (at once):
+//!   at most two broadcasts per interval whatever a client sends.
 //! - [`Indicators`], on every replica: what this replica's members are shown. An indicator
 //!   that is neither refreshed nor stopped within the TTL is turned off here, by every replica
 //!   for its own members, so it turns off everywhere even when the sender's replica crashed.

@@ -463,5 +463,6 @@ async fn a_presence_flood_in_one_tenant_does_not_delay_another_tenants_joins() {
     flood.await.unwrap();
     assert_eq!(join[0]["userId"], "ada");
     eprintln!("another tenant's presence:join during the flood took {waited:?}");
-    assert!(waited < Duration::from_secs(3), "the flood delayed another tenant's join by {waited:?}");
+    // (Measured: ~10-60 ms here, and more than 10 s without the per-tenant queue.)
+    assert!(waited < Duration::from_secs(5), "the flood delayed another tenant's join by {waited:?}");
 }

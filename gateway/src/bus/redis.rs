@@ -114,6 +114,11 @@ fn build_client(config: &FredConfig, settings: &RedisSettings, events: usize) ->
             c.internal_command_timeout = Duration::from_secs(5);
             // Commands issued while disconnected are queued; bound the queue.
             c.max_command_buffer_len = 10_000;
+            // A command whose connection dropped while it was in flight is not written again
+            // after the reconnect: it may have run (a publish delivered, a presence count
+            // changed), and its caller was already told the outcome is unknown. The callers
+            // retry what must be retried (subscriptions, presence reconciliation).
+            c.max_command_attempts = 1;
             // A half-open connection (network partition) is replaced instead of waited on.
             // A Redis that stops answering (a stopped process, a hung host) counts as down like a
             // dropped link, within about a command timeout: readiness and publish answers say so.
@@ -332,8 +337,20 @@ fn publish_error(e: &fred::error::Error) -> BusError {
             BusError::Uncertain("Redis did not answer in time".into())
         }
         ErrorKind::Backpressure => BusError::Unavailable("Redis is overloaded".into()),
+        // Redis' own error replies (OOM, BUSY, a script error before it published) say the
+        // publish did not run; anything else fred reports as `Unknown` might have.
+        ErrorKind::Unknown if !looks_like_a_redis_reply(e.details()) => {
+            BusError::Uncertain("the connection to Redis failed".into())
+        }
         _ => BusError::Unavailable("Redis refused the publish".into()),
     }
+}
+
+/// Whether an error's text is a Redis error reply (`ERR …`, `OOM …`, `BUSY …`: an uppercase
+/// word), rather than fred's own account of a failure.
+fn looks_like_a_redis_reply(details: &str) -> bool {
+    let word = details.split_whitespace().next().unwrap_or("");
+    word.len() >= 2 && word.chars().all(|c| c.is_ascii_uppercase())
 }
 
 /// One answer for a batch: all published, all certainly not, or — when some were and some

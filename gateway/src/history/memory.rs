@@ -76,7 +76,7 @@ impl MemoryHistory {
     /// `room`'s log, created (within the room limit) if new.
     fn log<'a>(&self, logs: &'a mut Logs, room: &str, now: Instant) -> &'a mut RoomLog {
         if !logs.rooms.contains_key(room) && logs.rooms.len() >= self.limits.rooms {
-            self.evict(logs, now);
+            self.evict(logs, now, room);
         }
         let log = logs.rooms.entry(room.to_owned()).or_insert_with(|| RoomLog {
             epoch: wire::new_epoch(),
@@ -129,7 +129,8 @@ impl MemoryHistory {
             logs.published.insert(key, (now + window, receipt));
         }
         if logs.bytes > self.limits.bytes {
-            self.evict(&mut logs, now);
+            let room = event.room.clone();
+            self.evict(&mut logs, now, &room);
         }
         None
     }
@@ -154,10 +155,12 @@ impl MemoryHistory {
         if log.published { wire::META_TTL } else { self.policy.ttl }
     }
 
-    /// Over a limit: forgets expired rooms, then the least recently active ones, down to 90 %
-    /// of both limits (so the sort runs once per many new rooms, not once per room). A room
-    /// forgotten this way loses its history: its clients get `recovered: false`.
-    fn evict(&self, logs: &mut Logs, now: Instant) {
+    /// Over a limit: forgets expired rooms, then rooms nobody published to (what clients'
+    /// joins create: one tenant joining many names must not push out others' history), then
+    /// the least recently active, down to 90 % of both limits (so the sort runs once per many
+    /// new rooms, not once per room); never `keep`, the room being written. A room forgotten
+    /// this way loses its history: its clients get `recovered: false`.
+    fn evict(&self, logs: &mut Logs, now: Instant, keep: &str) {
         let Logs { rooms, bytes, .. } = logs;
         rooms.retain(|_, log| {
             let keep = now.duration_since(log.last_active) < self.idle_limit(log);
@@ -170,10 +173,14 @@ impl MemoryHistory {
         if rooms.len() <= room_target && *bytes <= byte_target {
             return;
         }
-        let mut by_age: Vec<(Instant, String)> = rooms.iter().map(|(r, l)| (l.last_active, r.clone())).collect();
+        let mut by_age: Vec<(bool, Instant, String)> = rooms
+            .iter()
+            .filter(|(r, _)| r.as_str() != keep)
+            .map(|(r, l)| (l.published, l.last_active, r.clone()))
+            .collect();
         by_age.sort_unstable();
         let mut evicted = 0u64;
-        for (_, room) in by_age {
+        for (_, _, room) in by_age {
             if rooms.len() <= room_target && *bytes <= byte_target {
                 break;
             }
@@ -260,6 +267,21 @@ mod tests {
         tokio::time::advance(wire::META_TTL).await;
         h.sweep();
         assert_eq!(h.usage(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn joins_of_many_names_never_push_out_published_history() {
+        let h = history(100, usize::MAX);
+        for i in 0..50 {
+            h.append(&mut event(&format!("tenant:a:channel:news{i}"), 10), 0, None);
+        }
+        for i in 0..10_000 {
+            h.read(&format!("tenant:b:channel:junk{i}"), 0, 10).await.unwrap();
+        }
+        for i in 0..50 {
+            let read = h.read(&format!("tenant:a:channel:news{i}"), 0, 10).await.unwrap();
+            assert_eq!(read.events.len(), 1, "news{i} kept its history");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,9 +10,14 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[3]
   redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HGET', KEYS[1], 'offset')
+if not offset then
+  -- Never published to: kept as long as it is read (joined) within the history TTL, so a
+  -- member of a quiet room keeps its epoch; a publish sets the longer meta TTL.
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-local tail = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local tail = tonumber(offset or '0')
 local out = { epoch, tail }
 local after = tonumber(ARGV[1])
 if after < tail then

@@ -212,7 +212,7 @@ impl Presence {
             self.leaving.remove(at, &key);
             if status != previous {
                 // Refused only when the tenant is backed up; the entry was counted all the same.
-                let _ = self.ops.push(Op::Status { room: key.0, user: key.1 }, Some(status));
+                let _ = self.ops.push(Op::Status { room: key.0, user: key.1, seq: 0 }, Some(status));
             }
         } else {
             let _ = self.ops.push(Op::Enter { room: key.0, user: key.1, count: 1, status }, None);
@@ -248,7 +248,12 @@ impl Presence {
         match self.lock().entries.get_mut(&key) {
             Some(entry) => {
                 entry.status = status;
-                self.ops.push(Op::Status { room: key.0, user: key.1 }, Some(status))
+                let pushed = self.ops.push(Op::Status { room: key.0, user: key.1, seq: 0 }, Some(status));
+                if pushed.is_err() {
+                    // The store misses this status until the next reconcile replays it.
+                    self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                }
+                pushed
             }
             None => Ok(()),
         }
@@ -288,7 +293,7 @@ impl Presence {
             let result = match op {
                 Op::Enter { ref room, ref user, count, status } => self.store.enter(room, user, count, status).await,
                 Op::Exit { ref room, ref user } => self.store.exit(room, user).await,
-                Op::Status { ref room, ref user } => match status {
+                Op::Status { ref room, ref user, .. } => match status {
                     Some(status) => self.store.set_status(room, user, status).await,
                     None => Ok(()),
                 },

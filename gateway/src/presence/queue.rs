@@ -43,6 +43,9 @@ pub enum Op {
         room: String,
         /// The user.
         user: String,
+        /// Which waiting status change this is: a later entry or exit of the user in the room
+        /// starts a new one, so a status set after it is never applied before it.
+        seq: u64,
     },
     /// This replica holds nothing in `room` any more.
     Forget {
@@ -72,12 +75,19 @@ struct State {
     tenants: HashMap<String, VecDeque<Op>>,
     /// Tenants with queued operations, in serving order.
     ring: VecDeque<String>,
-    /// Status changes waiting, by (room, user): the value the queued `Op::Status` will apply.
-    statuses: HashMap<(String, String), Status>,
+    /// The status change waiting for (room, user) that later ones may still update: none once
+    /// an entry or exit of the user in the room was queued after it.
+    open: HashMap<(String, String), u64>,
+    /// The value each waiting status change (by `seq`) will apply.
+    values: HashMap<u64, Status>,
+    /// The next `seq`.
+    next_seq: u64,
     /// Replays of the whole share: served before any tenant.
     system: VecDeque<Op>,
     /// Answered once the queue is empty.
     flushes: Vec<oneshot::Sender<()>>,
+    /// Operations waiting, all queues together.
+    len: usize,
 }
 
 /// The bounded, tenant-fair queue.
@@ -116,35 +126,57 @@ impl FairQueue {
     /// that already has one waiting replaces its value and takes no new place.
     pub fn push(&self, op: Op, status: Option<Status>) -> Result<(), Full> {
         let mut state = self.lock();
-        let State { tenants, ring, statuses, system, .. } = &mut *state;
+        let State { tenants, ring, open, values, system, next_seq, .. } = &mut *state;
         let room = match &op {
             Op::Reconcile(_) => {
+                // The replay is a snapshot of this replica's whole share, taken after every
+                // operation queued so far was recorded locally: it supersedes them (applied
+                // after it, they would count twice).
+                tenants.clear();
+                ring.clear();
+                open.clear();
+                values.clear();
                 system.push_back(op);
+                state.len = state.system.len();
+                crate::metrics::presence_queue(state.len);
                 drop(state);
                 self.ready.notify_one();
                 return Ok(());
             }
             Op::Enter { room, .. } | Op::Exit { room, .. } | Op::Status { room, .. } | Op::Forget { room } => room,
         };
-        let tenant = tenant_of(room);
-        let queued = tenants.get(tenant).map_or(0, VecDeque::len);
-        if let (Op::Status { room, user }, Some(status)) = (&op, status) {
-            let key = (room.clone(), user.clone());
-            if let Some(waiting) = statuses.get_mut(&key) {
-                *waiting = status;
-                return Ok(());
+        let tenant = tenant_of(room).to_owned();
+        let queued = tenants.get(&tenant).map_or(0, VecDeque::len);
+        let mut op = op;
+        match (&mut op, status) {
+            (Op::Status { room, user, seq }, Some(status)) => {
+                let key = (room.clone(), user.clone());
+                if let Some(waiting) = open.get(&key) {
+                    values.insert(*waiting, status);
+                    return Ok(());
+                }
+                if queued >= self.per_tenant {
+                    return Err(Full);
+                }
+                *next_seq += 1;
+                *seq = *next_seq;
+                open.insert(key, *seq);
+                values.insert(*seq, status);
             }
-            if queued >= self.per_tenant {
-                return Err(Full);
+            // An entry or exit closes the waiting status change for the user in the room (it
+            // keeps its value): a status set after it is applied after it.
+            (Op::Enter { room, user, .. } | Op::Exit { room, user }, _) => {
+                open.remove(&(room.clone(), user.clone()));
             }
-            statuses.insert(key, status);
+            _ => {}
         }
-        let tenant = tenant.to_owned();
         let queue = tenants.entry(tenant.clone()).or_default();
         if queue.is_empty() {
             ring.push_back(tenant);
         }
         queue.push_back(op);
+        state.len += 1;
+        crate::metrics::presence_queue(state.len);
         drop(state);
         self.ready.notify_one();
         Ok(())
@@ -170,9 +202,13 @@ impl FairQueue {
     fn try_next(&self) -> Option<Next> {
         let mut state = self.lock();
         if let Some(op) = state.system.pop_front() {
+            state.len = state.len.saturating_sub(1);
             return Some(Next { op, status: None });
         }
-        let State { tenants, ring, statuses, flushes, .. } = &mut *state;
+        if !state.ring.is_empty() {
+            state.len = state.len.saturating_sub(1);
+        }
+        let State { tenants, ring, open, values, flushes, .. } = &mut *state;
         let Some(tenant) = ring.pop_front() else {
             // Empty: everything queued before a flush was applied (the worker applies one
             // operation before asking for the next).
@@ -189,7 +225,13 @@ impl FairQueue {
             ring.push_back(tenant);
         }
         let status = match &op {
-            Op::Status { room, user } => statuses.remove(&(room.clone(), user.clone())),
+            Op::Status { room, user, seq } => {
+                let key = (room.clone(), user.clone());
+                if open.get(&key) == Some(seq) {
+                    open.remove(&key);
+                }
+                values.remove(seq)
+            }
             _ => None,
         };
         Some(Next { op, status })
@@ -197,8 +239,7 @@ impl FairQueue {
 
     /// Operations waiting, all tenants together.
     pub fn len(&self) -> usize {
-        let state = self.lock();
-        state.system.len() + state.tenants.values().map(VecDeque::len).sum::<usize>()
+        self.lock().len
     }
 }
 
@@ -214,7 +255,7 @@ mod tests {
         match &next.op {
             Op::Enter { room, user, .. } => format!("enter {room} {user}"),
             Op::Exit { room, user } => format!("exit {room} {user}"),
-            Op::Status { room, user } => format!("status {room} {user} {:?}", next.status),
+            Op::Status { room, user, .. } => format!("status {room} {user} {:?}", next.status),
             Op::Forget { room } => format!("forget {room}"),
             Op::Reconcile(_) => "reconcile".into(),
         }
@@ -239,13 +280,48 @@ mod tests {
         let room = "tenant:t:channel:c";
         q.push(enter(room, "ada"), None).unwrap();
         for status in [Status::Away, Status::Online, Status::Away] {
-            q.push(Op::Status { room: room.into(), user: "ada".into() }, Some(status)).unwrap();
+            q.push(Op::Status { room: room.into(), user: "ada".into(), seq: 0 }, Some(status)).unwrap();
         }
         q.push(Op::Exit { room: room.into(), user: "ada".into() }, None).unwrap();
         assert_eq!(q.len(), 3, "three status changes took one place");
         assert_eq!(name(&q.next().await), "enter tenant:t:channel:c ada");
         assert_eq!(name(&q.next().await), "status tenant:t:channel:c ada Some(Away)");
         assert_eq!(name(&q.next().await), "exit tenant:t:channel:c ada");
+    }
+
+    /// A status set after the user left and came back must not be applied before the leave.
+    #[tokio::test]
+    async fn a_status_after_an_exit_and_entry_is_applied_after_them() {
+        let q = FairQueue::new(10);
+        let room = "tenant:t:channel:c";
+        let status = |s| q.push(Op::Status { room: room.into(), user: "ada".into(), seq: 0 }, Some(s));
+        status(Status::Away).unwrap();
+        q.push(Op::Exit { room: room.into(), user: "ada".into() }, None).unwrap();
+        q.push(enter(room, "ada"), None).unwrap();
+        status(Status::Away).unwrap();
+        let order: Vec<String> =
+            [q.next().await, q.next().await, q.next().await, q.next().await].iter().map(name).collect();
+        assert_eq!(
+            order,
+            [
+                "status tenant:t:channel:c ada Some(Away)",
+                "exit tenant:t:channel:c ada",
+                "enter tenant:t:channel:c ada",
+                "status tenant:t:channel:c ada Some(Away)"
+            ]
+        );
+    }
+
+    /// A replay of the whole share supersedes what was queued before it.
+    #[tokio::test]
+    async fn a_reconcile_replaces_the_operations_queued_before_it() {
+        let q = FairQueue::new(10);
+        q.push(enter("tenant:t:channel:c", "ada"), None).unwrap();
+        q.push(Op::Reconcile(Vec::new()), None).unwrap();
+        q.push(enter("tenant:t:channel:c", "bob"), None).unwrap();
+        assert_eq!(name(&q.next().await), "reconcile");
+        assert_eq!(name(&q.next().await), "enter tenant:t:channel:c bob");
+        assert_eq!(q.len(), 0);
     }
 
     #[tokio::test]
@@ -256,7 +332,7 @@ mod tests {
         q.push(enter(room, "b"), None).unwrap();
         assert!(!q.has_room(room), "joins check this before they change anything");
         assert!(q.has_room("tenant:other:channel:c"), "per tenant");
-        assert_eq!(q.push(Op::Status { room: room.into(), user: "a".into() }, Some(Status::Away)), Err(Full));
+        assert_eq!(q.push(Op::Status { room: room.into(), user: "a".into(), seq: 0 }, Some(Status::Away)), Err(Full));
         q.push(Op::Exit { room: room.into(), user: "a".into() }, None).unwrap();
         q.push(Op::Forget { room: room.into() }, None).unwrap();
         q.push(enter("tenant:other:channel:c", "z"), None).unwrap();
