@@ -17,9 +17,14 @@ use roomcast_publisher::{
     wire::{self, EventNameError},
 };
 use serde::Deserialize;
-use serde_json::{json, value::RawValue};
+use serde_json::{Value, json, value::RawValue};
 
-use crate::{backend::BusError, errors::ErrorCode, http, metrics, state::Shared};
+use crate::{
+    backend::{BusError, Published},
+    errors::{ClientError, ErrorCode},
+    http, metrics,
+    state::Shared,
+};
 
 /// One publish in a request body.
 #[derive(Debug, Deserialize)]
@@ -146,44 +151,92 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
         envelopes.push(wire::event_envelope(&room, &request.event, data, id, wire::now_ms()).into());
     }
 
-    let count = envelopes.len();
-    match gw.bus.publish(envelopes, dedupe).await {
-        Ok(replicas) => {
-            for _ in 0..count {
-                metrics::publish("http", Ok(()));
-            }
-            let receipts: Vec<_> = ids
-                .into_iter()
-                .zip(replicas)
-                .map(|((id, room), p)| {
-                    let mut receipt = json!({ "id": id, "room": room, "replicas": p.replicas });
-                    if let (Some(offset), Some(epoch)) = (p.offset, p.epoch) {
-                        receipt["offset"] = json!(offset);
-                        receipt["epoch"] = json!(epoch);
-                    }
-                    if p.duplicate {
-                        receipt["duplicate"] = json!(true);
-                    }
-                    receipt
-                })
-                .collect();
-            let body = if single {
-                let mut receipt = receipts.into_iter().next().unwrap_or_default();
-                receipt["ok"] = json!(true);
+    let outcome = gw.bus.publish(envelopes, dedupe).await;
+    let (status, body) = answer(ids, outcome, single);
+    for result in body.get("receipts").and_then(Value::as_array).into_iter().flatten().chain(single.then_some(&body)) {
+        let code = result["error"]["code"].as_str().and_then(|c| ErrorCode::ALL.iter().find(|e| e.as_str() == c));
+        metrics::publish("http", code.map_or(Ok(()), |c| Err(*c)));
+    }
+    (status, Json(body)).into_response()
+}
+
+/// The answer to a publish request: per event, its receipt or why it failed.
+///
+/// 200 when every event was published. Otherwise the answer is an error, and a batch's
+/// carries every item's outcome in `receipts` (`{ ok: true, … }` or `{ ok: false, error }`),
+/// so a publisher retries only what failed: 503 `unavailable` when what failed certainly was
+/// not published, 504 `timeout` when any outcome is unknown.
+fn answer(
+    ids: Vec<(String, String)>,
+    outcome: Result<Vec<Result<Published, BusError>>, BusError>,
+    single: bool,
+) -> (StatusCode, Value) {
+    let results = match outcome {
+        Ok(results) => results,
+        // Nothing was sent: every event failed the same way.
+        Err(e) => ids.iter().map(|_| Err(e.clone())).collect(),
+    };
+    let uncertain = results.iter().any(|r| matches!(r, Err(BusError::Uncertain(_))));
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let items: Vec<Value> = ids
+        .into_iter()
+        .zip(results)
+        .map(|((id, room), result)| match result {
+            Ok(p) => {
+                let mut receipt = json!({ "ok": true, "id": id, "room": room, "replicas": p.replicas });
+                if let (Some(offset), Some(epoch)) = (p.offset, p.epoch) {
+                    receipt["offset"] = json!(offset);
+                    receipt["epoch"] = json!(epoch);
+                }
+                if p.duplicate {
+                    receipt["duplicate"] = json!(true);
+                }
                 receipt
-            } else {
-                json!({ "ok": true, "receipts": receipts })
-            };
-            Json(body).into_response()
-        }
-        Err(BusError::Unavailable(why)) => {
-            fail(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, format!("nothing was published: {why}"))
-        }
-        Err(BusError::Uncertain(why)) => fail(
+            }
+            Err(BusError::Unavailable(why)) => {
+                let error = ClientError::new(ErrorCode::Unavailable, format!("not published: {why}"));
+                json!({ "ok": false, "id": id, "room": room, "error": error })
+            }
+            Err(BusError::Uncertain(why)) => {
+                let message = format!("{why}: it may or may not have been published; retry with the same id");
+                json!({ "ok": false, "id": id, "room": room, "error": ClientError::new(ErrorCode::Timeout, message) })
+            }
+        })
+        .collect();
+    let total = items.len();
+    let (status, code, message) = if failed == 0 {
+        (StatusCode::OK, None, String::new())
+    } else if uncertain {
+        (
             StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::Timeout,
-            format!("{why}: the events may or may not have been published"),
-        ),
+            Some(ErrorCode::Timeout),
+            "Redis did not answer in time: the events may or may not have been published".to_owned(),
+        )
+    } else if failed == total {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(ErrorCode::Unavailable),
+            "nothing was published: Redis is unavailable".to_owned(),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(ErrorCode::Unavailable),
+            format!("{failed} of {total} events were not published; see receipts"),
+        )
+    };
+    if single {
+        let mut item = items.into_iter().next().unwrap_or_default();
+        if let Some(error) = item.get("error").cloned() {
+            // A single publish answers like any error: `{ ok: false, error }`.
+            return (status, json!({ "ok": false, "error": error }));
+        }
+        item["ok"] = json!(true);
+        return (status, item);
+    }
+    match code {
+        None => (status, json!({ "ok": true, "receipts": items })),
+        Some(code) => (status, json!({ "ok": false, "error": ClientError::new(code, message), "receipts": items })),
     }
 }
 
@@ -197,4 +250,52 @@ fn target(request: &PublishRequest) -> Result<Room, String> {
         _ => return Err("name at most one of project, channel and user".into()),
     };
     room.map_err(|e| format!("invalid id: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<(String, String)> {
+        (0..n).map(|i| (format!("e{i}"), "tenant:t".to_owned())).collect()
+    }
+
+    fn ok(offset: u64) -> Result<Published, BusError> {
+        Ok(Published { replicas: 1, offset: Some(offset), epoch: Some("E".into()), duplicate: false })
+    }
+
+    #[test]
+    fn a_batch_says_per_event_what_happened_so_only_failures_are_retried() {
+        let (status, body) = answer(ids(2), Ok(vec![ok(1), ok(2)]), false);
+        assert_eq!(
+            (status, body["ok"].clone(), body["receipts"][1]["offset"].clone()),
+            (StatusCode::OK, json!(true), json!(2))
+        );
+
+        let refused = Err(BusError::Unavailable("Redis refused the publish".into()));
+        let (status, body) = answer(ids(2), Ok(vec![ok(1), refused.clone()]), false);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "unavailable");
+        assert_eq!((body["receipts"][0]["ok"].clone(), body["receipts"][1]["ok"].clone()), (json!(true), json!(false)));
+        assert_eq!(body["receipts"][1]["error"]["code"], "unavailable");
+
+        let unknown = Err(BusError::Uncertain("Redis did not answer in time".into()));
+        let (status, body) = answer(ids(3), Ok(vec![ok(1), refused, unknown]), false);
+        assert_eq!((status, body["error"]["code"].clone()), (StatusCode::GATEWAY_TIMEOUT, json!("timeout")));
+        assert_eq!(body["receipts"][2]["error"]["code"], "timeout");
+
+        let (status, body) = answer(ids(2), Err(BusError::Unavailable("Redis is not connected".into())), false);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body["receipts"].as_array().unwrap().iter().all(|r| r["ok"] == false));
+    }
+
+    #[test]
+    fn a_single_publish_answers_with_its_receipt_or_its_error() {
+        let (status, body) = answer(ids(1), Ok(vec![ok(7)]), true);
+        assert_eq!((status, body["ok"].clone(), body["offset"].clone()), (StatusCode::OK, json!(true), json!(7)));
+        let (status, body) = answer(ids(1), Ok(vec![Err(BusError::Uncertain("x".into()))]), true);
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!((body["ok"].clone(), body["error"]["code"].clone()), (json!(false), json!("timeout")));
+        assert!(body.get("receipts").is_none());
+    }
 }

@@ -177,7 +177,7 @@ impl Bus for MemoryBus {
         &self,
         envelopes: Vec<Envelope>,
         dedupe: Option<std::time::Duration>,
-    ) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
+    ) -> BoxFuture<'static, Result<Vec<Result<Published, BusError>>, BusError>> {
         // Who is subscribed is decided when the call is made, as Redis decides at PUBLISH.
         let envelopes: Vec<(Envelope, Vec<usize>)> = {
             let nodes = self.hub.lock();
@@ -194,7 +194,7 @@ impl Bus for MemoryBus {
             let stopped = || BusError::Unavailable("the delivery task stopped".into());
             let (done, receipts) = oneshot::channel();
             queue.send(Batch { envelopes, dedupe, done }).await.map_err(|_| stopped())?;
-            receipts.await.map_err(|_| stopped())
+            receipts.await.map(|all| all.into_iter().map(Ok).collect()).map_err(|_| stopped())
         })
     }
 

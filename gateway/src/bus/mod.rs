@@ -62,12 +62,12 @@ pub trait Bus: Send + Sync + 'static {
     /// one round trip; events go into their room's history (when history is on), typing and
     /// presence never do. With `dedupe` (and history), an event whose id was already published
     /// to its room within that window is not published again: its receipt is the first one's,
-    /// marked `duplicate`.
+    /// marked `duplicate`. `Err` when nothing was sent; else one result per envelope, in order.
     fn publish(
         &self,
         envelopes: Vec<Envelope>,
         dedupe: Option<Duration>,
-    ) -> BoxFuture<'static, Result<Vec<Published>, BusError>>;
+    ) -> BoxFuture<'static, Result<Vec<Result<Published, BusError>>, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

@@ -270,7 +270,7 @@ impl Bus for RedisBus {
         &self,
         envelopes: Vec<Envelope>,
         dedupe: Option<Duration>,
-    ) -> BoxFuture<'static, Result<Vec<Published>, BusError>> {
+    ) -> BoxFuture<'static, Result<Vec<Result<Published, BusError>>, BusError>> {
         let redis = self.commands();
         let (history, script) = (self.history, self.publish_script.clone());
         // Either connection found Redis gone (closed, or not answering): a hang shows on
@@ -307,7 +307,7 @@ impl Bus for RedisBus {
                     })
                 }
             });
-            batch_outcome(futures_util::future::join_all(sends).await)
+            Ok(futures_util::future::join_all(sends).await)
         })
     }
 
@@ -351,24 +351,6 @@ fn publish_error(e: &fred::error::Error) -> BusError {
 fn looks_like_a_redis_reply(details: &str) -> bool {
     let word = details.split_whitespace().next().unwrap_or("");
     word.len() >= 2 && word.chars().all(|c| c.is_ascii_uppercase())
-}
-
-/// One answer for a batch: all published, all certainly not, or — when some were and some
-/// were not, or any is unknown — unknown.
-fn batch_outcome(results: Vec<Result<Published, BusError>>) -> Result<Vec<Published>, BusError> {
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if failed == 0 {
-        return Ok(results.into_iter().flatten().collect());
-    }
-    let uncertain = results.iter().find_map(|r| match r {
-        Err(BusError::Uncertain(why)) => Some(why.clone()),
-        _ => None,
-    });
-    match (uncertain, failed == results.len()) {
-        (Some(why), _) => Err(BusError::Uncertain(why)),
-        (None, true) => Err(results.into_iter().find_map(Result::err).unwrap_or(BusError::Unavailable(String::new()))),
-        (None, false) => Err(BusError::Uncertain(format!("{} of {} publishes failed", failed, results.len()))),
-    }
 }
 
 /// Connects `client`, and connects it again whenever its connection task ends with an error.

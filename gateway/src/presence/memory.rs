@@ -51,7 +51,7 @@ impl MemoryPresence {
 
     fn announce(&self, envelope: PresenceEnvelope) -> BoxFuture<'static, Result<(), BusError>> {
         let published = self.bus.publish(vec![Envelope::Presence(envelope)], None);
-        Box::pin(async move { published.await.map(|_| ()) })
+        Box::pin(async move { published.await?.into_iter().collect::<Result<Vec<_>, _>>().map(|_| ()) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RoomPresence>> {

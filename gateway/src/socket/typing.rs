@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::payloads::{self, Ack, TYPING_SHAPE};
 use crate::{
+    backend::BusError,
     conn::Conn,
     envelope::Envelope,
     errors::{ClientError, ErrorCode},
@@ -42,7 +43,8 @@ pub(super) async fn stop(gw: &Shared, conn: &Conn, room: &str) {
 async fn broadcast(gw: &Shared, room: String, user: String, typing: bool) -> Result<Ack, ClientError> {
     let envelope = Envelope::typing(room, user, typing, gw.delivery.node_id());
     gw.delivery.deliver_originated(&envelope).await;
-    match gw.bus.publish(vec![envelope], None).await {
+    let published = gw.bus.publish(vec![envelope], None).await;
+    match published.and_then(|mut all| all.pop().unwrap_or(Err(BusError::Unavailable(String::new())))) {
         Ok(_) => {
             metrics::publish("client_typing", Ok(()));
             Ok(Ack::Typing { throttled: None })
