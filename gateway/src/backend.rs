@@ -20,6 +20,16 @@ pub enum BusError {
     Uncertain(String),
 }
 
+impl BusError {
+    /// The code a client is answered with.
+    pub fn code(&self) -> crate::errors::ErrorCode {
+        match self {
+            BusError::Unavailable(_) => crate::errors::ErrorCode::Unavailable,
+            BusError::Uncertain(_) => crate::errors::ErrorCode::Timeout,
+        }
+    }
+}
+
 /// What publishing one envelope achieved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Published {

@@ -130,6 +130,12 @@ pub mod env {
     pub const DEBUG_OPERATION_DELAY: &str = "ROOMCAST_DEBUG_OPERATION_DELAY";
 }
 
+/// `ROOMCAST_HISTORY_MAX_ROOMS` unless configured.
+pub const DEFAULT_HISTORY_MAX_ROOMS: usize = 100_000;
+
+/// `ROOMCAST_HISTORY_MAX_BYTES` unless configured.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
+
 /// The gateway's configuration.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -204,13 +210,13 @@ pub struct Config {
     /// Single node (no Redis): most rooms the in-memory history keeps an entry for (rooms that
     /// were joined or published to). Beyond it the least recently active rooms are forgotten
     /// (their clients get `recovered: false`), counted in roomcast_history_rooms_evicted_total.
-    #[arg(long, env = env::HISTORY_MAX_ROOMS, default_value_t = 100_000)]
+    #[arg(long, env = env::HISTORY_MAX_ROOMS, default_value_t = DEFAULT_HISTORY_MAX_ROOMS)]
     pub history_max_rooms: usize,
 
     /// Single node (no Redis): most bytes of events the in-memory history keeps, all rooms
     /// together; beyond it the least recently active rooms are forgotten. With Redis, its
     /// maxmemory bounds history.
-    #[arg(long, env = env::HISTORY_MAX_BYTES, default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = env::HISTORY_MAX_BYTES, default_value_t = DEFAULT_HISTORY_MAX_BYTES)]
     pub history_max_bytes: usize,
 
     /// A user whose last connection leaves a room and is back within this time (a page reload)

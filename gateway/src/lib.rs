@@ -139,8 +139,7 @@ impl LocalCluster {
     /// A cluster with no gateways yet, keeping `history` (`None`: no history, no recovery)
     /// within the default memory limits (`ROOMCAST_HISTORY_MAX_ROOMS`, `_MAX_BYTES`).
     pub fn new(policy: Option<HistoryPolicy>) -> LocalCluster {
-        let defaults = Config::for_tests("");
-        Self::with_limits(policy, MemoryLimits { rooms: defaults.history_max_rooms, bytes: defaults.history_max_bytes })
+        Self::with_limits(policy, MemoryLimits::default())
     }
 
     fn with_limits(policy: Option<HistoryPolicy>, limits: MemoryLimits) -> LocalCluster {

@@ -2,7 +2,7 @@
 //! count, or move between rooms. The only place below the protocol edge that holds the
 //! Socket.IO server; the core never holds a socket handle.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use roomcast_publisher::wire::{self, EventEnvelope};
 use serde::Serialize;
@@ -130,8 +130,8 @@ impl Local {
 /// events arrive: the event is lost for that socket, so it is counted (and, with room offsets,
 /// the client sees the gap). Closed sockets are just disconnecting and not counted.
 fn note_emit_errors(result: Result<(), BroadcastError>) {
-    static BUFFER_FULL: LazyLock<Throttled> = LazyLock::new(|| Throttled::new(WARN_EVERY));
-    static FAILED: LazyLock<Throttled> = LazyLock::new(|| Throttled::new(WARN_EVERY));
+    static BUFFER_FULL: Throttled = Throttled::new(WARN_EVERY);
+    static FAILED: Throttled = Throttled::new(WARN_EVERY);
     match result {
         Ok(()) => {}
         Err(BroadcastError::Socket(errors)) => {

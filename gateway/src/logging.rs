@@ -42,30 +42,32 @@ pub fn init(config: &Config) {
 #[derive(Debug)]
 pub struct Throttled {
     every: std::time::Duration,
-    /// Milliseconds since `start` of the last line let through, or `u64::MAX` before the first.
+    /// Milliseconds since [`CLOCK`] started of the last line let through, or `u64::MAX` before
+    /// the first.
     last: std::sync::atomic::AtomicU64,
     /// Lines held back since the last one let through.
     held: std::sync::atomic::AtomicU64,
-    start: std::time::Instant,
 }
 
+/// The clock every [`Throttled`] reads, so one can be a plain `static`.
+static CLOCK: std::sync::LazyLock<std::time::Instant> = std::sync::LazyLock::new(std::time::Instant::now);
+
 impl Throttled {
-    /// At most one line per `every`.
-    pub fn new(every: std::time::Duration) -> Self {
+    /// At most one line per `every`; usable in a `static`.
+    pub const fn new(every: std::time::Duration) -> Self {
         Throttled {
             every,
             last: std::sync::atomic::AtomicU64::new(u64::MAX),
-            held: Default::default(),
-            start: std::time::Instant::now(),
+            held: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// `Some(held back since the last line)` if a line may be logged now, else `None` (counted).
     pub fn check(&self) -> Option<u64> {
-        self.check_at(u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1))
+        self.check_at(u64::try_from(CLOCK.elapsed().as_millis()).unwrap_or(u64::MAX - 1))
     }
 
-    /// [`Throttled::check`] at `now`, ms since the throttle was made.
+    /// [`Throttled::check`] at `now`, ms on [`CLOCK`].
     fn check_at(&self, now: u64) -> Option<u64> {
         use std::sync::atomic::Ordering;
         let last = self.last.load(Ordering::Relaxed);

@@ -153,10 +153,6 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
 
     let outcome = gw.bus.publish(envelopes, dedupe).await;
     let (status, body) = answer(ids, outcome, single);
-    for result in body.get("receipts").and_then(Value::as_array).into_iter().flatten().chain(single.then_some(&body)) {
-        let code = result["error"]["code"].as_str().and_then(|c| ErrorCode::ALL.iter().find(|e| e.as_str() == c));
-        metrics::publish("http", code.map_or(Ok(()), |c| Err(*c)));
-    }
     (status, Json(body)).into_response()
 }
 
@@ -178,6 +174,9 @@ fn answer(
     };
     let uncertain = results.iter().any(|r| matches!(r, Err(BusError::Uncertain(_))));
     let failed = results.iter().filter(|r| r.is_err()).count();
+    for result in &results {
+        metrics::publish("http", result.as_ref().map(|_| ()).map_err(|e| e.code()));
+    }
     let items: Vec<Value> = ids
         .into_iter()
         .zip(results)

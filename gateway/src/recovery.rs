@@ -461,8 +461,8 @@ impl Sequencer {
                 (Some(read.position), Some(at), recovered)
             }
             Err(error) => {
-                static UNAVAILABLE: std::sync::LazyLock<crate::logging::Throttled> =
-                    std::sync::LazyLock::new(|| crate::logging::Throttled::new(crate::logging::WARN_EVERY));
+                static UNAVAILABLE: crate::logging::Throttled =
+                    crate::logging::Throttled::new(crate::logging::WARN_EVERY);
                 if let Some(held) = UNAVAILABLE.check() {
                     tracing::warn!(room, %error, similar_since = held, "history unavailable; joining without recovery");
                 }

@@ -327,8 +327,7 @@ impl Bus for RedisBus {
 /// nothing. Redis' own words (script hashes, OOM text) stay in the logs.
 fn publish_error(e: &fred::error::Error) -> BusError {
     use fred::error::ErrorKind;
-    static LOGGED: std::sync::LazyLock<crate::logging::Throttled> =
-        std::sync::LazyLock::new(|| crate::logging::Throttled::new(crate::logging::WARN_EVERY));
+    static LOGGED: crate::logging::Throttled = crate::logging::Throttled::new(crate::logging::WARN_EVERY);
     if let Some(held) = LOGGED.check() {
         tracing::warn!(error = %e, similar_since = held, "publish to Redis failed");
     }

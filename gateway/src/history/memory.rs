@@ -36,6 +36,14 @@ pub struct MemoryLimits {
     pub bytes: usize,
 }
 
+impl Default for MemoryLimits {
+    /// The options' defaults.
+    fn default() -> Self {
+        use crate::config::{DEFAULT_HISTORY_MAX_BYTES, DEFAULT_HISTORY_MAX_ROOMS};
+        MemoryLimits { rooms: DEFAULT_HISTORY_MAX_ROOMS, bytes: DEFAULT_HISTORY_MAX_BYTES }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Logs {
     rooms: HashMap<String, RoomLog>,
@@ -141,7 +149,12 @@ impl MemoryHistory {
         let now = Instant::now();
         let mut logs = self.lock();
         logs.published.retain(|_, (until, _)| *until > now);
-        let Logs { rooms, bytes, .. } = &mut *logs;
+        self.drop_idle(&mut logs, now);
+    }
+
+    /// Forgets the rooms idle beyond [`MemoryHistory::idle_limit`], with their bytes.
+    fn drop_idle(&self, logs: &mut Logs, now: Instant) {
+        let Logs { rooms, bytes, .. } = logs;
         rooms.retain(|_, log| {
             let keep = now.duration_since(log.last_active) < self.idle_limit(log);
             if !keep {
@@ -161,14 +174,8 @@ impl MemoryHistory {
     /// new rooms, not once per room); never `keep`, the room being written. A room forgotten
     /// this way loses its history: its clients get `recovered: false`.
     fn evict(&self, logs: &mut Logs, now: Instant, keep: &str) {
+        self.drop_idle(logs, now);
         let Logs { rooms, bytes, .. } = logs;
-        rooms.retain(|_, log| {
-            let keep = now.duration_since(log.last_active) < self.idle_limit(log);
-            if !keep {
-                *bytes = bytes.saturating_sub(log.bytes);
-            }
-            keep
-        });
         let (room_target, byte_target) = (self.limits.rooms / 10 * 9, self.limits.bytes / 10 * 9);
         if rooms.len() <= room_target && *bytes <= byte_target {
             return;

@@ -289,7 +289,6 @@ impl Presence {
         }
         loop {
             let Next { op, status } = self.ops.next().await;
-            crate::metrics::presence_queue(self.ops.len());
             let result = match op {
                 Op::Enter { ref room, ref user, count, status } => self.store.enter(room, user, count, status).await,
                 Op::Exit { ref room, ref user } => self.store.exit(room, user).await,

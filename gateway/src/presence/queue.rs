@@ -201,12 +201,12 @@ impl FairQueue {
 
     fn try_next(&self) -> Option<Next> {
         let mut state = self.lock();
-        if let Some(op) = state.system.pop_front() {
+        if !state.system.is_empty() || !state.ring.is_empty() {
             state.len = state.len.saturating_sub(1);
-            return Some(Next { op, status: None });
+            crate::metrics::presence_queue(state.len);
         }
-        if !state.ring.is_empty() {
-            state.len = state.len.saturating_sub(1);
+        if let Some(op) = state.system.pop_front() {
+            return Some(Next { op, status: None });
         }
         let State { tenants, ring, open, values, flushes, .. } = &mut *state;
         let Some(tenant) = ring.pop_front() else {
@@ -238,6 +238,7 @@ impl FairQueue {
     }
 
     /// Operations waiting, all tenants together.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len
     }

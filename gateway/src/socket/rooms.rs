@@ -146,8 +146,7 @@ pub(super) fn enter_now(
 /// subscription as wanted and re-applies it when it recovers, and local delivery works meanwhile.
 pub(super) async fn confirm(subscribed: impl Future<Output = Result<(), BusError>>) {
     if let Err(e) = subscribed.await {
-        static UNCONFIRMED: std::sync::LazyLock<crate::logging::Throttled> =
-            std::sync::LazyLock::new(|| crate::logging::Throttled::new(crate::logging::WARN_EVERY));
+        static UNCONFIRMED: crate::logging::Throttled = crate::logging::Throttled::new(crate::logging::WARN_EVERY);
         if let Some(held) = UNCONFIRMED.check() {
             tracing::warn!(error = %e, similar_since = held, "room subscription not confirmed yet");
         }
