@@ -841,6 +841,11 @@ class Dockerfile(unittest.TestCase):
         members = re.search(r"members = \[([^\]]*)\]", (REPO / "Cargo.toml").read_text()).group(1)
         for member in re.findall(r'"([^"]+)"', members):
             self.assertIn(f"COPY {member}/Cargo.toml", text)
+        # So must the patched crates [patch.crates-io] points at (vendor/PATCHES.md).
+        patched = re.findall(r'path = "(vendor/[^"]+)"', (REPO / "Cargo.toml").read_text())
+        self.assertTrue(patched)
+        for path in patched:
+            self.assertIn(f"COPY {path} {path}", text)
 
 
 if __name__ == "__main__":
