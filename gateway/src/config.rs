@@ -34,6 +34,8 @@ pub mod env {
     pub const REDIS_BUFFER: &str = "ROOMCAST_REDIS_BUFFER";
     /// `ROOMCAST_CLIENT_BUFFER`.
     pub const CLIENT_BUFFER: &str = "ROOMCAST_CLIENT_BUFFER";
+    /// `ROOMCAST_CLIENT_BUFFER_BYTES`.
+    pub const CLIENT_BUFFER_BYTES: &str = "ROOMCAST_CLIENT_BUFFER_BYTES";
     /// `ROOMCAST_API_KEY`.
     pub const API_KEY: &str = "ROOMCAST_API_KEY";
     /// `ROOMCAST_API_KEY_FILE`.
@@ -171,10 +173,17 @@ pub struct Config {
     #[arg(long, env = env::REDIS_BUFFER, default_value_t = 16_384)]
     pub redis_buffer: usize,
 
-    /// Packets queued per socket before events to it are dropped (and counted in
-    /// roomcast_client_buffer_full_total); memory is only used by sockets that fall behind.
+    /// Packets queued per socket: a socket with this many waiting reads slower than events
+    /// arrive and is disconnected as a slow consumer (like ROOMCAST_CLIENT_BUFFER_BYTES).
+    /// Memory is only used by sockets that fall behind.
     #[arg(long, env = env::CLIENT_BUFFER, default_value_t = 1_024)]
     pub client_buffer: usize,
+
+    /// Bytes of messages queued per socket: a socket holding more is disconnected as a slow
+    /// consumer (roomcast_disconnects_total{reason="slow_consumer"}); the event that found it
+    /// full is lost for it (roomcast_client_buffer_full_total) and it recovers on reconnect.
+    #[arg(long, env = env::CLIENT_BUFFER_BYTES, default_value_t = 1 << 20)]
+    pub client_buffer_bytes: usize,
 
     /// Keys that authorize POST /v1/publish (comma-separated, so keys can rotate; 16+ chars).
     /// Unset (and no key file): the HTTP publish API is disabled.
@@ -574,6 +583,9 @@ impl Config {
         }
         if self.client_buffer < 16 {
             return Err(ConfigError::new(env::CLIENT_BUFFER, "must be at least 16 packets"));
+        }
+        if self.client_buffer_bytes < 4096 {
+            return Err(ConfigError::new(env::CLIENT_BUFFER_BYTES, "must be at least 4096 bytes"));
         }
         if self.api_key.iter().any(|k| k.expose().len() < 16) {
             return Err(ConfigError::new(

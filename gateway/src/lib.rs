@@ -275,6 +275,9 @@ impl Gateway {
             .ping_timeout(config.ping_timeout)
             .max_payload(config.max_payload)
             .max_buffer_size(config.client_buffer)
+            // The slow-consumer policy (vendor/PATCHES.md): a socket whose buffer is full is
+            // disconnected instead of silently missing events for as long as it keeps TCP open.
+            .max_buffer_bytes(config.client_buffer_bytes)
             // engineioxide applies max_payload to polling only; without these a WebSocket
             // client could send 64 MiB messages.
             .ws_max_message_size(config.max_payload as usize)

@@ -41,6 +41,7 @@ async fn auth_token_takes_precedence_over_header_and_query() {
         auth: Some(json!({ "token": "garbage" })),
         headers: vec![("authorization", format!("Bearer {good}"))],
         query: Some(format!("token={good}")),
+        ..Default::default()
     };
     assert_eq!(rejection(&gw, opts).await, "token_invalid");
 }

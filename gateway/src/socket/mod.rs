@@ -30,6 +30,7 @@ use crate::{
     errors::{ClientError, DisconnectReason, ErrorCode},
     expiry,
     limits::{EventClass, SharedBucket},
+    logging::{Throttled, WARN_EVERY},
     metrics,
     state::Shared,
 };
@@ -296,6 +297,17 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
             let label = disconnect_label(reason, &conn);
             metrics::disconnected(label);
             tracing::debug!(reason = label, "disconnected");
+            if reason == SioReason::SlowConsumer {
+                // Once per interval, not per socket: a stalled network can take many at once.
+                static SLOW: Throttled = Throttled::new(WARN_EVERY);
+                if let Some(held) = SLOW.check() {
+                    tracing::warn!(
+                        similar_since = held,
+                        "disconnected a slow consumer: its send buffer reached ROOMCAST_CLIENT_BUFFER_BYTES or ROOMCAST_CLIENT_BUFFER \
+                         (roomcast_disconnects_total{{reason=\"slow_consumer\"}} counts them all)"
+                    );
+                }
+            }
         }
         .instrument(span)
         .await
@@ -311,5 +323,6 @@ fn disconnect_label(reason: SioReason, conn: &Conn) -> &'static str {
         SioReason::MultipleHttpPollingError | SioReason::PacketParsingError => "protocol_error",
         SioReason::ServerNSDisconnect => conn.closing_reason().map_or("server_disconnect", |r| r.code().as_str()),
         SioReason::ClosingServer => "server_shutdown",
+        SioReason::SlowConsumer => "slow_consumer",
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
 
 /// Default wait for anything the server should do promptly, generous for a loaded CI machine.
@@ -28,6 +28,8 @@ pub struct Connect {
     pub headers: Vec<(&'static str, String)>,
     /// Extra query string (without `?`), e.g. `token=...`.
     pub query: Option<String>,
+    /// The socket's receive buffer (SO_RCVBUF), small for a client that is to stall quickly.
+    pub recv_buffer: Option<u32>,
 }
 
 impl Connect {
@@ -70,6 +72,7 @@ pub struct Client {
     out: mpsc::UnboundedSender<Message>,
     shared: Arc<Shared>,
     next_ack: AtomicU64,
+    paused: watch::Sender<bool>,
 }
 
 impl Client {
@@ -84,7 +87,18 @@ impl Client {
         for (name, value) in &opts.headers {
             request.headers_mut().insert(*name, HeaderValue::from_str(value).unwrap());
         }
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+        let connecting = async {
+            match opts.recv_buffer {
+                None => tokio_tungstenite::connect_async(request).await,
+                Some(size) => {
+                    let socket = tokio::net::TcpSocket::new_v4().map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+                    socket.set_recv_buffer_size(size).map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+                    let stream = socket.connect(addr).await.map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+                    tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await
+                }
+            }
+        };
+        let (ws, _) = tokio::time::timeout(WAIT, connecting)
             .await
             .map_err(|_| ConnectFailure::Other("connect timed out".into()))?
             .map_err(|e| match e {
@@ -137,12 +151,17 @@ impl Client {
         });
         let reader_shared = shared.clone();
         let pong = out.clone();
+        let (paused, mut reading) = watch::channel(false);
         tokio::spawn(async move {
             let push = |item: Incoming| {
                 reader_shared.log.lock().unwrap().push_back(item);
                 reader_shared.changed.notify_waiters();
             };
-            while let Some(packet) = next_text(&mut stream).await {
+            loop {
+                if reading.wait_for(|paused| !paused).await.is_err() {
+                    break;
+                }
+                let Some(packet) = next_text(&mut stream).await else { break };
                 if packet == "2" {
                     let _ = pong.send(Message::text("3"));
                 } else if let Some(sio) = packet.strip_prefix('4') {
@@ -175,7 +194,7 @@ impl Client {
             reader_shared.acks.lock().unwrap().clear();
             push(Incoming::Closed);
         });
-        Ok(Client { sid, out, shared, next_ack: AtomicU64::new(1) })
+        Ok(Client { sid, out, shared, next_ack: AtomicU64::new(1), paused })
     }
 
     /// Emits `event` with `data` as its only argument, without asking for an ack.
@@ -281,6 +300,18 @@ impl Client {
                 return None;
             }
         }
+    }
+
+    /// Stops reading from the connection (after the packet being read, if any), like a client
+    /// on a stalled network: nothing is received, pings go unanswered, and once the socket's
+    /// receive buffer is full the server cannot write to it.
+    pub fn stop_reading(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Reads again after [`Client::stop_reading`].
+    pub fn resume_reading(&self) {
+        self.paused.send_replace(false);
     }
 
     /// Sends a Socket.IO DISCONNECT (the client's `socket.disconnect()`), then closes.

@@ -60,6 +60,15 @@ pub struct EngineIoConfig {
     /// Defaults to 128 packets
     pub max_buffer_size: usize,
 
+    /// The slow-consumer policy: the most bytes of messages a socket's outgoing buffer may hold.
+    ///
+    /// When set, a socket whose buffer is full (more than this many bytes queued, or
+    /// [`max_buffer_size`](Self::max_buffer_size) packets) is a client that reads slower than
+    /// the server writes: it is closed with [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer)
+    /// and the send that found it full returns [`TrySendError::Full`](tokio::sync::mpsc::error::TrySendError::Full).
+    /// When `None` (the default), such sends return the error and the socket stays open.
+    pub max_buffer_bytes: Option<usize>,
+
     /// The maximum number of bytes that can be received per http request.
     /// Defaults to 100KB.
     pub max_payload: u64,
@@ -97,6 +106,7 @@ impl Default for EngineIoConfig {
             ping_timeout: Duration::from_millis(20000),
             upgrade_timeout: Duration::from_millis(10000),
             max_buffer_size: 128,
+            max_buffer_bytes: None,
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
@@ -200,6 +210,15 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// The slow-consumer policy: a socket whose outgoing buffer holds more than
+    /// `max_buffer_bytes` bytes of messages (or is full by count) is closed with
+    /// [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer).
+    /// Off by default. See [`EngineIoConfig::max_buffer_bytes`].
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.config.max_buffer_bytes = Some(max_buffer_bytes);
         self
     }
 

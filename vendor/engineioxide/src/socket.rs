@@ -59,7 +59,7 @@ use std::{
     fmt::Debug,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -95,6 +95,9 @@ pub enum DisconnectReason {
     HeartbeatTimeout,
     /// The server is being closed
     ClosingServer,
+    /// The client read slower than the server wrote: its outgoing buffer was full
+    /// (see [`EngineIoConfig::max_buffer_bytes`])
+    SlowConsumer,
 }
 
 /// Convert an [`Error`] to a [`DisconnectReason`] if possible
@@ -116,17 +119,24 @@ impl From<&Error> for Option<DisconnectReason> {
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, PacketBuf>,
+    queued_bytes: &'a AtomicUsize,
 }
 impl Permit<'_> {
+    #[inline]
+    fn send(self, packets: PacketBuf) {
+        self.queued_bytes
+            .fetch_add(buffered_len(&packets), Ordering::Relaxed);
+        self.inner.send(packets);
+    }
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(smallvec![Packet::Message(msg)]);
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(smallvec![Packet::Binary(data)]);
+        self.send(smallvec![Packet::Binary(data)]);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -138,7 +148,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -150,8 +160,21 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(packets);
+        self.send(packets);
     }
+}
+
+/// Bytes of message data in `packets`: what [`EngineIoConfig::max_buffer_bytes`] counts.
+/// Control packets (ping, close, noop…) are a few bytes and bounded by the packet count.
+pub(crate) fn buffered_len(packets: &PacketBuf) -> usize {
+    packets
+        .iter()
+        .map(|packet| match packet {
+            Packet::Message(msg) => msg.len(),
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => bin.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 #[derive(Debug)]
@@ -216,6 +239,13 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<PacketBuf>,
 
+    /// Bytes of messages in `internal_tx` that no transport has taken yet.
+    queued_bytes: AtomicUsize,
+    /// [`EngineIoConfig::max_buffer_bytes`]: when set, a full buffer closes the socket.
+    max_buffer_bytes: Option<usize>,
+    /// Set once the socket was found to be a slow consumer, so that it is closed only once.
+    slow: AtomicBool,
+
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -267,6 +297,9 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_buffer_bytes: config.max_buffer_bytes,
+            slow: AtomicBool::new(false),
 
             volatile_tx,
 
@@ -288,13 +321,61 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(smallvec![packet])
-            .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+        let mut packets: PacketBuf = smallvec![packet];
+        let len = buffered_len(&packets);
+        if len > 0 && self.over_budget() {
+            return Err(TrySendError::Full(packets.pop().unwrap()));
+        }
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.internal_tx.try_send(packets).map_err(|p| {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            match p {
+                TrySendError::Full(mut p) => {
+                    if len > 0 {
+                        self.slow_consumer();
+                    }
+                    TrySendError::Full(p.pop().unwrap())
+                }
                 TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-            })?;
+            }
+        })?;
         Ok(())
+    }
+
+    /// Whether the slow-consumer budget is exceeded; if so, the socket is being closed.
+    /// A message is admitted while the buffer holds at most `max_buffer_bytes`, so the buffer
+    /// never holds more than that plus one message per concurrent sender.
+    fn over_budget(&self) -> bool {
+        match self.max_buffer_bytes {
+            Some(max) if self.queued_bytes.load(Ordering::Relaxed) > max => {
+                self.slow_consumer();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Closes the socket as a slow consumer (once), when the policy is on.
+    fn slow_consumer(&self) {
+        if self.max_buffer_bytes.is_some() && !self.slow.swap(true, Ordering::Relaxed) {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?self.id, queued_bytes = self.buffered_bytes(), "slow consumer, closing");
+            self.close(DisconnectReason::SlowConsumer);
+        }
+    }
+
+    /// Bytes of messages waiting in this socket's outgoing buffer (not yet taken by the
+    /// transport). The transport's own write buffer and the kernel's are not counted.
+    pub fn buffered_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Called by the transports for each [`PacketBuf`] taken from `internal_rx.buffered_rx`.
+    pub(crate) fn dequeued(&self, packets: &PacketBuf) {
+        let len = buffered_len(packets);
+        if len > 0 {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
     }
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
@@ -442,8 +523,18 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
-        let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        if self.over_budget() {
+            return Err(TrySendError::Full(()));
+        }
+        let permit = self.internal_tx.try_reserve().inspect_err(|e| {
+            if matches!(e, TrySendError::Full(())) {
+                self.slow_consumer();
+            }
+        })?;
+        Ok(Permit {
+            inner: permit,
+            queued_bytes: &self.queued_bytes,
+        })
     }
 
     /// Emits a message to the client.
@@ -465,7 +556,8 @@ where
     #[cfg_attr(feature = "tracing", tracing::instrument(skip(self)))]
     pub fn close(&self, reason: DisconnectReason) {
         // Try to send a close packet is the connection is still operational.
-        self.send(Packet::Close).ok();
+        // (Straight to the channel: a control packet, outside the slow-consumer budget.)
+        self.internal_tx.try_send(smallvec![Packet::Close]).ok();
 
         (self.close_fn)(self.id, reason);
     }
@@ -618,6 +710,9 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_buffer_bytes: None,
+            slow: AtomicBool::new(false),
 
             volatile_tx,
 
@@ -638,6 +733,7 @@ where
         tokio::spawn(async move {
             let mut internal_rx = sock_clone.internal_rx.try_lock().unwrap();
             while let Some(packets) = internal_rx.buffered_rx.recv().await {
+                sock_clone.dequeued(&packets);
                 for packet in packets {
                     tx.send(packet).await.unwrap();
                 }

@@ -204,6 +204,20 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// The slow-consumer policy: a socket whose outgoing buffer holds more than
+    /// `max_buffer_bytes` bytes of packets (or [`max_buffer_size`](Self::max_buffer_size)
+    /// packets) is disconnected with [`DisconnectReason::SlowConsumer`](crate::socket::DisconnectReason::SlowConsumer),
+    /// and the emit that found it full returns [`SocketError::InternalChannelFull`](crate::SocketError::InternalChannelFull).
+    ///
+    /// Off by default: emits to a full buffer return that error and the socket stays open.
+    #[inline]
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.engine_config_builder = self
+            .engine_config_builder
+            .max_buffer_bytes(max_buffer_bytes);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

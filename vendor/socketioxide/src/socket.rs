@@ -74,6 +74,10 @@ pub enum DisconnectReason {
 
     /// The server is being closed
     ClosingServer,
+
+    /// The client read slower than the server wrote and its outgoing buffer was full
+    /// (see [`SocketIoBuilder::max_buffer_bytes`](crate::SocketIoBuilder::max_buffer_bytes))
+    SlowConsumer,
 }
 
 impl std::fmt::Display for DisconnectReason {
@@ -88,6 +92,7 @@ impl std::fmt::Display for DisconnectReason {
             ClientNSDisconnect => "client has manually disconnected the socket from the namespace",
             ServerNSDisconnect => "socket was forcefully disconnected from the namespace",
             ClosingServer => "server is being closed",
+            SlowConsumer => "client read slower than the server wrote (outgoing buffer full)",
         };
         f.write_str(str)
     }
@@ -103,6 +108,7 @@ impl From<EIoDisconnectReason> for DisconnectReason {
             EIoDisconnectReason::MultipleHttpPollingError => MultipleHttpPollingError,
             EIoDisconnectReason::PacketParsingError => PacketParsingError,
             EIoDisconnectReason::ClosingServer => ClosingServer,
+            EIoDisconnectReason::SlowConsumer => SlowConsumer,
         }
     }
 }

@@ -116,24 +116,27 @@ where
     tracing::debug!(%sid, %protocol, supports_binary = socket.supports_binary, "polling request");
 
     let max_payload = engine.config.max_payload;
-    let payload = {
-        let InternalRx {
-            buffered_rx,
-            volatile_rx,
-            peeked_packet,
-        } = &mut *rx;
+    let payload =
+        {
+            let InternalRx {
+                buffered_rx,
+                volatile_rx,
+                peeked_packet,
+            } = &mut *rx;
 
-        // Prepend the packet peeked during the previous
-        // polling request so it is encoded first, ahead of the newly received packets.
-        let rx_stream = stream::iter(peeked_packet.take())
-            .chain(rx_stream::EncoderStream::new(buffered_rx, volatile_rx));
+            // Prepend the packet peeked during the previous
+            // polling request so it is encoded first, ahead of the newly received packets.
+            let dequeued = |packets: &_| socket.dequeued(packets);
+            let rx_stream = stream::iter(peeked_packet.take()).chain(
+                rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &dequeued),
+            );
 
-        // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
-        // towards the encoder completion, so any buffered close packet is still flushed to the client.
-        payload::encoder(rx_stream, protocol, socket.supports_binary, max_payload)
-            .with_cancellation_token(&socket.cancellation_token)
-            .await
-    };
+            // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
+            // towards the encoder completion, so any buffered close packet is still flushed to the client.
+            payload::encoder(rx_stream, protocol, socket.supports_binary, max_payload)
+                .with_cancellation_token(&socket.cancellation_token)
+                .await
+        };
 
     let Some(Payload {
         data,
@@ -306,6 +309,8 @@ mod rx_stream {
             watch: WatchStream<'a, Option<T>>,
             #[pin]
             rx: ReceiverStream<'a, T>,
+            // Told of each item taken from `rx` (the socket's buffered-bytes count).
+            dequeued: &'a (dyn Fn(&T) + Send + Sync),
         }
     }
 
@@ -313,10 +318,12 @@ mod rx_stream {
         pub fn new(
             rx: &'a mut mpsc::Receiver<T>,
             watch: &'a mut watch::Receiver<Option<T>>,
+            dequeued: &'a (dyn Fn(&T) + Send + Sync),
         ) -> Self {
             Self {
                 rx: ReceiverStream::new(rx),
                 watch: WatchStream::new(watch),
+                dequeued,
             }
         }
     }
@@ -329,7 +336,12 @@ mod rx_stream {
             // low priority: poll the watch stream first, then the rx stream.
             // same than with ws transport
             match this.rx.poll_next(cx) {
-                Poll::Ready(v) => Poll::Ready(v),
+                Poll::Ready(v) => {
+                    if let Some(v) = &v {
+                        (this.dequeued)(v);
+                    }
+                    Poll::Ready(v)
+                }
                 Poll::Pending => match this.watch.poll_next(cx) {
                     Poll::Ready(Some(v)) => Poll::Ready(v),
                     Poll::Ready(None) | Poll::Pending => Poll::Pending,
