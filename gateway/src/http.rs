@@ -129,10 +129,24 @@ fn keep_only_what_sessions_read(req: &mut Request) {
         }
     }
     *req.headers_mut() = kept;
-    if let Ok(uri) = Uri::try_from(req.uri().to_string()) {
+    // Only the query parameters the engine and authentication read: the rest (a client may add
+    // any, up to ROOMCAST_MAX_HEADER_BYTES) would stay in memory for the socket's life too.
+    let uri = req.uri();
+    let query: Vec<&str> = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| SESSION_QUERY.iter().any(|name| pair.split('=').next() == Some(*name)))
+        .collect();
+    let kept = if query.is_empty() { uri.path().to_owned() } else { format!("{}?{}", uri.path(), query.join("&")) };
+    if let Ok(uri) = Uri::try_from(kept) {
         *req.uri_mut() = uri;
     }
 }
+
+/// The query parameters kept with an Engine.IO session: the engine's (`EIO`, `transport`, `sid`,
+/// `b64`) and the token (`auth::find_token`).
+const SESSION_QUERY: [&str; 5] = ["EIO", "transport", "sid", "b64", "token"];
 
 fn is_new_socket_io_session(req: &Request) -> bool {
     req.uri().path().starts_with(SOCKET_IO_PATH)
@@ -171,5 +185,19 @@ mod tests {
         assert_eq!(req.headers().get_all(header::CONTENT_TYPE).iter().count(), 2, "repeated values are kept");
         assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer t");
         assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=websocket");
+    }
+
+    #[test]
+    fn an_engine_io_request_keeps_only_the_query_parameters_sessions_read() {
+        let padding = "p".repeat(8000);
+        let mut req = Request::builder()
+            .uri(format!("/socket.io/?EIO=4&t=PxQ1&transport=polling&custom={padding}&sid=abc&token=a%2Eb&EIOx=1"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        keep_only_what_sessions_read(&mut req);
+        assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=polling&sid=abc&token=a%2Eb");
+        let mut bare = Request::builder().uri("/socket.io/?x=1").body(axum::body::Body::empty()).unwrap();
+        keep_only_what_sessions_read(&mut bare);
+        assert_eq!(bare.uri(), "/socket.io/");
     }
 }
