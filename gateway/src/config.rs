@@ -88,6 +88,10 @@ pub mod env {
     pub const HISTORY_MAX_ROOMS: &str = "ROOMCAST_HISTORY_MAX_ROOMS";
     /// `ROOMCAST_HISTORY_MAX_BYTES`.
     pub const HISTORY_MAX_BYTES: &str = "ROOMCAST_HISTORY_MAX_BYTES";
+    /// `ROOMCAST_MAX_CONNECTIONS_PER_USER`.
+    pub const MAX_CONNECTIONS_PER_USER: &str = "ROOMCAST_MAX_CONNECTIONS_PER_USER";
+    /// `ROOMCAST_MAX_CONNECTIONS_PER_TENANT`.
+    pub const MAX_CONNECTIONS_PER_TENANT: &str = "ROOMCAST_MAX_CONNECTIONS_PER_TENANT";
     /// `ROOMCAST_PRESENCE_QUEUE_PER_TENANT`.
     pub const PRESENCE_QUEUE_PER_TENANT: &str = "ROOMCAST_PRESENCE_QUEUE_PER_TENANT";
     /// `ROOMCAST_MAX_HEADER_BYTES`.
@@ -247,6 +251,16 @@ pub struct Config {
     /// `presence:update`s get `rate_limited` (leaves are always taken).
     #[arg(long, env = env::PRESENCE_QUEUE_PER_TENANT, default_value_t = 10_000)]
     pub presence_queue_per_tenant: usize,
+
+    /// Most concurrent connections of one user, cluster-wide (every tab is one); beyond it
+    /// connect_error `too_many_connections`. 0: no limit.
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_USER, default_value_t = 100)]
+    pub max_connections_per_user: u32,
+
+    /// Most concurrent connections of one tenant, cluster-wide; beyond it connect_error
+    /// `too_many_connections`. 0: no limit.
+    #[arg(long, env = env::MAX_CONNECTIONS_PER_TENANT, default_value_t = 0)]
+    pub max_connections_per_tenant: u32,
 
     /// Repeated typing: true from one user in one channel is broadcast at most once per this interval.
     #[arg(long, env = env::TYPING_THROTTLE, default_value = "2s", value_parser = parse_duration)]

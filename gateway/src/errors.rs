@@ -58,6 +58,9 @@ pub enum ErrorCode {
     /// An HTTP request (a Socket.IO handshake included) whose target and headers are over
     /// `ROOMCAST_MAX_HEADER_BYTES`.
     HeadersTooLarge,
+    /// At connect: the user or the tenant already has the most concurrent connections allowed
+    /// cluster-wide (`ROOMCAST_MAX_CONNECTIONS_PER_USER`, `ROOMCAST_MAX_CONNECTIONS_PER_TENANT`).
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -81,6 +84,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
         ErrorCode::HeadersTooLarge,
+        ErrorCode::TooManyConnections,
     ];
 
     /// The code as clients see it.
@@ -104,6 +108,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }

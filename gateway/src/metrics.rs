@@ -89,6 +89,8 @@ pub const PRESENCE_QUEUE: &str = "roomcast_presence_queue_depth";
 /// Single node: rooms whose in-memory history was dropped to stay within
 /// `ROOMCAST_HISTORY_MAX_ROOMS` / `ROOMCAST_HISTORY_MAX_BYTES`.
 pub const HISTORY_EVICTED: &str = "roomcast_history_rooms_evicted_total";
+/// Connections admitted without checking the connection caps (the store was unreachable).
+pub const CAPS_UNCHECKED: &str = "roomcast_connection_caps_unchecked_total";
 /// Publish requests (HTTP API, client typing), by `source` and `result`.
 pub const PUBLISHES: &str = "roomcast_publish_requests_total";
 /// Presence changes the store could not apply (reconciled when it is back).
@@ -120,6 +122,7 @@ fn describe() {
     describe_counter!(CLIENT_BUFFER_FULL, "Events not sent to a socket because its send buffer was full.");
     describe_gauge!(PRESENCE_QUEUE, "Presence changes waiting to be applied to the store.");
     describe_counter!(HISTORY_EVICTED, "Rooms whose in-memory history was dropped to stay within its limits.");
+    describe_counter!(CAPS_UNCHECKED, "Connections admitted without checking the connection caps (store unreachable).");
     describe_counter!(PUBLISHES, "Publish requests, by source and result.");
     describe_counter!(PRESENCE_ERRORS, "Presence changes the store could not apply (reconciled later).");
     describe_counter!(REPLICAS_REAPED, "Dead replicas whose presence this replica removed.");
@@ -152,6 +155,7 @@ fn register() {
         BUS_LAGGED,
         CLIENT_BUFFER_FULL,
         HISTORY_EVICTED,
+        CAPS_UNCHECKED,
         PRESENCE_ERRORS,
         REPLICAS_REAPED,
         TYPING_EXPIRED,
@@ -169,7 +173,7 @@ fn register() {
         (
             CONNECTIONS_REJECTED,
             "reason",
-            &["token_missing", "token_invalid", "token_expired", "forbidden", "rate_limited"],
+            &["token_missing", "token_invalid", "token_expired", "forbidden", "rate_limited", "too_many_connections"],
         ),
         (
             DISCONNECTS,
@@ -184,6 +188,7 @@ fn register() {
                 "server_shutdown",
                 "token_expired",
                 "rate_limited",
+                "slow_consumer",
             ],
         ),
         (ROOM_JOINS, "kind", &["tenant", "user", "project", "channel"]),
@@ -292,6 +297,10 @@ pub(crate) fn delivery_latency(ms: u64) {
 
 pub(crate) fn presence_queue(depth: usize) {
     gauge!(PRESENCE_QUEUE).set(depth as f64);
+}
+
+pub(crate) fn connection_caps_unchecked() {
+    counter!(CAPS_UNCHECKED).increment(1);
 }
 
 pub(crate) fn history_evicted(rooms: u64) {

@@ -13,7 +13,7 @@ use roomcast_publisher::wire;
 
 use crate::envelope::{Envelope, PresenceAction, PresenceEnvelope};
 
-use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
+use super::{Admission, ConnectionCaps, Held, HeldConnections, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::bus::{BoxFuture, Bus, BusError};
 
 #[derive(Debug, Default)]
@@ -24,9 +24,14 @@ struct RoomPresence {
     order: BTreeSet<(u64, String)>,
 }
 
+/// Connections per (tenant, user), and per tenant.
+type Connections = (HashMap<(String, String), u32>, HashMap<String, u32>);
+
 /// In-memory presence store; announces transitions through the (memory) bus.
 pub struct MemoryPresence {
     rooms: Mutex<HashMap<String, RoomPresence>>,
+    /// Connections of every gateway using the store: per (tenant, user), and per tenant.
+    connections: Mutex<Connections>,
     bus: Arc<dyn Bus>,
     /// Gateways using the store (several on a `LocalCluster`).
     nodes: AtomicUsize,
@@ -41,7 +46,12 @@ impl std::fmt::Debug for MemoryPresence {
 impl MemoryPresence {
     /// A store announcing through `bus`.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        MemoryPresence { rooms: Mutex::new(HashMap::new()), bus, nodes: AtomicUsize::new(0) }
+        MemoryPresence {
+            rooms: Mutex::new(HashMap::new()),
+            connections: Mutex::default(),
+            bus,
+            nodes: AtomicUsize::new(0),
+        }
     }
 
     /// One more gateway uses the store.
@@ -60,6 +70,51 @@ impl MemoryPresence {
 }
 
 impl PresenceStore for MemoryPresence {
+    fn connect(
+        &self,
+        tenant: &str,
+        user: &str,
+        caps: ConnectionCaps,
+    ) -> BoxFuture<'static, Result<Admission, BusError>> {
+        let mut guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let (users, tenants) = &mut *guard;
+        let key = (tenant.to_owned(), user.to_owned());
+        let admission = if caps.per_user > 0 && users.get(&key).copied().unwrap_or(0) >= caps.per_user {
+            Admission::UserFull
+        } else if caps.per_tenant > 0 && tenants.get(tenant).copied().unwrap_or(0) >= caps.per_tenant {
+            Admission::TenantFull
+        } else {
+            *users.entry(key).or_default() += 1;
+            *tenants.entry(tenant.to_owned()).or_default() += 1;
+            Admission::Admitted
+        };
+        Box::pin(std::future::ready(Ok(admission)))
+    }
+
+    fn disconnect(&self, tenant: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let mut guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let (users, tenants) = &mut *guard;
+        let key = (tenant.to_owned(), user.to_owned());
+        if let Some(n) = users.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(&key);
+            }
+            if let Some(t) = tenants.get_mut(tenant) {
+                *t = t.saturating_sub(1);
+                if *t == 0 {
+                    tenants.remove(tenant);
+                }
+            }
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn reconcile_connections(&self, _held: HeldConnections) -> BoxFuture<'static, Result<(), BusError>> {
+        // Memory never loses counts, and its gateways share one process.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn enter(&self, room: &str, user: &str, count: u32, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
         let joined = {
             let mut rooms = self.lock();

@@ -36,6 +36,7 @@ use queue::{FairQueue, Next, Op};
 use crate::{
     backend::{BoxFuture, BusError},
     envelope::{PresenceAction, PresenceEnvelope},
+    errors::ErrorCode,
     timers::DeadlineQueue,
 };
 
@@ -99,7 +100,49 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Whether other replicas still read this store after this one stops, so a graceful
     /// shutdown must remove what this replica holds.
     fn shared(&self) -> bool;
+    /// One more connection of `user` in `tenant` on this replica, if `caps` allow it counting
+    /// every replica's connections (a dead replica's count until its lease is reaped).
+    fn connect(
+        &self,
+        tenant: &str,
+        user: &str,
+        caps: ConnectionCaps,
+    ) -> BoxFuture<'static, Result<Admission, BusError>>;
+    /// One connection of `user` in `tenant` fewer on this replica (none if it has none counted).
+    fn disconnect(&self, tenant: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Sets this replica's share of connections to exactly `held` (tenant → user, connections).
+    fn reconcile_connections(&self, held: HeldConnections) -> BoxFuture<'static, Result<(), BusError>>;
 }
+
+/// Most concurrent connections per user and per tenant, cluster-wide; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionCaps {
+    /// `ROOMCAST_MAX_CONNECTIONS_PER_USER`.
+    pub per_user: u32,
+    /// `ROOMCAST_MAX_CONNECTIONS_PER_TENANT`.
+    pub per_tenant: u32,
+}
+
+impl ConnectionCaps {
+    /// Whether connections are counted at all.
+    pub fn any(&self) -> bool {
+        self.per_user > 0 || self.per_tenant > 0
+    }
+}
+
+/// The store's answer to one more connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted.
+    Admitted,
+    /// The user already has `per_user` connections.
+    UserFull,
+    /// The tenant already has `per_tenant` connections.
+    TenantFull,
+}
+
+/// A replica's connections: tenant → (user, connections).
+pub type HeldConnections = Vec<(String, Vec<(String, u32)>)>;
 
 /// Whether `room` has presence (project and channel rooms do).
 pub fn tracked(room: &Room) -> bool {
@@ -171,6 +214,12 @@ pub struct Presence {
     ops: FairQueue,
     /// One warning per interval while the store fails, not one per operation.
     store_errors: crate::logging::Throttled,
+    caps: ConnectionCaps,
+    /// This replica's connections per (tenant, user), counted or not by the store: the truth a
+    /// reconcile restores. A std mutex, never held across an await.
+    connections: Mutex<HashMap<(String, String), u32>>,
+    /// A connection count change did not reach the store: reconcile connections when it is back.
+    connections_dirty: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Presence {
@@ -181,7 +230,12 @@ impl std::fmt::Debug for Presence {
 
 impl Presence {
     /// Presence backed by `store`, with a leave grace period of `grace`.
-    pub fn new(store: Arc<dyn PresenceStore>, grace: Duration, queue_per_tenant: usize) -> Presence {
+    pub fn new(
+        store: Arc<dyn PresenceStore>,
+        grace: Duration,
+        queue_per_tenant: usize,
+        caps: ConnectionCaps,
+    ) -> Presence {
         Presence {
             store,
             grace,
@@ -190,6 +244,71 @@ impl Presence {
             dirty: Default::default(),
             ops: FairQueue::new(queue_per_tenant),
             store_errors: crate::logging::Throttled::new(crate::logging::WARN_EVERY),
+            caps,
+            connections: Mutex::new(HashMap::new()),
+            connections_dirty: Default::default(),
+        }
+    }
+
+    fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a new connection of `user` in `tenant`: `Err(TooManyConnections)` when the user
+    /// or the tenant already has the most the caps allow, cluster-wide. A store that cannot
+    /// answer (Redis away) admits it: connections keep working in degraded mode, and the count
+    /// is restored by the reconcile that follows the store's return. Every `Ok` must be paired
+    /// with one [`Presence::disconnect`].
+    pub async fn connect(&self, tenant: &str, user: &str) -> Result<(), ErrorCode> {
+        if self.caps.any() {
+            match self.store.connect(tenant, user, self.caps).await {
+                Ok(Admission::Admitted) => {}
+                Ok(Admission::UserFull | Admission::TenantFull) => return Err(ErrorCode::TooManyConnections),
+                Err(e) => {
+                    crate::metrics::connection_caps_unchecked();
+                    if let Some(held) = self.store_errors.check() {
+                        tracing::warn!(error = %e, similar_since = held, "connection admitted without checking the connection caps; counts are restored when the store is back");
+                    }
+                    self.connections_dirty.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+        *self.connections().entry((tenant.to_owned(), user.to_owned())).or_default() += 1;
+        Ok(())
+    }
+
+    /// A connection admitted by [`Presence::connect`] ended.
+    pub async fn disconnect(&self, tenant: &str, user: &str) {
+        {
+            let mut connections = self.connections();
+            let key = (tenant.to_owned(), user.to_owned());
+            match connections.get_mut(&key) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    connections.remove(&key);
+                }
+                None => return,
+            }
+        }
+        if self.caps.any()
+            && let Err(e) = self.store.disconnect(tenant, user).await
+        {
+            if let Some(held) = self.store_errors.check() {
+                tracing::warn!(error = %e, similar_since = held, "connection end not counted; counts are restored when the store is back");
+            }
+            self.connections_dirty.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Replaces this replica's share of connection counts in the store with what it holds.
+    async fn reconcile_connections(&self) {
+        let mut held: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+        for ((tenant, user), n) in self.connections().iter() {
+            held.entry(tenant.clone()).or_default().push((user.clone(), *n));
+        }
+        if let Err(e) = self.store.reconcile_connections(held.into_iter().collect()).await {
+            tracing::debug!(error = %e, "connection counts not reconciled; will retry");
+            self.connections_dirty.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -344,6 +463,10 @@ impl Presence {
                         let dirty = self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
                         if unknown || dirty {
                             self.reconcile(unknown);
+                        }
+                        let connections_dirty = self.connections_dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
+                        if self.caps.any() && (unknown || connections_dirty) {
+                            self.reconcile_connections().await;
                         }
                         renew.as_mut().reset(Instant::now() + renew_every);
                     }

@@ -9,6 +9,10 @@
 //! replicas' clocks do not matter). Every replica sweeps for expired leases; the first to take a
 //! dead replica's reaper lock removes its share room by room (it keeps the list of rooms in
 //! `{prefix}:replica:{id}:rooms`), announcing a leave for each user who was connected nowhere else.
+//!
+//! Connection counts for the connection caps live the same way, per tenant (one hash under the
+//! tenant room's hash tag: tenant total, user totals, each replica's share), with the tenants a
+//! replica counts connections in kept in `{prefix}:replica:{id}:tenants` for its reaper.
 
 use std::time::Duration;
 
@@ -20,7 +24,7 @@ use roomcast_publisher::wire::{self, Keys};
 
 use crate::envelope::{Envelope, PresenceAction};
 
-use super::{Held, Page, PresenceStore, PresentUser, Status, envelope};
+use super::{Admission, ConnectionCaps, Held, HeldConnections, Page, PresenceStore, PresentUser, Status, envelope};
 use crate::{
     backend::{BoxFuture, BusError},
     redis_conn::Commands,
@@ -38,6 +42,9 @@ struct Scripts {
     lease: Script,
     expired: Script,
     reconcile: Script,
+    connect: Script,
+    disconnect: Script,
+    connections: Script,
 }
 
 /// Presence in Redis. Cheap to clone.
@@ -53,6 +60,9 @@ pub struct RedisPresence {
     leased: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// A renewal found this replica unknown since the last [`PresenceStore::renew`] report.
     unknown: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tenants this replica has added to its `replica:{id}:tenants` set (added once, not per
+    /// connection).
+    recorded_tenants: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -87,10 +97,38 @@ impl RedisPresence {
                 lease: Script::from_lua(include_str!("lease.lua")),
                 expired: Script::from_lua(include_str!("expired.lua")),
                 reconcile: Script::from_lua(include_str!("reconcile.lua")),
+                connect: Script::from_lua(include_str!("connect.lua")),
+                disconnect: Script::from_lua(include_str!("disconnect.lua")),
+                connections: Script::from_lua(include_str!("connections.lua")),
             }),
             leased: Default::default(),
             unknown: Default::default(),
+            recorded_tenants: Default::default(),
         }
+    }
+
+    /// Sets `replica`'s share of `tenant`'s connections to `held` (nothing: removes it).
+    async fn set_connections(&self, replica: &str, tenant: &str, held: &[(String, u32)]) -> Result<(), BusError> {
+        let mut args = vec![replica.to_owned(), held.len().to_string()];
+        for (user, n) in held {
+            args.extend([user.clone(), n.to_string()]);
+        }
+        self.scripts
+            .connections
+            .evalsha_with_reload::<i64, _, _>(&self.redis.client, vec![self.redis.keys.connections(tenant)], args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes every connection `replica` counted (it died, or is leaving cleanly).
+    async fn drop_connections(&self, replica: &str) -> Result<(), BusError> {
+        let key = self.redis.keys.replica_tenants(replica);
+        let tenants: Vec<String> = self.redis.client.smembers(&key).await.map_err(unavailable)?;
+        for tenant in &tenants {
+            self.set_connections(replica, tenant, &[]).await?;
+        }
+        self.redis.client.del::<(), _>(&key).await.map_err(unavailable)
     }
 
     /// Renews the lease; records whether Redis did not know this replica.
@@ -333,6 +371,7 @@ impl PresenceStore for RedisPresence {
                         .map_err(unavailable)?;
                 }
                 redis.client.del::<(), _>(&rooms_key).await.map_err(unavailable)?;
+                this.drop_connections(&replica).await?;
                 redis.client.zrem::<(), _, _>(redis.keys.replicas(), replica.as_str()).await.map_err(unavailable)?;
                 crate::metrics::replica_reaped();
                 tracing::warn!(replica = %replica, rooms = rooms.len(), users_left, "replica lease expired; removed its presence");
@@ -346,9 +385,12 @@ impl PresenceStore for RedisPresence {
         let checked = self.check();
         let redis = self.redis.clone();
         let replica = self.replica.clone();
+        let this = self.clone();
         Box::pin(async move {
             checked?;
             redis.client.del::<(), _>(redis.keys.replica_rooms(&replica)).await.map_err(unavailable)?;
+            // Its sockets were disconnected by the drain; whatever is still counted goes now.
+            this.drop_connections(&replica).await?;
             redis.client.zrem::<(), _, _>(redis.keys.replicas(), replica.as_str()).await.map_err(unavailable)
         })
     }
@@ -359,6 +401,84 @@ impl PresenceStore for RedisPresence {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn connect(
+        &self,
+        tenant: &str,
+        user: &str,
+        caps: ConnectionCaps,
+    ) -> BoxFuture<'static, Result<Admission, BusError>> {
+        let checked = self.check();
+        let this = self.clone();
+        let (tenant, user) = (tenant.to_owned(), user.to_owned());
+        Box::pin(async move {
+            checked?;
+            // Counted only under a lease, like presence: a replica that crashed with counts but
+            // no lease could never be found dead. Right after start the first renewal may not
+            // have run yet: take the lease now rather than admit the connection uncounted.
+            if !this.leased.load(std::sync::atomic::Ordering::Acquire) {
+                this.renew_lease().await?;
+            }
+            let recorded = this.recorded_tenants.lock().unwrap_or_else(|e| e.into_inner()).contains(&tenant);
+            if !recorded {
+                let key = this.redis.keys.replica_tenants(&this.replica);
+                this.redis.client.sadd::<(), _, _>(key, tenant.as_str()).await.map_err(unavailable)?;
+                this.recorded_tenants.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant.clone());
+            }
+            let args = vec![this.replica.clone(), user, caps.per_user.to_string(), caps.per_tenant.to_string()];
+            let answer: i64 = this
+                .scripts
+                .connect
+                .evalsha_with_reload(&this.redis.client, vec![this.redis.keys.connections(&tenant)], args)
+                .await
+                .map_err(unavailable)?;
+            Ok(match answer {
+                0 => Admission::Admitted,
+                1 => Admission::UserFull,
+                _ => Admission::TenantFull,
+            })
+        })
+    }
+
+    fn disconnect(&self, tenant: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let this = self.clone();
+        let (tenant, user) = (tenant.to_owned(), user.to_owned());
+        Box::pin(async move {
+            checked?;
+            this.scripts
+                .disconnect
+                .evalsha_with_reload::<i64, _, _>(
+                    &this.redis.client,
+                    vec![this.redis.keys.connections(&tenant)],
+                    vec![this.replica.clone(), user],
+                )
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn reconcile_connections(&self, held: HeldConnections) -> BoxFuture<'static, Result<(), BusError>> {
+        let checked = self.check();
+        let this = self.clone();
+        Box::pin(async move {
+            checked?;
+            let key = this.redis.keys.replica_tenants(&this.replica);
+            let recorded: Vec<String> = this.redis.client.smembers(&key).await.map_err(unavailable)?;
+            for tenant in recorded.iter().filter(|t| !held.iter().any(|(h, _)| h == *t)) {
+                this.set_connections(&this.replica, tenant, &[]).await?;
+                this.redis.client.srem::<(), _, _>(&key, tenant.as_str()).await.map_err(unavailable)?;
+            }
+            for (tenant, users) in &held {
+                this.redis.client.sadd::<(), _, _>(&key, tenant.as_str()).await.map_err(unavailable)?;
+                this.set_connections(&this.replica, tenant, users).await?;
+            }
+            *this.recorded_tenants.lock().unwrap_or_else(|e| e.into_inner()) =
+                held.into_iter().map(|(tenant, _)| tenant).collect();
+            Ok(())
+        })
     }
 }
 /// The gateway's own Redis keys for presence and replica leases, beside the publisher crate's
@@ -380,6 +500,11 @@ trait PresenceKeys {
     fn replica_rooms(&self, id: &str) -> String;
     /// Lock taken by the replica cleaning up after replica `id`.
     fn replica_reaper(&self, id: &str) -> String;
+    /// A tenant's connections, for the connection caps (hash; see `connect.lua`), in the slot
+    /// of the tenant room.
+    fn connections(&self, tenant: &str) -> String;
+    /// The tenants replica `id` counts connections in (set).
+    fn replica_tenants(&self, id: &str) -> String;
 }
 
 impl PresenceKeys for Keys {
@@ -403,5 +528,11 @@ impl PresenceKeys for Keys {
     }
     fn replica_reaper(&self, id: &str) -> String {
         format!("{}:replica:{{{id}}}:reaper", self.prefix())
+    }
+    fn connections(&self, tenant: &str) -> String {
+        format!("{}:{{tenant:{tenant}}}:connections", self.prefix())
+    }
+    fn replica_tenants(&self, id: &str) -> String {
+        format!("{}:replica:{{{id}}}:tenants", self.prefix())
     }
 }

@@ -75,6 +75,14 @@ async fn authenticate(
         .and_then(|token| gw.verifier.verify(&token));
     match verified {
         Ok(identity) => {
+            if let Err(code) = gw.presence.connect(&identity.tenant, &identity.user).await {
+                metrics::connection_rejected(code);
+                tracing::info!(sid = %socket.id, tenant = %identity.tenant, user = %identity.user, %code, "connection refused: over a connection cap");
+                return Err(ConnectRejection(code));
+            }
+            // Counted from here: released by the disconnect handler, or when the socket is
+            // dropped if that never runs (it closed before socketioxide finished connecting).
+            socket.extensions.insert(Arc::new(ConnectionSlot::new(&gw, &identity)));
             socket.extensions.insert(Arc::new(Conn::new(identity, &gw.limits)));
             // Registered here, before socketioxide sends CONNECT: it runs the connect handler
             // only after sending it, and an event the client sends in between would find no
@@ -94,6 +102,45 @@ async fn authenticate(
             metrics::connection_rejected(e.code);
             tracing::info!(sid = %socket.id, code = %e.code, reason = %e.message, "connection rejected");
             Err(ConnectRejection(e.code))
+        }
+    }
+}
+
+/// One connection counted against the connection caps (`Presence::connect`), released once.
+#[derive(Debug)]
+struct ConnectionSlot {
+    presence: Arc<crate::presence::Presence>,
+    tenant: String,
+    user: String,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl ConnectionSlot {
+    fn new(gw: &Shared, identity: &Identity) -> ConnectionSlot {
+        ConnectionSlot {
+            presence: gw.presence.clone(),
+            tenant: identity.tenant.clone(),
+            user: identity.user.clone(),
+            released: Default::default(),
+        }
+    }
+
+    /// Releases the slot (the first call only).
+    async fn release(&self) {
+        if !self.released.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.presence.disconnect(&self.tenant, &self.user).await;
+        }
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if !*self.released.get_mut()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let (presence, tenant, user) =
+                (self.presence.clone(), std::mem::take(&mut self.tenant), std::mem::take(&mut self.user));
+            runtime.spawn(async move { presence.disconnect(&tenant, &user).await });
         }
     }
 }
@@ -290,6 +337,9 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
                 if let Some(room) = Room::parse(&name) {
                     rooms::leave_room(&socket, &gw, &conn, &room).await;
                 }
+            }
+            if let Some(slot) = socket.extensions.get::<Arc<ConnectionSlot>>() {
+                slot.release().await;
             }
             if was == Lifecycle::Authenticated {
                 return;
