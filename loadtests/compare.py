@@ -6,6 +6,7 @@ after the other, and prints each figure for both and the ratio.
     loadtests/compare.py --smoke         # a few seconds per scenario; what CI runs
     loadtests/compare.py --only idle --idle-connections 50000 --stacks roomcast
     loadtests/compare.py --only churn    # Roomcast only: what disconnecting clients leave (must be 0)
+    loadtests/compare.py --only noisy-neighbour   # Roomcast only: one tenant's abuse vs another's latency
 
 Each run gets a private redis-server, fresh replicas on free loopback ports, and the load
 generator (target/release/roomcast-loadtest); JSON results go to --out (default
@@ -30,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / "loadtests" / "peers" / "node"
 SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
-# Scenarios that read Roomcast's own metrics; the Node peer has nothing to compare.
-ROOMCAST_ONLY = {"churn"}
+# Scenarios that read Roomcast's own metrics (they get --admin); the Node peer has nothing to compare.
+ROOMCAST_ONLY = {"churn", "noisy-neighbour"}
+NEEDS_ADMIN = {"churn"}
 
 
 def free_port() -> int:
@@ -143,7 +145,7 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
     try:
         subcommand = scenario.removesuffix("-browser")
         cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), subcommand, *stack.args(), *extra]
-        if scenario in ROOMCAST_ONLY:
+        if scenario in NEEDS_ADMIN:
             cmd += ["--admin", ",".join(f"127.0.0.1:{p}" for p in stack.admin_ports)]
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
@@ -170,7 +172,9 @@ def ratio(a, b, higher_is_better: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
-    ap.add_argument("--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect", "churn"])
+    ap.add_argument(
+        "--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect", "churn", "noisy-neighbour"]
+    )
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
         "--idle-connections",
@@ -206,6 +210,10 @@ def main() -> int:
             "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
             "reconnect": (3, ["--rooms", "4", "--room-size", "6", "--rate", "50", "--before", "1s", "--after", "3s"]),
             "churn": (2, ["--cycles", "200", "--concurrency", "32", "--rooms", "5"]),
+            "noisy-neighbour": (
+                2,
+                ["--members", "10", "--rate", "50", "--phase", "1s", "--attackers", "2", "--sink-rate", "200", "--probe-every", "200ms"],
+            ),
         }
     else:
         plan = {
@@ -219,6 +227,7 @@ def main() -> int:
             "typing": (2, ["--rooms", "100", "--room-size", "20", "--typists", "4", "--interval", "500ms", "--duration", "20s"]),
             "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
             "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),
+            "noisy-neighbour": (2, ["--members", "50", "--rate", "200", "--phase", "10s", "--attackers", "8"]),
         }
     scenarios = args.only or list(plan)
     stacks = args.stacks.split(",")
@@ -266,6 +275,10 @@ def main() -> int:
     row("churn: leaked local rooms (must be 0)", "churn", ["leaked_local_rooms"], False)
     row("churn: leaked Redis subscriptions (must be 0)", "churn", ["leaked_subscriptions"], False)
     row("churn: leaked presence entries (must be 0)", "churn", ["leaked_presence_entries"], False)
+    row("noisy-neighbour: worst B delivery p99 / baseline", "noisy-neighbour", ["worst_delivery_p99_ratio"], False)
+    row("noisy-neighbour: worst B presence-join p99 / baseline", "noisy-neighbour", ["worst_presence_join_p99_ratio"], False)
+    row("noisy-neighbour: replicas' RSS baseline (bytes)", "noisy-neighbour", ["rss_baseline_bytes"], False)
+    row("noisy-neighbour: replicas' largest RSS (bytes)", "noisy-neighbour", ["rss_max_bytes"], False)
     args.out.write_text(json.dumps(results, indent=2))
 
     width = max(len(r[0]) for r in rows)

@@ -598,8 +598,11 @@ impl Config {
         if self.client_buffer < 16 {
             return Err(ConfigError::new(env::CLIENT_BUFFER, "must be at least 16 packets"));
         }
-        if self.client_buffer_bytes < 4096 {
-            return Err(ConfigError::new(env::CLIENT_BUFFER_BYTES, "must be at least 4096 bytes"));
+        if self.client_buffer_bytes < 4096 || self.client_buffer_bytes < self.publish_max_payload {
+            return Err(ConfigError::new(
+                env::CLIENT_BUFFER_BYTES,
+                "must be at least 4096 bytes and at least ROOMCAST_PUBLISH_MAX_PAYLOAD (an event must fit)",
+            ));
         }
         if self.api_key.iter().any(|k| k.expose().len() < 16) {
             return Err(ConfigError::new(

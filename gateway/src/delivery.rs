@@ -274,7 +274,11 @@ mod tests {
         let (bus, _) = MemoryBus::new(None);
         let (_layer, io) = SocketIo::new_layer();
         io.ns("/", async |_: socketioxide::extract::SocketRef| {});
-        let local = Local::new(io.clone(), Arc::new(Membership::new(Arc::new(bus))));
+        let local = Local::new(
+            io.clone(),
+            Arc::new(Membership::new(Arc::new(bus))),
+            crate::local::Pace::half_of(1 << 20, 1024),
+        );
         let delivery = Delivery::new(local, None, "n1".into(), 1024, std::time::Duration::from_secs(6));
         io.close().await;
 

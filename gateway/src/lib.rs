@@ -292,7 +292,11 @@ impl Gateway {
                     .packet_completion_timeout(Duration::from_secs(10)),
             )
             .build_layer();
-        let local = Local::new(io.clone(), membership.clone());
+        let local = Local::new(
+            io.clone(),
+            membership.clone(),
+            crate::local::Pace::half_of(config.client_buffer_bytes, config.client_buffer),
+        );
         let delivery = Arc::new(Delivery::new(local, history, node_id, config.publish_max_payload, config.typing_ttl));
         receive(delivery.clone());
 

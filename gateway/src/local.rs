@@ -46,12 +46,51 @@ impl<'a> EventMeta<'a> {
 pub struct Local {
     io: SocketIo,
     membership: Arc<Membership>,
+    pace: Pace,
+}
+
+/// When a long run of emits to one socket (a recovery replay) waits for its buffer to drain:
+/// above half of either slow-consumer bound, so a replay never makes a healthy client a slow
+/// consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Half of `ROOMCAST_CLIENT_BUFFER_BYTES`.
+    pub bytes: usize,
+    /// Half of `ROOMCAST_CLIENT_BUFFER`.
+    pub packets: usize,
+}
+
+impl Pace {
+    /// Half of the slow-consumer bounds `bytes` and `packets`.
+    pub fn half_of(bytes: usize, packets: usize) -> Pace {
+        Pace { bytes: bytes / 2, packets: packets / 2 }
+    }
 }
 
 impl Local {
-    /// The sockets of `io`, whose room memberships `membership` counts.
-    pub fn new(io: SocketIo, membership: Arc<Membership>) -> Self {
-        Local { io, membership }
+    /// The sockets of `io`, whose room memberships `membership` counts; replays pace themselves
+    /// by `pace`.
+    pub fn new(io: SocketIo, membership: Arc<Membership>, pace: Pace) -> Self {
+        Local { io, membership, pace }
+    }
+
+    /// Waits until socket `sid`'s send buffer is below the pace marks, so that the emits that
+    /// follow do not overflow it; gives up after a while (a client that does not read is the
+    /// slow-consumer policy's and the heartbeat's to evict) or when the socket is gone.
+    pub async fn wait_for_room(&self, sid: Sid) {
+        /// Longer than a healthy client needs to read half a buffer, shorter than a join ack
+        /// should take.
+        const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        while let Some(socket) = self.socket(sid) {
+            if (socket.buffered_bytes() <= self.pace.bytes && socket.buffered_packets() <= self.pace.packets)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            drop(socket);
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Broadcast operators on the root namespace; `None` once the shutdown closed the server.

@@ -453,6 +453,9 @@ impl Sequencer {
                 if let (Some(true), Some(s)) = (recovered, &since) {
                     at.offset = s.offset;
                     for e in &read.events {
+                        // A replay can be the whole history: paced by the socket's buffer, so a
+                        // recovering client is not taken for a slow consumer.
+                        self.local.wait_for_room(socket).await;
                         self.local.emit_to_socket(socket, e);
                         at.offset = e.offset.unwrap_or(at.offset);
                     }
@@ -612,7 +615,7 @@ mod tests {
         let (_layer, io) = socketioxide::SocketIo::new_layer();
         let bus = Arc::new(crate::bus::memory::MemoryBus::new(None).0);
         let membership = Arc::new(crate::rooms::Membership::new(bus));
-        Arc::new(Sequencer::new(Local::new(io, membership), None))
+        Arc::new(Sequencer::new(Local::new(io, membership, crate::local::Pace::half_of(1 << 20, 1024)), None))
     }
 
     fn seeding(held: Vec<EventEnvelope>, lowest: Option<Position>) -> RoomSequence {

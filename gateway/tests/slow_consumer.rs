@@ -82,25 +82,58 @@ async fn a_client_that_stops_reading_is_disconnected_and_readers_get_every_event
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_is_evicted_by_the_heartbeat_with_nothing_queued() {
+async fn a_client_that_stops_reading_is_evicted_by_the_heartbeat_even_with_its_writer_blocked() {
     let (interval, timeout) = (Duration::from_millis(300), Duration::from_millis(300));
     let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(replica::API_KEY.to_owned())];
         c.ping_interval = interval;
         c.ping_timeout = timeout;
+        // Budgets the test never reaches: only the heartbeat can act here.
+        c.client_buffer = 100_000;
+        c.client_buffer_bytes = 256 << 20;
     })
     .await;
-    let c = gw.connect_user("t1", "quiet").await;
+    let c = stalling_client(&gw, "quiet").await;
     assert_eq!(c.request("join", json!({ "channel": "c1" })).await["ok"], true);
-    let before = disconnects(&gw, "heartbeat_timeout").await;
-    let stopped = tokio::time::Instant::now();
     c.stop_reading();
+    let before = disconnects(&gw, "heartbeat_timeout").await;
+    // Enough to fill the client's receive buffer, the server's send buffer and the WebSocket
+    // write buffer: the socket's writer is now blocked in a write the client never reads.
+    for first in (0..256).step_by(16) {
+        publish_big(&gw, first, 16, 16 * 1024).await;
+    }
+    let published = tokio::time::Instant::now();
     eventually(WAIT, "the heartbeat evicts the client", || async {
         (disconnects(&gw, "heartbeat_timeout").await > before).then_some(())
     })
     .await;
-    // Within ping interval + timeout (+ the scheduling of a loaded machine).
-    let took = stopped.elapsed();
-    assert!(took < interval + timeout + Duration::from_secs(3), "evicted after {took:?}");
+    // Within ping interval + timeout, + the writer's 1 s grace, + a loaded machine's scheduling.
+    let took = published.elapsed();
+    assert!(took < interval + timeout + Duration::from_secs(4), "evicted after {took:?}");
     c.resume_reading();
     assert!(c.closed().await, "the evicted client's connection was kept open");
+}
+
+#[tokio::test]
+async fn a_recovery_replay_longer_than_the_buffer_is_paced_not_taken_for_a_slow_consumer() {
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(replica::API_KEY.to_owned())];
+        c.client_buffer = 16;
+        c.history_size = 1_000;
+    })
+    .await;
+    let c = gw.connect_user("t1", "away").await;
+    let ack = c.request("join", json!({ "channel": "c1" })).await;
+    let (offset, epoch) = (ack["offset"].as_u64().unwrap(), ack["epoch"].as_str().unwrap().to_owned());
+    assert_eq!(c.request("leave", json!({ "channel": "c1" })).await["ok"], true);
+    // 600 missed events: the replay is 37 times the 16-packet buffer.
+    for first in (0..600).step_by(100) {
+        publish_big(&gw, first, 100, 16).await;
+    }
+    let ack = c.request("join", json!({ "channel": "c1", "since": { "offset": offset, "epoch": epoch } })).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let got: Vec<u64> = c.events("big").iter().map(|args| args[0]["n"].as_u64().unwrap()).collect();
+    assert_eq!(got, (0..600).collect::<Vec<u64>>(), "every missed event, in order, before the ack");
+    // Still connected (a slow consumer would have lost the ack and been disconnected).
+    assert_eq!(c.request("join", json!({ "channel": "c2" })).await["ok"], true);
 }

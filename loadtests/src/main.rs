@@ -5,6 +5,7 @@ mod churn;
 mod fanout;
 mod history_memory;
 mod idle;
+mod noisy;
 mod pipe_publisher;
 mod publish;
 mod reconnect;
@@ -38,6 +39,9 @@ enum Scenario {
     Reconnect(reconnect::Options),
     /// Short-lived clients disconnecting mid-operation: what they leave behind (must be 0).
     Churn(churn::Options),
+    /// One tenant's abuse (presence/typing floods, join churn, non-reading sockets, huge
+    /// headers) against another tenant's latency and the replicas' memory.
+    NoisyNeighbour(noisy::Options),
     /// Not a scenario: the Roomcast stack's publisher process the scenarios start (publishes
     /// `room seq` lines read from stdin).
     Publisher(pipe_publisher::Options),
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fanout(options) => serde_json::to_string_pretty(&fanout::run(&options).await?)?,
         Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
         Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
+        Scenario::NoisyNeighbour(options) => serde_json::to_string_pretty(&noisy::run(&options).await?)?,
         Scenario::Churn(options) => {
             let result = churn::run(&options).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);

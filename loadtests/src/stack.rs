@@ -80,6 +80,11 @@ impl Target {
 
     /// A one-hour token for synthetic user `user`, allowed in every channel.
     pub fn token(&self, user: &str) -> String {
+        self.token_in(&self.tenant, user)
+    }
+
+    /// Like [`Target::token`], for a user of tenant `tenant`.
+    pub fn token_in(&self, tenant: &str, user: &str) -> String {
         #[derive(Serialize)]
         struct Claims<'a> {
             sub: &'a str,
@@ -88,7 +93,7 @@ impl Target {
             exp: u64,
         }
         let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + 3600;
-        let claims = Claims { sub: user, tenant: &self.tenant, channels: ["*"], exp };
+        let claims = Claims { sub: user, tenant, channels: ["*"], exp };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &claims,

@@ -1,17 +1,17 @@
 -- One connection of a user in a tenant fewer on this replica; nothing if the replica has none
 -- counted (it was admitted while Redis was away, or its share was reaped or reconciled).
--- KEYS: the tenant's connections (see connect.lua). ARGV: replica, user. Returns 1 if counted.
-local share_field = 'r|' .. ARGV[1] .. '|' .. ARGV[2]
-local share = tonumber(redis.call('HGET', KEYS[1], share_field) or '0')
+-- KEYS: the tenant's counts, this replica's share (see connect.lua). ARGV: user.
+-- Returns 1 if it was counted.
+local share = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 if share <= 0 then
   return 0
 end
-local function down(field, n)
-  if redis.call('HINCRBY', KEYS[1], field, -n) <= 0 then
-    redis.call('HDEL', KEYS[1], field)
+local function down(key, field)
+  if redis.call('HINCRBY', key, field, -1) <= 0 then
+    redis.call('HDEL', key, field)
   end
 end
-down(share_field, 1)
-down('u|' .. ARGV[2], 1)
-down('*', 1)
+down(KEYS[2], ARGV[1])
+down(KEYS[1], 'u|' .. ARGV[1])
+down(KEYS[1], '*')
 return 1

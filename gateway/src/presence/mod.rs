@@ -220,6 +220,9 @@ pub struct Presence {
     connections: Mutex<HashMap<(String, String), u32>>,
     /// A connection count change did not reach the store: reconcile connections when it is back.
     connections_dirty: std::sync::atomic::AtomicBool,
+    /// Connects and disconnects (read) against a reconcile (write): a reconcile's snapshot of
+    /// `connections` and its store update are one step no count change falls between.
+    counting: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Presence {
@@ -247,6 +250,7 @@ impl Presence {
             caps,
             connections: Mutex::new(HashMap::new()),
             connections_dirty: Default::default(),
+            counting: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -260,6 +264,7 @@ impl Presence {
     /// is restored by the reconcile that follows the store's return. Every `Ok` must be paired
     /// with one [`Presence::disconnect`].
     pub async fn connect(&self, tenant: &str, user: &str) -> Result<(), ErrorCode> {
+        let _counting = self.counting.read().await;
         if self.caps.any() {
             match self.store.connect(tenant, user, self.caps).await {
                 Ok(Admission::Admitted) => {}
@@ -279,6 +284,7 @@ impl Presence {
 
     /// A connection admitted by [`Presence::connect`] ended.
     pub async fn disconnect(&self, tenant: &str, user: &str) {
+        let _counting = self.counting.read().await;
         {
             let mut connections = self.connections();
             let key = (tenant.to_owned(), user.to_owned());
@@ -302,6 +308,7 @@ impl Presence {
 
     /// Replaces this replica's share of connection counts in the store with what it holds.
     async fn reconcile_connections(&self) {
+        let _counting = self.counting.write().await;
         let mut held: HashMap<String, Vec<(String, u32)>> = HashMap::new();
         for ((tenant, user), n) in self.connections().iter() {
             held.entry(tenant.clone()).or_default().push((user.clone(), *n));
@@ -466,7 +473,10 @@ impl Presence {
                         }
                         let connections_dirty = self.connections_dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
                         if self.caps.any() && (unknown || connections_dirty) {
-                            self.reconcile_connections().await;
+                            // Its own task: with many tenants it takes a while, and the lease
+                            // must keep being renewed meanwhile.
+                            let this = self.clone();
+                            tokio::spawn(async move { this.reconcile_connections().await });
                         }
                         renew.as_mut().reset(Instant::now() + renew_every);
                     }

@@ -10,9 +10,10 @@
 //! dead replica's reaper lock removes its share room by room (it keeps the list of rooms in
 //! `{prefix}:replica:{id}:rooms`), announcing a leave for each user who was connected nowhere else.
 //!
-//! Connection counts for the connection caps live the same way, per tenant (one hash under the
-//! tenant room's hash tag: tenant total, user totals, each replica's share), with the tenants a
-//! replica counts connections in kept in `{prefix}:replica:{id}:tenants` for its reaper.
+//! Connection counts for the connection caps live the same way, per tenant, under the tenant
+//! room's hash tag: one hash of totals (tenant, each user) and one per replica with its share,
+//! with the tenants a replica counts connections in kept in `{prefix}:replica:{id}:tenants` for
+//! its reaper.
 
 use std::time::Duration;
 
@@ -109,16 +110,21 @@ impl RedisPresence {
 
     /// Sets `replica`'s share of `tenant`'s connections to `held` (nothing: removes it).
     async fn set_connections(&self, replica: &str, tenant: &str, held: &[(String, u32)]) -> Result<(), BusError> {
-        let mut args = vec![replica.to_owned(), held.len().to_string()];
+        let mut args = vec![held.len().to_string()];
         for (user, n) in held {
             args.extend([user.clone(), n.to_string()]);
         }
         self.scripts
             .connections
-            .evalsha_with_reload::<i64, _, _>(&self.redis.client, vec![self.redis.keys.connections(tenant)], args)
+            .evalsha_with_reload::<i64, _, _>(&self.redis.client, self.connection_keys(tenant, replica), args)
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// The keys of the connection scripts: the tenant's counts and `replica`'s share.
+    fn connection_keys(&self, tenant: &str, replica: &str) -> Vec<String> {
+        vec![self.redis.keys.connections(tenant), self.redis.keys.connections_share(tenant, replica)]
     }
 
     /// Removes every connection `replica` counted (it died, or is leaving cleanly).
@@ -426,11 +432,11 @@ impl PresenceStore for RedisPresence {
                 this.redis.client.sadd::<(), _, _>(key, tenant.as_str()).await.map_err(unavailable)?;
                 this.recorded_tenants.lock().unwrap_or_else(|e| e.into_inner()).insert(tenant.clone());
             }
-            let args = vec![this.replica.clone(), user, caps.per_user.to_string(), caps.per_tenant.to_string()];
+            let args = vec![user, caps.per_user.to_string(), caps.per_tenant.to_string()];
             let answer: i64 = this
                 .scripts
                 .connect
-                .evalsha_with_reload(&this.redis.client, vec![this.redis.keys.connections(&tenant)], args)
+                .evalsha_with_reload(&this.redis.client, this.connection_keys(&tenant, &this.replica), args)
                 .await
                 .map_err(unavailable)?;
             Ok(match answer {
@@ -451,8 +457,8 @@ impl PresenceStore for RedisPresence {
                 .disconnect
                 .evalsha_with_reload::<i64, _, _>(
                     &this.redis.client,
-                    vec![this.redis.keys.connections(&tenant)],
-                    vec![this.replica.clone(), user],
+                    this.connection_keys(&tenant, &this.replica),
+                    vec![user],
                 )
                 .await
                 .map_err(unavailable)?;
@@ -500,9 +506,11 @@ trait PresenceKeys {
     fn replica_rooms(&self, id: &str) -> String;
     /// Lock taken by the replica cleaning up after replica `id`.
     fn replica_reaper(&self, id: &str) -> String;
-    /// A tenant's connections, for the connection caps (hash; see `connect.lua`), in the slot
-    /// of the tenant room.
+    /// A tenant's connection counts, for the connection caps (hash: tenant total, user
+    /// totals; see `connect.lua`), in the slot of the tenant room.
     fn connections(&self, tenant: &str) -> String;
+    /// Replica `id`'s share of a tenant's connections (hash: user → connections), same slot.
+    fn connections_share(&self, tenant: &str, id: &str) -> String;
     /// The tenants replica `id` counts connections in (set).
     fn replica_tenants(&self, id: &str) -> String;
 }
@@ -531,6 +539,9 @@ impl PresenceKeys for Keys {
     }
     fn connections(&self, tenant: &str) -> String {
         format!("{}:{{tenant:{tenant}}}:connections", self.prefix())
+    }
+    fn connections_share(&self, tenant: &str, id: &str) -> String {
+        format!("{}:{{tenant:{tenant}}}:connections:{id}", self.prefix())
     }
     fn replica_tenants(&self, id: &str) -> String {
         format!("{}:replica:{{{id}}}:tenants", self.prefix())

@@ -329,6 +329,10 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
         let identity = conn.identity();
         let span = span(&socket, &identity);
         async {
+            // First: the slot is free the moment the connection is gone, whatever is queued.
+            if let Some(slot) = socket.extensions.get::<Arc<ConnectionSlot>>() {
+                slot.release().await;
+            }
             let _turn = ticket.wait().await;
             expiry::unschedule(&gw, socket.id, &conn);
             // Roomcast's own record, not `socket.rooms()`: socketioxide may have emptied those
@@ -337,9 +341,6 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
                 if let Some(room) = Room::parse(&name) {
                     rooms::leave_room(&socket, &gw, &conn, &room).await;
                 }
-            }
-            if let Some(slot) = socket.extensions.get::<Arc<ConnectionSlot>>() {
-                slot.release().await;
             }
             if was == Lifecycle::Authenticated {
                 return;

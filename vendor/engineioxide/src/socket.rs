@@ -346,6 +346,9 @@ where
     /// A message is admitted while the buffer holds at most `max_buffer_bytes`, so the buffer
     /// never holds more than that plus one message per concurrent sender.
     fn over_budget(&self) -> bool {
+        if self.slow.load(Ordering::Relaxed) {
+            return true;
+        }
         match self.max_buffer_bytes {
             Some(max) if self.queued_bytes.load(Ordering::Relaxed) > max => {
                 self.slow_consumer();
@@ -368,6 +371,13 @@ where
     /// transport). The transport's own write buffer and the kernel's are not counted.
     pub fn buffered_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Packets waiting in this socket's outgoing buffer (out of
+    /// [`EngineIoConfig::max_buffer_size`]): with [`Socket::buffered_bytes`], what a sender
+    /// that must not overflow the buffer (a replay of many messages) can pace itself by.
+    pub fn buffered_packets(&self) -> usize {
+        self.internal_tx.max_capacity() - self.internal_tx.capacity()
     }
 
     /// Called by the transports for each [`PacketBuf`] taken from `internal_rx.buffered_rx`.
@@ -523,6 +533,10 @@ where
     /// If the socket is closed, the function will return a [`TrySendError::Closed`] error.
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
+        if self.slow.load(Ordering::Relaxed) {
+            // Closed as a slow consumer: what follows is not "full", the socket is going away.
+            return Err(TrySendError::Closed(()));
+        }
         if self.over_budget() {
             return Err(TrySendError::Full(()));
         }

@@ -677,6 +677,18 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
+    /// Bytes of messages waiting in this socket's outgoing buffer (see engineioxide's
+    /// `Socket::buffered_bytes`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.esocket.buffered_bytes()
+    }
+
+    /// Packets waiting in this socket's outgoing buffer (see engineioxide's
+    /// `Socket::buffered_packets`).
+    pub fn buffered_packets(&self) -> usize {
+        self.esocket.buffered_packets()
+    }
+
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]

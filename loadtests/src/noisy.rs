@@ -1,0 +1,439 @@
+//! `noisy-neighbour`: does one tenant's abuse move another tenant's latency, or a replica's
+//! memory? Tenant B (the `--tenant`, quiet) has `--members` clients in one channel receiving
+//! events published at `--rate`/s (publish → deliver latency), and a presence probe: every
+//! `--probe-every` a new B client joins channel `bp`, where a B observer times its
+//! `presence:join` (join sent → join announced). Tenant A (`--noisy-tenant`) is idle for the
+//! baseline phase, then runs each abuse for `--phase` with `--attackers` sockets:
+//!
+//! - `presence-flood`: each socket in 100 channels sends `presence:update` as fast as it can;
+//! - `typing-flood`: `typing` true/false alternation as fast as it can;
+//! - `join-churn`: `join` + `leave` of ever new channel names as fast as it can;
+//! - `non-reading`: sockets join a channel A publishes to at `--sink-rate`/s, then never read;
+//! - `big-headers`: WebSocket upgrades with a 400 KB `Authorization` header, back to back.
+//!
+//! Attackers that are disconnected (rate limits, slow consumer) reconnect and go on. Per phase:
+//! B's delivery and presence-join percentiles, their p99 against the baseline's, the replicas'
+//! largest RSS, and what the abuse met (acks refused, disconnects, HTTP statuses).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{
+    fanout::{Counters, open_members, publish_at, settle},
+    sio::{Conn, Handler, Ignore},
+    stack::{Latencies, LatencySummary, Target, now_us},
+};
+
+/// Options of the `noisy-neighbour` scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    #[command(flatten)]
+    pub target: Target,
+    /// Tenant A, the abuser (B is `--tenant`).
+    #[arg(long, default_value = "noisy")]
+    pub noisy_tenant: String,
+    /// B's clients in the measured channel.
+    #[arg(long, default_value_t = 50)]
+    pub members: usize,
+    /// Events per second published to B's channel.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// How often a new B client joins the presence probe channel.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub probe_every: Duration,
+    /// Length of the baseline and of each abuse phase.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub phase: Duration,
+    /// A's sockets per abuse.
+    #[arg(long, default_value_t = 8)]
+    pub attackers: usize,
+    /// Events per second A publishes to its non-reading sockets' channel (small `bench` events).
+    #[arg(long, default_value_t = 2_000)]
+    pub sink_rate: u64,
+    /// The abuses, in order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "presence-flood,typing-flood,join-churn,non-reading,big-headers"
+    )]
+    pub abuses: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Phase {
+    pub name: String,
+    pub delivery: LatencySummary,
+    pub presence_join: LatencySummary,
+    /// B's delivery p99 over the baseline's.
+    pub delivery_p99_ratio: f64,
+    /// B's presence-join p99 over the baseline's.
+    pub presence_join_p99_ratio: f64,
+    /// B's events not delivered by the end of the phase (+ 2 s).
+    pub delivery_lost: u64,
+    /// Largest RSS of all replicas together during the phase.
+    pub rss_max_bytes: u64,
+    /// What the abuse met.
+    pub abuse: AbuseCounts,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct AbuseCounts {
+    /// Packets (or HTTP requests) A sent.
+    pub sent: u64,
+    /// A's connections that ended (rate_limited, slow_consumer, …) and were opened again.
+    pub disconnects: u64,
+    /// A's connection attempts refused.
+    pub refused: u64,
+    /// HTTP statuses of `big-headers` upgrades.
+    pub statuses: HashMap<u16, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NoisyResult {
+    pub scenario: &'static str,
+    pub replicas: usize,
+    pub members: usize,
+    pub rate: u64,
+    pub phase_seconds: f64,
+    pub phases: Vec<Phase>,
+    /// The largest p99 ratio of any abuse phase (the target is ≤ 2).
+    pub worst_delivery_p99_ratio: f64,
+    pub worst_presence_join_p99_ratio: f64,
+    pub rss_baseline_bytes: u64,
+    pub rss_max_bytes: u64,
+}
+
+/// Counts what an abuse does; shared by its attacker tasks.
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    disconnects: AtomicU64,
+    refused: AtomicU64,
+    statuses: Mutex<HashMap<u16, u64>>,
+}
+
+impl Tally {
+    fn counts(&self) -> AbuseCounts {
+        AbuseCounts {
+            sent: self.sent.load(Ordering::Relaxed),
+            disconnects: self.disconnects.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            statuses: self.statuses.lock().expect("poisoned").clone(),
+        }
+    }
+}
+
+/// The presence observer: times each probe's `presence:join`.
+struct Observer {
+    started: Arc<Mutex<HashMap<String, u64>>>,
+    latencies: Arc<Latencies>,
+}
+
+impl Handler for Observer {
+    fn event(&mut self, packet: &str) {
+        if !packet.starts_with("[\"presence:join\"") {
+            return;
+        }
+        let Ok(serde_json::Value::Array(args)) = serde_json::from_str::<serde_json::Value>(packet) else { return };
+        let Some(user) = args.get(1).and_then(|a| a["userId"].as_str()) else { return };
+        if let Some(t0) = self.started.lock().expect("poisoned").remove(user) {
+            self.latencies.record(0, now_us().saturating_sub(t0));
+        }
+    }
+}
+
+pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
+    let target = &options.target;
+    if target.replicas.is_empty() {
+        bail!("no replicas");
+    }
+    eprintln!(
+        "noisy-neighbour: B = {} members at {} events/s, presence probe every {:?}; A = {} attackers; {:?} per phase",
+        options.members, options.rate, options.probe_every, options.attackers, options.phase
+    );
+    let counters = Arc::new(Counters::default());
+    let delivery = Latencies::new();
+    let stop_members = open_members(target, 1, options.members, &counters, &delivery).await?;
+    let publisher = target.publisher().await?;
+
+    // The presence observer and probes (tenant B).
+    let started = Arc::new(Mutex::new(HashMap::new()));
+    let presence = Latencies::new();
+    let (addr, source) = target.addresses(0);
+    let mut observer_conn = Conn::connect(addr, source, &target.token("observer"), Duration::from_secs(30)).await?;
+    let ack = observer_conn.call("join", &serde_json::json!({ "channel": "bp" }), &mut Ignore).await?;
+    if ack["ok"] != true {
+        bail!("observer join refused: {ack}");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let mut observer = Observer { started: started.clone(), latencies: presence.clone() };
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _ = observer_conn.run(&mut observer, None, async move { while stop.changed().await.is_ok() {} }).await;
+        });
+    }
+    let probes = {
+        let (target, started, every, mut stop) =
+            (target.clone(), started.clone(), options.probe_every, stop_rx.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                n += 1;
+                let (target, started) = (target.clone(), started.clone());
+                tokio::spawn(async move {
+                    let user = format!("probe{n}");
+                    let (addr, source) = target.addresses(n as usize);
+                    let Ok(mut conn) = Conn::connect(addr, source, &target.token(&user), Duration::from_secs(30)).await
+                    else {
+                        return;
+                    };
+                    started.lock().expect("poisoned").insert(user.clone(), now_us());
+                    let _ = conn.call("join", &serde_json::json!({ "channel": "bp" }), &mut Ignore).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    conn.close().await;
+                    started.lock().expect("poisoned").remove(&user);
+                });
+            }
+        })
+    };
+
+    // RSS of the replicas, sampled every 100 ms; the phase keeps the largest.
+    let rss_max = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (target, rss_max) = (target.clone(), rss_max.clone());
+        tokio::spawn(async move {
+            loop {
+                rss_max.fetch_max(target.processes().rss_bytes, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut seq = vec![0u64; 1];
+    let mut next_room = 0;
+    let mut phases: Vec<Phase> = Vec::new();
+    let names: Vec<String> = std::iter::once("baseline".to_owned()).chain(options.abuses.iter().cloned()).collect();
+    for name in names {
+        eprintln!("  phase {name}");
+        let tally = Arc::new(Tally::default());
+        let running = Arc::new(AtomicBool::new(true));
+        let abuse = if name == "baseline" {
+            None
+        } else {
+            Some(tokio::spawn(abuse(options.clone(), name.clone(), tally.clone(), running.clone())))
+        };
+        // Let the abuse get going before measuring.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        delivery.take();
+        presence.take();
+        rss_max.store(target.processes().rss_bytes, Ordering::Relaxed);
+        let received0 = counters.received.load(Ordering::Relaxed);
+        let published =
+            publish_at(&publisher, &target.tenant, 1, &mut seq, &mut next_room, options.rate, options.phase)
+                .await
+                .context("publishing to B")?;
+        let expected = received0 + published * options.members as u64;
+        settle(&counters, expected, Duration::from_secs(2)).await;
+        let lost = expected.saturating_sub(counters.received.load(Ordering::Relaxed));
+        running.store(false, Ordering::Relaxed);
+        if let Some(abuse) = abuse {
+            let _ = tokio::time::timeout(Duration::from_secs(10), abuse).await;
+        }
+        let (d, p) = (delivery.take(), presence.take());
+        let base = phases.first();
+        let ratio = |now: f64, base: Option<f64>| base.filter(|b| *b > 0.0).map_or(1.0, |b| now / b);
+        phases.push(Phase {
+            delivery_p99_ratio: ratio(d.p99_ms, base.map(|b| b.delivery.p99_ms)),
+            presence_join_p99_ratio: ratio(p.p99_ms, base.map(|b| b.presence_join.p99_ms)),
+            name,
+            delivery: d,
+            presence_join: p,
+            delivery_lost: lost,
+            rss_max_bytes: rss_max.load(Ordering::Relaxed),
+            abuse: tally.counts(),
+        });
+        // Let the replicas drop what the abuse left (grace periods, closed sockets).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = stop_members.send(true);
+    probes.abort();
+    sampler.abort();
+    let abuse_phases = &phases[1..];
+    let worst = |f: fn(&Phase) -> f64| abuse_phases.iter().map(f).fold(1.0f64, f64::max);
+    Ok(NoisyResult {
+        scenario: "noisy-neighbour",
+        replicas: target.replicas.len(),
+        members: options.members,
+        rate: options.rate,
+        phase_seconds: options.phase.as_secs_f64(),
+        worst_delivery_p99_ratio: worst(|p| p.delivery_p99_ratio),
+        worst_presence_join_p99_ratio: worst(|p| p.presence_join_p99_ratio),
+        rss_baseline_bytes: phases[0].rss_max_bytes,
+        rss_max_bytes: phases.iter().map(|p| p.rss_max_bytes).max().unwrap_or(0),
+        phases,
+    })
+}
+
+/// Runs abuse `name` with `--attackers` sockets until `running` turns false.
+async fn abuse(options: Options, name: String, tally: Arc<Tally>, running: Arc<AtomicBool>) {
+    let target = Arc::new(options.target.clone());
+    let mut tasks = Vec::new();
+    // The non-reading sockets' channel gets A's events meanwhile.
+    if name == "non-reading" {
+        let (target, running, rate, tenant) =
+            (target.clone(), running.clone(), options.sink_rate, options.noisy_tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(publisher) = target.publisher().await else { return };
+            let (mut seq, mut next) = (vec![0u64], 0);
+            while running.load(Ordering::Relaxed) {
+                if publish_at(&publisher, &tenant, 1, &mut seq, &mut next, rate, Duration::from_millis(500))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    for i in 0..options.attackers {
+        let (target, tally, running, name, tenant) =
+            (target.clone(), tally.clone(), running.clone(), name.clone(), options.noisy_tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut round = 0u64;
+            while running.load(Ordering::Relaxed) {
+                round += 1;
+                let user = format!("{name}-{i}");
+                let (addr, source) = target.addresses(i);
+                let result = match name.as_str() {
+                    "big-headers" => big_headers(addr, &tally).await,
+                    _ => {
+                        let token = target.token_in(&tenant, &user);
+                        match Conn::connect(addr, source, &token, Duration::from_secs(10)).await {
+                            Ok(conn) => attack(conn, &name, i, round, &tally, &running).await,
+                            Err(_) => {
+                                tally.refused.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                Ok(())
+                            }
+                        }
+                    }
+                };
+                if result.is_err() && running.load(Ordering::Relaxed) {
+                    tally.disconnects.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// One connection's attack, until it is disconnected (`Err`) or the phase ends (`Ok`).
+async fn attack(
+    mut conn: Conn,
+    name: &str,
+    i: usize,
+    round: u64,
+    tally: &Tally,
+    running: &AtomicBool,
+) -> anyhow::Result<()> {
+    let channel = |c: String| serde_json::json!({ "channel": c });
+    match name {
+        "presence-flood" => {
+            for c in 0..100 {
+                conn.emit_with_ack("join", &channel(format!("pf{i}-{c}"))).await?;
+            }
+        }
+        "typing-flood" | "non-reading" => {
+            conn.emit_with_ack("join", &channel(name.to_owned())).await?;
+        }
+        _ => {}
+    }
+    if name == "non-reading" {
+        // Hold the connection without ever reading it.
+        while running.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        conn.close().await;
+        return Ok(());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+    let stop = async {
+        while running.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let produce = async {
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            let packet = match name {
+                "presence-flood" => {
+                    let status = if n.is_multiple_of(2) { "away" } else { "busy" };
+                    format!("42{n}{}", serde_json::json!(["presence:update", { "status": status }]))
+                }
+                "typing-flood" => {
+                    format!(
+                        "42{}",
+                        serde_json::json!(["typing", { "channel": "typing-flood", "typing": n.is_multiple_of(2) }])
+                    )
+                }
+                _ => {
+                    // join jc…-1, leave jc…-1, join jc…-3, leave jc…-3, …: every name is new.
+                    let (event, c) = if n.is_multiple_of(2) { ("leave", n - 1) } else { ("join", n) };
+                    format!("42{n}{}", serde_json::json!([event, { "channel": format!("jc{i}-{round}-{c}") }]))
+                }
+            };
+            if tx.send(packet).await.is_err() {
+                return;
+            }
+            tally.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let mut ignore = Ignore;
+    tokio::select! {
+        result = conn.run(&mut ignore, Some(rx), stop) => result,
+        () = produce => Ok(()),
+    }
+}
+
+/// One WebSocket upgrade with a 400 KB `Authorization` header; records the status.
+async fn big_headers(addr: SocketAddr, tally: &Tally) -> anyhow::Result<()> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {}\r\n\r\n",
+        "x".repeat(400_000)
+    );
+    tally.sent.fetch_add(1, Ordering::Relaxed);
+    // The server may answer (and close) before it has read everything.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await.unwrap_or(Ok(0)).unwrap_or(0);
+    let status = std::str::from_utf8(&head[..n])
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    *tally.statuses.lock().expect("poisoned").entry(status).or_default() += 1;
+    Ok(())
+}
