@@ -44,6 +44,10 @@ const MAX_PENDING_OPERATIONS: u64 = 32;
 /// wait for, and they usually come within this.
 const WAIT_FOR_ACKS: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Longest a refused socket's reading is paused at once: well under any ping timeout (pongs
+/// are not read meanwhile), and short enough that a client back within budget is read promptly.
+const MAX_READ_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Installs the handlers on the default namespace. Other namespaces are refused by
 /// socketioxide with `connect_error` "Invalid namespace".
 ///
@@ -217,10 +221,15 @@ fn on_event(
     // Decided here, in packet order: the budget, then a place in the socket's queue.
     let admitted = conn_of(&socket).map(|conn| {
         if let Err(refused) = conn.take_token(&gw.limits, EventClass::of(&event)) {
+            // Inbound backpressure: until a token is back, whatever else the client sends waits
+            // in its own TCP buffers instead of costing this replica a parse and a refusal each
+            // (a flood would otherwise take CPU from every tenant). vendor/PATCHES.md.
+            socket.pause_reading(refused.retry_after.min(MAX_READ_PAUSE).min(gw.config.ping_timeout / 2));
             let error = ClientError::rate_limited("too many events of this kind; wait and retry", refused.retry_after);
             return Err((error, refused.disconnect));
         }
         if conn.turns.pending() >= MAX_PENDING_OPERATIONS {
+            socket.pause_reading(WAIT_FOR_ACKS.min(gw.config.ping_timeout / 2));
             let error = ClientError::rate_limited("too many operations in flight; wait for their acks", WAIT_FOR_ACKS);
             return Err((error, false));
         }

@@ -245,6 +245,9 @@ where
     max_buffer_bytes: Option<usize>,
     /// Set once the socket was found to be a slow consumer, so that it is closed only once.
     slow: AtomicBool,
+    /// Until when the websocket transport stops reading this socket's messages
+    /// ([`Socket::pause_reading`]).
+    read_paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
@@ -300,6 +303,7 @@ where
             queued_bytes: AtomicUsize::new(0),
             max_buffer_bytes: config.max_buffer_bytes,
             slow: AtomicBool::new(false),
+            read_paused_until: std::sync::Mutex::new(None),
 
             volatile_tx,
 
@@ -378,6 +382,31 @@ where
     /// that must not overflow the buffer (a replay of many messages) can pace itself by.
     pub fn buffered_packets(&self) -> usize {
         self.internal_tx.max_capacity() - self.internal_tx.capacity()
+    }
+
+    /// Stops reading this socket's incoming messages for `duration` (from now, or longer if a
+    /// pause is already running): inbound backpressure for a client that sends faster than
+    /// the application accepts. Its messages wait in the kernel's buffers and then in the
+    /// client's, instead of costing the server a parse and a refusal each. Applies to the
+    /// websocket transport (a polling client's next POST is bounded by `max_payload`); keep
+    /// pauses well under the ping timeout, as pongs are not read meanwhile either.
+    pub fn pause_reading(&self, duration: Duration) {
+        let until = tokio::time::Instant::now() + duration;
+        let mut paused = self
+            .read_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// The end of a pause set by [`Socket::pause_reading`], if one is running (and clears it).
+    pub(crate) fn take_read_pause(&self) -> Option<tokio::time::Instant> {
+        self.read_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// Called by the transports for each [`PacketBuf`] taken from `internal_rx.buffered_rx`.
@@ -727,6 +756,7 @@ where
             queued_bytes: AtomicUsize::new(0),
             max_buffer_bytes: None,
             slow: AtomicBool::new(false),
+            read_paused_until: std::sync::Mutex::new(None),
 
             volatile_tx,
 

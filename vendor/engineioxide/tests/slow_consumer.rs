@@ -267,3 +267,56 @@ async fn poll(svc: &mut EngineIoService<Handler>, sid: &str) -> String {
     )
     .await
 }
+
+/// `pause_reading`: nothing the client sends is handled before the pause ends.
+#[tokio::test]
+async fn ws_pause_reading_delays_the_next_message() {
+    use futures_util::SinkExt;
+
+    #[derive(Debug, Clone)]
+    struct Echo(mpsc::Sender<(Arc<Socket<()>>, tokio::time::Instant)>);
+    impl EngineIoHandler for Echo {
+        type Data = ();
+        fn on_connect(self: Arc<Self>, _socket: Arc<Socket<()>>) {}
+        fn on_disconnect(&self, _socket: Arc<Socket<()>>, _reason: DisconnectReason) {}
+        fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<Socket<()>>) {
+            // As an application refusing a message would: before the next one is read.
+            if msg == "first" {
+                socket.pause_reading(Duration::from_millis(300));
+            }
+            self.0
+                .try_send((socket, tokio::time::Instant::now()))
+                .unwrap();
+        }
+        fn on_binary(self: &Arc<Self>, _data: Bytes, _socket: Arc<Socket<()>>) {}
+    }
+    let (tx, mut rx) = mpsc::channel(8);
+    let config = EngineIoConfig::builder()
+        .ping_interval(Duration::from_secs(60))
+        .ping_timeout(Duration::from_secs(60))
+        .build();
+    let svc = EngineIoService::with_config(Arc::new(Echo(tx)), config);
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let parts = Request::builder()
+        .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
+        .header("Sec-WebSocket-Key", generate_key())
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    tokio::spawn(svc.ws_init(server_io, ProtocolVersion::V4, None, parts));
+    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    client.next().await.unwrap().unwrap(); // open packet
+
+    client.send(Message::text("4first")).await.unwrap();
+    let (_, paused) = rx.recv().await.unwrap();
+    let sent = tokio::time::Instant::now();
+    client.send(Message::text("4second")).await.unwrap();
+    let (_, handled) = rx.recv().await.unwrap();
+    assert!(
+        handled - paused >= Duration::from_millis(300),
+        "handled {:?} after the pause began",
+        handled - paused
+    );
+    assert!(handled > sent);
+}

@@ -689,6 +689,13 @@ impl<A: Adapter> Socket<A> {
         self.esocket.buffered_packets()
     }
 
+    /// Stops reading this socket's incoming packets for `duration`: inbound backpressure for a
+    /// client that sends faster than it is allowed to (see engineioxide's
+    /// `Socket::pause_reading`; websocket transport only).
+    pub fn pause_reading(&self, duration: std::time::Duration) {
+        self.esocket.pause_reading(duration)
+    }
+
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]

@@ -204,7 +204,15 @@ async fn forward_to_handler<H: EngineIoHandler, S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = rx.try_next().await? {
+    loop {
+        // Inbound backpressure (`Socket::pause_reading`): not reading leaves the client's
+        // messages in the kernel's buffers, then in its own.
+        if let Some(until) = socket.take_read_pause() {
+            tokio::time::sleep_until(until).await;
+        }
+        let Some(msg) = rx.try_next().await? else {
+            break;
+        };
         match msg {
             Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
                 Packet::Close => {
