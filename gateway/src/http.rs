@@ -18,6 +18,62 @@ use crate::{errors::ErrorCode, state::Shared};
 /// Path Socket.IO is served on.
 pub const SOCKET_IO_PATH: &str = "/socket.io";
 
+/// What hyper may buffer of a request head beyond `ROOMCAST_MAX_HEADER_BYTES` (which the guard
+/// answers with a coded 431): the request line and framing. Past it hyper answers a bare 431
+/// itself, without reading on: by default it buffers up to ~400 KB per request, so huge
+/// headers cost CPU and memory before any check could run (BENCHMARKS.md, noisy neighbour).
+const HEAD_SLACK: usize = 16 * 1024;
+
+/// Serves `router` on `listener` (HTTP/1.1, WebSocket upgrades included) until `stop` turns
+/// true, then stops accepting and waits for its connections to finish (upgraded ones are
+/// handed off and do not count). What `axum::serve` does, plus a cap on hyper's read buffer of
+/// `max_head` + [`HEAD_SLACK`], and TCP_NODELAY: Nagle's algorithm would hold a small packet
+/// written right after another (an ack, then an event) until the client's delayed ACK, 40 ms
+/// tails on Linux.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_head: usize,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.max_buf_size((max_head + HEAD_SLACK).max(8192)).timer(hyper_util::rt::TokioTimer::new());
+    // Each connection's task holds a receiver: all are gone once every connection finished.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of descriptors, typically: wait instead of spinning on the error.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => break,
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+        let mut shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    drop(shutdown_rx);
+    shutdown_tx.closed().await;
+}
+
 /// Which browser origins may connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginPolicy {

@@ -379,20 +379,9 @@ impl Gateway {
             }
         });
         let (stop_tx, stop_rx) = watch::channel(false);
-        let serve = |(listener, router): (TcpListener, Router), mut stop: watch::Receiver<bool>| {
-            tokio::spawn(async move {
-                let stopped = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                // Nagle's algorithm would hold a small packet written right after another
-                // (an ack, then an event) until the client's delayed ACK: 40 ms tails on Linux.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "TCP_NODELAY not set");
-                    }
-                });
-                axum::serve(listener, router).with_graceful_shutdown(stopped).await
-            })
+        let max_head = state.config.max_header_bytes;
+        let serve = move |(listener, router): (TcpListener, Router), stop: watch::Receiver<bool>| {
+            tokio::spawn(http::serve(listener, router, max_head, stop))
         };
         let public_server = serve(public, stop_rx.clone());
         let admin_server = serve(admin, stop_rx);
