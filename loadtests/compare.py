@@ -227,7 +227,7 @@ def main() -> int:
             "typing": (2, ["--rooms", "100", "--room-size", "20", "--typists", "4", "--interval", "500ms", "--duration", "20s"]),
             "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
             "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),
-            "noisy-neighbour": (2, ["--members", "50", "--rate", "200", "--phase", "10s", "--attackers", "8"]),
+            "noisy-neighbour": (2, ["--members", "50", "--rate", "200", "--phase", "10s", "--attackers", "8", "--probe-every", "20ms"]),
         }
     scenarios = args.only or list(plan)
     stacks = args.stacks.split(",")
