@@ -26,10 +26,11 @@ const HEAD_SLACK: usize = 16 * 1024;
 
 /// Serves `router` on `listener` (HTTP/1.1, WebSocket upgrades included) until `stop` turns
 /// true, then stops accepting and waits for its connections to finish (upgraded ones are
-/// handed off and do not count). What `axum::serve` does, plus a cap on hyper's read buffer of
-/// `max_head` + [`HEAD_SLACK`], and TCP_NODELAY: Nagle's algorithm would hold a small packet
-/// written right after another (an ack, then an event) until the client's delayed ACK, 40 ms
-/// tails on Linux.
+/// handed off and do not count). What `axum::serve` does (no header-read timeout, so idle
+/// keep-alive connections are left to the load balancer, as before), plus a cap on hyper's read
+/// buffer of `max_head` + [`HEAD_SLACK`], and TCP_NODELAY: Nagle's algorithm would hold a small
+/// packet written right after another (an ack, then an event) until the client's delayed ACK,
+/// 40 ms tails on Linux.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
@@ -37,17 +38,23 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.max_buf_size((max_head + HEAD_SLACK).max(8192)).timer(hyper_util::rt::TokioTimer::new());
+    // hyper's 30 s header-read timeout also closes idle keep-alive connections after 30 s, below
+    // common load balancer idle timeouts (60 s): 502s. axum::serve ran without it.
+    builder.max_buf_size((max_head + HEAD_SLACK).max(8192)).header_read_timeout(None);
     // Each connection's task holds a receiver: all are gone once every connection finished.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _)) => tcp,
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionRefused
+                ) => continue, // that connection's problem, not the listener's
                 Err(e) => {
                     // Out of descriptors, typically: wait instead of spinning on the error.
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     continue;
                 }
             },

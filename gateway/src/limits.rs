@@ -89,7 +89,7 @@ pub struct Policy {
 }
 
 /// Refusals this far apart belong to one streak of exceeding.
-const STREAK_GAP: Duration = Duration::from_secs(1);
+pub(crate) const STREAK_GAP: Duration = Duration::from_secs(1);
 
 /// Refills a bucket holding `tokens` (last refilled at `refilled`) at `rate` up to `now` and takes
 /// a token, or says how long until one is there.

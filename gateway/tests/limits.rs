@@ -96,3 +96,28 @@ async fn new_connections_over_the_replica_connect_rate_are_refused_with_a_code()
     let scrape = gw.metrics().await;
     assert!(sample(&scrape, "roomcast_connections_rejected_total", "reason=\"rate_limited\"") >= 1.0);
 }
+
+/// The read pause (a refused socket is not read until its next token) must not hide a flood
+/// from the disconnect: with a budget slower than one event a second, the pause is capped so
+/// that refusals stay close enough together to count as one sustained flood.
+#[tokio::test]
+async fn a_flood_over_a_slow_budget_is_still_disconnected_despite_the_read_pause() {
+    let gw = TestGateway::start_with(|c| {
+        c.rate_other = "0.5/s:1".parse().unwrap();
+        c.rate_limit_disconnect = Duration::from_secs(2);
+    })
+    .await;
+    let flood = gw.connect_user("t1", "flood").await;
+    let disconnected = async {
+        loop {
+            flood.emit("no:such:event", json!({}));
+            if flood.got_server_disconnect() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, disconnected).await.expect("the flood is disconnected");
+    let reason = flood.next("roomcast:disconnect").await;
+    assert_eq!(reason[0]["code"], "rate_limited");
+}

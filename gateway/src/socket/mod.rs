@@ -44,9 +44,12 @@ const MAX_PENDING_OPERATIONS: u64 = 32;
 /// wait for, and they usually come within this.
 const WAIT_FOR_ACKS: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Longest a refused socket's reading is paused at once: well under any ping timeout (pongs
+/// Longest a refused socket's reading is paused at once: half the refusal streak gap, so that a
+/// client that keeps flooding is still refused often enough to be disconnected after
+/// `ROOMCAST_RATE_LIMIT_DISCONNECT` (whatever its budget), well under any ping timeout (pongs
 /// are not read meanwhile), and short enough that a client back within budget is read promptly.
-const MAX_READ_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_READ_PAUSE: std::time::Duration =
+    std::time::Duration::from_millis(crate::limits::STREAK_GAP.as_millis() as u64 / 2);
 
 /// Installs the handlers on the default namespace. Other namespaces are refused by
 /// socketioxide with `connect_error` "Invalid namespace".
