@@ -22,7 +22,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -32,7 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{
     fanout::{Counters, open_members, publish_at, settle},
     sio::{Conn, Handler, Ignore},
-    stack::{Latencies, LatencySummary, Target, now_us},
+    stack::{Latencies, LatencySummary, ProcSample, Target, now_us},
 };
 
 /// Options of the `noisy-neighbour` scenario.
@@ -84,6 +84,10 @@ pub struct Phase {
     /// RSS of all replicas together when the phase began, and the largest during it.
     pub rss_start_bytes: u64,
     pub rss_max_bytes: u64,
+    /// CPU the replicas and this generator (B's clients and A's attackers) used per second of
+    /// the measured part of the phase: on a shared machine, an abuse's own cost shows here.
+    pub replicas_cpu_percent: f64,
+    pub generator_cpu_percent: f64,
     /// What the abuse met.
     pub abuse: AbuseCounts,
 }
@@ -251,10 +255,14 @@ pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
         presence.take();
         rss_max.store(target.processes().rss_bytes, Ordering::Relaxed);
         let received0 = counters.received.load(Ordering::Relaxed);
+        let (cpu0, gen0, t0) = (target.processes().cpu_seconds, ProcSample::this_process().cpu_seconds, Instant::now());
         let published =
             publish_at(&publisher, &target.tenant, 1, &mut seq, &mut next_room, options.rate, options.phase)
                 .await
                 .context("publishing to B")?;
+        let measured = t0.elapsed().as_secs_f64();
+        let replicas_cpu_percent = (target.processes().cpu_seconds - cpu0) / measured * 100.0;
+        let generator_cpu_percent = (ProcSample::this_process().cpu_seconds - gen0) / measured * 100.0;
         let expected = received0 + published * options.members as u64;
         settle(&counters, expected, Duration::from_secs(2)).await;
         let lost = expected.saturating_sub(counters.received.load(Ordering::Relaxed));
@@ -274,6 +282,8 @@ pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
             delivery_lost: lost,
             rss_start_bytes: rss_start,
             rss_max_bytes: rss_max.load(Ordering::Relaxed),
+            replicas_cpu_percent,
+            generator_cpu_percent,
             abuse: tally.counts(),
         });
         // Let the replicas drop what the abuse left (grace periods, closed sockets).
