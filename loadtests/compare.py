@@ -78,6 +78,16 @@ def raise_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+# `--server-cpus` / `--generator-cpus`: CPU lists (taskset -c) for Redis and the replicas, and for
+# the load generator, so that a scenario's own clients do not take the servers' CPU.
+SERVER_CPUS: str | None = None
+GENERATOR_CPUS: str | None = None
+
+
+def pinned(cmd: list, cpus: str | None) -> list:
+    return ["taskset", "-c", cpus, *map(str, cmd)] if cpus else cmd
+
+
 class Stack:
     """A private Redis and `replicas` server processes of one stack."""
 
@@ -85,7 +95,7 @@ class Stack:
         self.kind, self.procs, self.ports, self.admin_ports = kind, [], [], []
         self.redis_port = free_port()
         self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            pinned(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], SERVER_CPUS),
             stdout=subprocess.DEVNULL,
         )
         wait_for(lambda: port_open(self.redis_port), "redis-server")
@@ -106,7 +116,7 @@ class Stack:
                     # (rightly) swallow most toggles.
                     "ROOMCAST_TYPING_THROTTLE": "100ms",
                 }
-                proc = subprocess.Popen([ROOT / "target" / profile / "roomcast-gateway"], env=env, stdout=log, stderr=log)
+                proc = subprocess.Popen(pinned([ROOT / "target" / profile / "roomcast-gateway"], SERVER_CPUS), env=env, stdout=log, stderr=log)
                 ready = lambda a=admin: http_ok(f"http://127.0.0.1:{a}/readyz")
             else:
                 env = os.environ | {
@@ -115,7 +125,7 @@ class Stack:
                     "JWT_SECRET": SECRET,
                     "NODE_ENV": "production",
                 }
-                proc = subprocess.Popen(["node", "server.js"], cwd=PEER, env=env, stdout=log, stderr=log)
+                proc = subprocess.Popen(pinned(["node", "server.js"], SERVER_CPUS), cwd=PEER, env=env, stdout=log, stderr=log)
                 ready = lambda p=port: port_open(p)
             self.procs.append(proc)
             self.ports.append(port)
@@ -148,7 +158,7 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
         if scenario in NEEDS_ADMIN:
             cmd += ["--admin", ",".join(f"127.0.0.1:{p}" for p in stack.admin_ports)]
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
+        out = subprocess.run(pinned(cmd, GENERATOR_CPUS), stdout=subprocess.PIPE, check=True, text=True).stdout
         return json.loads(out)
     finally:
         stack.stop()
@@ -186,7 +196,11 @@ def main() -> int:
     ap.add_argument("--fanout-rates", default="200,500,1000,2000,3000,4000,6000,8000,12000,16000")
     ap.add_argument("--step", default="8s")
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "bench" / "results.json")
+    ap.add_argument("--server-cpus", help="taskset CPU list for Redis and the replicas, e.g. 0")
+    ap.add_argument("--generator-cpus", help="taskset CPU list for the load generator, e.g. 1")
     args = ap.parse_args()
+    global SERVER_CPUS, GENERATOR_CPUS
+    SERVER_CPUS, GENERATOR_CPUS = args.server_cpus, args.generator_cpus
 
     profile = "debug" if args.smoke else "release"
     build = ["cargo", "build", "--locked", "-p", "roomcast-gateway", "-p", "roomcast-loadtest"]
