@@ -47,16 +47,7 @@ async fn a_socket_that_keeps_flooding_is_disconnected_and_the_others_carry_on() 
     // Unknown events cost a dispatch and an error ack: they have a budget too.
     let first = flood.request("no:such:event", json!({})).await;
     assert_eq!(code(&first), "unknown_event");
-    let disconnected = async {
-        loop {
-            flood.emit("no:such:event", json!({}));
-            if flood.got_server_disconnect() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(WAIT, disconnected).await.expect("the flood is disconnected");
+    flood_until_disconnected(&flood).await;
     let reason = flood.next("roomcast:disconnect").await;
     assert_eq!(reason[0]["code"], "rate_limited");
     assert_eq!(reason[0]["reconnect"], false);
@@ -108,6 +99,13 @@ async fn a_flood_over_a_slow_budget_is_still_disconnected_despite_the_read_pause
     })
     .await;
     let flood = gw.connect_user("t1", "flood").await;
+    flood_until_disconnected(&flood).await;
+    let reason = flood.next("roomcast:disconnect").await;
+    assert_eq!(reason[0]["code"], "rate_limited");
+}
+
+/// Sends unknown events every 20 ms until the server disconnects the client (or `WAIT` passes).
+async fn flood_until_disconnected(flood: &Client) {
     let disconnected = async {
         loop {
             flood.emit("no:such:event", json!({}));
@@ -118,6 +116,4 @@ async fn a_flood_over_a_slow_budget_is_still_disconnected_despite_the_read_pause
         }
     };
     tokio::time::timeout(WAIT, disconnected).await.expect("the flood is disconnected");
-    let reason = flood.next("roomcast:disconnect").await;
-    assert_eq!(reason[0]["code"], "rate_limited");
 }

@@ -227,12 +227,12 @@ fn on_event(
             // Inbound backpressure: until a token is back, whatever else the client sends waits
             // in its own TCP buffers instead of costing this replica a parse and a refusal each
             // (a flood would otherwise take CPU from every tenant). vendor/PATCHES.md.
-            socket.pause_reading(refused.retry_after.min(MAX_READ_PAUSE).min(gw.config.ping_timeout / 2));
+            pause_reading(&socket, &gw, refused.retry_after.min(MAX_READ_PAUSE));
             let error = ClientError::rate_limited("too many events of this kind; wait and retry", refused.retry_after);
             return Err((error, refused.disconnect));
         }
         if conn.turns.pending() >= MAX_PENDING_OPERATIONS {
-            socket.pause_reading(WAIT_FOR_ACKS.min(gw.config.ping_timeout / 2));
+            pause_reading(&socket, &gw, WAIT_FOR_ACKS);
             let error = ClientError::rate_limited("too many operations in flight; wait for their acks", WAIT_FOR_ACKS);
             return Err((error, false));
         }
@@ -300,6 +300,12 @@ pub(super) async fn debug_pause(gw: &Shared) {
     if let Some(delay) = gw.config.debug_operation_delay {
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Stops reading `socket` for `pause`, at most half the ping timeout: pongs are not read
+/// meanwhile either.
+fn pause_reading(socket: &SocketRef, gw: &Shared, pause: std::time::Duration) {
+    socket.pause_reading(pause.min(gw.config.ping_timeout / 2));
 }
 
 /// The metrics label for an event name: known names, else `other` (labels stay bounded).

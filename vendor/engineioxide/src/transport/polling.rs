@@ -116,27 +116,26 @@ where
     tracing::debug!(%sid, %protocol, supports_binary = socket.supports_binary, "polling request");
 
     let max_payload = engine.config.max_payload;
-    let payload =
-        {
-            let InternalRx {
-                buffered_rx,
-                volatile_rx,
-                peeked_packet,
-            } = &mut *rx;
+    // Each packet taken from the buffer leaves the socket's buffered-bytes count.
+    let dequeued = |packets: &_| socket.dequeued(packets);
+    let payload = {
+        let InternalRx {
+            buffered_rx,
+            volatile_rx,
+            peeked_packet,
+        } = &mut *rx;
 
-            // Prepend the packet peeked during the previous
-            // polling request so it is encoded first, ahead of the newly received packets.
-            let dequeued = |packets: &_| socket.dequeued(packets);
-            let rx_stream = stream::iter(peeked_packet.take()).chain(
-                rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &dequeued),
-            );
+        // Prepend the packet peeked during the previous
+        // polling request so it is encoded first, ahead of the newly received packets.
+        let buffered = rx_stream::EncoderStream::new(buffered_rx, volatile_rx, &dequeued);
+        let rx_stream = stream::iter(peeked_packet.take()).chain(buffered);
 
-            // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
-            // towards the encoder completion, so any buffered close packet is still flushed to the client.
-            payload::encoder(rx_stream, protocol, socket.supports_binary, max_payload)
-                .with_cancellation_token(&socket.cancellation_token)
-                .await
-        };
+        // Stop waiting for the next packet as soon as the session is closed. The combinator is biased
+        // towards the encoder completion, so any buffered close packet is still flushed to the client.
+        payload::encoder(rx_stream, protocol, socket.supports_binary, max_payload)
+            .with_cancellation_token(&socket.cancellation_token)
+            .await
+    };
 
     let Some(Payload {
         data,

@@ -259,8 +259,8 @@ where
 /// Forwards all packets waiting to be sent to the websocket
 ///
 /// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
+async fn write_buffered<H: EngineIoHandler, S>(
+    socket: &Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -315,63 +315,70 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         }
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
-    let write = async {
-        loop {
-            tokio::select! {
-                biased;
-                items = buffered_rx.recv() => {
-                    match items {
-                        Some(packets) => {
+    loop {
+        tokio::select! {
+            biased;
+            items = buffered_rx.recv() => {
+                match items {
+                    Some(packets) => {
+                        socket.dequeued(&packets);
+                        for item in packets {
+                            map_fn!(item);
+                        }
+                        while let Ok(packets) = buffered_rx.try_recv() {
                             socket.dequeued(&packets);
                             for item in packets {
                                 map_fn!(item);
                             }
-                            while let Ok(packets) = buffered_rx.try_recv() {
-                                socket.dequeued(&packets);
-                                for item in packets {
-                                    map_fn!(item);
-                                }
-                            }
                         }
-                        None => break
+                    }
+                    None => break
+                }
+            }
+            _ = socket.cancellation_token.cancelled() => break,
+            Ok(()) = volatile_rx.changed() => {
+                let val = volatile_rx.borrow_and_update().clone();
+                if let Some(packets) = val {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                    for item in packets {
+                        map_fn!(item);
                     }
                 }
-                _ = socket.cancellation_token.cancelled() => break,
-                Ok(()) = volatile_rx.changed() => {
-                    let val = volatile_rx.borrow_and_update().clone();
-                    if let Some(packets) = val {
-                        #[cfg(feature = "tracing")]
-                        tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                        for item in packets {
-                            map_fn!(item);
-                        }
-                    }
-                },
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = %socket.id, "ws flush");
-            tx.flush().await.ok();
+            },
         }
 
         #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws closing flush");
-
+        tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
-        tx.close().await.ok();
-    };
+    }
 
-    // `feed` and `flush` wait for as long as the peer does not read, which a peer that stopped
-    // reading makes forever: the task would keep the connection, its buffers and the
-    // `internal_rx` lock (so `on_disconnect` would never run). Once the session is closed, the
-    // writer gets `CLOSE_GRACE` to flush what is queued (a healthy peer still gets its close
-    // packet); then it is dropped, and with it the transport.
+    #[cfg(feature = "tracing")]
+    tracing::trace!(sid = %socket.id, "ws closing flush");
+
+    tx.flush().await.ok();
+    tx.close().await.ok();
+}
+
+/// Runs [`write_buffered`] until it ends, or until the session was closed `CLOSE_GRACE` ago.
+///
+/// `feed` and `flush` wait for as long as the peer does not read, which a peer that stopped
+/// reading makes forever: the task would keep the connection, its buffers and the
+/// `internal_rx` lock (so `on_disconnect` would never run). Once the session is closed, the
+/// writer gets `CLOSE_GRACE` to flush what is queued (a healthy peer still gets its close
+/// packet); then it is dropped, and with it the transport.
+async fn forward_to_socket<H: EngineIoHandler, S>(
+    socket: Arc<Socket<H::Data>>,
+    tx: SplitSink<WebSocketStream<S>, Message>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let give_up = async {
         socket.cancellation_token.cancelled().await;
         tokio::time::sleep(CLOSE_GRACE).await;
     };
     tokio::select! {
-        _ = write => {}
+        _ = write_buffered::<H, S>(&socket, tx) => {}
         _ = give_up => {
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "ws writer still blocked after the session closed, dropping the transport");
@@ -381,6 +388,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
 
 /// How long a closed session's websocket writer may still flush before the transport is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
