@@ -46,7 +46,7 @@ test("an SDK publish reaches members on both replicas", async () => {
 
 test("an HTTP publish to one replica reaches members on both", async () => {
   const received = clients.map((c) => next(c, "comment.added"));
-  const res = await fetch(`${gateways[0].url}/v1/publish`, {
+  const res = await fetch(`${gateways[0].apiUrl}/v1/publish`, {
     method: "POST",
     headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
     body: JSON.stringify({ tenant: "t1", project: "p1", event: "comment.added", data: { text: "hi" } }),

@@ -45,6 +45,7 @@ export async function startGateway(env = {}) {
       ROOMCAST_API_KEY: API_KEY,
       ROOMCAST_LISTEN: "127.0.0.1:0",
       ROOMCAST_ADMIN_LISTEN: "127.0.0.1:0",
+      ROOMCAST_API_LISTEN: "127.0.0.1:0",
       ROOMCAST_LOG_FORMAT: "json",
       ROOMCAST_DRAIN_DELAY: "100ms",
       ROOMCAST_SHUTDOWN_TIMEOUT: "3s",
@@ -74,12 +75,18 @@ export async function startGateway(env = {}) {
   });
   const entry = await withTimeout(listening, WAIT_MS, "gateway to listen");
   if (env.ROOMCAST_REDIS_URL) {
-    // Ready means connected to Redis and subscribed: what a load balancer waits for too.
+    // Readiness does not follow Redis (a replica runs degraded without it); /readyz says how
+    // Redis is: wait until it is connected and subscribed.
     const readyz = `http://${entry.admin}/readyz`;
-    await eventually(async () => (await fetch(readyz).catch(() => null))?.status === 200, "gateway to be ready");
+    const redisOk = async () => {
+      const res = await fetch(readyz).catch(() => null);
+      return res?.status === 200 && (await res.json()).redis === "ok";
+    };
+    await eventually(redisOk, "gateway to be connected to Redis");
   }
   const gateway = {
     url: `http://${entry.public}`,
+    apiUrl: `http://${entry.api}`,
     adminUrl: `http://${entry.admin}`,
     logs,
     child,

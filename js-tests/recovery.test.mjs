@@ -86,7 +86,7 @@ test("a client moved between replicas receives every event exactly once", async 
     const total = 300;
     const publishing = (async () => {
       for (let n = 0; n < total; n++) {
-        const res = await fetch(`${gateways[n % 2].url}/v1/publish`, {
+        const res = await fetch(`${gateways[n % 2].apiUrl}/v1/publish`, {
           method: "POST",
           headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
           body: JSON.stringify({ tenant: "t1", project: "p1", event: "tick", data: { n } }),

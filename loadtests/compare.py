@@ -58,11 +58,13 @@ def port_open(port: int) -> bool:
         return False
 
 
-def http_ok(url: str) -> bool:
+def redis_ok(readyz: str) -> bool:
+    """Ready and connected to Redis with every room subscribed: /readyz answers 200 either way
+    (readiness does not follow Redis), its body says how Redis is."""
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except OSError:
+        with urllib.request.urlopen(readyz, timeout=1) as r:
+            return r.status == 200 and json.loads(r.read()).get("redis") == "ok"
+    except (OSError, ValueError):
         return False
 
 
@@ -111,13 +113,14 @@ class Stack:
                     "ROOMCAST_REDIS_URL": self.redis_url,
                     "ROOMCAST_LISTEN": f"127.0.0.1:{port}",
                     "ROOMCAST_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+                    "ROOMCAST_API_LISTEN": "127.0.0.1:0",
                     "ROOMCAST_LOG": "warn",
                     # The typing storm toggles every 500 ms; the default 2 s throttle would
                     # (rightly) swallow most toggles.
                     "ROOMCAST_TYPING_THROTTLE": "100ms",
                 }
                 proc = subprocess.Popen(pinned([ROOT / "target" / profile / "roomcast-gateway"], SERVER_CPUS), env=env, stdout=log, stderr=log)
-                ready = lambda a=admin: http_ok(f"http://127.0.0.1:{a}/readyz")
+                ready = lambda a=admin: redis_ok(f"http://127.0.0.1:{a}/readyz")
             else:
                 env = os.environ | {
                     "PORT": str(port),

@@ -24,6 +24,12 @@ pub mod env {
     pub const LISTEN: &str = "ROOMCAST_LISTEN";
     /// `ROOMCAST_ADMIN_LISTEN`.
     pub const ADMIN_LISTEN: &str = "ROOMCAST_ADMIN_LISTEN";
+    /// `ROOMCAST_API_LISTEN`.
+    pub const API_LISTEN: &str = "ROOMCAST_API_LISTEN";
+    /// `ROOMCAST_PUBLIC_API`.
+    pub const PUBLIC_API: &str = "ROOMCAST_PUBLIC_API";
+    /// `ROOMCAST_READY_REQUIRES_REDIS`.
+    pub const READY_REQUIRES_REDIS: &str = "ROOMCAST_READY_REQUIRES_REDIS";
     /// `ROOMCAST_REDIS_URL`.
     pub const REDIS_URL: &str = "ROOMCAST_REDIS_URL";
     /// `ROOMCAST_REDIS_PREFIX`.
@@ -151,9 +157,19 @@ pub const DEFAULT_HISTORY_MAX_BYTES: usize = 256 * 1024 * 1024;
     after_help = "Every option can also be set through the environment variable shown beside it."
 )]
 pub struct Config {
-    /// Address for Socket.IO (path /socket.io) and the public HTTP API.
+    /// Address for Socket.IO (path /socket.io), the one port clients reach.
     #[arg(long, env = env::LISTEN, default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
+
+    /// Address for the backend HTTP API (/v1/..., /openapi.json): keep it internal (a
+    /// ClusterIP Service, never the Ingress), like Centrifugo's internal port.
+    #[arg(long, env = env::API_LISTEN, default_value = "0.0.0.0:3001")]
+    pub api_listen: SocketAddr,
+
+    /// Also serve the backend HTTP API on the public listener (as before 0.3), for setups
+    /// that cannot reach a second port; the API key still guards it.
+    #[arg(long, env = env::PUBLIC_API)]
+    pub public_api: bool,
 
     /// Address for the operator endpoints: /healthz, /readyz and /metrics.
     #[arg(long, env = env::ADMIN_LISTEN, default_value = "0.0.0.0:9090")]
@@ -163,6 +179,12 @@ pub struct Config {
     /// (Redis Cluster, sharded pub/sub) or redis-sentinel://. Unset: single node, in-memory bus.
     #[arg(long, env = env::REDIS_URL, hide_env_values = true)]
     pub redis_url: Option<Secret>,
+
+    /// Make /readyz fail while Redis is unreachable. Off by default: Redis is shared by every
+    /// replica, so one blip would take them all out of service at once; a replica without
+    /// Redis runs degraded (connects and local delivery work, publishes answer 503/504).
+    #[arg(long, env = env::READY_REQUIRES_REDIS)]
+    pub ready_requires_redis: bool,
 
     /// Prefix of every Redis channel and key Roomcast uses; publishers must use the same.
     #[arg(long, env = env::REDIS_PREFIX, default_value = wire::DEFAULT_PREFIX)]
@@ -522,6 +544,7 @@ impl Config {
         let mut config = Config::parse_from(["roomcast-gateway"]);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.jwt_secret = Some(Secret(jwt_secret.to_owned()));
         config
     }

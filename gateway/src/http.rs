@@ -1,5 +1,5 @@
-//! HTTP: the operator endpoints on the admin listener, and the guard in front of Socket.IO on
-//! the public one.
+//! HTTP: the operator endpoints on the admin listener, the backend API's routes on the API
+//! listener, and the guards in front of Socket.IO on the public one and of the API.
 
 use axum::{
     Json, Router,
@@ -101,18 +101,78 @@ pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+                async move {
+                    crate::metrics::collect_runtime_and_process();
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+                }
             }),
         )
+        .layer(middleware::from_fn(|req: Request, next: Next| timed("admin", req, next)))
+}
+
+/// The paths the API and admin listeners serve: the `route` label of
+/// `roomcast_http_request_duration_seconds` (anything else is `other`, so the label stays bounded).
+const ROUTES: [&str; 5] = ["/v1/publish", "/openapi.json", "/healthz", "/readyz", "/metrics"];
+
+/// Records how long `listener` took to answer.
+async fn timed(listener: &'static str, req: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let route = ROUTES.iter().copied().find(|r| *r == req.uri().path()).unwrap_or("other");
+    let response = next.run(req).await;
+    crate::metrics::http_request(listener, route, response.status().as_u16(), start);
+    response
 }
 
 async fn readyz(State(gw): State<Shared>) -> Response {
-    match gw.readiness() {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(reason) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "reason": reason }))).into_response()
-        }
+    let ready = gw.readiness();
+    crate::metrics::ready(ready.is_ok());
+    let (status, mut body) = match ready {
+        Ok(()) => (StatusCode::OK, json!({ "status": "ready" })),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "not_ready", "reason": reason })),
+    };
+    if let Some(redis) = gw.redis_status() {
+        body["redis"] = json!(redis);
     }
+    (status, Json(body)).into_response()
+}
+
+/// The OpenAPI document of the backend API, served at `/openapi.json`; a test checks it
+/// against the routes below.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// `GET /openapi.json`, merged into the backend API's router.
+pub fn openapi_route() -> Router {
+    Router::new().route(
+        "/openapi.json",
+        get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }).fallback(only_get),
+    )
+}
+
+/// Any other method on a GET-only path: 405 with the JSON error every client-visible error has.
+async fn only_get() -> Response {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "use GET");
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+    response
+}
+
+/// Wraps the API router in the header limit, answered with the coded 431 as on the public
+/// listener. No drain guard: a draining replica still publishes (to Redis) until it stops.
+pub fn guard_api(router: Router, gw: Shared) -> Router {
+    router
+        .layer(middleware::from_fn_with_state(gw, guard_api_request))
+        .layer(middleware::from_fn(|req: Request, next: Next| timed("api", req, next)))
+}
+
+async fn guard_api_request(State(gw): State<Shared>, req: Request, next: Next) -> Response {
+    let head = head_bytes(&req);
+    if head > gw.config.max_header_bytes {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            &format!("request line and headers are {head} bytes; the limit is {}", gw.config.max_header_bytes),
+        );
+    }
+    next.run(req).await
 }
 
 /// Wraps the public router (Socket.IO included) in the origin guard, the drain guard and CORS.

@@ -185,6 +185,7 @@ pub struct Gateway {
     state: Shared,
     io: SocketIo,
     public: (TcpListener, Router),
+    api: (TcpListener, Router),
     admin: (TcpListener, Router),
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// In `--dev` mode without a configured key: the generated publish API key.
@@ -329,20 +330,42 @@ impl Gateway {
         // Engine.IO instance with its own session table, and `Router::layer` would apply it to
         // each endpoint, so a polling GET and the POST that follows would land in different
         // engines ("Session ID unknown").
-        let socket_io = tower::Layer::layer(&layer, publish::router(state.clone()).fallback(http::not_found));
+        // The backend API is served on the public listener too only when configured to be.
+        let behind_socket_io =
+            if config.public_api { api_router(state.clone()) } else { Router::new().fallback(http::not_found) };
+        let socket_io = tower::Layer::layer(&layer, behind_socket_io);
         let public_router = http::guard_public(Router::new().fallback_service(socket_io), state.clone(), origins);
+        let api_routes = http::guard_api(api_router(state.clone()), state.clone());
         let admin_router = http::admin_router(state.clone(), metrics.clone()).fallback(http::not_found);
         let public = bind(config.listen, env::LISTEN).await?;
+        let api = bind(config.api_listen, env::API_LISTEN).await?;
         let admin = bind(config.admin_listen, env::ADMIN_LISTEN).await?;
-        let gateway =
-            Gateway { state, io, public: (public, public_router), admin: (admin, admin_router), metrics, dev_api_key };
-        tracing::info!(public = %gateway.public_addr(), admin = %gateway.admin_addr(), "listening");
+        let gateway = Gateway {
+            state,
+            io,
+            public: (public, public_router),
+            api: (api, api_routes),
+            admin: (admin, admin_router),
+            metrics,
+            dev_api_key,
+        };
+        tracing::info!(
+            public = %gateway.public_addr(),
+            api = %gateway.api_addr(),
+            admin = %gateway.admin_addr(),
+            "listening"
+        );
         Ok(gateway)
     }
 
-    /// The bound public address (Socket.IO and the public API).
+    /// The bound public address (Socket.IO; the backend API too with `ROOMCAST_PUBLIC_API`).
     pub fn public_addr(&self) -> SocketAddr {
         self.public.0.local_addr().unwrap_or(self.state.config.listen)
+    }
+
+    /// The bound API address (`/v1/...`, `/openapi.json`).
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.0.local_addr().unwrap_or(self.state.config.api_listen)
     }
 
     /// The bound admin address (`/healthz`, `/readyz`, `/metrics`).
@@ -363,19 +386,24 @@ impl Gateway {
     /// Serves until `shutdown` resolves, then drains (see [`shutdown::drain`]) and returns
     /// within the configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
-        let Gateway { state, io, public, admin, metrics, .. } = self;
+        let Gateway { state, io, public, api, admin, metrics, .. } = self;
         let expiry = tokio::spawn(expiry::run(state.clone()));
         let presence = tokio::spawn(state.presence.clone().run());
         let typing = tokio::spawn({
             let delivery = state.delivery.clone();
             async move { delivery.expire_typing().await }
         });
-        let upkeep = tokio::spawn(async move {
-            // Histograms are only compacted on upkeep; without it they grow.
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                metrics.run_upkeep();
+        let upkeep = tokio::spawn({
+            let state = state.clone();
+            async move {
+                // Histograms are only compacted on upkeep; without it they grow.
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    metrics.run_upkeep();
+                    // Also set by each /readyz; here for setups nothing probes.
+                    crate::metrics::ready(state.readiness().is_ok());
+                }
             }
         });
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -384,6 +412,7 @@ impl Gateway {
             tokio::spawn(http::serve(listener, router, max_head, stop))
         };
         let public_server = serve(public, stop_rx.clone());
+        let api_server = serve(api, stop_rx.clone());
         let admin_server = serve(admin, stop_rx);
 
         shutdown.await;
@@ -394,6 +423,7 @@ impl Gateway {
         let _ = stop_tx.send(true);
         let servers = async {
             let _ = public_server.await;
+            let _ = api_server.await;
             let _ = admin_server.await;
         };
         if tokio::time::timeout(shutdown::remaining(deadline), servers).await.is_err() {
@@ -406,6 +436,12 @@ impl Gateway {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The backend API: `/v1/...` and `/openapi.json`, on the API listener (and on the public one
+/// with `ROOMCAST_PUBLIC_API`).
+fn api_router(state: Shared) -> Router {
+    publish::router(state).merge(http::openapi_route()).fallback(http::not_found)
 }
 
 async fn bind(addr: SocketAddr, option: &'static str) -> Result<TcpListener, StartError> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use roomcast_publisher::wire::{self, EventEnvelope};
+use roomcast_publisher::wire::EventEnvelope;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::{
@@ -150,7 +150,10 @@ impl Local {
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
         self.emit_to_room(e.room.clone(), except, &e.event, &args, false).await;
         metrics::delivered("event", self.members(&e.room));
-        metrics::delivery_latency(wire::now_ms().saturating_sub(e.ts));
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        metrics::delivery_latency(now_us.saturating_sub(e.ts.saturating_mul(1000)));
     }
 
     /// Emits `e` to socket `sid` (if it is still connected).

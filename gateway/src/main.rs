@@ -150,6 +150,7 @@ fn print_dev_banner(gateway: &Gateway, keys: &DevKeys) {
     };
     let port = gateway.public_addr().port();
     let admin = gateway.admin_addr().port();
+    let api = gateway.api_addr().port();
     let (api_key, api_key_note) = match (keys.configured_api_key, gateway.dev_api_key()) {
         (Some(configured), _) => (configured.to_owned(), "with your configured API key"),
         (None, Some(generated)) => (generated.to_owned(), "with the API key generated for this run"),
@@ -168,6 +169,7 @@ Roomcast is running in --dev mode; {signing}.
 Never use --dev in production.
 
   Socket.IO   http://localhost:{port}/socket.io
+  Backend API http://localhost:{api}/v1/publish (keep this port internal; /openapi.json)
   Metrics     http://localhost:{admin}/metrics
 
 Demo tokens for tenant "demo", every project and channel, valid 24 h. Typing and presence show
@@ -188,7 +190,7 @@ From Node (npm install socket.io-client; save as client.mjs, run node client.mjs
 
 Publish to that channel from any backend, {api_key_note}:
 
-  curl -X POST http://localhost:{port}/v1/publish \
+  curl -X POST http://localhost:{api}/v1/publish \
     -H "Authorization: Bearer {api_key}" -H "Content-Type: application/json" \
     -d '{{"tenant":"demo","channel":"general","event":"message:new","data":{{"text":"hello"}}}}'
 

@@ -4,16 +4,21 @@
 //! explicit buckets. Labels are bounded enums (reason codes, room kinds, known event names):
 //! never a user, room or socket id, so a busy tenant cannot blow up the series count.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Instant};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use roomcast_publisher::RoomKind;
 
-use crate::errors::ErrorCode;
+use crate::{backend::BoxFuture, errors::ErrorCode};
 
-/// Latency buckets (seconds) for every `_seconds` histogram: 0.5 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Latency buckets (seconds) for every `_seconds` histogram: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Buckets of [`DELIVERY_LATENCY`]: it compares the gateway's clock with the envelope's `ts`,
+/// which has millisecond resolution, so finer buckets would only show rounding.
+const DELIVERY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -27,6 +32,8 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                // A full-name matcher wins over a suffix one (the exporter sorts them).
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), DELIVERY_BUCKETS))
                 .and_then(|b| b.install_recorder())
                 // Another recorder already installed (an embedding application's): render
                 // through a detached one so /metrics still answers, and say so.
@@ -109,6 +116,32 @@ pub const RESYNCS: &str = "roomcast_resyncs_total";
 pub const RECOVERIES: &str = "roomcast_recoveries_total";
 /// Events replayed from history to recovering sockets.
 pub const REPLAYED: &str = "roomcast_replayed_events_total";
+/// `1` while this replica answers `/readyz` with 200.
+pub const READY: &str = "roomcast_ready";
+/// `1` while a Redis client's connection is up, by `client` (commands, subscriber); only with Redis.
+pub const REDIS_CONNECTED: &str = "roomcast_redis_connected";
+/// Seconds a Redis operation took, by `op` (publish, subscribe, history, presence, connections),
+/// failures included.
+pub const REDIS_LATENCY: &str = "roomcast_redis_command_duration_seconds";
+/// Seconds to answer an HTTP request on the API and admin listeners, by `listener`, `route`
+/// (a known path, else `other`) and `status` class (`2xx`…).
+pub const HTTP_LATENCY: &str = "roomcast_http_request_duration_seconds";
+/// Tokio worker threads.
+pub const TOKIO_WORKERS: &str = "roomcast_tokio_workers";
+/// Tokio tasks alive (each socket has a few).
+pub const TOKIO_ALIVE_TASKS: &str = "roomcast_tokio_alive_tasks";
+/// Tasks waiting in tokio's global queue: a steadily high value means the workers cannot keep up.
+pub const TOKIO_GLOBAL_QUEUE: &str = "roomcast_tokio_global_queue_depth";
+/// Resident memory, bytes (Prometheus' standard process metric names).
+pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Open file descriptors: each socket holds one.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The open file descriptor limit (soft).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// CPU time, user and system, seconds.
+pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+/// OS threads.
+pub const PROCESS_THREADS: &str = "process_threads";
 
 fn describe() {
     describe_counter!(BUS_RECEIVED, "Envelopes received from Redis by this replica.");
@@ -133,6 +166,18 @@ fn describe() {
     describe_counter!(RECOVERIES, "Joins with since, by result.");
     describe_counter!(REPLAYED, "Events replayed from history to recovering sockets.");
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
+    describe_gauge!(READY, "1 while /readyz answers 200 (Redis does not count unless ROOMCAST_READY_REQUIRES_REDIS).");
+    describe_gauge!(REDIS_CONNECTED, "1 while a Redis client's connection is up, by client.");
+    describe_histogram!(REDIS_LATENCY, "Seconds a Redis operation took, failures included, by op.");
+    describe_histogram!(HTTP_LATENCY, "Seconds to answer an HTTP request on the API and admin listeners.");
+    describe_gauge!(TOKIO_WORKERS, "Tokio worker threads.");
+    describe_gauge!(TOKIO_ALIVE_TASKS, "Tokio tasks alive.");
+    describe_gauge!(TOKIO_GLOBAL_QUEUE, "Tasks waiting in tokio's global queue.");
+    describe_gauge!(PROCESS_RSS, "Resident memory size in bytes.");
+    describe_gauge!(PROCESS_OPEN_FDS, "Number of open file descriptors.");
+    describe_gauge!(PROCESS_MAX_FDS, "Maximum number of open file descriptors.");
+    describe_gauge!(PROCESS_CPU, "Total user and system CPU time spent in seconds (a counter kept by the OS).");
+    describe_gauge!(PROCESS_THREADS, "Number of OS threads.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
     describe_counter!(CONNECTIONS_REJECTED, "Connection attempts refused, by reason.");
@@ -165,7 +210,7 @@ fn register() {
     ] {
         counter!(name).increment(0);
     }
-    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS, PRESENCE_QUEUE] {
+    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS, PRESENCE_QUEUE, READY] {
         // `increment(0)`, not `set(0)`: never resets a gauge already in use.
         gauge!(name).increment(0.0);
     }
@@ -291,8 +336,142 @@ pub(crate) fn delivered(kind: &'static str, members: u64) {
     counter!(EVENTS_EMITTED, "event" => kind).increment(members);
 }
 
-pub(crate) fn delivery_latency(ms: u64) {
-    histogram!(DELIVERY_LATENCY).record(ms as f64 / 1000.0);
+/// `age_us`: microseconds since the envelope's `ts` (itself in ms: see [`DELIVERY_BUCKETS`]).
+pub(crate) fn delivery_latency(age_us: u64) {
+    histogram!(DELIVERY_LATENCY).record(age_us as f64 / 1_000_000.0);
+}
+
+pub(crate) fn ready(ready: bool) {
+    gauge!(READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn redis_connected(client: &'static str, up: bool) {
+    gauge!(REDIS_CONNECTED, "client" => client).set(if up { 1.0 } else { 0.0 });
+}
+
+/// `op`, timed into [`REDIS_LATENCY`] (from the first poll to the answer or the failure).
+pub(crate) fn redis_timed<'a, T>(op: &'static str, f: impl Future<Output = T> + Send + 'a) -> BoxFuture<'a, T> {
+    Box::pin(async move {
+        let start = Instant::now();
+        let out = f.await;
+        histogram!(REDIS_LATENCY, "op" => op).record(start.elapsed().as_secs_f64());
+        out
+    })
+}
+
+/// One HTTP request answered on `listener`.
+pub(crate) fn http_request(listener: &'static str, route: &'static str, status: u16, start: Instant) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    histogram!(HTTP_LATENCY, "listener" => listener, "route" => route, "status" => class)
+        .record(start.elapsed().as_secs_f64());
+}
+
+/// Refreshes the gauges read at scrape time: the tokio runtime's and the process's.
+pub(crate) fn collect_runtime_and_process() {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let runtime = handle.metrics();
+        gauge!(TOKIO_WORKERS).set(runtime.num_workers() as f64);
+        gauge!(TOKIO_ALIVE_TASKS).set(runtime.num_alive_tasks() as f64);
+        gauge!(TOKIO_GLOBAL_QUEUE).set(runtime.global_queue_depth() as f64);
+    }
+    let process = process::read();
+    if let Some(rss) = process.rss_bytes {
+        gauge!(PROCESS_RSS).set(rss as f64);
+    }
+    if let Some(fds) = process.open_fds {
+        gauge!(PROCESS_OPEN_FDS).set(fds as f64);
+    }
+    if let Some(max) = process.max_fds {
+        gauge!(PROCESS_MAX_FDS).set(max as f64);
+    }
+    if let Some(cpu) = process.cpu_seconds {
+        // A counter the OS keeps, exported as a gauge: the `metrics` crate's counters are whole
+        // numbers, and whole seconds are too coarse for `rate()` over a minute.
+        gauge!(PROCESS_CPU).set(cpu);
+    }
+    if let Some(threads) = process.threads {
+        gauge!(PROCESS_THREADS).set(threads as f64);
+    }
+}
+
+/// The process's own figures from `/proc/self` (Linux); `None` where unavailable.
+mod process {
+    /// Clock ticks per second of `/proc/self/stat`'s times: `USER_HZ`, fixed at 100 by the
+    /// Linux ABI on every architecture Roomcast builds for.
+    const USER_HZ: f64 = 100.0;
+
+    #[derive(Debug, Default)]
+    pub struct Process {
+        pub rss_bytes: Option<u64>,
+        pub open_fds: Option<u64>,
+        pub max_fds: Option<u64>,
+        pub cpu_seconds: Option<f64>,
+        pub threads: Option<u64>,
+    }
+
+    pub fn read() -> Process {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        Process {
+            rss_bytes: status_kb(&status, "VmRSS:").map(|kb| kb * 1024),
+            threads: status_kb(&status, "Threads:"),
+            open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64),
+            max_fds: max_open_files(&limits),
+            cpu_seconds: cpu_seconds(&stat),
+        }
+    }
+
+    /// `VmRSS:    1234 kB` → 1234.
+    fn status_kb(status: &str, field: &str) -> Option<u64> {
+        status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
+    }
+
+    /// `Max open files   20000   20000   files` → the soft limit.
+    fn max_open_files(limits: &str) -> Option<u64> {
+        limits.lines().find_map(|l| l.strip_prefix("Max open files"))?.split_whitespace().next()?.parse().ok()
+    }
+
+    /// utime + stime (fields 14 and 15), after the command name, which may hold spaces.
+    fn cpu_seconds(stat: &str) -> Option<f64> {
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // `after_name` starts at field 3 (state).
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) as f64 / USER_HZ)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_proc_files() {
+            let stat = "1234 (tokio (w) 1) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 1000 200";
+            assert_eq!(cpu_seconds(stat), Some(3.0));
+            assert_eq!(status_kb("Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t9\n", "VmRSS:"), Some(2048));
+            let limits =
+                "Limit Soft Hard Units\nMax open files            20000                20000                files\n";
+            assert_eq!(max_open_files(limits), Some(20000));
+            assert_eq!(cpu_seconds("garbage"), None);
+        }
+
+        #[test]
+        fn reads_this_process() {
+            let p = read();
+            if cfg!(target_os = "linux") {
+                assert!(p.rss_bytes.unwrap() > 0 && p.open_fds.unwrap() > 0 && p.max_fds.unwrap() > 0, "{p:?}");
+                assert!(p.threads.unwrap() >= 1 && p.cpu_seconds.is_some(), "{p:?}");
+            }
+        }
+    }
 }
 
 pub(crate) fn presence_queue(depth: usize) {

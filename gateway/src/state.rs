@@ -65,14 +65,27 @@ impl GatewayState {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Whether this replica should receive traffic.
+    /// Whether this replica should receive new sockets, and why not.
+    ///
+    /// Redis is a dependency every replica shares: were readiness to follow it, one Redis blip
+    /// would make every replica unready at once (the Service empties, new connections are
+    /// refused, PDBs block drains, rollouts stall). So by default a replica is ready until it
+    /// drains, and runs degraded while Redis is away (connects, local delivery and typing work;
+    /// publishes answer 503/504); [`GatewayState::redis_status`], the metrics and the alerts
+    /// report Redis. `ROOMCAST_READY_REQUIRES_REDIS` restores readiness on Redis.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if self.is_draining() {
             Err("draining")
-        } else if let Some(reason) = self.bus.unavailable() {
+        } else if let Some(reason) = self.bus.unavailable().filter(|_| self.config.ready_requires_redis) {
             Err(reason)
         } else {
             Ok(())
         }
+    }
+
+    /// With Redis: `ok`, or why the bus cannot deliver across replicas right now
+    /// (`redis_disconnected`, `redis_resubscribing`). Single node: `None`.
+    pub fn redis_status(&self) -> Option<&'static str> {
+        self.config.redis_url.as_ref().map(|_| self.bus.unavailable().unwrap_or("ok"))
     }
 }

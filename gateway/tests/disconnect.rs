@@ -152,7 +152,7 @@ async fn a_disconnect_during_any_operation_leaves_nothing_behind_across_replicas
     let a = Replica::spawn(Some(&redis.url()), &env()).await;
     let b = Replica::spawn(Some(&redis.url()), &env()).await;
     for r in [&a, &b] {
-        eventually(WAIT, "replica ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+        eventually(WAIT, "replica ready", || async { r.redis_ok().await.then_some(()) }).await;
     }
     let tenants = churn(&a, "multi", 3).await;
     empty(&a).await;

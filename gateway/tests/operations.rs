@@ -394,6 +394,7 @@ async fn a_fresh_replica_exposes_every_counter_and_gauge_at_zero() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub const ")?.split_once("= \"")?.1.strip_suffix("\";"))
         .filter(|name| !name.ends_with("_seconds")) // histograms appear with their first sample
+        .filter(|name| *name != "roomcast_redis_connected") // only with Redis
         .collect();
     assert!(names.len() > 20, "metric names found: {names:?}");
     let r = common::replica::Replica::spawn(None, &[]).await;
@@ -407,6 +408,17 @@ async fn a_fresh_replica_exposes_every_counter_and_gauge_at_zero() {
     assert!(missing.is_empty(), "not exposed before first use: {missing:?}\n{scrape}");
     assert!(scrape.contains("roomcast_connections 0\n"), "{scrape}");
     assert!(scrape.contains(r#"roomcast_disconnects_total{reason="token_expired"} 0"#), "{scrape}");
+    // Issue 15: the process and runtime figures, read at each scrape.
+    assert!(!scrape.contains("roomcast_redis_connected"), "single node: no Redis link to report");
+    assert!(
+        sample(&scrape, "process_open_fds", "") > 0.0 && sample(&scrape, "process_resident_memory_bytes", "") > 0.0
+    );
+    assert!(sample(&scrape, "process_max_fds", "") >= sample(&scrape, "process_open_fds", ""));
+    assert!(sample(&scrape, "roomcast_tokio_workers", "") >= 1.0 && sample(&scrape, "process_threads", "") >= 1.0);
+    // The scrape itself was timed, and shows in the next one.
+    let scrape = r.metrics().await;
+    let admin = r#"listener="admin",route="/metrics",status="2xx""#;
+    assert!(sample(&scrape, "roomcast_http_request_duration_seconds_count", admin) >= 1.0, "{scrape}");
 }
 
 /// Issue 14: WebSocket upgrades with a 400 KB `Authorization` header (and no valid token)

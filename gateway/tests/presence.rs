@@ -233,7 +233,7 @@ async fn a_replica_restores_its_presence_after_redis_loses_it() {
     wait_listed(&observer, P1(), &[("ada", 1), ("observer", 1)]).await;
     redis.stop();
     redis.start_again(); // no persistence: every presence key is gone
-    eventually(WAIT, "ready", || async { (rs[0].readyz().await.0 == 200).then_some(()) }).await;
+    eventually(WAIT, "ready", || async { rs[0].redis_ok().await.then_some(()) }).await;
     wait_listed(&observer, P1(), &[("ada", 1), ("observer", 1)]).await;
 }
 
@@ -364,7 +364,7 @@ async fn presence_and_typing_work_on_a_redis_cluster() {
         let r =
             Replica::spawn(Some(&url), &[("ROOMCAST_PRESENCE_GRACE", "300ms"), ("ROOMCAST_PRESENCE_LEASE_TTL", "2s")])
                 .await;
-        eventually(WAIT, "ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+        eventually(WAIT, "ready", || async { r.redis_ok().await.then_some(()) }).await;
         rs.push(r);
     }
     let observer = member(&rs[0], "observer", C1()).await;

@@ -27,7 +27,7 @@ async fn post(gw: &TestGateway, key: Option<&str>, body: &str) -> (u16, Value) {
     if let Some(auth) = &auth {
         headers.push(("Authorization", auth.as_str()));
     }
-    let (status, body) = http(gw.addr, "POST", "/v1/publish", &headers, body).await;
+    let (status, body) = http(gw.api, "POST", "/v1/publish", &headers, body).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -105,12 +105,12 @@ async fn the_publish_api_refuses_bad_requests_with_codes() {
 async fn wrong_methods_and_unknown_paths_answer_the_json_error_envelope() {
     let gw = gateway().await;
     for method in ["GET", "PUT", "DELETE"] {
-        let (status, body) = http(gw.addr, method, "/v1/publish", &[], "").await;
+        let (status, body) = http(gw.api, method, "/v1/publish", &[], "").await;
         let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{method}: JSON body, got {body:?}"));
         assert_eq!((status, code(&body)), (405, "method_not_allowed"), "{method}");
     }
     for (method, path) in [("GET", "/v1/nope"), ("POST", "/v1/publish/extra"), ("GET", "/nope")] {
-        let (status, body) = http(gw.addr, method, path, &[], "").await;
+        let (status, body) = http(gw.api, method, path, &[], "").await;
         let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{path}: JSON body, got {body:?}"));
         assert_eq!((status, code(&body)), (404, "not_found"), "{method} {path}");
     }
@@ -224,7 +224,7 @@ async fn events_a_stalled_client_cannot_take_are_counted() {
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
     let mut batches = 0;
     let dropped = loop {
-        assert_eq!(http(gw.addr, "POST", "/v1/publish", &headers, &body).await.0, 200);
+        assert_eq!(http(gw.api, "POST", "/v1/publish", &headers, &body).await.0, 200);
         batches += 1;
         for i in 0..20 {
             assert_eq!(healthy.next("bulk").await[0]["i"], i, "the reading member gets every event, in order");

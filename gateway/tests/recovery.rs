@@ -286,7 +286,7 @@ async fn a_redis_restart_without_persistence_changes_the_epoch() {
     let since = json!({ "offset": 1, "epoch": f.position.clone().unwrap().1 });
     redis.stop();
     redis.start_again();
-    eventually(WAIT, "ready", || async { (rs[0].readyz().await.0 == 200).then_some(()) }).await;
+    eventually(WAIT, "ready", || async { rs[0].redis_ok().await.then_some(()) }).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     let receipt = publisher.project("t1", "p1").emit("tick", &json!({ "n": 1 })).await.unwrap();
     assert_eq!(receipt.offset, Some(1), "offsets restart with the history");
@@ -301,7 +301,7 @@ async fn a_redis_restart_without_persistence_changes_the_epoch() {
 async fn publish_http(gw: &TestGateway, body: &Value) -> (u16, String) {
     let auth = format!("Bearer {API_KEY}");
     let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-    http(gw.addr, "POST", "/v1/publish", &headers, &body.to_string()).await
+    http(gw.api, "POST", "/v1/publish", &headers, &body.to_string()).await
 }
 
 #[tokio::test]

@@ -149,6 +149,9 @@ impl RedisBus {
         let (ops_tx, ops_rx) = mpsc::unbounded_channel();
 
         // Receivers are taken before connecting so the first connection event is not missed.
+        for client in ["commands", "subscriber"] {
+            metrics::redis_connected(client, false);
+        }
         monitor(&commands, "commands", commands_link.clone(), None);
         monitor(&subscriber, "subscriber", subscriber_link.clone(), Some(in_sync.clone()));
         let messages = subscriber.message_rx();
@@ -293,8 +296,8 @@ impl Bus for RedisBus {
                         (Envelope::Event(e), Some(window)) => Some(Dedupe { id: &e.id, window }),
                         _ => None,
                     };
-                    let sent =
-                        send_encoded(&redis.client, script, &redis.keys, envelope.room(), body, history, dedupe).await;
+                    let send = send_encoded(&redis.client, script, &redis.keys, envelope.room(), body, history, dedupe);
+                    let sent = metrics::redis_timed("publish", send).await;
                     let sent = sent.map(|s| Published {
                         replicas: s.replicas,
                         offset: s.offset,
@@ -389,6 +392,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
                 event = reconnects.recv() => match event {
                     Ok(_) => {
                         link.set_up(true);
+                        metrics::redis_connected(name, true);
                         if connected_before {
                             metrics::redis_reconnected(name);
                             tracing::info!(client = name, "reconnected to Redis");
@@ -403,6 +407,7 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
                 event = errors.recv() => match event {
                     Ok((error, _server)) => {
                         link.set_up(false);
+                        metrics::redis_connected(name, false);
                         metrics::redis_error("connection");
                         if let Some(flag) = &in_sync {
                             flag.store(false, Ordering::Release);
@@ -541,7 +546,12 @@ impl Subscriptions {
             let (s, u): (Vec<_>, Vec<_>) = last.into_iter().partition(|(_, sub)| *sub);
             (s.into_iter().map(|(r, _)| r).collect(), u.into_iter().map(|(r, _)| r).collect())
         };
-        let failed_sub = self.send(&subscribe, true, false).await;
+        let failed_sub = if subscribe.is_empty() {
+            HashMap::new()
+        } else {
+            // Timed with its confirmation: what a join waits for.
+            metrics::redis_timed("subscribe", self.send(&subscribe, true, false)).await
+        };
         let failed_unsub = self.send(&unsubscribe, false, false).await;
         for (room, txs) in waiters {
             let result = match failed_sub.get(&room).or_else(|| failed_unsub.get(&room)) {

@@ -39,7 +39,7 @@ impl History for RedisHistory {
         // A room only read (joined, never published to) is forgotten with its history.
         let ttl = self.policy.ttl.as_millis().to_string();
         let args = vec![after.to_string(), limit.to_string(), wire::new_epoch(), ttl];
-        Box::pin(async move {
+        crate::metrics::redis_timed("history", async move {
             if !this.redis.link.is_up() {
                 return Err(BusError::Unavailable("Redis is not connected".into()));
             }

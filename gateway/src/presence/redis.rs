@@ -192,7 +192,7 @@ impl PresenceStore for RedisPresence {
         ];
         let room = room.to_owned();
         let this = self.clone();
-        Box::pin(async move {
+        crate::metrics::redis_timed("presence", async move {
             checked?;
             if !this.leased.load(std::sync::atomic::Ordering::Acquire) {
                 this.renew_lease().await?;
@@ -215,7 +215,7 @@ impl PresenceStore for RedisPresence {
             envelope_json(room, PresenceAction::Leave, user, None, None),
             redis.publish_command().to_owned(),
         ];
-        Box::pin(async move {
+        crate::metrics::redis_timed("presence", async move {
             checked?;
             scripts.exit.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
             Ok(())
@@ -233,7 +233,7 @@ impl PresenceStore for RedisPresence {
             envelope_json(room, PresenceAction::Update, user, Some(status), None),
             redis.publish_command().to_owned(),
         ];
-        Box::pin(async move {
+        crate::metrics::redis_timed("presence", async move {
             checked?;
             scripts.status.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
             Ok(())
@@ -245,7 +245,7 @@ impl PresenceStore for RedisPresence {
         let (redis, scripts) = (self.redis.clone(), self.scripts.clone());
         let keys =
             vec![redis.keys.presence_counts(room), redis.keys.presence_since(room), redis.keys.presence_status(room)];
-        Box::pin(async move {
+        crate::metrics::redis_timed("presence", async move {
             checked?;
             let flat: Vec<Value> = scripts
                 .list
@@ -418,7 +418,7 @@ impl PresenceStore for RedisPresence {
         let checked = self.check();
         let this = self.clone();
         let (tenant, user) = (tenant.to_owned(), user.to_owned());
-        Box::pin(async move {
+        crate::metrics::redis_timed("connections", async move {
             checked?;
             // Counted only under a lease, like presence: a replica that crashed with counts but
             // no lease could never be found dead. Right after start the first renewal may not
@@ -451,7 +451,7 @@ impl PresenceStore for RedisPresence {
         let checked = self.check();
         let this = self.clone();
         let (tenant, user) = (tenant.to_owned(), user.to_owned());
-        Box::pin(async move {
+        crate::metrics::redis_timed("connections", async move {
             checked?;
             this.scripts
                 .disconnect

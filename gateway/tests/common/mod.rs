@@ -45,7 +45,10 @@ pub fn user_token(tenant: &str, user: &str) -> String {
 
 /// A gateway running in this process.
 pub struct TestGateway {
+    /// Socket.IO.
     pub addr: SocketAddr,
+    /// The backend API (`/v1/...`).
+    pub api: SocketAddr,
     pub admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -77,7 +80,7 @@ impl TestGateway {
             None => Gateway::bind(config).await,
         }
         .expect("gateway starts");
-        let (addr, admin) = (gateway.public_addr(), gateway.admin_addr());
+        let (addr, api, admin) = (gateway.public_addr(), gateway.api_addr(), gateway.admin_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             gateway
@@ -87,7 +90,7 @@ impl TestGateway {
                 .await
                 .expect("gateway runs");
         });
-        TestGateway { addr, admin, stop: Some(stop), task: Some(task) }
+        TestGateway { addr, api, admin, stop: Some(stop), task: Some(task) }
     }
 
     /// Connects a client with `token` in the handshake auth.
@@ -127,7 +130,7 @@ impl TestGateway {
     pub async fn publish(&self, body: &Value) -> (u16, Value) {
         let auth = format!("Bearer {}", replica::API_KEY);
         let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-        let (status, body) = http(self.addr, "POST", "/v1/publish", &headers, &body.to_string()).await;
+        let (status, body) = http(self.api, "POST", "/v1/publish", &headers, &body.to_string()).await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 }

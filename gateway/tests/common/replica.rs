@@ -17,7 +17,10 @@ pub const API_KEY: &str = "test-api-key-0123456789";
 
 /// A gateway process.
 pub struct Replica {
+    /// Socket.IO.
     pub addr: SocketAddr,
+    /// The backend API.
+    pub api: SocketAddr,
     pub admin: SocketAddr,
     child: Option<Child>,
     /// Every line the process wrote to stdout (JSON logs).
@@ -36,6 +39,7 @@ impl Replica {
         cmd.env("ROOMCAST_JWT_SECRET", SECRET)
             .env("ROOMCAST_LISTEN", "127.0.0.1:0")
             .env("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("ROOMCAST_API_LISTEN", "127.0.0.1:0")
             .env("ROOMCAST_LOG_FORMAT", "json")
             .env("ROOMCAST_LOG", "info,roomcast_gateway=debug")
             .env("ROOMCAST_API_KEY", API_KEY)
@@ -48,7 +52,7 @@ impl Replica {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("gateway binary");
         let stdout = child.stdout.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (listening_tx, listening_rx) = mpsc::channel::<(SocketAddr, SocketAddr)>();
+        let (listening_tx, listening_rx) = mpsc::channel::<(SocketAddr, SocketAddr, SocketAddr)>();
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -56,26 +60,26 @@ impl Replica {
                     && v["message"] == "listening"
                 {
                     let addr = |k: &str| v[k].as_str().and_then(|s| s.parse().ok());
-                    if let (Some(public), Some(admin)) = (addr("public"), addr("admin")) {
-                        let _ = listening_tx.send((public, admin));
+                    if let (Some(public), Some(api), Some(admin)) = (addr("public"), addr("api"), addr("admin")) {
+                        let _ = listening_tx.send((public, api, admin));
                     }
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let (addr, admin) = tokio::task::spawn_blocking(move || listening_rx.recv_timeout(WAIT))
+        let (addr, api, admin) = tokio::task::spawn_blocking(move || listening_rx.recv_timeout(WAIT))
             .await
             .unwrap()
             .expect("replica logged its addresses");
-        Replica { addr, admin, child: Some(child), logs }
+        Replica { addr, api, admin, child: Some(child), logs }
     }
 
-    /// `n` replicas on Redis `redis_url` with extra `env`, each ready (`/readyz` 200).
+    /// `n` replicas on Redis `redis_url` with extra `env`, each ready with Redis `ok`.
     pub async fn ready(n: usize, redis_url: &str, env: &[(&str, &str)]) -> Vec<Replica> {
         let mut all = Vec::new();
         for _ in 0..n {
             let r = Replica::spawn(Some(redis_url), env).await;
-            super::eventually(WAIT, "replica ready", || async { (r.readyz().await.0 == 200).then_some(()) }).await;
+            super::eventually(WAIT, "replica ready", || async { r.redis_ok().await.then_some(()) }).await;
             all.push(r);
         }
         all
@@ -101,11 +105,18 @@ impl Replica {
         http(self.admin, "GET", "/readyz", &[], "").await
     }
 
+    /// Whether `/readyz` answers 200 and reports Redis `ok` (connected, every room subscribed):
+    /// readiness itself no longer follows Redis (issue 15).
+    pub async fn redis_ok(&self) -> bool {
+        let (status, body) = self.readyz().await;
+        status == 200 && serde_json::from_str::<Value>(&body).is_ok_and(|v| v["redis"] == "ok")
+    }
+
     /// `POST /v1/publish` with the test API key.
     pub async fn publish(&self, body: &Value) -> (u16, Value) {
         let auth = format!("Bearer {API_KEY}");
         let (status, body) = http(
-            self.addr,
+            self.api,
             "POST",
             "/v1/publish",
             &[("Authorization", &auth), ("Content-Type", "application/json")],
