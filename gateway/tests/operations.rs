@@ -100,6 +100,8 @@ fn gateway_bin() -> Command {
             cmd.env_remove(key);
         }
     }
+    // The internal API port's default (3001) may be taken on a shared machine.
+    cmd.env("ROOMCAST_API_LISTEN", "127.0.0.1:0");
     // `--dev` keeps its secret in the user's cache folder; never touch the real one.
     cmd.env("XDG_CACHE_HOME", std::env::temp_dir().join(format!("roomcast-tests-{}", std::process::id())));
     cmd
@@ -134,6 +136,11 @@ fn bad_configuration_stops_startup_with_one_line_naming_the_option() {
         (&[], &[("ROOMCAST_JWT_SECRET", SECRET), ("ROOMCAST_JWKS_FILE", "/x.json")], "conflicting options"),
         (&[], &[("ROOMCAST_JWT_SECRET", "short")], "ROOMCAST_JWT_SECRET"),
         (&["--dev"], &[("ROOMCAST_LISTEN", &taken), ("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0")], "ROOMCAST_LISTEN"),
+        (
+            &["--dev"],
+            &[("ROOMCAST_API_LISTEN", &taken), ("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0")],
+            "ROOMCAST_API_LISTEN",
+        ),
         (&["--dev"], &[("ROOMCAST_CORS_ORIGINS", "app.example")], "ROOMCAST_CORS_ORIGINS"),
     ];
     for (args, env, expected) in cases {
