@@ -13,13 +13,14 @@ impl std::fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
-    /// Keys from `ROOMCAST_API_KEY` and `ROOMCAST_API_KEY_FILE` (one per line).
+    /// Keys from `ROOMCAST_API_KEY` and `ROOMCAST_API_KEY_FILE` (one per line, or
+    /// comma-separated as in the variable: a Secret written for either works).
     pub fn from_config(config: &Config) -> Result<ApiKeys, ConfigError> {
         let mut keys: Vec<Secret> = config.api_key.iter().filter(|k| !k.expose().is_empty()).cloned().collect();
         if let Some(path) = &config.api_key_file {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::new(env::API_KEY_FILE, format!("cannot read {}: {e}", path.display())))?;
-            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            for line in text.lines().flat_map(|l| l.split(',')).map(str::trim).filter(|l| !l.is_empty()) {
                 if line.len() < 16 {
                     return Err(ConfigError::new(env::API_KEY_FILE, "every key needs at least 16 characters"));
                 }

@@ -1,24 +1,29 @@
 //! Who a connection is: finding its token, verifying it, and turning its claims into an
 //! [`Identity`] the room layer can authorize against.
 //!
-//! Keys are loaded once at startup ([`Verifier::from_config`]); a bad key file stops the
-//! process with a [`ConfigError`] naming the option. Verification failures map onto the stable
+//! Keys are loaded at startup ([`Verifier::from_config`]); a bad key file stops the process
+//! with a [`ConfigError`] naming the option. Key sets at an identity provider's URL are
+//! fetched and kept fresh by [`crate::jwks::RemoteJwks`]; with `ROOMCAST_JWT_ISSUERS_FILE` each
+//! trusted issuer has its own keys, audiences and tenants, and a token's `iss` picks them. Verification failures map onto the stable
 //! codes of [`ErrorCode`]; their human messages never contain the token.
 
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use axum::http::{HeaderMap, Uri, header::AUTHORIZATION};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind, jwk::JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::{
     config::{Config, ConfigError, KeySource, MIN_SECRET_LEN, Secret, env},
     errors::{ClientError, ErrorCode},
+    jwks::{Freshness, KidMap, RemoteJwks},
 };
 use roomcast_publisher::{Room, RoomKind, validate_id};
 
@@ -81,16 +86,30 @@ struct ClaimNames {
 enum Keys {
     /// One key (secret or PEM public key) and the algorithms of its family.
     Single(DecodingKey, Vec<Algorithm>),
-    /// A JWKS: the token's `kid` picks the key.
-    ByKid(HashMap<String, (DecodingKey, Vec<Algorithm>)>),
+    /// A JWKS file: the token's `kid` picks the key.
+    ByKid(KidMap),
+    /// A JWKS at an identity provider's URL.
+    Remote(Arc<RemoteJwks>),
+}
+
+/// A signer the gateway trusts, and what for.
+struct Trust {
+    keys: Keys,
+    /// Accepted `iss` values; empty: not checked.
+    issuers: Vec<String>,
+    /// Accepted `aud` values; empty: not checked.
+    audiences: Vec<String>,
+    /// The tenants this signer may vouch for; empty: any.
+    tenants: Vec<String>,
 }
 
 /// Verifies tokens and extracts identities. Cheap to share behind an `Arc`.
 pub struct Verifier {
-    keys: Keys,
+    /// The configured key source (`ROOMCAST_JWT_SECRET`…), for tokens no trusted issuer claims.
+    default: Option<Trust>,
+    /// `ROOMCAST_JWT_ISSUERS_FILE`, by `iss`.
+    by_issuer: HashMap<String, Trust>,
     claims: ClaimNames,
-    issuers: Vec<String>,
-    audiences: Vec<String>,
     leeway: Duration,
     /// The HMAC secret, when tokens are HMAC-signed: mints the `--dev` and `--print-token` tokens.
     hmac_secret: Option<Secret>,
@@ -98,20 +117,59 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys = match &self.keys {
-            Keys::Single(_, algs) => format!("single key ({algs:?})"),
-            Keys::ByKid(map) => format!("{} keys by kid", map.len()),
+        let keys = match self.default.as_ref().map(|t| &t.keys) {
+            Some(Keys::Single(_, algs)) => format!("single key ({algs:?})"),
+            Some(Keys::ByKid(map)) => format!("{} keys by kid", map.len()),
+            Some(Keys::Remote(remote)) => format!("{remote:?}"),
+            None => "none".to_owned(),
         };
-        f.debug_struct("Verifier").field("keys", &keys).field("claims", &self.claims).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("keys", &keys)
+            .field("issuers", &self.by_issuer.keys().collect::<Vec<_>>())
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
     }
 }
 
+/// An entry of `ROOMCAST_JWT_ISSUERS_FILE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerEntry {
+    issuer: String,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    public_key_file: Option<PathBuf>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    tenants: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuersFile {
+    issuers: Vec<IssuerEntry>,
+}
+
+/// Just the `iss` of a token, read before its signature is checked: it picks the keys that
+/// check it.
+#[derive(Deserialize)]
+struct IssOnly {
+    #[serde(default)]
+    iss: Option<String>,
+}
+
 impl Verifier {
-    /// Loads the configured key material. Errors name the option to fix.
+    /// Loads the configured key material (key sets at URLs are fetched later: see
+    /// [`Verifier::remote_key_sets`]). Errors name the option to fix.
     pub fn from_config(config: &Config) -> Result<Verifier, ConfigError> {
-        let hmac = |option: &'static str, secret: Secret| -> Result<(Keys, Option<Secret>), ConfigError> {
-            Ok((hmac_keys(option, secret.expose().as_bytes())?, Some(secret)))
+        let hmac = |option: &'static str, secret: Secret| -> Result<(Option<Keys>, Option<Secret>), ConfigError> {
+            Ok((Some(hmac_keys(option, secret.expose().as_bytes())?), Some(secret)))
         };
+        let freshness = Freshness { refresh: config.jwt_jwks_refresh, min_interval: config.jwt_jwks_min_interval };
         let (keys, hmac_secret) = match config.key_source()? {
             KeySource::Secret(secret) => hmac(env::JWT_SECRET, secret.clone())?,
             KeySource::SecretFile(path) => {
@@ -120,23 +178,64 @@ impl Verifier {
                     .map_err(|_| ConfigError::new(env::JWT_SECRET_FILE, "the secret file is not UTF-8 text"))?;
                 hmac(env::JWT_SECRET_FILE, Secret::from(text.trim_end_matches(['\r', '\n']).to_owned()))?
             }
-            KeySource::PublicKeyFile(path) => (pem_keys(&read_file(env::JWT_PUBLIC_KEY_FILE, path)?)?, None),
-            KeySource::JwksFile(path) => (jwks_keys(&read_file(env::JWKS_FILE, path)?)?, None),
+            KeySource::PublicKeyFile(path) => {
+                (Some(pem_keys(env::JWT_PUBLIC_KEY_FILE, &read_file(env::JWT_PUBLIC_KEY_FILE, path)?)?), None)
+            }
+            KeySource::JwksFile(path) => (Some(jwks_keys(env::JWKS_FILE, &read_file(env::JWKS_FILE, path)?)?), None),
+            KeySource::JwksUrl(url) => {
+                let remote =
+                    RemoteJwks::new(url, "default", freshness).map_err(|e| ConfigError::new(env::JWKS_URL, e))?;
+                (Some(Keys::Remote(Arc::new(remote))), None)
+            }
+            KeySource::IssuersOnly => (None, None),
             KeySource::DevGenerated => hmac("--dev", dev_secret()?.0)?,
         };
-        Ok(Verifier {
+        let audiences: Vec<String> = config.jwt_audience.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let default = keys.map(|keys| Trust {
             keys,
+            issuers: config.jwt_issuer.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            audiences: audiences.clone(),
+            tenants: Vec::new(),
+        });
+        let by_issuer = match &config.jwt_issuers_file {
+            Some(path) => trusted_issuers(&read_file(env::ISSUERS_FILE, path)?, &audiences, freshness)?,
+            None => HashMap::new(),
+        };
+        Ok(Verifier {
+            default,
+            by_issuer,
             claims: ClaimNames {
                 user: config.jwt_user_claim.clone(),
                 tenant: config.jwt_tenant_claim.clone(),
                 projects: config.jwt_projects_claim.clone(),
                 channels: config.jwt_channels_claim.clone(),
             },
-            issuers: config.jwt_issuer.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            audiences: config.jwt_audience.iter().filter(|s| !s.is_empty()).cloned().collect(),
             leeway: config.jwt_leeway,
             hmac_secret,
         })
+    }
+
+    /// The key sets fetched from URLs: the gateway fetches them at startup and keeps them fresh.
+    pub fn remote_key_sets(&self) -> Vec<Arc<RemoteJwks>> {
+        self.default
+            .iter()
+            .chain(self.by_issuer.values())
+            .filter_map(|t| match &t.keys {
+                Keys::Remote(remote) => Some(remote.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Who vouches for `token`: the trusted issuer its `iss` names, else the default source.
+    fn trust_for(&self, token: &str) -> Result<&Trust, ClientError> {
+        if !self.by_issuer.is_empty()
+            && let Ok(IssOnly { iss: Some(iss) }) = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
+            && let Some(trust) = self.by_issuer.get(&iss)
+        {
+            return Ok(trust);
+        }
+        self.default.as_ref().ok_or_else(|| ClientError::new(ErrorCode::TokenInvalid, "token issuer is not trusted"))
     }
 
     /// Clock skew tolerated on `exp` and `nbf`.
@@ -144,11 +243,15 @@ impl Verifier {
         self.leeway
     }
 
-    /// Verifies `token` and returns the identity it carries.
-    pub fn verify(&self, token: &str) -> Result<Identity, ClientError> {
+    /// Verifies `token` and returns the identity it carries. Waits only when the token names a
+    /// `kid` a fetched key set does not hold, for one rate-limited refetch.
+    pub async fn verify(&self, token: &str) -> Result<Identity, ClientError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ClientError::new(ErrorCode::TokenInvalid, "token is not a well-formed JWT"))?;
-        let (key, algorithms) = match &self.keys {
+        let trust = self.trust_for(token)?;
+        let no_key = || ClientError::new(ErrorCode::TokenInvalid, "token's kid matches no configured key");
+        let fetched;
+        let (key, algorithms) = match &trust.keys {
             Keys::Single(key, algs) => (key, algs),
             Keys::ByKid(map) => {
                 let entry = match header.kid.as_deref() {
@@ -157,10 +260,12 @@ impl Verifier {
                     None if map.len() == 1 => map.values().next(),
                     None => None,
                 };
-                let Some((key, algs)) = entry else {
-                    return Err(ClientError::new(ErrorCode::TokenInvalid, "token's kid matches no configured key"));
-                };
+                let (key, algs) = entry.ok_or_else(no_key)?;
                 (key, algs)
+            }
+            Keys::Remote(remote) => {
+                fetched = remote.key_or_refetch(header.kid.as_deref()).await.ok_or_else(no_key)?;
+                (&fetched.0, &fetched.1)
             }
         };
         let mut validation = Validation::new(header.alg);
@@ -168,15 +273,15 @@ impl Verifier {
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
-        if !self.issuers.is_empty() {
-            validation.set_issuer(&self.issuers);
+        if !trust.issuers.is_empty() {
+            validation.set_issuer(&trust.issuers);
             validation.required_spec_claims.insert("iss".into());
         }
-        if self.audiences.is_empty() {
+        if trust.audiences.is_empty() {
             // Without a configured audience we cannot judge one; do not reject tokens that carry it.
             validation.validate_aud = false;
         } else {
-            validation.set_audience(&self.audiences);
+            validation.set_audience(&trust.audiences);
             validation.required_spec_claims.insert("aud".into());
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
@@ -197,7 +302,18 @@ impl Verifier {
             };
             ClientError::new(ErrorCode::TokenInvalid, message)
         })?;
-        self.identity(&data.claims)
+        let identity = self.identity(&data.claims)?;
+        if !trust.tenants.is_empty() && !trust.tenants.contains(&identity.tenant) {
+            return Err(ClientError::new(ErrorCode::Forbidden, "the token's issuer may not vouch for this tenant"));
+        }
+        Ok(identity)
+    }
+
+    /// [`Verifier::verify`] for keys that need no fetch (tests).
+    #[cfg(test)]
+    fn verify_now(&self, token: &str) -> Result<Identity, ClientError> {
+        use futures_util::FutureExt;
+        self.verify(token).now_or_never().expect("no fetch needed")
     }
 
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, ClientError> {
@@ -274,8 +390,7 @@ fn hmac_keys(option: &'static str, secret: &[u8]) -> Result<Keys, ConfigError> {
     Ok(Keys::Single(DecodingKey::from_secret(secret), vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]))
 }
 
-fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
-    const OPTION: &str = env::JWT_PUBLIC_KEY_FILE;
+fn pem_keys(option: &'static str, pem: &[u8]) -> Result<Keys, ConfigError> {
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
         let algs = vec![
             Algorithm::RS256,
@@ -293,34 +408,65 @@ fn pem_keys(pem: &[u8]) -> Result<Keys, ConfigError> {
     if let Ok(key) = DecodingKey::from_ed_pem(pem) {
         return Ok(Keys::Single(key, vec![Algorithm::EdDSA]));
     }
-    Err(ConfigError::new(OPTION, "not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key"))
+    Err(ConfigError::new(option, "not a PEM-encoded RSA, EC (P-256/P-384) or Ed25519 public key"))
 }
 
-fn jwks_keys(raw: &[u8]) -> Result<Keys, ConfigError> {
-    const OPTION: &str = env::JWKS_FILE;
-    let set: JwkSet = serde_json::from_slice(raw)
-        .map_err(|e| ConfigError::new(OPTION, format!("not a JWKS document ({{\"keys\": [...]}}): {e}")))?;
-    let mut map = HashMap::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        let kid = jwk.common.key_id.clone().ok_or_else(|| {
-            ConfigError::new(OPTION, format!("key #{i} has no \"kid\"; every key needs one to be selectable"))
-        })?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| ConfigError::new(OPTION, format!("key {kid:?}: {e}")))?;
-        let algs = match jwk.common.key_algorithm {
-            Some(alg) => vec![
-                Algorithm::try_from(alg)
-                    .map_err(|_| ConfigError::new(OPTION, format!("key {kid:?}: unsupported \"alg\"")))?,
-            ],
-            None => key.family().algorithms().to_vec(),
-        };
-        if map.insert(kid.clone(), (key, algs)).is_some() {
-            return Err(ConfigError::new(OPTION, format!("two keys share kid {kid:?}")));
-        }
-    }
-    if map.is_empty() {
-        return Err(ConfigError::new(OPTION, "the JWKS holds no keys"));
+fn jwks_keys(option: &'static str, raw: &[u8]) -> Result<Keys, ConfigError> {
+    let (map, skipped) = crate::jwks::parse(raw).map_err(|e| ConfigError::new(option, e))?;
+    if !skipped.is_empty() {
+        tracing::info!(option, skipped = ?skipped, "JWKS keys that cannot verify a JWT are skipped");
     }
     Ok(Keys::ByKid(map))
+}
+
+/// The trusted issuers of `ROOMCAST_JWT_ISSUERS_FILE`; `audiences` (`ROOMCAST_JWT_AUDIENCE`)
+/// apply to an issuer that names none.
+fn trusted_issuers(
+    raw: &[u8],
+    audiences: &[String],
+    freshness: Freshness,
+) -> Result<HashMap<String, Trust>, ConfigError> {
+    const OPTION: &str = env::ISSUERS_FILE;
+    let file: IssuersFile = serde_json::from_slice(raw).map_err(|e| {
+        ConfigError::new(OPTION, format!("expected {{\"issuers\": [{{\"issuer\", \"jwks_url\" | \"jwks_file\" | \"public_key_file\", \"audiences\", \"tenants\"}}]}}: {e}"))
+    })?;
+    if file.issuers.is_empty() {
+        return Err(ConfigError::new(OPTION, "the file lists no issuer"));
+    }
+    let mut by_issuer = HashMap::new();
+    for (i, entry) in file.issuers.into_iter().enumerate() {
+        let at = |why: String| ConfigError::new(OPTION, format!("issuer #{i} ({:?}): {why}", entry.issuer));
+        if entry.issuer.is_empty() {
+            return Err(at("\"issuer\" is empty".into()));
+        }
+        if let Some(bad) = entry.tenants.iter().find(|t| validate_id(t).is_err()) {
+            return Err(at(format!("{bad:?} is not a tenant id")));
+        }
+        let keys = match (&entry.jwks_url, &entry.jwks_file, &entry.public_key_file) {
+            (Some(url), None, None) => {
+                Keys::Remote(Arc::new(RemoteJwks::new(url, &entry.issuer, freshness).map_err(at)?))
+            }
+            (None, Some(path), None) => {
+                let raw = fs::read(path).map_err(|e| at(format!("cannot read {}: {e}", path.display())))?;
+                jwks_keys(OPTION, &raw).map_err(|e| at(e.message))?
+            }
+            (None, None, Some(path)) => {
+                let raw = fs::read(path).map_err(|e| at(format!("cannot read {}: {e}", path.display())))?;
+                pem_keys(OPTION, &raw).map_err(|e| at(e.message))?
+            }
+            _ => return Err(at("name exactly one of \"jwks_url\", \"jwks_file\" and \"public_key_file\"".into())),
+        };
+        let trust = Trust {
+            keys,
+            issuers: vec![entry.issuer.clone()],
+            audiences: if entry.audiences.is_empty() { audiences.to_vec() } else { entry.audiences.clone() },
+            tenants: entry.tenants.clone(),
+        };
+        if by_issuer.insert(entry.issuer.clone(), trust).is_some() {
+            return Err(ConfigError::new(OPTION, format!("issuer {:?} is listed twice", entry.issuer)));
+        }
+    }
+    Ok(by_issuer)
 }
 
 /// Where `--dev` keeps its signing secret across runs, so a token minted with
@@ -476,7 +622,7 @@ mod tests {
     #[test]
     fn claims_become_an_identity() {
         let id = verifier(&[])
-            .verify(&token(
+            .verify_now(&token(
                 json!({"sub": "u1", "tenant": "t1", "projects": ["p2", "p1"], "channels": ["*"], "exp": exp_in(60)}),
             ))
             .unwrap();
@@ -488,7 +634,7 @@ mod tests {
     #[test]
     fn rejection_codes() {
         let v = verifier(&["--jwt-leeway", "0s"]);
-        let code = |claims: Value| v.verify(&token(claims)).unwrap_err().code;
+        let code = |claims: Value| v.verify_now(&token(claims)).unwrap_err().code;
         assert_eq!(code(json!({"sub": "u", "tenant": "t", "exp": exp_in(-10)})), ErrorCode::TokenExpired);
         assert_eq!(code(json!({"sub": "u", "tenant": "t"})), ErrorCode::TokenInvalid);
         assert_eq!(
@@ -498,34 +644,34 @@ mod tests {
         assert_eq!(code(json!({"sub": "u", "exp": exp_in(60)})), ErrorCode::Forbidden);
         assert_eq!(code(json!({"sub": "u", "tenant": "a:b", "exp": exp_in(60)})), ErrorCode::Forbidden);
         assert_eq!(code(json!({"sub": "u", "tenant": "t", "projects": "p1", "exp": exp_in(60)})), ErrorCode::Forbidden);
-        assert_eq!(v.verify("not.a.jwt").unwrap_err().code, ErrorCode::TokenInvalid);
+        assert_eq!(v.verify_now("not.a.jwt").unwrap_err().code, ErrorCode::TokenInvalid);
         let other = jsonwebtoken::encode(
             &Header::default(),
             &json!({"sub": "u", "tenant": "t", "exp": exp_in(60)}),
             &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
         )
         .unwrap();
-        assert_eq!(v.verify(&other).unwrap_err().code, ErrorCode::TokenInvalid);
+        assert_eq!(v.verify_now(&other).unwrap_err().code, ErrorCode::TokenInvalid);
     }
 
     #[test]
     fn issuer_and_audience_are_enforced_when_configured() {
         let v = verifier(&["--jwt-issuer", "https://idp", "--jwt-audience", "roomcast"]);
         let ok = json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://idp", "aud": "roomcast"});
-        assert!(v.verify(&token(ok)).is_ok());
+        assert!(v.verify_now(&token(ok)).is_ok());
         for bad in [
             json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://evil", "aud": "roomcast"}),
             json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "aud": "roomcast"}),
             json!({"sub": "u", "tenant": "t", "exp": exp_in(60), "iss": "https://idp", "aud": "other"}),
         ] {
-            assert_eq!(v.verify(&token(bad)).unwrap_err().code, ErrorCode::TokenInvalid);
+            assert_eq!(v.verify_now(&token(bad)).unwrap_err().code, ErrorCode::TokenInvalid);
         }
     }
 
     #[test]
     fn custom_claim_names() {
         let v = verifier(&["--jwt-user-claim", "uid", "--jwt-tenant-claim", "org", "--jwt-projects-claim", "prj"]);
-        let id = v.verify(&token(json!({"uid": "u9", "org": "o1", "prj": ["x"], "exp": exp_in(60)}))).unwrap();
+        let id = v.verify_now(&token(json!({"uid": "u9", "org": "o1", "prj": ["x"], "exp": exp_in(60)}))).unwrap();
         assert_eq!((id.user.as_str(), id.tenant.as_str()), ("u9", "o1"));
         assert!(id.projects.allows("x"));
     }
@@ -563,7 +709,7 @@ mod tests {
             /// of the key signs give an identity or a coded refusal, never a panic.
             #[test]
             fn prop_any_token_text_is_refused_with_a_code(text in "\\PC{0,300}") {
-                let error = verifier(&[]).verify(&text).unwrap_err();
+                let error = verifier(&[]).verify_now(&text).unwrap_err();
                 prop_assert!(matches!(error.code, ErrorCode::TokenInvalid | ErrorCode::TokenExpired | ErrorCode::Forbidden));
             }
 
@@ -581,7 +727,7 @@ mod tests {
                 claims["sub"] = sub;
                 claims["tenant"] = tenant;
                 claims["exp"] = exp;
-                if let Ok(identity) = verifier(&[]).verify(&token(claims)) {
+                if let Ok(identity) = verifier(&[]).verify_now(&token(claims)) {
                     prop_assert!(roomcast_publisher::validate_id(&identity.tenant).is_ok());
                     prop_assert!(roomcast_publisher::validate_id(&identity.user).is_ok());
                 }

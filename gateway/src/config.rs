@@ -32,6 +32,20 @@ pub mod env {
     pub const READY_REQUIRES_REDIS: &str = "ROOMCAST_READY_REQUIRES_REDIS";
     /// `ROOMCAST_REDIS_URL`.
     pub const REDIS_URL: &str = "ROOMCAST_REDIS_URL";
+    /// `ROOMCAST_REDIS_URL_FILE`.
+    pub const REDIS_URL_FILE: &str = "ROOMCAST_REDIS_URL_FILE";
+    /// `ROOMCAST_REDIS_PASSWORD_FILE`.
+    pub const REDIS_PASSWORD_FILE: &str = "ROOMCAST_REDIS_PASSWORD_FILE";
+    /// `ROOMCAST_REDIS_CA_FILE`.
+    pub const REDIS_CA_FILE: &str = "ROOMCAST_REDIS_CA_FILE";
+    /// `ROOMCAST_JWT_JWKS_URL`.
+    pub const JWKS_URL: &str = "ROOMCAST_JWT_JWKS_URL";
+    /// `ROOMCAST_JWT_JWKS_REFRESH`.
+    pub const JWKS_REFRESH: &str = "ROOMCAST_JWT_JWKS_REFRESH";
+    /// `ROOMCAST_JWT_JWKS_MIN_INTERVAL`.
+    pub const JWKS_MIN_INTERVAL: &str = "ROOMCAST_JWT_JWKS_MIN_INTERVAL";
+    /// `ROOMCAST_JWT_ISSUERS_FILE`.
+    pub const ISSUERS_FILE: &str = "ROOMCAST_JWT_ISSUERS_FILE";
     /// `ROOMCAST_REDIS_PREFIX`.
     pub const REDIS_PREFIX: &str = "ROOMCAST_REDIS_PREFIX";
     /// `ROOMCAST_REDIS_COMMAND_TIMEOUT`.
@@ -186,6 +200,21 @@ pub struct Config {
     #[arg(long, env = env::READY_REQUIRES_REDIS)]
     pub ready_requires_redis: bool,
 
+    /// File holding the Redis URL (trailing newline ignored), instead of ROOMCAST_REDIS_URL: for
+    /// a URL kept in a mounted secret.
+    #[arg(long, env = env::REDIS_URL_FILE)]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// File holding the Redis password (trailing newline ignored), e.g. the `redis-password`
+    /// key of a Bitnami or Valkey chart's secret; overrides a password in the URL.
+    #[arg(long, env = env::REDIS_PASSWORD_FILE)]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// PEM bundle of the CAs that sign the Redis server's certificate (rediss:// only); replaces
+    /// the system's CA store for Redis.
+    #[arg(long, env = env::REDIS_CA_FILE)]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Prefix of every Redis channel and key Roomcast uses; publishers must use the same.
     #[arg(long, env = env::REDIS_PREFIX, default_value = wire::DEFAULT_PREFIX)]
     pub redis_prefix: String,
@@ -307,6 +336,28 @@ pub struct Config {
     /// JWKS file ({"keys":[...]}); a token's `kid` header selects the key, so keys can rotate.
     #[arg(long, env = env::JWKS_FILE)]
     pub jwks_file: Option<PathBuf>,
+
+    /// JWKS URL of an identity provider (Auth0, Keycloak, Cognito…): fetched at startup, then
+    /// refreshed (honouring Cache-Control max-age within ROOMCAST_JWT_JWKS_REFRESH), refetched
+    /// when a token names an unknown `kid`; the last good set is kept while the IdP is down.
+    #[arg(long, env = env::JWKS_URL)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// The longest a fetched key set is used before it is fetched again.
+    #[arg(long, env = env::JWKS_REFRESH, default_value = "5m", value_parser = parse_duration)]
+    pub jwt_jwks_refresh: Duration,
+
+    /// The least time between two fetches of one key set: unknown-`kid` refetches and retries
+    /// while the IdP is down are rate-limited to this.
+    #[arg(long, env = env::JWKS_MIN_INTERVAL, default_value = "10s", value_parser = parse_duration)]
+    pub jwt_jwks_min_interval: Duration,
+
+    /// JSON file of trusted issuers, each with its own key source, for apps where tenants bring
+    /// their own identity provider: {"issuers": [{"issuer", "jwks_url" | "jwks_file" |
+    /// "public_key_file", "audiences", "tenants"}]}. A token's `iss` picks its entry; `tenants`
+    /// limits which tenants an issuer may vouch for.
+    #[arg(long, env = env::ISSUERS_FILE)]
+    pub jwt_issuers_file: Option<PathBuf>,
 
     /// Accepted `iss` values (comma-separated); when set, tokens must carry one of them.
     #[arg(long, env = env::JWT_ISSUER, value_delimiter = ',')]
@@ -513,6 +564,18 @@ fn value_error(e: &clap::Error) -> Option<ConfigError> {
     Some(ConfigError::new(env, message))
 }
 
+/// A secret kept in a file (a mounted Kubernetes secret): UTF-8, trailing newline ignored.
+fn read_secret_file(option: &'static str, path: &std::path::Path) -> Result<Secret, ConfigError> {
+    let raw =
+        std::fs::read(path).map_err(|e| ConfigError::new(option, format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(raw).map_err(|_| ConfigError::new(option, "the file is not UTF-8 text"))?;
+    let text = text.trim_end_matches(['\r', '\n']);
+    if text.is_empty() {
+        return Err(ConfigError::new(option, format!("{} is empty", path.display())));
+    }
+    Ok(Secret::from(text.to_owned()))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
 }
@@ -524,6 +587,9 @@ pub(crate) enum KeySource<'a> {
     SecretFile(&'a PathBuf),
     PublicKeyFile(&'a PathBuf),
     JwksFile(&'a PathBuf),
+    JwksUrl(&'a String),
+    /// No default key: only the trusted issuers of `ROOMCAST_JWT_ISSUERS_FILE`.
+    IssuersOnly,
     /// `--dev` without a key: the gateway generates one.
     DevGenerated,
 }
@@ -585,7 +651,7 @@ impl Config {
             }
         }
         self.cors_allow_list()?;
-        if let Some(url) = &self.redis_url {
+        if let Some(url) = &self.redis_url()? {
             // fred parses the URL but takes any scheme for a standalone server, and its error text
             // can echo the URL (with a password), which must not be shown.
             const SCHEMES: &[&str] = &[
@@ -610,6 +676,18 @@ impl Config {
                      redis-cluster://host:port[?node=host:port] or redis-sentinel://",
                 ));
             }
+        }
+        if self.jwt_jwks_min_interval < Duration::from_millis(100) {
+            return Err(ConfigError::new(env::JWKS_MIN_INTERVAL, "must be at least 100ms"));
+        }
+        if self.jwt_jwks_refresh < self.jwt_jwks_min_interval {
+            return Err(ConfigError::new(env::JWKS_REFRESH, "must be at least ROOMCAST_JWT_JWKS_MIN_INTERVAL"));
+        }
+        if self.redis_ca_file.is_some() && !self.uses_redis() {
+            return Err(ConfigError::new(env::REDIS_CA_FILE, "set only with a Redis URL (rediss://)"));
+        }
+        if self.redis_password_file.is_some() && !self.uses_redis() {
+            return Err(ConfigError::new(env::REDIS_PASSWORD_FILE, "set only with a Redis URL"));
         }
         wire::Keys::new(&self.redis_prefix).map_err(|e| ConfigError::new(env::REDIS_PREFIX, e.to_string()))?;
         if self.redis_command_timeout.is_zero() {
@@ -681,6 +759,41 @@ impl Config {
         Ok(())
     }
 
+    /// Whether a Redis URL is configured (cluster mode).
+    pub fn uses_redis(&self) -> bool {
+        self.redis_url.is_some() || self.redis_url_file.is_some()
+    }
+
+    /// The Redis URL: `ROOMCAST_REDIS_URL`, or read from `ROOMCAST_REDIS_URL_FILE`.
+    pub fn redis_url(&self) -> Result<Option<Secret>, ConfigError> {
+        match (&self.redis_url, &self.redis_url_file) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                env::REDIS_URL_FILE,
+                "conflicting options: set only one of ROOMCAST_REDIS_URL, ROOMCAST_REDIS_URL_FILE",
+            )),
+            (Some(url), None) => Ok(Some(url.clone())),
+            (None, Some(path)) => read_secret_file(env::REDIS_URL_FILE, path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The Redis password of `ROOMCAST_REDIS_PASSWORD_FILE`, and the CA bundle of
+    /// `ROOMCAST_REDIS_CA_FILE` (PEM bytes).
+    pub fn redis_credentials(&self) -> Result<(Option<Secret>, Option<Vec<u8>>), ConfigError> {
+        let password = match &self.redis_password_file {
+            Some(path) => Some(read_secret_file(env::REDIS_PASSWORD_FILE, path)?),
+            None => None,
+        };
+        let ca =
+            match &self.redis_ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    ConfigError::new(env::REDIS_CA_FILE, format!("cannot read {}: {e}", path.display()))
+                })?),
+                None => None,
+            };
+        Ok((password, ca))
+    }
+
     /// The single configured source of verification keys.
     pub(crate) fn key_source(&self) -> Result<KeySource<'_>, ConfigError> {
         let mut sources = Vec::new();
@@ -696,12 +809,18 @@ impl Config {
         if let Some(p) = &self.jwks_file {
             sources.push((env::JWKS_FILE, KeySource::JwksFile(p)));
         }
+        if let Some(url) = &self.jwt_jwks_url {
+            sources.push((env::JWKS_URL, KeySource::JwksUrl(url)));
+        }
         match sources.len() {
             0 if self.dev => Ok(KeySource::DevGenerated),
+            // Trusted issuers alone: every token must come from one of them.
+            0 if self.jwt_issuers_file.is_some() => Ok(KeySource::IssuersOnly),
             0 => Err(ConfigError::new(
                 env::JWT_SECRET,
                 "no token key configured: set one of ROOMCAST_JWT_SECRET, ROOMCAST_JWT_SECRET_FILE, \
-                 ROOMCAST_JWT_PUBLIC_KEY_FILE or ROOMCAST_JWKS_FILE, or pass --dev to try Roomcast out",
+                 ROOMCAST_JWT_PUBLIC_KEY_FILE, ROOMCAST_JWKS_FILE, ROOMCAST_JWT_JWKS_URL or \
+                 ROOMCAST_JWT_ISSUERS_FILE, or pass --dev to try Roomcast out",
             )),
             1 => {
                 let (name, source) = sources.remove(0);

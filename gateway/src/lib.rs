@@ -37,6 +37,7 @@ pub mod errors;
 mod expiry;
 mod history;
 mod http;
+mod jwks;
 mod limits;
 mod local;
 mod logging;
@@ -201,7 +202,7 @@ impl Gateway {
     /// Like [`Gateway::bind`], as one node of `cluster` instead of a single node (or Redis,
     /// which `config` must not name).
     pub async fn bind_local(config: Config, cluster: &LocalCluster) -> Result<Gateway, StartError> {
-        if config.redis_url.is_some() {
+        if config.uses_redis() {
             return Err(ConfigError::new(env::REDIS_URL, "a gateway of a LocalCluster does not use Redis").into());
         }
         if config.history() != cluster.policy {
@@ -215,6 +216,13 @@ impl Gateway {
     async fn bind_to(config: Config, cluster: Option<&LocalCluster>) -> Result<Gateway, StartError> {
         config.validate()?;
         let verifier = Verifier::from_config(&config)?;
+        // Key sets at identity providers' URLs: fetched before the first connection, at most
+        // a few seconds; a provider that is down does not stop the gateway (its tokens are
+        // refused until a fetch succeeds, retried in the background).
+        futures_util::future::join_all(
+            verifier.remote_key_sets().iter().map(|set| set.fetch_at_start(Duration::from_secs(5))),
+        )
+        .await;
         let mut origins = match config.cors_allow_list()? {
             None => OriginPolicy::Any,
             Some(list) if list.is_empty() => OriginPolicy::Unrestricted,
@@ -236,10 +244,13 @@ impl Gateway {
         // Built bottom-up: the bus and stores, the membership over the bus, the Socket.IO
         // server, the delivery to its sockets; then the bus is started with the delivery as its
         // handler and the socket handlers with the state. Nothing is bound late.
-        let Stores { bus, history, presence: presence_store, receive } = match &config.redis_url {
+        let Stores { bus, history, presence: presence_store, receive } = match &config.redis_url()? {
             Some(url) => {
+                let (password, ca_pem) = config.redis_credentials()?;
                 let (bus, receiving) = RedisBus::start(RedisSettings {
                     url: url.expose().to_owned(),
+                    password: password.map(|p| p.expose().to_owned()),
+                    ca_pem,
                     keys: roomcast_publisher::wire::Keys::new(&config.redis_prefix)
                         .map_err(|e| ConfigError::new(env::REDIS_PREFIX, e.to_string()))?,
                     command_timeout: config.redis_command_timeout,
@@ -388,6 +399,8 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let Gateway { state, io, public, api, admin, metrics, .. } = self;
         let expiry = tokio::spawn(expiry::run(state.clone()));
+        let key_sets: Vec<_> =
+            state.verifier.remote_key_sets().into_iter().map(|set| tokio::spawn(set.refresh_forever())).collect();
         let presence = tokio::spawn(state.presence.clone().run());
         let typing = tokio::spawn({
             let delivery = state.delivery.clone();
@@ -430,6 +443,7 @@ impl Gateway {
             tracing::warn!("shutdown timeout reached with HTTP connections still open; exiting anyway");
         }
         expiry.abort();
+        key_sets.iter().for_each(tokio::task::JoinHandle::abort);
         upkeep.abort();
         presence.abort();
         typing.abort();

@@ -142,6 +142,11 @@ pub const PROCESS_MAX_FDS: &str = "process_max_fds";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 /// OS threads.
 pub const PROCESS_THREADS: &str = "process_threads";
+/// Fetches of a JWKS URL, by `jwks` (the issuer, or `default`) and `result` (`updated`,
+/// `not_modified`, `error`).
+pub const JWKS_FETCHES: &str = "roomcast_jwks_fetches_total";
+/// Keys held from a JWKS URL, by `jwks`.
+pub const JWKS_KEYS: &str = "roomcast_jwks_keys";
 
 fn describe() {
     describe_counter!(BUS_RECEIVED, "Envelopes received from Redis by this replica.");
@@ -178,6 +183,8 @@ fn describe() {
     describe_gauge!(PROCESS_MAX_FDS, "Maximum number of open file descriptors.");
     describe_gauge!(PROCESS_CPU, "Total user and system CPU time spent in seconds (a counter kept by the OS).");
     describe_gauge!(PROCESS_THREADS, "Number of OS threads.");
+    describe_counter!(JWKS_FETCHES, "Fetches of a JWKS URL, by key set and result.");
+    describe_gauge!(JWKS_KEYS, "Keys held from a JWKS URL, by key set.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
     describe_counter!(CONNECTIONS_REJECTED, "Connection attempts refused, by reason.");
@@ -339,6 +346,23 @@ pub(crate) fn delivered(kind: &'static str, members: u64) {
 /// `age_us`: microseconds since the envelope's `ts` (itself in ms: see [`DELIVERY_BUCKETS`]).
 pub(crate) fn delivery_latency(age_us: u64) {
     histogram!(DELIVERY_LATENCY).record(age_us as f64 / 1_000_000.0);
+}
+
+/// `result`: `updated`, `not_modified` or `error`.
+pub(crate) fn jwks_fetched(jwks: &str, result: &'static str) {
+    counter!(JWKS_FETCHES, "jwks" => jwks.to_owned(), "result" => result).increment(1);
+}
+
+/// Registers a JWKS URL's series at 0, so its first failure shows to `increase()`.
+pub(crate) fn jwks_registered(jwks: &str) {
+    for result in ["updated", "not_modified", "error"] {
+        counter!(JWKS_FETCHES, "jwks" => jwks.to_owned(), "result" => result).increment(0);
+    }
+    gauge!(JWKS_KEYS, "jwks" => jwks.to_owned()).increment(0.0);
+}
+
+pub(crate) fn jwks_keys(jwks: &str, keys: usize) {
+    gauge!(JWKS_KEYS, "jwks" => jwks.to_owned()).set(keys as f64);
 }
 
 pub(crate) fn ready(ready: bool) {

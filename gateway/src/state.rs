@@ -86,6 +86,6 @@ impl GatewayState {
     /// With Redis: `ok`, or why the bus cannot deliver across replicas right now
     /// (`redis_disconnected`, `redis_resubscribing`). Single node: `None`.
     pub fn redis_status(&self) -> Option<&'static str> {
-        self.config.redis_url.as_ref().map(|_| self.bus.unavailable().unwrap_or("ok"))
+        self.config.uses_redis().then(|| self.bus.unavailable().unwrap_or("ok"))
     }
 }

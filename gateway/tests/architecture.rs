@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "conn",
             "envelope",
             "errors",
+            "jwks",
             "limits",
             "logging",
             "metrics",

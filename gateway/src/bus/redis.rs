@@ -58,6 +58,10 @@ const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 pub struct RedisSettings {
     /// The server or cluster; may hold a password, never logged.
     pub url: String,
+    /// A password that overrides the URL's (`ROOMCAST_REDIS_PASSWORD_FILE`).
+    pub password: Option<String>,
+    /// PEM CA bundle trusted for `rediss://` instead of the system's (`ROOMCAST_REDIS_CA_FILE`).
+    pub ca_pem: Option<Vec<u8>>,
     /// Channel and key names.
     pub keys: Keys,
     /// Timeout of each command.
@@ -96,6 +100,24 @@ impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus").field("keys", &self.keys).field("clustered", &self.clustered).finish_non_exhaustive()
     }
+}
+
+/// A rustls configuration trusting only the CAs of the PEM bundle `pem`.
+fn tls_trusting(pem: &[u8]) -> Result<rustls::ClientConfig, ConfigError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let invalid = |why: String| ConfigError::new(env::REDIS_CA_FILE, why);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+        roots.add(cert).map_err(|e| invalid(format!("a certificate cannot be used as a CA: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(invalid("the file holds no PEM certificate".into()));
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// A client whose event channels hold `events` entries. fred sizes every event channel of a
@@ -137,8 +159,17 @@ impl RedisBus {
     /// The returned [`RedisDelivery`] reports what arrives once it runs; subscriptions asked
     /// for before that are applied then.
     pub fn start(settings: RedisSettings) -> Result<(RedisBus, RedisDelivery), ConfigError> {
-        let config =
+        let mut config =
             FredConfig::from_url(&settings.url).map_err(|_| ConfigError::new(env::REDIS_URL, "not a Redis URL"))?;
+        if let Some(password) = &settings.password {
+            config.password = Some(password.clone());
+        }
+        if let Some(pem) = &settings.ca_pem {
+            if config.tls.is_none() {
+                return Err(ConfigError::new(env::REDIS_CA_FILE, "a CA bundle needs a TLS URL (rediss://)"));
+            }
+            config.tls = Some(tls_trusting(pem)?.into());
+        }
         let clustered = config.server.is_clustered();
         // The commands client receives no pub/sub messages, only its own connection events.
         let commands = build_client(&config, &settings, COMMANDS_CLIENT_EVENTS)?;

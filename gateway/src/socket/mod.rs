@@ -78,8 +78,10 @@ async fn authenticate(
         return Err(ConnectRejection(ErrorCode::RateLimited));
     }
     let parts = socket.req_parts();
-    let verified = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
-        .and_then(|token| gw.verifier.verify(&token));
+    let verified = match auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri) {
+        Ok(token) => gw.verifier.verify(&token).await,
+        Err(e) => Err(e),
+    };
     match verified {
         Ok(identity) => {
             if let Err(code) = gw.presence.connect(&identity.tenant, &identity.user).await {

@@ -26,7 +26,7 @@ pub(super) async fn refresh(
     let payloads::Refresh { token } =
         payloads::parse(payload, REFRESH_SHAPE).inspect_err(|_| metrics::auth_refresh("invalid_payload"))?;
     let current = conn.identity();
-    let fresh = gw.verifier.verify(&token).inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    let fresh = gw.verifier.verify(&token).await.inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
         return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
