@@ -1,14 +1,16 @@
 """Checks the Helm chart, docker-compose.yml and the Dockerfile against the real gateway.
 
 The chart is linted and rendered by Helm's own engine (the Go SDK bundled in helm-python-sdk);
-the rendered configuration is then handed to the real `roomcast-gateway` binary, which must boot
-with it and answer the probes the chart points at. Run by scripts/test:
+every rendered manifest is validated against Kubernetes' own OpenAPI schemas
+(kubernetes-validate, strict); the rendered configuration, with the files the pod would have
+mounted, is then handed to the real `roomcast-gateway` binary, which must boot with it and
+answer the probes the chart points at. Run by scripts/test:
 
     python -m unittest discover -s deploy/tests -v
 
-Needs: helm-python-sdk and PyYAML (deploy/tests/requirements.txt), a built gateway
-(ROOMCAST_GATEWAY_BIN, default target/debug/roomcast-gateway) and redis-server on the PATH.
-`haproxy -c` runs when haproxy is installed (scripts/test installs it where it can).
+Needs: helm-python-sdk, kubernetes-validate and PyYAML (deploy/tests/requirements.txt), a built
+gateway (ROOMCAST_GATEWAY_BIN, default target/debug/roomcast-gateway) and redis-server on the
+PATH. `haproxy -c` runs when haproxy is installed (scripts/test installs it where it can).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from functools import cache
 from pathlib import Path
 
 import helm_python as helm
+import kubernetes_validate
 import yaml
+from helm_python import _native as helm_native
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "roomcast"
@@ -38,6 +42,24 @@ GATEWAY = Path(os.environ.get("ROOMCAST_GATEWAY_BIN", REPO / "target" / "debug" 
 RELEASE, NAMESPACE = "rc", "realtime"
 FULLNAME = "rc-roomcast"
 BOOT_DEADLINE = 60.0
+
+# Settings the chart passes that the gateway gains in issue 15 (its Rust side lands separately).
+# A binary without them ignores them, so the chart still boots it; the tests that need their
+# behaviour say so and are skipped until the binary has them (--help lists them), and
+# test_issue_15_options_are_known_to_the_gateway names the ones still missing.
+ISSUE_15_OPTIONS = frozenset(
+    {
+        "ROOMCAST_API_LISTEN",
+        "ROOMCAST_PUBLIC_API",
+        "ROOMCAST_REDIS_URL_FILE",
+        "ROOMCAST_REDIS_PASSWORD_FILE",
+        "ROOMCAST_REDIS_CA_FILE",
+        "ROOMCAST_JWT_JWKS_URL",
+        "ROOMCAST_JWT_JWKS_REFRESH",
+        "ROOMCAST_JWT_JWKS_MIN_INTERVAL",
+        "ROOMCAST_JWT_ISSUERS_FILE",
+    }
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,9 +70,18 @@ def load_values(path: Path) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(values: dict) -> dict[str, list[dict]]:
-    """Renders the chart; returns manifests by kind (NOTES.txt under "NOTES")."""
-    out = helm.Chart.load(str(CHART)).render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+def render(values: dict, kube_version: str | None = None) -> dict[str, list[dict]]:
+    """Renders the chart; returns manifests by kind (NOTES.txt under "NOTES").
+
+    `kube_version` sets .Capabilities.KubeVersion, as `helm template --kube-version` does (the
+    SDK's native render takes it; its Python wrapper does not expose it yet).
+    """
+    chart = helm.Chart.load(str(CHART))
+    if kube_version is None:
+        out = chart.render(copy.deepcopy(values), name=RELEASE, namespace=NAMESPACE)
+    else:
+        opts = {"name": RELEASE, "namespace": NAMESPACE, "kube_version": kube_version}
+        out = json.loads(helm_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
     by_kind: dict[str, list[dict]] = {}
     for path, text in out.items():
         if path.endswith("NOTES.txt"):
@@ -76,6 +107,41 @@ def gateway_config(manifests: dict) -> dict[str, str]:
 def gateway_container(manifests: dict) -> dict:
     containers = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
     return next(c for c in containers if c["name"] == "gateway")
+
+
+def pod_spec(manifests: dict) -> dict:
+    return one(manifests, "Deployment")["spec"]["template"]["spec"]
+
+
+def named(manifests: dict, kind: str, name: str) -> dict:
+    docs = [d for d in manifests.get(kind, []) if d["metadata"]["name"] == name]
+    assert len(docs) == 1, f"expected one {kind} {name}, got {len(docs)}"
+    return docs[0]
+
+
+def public_service(manifests: dict) -> dict:
+    """The Service clients reach (Socket.IO) and Prometheus scrapes (admin)."""
+    return named(manifests, "Service", FULLNAME)
+
+
+def api_service(manifests: dict) -> dict:
+    """The backend API's own Service."""
+    return named(manifests, "Service", f"{FULLNAME}-api")
+
+
+def env_value(container: dict, name: str) -> str | None:
+    return next((e.get("value") for e in container.get("env", []) if e["name"] == name), None)
+
+
+def merged(base: dict, extra: dict) -> dict:
+    """`base` with `extra` merged in, maps recursively (as Helm merges values)."""
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 @cache
@@ -165,17 +231,22 @@ class RedisServer:
 
 
 def boot_gateway(
-    env: dict[str, str], host: str = "127.0.0.1", public: int | None = None, admin: int | None = None
+    env: dict[str, str],
+    host: str = "127.0.0.1",
+    public: int | None = None,
+    admin: int | None = None,
+    api: int | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """Starts the gateway with exactly `env` (plus PATH) and waits until /readyz answers 200.
 
     Listen addresses are moved to `host` and free (or the given) ports; everything else is used
-    as given.
+    as given. The API listener is set too (a binary without it ignores the variable).
     """
     env = dict(env)
-    public, admin = public or free_port(), admin or free_port()
+    public, admin, api = public or free_port(), admin or free_port(), api or free_port()
     env["ROOMCAST_LISTEN"] = f"{host}:{public}"
     env["ROOMCAST_ADMIN_LISTEN"] = f"{host}:{admin}"
+    env["ROOMCAST_API_LISTEN"] = f"{host}:{api}"
     env["PATH"] = os.environ.get("PATH", "")
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([GATEWAY], env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -204,13 +275,19 @@ def stop_gateway(proc: subprocess.Popen) -> None:
     proc.log.close()
 
 
-def container_env(manifests: dict) -> dict[str, str]:
-    """The environment the gateway container would get: ConfigMap, then env (Secret refs resolved)."""
+def container_env(manifests: dict, root: Path | None = None) -> dict[str, str]:
+    """The environment the gateway container would get: ConfigMap, then env (Secret refs resolved).
+
+    With `root`, the files of the container's Secret and ConfigMap volumes are written under it
+    (see pod_files) and every variable pointing into a mount points at its copy instead.
+    """
     container = gateway_container(manifests)
     configmaps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in manifests.get("ConfigMap", [])}
     secrets = {s["metadata"]["name"]: s.get("stringData", {}) for s in manifests.get("Secret", [])}
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
+        if source.get("configMapRef", {}).get("name") not in configmaps:
+            continue  # the user's own (extraEnvFrom)
         env.update(configmaps[source["configMapRef"]["name"]])
     for var in container.get("env", []):
         if "value" in var:
@@ -222,7 +299,57 @@ def container_env(manifests: dict) -> dict[str, str]:
             assert ref.get("optional"), f"{var['name']}: required key {ref['key']} missing from {ref['name']}"
             continue
         env[var["name"]] = value
+    if root is not None:
+        mounts = pod_files(manifests, root)
+        for name, value in env.items():
+            for mount_path, copy_path in mounts.items():
+                if value.startswith(mount_path + "/"):
+                    env[name] = str(copy_path) + value[len(mount_path) :]
     return env
+
+
+def pod_files(manifests: dict, root: Path) -> dict[str, Path]:
+    """Writes what the gateway container's Secret and ConfigMap volumes would hold under `root`.
+
+    Only objects the chart renders are known; volumes of others (existingSecret, extraVolumes)
+    are left out. Returns {mountPath: its copy under root}.
+    """
+    pod = pod_spec(manifests)
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    configmaps = {cm["metadata"]["name"]: cm.get("data", {}) for cm in manifests.get("ConfigMap", [])}
+    secrets = {s["metadata"]["name"]: s.get("stringData", {}) for s in manifests.get("Secret", [])}
+    copies = {}
+    for mount in gateway_container(manifests).get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            source, data = volume["secret"], secrets.get(volume["secret"]["secretName"])
+        elif "configMap" in volume:
+            source, data = volume["configMap"], configmaps.get(volume["configMap"]["name"])
+        else:
+            continue
+        if data is None:
+            continue
+        target = root / mount["mountPath"].lstrip("/")
+        target.mkdir(parents=True, exist_ok=True)
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        for item in items:
+            (target / item["path"]).write_text(data[item["key"]])
+        copies[mount["mountPath"]] = target
+    return copies
+
+
+def redis_clients(port: int) -> int:
+    """Clients connected to the test Redis, this query's own connection excluded."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"CLIENT LIST\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += s.recv(65536)
+        header, _, body = data.partition(b"\r\n")
+        size = int(header[1:])  # a bulk string: $<size>\r\n<body>\r\n
+        while len(body) < size:
+            body += s.recv(65536)
+    return body.decode().count("id=") - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,13 +414,29 @@ class ChartRejectsBadValues(unittest.TestCase):
         invalid = load_values(REPO / "deploy" / "tests" / "invalid-values.yaml")
         base = load_values(CHART / "ci" / "defaults-values.yaml")
         expected_paths = {
-            "replicaCount": "/replicaCount",
-            "unknownTopLevel": "additional properties 'unknownTopLevel'",
-            "auth": "/auth/mode",
-            "secrets": "/secrets/jwtSecret",
-            "redis": "/redis/url",
-            "config": "/config/history/ttl",
-            "service": "/service/type",
+            "replicaCount": ["/replicaCount"],
+            "unknownTopLevel": ["additional properties 'unknownTopLevel'"],
+            "image": ["/image/digest"],
+            "auth": [
+                "/auth/mode",
+                "/auth/jwksUrl",
+                "at '/auth/trustedIssuers/0': missing property 'issuer'",
+                "at '/auth/trustedIssuers/1': additional properties 'jwks_url'",
+            ],
+            "secrets": ["/secrets/jwtSecret", "/secrets/existingSecretKeys/apiKeys"],
+            "redis": ["/redis/url", "/redis/existingPasswordSecret/key"],
+            "config": ["/config/history/ttl"],
+            "service": ["/service/type", "/service/externalTrafficPolicy", "/service/nodePorts/public"],
+            "containerPorts": ["/containerPorts/api"],
+            "api": ["/api/publicListener", "/api/service/type"],
+            "strategy": ["/strategy/type"],
+            "podDisruptionBudget": ["/podDisruptionBudget/minAvailable"],
+            "probes": ["/probes/liveness/successThreshold", "/probes/startup/failureThreshold"],
+            "httpRoute": ["/httpRoute/timeouts/request"],
+            "serviceMonitor": ["/serviceMonitor/namespace"],
+            "networkPolicy": ["/networkPolicy/api/namespaces/0"],
+            "autoscaling": ["/autoscaling/targetConnectionsPerPod"],
+            "dnsPolicy": ["/dnsPolicy"],
         }
         self.assertEqual(set(invalid), set(expected_paths))
         # Each bad value alone is rejected, with a message naming it.
@@ -306,10 +449,30 @@ class ChartRejectsBadValues(unittest.TestCase):
                     values[key] = value
                 with self.assertRaises(helm.HelmValuesError) as ctx:
                     render(values)
-                self.assertIn(expected_paths[key], str(ctx.exception))
+                for path in expected_paths[key]:
+                    self.assertIn(path, str(ctx.exception))
         with self.assertRaises(helm.HelmValuesError) as ctx:
             render(invalid)
         self.assertIn("/secrets/apiKeys/0", str(ctx.exception))
+
+    def test_conflicting_settings_fail_with_a_message_naming_them(self) -> None:
+        cases = yaml.safe_load((REPO / "deploy" / "tests" / "invalid-combinations.yaml").read_text())
+        base = load_values(CHART / "ci" / "defaults-values.yaml")
+        self.assertGreaterEqual(len(cases), 15)
+        for case in cases:
+            with self.subTest(case=case["name"]):
+                values = merged(base, case["values"])
+                # Each is valid for the schema: the conflict is what is refused.
+                helm.Chart.load(str(CHART)).validate_schema(values)
+                with self.assertRaisesRegex(helm.HelmRenderError, case["error"]):
+                    render(values)
+
+    def test_prestop_sleep_is_refused_before_kubernetes_1_30(self) -> None:
+        values = load_values(CHART / "ci" / "defaults-values.yaml") | {"shutdown": {"preStopSleepSeconds": 5}}
+        with self.assertRaisesRegex(helm.HelmRenderError, r"preStopSleepSeconds needs Kubernetes >= 1\.30"):
+            render(values, kube_version="v1.29.0")
+        sleep = gateway_container(render(values, kube_version="v1.30.0"))["lifecycle"]["preStop"]
+        self.assertEqual(sleep, {"sleep": {"seconds": 5}})
 
     def test_install_fails_without_a_key(self) -> None:
         with self.assertRaisesRegex(helm.HelmRenderError, r"secrets\.jwtSecret"):
@@ -343,7 +506,13 @@ class ChartMatchesGateway(unittest.TestCase):
             container = gateway_container(manifests)
             names = set(gateway_config(manifests)) | {e["name"] for e in container["env"]}
             with self.subTest(values=path.name):
-                self.assertEqual(names - gateway_env_vars(), set())
+                self.assertEqual(names - gateway_env_vars() - ISSUE_15_OPTIONS, set())
+
+    def test_issue_15_options_are_known_to_the_gateway(self) -> None:
+        """Fails never; skipped, naming them, while the binary lacks options the chart passes."""
+        missing = sorted(ISSUE_15_OPTIONS - gateway_env_vars())
+        if missing:
+            self.skipTest(f"{GATEWAY.name} does not read {', '.join(missing)} yet (issue 15, Rust side)")
 
     def test_probes_ports_and_scrape_target_match_the_gateway(self) -> None:
         for path in CI_VALUES:
@@ -354,11 +523,13 @@ class ChartMatchesGateway(unittest.TestCase):
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             with self.subTest(values=path.name):
                 self.assertEqual(ports["public"], port_of(config["ROOMCAST_LISTEN"]))
+                self.assertEqual(ports["api"], port_of(config["ROOMCAST_API_LISTEN"]))
                 self.assertEqual(ports["admin"], port_of(config["ROOMCAST_ADMIN_LISTEN"]))
                 self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "admin"})
                 self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "admin"})
-                service = one(manifests, "Service")
-                self.assertEqual({p["targetPort"] for p in service["spec"]["ports"]}, set(ports))
+                service = public_service(manifests)
+                self.assertEqual({p["targetPort"] for p in service["spec"]["ports"]}, {"public", "admin"})
+                self.assertEqual([p["targetPort"] for p in api_service(manifests)["spec"]["ports"]], ["api"])
                 admin_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "admin")
                 test_pod = one(manifests, "Pod")
                 self.assertEqual(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test")
@@ -375,25 +546,35 @@ class ChartMatchesGateway(unittest.TestCase):
         ports = {p["name"]: p["containerPort"] for p in gateway_container(manifests)["ports"]}
         self.assertEqual(ports["public"], port_of(gateway_default("ROOMCAST_LISTEN")))
         self.assertEqual(ports["admin"], port_of(gateway_default("ROOMCAST_ADMIN_LISTEN")))
+        if "ROOMCAST_API_LISTEN" in gateway_env_vars():
+            self.assertEqual(ports["api"], port_of(gateway_default("ROOMCAST_API_LISTEN")))
 
     def test_rendered_configuration_boots_the_gateway_and_answers_the_probes(self) -> None:
+        """The chart's ConfigMap, env and mounted files, handed to the real binary."""
         redis = RedisServer()
         self.addCleanup(redis.stop)
         for name in ["defaults-values.yaml", "full-values.yaml"]:
             manifests = render(load_values(CHART / "ci" / name))
-            env = container_env(manifests)
-            self.assertIn("ROOMCAST_JWT_SECRET", env)
-            # The chart's Redis is not reachable here: point the same setting at a private one.
-            self.assertIn("ROOMCAST_REDIS_URL", env)
-            env["ROOMCAST_REDIS_URL"] = redis.url
+            root = Path(tempfile.mkdtemp())
+            self.addCleanup(shutil.rmtree, root)
+            env = container_env(manifests, root)
+            # Keys and the Redis URL are files; nothing secret is in the environment.
+            self.assertTrue(Path(env["ROOMCAST_JWT_SECRET_FILE"]).is_file())
+            self.assertNotIn("ROOMCAST_JWT_SECRET", env)
+            self.assertNotIn("ROOMCAST_REDIS_URL", env)
+            # The chart's Redis is not reachable here: the same file, pointing at a private one.
+            Path(env["ROOMCAST_REDIS_URL_FILE"]).write_text(redis.url)
             container = gateway_container(manifests)
             with self.subTest(values=name):
+                before = redis_clients(redis.port)
                 proc, admin = boot_gateway(env)
                 try:
                     for probe in ["livenessProbe", "readinessProbe"]:
                         path = container[probe]["httpGet"]["path"]
                         self.assertEqual(http_status(f"http://127.0.0.1:{admin}{path}"), 200, probe)
                     self.assertEqual(http_status(f"http://127.0.0.1:{admin}/metrics"), 200)
+                    if "ROOMCAST_REDIS_URL_FILE" in gateway_env_vars():
+                        self.assertGreater(redis_clients(redis.port), before, "the replica uses the Redis of the mounted URL file")
                     # What the grace period relies on: SIGTERM makes the replica unready at once
                     # (the drain delay then runs; it is not waited out here).
                     proc.terminate()
@@ -404,6 +585,83 @@ class ChartMatchesGateway(unittest.TestCase):
                     self.assertIsNone(proc.poll(), "the replica drains instead of exiting")
                 finally:
                     stop_gateway(proc)
+            if "ROOMCAST_REDIS_URL_FILE" not in gateway_env_vars():
+                with self.subTest(values=name, check="Redis from the mounted URL file"):
+                    self.skipTest(f"{GATEWAY.name} does not read ROOMCAST_REDIS_URL_FILE yet (issue 15, Rust side): it ran single-node")
+
+    def test_api_port_serves_the_backend_api_and_the_public_port_does_not(self) -> None:
+        """Needs a gateway with ROOMCAST_API_LISTEN and ROOMCAST_PUBLIC_API (issue 15)."""
+        needed = {"ROOMCAST_API_LISTEN", "ROOMCAST_PUBLIC_API"} - gateway_env_vars()
+        if needed:
+            self.skipTest(f"{GATEWAY.name} lacks {', '.join(sorted(needed))} (issue 15, Rust side)")
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        values = load_values(CHART / "ci" / "full-values.yaml")
+        body = json.dumps({"tenant": "demo", "channel": "general", "event": "hello", "data": {}}).encode()
+        for public_api in [False, True]:
+            values["api"] = {"publicListener": public_api}
+            manifests = render(values)
+            root = Path(tempfile.mkdtemp())
+            self.addCleanup(shutil.rmtree, root)
+            env = container_env(manifests, root)
+            Path(env["ROOMCAST_REDIS_URL_FILE"]).write_text(redis.url)
+            if "ROOMCAST_REDIS_URL_FILE" not in gateway_env_vars():
+                env["ROOMCAST_REDIS_URL"] = redis.url
+            key = Path(env["ROOMCAST_API_KEY_FILE"]).read_text().splitlines()[0]
+            public, api = free_port(), free_port()
+            with self.subTest(publicListener=public_api):
+                proc, _ = boot_gateway(env, public=public, api=api)
+                try:
+
+                    def publish(port: int) -> int:
+                        request = urllib.request.Request(
+                            f"http://127.0.0.1:{port}/v1/publish",
+                            data=body,
+                            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                        )
+                        try:
+                            with urllib.request.urlopen(request, timeout=5) as resp:
+                                return resp.status
+                        except urllib.error.HTTPError as e:
+                            return e.code
+
+                    self.assertEqual(publish(api), 200)
+                    self.assertEqual(http_status(f"http://127.0.0.1:{api}/openapi.json"), 200)
+                    self.assertEqual(publish(public), 200 if public_api else 404)
+                finally:
+                    stop_gateway(proc)
+
+    def test_trusted_issuers_file_boots_the_gateway(self) -> None:
+        """Needs a gateway with ROOMCAST_JWT_ISSUERS_FILE (issue 15)."""
+        if "ROOMCAST_JWT_ISSUERS_FILE" not in gateway_env_vars():
+            self.skipTest(f"{GATEWAY.name} does not read ROOMCAST_JWT_ISSUERS_FILE yet (issue 15, Rust side)")
+        fixtures = REPO / "gateway" / "tests" / "fixtures"
+        values = merged(
+            load_values(CHART / "ci" / "defaults-values.yaml"),
+            {
+                "replicaCount": 1,
+                "redis": {"url": ""},
+                "auth": {
+                    "mode": "issuers",
+                    "trustedIssuers": [
+                        {"issuer": "https://a.example/", "jwksFile": "/etc/roomcast/idp/jwks.json", "tenants": ["acme"]},
+                        {"issuer": "https://b.example/", "publicKeyFile": "/etc/roomcast/idp/ed-public.pem"},
+                    ],
+                },
+            },
+        )
+        manifests = render(values)
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
+        env = container_env(manifests, root)
+        issuers_file = Path(env["ROOMCAST_JWT_ISSUERS_FILE"])
+        # The key files would come from extraVolumes: point the rendered document at the fixtures.
+        issuers_file.write_text(issuers_file.read_text().replace("/etc/roomcast/idp", str(fixtures)))
+        proc, admin = boot_gateway(env)
+        try:
+            self.assertEqual(http_status(f"http://127.0.0.1:{admin}/readyz"), 200)
+        finally:
+            stop_gateway(proc)
 
     def test_alerts_and_dashboard_use_metrics_the_gateway_exports(self) -> None:
         manifests = render(load_values(CHART / "ci" / "full-values.yaml"))
@@ -414,7 +672,7 @@ class ChartMatchesGateway(unittest.TestCase):
             used |= metric_names_in(rule["expr"])
             # The job label must be the one the ServiceMonitor produces (the Service's name).
             for job in re.findall(r'job="([^"]+)"', rule["expr"]):
-                self.assertEqual(job, one(manifests, "Service")["metadata"]["name"])
+                self.assertEqual(job, public_service(manifests)["metadata"]["name"])
         self.assertEqual(used - exported_metrics(), set())
         dashboard_file = (CHART / "dashboards" / "roomcast.json").read_text()
         dashboard = json.loads(dashboard_file)
@@ -446,8 +704,28 @@ class ChartMatchesGateway(unittest.TestCase):
         self.assertIn("instance", text, "panels are broken down per replica")
 
 
+def secret_mounts(manifests: dict) -> dict[str, tuple[dict, dict]]:
+    """{env var: (its volume, its mount)} for every ROOMCAST_*_FILE variable of the gateway."""
+    container = gateway_container(manifests)
+    volumes = {v["name"]: v for v in pod_spec(manifests).get("volumes", [])}
+    out = {}
+    for var in container.get("env", []):
+        if not var["name"].endswith("_FILE"):
+            continue
+        mount = next(m for m in container["volumeMounts"] if var["value"].startswith(m["mountPath"] + "/"))
+        out[var["name"]] = (volumes[mount["name"]], mount)
+    return out
+
+
+def mounted_item(volume: dict, mount: dict, path: str) -> str:
+    """The Secret or ConfigMap key a file path in the container comes from."""
+    source = volume.get("secret") or volume.get("configMap")
+    file = path[len(mount["mountPath"]) + 1 :]
+    return next(i["key"] for i in source["items"] if i["path"] == file) if "items" in source else file
+
+
 class ChartSecrets(unittest.TestCase):
-    def test_secrets_are_referenced_not_inlined(self) -> None:
+    def test_secrets_are_mounted_files_never_env(self) -> None:
         values = load_values(CHART / "ci" / "full-values.yaml")
         manifests = render(values)
         secret_values = [values["secrets"]["jwtSecret"], *values["secrets"]["apiKeys"], values["redis"]["url"]]
@@ -459,31 +737,87 @@ class ChartSecrets(unittest.TestCase):
                 self.assertNotIn(value, text, f"a secret value appears in a {kind}")
         secret = one(manifests, "Secret")
         self.assertEqual(secret["metadata"]["name"], FULLNAME)
-        self.assertEqual(secret["stringData"]["api-keys"], ",".join(values["secrets"]["apiKeys"]))
-        refs = {
-            e["name"]: e["valueFrom"]["secretKeyRef"] for e in gateway_container(manifests)["env"] if "valueFrom" in e
-        }
-        self.assertEqual(set(refs), {"ROOMCAST_JWT_SECRET", "ROOMCAST_API_KEY", "ROOMCAST_REDIS_URL"})
-        for ref in refs.values():
-            self.assertEqual(ref["name"], FULLNAME)
-            self.assertIn(ref["key"], secret["stringData"])
+        # One key per line: what ROOMCAST_API_KEY_FILE reads.
+        self.assertEqual(secret["stringData"]["api-keys"].splitlines(), values["secrets"]["apiKeys"])
+        container = gateway_container(manifests)
+        self.assertEqual([e for e in container["env"] if "valueFrom" in e], [], "no secretKeyRef in env")
+        mounts = secret_mounts(manifests)
+        self.assertEqual(set(mounts), {"ROOMCAST_JWT_SECRET_FILE", "ROOMCAST_API_KEY_FILE", "ROOMCAST_REDIS_URL_FILE"})
+        expected_keys = {"ROOMCAST_JWT_SECRET_FILE": "jwt-secret", "ROOMCAST_API_KEY_FILE": "api-keys", "ROOMCAST_REDIS_URL_FILE": "redis-url"}
+        for var, (volume, mount) in mounts.items():
+            with self.subTest(var=var):
+                self.assertEqual(volume["secret"]["secretName"], FULLNAME)
+                self.assertEqual(volume["secret"]["defaultMode"], 0o440)
+                self.assertTrue(mount["readOnly"])
+                key = mounted_item(volume, mount, env_value(container, var))
+                self.assertEqual(key, expected_keys[var])
+                self.assertIn(key, secret["stringData"])
+        # Without an fsGroup to own the files, 0440 would leave them unreadable to the non-root gateway.
+        values["podSecurityContext"] = {"fsGroup": None}  # null removes the default, as in helm --set
+        volume = next(v for v in pod_spec(render(values))["volumes"] if v["name"] == "secrets")
+        self.assertEqual(volume["secret"]["defaultMode"], 0o444)
+        # The rendered files are what the gateway gets: the materialized copies hold the values.
+        root = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, root)
+        env = container_env(manifests, root)
+        self.assertEqual(Path(env["ROOMCAST_REDIS_URL_FILE"]).read_text(), values["redis"]["url"])
+        self.assertEqual(Path(env["ROOMCAST_JWT_SECRET_FILE"]).read_text(), values["secrets"]["jwtSecret"])
 
     def test_existing_secret_is_used_and_none_is_created(self) -> None:
         manifests = render(load_values(CHART / "ci" / "existing-secret-values.yaml"))
         self.assertNotIn("Secret", manifests)
         container = gateway_container(manifests)
-        pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
-        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
-        self.assertEqual({r["name"] for r in refs.values()}, {"roomcast-keys"})
-        self.assertEqual(set(refs), {"ROOMCAST_API_KEY", "ROOMCAST_REDIS_URL"})
-        # jwks mode: the document is mounted from the Secret and the env var points at it.
-        jwks_file = next(e["value"] for e in container["env"] if e["name"] == "ROOMCAST_JWKS_FILE")
-        mount = next(m for m in container["volumeMounts"] if m["name"] == "keys")
-        volume = next(v for v in pod["volumes"] if v["name"] == "keys")
-        self.assertEqual(volume["secret"]["secretName"], "roomcast-keys")
-        self.assertEqual(jwks_file, f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}")
-        self.assertEqual(volume["secret"]["items"][0]["key"], "jwks.json")
-        self.assertTrue(mount["readOnly"])
+        self.assertEqual([e for e in container["env"] if "valueFrom" in e], [])
+        mounts = secret_mounts(manifests)
+        # jwks mode: the document, the API keys and the Redis URL are files from the Secret.
+        self.assertEqual(set(mounts), {"ROOMCAST_JWKS_FILE", "ROOMCAST_API_KEY_FILE", "ROOMCAST_REDIS_URL_FILE"})
+        for var, (volume, mount) in mounts.items():
+            with self.subTest(var=var):
+                self.assertEqual(volume["secret"]["secretName"], "roomcast-keys")
+                self.assertTrue(mount["readOnly"])
+        volume, mount = mounts["ROOMCAST_JWKS_FILE"]
+        self.assertEqual(mounted_item(volume, mount, env_value(container, "ROOMCAST_JWKS_FILE")), "jwks.json")
+
+    def test_existing_secret_key_names_and_optional_keys(self) -> None:
+        values = merged(
+            load_values(CHART / "ci" / "existing-secret-values.yaml"),
+            {"auth": {"mode": "hmac"}, "secrets": {"existingSecretKeys": {"jwtSecret": "token-key", "apiKeys": "", "redisUrl": "url"}}},
+        )
+        manifests = render(values)
+        container = gateway_container(manifests)
+        mounts = secret_mounts(manifests)
+        # A key declared absent is not mounted (a named but missing one would keep the pod from starting).
+        self.assertEqual(set(mounts), {"ROOMCAST_JWT_SECRET_FILE", "ROOMCAST_REDIS_URL_FILE"})
+        for var, key in [("ROOMCAST_JWT_SECRET_FILE", "token-key"), ("ROOMCAST_REDIS_URL_FILE", "url")]:
+            volume, mount = mounts[var]
+            self.assertEqual(mounted_item(volume, mount, env_value(container, var)), key)
+        self.assertIn("no API keys are configured", manifests["NOTES"][0]["text"])
+
+    def test_redis_password_and_ca_are_mounted_files(self) -> None:
+        base = load_values(CHART / "ci" / "defaults-values.yaml")
+        base["redis"]["url"] = "rediss://redis.example.internal:6380"
+        for source in ["caSecret", "caConfigMap"]:
+            values = merged(
+                base,
+                {"redis": {"existingPasswordSecret": {"name": "redis"}, "tls": {source: {"name": "redis-ca", "key": "bundle.pem"}}}},
+            )
+            manifests = render(values)
+            container = gateway_container(manifests)
+            mounts = secret_mounts(manifests)
+            with self.subTest(ca=source):
+                volume, mount = mounts["ROOMCAST_REDIS_PASSWORD_FILE"]
+                self.assertEqual(volume["secret"]["secretName"], "redis")
+                self.assertEqual(mounted_item(volume, mount, env_value(container, "ROOMCAST_REDIS_PASSWORD_FILE")), "redis-password")
+                self.assertTrue(mount["readOnly"])
+                volume, mount = mounts["ROOMCAST_REDIS_CA_FILE"]
+                kind = "secret" if source == "caSecret" else "configMap"
+                self.assertEqual(volume[kind].get("secretName") or volume[kind].get("name"), "redis-ca")
+                self.assertEqual(mounted_item(volume, mount, env_value(container, "ROOMCAST_REDIS_CA_FILE")), "bundle.pem")
+                # The password's own volume: not one of the chart Secret's items.
+                secret_volume = next(v for v in pod_spec(manifests)["volumes"] if v["name"] == "secrets")
+                self.assertNotIn("redis-password", [i["key"] for i in secret_volume["secret"]["items"]])
+        manifests = render(load_values(CHART / "ci" / "defaults-values.yaml"))
+        self.assertFalse({"ROOMCAST_REDIS_PASSWORD_FILE", "ROOMCAST_REDIS_CA_FILE"} & set(secret_mounts(manifests)))
 
     def test_secret_changes_roll_the_pods(self) -> None:
         values = load_values(CHART / "ci" / "defaults-values.yaml")
@@ -586,6 +920,374 @@ class ChartOperations(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------------------------
+# Kubernetes' own schemas, and every knob of the chart
+
+
+# Kinds defined by CRDs, which kubernetes-validate has no schema for: skipped by name, never
+# silently (any other kind without a schema fails).
+CRD_KINDS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "HTTPRoute": "gateway.networking.k8s.io/v1",
+}
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.lstrip("v").split("."))
+
+
+@cache
+def kubernetes_versions() -> tuple[str, str]:
+    """The lowest Kubernetes the chart supports (Chart.yaml kubeVersion) and the highest one
+    kubernetes-validate has schemas for (kubeVersion has no upper bound)."""
+    kube_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    lowest = re.fullmatch(r">=\s*(\d+\.\d+)\.\d+(-0)?", kube_version).group(1)
+    bundled = kubernetes_validate.utils.all_versions()
+    assert any(v.startswith(lowest + ".") for v in bundled), f"kubernetes-validate has no {lowest}"
+    return f"{lowest}.0", max(bundled, key=version_key)
+
+
+def lowest_version_for(values: dict, lowest: str) -> str:
+    """Some values need a newer cluster than the chart's minimum; the chart refuses them below it."""
+    if values.get("shutdown", {}).get("preStopSleepSeconds", 0) > 0:  # the preStop sleep action
+        return max(lowest, "1.30.0", key=version_key)
+    return lowest
+
+
+class ChartValidatesAgainstKubernetes(unittest.TestCase):
+    def test_every_ci_values_file_renders_valid_manifests_for_the_lowest_and_highest_kubernetes(self) -> None:
+        lowest, highest = kubernetes_versions()
+        self.assertIn("everything-values.yaml", [p.name for p in CI_VALUES])
+        skipped: set[str] = set()
+        for path in CI_VALUES:
+            values = load_values(path)
+            for version in sorted({lowest_version_for(values, lowest), highest}, key=version_key):
+                manifests = render(values, kube_version=f"v{version}")
+                for kind, docs in manifests.items():
+                    if kind == "NOTES":
+                        continue
+                    for doc in docs:
+                        with self.subTest(values=path.name, kubernetes=version, kind=kind, name=doc["metadata"]["name"]):
+                            if kind in CRD_KINDS:
+                                self.assertEqual(doc["apiVersion"], CRD_KINDS[kind])
+                                skipped.add(kind)
+                                continue
+                            try:
+                                kubernetes_validate.validate(doc, version, strict=True)
+                            except kubernetes_validate.ValidationError as e:
+                                where = ".".join(str(p) for p in e.path)
+                                self.fail(f"{kind}/{doc['metadata']['name']} on Kubernetes {version}: {where}: {e.message}")
+        # Every CRD kind is rendered by some file, so the skip list names nothing stale.
+        self.assertEqual(skipped, set(CRD_KINDS))
+
+    def test_the_validator_catches_what_an_older_cluster_rejects(self) -> None:
+        """The preStop sleep action is 1.30+: strict validation for 1.25 refuses it, which is why
+        the chart refuses preStopSleepSeconds below 1.30 (and files using it start at 1.30)."""
+        lowest, _ = kubernetes_versions()
+        values = load_values(CHART / "ci" / "defaults-values.yaml") | {"shutdown": {"preStopSleepSeconds": 5}}
+        deployment = one(render(values, kube_version="v1.30.0"), "Deployment")
+        with self.assertRaises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(deployment, lowest, strict=True)
+        kubernetes_validate.validate(deployment, "1.30.0", strict=True)
+
+
+@cache
+def everything() -> tuple[dict, dict]:
+    values = load_values(CHART / "ci" / "everything-values.yaml")
+    return values, render(values)
+
+
+class ChartKnobs(unittest.TestCase):
+    """Each value of the chart lands where it should (ci/everything-values.yaml sets them all)."""
+
+    def test_api_service_is_separate_internal_and_never_routed(self) -> None:
+        manifests = render(load_values(CHART / "ci" / "full-values.yaml"))
+        api = api_service(manifests)
+        self.assertEqual(api["spec"]["type"], "ClusterIP")
+        self.assertEqual(api["spec"]["ports"], [{"name": "api", "port": 3001, "targetPort": "api", "protocol": "TCP"}])
+        self.assertEqual(api["spec"]["selector"], one(manifests, "Deployment")["spec"]["selector"]["matchLabels"])
+        self.assertNotIn("api", [p["name"] for p in public_service(manifests)["spec"]["ports"]])
+        self.assertEqual(gateway_config(manifests)["ROOMCAST_PUBLIC_API"], "false")
+        self.assertIn(f"http://{FULLNAME}-api.{NAMESPACE}.svc:3001", manifests["NOTES"][0]["text"])
+        values, manifests = everything()
+        namespace = values["namespaceOverride"]
+        api = api_service(manifests)
+        self.assertEqual(api["spec"]["type"], "NodePort")
+        self.assertEqual(api["spec"]["ports"][0]["port"], 8081)
+        self.assertEqual(api["spec"]["ports"][0]["nodePort"], 30081)
+        self.assertEqual(api["spec"]["ports"][0]["appProtocol"], "http")
+        self.assertEqual(api["metadata"]["annotations"], {"example.com/internal": "true"})
+        self.assertEqual(api["metadata"]["labels"]["example.com/exposure"], "internal")
+        self.assertEqual(gateway_config(manifests)["ROOMCAST_PUBLIC_API"], "true")
+        self.assertIn(f"http://{FULLNAME}-api.{namespace}.svc:8081", manifests["NOTES"][0]["text"])
+        # Nothing that faces the Internet points at the API Service or port.
+        for ingress in manifests["Ingress"]:
+            for rule in ingress["spec"]["rules"]:
+                for p in rule["http"]["paths"]:
+                    self.assertEqual(p["backend"]["service"], {"name": FULLNAME, "port": {"name": "public"}})
+        (route,) = manifests["HTTPRoute"]
+        backends = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
+        self.assertEqual(backends, [{"name": FULLNAME, "port": values.get("service", {}).get("port", 80)}])
+        self.assertNotIn(f"{FULLNAME}-api", yaml.safe_dump_all(manifests["Ingress"] + manifests["HTTPRoute"]))
+
+    def test_identity_providers(self) -> None:
+        values, manifests = everything()
+        config = gateway_config(manifests)
+        self.assertEqual(config["ROOMCAST_JWT_JWKS_URL"], values["auth"]["jwksUrl"])
+        self.assertEqual(config["ROOMCAST_JWT_JWKS_REFRESH"], "10m")
+        self.assertEqual(config["ROOMCAST_JWT_JWKS_MIN_INTERVAL"], "30s")
+        issuers_cm = named(manifests, "ConfigMap", f"{FULLNAME}-issuers")
+        self.assertEqual(
+            json.loads(issuers_cm["data"]["issuers.json"]),
+            {
+                "issuers": [
+                    {"issuer": "https://a.example/", "jwks_url": "https://a.example/.well-known/jwks.json", "audiences": ["roomcast"], "tenants": ["acme"]},
+                    {"issuer": "https://partner.example/", "public_key_file": "/etc/roomcast/partner/key.pem", "audiences": [], "tenants": ["partner"]},
+                ]
+            },
+        )
+        container = gateway_container(manifests)
+        volume, mount = secret_mounts(manifests)["ROOMCAST_JWT_ISSUERS_FILE"]
+        self.assertEqual(volume["configMap"]["name"], f"{FULLNAME}-issuers")
+        self.assertEqual(mounted_item(volume, mount, env_value(container, "ROOMCAST_JWT_ISSUERS_FILE")), "issuers.json")
+        # jwksUrl needs no key from a Secret; the issuers' file is not an env var source.
+        self.assertNotIn("jwt-secret", one(manifests, "Secret")["stringData"])
+        self.assertEqual([s["configMapRef"]["name"] for s in container["envFrom"]], [FULLNAME, "roomcast-extra"])
+        # issuers mode: only the trusted issuers, and no Secret at all when nothing else is secret.
+        values = {
+            "replicaCount": 1,
+            "auth": {"mode": "issuers", "trustedIssuers": [{"issuer": "https://a.example/", "jwksFile": "/keys/a.json"}]},
+        }
+        manifests = render(values)
+        self.assertNotIn("Secret", manifests)
+        self.assertNotIn("ROOMCAST_JWT_JWKS_URL", gateway_config(manifests))
+        self.assertEqual(gateway_config(manifests)["ROOMCAST_JWT_JWKS_REFRESH"], "5m")
+        self.assertEqual(set(secret_mounts(manifests)), {"ROOMCAST_JWT_ISSUERS_FILE"})
+        # Changing an issuer rolls the pods.
+        before = one(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        values["auth"]["trustedIssuers"][0]["tenants"] = ["acme"]
+        after = one(render(values), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        self.assertNotEqual(before, after)
+
+    def test_namespace_override_and_common_labels_reach_every_resource(self) -> None:
+        values, manifests = everything()
+        namespaced = [d for kind, docs in manifests.items() if kind != "NOTES" for d in docs]
+        self.assertGreaterEqual(len({d["kind"] for d in namespaced}), 13)
+        for doc in namespaced:
+            with self.subTest(kind=doc["kind"], name=doc["metadata"]["name"]):
+                expected = values["serviceMonitor"]["namespace"] if doc["kind"] == "ServiceMonitor" else values["namespaceOverride"]
+                self.assertEqual(doc["metadata"].get("namespace"), expected)
+                for key, value in values["commonLabels"].items():
+                    self.assertEqual(doc["metadata"]["labels"].get(key), value)
+        pod_labels = one(manifests, "Deployment")["spec"]["template"]["metadata"]["labels"]
+        self.assertEqual(pod_labels["example.com/team"], "realtime")
+        # The ServiceMonitor elsewhere still finds the Services.
+        monitor = one(manifests, "ServiceMonitor")
+        self.assertEqual(monitor["spec"]["namespaceSelector"], {"matchNames": [values["namespaceOverride"]]})
+        # commonLabels cannot override the chart's own (selectors must stay stable).
+        manifests = render(merged(load_values(CHART / "ci" / "defaults-values.yaml"), {"commonLabels": {"app.kubernetes.io/name": "x"}}))
+        self.assertEqual(public_service(manifests)["metadata"]["labels"]["app.kubernetes.io/name"], "roomcast")
+
+    def test_deployment_and_pod_knobs(self) -> None:
+        values, manifests = everything()
+        deployment = one(manifests, "Deployment")
+        pod = pod_spec(manifests)
+        container = gateway_container(manifests)
+        self.assertEqual(container["image"], f"ghcr.io/roomcast/roomcast-gateway@{values['image']['digest']}")
+        self.assertEqual(deployment["metadata"]["annotations"], values["deploymentAnnotations"])
+        self.assertEqual(deployment["spec"]["revisionHistoryLimit"], 3)
+        self.assertEqual(deployment["spec"]["minReadySeconds"], 5)
+        self.assertEqual(deployment["spec"]["strategy"], values["strategy"])
+        self.assertEqual(pod["priorityClassName"], "realtime-critical")
+        self.assertEqual(pod["runtimeClassName"], "gvisor")
+        self.assertTrue(pod["hostNetwork"])
+        self.assertEqual(pod["dnsPolicy"], "ClusterFirstWithHostNet")
+        self.assertEqual(pod["dnsConfig"], values["dnsConfig"])
+        self.assertEqual(pod["hostAliases"], values["hostAliases"])
+        self.assertIs(pod["enableServiceLinks"], False)
+        self.assertEqual(pod["initContainers"], values["initContainers"])
+        self.assertEqual([c["name"] for c in pod["containers"]], ["gateway", "log-shipper"])
+        self.assertEqual(pod["containers"][1], values["extraContainers"][0])
+        self.assertIn(values["extraVolumes"][0], pod["volumes"])
+        self.assertIn(values["extraVolumeMounts"][0], container["volumeMounts"])
+        self.assertEqual(container["env"][-1], values["extraEnv"][0], "extraEnv comes after the chart's own")
+        self.assertEqual(container["envFrom"][1:], values["extraEnvFrom"])
+        self.assertEqual(container["lifecycle"], values["lifecycle"])
+        self.assertEqual(pod["containers"][0]["ports"][1], {"name": "api", "containerPort": 3001, "protocol": "TCP"})
+        # Big integers stay integers in the ConfigMap (Helm would print 4.294967296e+09).
+        config = gateway_config(manifests)
+        self.assertEqual(config["ROOMCAST_HISTORY_MAX_BYTES"], "4294967296")
+        self.assertEqual(config["ROOMCAST_HISTORY_MAX_ROOMS"], "5000000")
+        self.assertEqual(config["ROOMCAST_CLIENT_BUFFER_BYTES"], "3000000000")
+
+    def test_deployment_defaults_and_alternatives(self) -> None:
+        base = load_values(CHART / "ci" / "defaults-values.yaml")
+        manifests = render(base)
+        deployment, pod = one(manifests, "Deployment"), pod_spec(manifests)
+        self.assertEqual(deployment["spec"]["strategy"], {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+        self.assertEqual(deployment["spec"]["revisionHistoryLimit"], 10)
+        self.assertNotIn("minReadySeconds", deployment["spec"])
+        for field in ["priorityClassName", "runtimeClassName", "hostNetwork", "dnsPolicy", "dnsConfig", "hostAliases", "initContainers"]:
+            self.assertNotIn(field, pod)
+        self.assertIs(pod["enableServiceLinks"], False)
+        self.assertEqual(len(pod["containers"]), 1)
+        self.assertEqual(gateway_config(manifests)["ROOMCAST_HISTORY_MAX_BYTES"], "268435456")
+        # Recreate drops the default rollingUpdate (Kubernetes refuses both).
+        manifests = render(merged(base, {"strategy": {"type": "Recreate"}}))
+        self.assertEqual(one(manifests, "Deployment")["spec"]["strategy"], {"type": "Recreate"})
+        # An explicit dnsPolicy wins over the hostNetwork default.
+        manifests = render(merged(base, {"hostNetwork": True, "dnsPolicy": "Default"}))
+        self.assertEqual(pod_spec(manifests)["dnsPolicy"], "Default")
+        # The tag, without a digest.
+        manifests = render(merged(base, {"image": {"tag": "1.2.3"}}))
+        self.assertEqual(gateway_container(manifests)["image"], "ghcr.io/roomcast/roomcast-gateway:1.2.3")
+        # Both extraEnv lists (config.extraEnv is kept for compatibility), in order.
+        manifests = render(merged(base, {"config": {"extraEnv": [{"name": "A", "value": "1"}]}, "extraEnv": [{"name": "B", "value": "2"}]}))
+        self.assertEqual([e["name"] for e in gateway_container(manifests)["env"]][-2:], ["A", "B"])
+
+    def test_lifecycle_merges_with_the_prestop_sleep(self) -> None:
+        values = merged(
+            load_values(CHART / "ci" / "defaults-values.yaml"),
+            {"lifecycle": {"postStart": {"httpGet": {"path": "/healthz", "port": "admin"}}}, "shutdown": {"preStopSleepSeconds": 7}},
+        )
+        container = gateway_container(render(values))
+        self.assertEqual(
+            container["lifecycle"],
+            {"postStart": {"httpGet": {"path": "/healthz", "port": "admin"}}, "preStop": {"sleep": {"seconds": 7}}},
+        )
+        values["shutdown"]["preStopSleepSeconds"] = 0
+        values["lifecycle"]["preStop"] = {"httpGet": {"path": "/drain", "port": "admin"}}
+        self.assertEqual(gateway_container(render(values))["lifecycle"], values["lifecycle"])
+
+    def test_probes(self) -> None:
+        values, manifests = everything()
+        container = gateway_container(manifests)
+        for probe, key, path in [("startupProbe", "startup", "/healthz"), ("livenessProbe", "liveness", "/healthz"), ("readinessProbe", "readiness", "/readyz")]:
+            with self.subTest(probe=probe):
+                expected = {k: v for k, v in values["probes"][key].items() if k != "enabled"}
+                self.assertEqual(container[probe], {"httpGet": {"path": path, "port": "admin"}, **expected})
+        container = gateway_container(render(load_values(CHART / "ci" / "defaults-values.yaml")))
+        self.assertNotIn("startupProbe", container)
+        self.assertEqual(
+            container["readinessProbe"],
+            {"httpGet": {"path": "/readyz", "port": "admin"}, "initialDelaySeconds": 0, "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 2},
+        )
+
+    def test_service_knobs(self) -> None:
+        values, manifests = everything()
+        service = public_service(manifests)
+        spec = service["spec"]
+        self.assertEqual(spec["type"], "LoadBalancer")
+        self.assertEqual(spec["externalTrafficPolicy"], "Local")
+        self.assertEqual(spec["loadBalancerSourceRanges"], ["203.0.113.0/24"])
+        self.assertEqual(spec["loadBalancerClass"], "service.k8s.aws/nlb")
+        self.assertEqual(spec["sessionAffinity"], "ClientIP")
+        ports = {p["name"]: p for p in spec["ports"]}
+        self.assertEqual((ports["public"]["nodePort"], ports["admin"]["nodePort"]), (30080, 30090))
+        self.assertEqual(ports["public"]["appProtocol"], "kubernetes.io/ws")
+        self.assertEqual(service["metadata"]["annotations"], values["service"]["annotations"])
+        self.assertEqual(service["metadata"]["labels"]["example.com/exposure"], "public")
+        # ClusterIP: no node ports or load balancer fields, even if set.
+        manifests = render(merged(load_values(CHART / "ci" / "defaults-values.yaml"), {"service": {"nodePorts": {"public": 30080}, "externalTrafficPolicy": "Local"}}))
+        spec = public_service(manifests)["spec"]
+        self.assertEqual(spec["type"], "ClusterIP")
+        for field in ["externalTrafficPolicy", "loadBalancerSourceRanges", "loadBalancerClass", "sessionAffinity"]:
+            self.assertNotIn(field, spec)
+        self.assertFalse(any("nodePort" in p or "appProtocol" in p for p in spec["ports"]))
+
+    def test_http_route(self) -> None:
+        values, manifests = everything()
+        (route,) = manifests["HTTPRoute"]
+        self.assertEqual(route["apiVersion"], "gateway.networking.k8s.io/v1")
+        self.assertEqual(route["spec"]["parentRefs"], values["httpRoute"]["parentRefs"])
+        self.assertEqual(route["spec"]["hostnames"], ["realtime.example.com"])
+        self.assertEqual(route["metadata"]["annotations"], values["httpRoute"]["annotations"])
+        self.assertEqual(route["metadata"]["labels"]["example.com/gateway"], "public")
+        (rule,) = route["spec"]["rules"]
+        for field in ["matches", "filters", "timeouts", "sessionPersistence"]:
+            self.assertEqual(rule[field], values["httpRoute"][field])
+        self.assertIn("https://realtime.example.com", manifests["NOTES"][0]["text"])
+        # The default: every path, to the public port.
+        manifests = render(merged(load_values(CHART / "ci" / "defaults-values.yaml"), {"httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}))
+        (rule,) = one(manifests, "HTTPRoute")["spec"]["rules"]
+        self.assertEqual(rule, {"backendRefs": [{"name": FULLNAME, "port": 80}], "matches": [{"path": {"type": "PathPrefix", "value": "/"}}]})
+        self.assertNotIn("HTTPRoute", render(load_values(CHART / "ci" / "defaults-values.yaml")))
+
+    def test_network_policy(self) -> None:
+        values, manifests = everything()
+        policy = one(manifests, "NetworkPolicy")
+        spec = policy["spec"]
+        self.assertEqual(spec["podSelector"]["matchLabels"], one(manifests, "Deployment")["spec"]["selector"]["matchLabels"])
+        self.assertEqual(spec["policyTypes"], ["Ingress", "Egress"])
+        rules = {r["ports"][0]["port"]: r for r in spec["ingress"]}
+        self.assertEqual(set(rules), {"public", "api", "admin"})
+        self.assertEqual(rules["public"]["from"], values["networkPolicy"]["public"]["from"])
+        self.assertEqual(
+            rules["api"]["from"],
+            values["networkPolicy"]["api"]["from"] + [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "backend"}}}],
+        )
+        self.assertIn({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}, rules["admin"]["from"])
+        # The helm test pod may reach /readyz, and is itself no gateway pod.
+        test_pod = one(manifests, "Pod")
+        test_peer = rules["admin"]["from"][0]["podSelector"]["matchLabels"]
+        self.assertTrue(set(test_peer.items()) <= set(test_pod["metadata"]["labels"].items()))
+        self.assertEqual(spec["egress"][0]["ports"], [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+        self.assertEqual(spec["egress"][1:], values["networkPolicy"]["egress"]["rules"])
+        # Enabled alone: Socket.IO from anywhere, the API from nobody (NOTES says so), no egress rules.
+        manifests = render(merged(load_values(CHART / "ci" / "defaults-values.yaml"), {"networkPolicy": {"enabled": True}}))
+        spec = one(manifests, "NetworkPolicy")["spec"]
+        self.assertEqual(spec["policyTypes"], ["Ingress"])
+        self.assertEqual(spec["ingress"][0], {"ports": [{"port": "public", "protocol": "TCP"}]})
+        self.assertNotIn("api", [r["ports"][0]["port"] for r in spec["ingress"]])
+        self.assertIn("the NetworkPolicy lets nobody reach it", manifests["NOTES"][0]["text"])
+        self.assertNotIn("NetworkPolicy", render(load_values(CHART / "ci" / "defaults-values.yaml")))
+
+    def test_test_pod_is_not_selected_by_the_gateway_selectors(self) -> None:
+        manifests = render(load_values(CHART / "ci" / "full-values.yaml"))
+        labels = one(manifests, "Pod")["metadata"]["labels"]
+        selectors = [s["spec"]["selector"] for s in manifests["Service"]]
+        selectors += [one(manifests, kind)["spec"]["selector"]["matchLabels"] for kind in ["Deployment", "PodDisruptionBudget"]]
+        for selector in selectors:
+            self.assertFalse(set(selector.items()) <= set(labels.items()), selector)
+
+    def test_autoscaling_metrics(self) -> None:
+        values, manifests = everything()
+        metrics = one(manifests, "HorizontalPodAutoscaler")["spec"]["metrics"]
+        self.assertEqual(metrics[0]["resource"]["name"], "cpu")
+        self.assertEqual(
+            metrics[1],
+            {"type": "Pods", "pods": {"metric": {"name": "roomcast_connections"}, "target": {"type": "AverageValue", "averageValue": "5000"}}},
+        )
+        self.assertEqual(metrics[2:], values["autoscaling"]["metrics"])
+        # The metric name is the gauge the gateway exports (what prometheus-adapter serves).
+        self.assertIn("roomcast_connections", exported_metrics())
+
+    def test_pod_disruption_budget_bounds(self) -> None:
+        base = load_values(CHART / "ci" / "defaults-values.yaml")
+        spec = one(render(base), "PodDisruptionBudget")["spec"]
+        self.assertEqual(spec["maxUnavailable"], 1)
+        self.assertNotIn("minAvailable", spec)
+        spec = one(everything()[1], "PodDisruptionBudget")["spec"]
+        self.assertEqual(spec["minAvailable"], 2)
+        self.assertNotIn("maxUnavailable", spec)
+        spec = one(render(merged(base, {"podDisruptionBudget": {"maxUnavailable": "25%"}})), "PodDisruptionBudget")["spec"]
+        self.assertEqual(spec, {"maxUnavailable": "25%", "selector": spec["selector"]})
+
+    def test_service_monitor_knobs(self) -> None:
+        values, manifests = everything()
+        monitor = one(manifests, "ServiceMonitor")
+        self.assertEqual(monitor["metadata"]["namespace"], "monitoring")
+        endpoint = monitor["spec"]["endpoints"][0]
+        self.assertEqual(endpoint["relabelings"], values["serviceMonitor"]["relabelings"])
+        self.assertEqual(endpoint["metricRelabelings"], values["serviceMonitor"]["metricRelabelings"])
+        monitor = one(render(load_values(CHART / "ci" / "full-values.yaml")), "ServiceMonitor")
+        self.assertEqual(monitor["metadata"]["namespace"], NAMESPACE)
+        self.assertNotIn("namespaceSelector", monitor["spec"])
+        self.assertNotIn("relabelings", monitor["spec"]["endpoints"][0])
+
+
+
+# ---------------------------------------------------------------------------------------------
 # docker-compose.yml and its load balancer
 
 
@@ -638,7 +1340,33 @@ class Compose(unittest.TestCase):
     def test_env_vars_are_gateway_options(self) -> None:
         for name, svc in compose_gateways().items():
             with self.subTest(replica=name):
-                self.assertEqual(set(compose_env(svc)) - gateway_env_vars(), set())
+                self.assertEqual(set(compose_env(svc)) - gateway_env_vars() - ISSUE_15_OPTIONS, set())
+
+    def test_api_port_is_internal_and_published_on_loopback_through_the_load_balancer(self) -> None:
+        cfg = haproxy_cfg()
+        api_servers = re.findall(r"^\s*server (api-\d) (\S+):(\d+)", cfg, re.M)
+        self.assertEqual({host for _, host, _ in api_servers}, set(compose_gateways()))
+        for name, svc in compose_gateways().items():
+            port = port_of(compose_env(svc)["ROOMCAST_API_LISTEN"])
+            with self.subTest(replica=name):
+                self.assertEqual({int(p) for _, h, p in api_servers if h == name}, {port})
+                self.assertIn(str(port), [str(p) for p in svc.get("expose", [])])
+                self.assertNotIn("ports", svc, "replicas are reached through the load balancer only")
+        self.assertRegex(cfg, r"frontend api\n\s+bind :3001\n\s+default_backend api")
+        lb_ports = compose()["services"]["lb"]["ports"]
+        self.assertIn("127.0.0.1:3001:3001", lb_ports)
+        # The public frontend never routes to the API backend.
+        public = re.search(r"frontend public\n(.*?)\n\n", cfg, re.S).group(1)
+        self.assertNotIn("api", public)
+        host_ports = [str(p).split(":")[1] for svc in compose()["services"].values() for p in svc.get("ports", [])]
+        self.assertEqual(len(host_ports), len(set(host_ports)), "each host port is published once")
+
+    def test_load_balancer_fits_default_descriptor_limits(self) -> None:
+        """An `ulimits` above the Docker daemon's hard limit fails with "error setting rlimit"
+        (rootless Docker, CI runners): the default asks for none, and maxconn fits without."""
+        self.assertNotIn("ulimits", compose()["services"]["lb"])
+        maxconn = int(re.search(r"^\s*maxconn (\d+)", haproxy_cfg(), re.M).group(1))
+        self.assertLessEqual(maxconn, 4096)
 
     def test_env_file_says_change_me(self) -> None:
         text = (REPO / "deploy" / "compose" / "roomcast.env").read_text()
@@ -706,27 +1434,29 @@ class Compose(unittest.TestCase):
     def test_load_balancer_pins_polling_passes_websockets_and_skips_unready_replicas(self) -> None:
         """The committed haproxy.cfg, run for real in front of three real gateways.
 
-        Only the addresses change: replica N listens on 127.0.0.(N+1) with the same two ports,
-        as the compose replicas share ports on their own hosts.
+        Only the addresses change: replica N listens on 127.0.0.(N+1) with the same three ports,
+        as the compose replicas share ports on their own hosts. maxconn is left as committed: it
+        must fit this machine's descriptor limit as it fits Docker's default.
         """
         haproxy = find_haproxy()
         redis = RedisServer()
         self.addCleanup(redis.stop)
         env = compose_env(compose_gateways()["gateway-1"]) | {"ROOMCAST_REDIS_URL": redis.url}
-        public, admin, front, stats = free_port(), free_port(), free_port(), free_port()
+        public, admin, api, front, api_front, stats = (free_port() for _ in range(6))
         replicas = {}
         for n in (1, 2, 3):
-            proc, _ = boot_gateway(env, host=f"127.0.0.{n + 1}", public=public, admin=admin)
+            proc, _ = boot_gateway(env, host=f"127.0.0.{n + 1}", public=public, admin=admin, api=api)
             self.addCleanup(stop_gateway, proc)
             replicas[f"g{n}"] = proc
         cfg = haproxy_cfg()
         cfg = re.sub(r"server (gateway-(\d)) \S+", lambda m: f"server {m[1]} 127.0.0.{int(m[2]) + 1}:{public}", cfg)
+        cfg = re.sub(r"server (api-(\d)) \S+", lambda m: f"server {m[1]} 127.0.0.{int(m[2]) + 1}:{api}", cfg)
         cfg = re.sub(r"check port \d+", f"check port {admin}", cfg)
         cfg = cfg.replace("bind :3000", f"bind 127.0.0.1:{front}").replace("bind :8404", f"bind 127.0.0.1:{stats}")
+        cfg = cfg.replace("bind :3001", f"bind 127.0.0.1:{api_front}")
         cfg = re.sub(r"\n *log .*", "", cfg).replace("option httplog", "")
-        # The container gets 262144 descriptors (docker-compose.yml); this machine may not.
-        cfg = re.sub(r"maxconn \d+", "maxconn 1000", cfg)
         self.assertEqual(cfg.count(f"127.0.0.1:{front}"), 1)
+        self.assertEqual(cfg.count(f"127.0.0.1:{api_front}"), 1)
         with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
             f.write(cfg)
         self.addCleanup(os.unlink, f.name)
@@ -774,9 +1504,28 @@ class Compose(unittest.TestCase):
             )
             self.assertTrue(ws.recv(1024).startswith(b"HTTP/1.1 101"))
 
+        # The API frontend reaches every ready replica's API port; the public one serves no API.
+        wait_until(lambda: up_servers(stats, "api") == {"api-1", "api-2", "api-3"}, "all replicas up in the API backend")
+        if "ROOMCAST_API_LISTEN" in gateway_env_vars():
+            publish = json.dumps({"tenant": "demo", "channel": "general", "event": "hello", "data": {}}).encode()
+            headers = {"Authorization": f"Bearer {env['ROOMCAST_API_KEY']}", "Content-Type": "application/json"}
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{api_front}/v1/publish", data=publish, headers=headers), timeout=5
+            ) as resp:
+                self.assertEqual(resp.status, 200)
+            with self.assertRaises(urllib.error.HTTPError) as ctx:
+                urllib.request.urlopen(
+                    urllib.request.Request(f"http://127.0.0.1:{front}/v1/publish", data=publish, headers=headers), timeout=5
+                )
+            self.assertEqual(ctx.exception.code, 404)
+
         # A draining replica (SIGTERM: /readyz 503) leaves the rotation.
         replicas["g1"].terminate()
         wait_until(lambda: up_servers(stats) == {"gateway-2", "gateway-3"}, "gateway-1 taken out after SIGTERM")
+        wait_until(lambda: up_servers(stats, "api") == {"api-2", "api-3"}, "gateway-1 taken out of the API backend")
+        if "ROOMCAST_API_LISTEN" not in gateway_env_vars():
+            with self.subTest(check="publish through the API frontend"):
+                self.skipTest(f"{GATEWAY.name} has no ROOMCAST_API_LISTEN yet (issue 15, Rust side)")
 
 
 def find_haproxy() -> str:
@@ -786,8 +1535,8 @@ def find_haproxy() -> str:
     return haproxy
 
 
-def up_servers(stats_port: int) -> set[str]:
-    """Servers HAProxy currently sends traffic to, from its stats CSV."""
+def up_servers(stats_port: int, backend: str = "gateways") -> set[str]:
+    """Servers of `backend` HAProxy currently sends traffic to, from its stats CSV."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/;csv", timeout=2) as resp:
             rows = resp.read().decode().splitlines()
@@ -797,7 +1546,7 @@ def up_servers(stats_port: int) -> set[str]:
     up = set()
     for row in rows[1:]:
         fields = dict(zip(header, row.split(",")))
-        if fields.get("pxname") == "gateways" and fields.get("svname", "").startswith("gateway-"):
+        if fields.get("pxname") == backend and fields.get("svname") not in ("FRONTEND", "BACKEND"):
             if fields.get("status") == "UP":
                 up.add(fields["svname"])
     return up

@@ -17,6 +17,11 @@
 {{- end }}
 {{- end }}
 
+{{/* Namespace of every namespaced resource. */}}
+{{- define "roomcast.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride }}
+{{- end }}
+
 {{- define "roomcast.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -27,7 +32,10 @@ app.kubernetes.io/name: {{ include "roomcast.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* Labels of every resource: commonLabels, less the chart's own (which cannot be overridden). */}}
 {{- define "roomcast.labels" -}}
+{{ with omit .Values.commonLabels "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/component" }}{{ toYaml . }}
+{{ end -}}
 helm.sh/chart: {{ include "roomcast.chart" . }}
 {{ include "roomcast.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -48,8 +56,13 @@ app.kubernetes.io/component: gateway
 {{- default (include "roomcast.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
 
+{{/* The image: repository@digest when a digest is given (it pins the bytes; the tag is then ignored). */}}
 {{- define "roomcast.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Termination grace: never shorter than preStop sleep + the gateway's shutdown timeout. */}}
@@ -62,16 +75,74 @@ app.kubernetes.io/component: gateway
 {{- end }}
 {{- end }}
 
-{{/* Whether the publish API has keys (from values or, unknowable at render time, an existing Secret). */}}
+{{/* Whether the API has keys (from values, or an existing Secret's declared key). */}}
 {{- define "roomcast.hasApiKeys" -}}
-{{- if or .Values.secrets.existingSecret .Values.secrets.apiKeys }}true{{ end }}
+{{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.apiKeys }}true{{ end }}
+{{- else if .Values.secrets.apiKeys }}true{{ end }}
+{{- end }}
+
+{{/* Whether the replicas get a Redis URL (from values or an existing Secret's key). */}}
+{{- define "roomcast.hasRedis" -}}
+{{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.redisUrl }}true{{ end }}
+{{- else if .Values.redis.url }}true{{ end }}
+{{- end }}
+
+{{/* Where the Secret's files are mounted in the gateway container. */}}
+{{- define "roomcast.secretsDir" -}}/etc/roomcast/secrets{{- end }}
+
+{{/*
+The files of the chart's Secret (or existingSecret) the gateway reads, as YAML
+{file name: {key, env}}: the key in the Secret and the ROOMCAST_*_FILE variable that points at
+the file. Empty when there is nothing to mount.
+*/}}
+{{- define "roomcast.secretFiles" -}}
+{{- $existing := .Values.secrets.existingSecret }}
+{{- $keys := .Values.secrets.existingSecretKeys }}
+{{- $files := dict }}
+{{- $mode := .Values.auth.mode }}
+{{- if eq $mode "hmac" }}
+{{- $_ := set $files "jwt-secret" (dict "key" (ternary $keys.jwtSecret "jwt-secret" (not (empty $existing))) "env" "ROOMCAST_JWT_SECRET_FILE") }}
+{{- else if eq $mode "publicKey" }}
+{{- $_ := set $files "jwt-public-key.pem" (dict "key" (ternary $keys.jwtPublicKey "jwt-public-key.pem" (not (empty $existing))) "env" "ROOMCAST_JWT_PUBLIC_KEY_FILE") }}
+{{- else if eq $mode "jwks" }}
+{{- $_ := set $files "jwks.json" (dict "key" (ternary $keys.jwks "jwks.json" (not (empty $existing))) "env" "ROOMCAST_JWKS_FILE") }}
+{{- end }}
+{{- if include "roomcast.hasApiKeys" . }}
+{{- $_ := set $files "api-keys" (dict "key" (ternary $keys.apiKeys "api-keys" (not (empty $existing))) "env" "ROOMCAST_API_KEY_FILE") }}
+{{- end }}
+{{- if include "roomcast.hasRedis" . }}
+{{- $_ := set $files "redis-url" (dict "key" (ternary $keys.redisUrl "redis-url" (not (empty $existing))) "env" "ROOMCAST_REDIS_URL_FILE") }}
+{{- end }}
+{{- if $files }}
+{{- toYaml $files }}
+{{- end }}
+{{- end }}
+
+{{/* The trusted issuers as the gateway's issuers.json ({"issuers": [...]}, snake_case keys). */}}
+{{- define "roomcast.issuersJson" -}}
+{{- $issuers := list }}
+{{- range .Values.auth.trustedIssuers }}
+{{- $entry := dict "issuer" .issuer }}
+{{- with .jwksUrl }}{{ $_ := set $entry "jwks_url" . }}{{ end }}
+{{- with .jwksFile }}{{ $_ := set $entry "jwks_file" . }}{{ end }}
+{{- with .publicKeyFile }}{{ $_ := set $entry "public_key_file" . }}{{ end }}
+{{- $_ := set $entry "audiences" (default list .audiences) }}
+{{- $_ := set $entry "tenants" (default list .tenants) }}
+{{- $issuers = append $issuers $entry }}
+{{- end }}
+{{- dict "issuers" $issuers | toPrettyJson }}
+{{- end }}
+
+{{/* The Redis CA bundle source: "secret", "configMap" or empty. */}}
+{{- define "roomcast.redisCa" -}}
+{{- if .Values.redis.tls.caSecret.name }}secret{{ else if .Values.redis.tls.caConfigMap.name }}configMap{{ end }}
 {{- end }}
 
 {{/* Settings that render fine but would run a broken cluster: fail at install time instead. */}}
 {{- define "roomcast.validate" -}}
 {{- $replicated := or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1) }}
-{{- if and $replicated (not .Values.redis.url) (not .Values.secrets.existingSecret) }}
-{{- fail "more than one replica needs redis.url (or a redis-url key in secrets.existingSecret): without Redis, clients on different replicas would not see each other's events" }}
+{{- if and $replicated (not (include "roomcast.hasRedis" .)) }}
+{{- fail "more than one replica needs redis.url (or a redis-url key in secrets.existingSecret, see secrets.existingSecretKeys.redisUrl): without Redis, clients on different replicas would not see each other's events" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
@@ -79,7 +150,83 @@ app.kubernetes.io/component: gateway
 {{- if ge (int .Values.shutdown.drainDelaySeconds) (int .Values.shutdown.timeoutSeconds) }}
 {{- fail "shutdown.drainDelaySeconds must be shorter than shutdown.timeoutSeconds (the timeout includes the drain delay)" }}
 {{- end }}
-{{- if eq (int .Values.containerPorts.public) (int .Values.containerPorts.admin) }}
-{{- fail "containerPorts.public and containerPorts.admin must differ" }}
+{{- $ports := list (int .Values.containerPorts.public) (int .Values.containerPorts.api) (int .Values.containerPorts.admin) }}
+{{- if ne (len (uniq $ports)) 3 }}
+{{- fail "containerPorts.public, containerPorts.api and containerPorts.admin must all differ" }}
 {{- end }}
+{{- /* Authentication: exactly one way to know each token's keys. */}}
+{{- $mode := .Values.auth.mode }}
+{{- if and (eq $mode "jwksUrl") (not .Values.auth.jwksUrl) }}
+{{- fail "auth.mode=jwksUrl needs auth.jwksUrl (the identity provider's JWKS endpoint, https://…/.well-known/jwks.json)" }}
+{{- end }}
+{{- if and .Values.auth.jwksUrl (ne $mode "jwksUrl") }}
+{{- fail (printf "auth.jwksUrl is set but auth.mode is %s: set auth.mode=jwksUrl, or list the provider in auth.trustedIssuers" $mode) }}
+{{- end }}
+{{- if and (eq $mode "issuers") (not .Values.auth.trustedIssuers) }}
+{{- fail "auth.mode=issuers needs auth.trustedIssuers (at least one {issuer, jwksUrl | jwksFile | publicKeyFile})" }}
+{{- end }}
+{{- if and (eq $mode "issuers") .Values.auth.issuers }}
+{{- fail "auth.issuers lists the accepted iss of the single key of auth.mode; with auth.mode=issuers each of auth.trustedIssuers names its own issuer: leave auth.issuers empty" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $i, $t := .Values.auth.trustedIssuers }}
+{{- $sources := 0 }}
+{{- range (list "jwksUrl" "jwksFile" "publicKeyFile") }}{{ if index $t . }}{{ $sources = add1 $sources }}{{ end }}{{ end }}
+{{- if ne (int $sources) 1 }}
+{{- fail (printf "auth.trustedIssuers[%d] (%s) needs exactly one of jwksUrl, jwksFile, publicKeyFile" $i (toString $t.issuer)) }}
+{{- end }}
+{{- if hasKey $seen (toString $t.issuer) }}
+{{- fail (printf "auth.trustedIssuers lists issuer %s twice" $t.issuer) }}
+{{- end }}
+{{- $_ := set $seen (toString $t.issuer) true }}
+{{- end }}
+{{- /* Secrets. */}}
+{{- if and .Values.secrets.existingSecret .Values.redis.url }}
+{{- fail "redis.url is stored in the chart's Secret, which is not created with secrets.existingSecret: put the URL in your Secret, under the key secrets.existingSecretKeys.redisUrl (redis-url)" }}
+{{- end }}
+{{- if and .Values.redis.existingPasswordSecret.name (not (include "roomcast.hasRedis" .)) }}
+{{- fail "redis.existingPasswordSecret needs a Redis URL (redis.url, or secrets.existingSecretKeys.redisUrl in secrets.existingSecret)" }}
+{{- end }}
+{{- if and .Values.redis.tls.caSecret.name .Values.redis.tls.caConfigMap.name }}
+{{- fail "set one of redis.tls.caSecret and redis.tls.caConfigMap, not both" }}
+{{- end }}
+{{- if and (include "roomcast.redisCa" .) .Values.redis.url (not (regexMatch "^(redis|valkey)s(-cluster|-sentinel)?://" .Values.redis.url)) }}
+{{- fail "redis.tls.caSecret/caConfigMap verify a TLS connection: redis.url must be rediss:// (or rediss-cluster://, rediss-sentinel://, valkeys://)" }}
+{{- end }}
+{{- /* Deployment and disruption settings. */}}
+{{- if and (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) }}
+{{- fail "podDisruptionBudget.minAvailable and podDisruptionBudget.maxUnavailable are mutually exclusive: set one, leave the other null" }}
+{{- end }}
+{{- if and .Values.lifecycle.preStop (gt (int .Values.shutdown.preStopSleepSeconds) 0) }}
+{{- fail "lifecycle.preStop and shutdown.preStopSleepSeconds both define the preStop hook: set one of them (put a sleep in your own preStop if you need both)" }}
+{{- end }}
+{{- if and (gt (int .Values.shutdown.preStopSleepSeconds) 0) (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "shutdown.preStopSleepSeconds needs Kubernetes >= 1.30 (the preStop sleep action); this cluster is %s: set it to 0 (the gateway's drain delay does the same job)" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to)" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (kindIs "invalid" .Values.autoscaling.targetCPUUtilizationPercentage) (kindIs "invalid" .Values.autoscaling.targetMemoryUtilizationPercentage) (kindIs "invalid" .Values.autoscaling.targetConnectionsPerPod) (not .Values.autoscaling.metrics) }}
+{{- fail "autoscaling.enabled needs a metric: targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage, targetConnectionsPerPod or autoscaling.metrics" }}
+{{- end }}
+{{- end }}
+
+{{/* A probe's timing fields, from probes.<name>. */}}
+{{- define "roomcast.probeTiming" -}}
+initialDelaySeconds: {{ .initialDelaySeconds }}
+periodSeconds: {{ .periodSeconds }}
+timeoutSeconds: {{ .timeoutSeconds }}
+successThreshold: {{ .successThreshold }}
+failureThreshold: {{ .failureThreshold }}
+{{- end }}
+
+{{/* Labels of the `helm test` pod: the release's, but not the gateway's selector. */}}
+{{- define "roomcast.testLabels" -}}
+{{ with omit .Values.commonLabels "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/component" }}{{ toYaml . }}
+{{ end -}}
+helm.sh/chart: {{ include "roomcast.chart" . }}
+app.kubernetes.io/name: {{ printf "%s-test" (include "roomcast.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: test
 {{- end }}
