@@ -1,14 +1,17 @@
-# syntax=docker/dockerfile:1.7
 # Roomcast gateway image: build with cargo, run on distroless (glibc, no shell, non-root).
 #   docker build -t roomcast-gateway .
 #   docker run --rm -p 3000:3000 -p 9090:9090 roomcast-gateway --dev
+# Plain Dockerfile syntax only (no `# syntax=` frontend, no RUN --mount): it builds with the
+# classic builder and with BuildKit/buildx alike, without fetching a frontend image. The
+# release workflow (.github/workflows/release.yml) builds it for linux/amd64 and linux/arm64.
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
-# Dependencies first, with placeholder sources: this layer (and the cargo caches below) is
-# reused until Cargo.toml or Cargo.lock change, so source edits rebuild only Roomcast itself.
+# Dependencies first, with placeholder sources: the layer holding the compiled dependencies
+# (target/ and the cargo registry) is reused until a manifest, Cargo.lock or the patched crates
+# change, so source edits rebuild only Roomcast itself.
 COPY Cargo.toml Cargo.lock ./
 COPY gateway/Cargo.toml gateway/
 COPY publisher-sdk/Cargo.toml publisher-sdk/
@@ -19,14 +22,12 @@ COPY vendor/socketioxide vendor/socketioxide
 RUN mkdir -p gateway/src publisher-sdk/src loadtests/src \
     && echo 'fn main() {}' > gateway/src/main.rs && touch gateway/src/lib.rs \
     && touch publisher-sdk/src/lib.rs && echo 'fn main() {}' > loadtests/src/main.rs
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p roomcast-gateway
+RUN cargo build --release --locked -p roomcast-gateway
 COPY gateway gateway
 COPY publisher-sdk publisher-sdk
-RUN --mount=type=cache,target=/usr/local/cargo/registry \
-    --mount=type=cache,target=/src/target \
-    touch gateway/src/main.rs gateway/src/lib.rs publisher-sdk/src/lib.rs \
+# COPY keeps the sources' timestamps, which may be older than the placeholders' build: touch
+# them so cargo rebuilds Roomcast's own crates (and only those).
+RUN touch gateway/src/main.rs gateway/src/lib.rs publisher-sdk/src/lib.rs \
     && cargo build --release --locked -p roomcast-gateway \
     && install -D target/release/roomcast-gateway /out/roomcast-gateway
 
