@@ -43,24 +43,6 @@ RELEASE, NAMESPACE = "rc", "realtime"
 FULLNAME = "rc-roomcast"
 BOOT_DEADLINE = 60.0
 
-# Settings the chart passes that the gateway gains in issue 15 (its Rust side lands separately).
-# A binary without them ignores them, so the chart still boots it; the tests that need their
-# behaviour say so and are skipped until the binary has them (--help lists them), and
-# test_issue_15_options_are_known_to_the_gateway names the ones still missing.
-ISSUE_15_OPTIONS = frozenset(
-    {
-        "ROOMCAST_API_LISTEN",
-        "ROOMCAST_PUBLIC_API",
-        "ROOMCAST_REDIS_URL_FILE",
-        "ROOMCAST_REDIS_PASSWORD_FILE",
-        "ROOMCAST_REDIS_CA_FILE",
-        "ROOMCAST_JWT_JWKS_URL",
-        "ROOMCAST_JWT_JWKS_REFRESH",
-        "ROOMCAST_JWT_JWKS_MIN_INTERVAL",
-        "ROOMCAST_JWT_ISSUERS_FILE",
-    }
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -506,13 +488,7 @@ class ChartMatchesGateway(unittest.TestCase):
             container = gateway_container(manifests)
             names = set(gateway_config(manifests)) | {e["name"] for e in container["env"]}
             with self.subTest(values=path.name):
-                self.assertEqual(names - gateway_env_vars() - ISSUE_15_OPTIONS, set())
-
-    def test_issue_15_options_are_known_to_the_gateway(self) -> None:
-        """Fails never; skipped, naming them, while the binary lacks options the chart passes."""
-        missing = sorted(ISSUE_15_OPTIONS - gateway_env_vars())
-        if missing:
-            self.skipTest(f"{GATEWAY.name} does not read {', '.join(missing)} yet (issue 15, Rust side)")
+                self.assertEqual(names - gateway_env_vars(), set())
 
     def test_probes_ports_and_scrape_target_match_the_gateway(self) -> None:
         for path in CI_VALUES:
@@ -546,8 +522,7 @@ class ChartMatchesGateway(unittest.TestCase):
         ports = {p["name"]: p["containerPort"] for p in gateway_container(manifests)["ports"]}
         self.assertEqual(ports["public"], port_of(gateway_default("ROOMCAST_LISTEN")))
         self.assertEqual(ports["admin"], port_of(gateway_default("ROOMCAST_ADMIN_LISTEN")))
-        if "ROOMCAST_API_LISTEN" in gateway_env_vars():
-            self.assertEqual(ports["api"], port_of(gateway_default("ROOMCAST_API_LISTEN")))
+        self.assertEqual(ports["api"], port_of(gateway_default("ROOMCAST_API_LISTEN")))
 
     def test_rendered_configuration_boots_the_gateway_and_answers_the_probes(self) -> None:
         """The chart's ConfigMap, env and mounted files, handed to the real binary."""
@@ -573,8 +548,7 @@ class ChartMatchesGateway(unittest.TestCase):
                         path = container[probe]["httpGet"]["path"]
                         self.assertEqual(http_status(f"http://127.0.0.1:{admin}{path}"), 200, probe)
                     self.assertEqual(http_status(f"http://127.0.0.1:{admin}/metrics"), 200)
-                    if "ROOMCAST_REDIS_URL_FILE" in gateway_env_vars():
-                        self.assertGreater(redis_clients(redis.port), before, "the replica uses the Redis of the mounted URL file")
+                    self.assertGreater(redis_clients(redis.port), before, "the replica uses the Redis of the mounted URL file")
                     # What the grace period relies on: SIGTERM makes the replica unready at once
                     # (the drain delay then runs; it is not waited out here).
                     proc.terminate()
@@ -585,15 +559,8 @@ class ChartMatchesGateway(unittest.TestCase):
                     self.assertIsNone(proc.poll(), "the replica drains instead of exiting")
                 finally:
                     stop_gateway(proc)
-            if "ROOMCAST_REDIS_URL_FILE" not in gateway_env_vars():
-                with self.subTest(values=name, check="Redis from the mounted URL file"):
-                    self.skipTest(f"{GATEWAY.name} does not read ROOMCAST_REDIS_URL_FILE yet (issue 15, Rust side): it ran single-node")
 
     def test_api_port_serves_the_backend_api_and_the_public_port_does_not(self) -> None:
-        """Needs a gateway with ROOMCAST_API_LISTEN and ROOMCAST_PUBLIC_API (issue 15)."""
-        needed = {"ROOMCAST_API_LISTEN", "ROOMCAST_PUBLIC_API"} - gateway_env_vars()
-        if needed:
-            self.skipTest(f"{GATEWAY.name} lacks {', '.join(sorted(needed))} (issue 15, Rust side)")
         redis = RedisServer()
         self.addCleanup(redis.stop)
         values = load_values(CHART / "ci" / "full-values.yaml")
@@ -605,8 +572,6 @@ class ChartMatchesGateway(unittest.TestCase):
             self.addCleanup(shutil.rmtree, root)
             env = container_env(manifests, root)
             Path(env["ROOMCAST_REDIS_URL_FILE"]).write_text(redis.url)
-            if "ROOMCAST_REDIS_URL_FILE" not in gateway_env_vars():
-                env["ROOMCAST_REDIS_URL"] = redis.url
             key = Path(env["ROOMCAST_API_KEY_FILE"]).read_text().splitlines()[0]
             public, api = free_port(), free_port()
             with self.subTest(publicListener=public_api):
@@ -632,9 +597,6 @@ class ChartMatchesGateway(unittest.TestCase):
                     stop_gateway(proc)
 
     def test_trusted_issuers_file_boots_the_gateway(self) -> None:
-        """Needs a gateway with ROOMCAST_JWT_ISSUERS_FILE (issue 15)."""
-        if "ROOMCAST_JWT_ISSUERS_FILE" not in gateway_env_vars():
-            self.skipTest(f"{GATEWAY.name} does not read ROOMCAST_JWT_ISSUERS_FILE yet (issue 15, Rust side)")
         fixtures = REPO / "gateway" / "tests" / "fixtures"
         values = merged(
             load_values(CHART / "ci" / "defaults-values.yaml"),
@@ -1340,7 +1302,7 @@ class Compose(unittest.TestCase):
     def test_env_vars_are_gateway_options(self) -> None:
         for name, svc in compose_gateways().items():
             with self.subTest(replica=name):
-                self.assertEqual(set(compose_env(svc)) - gateway_env_vars() - ISSUE_15_OPTIONS, set())
+                self.assertEqual(set(compose_env(svc)) - gateway_env_vars(), set())
 
     def test_api_port_is_internal_and_published_on_loopback_through_the_load_balancer(self) -> None:
         cfg = haproxy_cfg()
@@ -1506,26 +1468,22 @@ class Compose(unittest.TestCase):
 
         # The API frontend reaches every ready replica's API port; the public one serves no API.
         wait_until(lambda: up_servers(stats, "api") == {"api-1", "api-2", "api-3"}, "all replicas up in the API backend")
-        if "ROOMCAST_API_LISTEN" in gateway_env_vars():
-            publish = json.dumps({"tenant": "demo", "channel": "general", "event": "hello", "data": {}}).encode()
-            headers = {"Authorization": f"Bearer {env['ROOMCAST_API_KEY']}", "Content-Type": "application/json"}
-            with urllib.request.urlopen(
-                urllib.request.Request(f"http://127.0.0.1:{api_front}/v1/publish", data=publish, headers=headers), timeout=5
-            ) as resp:
-                self.assertEqual(resp.status, 200)
-            with self.assertRaises(urllib.error.HTTPError) as ctx:
-                urllib.request.urlopen(
-                    urllib.request.Request(f"http://127.0.0.1:{front}/v1/publish", data=publish, headers=headers), timeout=5
-                )
-            self.assertEqual(ctx.exception.code, 404)
+        publish = json.dumps({"tenant": "demo", "channel": "general", "event": "hello", "data": {}}).encode()
+        headers = {"Authorization": f"Bearer {env['ROOMCAST_API_KEY']}", "Content-Type": "application/json"}
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{api_front}/v1/publish", data=publish, headers=headers), timeout=5
+        ) as resp:
+            self.assertEqual(resp.status, 200)
+        with self.assertRaises(urllib.error.HTTPError) as ctx:
+            urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{front}/v1/publish", data=publish, headers=headers), timeout=5
+            )
+        self.assertEqual(ctx.exception.code, 404)
 
         # A draining replica (SIGTERM: /readyz 503) leaves the rotation.
         replicas["g1"].terminate()
         wait_until(lambda: up_servers(stats) == {"gateway-2", "gateway-3"}, "gateway-1 taken out after SIGTERM")
         wait_until(lambda: up_servers(stats, "api") == {"api-2", "api-3"}, "gateway-1 taken out of the API backend")
-        if "ROOMCAST_API_LISTEN" not in gateway_env_vars():
-            with self.subTest(check="publish through the API frontend"):
-                self.skipTest(f"{GATEWAY.name} has no ROOMCAST_API_LISTEN yet (issue 15, Rust side)")
 
 
 def find_haproxy() -> str:
