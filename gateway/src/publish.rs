@@ -128,7 +128,7 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
         if let Err(e) = wire::validate_event_name(&request.event) {
             let msg = match e {
                 EventNameError::Reserved(name) => format!("event name {name:?} is reserved"),
-                EventNameError::Malformed => e.to_string(),
+                other => other.to_string(),
             };
             return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidEvent, at(msg));
         }

@@ -35,6 +35,16 @@
 //! Services not written in Rust publish with plain Redis commands: `PROTOCOL.md` in this crate
 //! documents the wire format.
 //!
+//! # fred and versions
+//!
+//! Publishing needs no fred type: [`Publisher::connect`] takes a URL, errors are this crate's
+//! ([`PublishError`], [`RedisError`]). For applications that already run a fred client,
+//! [`Publisher::from_client`], [`Publisher::from_config`], [`Publisher::client`] and
+//! [`send_encoded`] take and give fred types; this crate re-exports the fred it is built with as
+//! [`fred`](crate::fred), so use `roomcast_publisher::fred` rather than a fred of your own.
+//! Version policy: a fred major version change is released as a new minor version while this
+//! crate is 0.x (a new major from 1.0), never in a patch release.
+//!
 //! # Layout
 //! - [`room`]: the four room kinds, their canonical names and id validation.
 //! - [`wire`]: the envelope, channel names and event-name rules: Roomcast's wire format.
@@ -45,5 +55,14 @@ pub mod publisher;
 pub mod room;
 pub mod wire;
 
-pub use publisher::{Batch, DEFAULT_DEDUPE_WINDOW, PublishError, Publisher, Receipt, Sent, Target, send_encoded};
+/// The fred this crate is built with, for the fred interop methods (see above).
+pub use fred;
+pub use publisher::{
+    Batch, DEFAULT_DEDUPE_WINDOW, PublishError, Publisher, Receipt, RedisError, Sent, Target, send_encoded,
+};
 pub use room::{IdError, Room, RoomKind, validate_id};
+
+/// The README's example compiles (doctests only).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -23,7 +23,20 @@ use crate::{
 };
 
 /// Why a publish failed.
+///
+/// ```no_run
+/// # async fn run(publisher: roomcast_publisher::Publisher) {
+/// use roomcast_publisher::PublishError;
+/// match publisher.project("acme", "p1").emit_with_id("task.updated", &42, "task-42-v7").await {
+///     Ok(receipt) => println!("offset {:?}", receipt.offset),
+///     // Unknown outcome: retrying with the same id cannot deliver it twice.
+///     Err(PublishError::Redis(e)) if e.is_timeout() => { /* retry with "task-42-v7" */ }
+///     Err(e) => eprintln!("not published: {e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// A tenant, user, project or channel id is not valid (see [`crate::validate_id`]).
     #[error("invalid id: {0}")]
@@ -45,9 +58,49 @@ pub enum PublishError {
     /// The channel prefix is not usable.
     #[error(transparent)]
     InvalidPrefix(#[from] InvalidPrefix),
-    /// Redis refused the command or could not be reached.
+    /// Redis refused the command, did not answer in time, or could not be reached.
     #[error("redis: {0}")]
-    Redis(#[from] fred::error::Error),
+    Redis(RedisError),
+}
+
+impl PublishError {
+    fn redis(e: fred::error::Error) -> PublishError {
+        PublishError::Redis(RedisError(e))
+    }
+}
+
+/// A Redis failure. Opaque, so that this crate's API does not change with fred's; the fred
+/// error is its [`std::error::Error::source`].
+#[derive(Debug)]
+pub struct RedisError(fred::error::Error);
+
+impl RedisError {
+    /// Redis did not answer in time, or the connection broke while the command was in flight:
+    /// the publish may or may not have happened. Retry with the same id
+    /// ([`Target::emit_with_id`]) to be sure it is delivered once.
+    pub fn is_timeout(&self) -> bool {
+        use fred::error::ErrorKind;
+        matches!(self.0.kind(), ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled)
+    }
+
+    /// Redis answered with an error (e.g. `OOM`, `NOAUTH`, a script error): nothing was
+    /// published.
+    pub fn is_refused(&self) -> bool {
+        use fred::error::ErrorKind;
+        !self.is_timeout() && !matches!(self.0.kind(), ErrorKind::Config | ErrorKind::Url | ErrorKind::Tls)
+    }
+}
+
+impl std::fmt::Display for RedisError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.details())
+    }
+}
+
+impl std::error::Error for RedisError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 /// What a successful publish reports.
@@ -104,21 +157,32 @@ impl Publisher {
     ///
     /// The client reconnects with exponential backoff; each publish times out after
     /// [`DEFAULT_COMMAND_TIMEOUT`] rather than waiting for Redis forever.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), roomcast_publisher::PublishError> {
+    /// let publisher = roomcast_publisher::Publisher::connect("redis://127.0.0.1:6379").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(redis_url: &str) -> Result<Publisher, PublishError> {
-        Self::from_config(Config::from_url(redis_url)?).await
+        Self::from_config(Config::from_url(redis_url).map_err(PublishError::redis)?).await
     }
 
     /// Connects with a fred [`Config`], keeping Roomcast's reconnect policy and timeout.
+    ///
+    /// fred interop: `Config` is the re-exported [`crate::fred`]'s (see the crate docs on
+    /// versions).
     pub async fn from_config(config: Config) -> Result<Publisher, PublishError> {
         let client = Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = DEFAULT_COMMAND_TIMEOUT)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-            .build()?;
-        client.init().await?;
+            .build()
+            .map_err(PublishError::redis)?;
+        client.init().await.map_err(PublishError::redis)?;
         Ok(Self::from_client(client))
     }
 
-    /// Uses a fred client the application already configured and connected.
+    /// Uses a fred client the application already configured and connected (fred interop: see
+    /// the crate docs on versions).
     pub fn from_client(client: Client) -> Publisher {
         Publisher {
             client,
@@ -189,12 +253,31 @@ impl Publisher {
 
     /// Shows (`typing: true`) or clears a typing indicator for `user` (a user or bot id) in
     /// channel `c`. Members of the channel see `typing` `{ channel, userId, typing, ttlMs }`.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// publisher.typing("acme", "support", "assistant-bot", true).await?;
+    /// // ... the bot answers ...
+    /// publisher.typing("acme", "support", "assistant-bot", false).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn typing(&self, t: &str, c: &str, user: &str, typing: bool) -> Result<Receipt, PublishError> {
         let message = self.typing_message(t, c, user, typing)?;
         self.send(message, Run::Reload(&self.script)).await
     }
 
     /// A batch of publishes sent in one round trip.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// let mut batch = publisher.batch();
+    /// for user in ["ada", "bob"] {
+    ///     batch.emit(&publisher.user("acme", user), "notification", &serde_json::json!({ "text": "deploy at 22:00" }))?;
+    /// }
+    /// let receipts = batch.send().await?;
+    /// assert_eq!(receipts.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn batch(&self) -> Batch<'_> {
         Batch { publisher: self, messages: Vec::new() }
     }
@@ -253,7 +336,8 @@ impl Publisher {
         };
         let sent =
             send_with(&self.client, run, &self.keys, &message.room, message.body.clone(), message.history, dedupe)
-                .await?;
+                .await
+                .map_err(PublishError::redis)?;
         Ok(Receipt {
             id: message.id,
             room: message.room,
@@ -370,6 +454,13 @@ impl Target<'_> {
     }
 
     /// Publishes `event` with `payload` (any `Serialize` value) to the room's members.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// let receipt = publisher.channel("acme", "general").emit("message:new", &serde_json::json!({ "text": "hi" })).await?;
+    /// println!("{} replica(s) had members; offset {:?}", receipt.replicas, receipt.offset);
+    /// # Ok(()) }
+    /// ```
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<Receipt, PublishError> {
         let room = self.room()?;
         let message = self.publisher.event_message(room, event, payload, None)?;
@@ -381,6 +472,15 @@ impl Target<'_> {
     /// window: retrying after an error whose outcome is unknown (a timeout) cannot deliver the
     /// event twice. A retry of a publish that went through gets the first receipt, marked
     /// `duplicate`. Needs history (the default).
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// // The id names the fact, so a retry after a timeout is delivered once.
+    /// let target = publisher.user("acme", "ada");
+    /// let receipt = target.emit_with_id("order.shipped", &serde_json::json!({ "order": 42 }), "order-42-shipped").await?;
+    /// assert_eq!(receipt.id.as_deref(), Some("order-42-shipped"));
+    /// # Ok(()) }
+    /// ```
     pub async fn emit_with_id<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -441,7 +541,7 @@ impl Batch<'_> {
         }
         if self.messages.iter().any(|m| m.history.is_some()) {
             // Loaded once up front, so the batch's EVALSHAs need no fallback.
-            self.publisher.script.load(&self.publisher.client).await?;
+            self.publisher.script.load(&self.publisher.client).await.map_err(PublishError::redis)?;
         }
         // All in flight at once on the connection, written in the order added (fred does not
         // wait for a reply before writing the next command), so one round trip for the batch.

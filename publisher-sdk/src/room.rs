@@ -19,6 +19,7 @@ pub const MAX_ID_LEN: usize = 128;
 
 /// Why an identifier (tenant, user, project or channel id) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum IdError {
     /// The identifier is the empty string.
     #[error("id is empty")]

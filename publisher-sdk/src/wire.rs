@@ -257,6 +257,7 @@ impl Keys {
 
 /// Why an event name cannot be published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventNameError {
     /// Empty, longer than [`MAX_EVENT_LEN`] bytes, or with control characters.
     #[error("event name must be 1-{MAX_EVENT_LEN} bytes without control characters")]
