@@ -1,6 +1,6 @@
 # Roomcast gateway image: build with cargo, run on distroless (glibc, no shell, non-root).
 #   docker build -t roomcast-gateway .
-#   docker run --rm -p 3000:3000 -p 9090:9090 roomcast-gateway --dev
+#   docker run --rm -p 3000:3000 -p 127.0.0.1:3001:3001 -p 9090:9090 roomcast-gateway --dev
 # Plain Dockerfile syntax only (no `# syntax=` frontend, no RUN --mount): it builds with the
 # classic builder and with BuildKit/buildx alike, without fetching a frontend image. The
 # release workflow (.github/workflows/release.yml) builds it for linux/amd64 and linux/arm64.
@@ -33,8 +33,9 @@ RUN touch gateway/src/main.rs gateway/src/lib.rs publisher-sdk/src/lib.rs \
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/roomcast-gateway /usr/local/bin/roomcast-gateway
-# Public (Socket.IO, publish API) and admin (/healthz, /readyz, /metrics) listeners.
-EXPOSE 3000 9090
+# Public (Socket.IO), backend API (POST /v1/publish; keep it internal) and admin (/healthz,
+# /readyz, /metrics) listeners.
+EXPOSE 3000 3001 9090
 ENV ROOMCAST_LOG_FORMAT=json
 # The gateway drains on SIGTERM: unready at once, clients moved after ROOMCAST_DRAIN_DELAY,
 # exit within ROOMCAST_SHUTDOWN_TIMEOUT.

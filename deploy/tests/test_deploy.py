@@ -402,8 +402,10 @@ class ChartRejectsBadValues(unittest.TestCase):
             "auth": [
                 "/auth/mode",
                 "/auth/jwksUrl",
-                "at '/auth/trustedIssuers/0': missing property 'issuer'",
+                "at '/auth/trustedIssuers/0': missing properties 'issuer', 'tenants'",
                 "at '/auth/trustedIssuers/1': additional properties 'jwks_url'",
+                "/auth/trustedIssuers/2/jwksUrl",
+                "/auth/trustedIssuers/2/tenants",
             ],
             "secrets": ["/secrets/jwtSecret", "/secrets/existingSecretKeys/apiKeys"],
             "redis": ["/redis/url", "/redis/existingPasswordSecret/key"],
@@ -607,7 +609,7 @@ class ChartMatchesGateway(unittest.TestCase):
                     "mode": "issuers",
                     "trustedIssuers": [
                         {"issuer": "https://a.example/", "jwksFile": "/etc/roomcast/idp/jwks.json", "tenants": ["acme"]},
-                        {"issuer": "https://b.example/", "publicKeyFile": "/etc/roomcast/idp/ed-public.pem"},
+                        {"issuer": "https://b.example/", "publicKeyFile": "/etc/roomcast/idp/ed-public.pem", "tenants": ["*"]},
                     ],
                 },
             },
@@ -1018,7 +1020,10 @@ class ChartKnobs(unittest.TestCase):
         # issuers mode: only the trusted issuers, and no Secret at all when nothing else is secret.
         values = {
             "replicaCount": 1,
-            "auth": {"mode": "issuers", "trustedIssuers": [{"issuer": "https://a.example/", "jwksFile": "/keys/a.json"}]},
+            "auth": {
+                "mode": "issuers",
+                "trustedIssuers": [{"issuer": "https://a.example/", "jwksFile": "/keys/a.json", "tenants": ["*"]}],
+            },
         }
         manifests = render(values)
         self.assertNotIn("Secret", manifests)

@@ -144,7 +144,7 @@ struct IssuerEntry {
     public_key_file: Option<PathBuf>,
     #[serde(default)]
     audiences: Vec<String>,
-    #[serde(default)]
+    /// Required: the tenants this issuer may vouch for, or `["*"]` for any.
     tenants: Vec<String>,
 }
 
@@ -228,14 +228,24 @@ impl Verifier {
     }
 
     /// Who vouches for `token`: the trusted issuer its `iss` names, else the default source.
+    ///
+    /// With trusted issuers, the default source takes only tokens without `iss` or with one
+    /// `ROOMCAST_JWT_ISSUER` lists: a default key shared by many parties (a big IdP's common
+    /// keys) would otherwise admit any issuer that IdP serves, with no tenant limit.
     fn trust_for(&self, token: &str) -> Result<&Trust, ClientError> {
-        if !self.by_issuer.is_empty()
-            && let Ok(IssOnly { iss: Some(iss) }) = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token)
-            && let Some(trust) = self.by_issuer.get(&iss)
-        {
-            return Ok(trust);
+        let untrusted = || ClientError::new(ErrorCode::TokenInvalid, "token issuer is not trusted");
+        if !self.by_issuer.is_empty() {
+            let iss = jsonwebtoken::dangerous::insecure_decode_claims::<IssOnly>(token).ok().and_then(|c| c.iss);
+            if let Some(iss) = iss {
+                if let Some(trust) = self.by_issuer.get(&iss) {
+                    return Ok(trust);
+                }
+                if self.default.as_ref().is_some_and(|d| d.issuers.is_empty()) {
+                    return Err(untrusted());
+                }
+            }
         }
-        self.default.as_ref().ok_or_else(|| ClientError::new(ErrorCode::TokenInvalid, "token issuer is not trusted"))
+        self.default.as_ref().ok_or_else(untrusted)
     }
 
     /// Clock skew tolerated on `exp` and `nbf`.
@@ -307,13 +317,6 @@ impl Verifier {
             return Err(ClientError::new(ErrorCode::Forbidden, "the token's issuer may not vouch for this tenant"));
         }
         Ok(identity)
-    }
-
-    /// [`Verifier::verify`] for keys that need no fetch (tests).
-    #[cfg(test)]
-    fn verify_now(&self, token: &str) -> Result<Identity, ClientError> {
-        use futures_util::FutureExt;
-        self.verify(token).now_or_never().expect("no fetch needed")
     }
 
     fn identity(&self, claims: &Map<String, Value>) -> Result<Identity, ClientError> {
@@ -439,8 +442,16 @@ fn trusted_issuers(
         if entry.issuer.is_empty() {
             return Err(at("\"issuer\" is empty".into()));
         }
-        if let Some(bad) = entry.tenants.iter().find(|t| validate_id(t).is_err()) {
+        if entry.tenants.is_empty() {
+            return Err(at(
+                "\"tenants\" is empty: list the tenants this issuer may vouch for, or [\"*\"] for any".into()
+            ));
+        }
+        if let Some(bad) = entry.tenants.iter().find(|t| *t != "*" && validate_id(t).is_err()) {
             return Err(at(format!("{bad:?} is not a tenant id")));
+        }
+        if entry.audiences.iter().any(String::is_empty) {
+            return Err(at("an audience is empty".into()));
         }
         let keys = match (&entry.jwks_url, &entry.jwks_file, &entry.public_key_file) {
             (Some(url), None, None) => {
@@ -460,7 +471,8 @@ fn trusted_issuers(
             keys,
             issuers: vec![entry.issuer.clone()],
             audiences: if entry.audiences.is_empty() { audiences.to_vec() } else { entry.audiences.clone() },
-            tenants: entry.tenants.clone(),
+            // `["*"]` (alone or not): any tenant, which the empty list means below.
+            tenants: if entry.tenants.iter().any(|t| t == "*") { Vec::new() } else { entry.tenants.clone() },
         };
         if by_issuer.insert(entry.issuer.clone(), trust).is_some() {
             return Err(ConfigError::new(OPTION, format!("issuer {:?} is listed twice", entry.issuer)));
@@ -603,6 +615,58 @@ mod tests {
     use serde_json::json;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// [`Verifier::verify`] for keys that need no fetch.
+    trait VerifyNow {
+        fn verify_now(&self, token: &str) -> Result<Identity, ClientError>;
+    }
+
+    impl VerifyNow for Verifier {
+        fn verify_now(&self, token: &str) -> Result<Identity, ClientError> {
+            use futures_util::FutureExt;
+            self.verify(token).now_or_never().expect("no fetch needed")
+        }
+    }
+
+    #[test]
+    fn a_bad_issuers_file_is_refused_naming_the_entry() {
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks.json");
+        let freshness = Freshness { refresh: Duration::from_secs(300), min_interval: Duration::from_secs(10) };
+        let error = |file: Value| match trusted_issuers(file.to_string().as_bytes(), &[], freshness) {
+            Ok(_) => panic!("accepted {file}"),
+            Err(e) => {
+                assert_eq!(e.option, env::ISSUERS_FILE);
+                e.message
+            }
+        };
+        let entry = |extra: Value| {
+            let mut e = json!({ "issuer": "https://a/", "jwks_file": fixture, "tenants": ["acme"] });
+            for (k, v) in extra.as_object().unwrap() {
+                if v.is_null() {
+                    e.as_object_mut().unwrap().remove(k);
+                } else {
+                    e[k] = v.clone();
+                }
+            }
+            json!({ "issuers": [e] })
+        };
+        assert!(trusted_issuers(entry(json!({})).to_string().as_bytes(), &[], freshness).is_ok());
+        assert!(error(json!({ "issuers": [] })).contains("no issuer"));
+        assert!(error(json!("not an object")).contains("expected"));
+        assert!(error(entry(json!({ "jwks_url": "https://a/jwks" }))).contains("exactly one"));
+        assert!(error(entry(json!({ "jwks_file": null }))).contains("exactly one"));
+        assert!(error(entry(json!({ "unknown": 1 }))).contains("unknown field"));
+        assert!(error(entry(json!({ "issuer": "" }))).contains("empty"));
+        assert!(error(entry(json!({ "tenants": null }))).contains("tenants"));
+        assert!(error(entry(json!({ "tenants": [] }))).contains("[\"*\"]"));
+        assert!(error(entry(json!({ "tenants": ["no spaces"] }))).contains("not a tenant id"));
+        assert!(error(entry(json!({ "audiences": [""] }))).contains("audience is empty"));
+        assert!(error(entry(json!({ "jwks_file": "/nonexistent.json" }))).contains("cannot read"));
+        assert!(error(entry(json!({ "jwks_file": null, "jwks_url": "ftp://a/jwks" }))).contains("https"));
+        assert!(error(entry(json!({ "jwks_file": null, "jwks_url": "http://idp.example/jwks" }))).contains("https"));
+        let twice = json!({ "issuers": [entry(json!({}))["issuers"][0], entry(json!({}))["issuers"][0]] });
+        assert!(error(twice).contains("listed twice"));
+    }
 
     fn verifier(args: &[&str]) -> Verifier {
         use clap::Parser;

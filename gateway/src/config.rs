@@ -670,8 +670,9 @@ impl Config {
             ];
             let scheme_ok = url.expose().split_once("://").is_some_and(|(scheme, _)| SCHEMES.contains(&scheme));
             if !scheme_ok || fred::types::config::Config::from_url(url.expose()).is_err() {
+                let option = if self.redis_url_file.is_some() { env::REDIS_URL_FILE } else { env::REDIS_URL };
                 return Err(ConfigError::new(
-                    env::REDIS_URL,
+                    option,
                     "not a Redis URL: expected redis://[user:password@]host:port[/db], rediss:// (TLS), \
                      redis-cluster://host:port[?node=host:port] or redis-sentinel://",
                 ));

@@ -92,7 +92,10 @@ pub enum OriginPolicy {
     List(Vec<HeaderValue>),
 }
 
-/// `/healthz`, `/readyz` and `/metrics`.
+/// The OpenAPI document's path.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// `/healthz`, `/readyz` and `/metrics`; anything else is the coded 404.
 pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -102,22 +105,25 @@ pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
             get(move || {
                 let metrics = metrics.clone();
                 async move {
-                    crate::metrics::collect_runtime_and_process();
+                    // /proc reads (one directory entry per socket): off the runtime's workers.
+                    let _ = tokio::task::spawn_blocking(crate::metrics::collect_runtime_and_process).await;
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
                 }
             }),
         )
+        .fallback(not_found)
         .layer(middleware::from_fn(|req: Request, next: Next| timed("admin", req, next)))
 }
 
-/// The paths the API and admin listeners serve: the `route` label of
-/// `roomcast_http_request_duration_seconds` (anything else is `other`, so the label stays bounded).
-const ROUTES: [&str; 5] = ["/v1/publish", "/openapi.json", "/healthz", "/readyz", "/metrics"];
+/// The admin listener's paths.
+const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
-/// Records how long `listener` took to answer.
+/// Records how long `listener` took to answer. The `route` label is a known path, else `other`,
+/// so it stays bounded.
 async fn timed(listener: &'static str, req: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
-    let route = ROUTES.iter().copied().find(|r| *r == req.uri().path()).unwrap_or("other");
+    let path = req.uri().path();
+    let route = crate::API_PATHS.iter().chain(ADMIN_PATHS.iter()).copied().find(|r| *r == path).unwrap_or("other");
     let response = next.run(req).await;
     crate::metrics::http_request(listener, route, response.status().as_u16(), start);
     response
@@ -143,7 +149,7 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// `GET /openapi.json`, merged into the backend API's router.
 pub fn openapi_route() -> Router {
     Router::new().route(
-        "/openapi.json",
+        OPENAPI_PATH,
         get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }).fallback(only_get),
     )
 }

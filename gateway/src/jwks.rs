@@ -128,12 +128,25 @@ impl RemoteJwks {
     /// A set fetched from `url` (not fetched yet: see [`RemoteJwks::fetch`]).
     pub fn new(url: &str, label: &str, freshness: Freshness) -> Result<RemoteJwks, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err("expected an https:// (or http://) URL".into());
+        if !secure(&parsed) {
+            return Err("expected an https:// URL (http:// only to a loopback address): whoever can \
+                        change the keys in transit can sign any token"
+                .into());
         }
         // reqwest's rustls takes the process's default provider: ring, as fred's TLS uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Redirects are followed only to where the URL itself could point (https, or loopback).
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("more than 5 redirects")
+            } else if secure(attempt.url()) {
+                attempt.follow()
+            } else {
+                attempt.error("a redirect away from https")
+            }
+        });
         let client = reqwest::Client::builder()
+            .redirect(redirects)
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
             .user_agent(concat!("roomcast-gateway/", env!("CARGO_PKG_VERSION")))
@@ -199,7 +212,8 @@ impl RemoteJwks {
             state.etag.clone()
         };
         let result = self.get(etag.as_deref()).await;
-        self.fetched.notify_one();
+        // The refresh loop is woken once the outcome is recorded (the guard drops first).
+        let _wake = Wake(&self.fetched);
         let mut state = self.lock_state();
         match result {
             Ok((fetched, max_age, new_etag)) => {
@@ -261,16 +275,15 @@ impl RemoteJwks {
         !self.keys.read().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
-    /// Fetches once, for startup: waits up to `within`. A failure is logged; the refresh loop
-    /// retries.
-    pub async fn fetch_at_start(&self, within: Duration) {
+    /// Fetches once, for startup (bounded by the fetch timeout). A failure is logged; the
+    /// refresh loop retries.
+    pub async fn fetch_at_start(&self) {
         let _turn = self.fetching.lock().await;
-        match tokio::time::timeout(within, self.fetch_now()).await {
-            Ok(Ok(_)) => tracing::info!(jwks = %self.label, keys = self.key_count(), "JWKS fetched"),
-            Ok(Err(e)) => {
+        match self.fetch_now().await {
+            Ok(_) => tracing::info!(jwks = %self.label, keys = self.key_count(), "JWKS fetched"),
+            Err(e) => {
                 tracing::error!(jwks = %self.label, error = %e, "JWKS fetch failed; tokens it signs are refused until a fetch succeeds")
             }
-            Err(_) => tracing::error!(jwks = %self.label, "JWKS fetch timed out; retrying in the background"),
         }
     }
 
@@ -314,6 +327,25 @@ impl RemoteJwks {
     }
 }
 
+/// Notifies on drop: after the code that holds it (and its guards, declared later) is done.
+struct Wake<'a>(&'a tokio::sync::Notify);
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+/// Whether keys may be fetched from `url`: https, or http to a loopback address (a sidecar, tests).
+fn secure(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    match url.scheme() {
+        "https" => true,
+        "http" => host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        _ => false,
+    }
+}
+
 /// `max-age=N` of a Cache-Control value (`no-store`/`no-cache`: zero, so the minimum interval).
 fn max_age(value: &str) -> Option<Duration> {
     let mut age = None;
@@ -332,6 +364,19 @@ fn max_age(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_come_over_https_or_from_loopback() {
+        let ok = |u: &str| secure(&reqwest::Url::parse(u).unwrap());
+        assert!(ok("https://idp.example/jwks") && ok("http://127.0.0.1:8080/jwks") && ok("http://[::1]/jwks"));
+        assert!(ok("http://localhost/jwks"));
+        assert!(!ok("http://idp.example/jwks") && !ok("http://10.0.0.1/jwks") && !ok("ftp://idp.example/jwks"));
+        assert!(!ok("http://127.0.0.1.evil.example/jwks"));
+        assert!(RemoteJwks::new("http://idp.example/jwks", "x", FRESH).unwrap_err().contains("https"));
+        assert!(RemoteJwks::new("not a url", "x", FRESH).unwrap_err().contains("not a URL"));
+    }
+
+    const FRESH: Freshness = Freshness { refresh: Duration::from_secs(300), min_interval: Duration::from_secs(10) };
 
     #[test]
     fn cache_control() {

@@ -62,6 +62,11 @@ use socketioxide::{ParserConfig, SocketIo};
 use tokio::{net::TcpListener, sync::watch, time::Instant};
 
 pub use auth::{Verifier, dev_secret_path};
+
+/// The backend API's paths, each served by one route of the API listener (`api_router`) and
+/// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
+/// route gets its path constant here.
+pub const API_PATHS: [&str; 2] = [publish::PUBLISH_PATH, http::OPENAPI_PATH];
 pub use config::{Config, ConfigError};
 pub use logging::init as init_logging;
 pub use roomcast_publisher::wire::HistoryPolicy;
@@ -219,10 +224,7 @@ impl Gateway {
         // Key sets at identity providers' URLs: fetched before the first connection, at most
         // a few seconds; a provider that is down does not stop the gateway (its tokens are
         // refused until a fetch succeeds, retried in the background).
-        futures_util::future::join_all(
-            verifier.remote_key_sets().iter().map(|set| set.fetch_at_start(Duration::from_secs(5))),
-        )
-        .await;
+        futures_util::future::join_all(verifier.remote_key_sets().iter().map(|set| set.fetch_at_start())).await;
         let mut origins = match config.cors_allow_list()? {
             None => OriginPolicy::Any,
             Some(list) if list.is_empty() => OriginPolicy::Unrestricted,
@@ -347,7 +349,7 @@ impl Gateway {
         let socket_io = tower::Layer::layer(&layer, behind_socket_io);
         let public_router = http::guard_public(Router::new().fallback_service(socket_io), state.clone(), origins);
         let api_routes = http::guard_api(api_router(state.clone()), state.clone());
-        let admin_router = http::admin_router(state.clone(), metrics.clone()).fallback(http::not_found);
+        let admin_router = http::admin_router(state.clone(), metrics.clone());
         let public = bind(config.listen, env::LISTEN).await?;
         let api = bind(config.api_listen, env::API_LISTEN).await?;
         let admin = bind(config.admin_listen, env::ADMIN_LISTEN).await?;

@@ -446,55 +446,31 @@ mod process {
         Process {
             rss_bytes: status_kb(&status, "VmRSS:").map(|kb| kb * 1024),
             threads: status_kb(&status, "Threads:"),
-            open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64),
+            // Less the descriptor the listing itself holds open.
+            open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| (d.count() as u64).saturating_sub(1)),
             max_fds: max_open_files(&limits),
             cpu_seconds: cpu_seconds(&stat),
         }
     }
 
     /// `VmRSS:    1234 kB` → 1234.
-    fn status_kb(status: &str, field: &str) -> Option<u64> {
+    pub(super) fn status_kb(status: &str, field: &str) -> Option<u64> {
         status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
     }
 
     /// `Max open files   20000   20000   files` → the soft limit.
-    fn max_open_files(limits: &str) -> Option<u64> {
+    pub(super) fn max_open_files(limits: &str) -> Option<u64> {
         limits.lines().find_map(|l| l.strip_prefix("Max open files"))?.split_whitespace().next()?.parse().ok()
     }
 
     /// utime + stime (fields 14 and 15), after the command name, which may hold spaces.
-    fn cpu_seconds(stat: &str) -> Option<f64> {
+    pub(super) fn cpu_seconds(stat: &str) -> Option<f64> {
         let after_name = &stat[stat.rfind(')')? + 1..];
         let fields: Vec<&str> = after_name.split_whitespace().collect();
         // `after_name` starts at field 3 (state).
         let utime: u64 = fields.get(11)?.parse().ok()?;
         let stime: u64 = fields.get(12)?.parse().ok()?;
         Some((utime + stime) as f64 / USER_HZ)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn parses_proc_files() {
-            let stat = "1234 (tokio (w) 1) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 1000 200";
-            assert_eq!(cpu_seconds(stat), Some(3.0));
-            assert_eq!(status_kb("Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t9\n", "VmRSS:"), Some(2048));
-            let limits =
-                "Limit Soft Hard Units\nMax open files            20000                20000                files\n";
-            assert_eq!(max_open_files(limits), Some(20000));
-            assert_eq!(cpu_seconds("garbage"), None);
-        }
-
-        #[test]
-        fn reads_this_process() {
-            let p = read();
-            if cfg!(target_os = "linux") {
-                assert!(p.rss_bytes.unwrap() > 0 && p.open_fds.unwrap() > 0 && p.max_fds.unwrap() > 0, "{p:?}");
-                assert!(p.threads.unwrap() >= 1 && p.cpu_seconds.is_some(), "{p:?}");
-            }
-        }
     }
 }
 
@@ -552,4 +528,29 @@ pub(crate) fn recovery(recovered: bool) {
 
 pub(crate) fn replayed(events: u64) {
     counter!(REPLAYED).increment(events);
+}
+
+#[cfg(test)]
+mod process_tests {
+    use super::process::*;
+
+    #[test]
+    fn parses_proc_files() {
+        let stat = "1234 (tokio (w) 1) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 1000 200";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(status_kb("Name:\tx\nVmRSS:\t  2048 kB\nThreads:\t9\n", "VmRSS:"), Some(2048));
+        let limits =
+            "Limit Soft Hard Units\nMax open files            20000                20000                files\n";
+        assert_eq!(max_open_files(limits), Some(20000));
+        assert_eq!(cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let p = read();
+        if cfg!(target_os = "linux") {
+            assert!(p.rss_bytes.unwrap() > 0 && p.open_fds.unwrap() > 0 && p.max_fds.unwrap() > 0, "{p:?}");
+            assert!(p.threads.unwrap() >= 1 && p.cpu_seconds.is_some(), "{p:?}");
+        }
+    }
 }

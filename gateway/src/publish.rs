@@ -46,9 +46,12 @@ struct PublishRequest {
     id: Option<String>,
 }
 
-/// The public API routes.
+/// The publish endpoint's path.
+pub const PUBLISH_PATH: &str = "/v1/publish";
+
+/// The publish route of the backend API.
 pub fn router(gw: Shared) -> Router {
-    Router::new().route("/v1/publish", post(publish).fallback(only_post)).with_state(gw)
+    Router::new().route(PUBLISH_PATH, post(publish).fallback(only_post)).with_state(gw)
 }
 
 /// Any other method on `/v1/publish`: 405 with the JSON error every client-visible error has.

@@ -42,23 +42,31 @@ fn signed(kid: &str, claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
-/// An identity provider's JWKS endpoint: serves `keys`, or 503 while `down`; counts requests.
+/// An identity provider's JWKS endpoint: serves `keys` with an ETag (answering a matching
+/// `If-None-Match` with 304), or 503 while `down`; counts requests and 304s.
 #[derive(Clone, Default)]
 struct Idp {
     keys: Arc<Mutex<Vec<Value>>>,
     down: Arc<AtomicBool>,
     requests: Arc<AtomicUsize>,
+    not_modified: Arc<AtomicUsize>,
 }
 
 impl Idp {
     async fn serve(&self) -> String {
-        async fn jwks(State(idp): State<Idp>) -> axum::response::Response {
+        async fn jwks(State(idp): State<Idp>, headers: axum::http::HeaderMap) -> axum::response::Response {
             idp.requests.fetch_add(1, Ordering::SeqCst);
             if idp.down.load(Ordering::SeqCst) {
                 return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
             }
             let keys = idp.keys.lock().unwrap().clone();
-            ([("cache-control", "public, max-age=3600")], axum::Json(json!({ "keys": keys }))).into_response()
+            let etag = format!("\"{}\"", keys.iter().map(|k| k["kid"].as_str().unwrap()).collect::<Vec<_>>().join("+"));
+            if headers.get("if-none-match").is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
+                idp.not_modified.fetch_add(1, Ordering::SeqCst);
+                return StatusCode::NOT_MODIFIED.into_response();
+            }
+            let headers = [("cache-control", "public, max-age=3600".to_owned()), ("etag", etag)];
+            (headers, axum::Json(json!({ "keys": keys }))).into_response()
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -89,7 +97,7 @@ async fn a_jwks_url_is_followed_through_rotation_kept_through_an_outage_and_refe
     let idp = Idp::default();
     idp.set(&["rsa-2026-01"]);
     let url = idp.serve().await;
-    let min_interval = Duration::from_millis(400);
+    let min_interval = Duration::from_secs(1);
     let gw = TestGateway::start_with(|c| {
         c.jwt_secret = None;
         c.jwt_jwks_url = Some(url.clone());
@@ -110,16 +118,20 @@ async fn a_jwks_url_is_followed_through_rotation_kept_through_an_outage_and_refe
     assert_eq!(idp.requests(), 2);
     assert_eq!(outcome(&gw, &signed("rsa-2026-01", &old)).await, Err("token_invalid".into()), "retired key");
 
-    // Made-up kids cost the provider at most one request per interval, however many arrive.
+    // Made-up kids, all at once: the provider is asked at most once per interval (the first
+    // refetch; the others wait for it, or find it too recent).
+    tokio::time::sleep(min_interval).await;
     let before = idp.requests();
     let started = std::time::Instant::now();
-    for i in 0..30 {
-        let forged = signed(&format!("made-up-{i}"), &claims("t1", "eve"));
-        assert_eq!(outcome(&gw, &forged).await, Err("token_invalid".into()));
-    }
+    let forged: Vec<String> = (0..30).map(|i| signed(&format!("made-up-{i}"), &claims("t1", "eve"))).collect();
+    let outcomes = futures_util::future::join_all(forged.iter().map(|t| outcome(&gw, t))).await;
+    assert!(outcomes.iter().all(|o| o.as_ref().err().map(String::as_str) == Some("token_invalid")), "{outcomes:?}");
     let allowed = 1 + (started.elapsed().as_millis() / min_interval.as_millis()) as usize;
     let made = idp.requests() - before;
+    assert!(made >= 1, "an unknown kid triggers a refetch");
     assert!(made <= allowed, "{made} fetches for 30 unknown kids in {:?}; at most {allowed}", started.elapsed());
+    // Nothing changed at the provider: the refetch was answered 304 (If-None-Match).
+    assert!(idp.not_modified.load(Ordering::SeqCst) >= 1);
 
     // The provider goes down: refetches fail, the last good keys stay.
     idp.down.store(true, Ordering::SeqCst);
@@ -127,7 +139,7 @@ async fn a_jwks_url_is_followed_through_rotation_kept_through_an_outage_and_refe
     let before = idp.requests();
     let forged = signed("made-up-while-down", &claims("t1", "eve"));
     assert_eq!(outcome(&gw, &forged).await, Err("token_invalid".into()));
-    assert_eq!(idp.requests(), before + 1, "a refetch was tried, and failed");
+    assert!(idp.requests() > before, "a refetch was tried, and failed");
     assert_eq!(outcome(&gw, &signed("rsa-2026-06", &claims("t1", "cy"))).await, Ok(()), "last good keys kept");
     let scrape = gw.metrics().await;
     assert!(sample(&scrape, "roomcast_jwks_fetches_total", r#"jwks="default",result="error""#) >= 1.0, "{scrape}");
@@ -168,10 +180,13 @@ async fn each_trusted_issuer_verifies_its_own_tokens_for_its_own_tenants() {
     let url = idp.serve().await;
     let dir = tempdir();
     let issuers = dir.join("issuers.json");
-    // Issuer A (a URL) may vouch for tenant acme only; issuer B (a JWKS file) for any tenant.
+    // Issuer A (a URL, key rsa-2026-01) may vouch for tenant acme only; issuer B (a JWKS file,
+    // key rsa-2026-06) for any tenant.
+    let b_keys = dir.join("b-jwks.json");
+    std::fs::write(&b_keys, json!({ "keys": [jwk("rsa-2026-06")] }).to_string()).unwrap();
     let file = json!({ "issuers": [
         { "issuer": "https://a.example/", "jwks_url": url, "tenants": ["acme"] },
-        { "issuer": "https://b.example/", "jwks_file": fixture("jwks.json"), "audiences": ["roomcast"] },
+        { "issuer": "https://b.example/", "jwks_file": b_keys, "audiences": ["roomcast"], "tenants": ["*"] },
     ]});
     std::fs::write(&issuers, file.to_string()).unwrap();
     let gw = TestGateway::start_with(|c| {
@@ -204,6 +219,11 @@ async fn each_trusted_issuer_verifies_its_own_tokens_for_its_own_tenants() {
         Err("token_invalid".into()),
         "a token claiming A but signed with B's key"
     );
+    assert_eq!(
+        outcome(&gw, &signed("rsa-2026-01", &for_b)).await,
+        Err("token_invalid".into()),
+        "a token claiming B but signed with A's key"
+    );
     // No default key source: an unknown or absent issuer is refused.
     for iss in [json!("https://evil.example/"), Value::Null] {
         let mut c = with(a, "acme", json!({}));
@@ -224,4 +244,26 @@ fn tempdir() -> PathBuf {
 fn rand_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+/// With trusted issuers and a default key, the default takes tokens without `iss` (or with one
+/// `ROOMCAST_JWT_ISSUER` pins), never an unlisted issuer's.
+#[tokio::test]
+async fn the_default_key_takes_no_unlisted_issuer() {
+    let dir = tempdir();
+    let issuers = dir.join("issuers.json");
+    let file =
+        json!({ "issuers": [{ "issuer": "https://b.example/", "jwks_file": fixture("jwks.json"), "tenants": ["*"] }] });
+    std::fs::write(&issuers, file.to_string()).unwrap();
+    let gw = TestGateway::start_with(|c| c.jwt_issuers_file = Some(issuers.clone())).await;
+    assert_eq!(outcome(&gw, &user_token("t1", "own")).await, Ok(()), "the default key, no iss");
+    let mut unlisted = claims("t1", "eve");
+    unlisted["iss"] = json!("https://elsewhere.example/");
+    assert_eq!(outcome(&gw, &token(&unlisted)).await, Err("token_invalid".into()));
+    let pinned = TestGateway::start_with(|c| {
+        c.jwt_issuers_file = Some(issuers.clone());
+        c.jwt_issuer = vec!["https://elsewhere.example/".into()];
+    })
+    .await;
+    assert_eq!(outcome(&pinned, &token(&unlisted)).await, Ok(()), "pinned by ROOMCAST_JWT_ISSUER");
 }

@@ -10,7 +10,6 @@ use std::{
     net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use common::{replica::Replica, *};
@@ -70,9 +69,13 @@ async fn redis_status(r: &Replica) -> String {
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["redis"].as_str().unwrap_or_default().to_owned()
 }
 
-/// A replica that cannot reach Redis keeps saying so, and stays up (degraded).
-async fn stays_disconnected(r: &Replica) {
-    tokio::time::sleep(Duration::from_millis(700)).await;
+/// A replica refused by Redis (or by its TLS check): connection errors are counted, it keeps
+/// saying Redis is disconnected, and it stays up (degraded).
+async fn refused(r: &Replica) {
+    eventually(WAIT, "a counted connection error", || async {
+        (r.metric("roomcast_redis_errors_total", "op=\"connection\"").await >= 1.0).then_some(())
+    })
+    .await;
     assert_eq!(redis_status(r).await, "redis_disconnected");
     assert_eq!(r.readyz().await.0, 200);
 }
@@ -99,10 +102,10 @@ async fn the_url_and_the_password_come_from_files() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(member.next("e").await[0], 1);
 
-    let refused =
+    let wrong_password =
         Replica::spawn(None, &[("ROOMCAST_REDIS_URL_FILE", &url), ("ROOMCAST_REDIS_PASSWORD_FILE", &wrong)]).await;
-    stays_disconnected(&refused).await;
-    let logs = refused.logs.lock().unwrap().join("\n");
+    refused(&wrong_password).await;
+    let logs = wrong_password.logs.lock().unwrap().join("\n");
     assert!(!logs.contains("not-it") && !logs.contains("s3cret-pw"), "a password in the logs:\n{logs}");
 }
 
@@ -119,7 +122,9 @@ async fn bad_credential_files_stop_startup_naming_the_option() {
             &[("ROOMCAST_REDIS_URL", "redis://127.0.0.1:1"), ("ROOMCAST_REDIS_PASSWORD_FILE", "/nonexistent")],
             "ROOMCAST_REDIS_PASSWORD_FILE",
         ),
-        (&[("ROOMCAST_REDIS_PASSWORD_FILE", &empty)], "ROOMCAST_REDIS_PASSWORD_FILE"),
+        (&[("ROOMCAST_REDIS_PASSWORD_FILE", &empty)], "set only with a Redis URL"),
+        (&[("ROOMCAST_REDIS_URL", "redis://127.0.0.1:1"), ("ROOMCAST_REDIS_PASSWORD_FILE", &empty)], "is empty"),
+        (&[("ROOMCAST_REDIS_URL_FILE", &not_pem)], "ROOMCAST_REDIS_URL_FILE: not a Redis URL"),
         (
             &[("ROOMCAST_REDIS_URL", "rediss://127.0.0.1:1"), ("ROOMCAST_REDIS_CA_FILE", &not_pem)],
             "ROOMCAST_REDIS_CA_FILE",
@@ -238,6 +243,6 @@ async fn a_tls_redis_is_trusted_through_the_ca_file_and_only_through_it() {
     let untrusted = Replica::spawn(Some(&url), &[("ROOMCAST_REDIS_CA_FILE", &other_ca)]).await;
     // And without a CA file: the system's store does not know the test CA either.
     let system = Replica::spawn(Some(&url), &[]).await;
-    stays_disconnected(&untrusted).await;
-    stays_disconnected(&system).await;
+    refused(&untrusted).await;
+    refused(&system).await;
 }

@@ -54,7 +54,7 @@ const MAX_OPS_PER_ROUND: usize = 4_096;
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the Redis bus needs from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisSettings {
     /// The server or cluster; may hold a password, never logged.
     pub url: String,
@@ -70,6 +70,18 @@ pub struct RedisSettings {
     pub buffer: usize,
     /// History kept for published events; `None`: events are published without history.
     pub history: Option<HistoryPolicy>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    /// Without the URL and the password: either may hold a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("keys", &self.keys)
+            .field("command_timeout", &self.command_timeout)
+            .field("buffer", &self.buffer)
+            .field("tls_ca", &self.ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 enum Op {

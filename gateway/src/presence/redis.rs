@@ -163,9 +163,11 @@ impl RedisPresence {
         ]
     }
 
-    /// Fails at once while the connection is down instead of queueing until the timeout.
+    /// Fails at once while the connection is down instead of queueing until the timeout. Not
+    /// counted as a Redis error: nothing was sent (the link's own errors are counted by its
+    /// monitor), and a replica starting before Redis answers would otherwise show errors.
     fn check(&self) -> Result<(), BusError> {
-        if self.redis.link.is_up() { Ok(()) } else { Err(unavailable("Redis is not connected")) }
+        if self.redis.link.is_up() { Ok(()) } else { Err(BusError::Unavailable("Redis is not connected".into())) }
     }
 }
 

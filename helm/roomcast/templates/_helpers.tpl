@@ -127,7 +127,7 @@ the file. Empty when there is nothing to mount.
 {{- with .jwksFile }}{{ $_ := set $entry "jwks_file" . }}{{ end }}
 {{- with .publicKeyFile }}{{ $_ := set $entry "public_key_file" . }}{{ end }}
 {{- $_ := set $entry "audiences" (default list .audiences) }}
-{{- $_ := set $entry "tenants" (default list .tenants) }}
+{{- $_ := set $entry "tenants" .tenants }}
 {{- $issuers = append $issuers $entry }}
 {{- end }}
 {{- dict "issuers" $issuers | toPrettyJson }}
