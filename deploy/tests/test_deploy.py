@@ -1531,9 +1531,8 @@ class Dockerfile(unittest.TestCase):
     def test_image_matches_the_gateway(self) -> None:
         text = (REPO / "Dockerfile").read_text()
         exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
-        self.assertEqual(
-            exposed, {port_of(gateway_default("ROOMCAST_LISTEN")), port_of(gateway_default("ROOMCAST_ADMIN_LISTEN"))}
-        )
+        listeners = ["ROOMCAST_LISTEN", "ROOMCAST_API_LISTEN", "ROOMCAST_ADMIN_LISTEN"]
+        self.assertEqual(exposed, {port_of(gateway_default(option)) for option in listeners})
         self.assertRegex(text, r"(?m)^STOPSIGNAL SIGTERM$")
         self.assertRegex(text, r"(?m)^USER nonroot")
         self.assertIn("--locked", text)
