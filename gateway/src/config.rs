@@ -60,6 +60,8 @@ pub mod env {
     pub const API_KEY: &str = "ROOMCAST_API_KEY";
     /// `ROOMCAST_API_KEY_FILE`.
     pub const API_KEY_FILE: &str = "ROOMCAST_API_KEY_FILE";
+    /// `ROOMCAST_TENANT_API_KEYS_FILE`.
+    pub const TENANT_API_KEYS_FILE: &str = "ROOMCAST_TENANT_API_KEYS_FILE";
     /// `ROOMCAST_PUBLISH_MAX_PAYLOAD`.
     pub const PUBLISH_MAX_PAYLOAD: &str = "ROOMCAST_PUBLISH_MAX_PAYLOAD";
     /// `ROOMCAST_PUBLISH_MAX_BATCH`.
@@ -240,14 +242,19 @@ pub struct Config {
     #[arg(long, env = env::CLIENT_BUFFER_BYTES, default_value_t = 1 << 20)]
     pub client_buffer_bytes: usize,
 
-    /// Keys that authorize POST /v1/publish (comma-separated, so keys can rotate; 16+ chars).
-    /// Unset (and no key file): the HTTP publish API is disabled.
+    /// Keys that authorize the backend API for every tenant (comma-separated, so keys can
+    /// rotate; 16+ chars). Unset (and no key file): the HTTP API is disabled.
     #[arg(long, env = env::API_KEY, value_delimiter = ',', hide_env_values = true)]
     pub api_key: Vec<Secret>,
 
-    /// File with publish API keys, one per line; for mounted secrets.
+    /// File with API keys for every tenant, one per line (or comma-separated); for mounted secrets.
     #[arg(long, env = env::API_KEY_FILE)]
     pub api_key_file: Option<PathBuf>,
+
+    /// JSON file of tenant-scoped API keys, {"keys": [{"key": "...", "tenants": ["acme"]}]}: such
+    /// a key publishes to and reads only its tenants (403 forbidden for others).
+    #[arg(long, env = env::TENANT_API_KEYS_FILE)]
+    pub tenant_api_keys_file: Option<PathBuf>,
 
     /// Largest event payload (`data`, as JSON) accepted from publishers, HTTP or Redis, in bytes.
     #[arg(long, env = env::PUBLISH_MAX_PAYLOAD, default_value_t = wire::DEFAULT_MAX_PAYLOAD)]

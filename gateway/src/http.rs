@@ -155,7 +155,7 @@ pub fn openapi_route() -> Router {
 }
 
 /// Any other method on a GET-only path: 405 with the JSON error every client-visible error has.
-async fn only_get() -> Response {
+pub async fn only_get() -> Response {
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "use GET");
     response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
     response
@@ -285,6 +285,56 @@ fn is_new_socket_io_session(req: &Request) -> bool {
 /// A JSON error response: `{ "ok": false, "error": { "code", "message" } }`, the shape of an error ack.
 pub fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (status, Json(json!({ "ok": false, "error": { "code": code, "message": message } }))).into_response()
+}
+
+/// Why a request's API key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefused {
+    /// No key is configured: the backend API is off (404 `not_found`).
+    Disabled,
+    /// Missing or wrong (401 `unauthorized`).
+    Unauthorized,
+}
+
+impl KeyRefused {
+    /// The code the answer carries.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            KeyRefused::Disabled => ErrorCode::NotFound,
+            KeyRefused::Unauthorized => ErrorCode::Unauthorized,
+        }
+    }
+}
+
+impl IntoResponse for KeyRefused {
+    fn into_response(self) -> Response {
+        match self {
+            KeyRefused::Disabled => {
+                error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "the backend API is disabled: set ROOMCAST_API_KEY")
+            }
+            KeyRefused::Unauthorized => unauthorized(),
+        }
+    }
+}
+
+/// The scope of the request's API key (`Authorization: Bearer <key>`).
+pub fn authorize(gw: &Shared, headers: &HeaderMap) -> Result<crate::api_keys::KeyScope, KeyRefused> {
+    if !gw.api_keys.is_enabled() {
+        return Err(KeyRefused::Disabled);
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    presented.and_then(|key| gw.api_keys.accepts(key.as_bytes())).ok_or(KeyRefused::Unauthorized)
+}
+
+/// 401 `unauthorized` with `WWW-Authenticate: Bearer`: the API key is missing or wrong.
+pub fn unauthorized() -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong API key");
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// The response for paths that exist on neither listener.

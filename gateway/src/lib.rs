@@ -36,6 +36,7 @@ mod envelope;
 pub mod errors;
 mod expiry;
 mod history;
+mod history_api;
 mod http;
 mod jwks;
 mod limits;
@@ -66,7 +67,7 @@ pub use auth::{Verifier, dev_secret_path};
 /// The backend API's paths, each served by one route of the API listener (`api_router`) and
 /// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
 /// route gets its path constant here.
-pub const API_PATHS: [&str; 2] = [publish::PUBLISH_PATH, http::OPENAPI_PATH];
+pub const API_PATHS: [&str; 3] = [publish::PUBLISH_PATH, history_api::HISTORY_PATH, http::OPENAPI_PATH];
 pub use config::{Config, ConfigError};
 pub use logging::init as init_logging;
 pub use roomcast_publisher::wire::HistoryPolicy;
@@ -311,7 +312,8 @@ impl Gateway {
             membership.clone(),
             crate::local::Pace::half_of(config.client_buffer_bytes, config.client_buffer),
         );
-        let delivery = Arc::new(Delivery::new(local, history, node_id, config.publish_max_payload, config.typing_ttl));
+        let delivery =
+            Arc::new(Delivery::new(local, history.clone(), node_id, config.publish_max_payload, config.typing_ttl));
         receive(delivery.clone());
 
         let state: Shared = Arc::new(GatewayState {
@@ -319,6 +321,7 @@ impl Gateway {
             bus,
             delivery,
             api_keys,
+            history,
             presence: Arc::new(Presence::new(
                 presence_store,
                 config.presence_grace,
@@ -457,7 +460,10 @@ impl Gateway {
 /// The backend API: `/v1/...` and `/openapi.json`, on the API listener (and on the public one
 /// with `ROOMCAST_PUBLIC_API`).
 fn api_router(state: Shared) -> Router {
-    publish::router(state).merge(http::openapi_route()).fallback(http::not_found)
+    publish::router(state.clone())
+        .merge(history_api::router(state))
+        .merge(http::openapi_route())
+        .fallback(http::not_found)
 }
 
 async fn bind(addr: SocketAddr, option: &'static str) -> Result<TcpListener, StartError> {

@@ -67,20 +67,13 @@ fn fail(status: StatusCode, code: ErrorCode, message: impl AsRef<str>) -> Respon
 }
 
 async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    if !gw.api_keys.is_enabled() {
-        return fail(StatusCode::NOT_FOUND, ErrorCode::NotFound, "the publish API is disabled: set ROOMCAST_API_KEY");
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    if !presented.is_some_and(|key| gw.api_keys.accepts(key.as_bytes())) {
-        metrics::publish("http", Err(ErrorCode::Unauthorized));
-        let mut response = http::error(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong API key");
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-        return response;
-    }
+    let scope = match http::authorize(&gw, &headers) {
+        Ok(scope) => scope,
+        Err(refused) => {
+            metrics::publish("http", Err(refused.code()));
+            return refused.into_response();
+        }
+    };
 
     let config = &gw.config;
     // Room for every item's payload plus its envelope fields.
@@ -116,6 +109,13 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
             ErrorCode::PayloadTooLarge,
             format!("{} publishes in one batch; the limit is {}", requests.len(), config.publish_max_batch),
         );
+    }
+
+    // A tenant-scoped key refuses the whole batch when any item is for another tenant.
+    if let Some((i, request)) = requests.iter().enumerate().find(|(_, r)| !scope.allows(&r.tenant)) {
+        let item = if single { String::new() } else { format!("item {i}: ") };
+        let message = format!("{item}this API key may not act for tenant {:?}", request.tenant);
+        return fail(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message);
     }
 
     let mut envelopes = Vec::with_capacity(requests.len());

@@ -14,6 +14,7 @@ use crate::{
     config::Config,
     conn::Phase,
     delivery::Delivery,
+    history::History,
     limits::{Policy, SharedBucket},
     presence::Presence,
     rooms::Membership,
@@ -37,8 +38,10 @@ pub struct GatewayState {
     pub bus: Arc<dyn Bus>,
     /// Emits envelopes to local sockets; knows this replica's id.
     pub delivery: Arc<Delivery>,
-    /// Keys accepted by `POST /v1/publish`.
+    /// Keys accepted by the backend API.
     pub api_keys: ApiKeys,
+    /// Rooms' history, for `GET /v1/history` (the sequencer reads it too); `None` when off.
+    pub history: Option<Arc<dyn History>>,
     /// Who is in which project and channel room.
     pub presence: Arc<Presence>,
     /// Rate limit on typing indicators sent from this replica.

@@ -150,3 +150,165 @@ async fn the_openapi_document_matches_the_routes() {
         assert!(documented.iter().any(|c| c == code), "{code} missing from the document");
     }
 }
+
+/// `GET` on the API listener with `key`.
+async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.expect("response in time").unwrap();
+    let raw = String::from_utf8_lossy(&raw).to_string();
+    let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+async fn post_with(addr: SocketAddr, key: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http(addr, "POST", "/v1/publish", &headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn offsets(body: &Value) -> Vec<u64> {
+    body["events"].as_array().unwrap().iter().map(|e| e["offset"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn history_returns_the_latest_events_or_those_after_an_offset() {
+    let gw = gateway(false).await;
+    for n in 1..=5 {
+        let event = json!({ "tenant": "t1", "channel": "c1", "event": "msg", "data": { "n": n } });
+        assert_eq!(post_with(gw.api, KEY, &event).await.0, 200);
+    }
+    let (status, latest) = get(gw.api, "/v1/history?tenant=t1&channel=c1&limit=3", Some(KEY)).await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(
+        (offsets(&latest), latest["more"].clone(), latest["offset"].clone()),
+        (vec![3, 4, 5], json!(true), json!(5))
+    );
+    assert_eq!(latest["room"], "tenant:t1:channel:c1");
+    assert!(latest["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(
+        (latest["events"][2]["event"].clone(), latest["events"][2]["data"].clone()),
+        (json!("msg"), json!({ "n": 5 }))
+    );
+    let (_, page) = get(gw.api, "/v1/history?tenant=t1&channel=c1&after=1&limit=2", Some(KEY)).await;
+    assert_eq!((offsets(&page), page["more"].clone()), (vec![2, 3], json!(true)));
+    let (_, last) = get(gw.api, "/v1/history?tenant=t1&channel=c1&after=3&limit=2", Some(KEY)).await;
+    assert_eq!((offsets(&last), last["more"].clone()), (vec![4, 5], json!(false)));
+    let (_, none) = get(gw.api, "/v1/history?tenant=t1&channel=c1&after=5", Some(KEY)).await;
+    assert_eq!((offsets(&none), none["more"].clone()), (vec![], json!(false)));
+    // A room nobody published to: position 0, no events.
+    let (status, empty) = get(gw.api, "/v1/history?tenant=t1&project=quiet", Some(KEY)).await;
+    assert_eq!((status, offsets(&empty), empty["offset"].clone()), (200, vec![], json!(0)));
+}
+
+#[tokio::test]
+async fn history_refuses_bad_requests_with_codes() {
+    let gw = gateway(false).await;
+    for (path, status, expected) in [
+        ("/v1/history", 400, "invalid_payload"),
+        ("/v1/history?channel=c1", 400, "invalid_payload"),
+        ("/v1/history?tenant=t1&channel=c1&project=p1", 400, "invalid_room"),
+        ("/v1/history?tenant=t%3A1&channel=c1", 400, "invalid_room"),
+        ("/v1/history?tenant=t1&channel=c1&limit=0", 400, "invalid_payload"),
+        ("/v1/history?tenant=t1&channel=c1&limit=101", 400, "invalid_payload"),
+        ("/v1/history?tenant=t1&channel=c1&after=-1", 400, "invalid_payload"),
+        ("/v1/history?tenant=t1&channel=c1&limit=ten", 400, "invalid_payload"),
+        ("/v1/history?tenant=t1&channel=c1&evil=1", 400, "invalid_payload"),
+    ] {
+        let (got, body) = get(gw.api, path, Some(KEY)).await;
+        assert_eq!((got, body["error"]["code"].as_str().unwrap_or_default()), (status, expected), "{path}: {body}");
+    }
+    let (status, body) = get(gw.api, "/v1/history?tenant=t1&channel=c1", None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
+    let (status, body) = get(gw.api, "/v1/history?tenant=t1&channel=c1", Some("wrong-key-wrong-key")).await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")));
+    // History off: nothing to read.
+    let off = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.history_size = 0;
+    })
+    .await;
+    let (status, body) = get(off.api, "/v1/history?tenant=t1&channel=c1", Some(KEY)).await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("not_found")), "{body}");
+}
+
+/// Per-tenant keys (`ROOMCAST_TENANT_API_KEYS_FILE`): a key for t1 publishes to and reads t1
+/// only; a batch with one item of another tenant publishes nothing; the global key acts for all.
+#[tokio::test]
+async fn a_tenant_scoped_key_acts_for_its_tenants_only() {
+    const T1_KEY: &str = "tenant-one-key-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tenant-keys.json");
+    std::fs::write(&file, json!({ "keys": [{ "key": T1_KEY, "tenants": ["t1"] }] }).to_string()).unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.tenant_api_keys_file = Some(file.clone());
+    })
+    .await;
+    let member = gw.connect_user("t2", "bob").await;
+    assert_eq!(member.request("join", json!({ "channel": "c1" })).await["ok"], true);
+
+    let own = json!({ "tenant": "t1", "channel": "c1", "event": "e", "data": 1 });
+    assert_eq!(post_with(gw.api, T1_KEY, &own).await.0, 200);
+    let other = json!({ "tenant": "t2", "channel": "c1", "event": "e", "data": 2 });
+    let (status, body) = post_with(gw.api, T1_KEY, &other).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");
+    let (status, body) = post_with(gw.api, T1_KEY, &json!([own, other])).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("item 1"), "{body}");
+    let (status, body) = get(gw.api, "/v1/history?tenant=t2&channel=c1", Some(T1_KEY)).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");
+    assert_eq!(get(gw.api, "/v1/history?tenant=t1&channel=c1", Some(T1_KEY)).await.0, 200);
+    // Nothing reached tenant t2's member; the global key still acts for t2.
+    assert!(member.next_within("e", std::time::Duration::from_millis(200)).await.is_none());
+    assert_eq!(post_with(gw.api, KEY, &other).await.0, 200);
+    assert_eq!(member.next("e").await[0], 2);
+}
+
+/// Bad tenant key files stop startup naming the option.
+#[test]
+fn a_bad_tenant_keys_file_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    for (content, expected) in [
+        ("not json", "expected"),
+        (r#"{"keys": [{"key": "short", "tenants": ["t1"]}]}"#, "16 characters"),
+        (r#"{"keys": [{"key": "long-enough-key-0123", "tenants": []}]}"#, "empty"),
+        (r#"{"keys": [{"key": "long-enough-key-0123", "tenants": ["a b"]}]}"#, "not a tenant id"),
+        (r#"{"keys": [{"key": "long-enough-key-0123", "tenants": ["t1"], "admin": true}]}"#, "unknown field"),
+    ] {
+        let file = dir.path().join("keys.json");
+        std::fs::write(&file, content).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast-gateway"))
+            .env_clear()
+            .env("ROOMCAST_JWT_SECRET", SECRET)
+            .env("ROOMCAST_LISTEN", "127.0.0.1:0")
+            .env("ROOMCAST_API_LISTEN", "127.0.0.1:0")
+            .env("ROOMCAST_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("ROOMCAST_TENANT_API_KEYS_FILE", &file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{content}: {stderr}");
+        assert!(stderr.contains("ROOMCAST_TENANT_API_KEYS_FILE") && stderr.contains(expected), "{content}: {stderr}");
+    }
+}
+
+/// With Redis, history is read from Redis: what one replica took is read on another.
+#[tokio::test]
+async fn history_is_read_from_redis_on_any_replica() {
+    let redis = common::redis::RedisServer::start();
+    let rs = common::replica::Replica::ready(2, &redis.url(), &[]).await;
+    for n in 1..=3 {
+        assert_eq!(rs[0].publish(&json!({ "tenant": "t1", "project": "p1", "event": "e", "data": n })).await.0, 200);
+    }
+    let (status, body) =
+        get(rs[1].api, "/v1/history?tenant=t1&project=p1&limit=2", Some(common::replica::API_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((offsets(&body), body["more"].clone()), (vec![2, 3], json!(true)));
+    assert_eq!(body["events"][1]["data"], 3);
+}
