@@ -30,6 +30,28 @@ impl BusError {
     }
 }
 
+/// What one replica did with a control envelope: reported to its sender through the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlAck {
+    /// The room the envelope was sent to.
+    pub room: String,
+    /// The envelope's id.
+    pub id: String,
+    /// Local sockets it reached.
+    pub sockets: u64,
+}
+
+/// What a control envelope achieved across the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ControlReceipt {
+    /// Sockets reached, all replicas together.
+    pub sockets: u64,
+    /// Replicas that acted on it (and answered in time).
+    pub replicas: u64,
+    /// Replicas it was delivered to (those with a member of the room).
+    pub of: u64,
+}
+
 /// What publishing one envelope achieved.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Published {

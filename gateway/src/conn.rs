@@ -243,6 +243,26 @@ pub(crate) fn notify_closing(socket: &SocketRef, reason: DisconnectReason) {
     }
 }
 
+/// [`disconnect`] with fields added to the `roomcast:disconnect` payload (a backend's `reason`
+/// and `message`).
+pub(crate) fn disconnect_with(
+    socket: SocketRef,
+    reason: DisconnectReason,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) {
+    if let Some(conn) = socket.extensions.get::<Arc<Conn>>() {
+        conn.set_closing_reason(reason);
+    }
+    let mut payload = reason.payload();
+    if let Some(object) = payload.as_object_mut() {
+        object.extend(extra.clone());
+    }
+    if socket.emit(DISCONNECT_EVENT, &payload).is_ok() {
+        metrics::emitted(DISCONNECT_EVENT, 1);
+    }
+    let _ = socket.disconnect();
+}
+
 /// Tells the client why, then ends the connection the way `reason` calls for (see
 /// [`DisconnectReason`]).
 pub(crate) fn disconnect(socket: SocketRef, reason: DisconnectReason) {

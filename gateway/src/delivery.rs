@@ -7,13 +7,17 @@
 
 use std::sync::Arc;
 
-use roomcast_publisher::{Room, RoomKind, wire};
+use roomcast_publisher::{
+    Room, RoomKind,
+    wire::{self, ControlEnvelope, ControlOp},
+};
 use serde::Serialize;
 
 use crate::{
-    backend::BoxFuture,
+    backend::{BoxFuture, ControlAck},
     bus::Inbound,
     envelope::{Envelope, EventEnvelope, PresenceAction, PresenceEnvelope, Typing},
+    errors::DisconnectReason,
     history::History,
     local::Local,
     metrics, presence,
@@ -52,6 +56,8 @@ pub enum Rejection {
     Typing,
     /// A presence change for a room without presence, or with a bad user id or status.
     Presence,
+    /// A control envelope with an invalid field (reason, message, socket, id).
+    Control,
 }
 
 impl Rejection {
@@ -65,6 +71,7 @@ impl Rejection {
             Rejection::TooLarge => "too_large",
             Rejection::Typing => "typing",
             Rejection::Presence => "presence",
+            Rejection::Control => "control",
         }
     }
 }
@@ -117,35 +124,72 @@ impl Delivery {
         &self.local
     }
 
-    /// Parses and delivers an envelope received as JSON on `channel_room`'s channel.
-    pub async fn deliver_json(&self, channel_room: &str, json: &str) {
+    /// Parses and delivers an envelope received as JSON on `channel_room`'s channel; for a
+    /// control envelope, what this replica did (to acknowledge).
+    pub async fn deliver_json(&self, channel_room: &str, json: &str) -> Option<ControlAck> {
         match Envelope::from_json(json) {
             Ok(envelope) if envelope.room() == channel_room => self.deliver(&envelope).await,
-            Ok(_) => metrics::bus_rejected(Rejection::Room.as_str()),
-            Err(_) => metrics::bus_rejected(Rejection::Malformed.as_str()),
+            Ok(_) => {
+                metrics::bus_rejected(Rejection::Room.as_str());
+                None
+            }
+            Err(_) => {
+                metrics::bus_rejected(Rejection::Malformed.as_str());
+                None
+            }
         }
     }
 
-    /// Delivers `envelope`, received from the bus, to the local members of its room.
-    pub async fn deliver(&self, envelope: &Envelope) {
+    /// Delivers `envelope`, received from the bus, to the local members of its room; for a
+    /// control envelope, what this replica did (to acknowledge).
+    pub async fn deliver(&self, envelope: &Envelope) -> Option<ControlAck> {
         self.deliver_from(envelope, true).await
     }
 
     /// Delivers `envelope`, originated on this replica, to the local members of its room.
     pub async fn deliver_originated(&self, envelope: &Envelope) {
-        self.deliver_from(envelope, false).await
+        self.deliver_from(envelope, false).await;
     }
 
-    async fn deliver_from(&self, envelope: &Envelope, from_bus: bool) {
+    async fn deliver_from(&self, envelope: &Envelope, from_bus: bool) -> Option<ControlAck> {
         let result = match envelope {
-            Envelope::Event(event) => self.deliver_event(event).await,
-            Envelope::Typing(typing) => self.deliver_typing(typing, from_bus).await,
-            Envelope::Presence(presence) => self.deliver_presence(presence).await,
+            Envelope::Event(event) => self.deliver_event(event).await.map(|()| None),
+            Envelope::Typing(typing) => self.deliver_typing(typing, from_bus).await.map(|()| None),
+            Envelope::Presence(presence) => self.deliver_presence(presence).await.map(|()| None),
+            Envelope::Control(control) => self.deliver_control(control).map(Some),
         };
-        if let Err(rejection) = result {
-            metrics::bus_rejected(rejection.as_str());
-            tracing::debug!(room = envelope.room(), reason = rejection.as_str(), "dropped an inbound envelope");
+        match result {
+            Ok(ack) => ack,
+            Err(rejection) => {
+                metrics::bus_rejected(rejection.as_str());
+                tracing::debug!(room = envelope.room(), reason = rejection.as_str(), "dropped an inbound envelope");
+                None
+            }
         }
+    }
+
+    /// Acts on a control envelope for the room's local sockets.
+    fn deliver_control(&self, c: &ControlEnvelope) -> Result<ControlAck, Rejection> {
+        if c.v != wire::VERSION {
+            return Err(Rejection::Version);
+        }
+        Room::parse(&c.room).ok_or(Rejection::Room)?;
+        c.validate().map_err(|_| Rejection::Control)?;
+        let sockets = match c.op {
+            ControlOp::Disconnect => {
+                let mut extra = serde_json::Map::new();
+                if let Some(reason) = &c.reason {
+                    extra.insert("reason".into(), reason.clone().into());
+                }
+                if let Some(message) = &c.message {
+                    extra.insert("message".into(), message.clone().into());
+                }
+                let reason = DisconnectReason::Disconnected { reconnect: c.reconnect };
+                self.local.disconnect_room(&c.room, c.socket.as_deref(), reason, &extra)
+            }
+            _ => return Err(Rejection::Control),
+        };
+        Ok(ControlAck { room: c.room.clone(), id: c.id.clone(), sockets })
     }
 
     async fn deliver_event(&self, e: &EventEnvelope) -> Result<(), Rejection> {
@@ -240,11 +284,11 @@ impl Delivery {
 }
 
 impl Inbound for Delivery {
-    fn deliver<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, ()> {
+    fn deliver<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Option<ControlAck>> {
         Box::pin(Delivery::deliver(self, envelope))
     }
 
-    fn deliver_json<'a>(&'a self, room: &'a str, json: &'a str) -> BoxFuture<'a, ()> {
+    fn deliver_json<'a>(&'a self, room: &'a str, json: &'a str) -> BoxFuture<'a, Option<ControlAck>> {
         Box::pin(Delivery::deliver_json(self, room, json))
     }
 

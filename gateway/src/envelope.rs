@@ -4,7 +4,7 @@
 //! typing indicator came from. Those are defined here, so how replicas talk among themselves
 //! can change without a semver change of the publisher crate.
 
-use roomcast_publisher::wire::{self, TypingEnvelope};
+use roomcast_publisher::wire::{self, ControlEnvelope, TypingEnvelope};
 use serde::{Deserialize, Serialize};
 
 pub use roomcast_publisher::wire::{EventEnvelope, VERSION};
@@ -22,6 +22,8 @@ pub enum Envelope {
     Typing(Typing),
     /// A presence change in a project or channel room; only replicas send these.
     Presence(PresenceEnvelope),
+    /// An instruction about the room's sockets (the control API).
+    Control(ControlEnvelope),
 }
 
 /// A typing indicator, with the replica that sent it when a replica did.
@@ -85,6 +87,7 @@ impl From<wire::Envelope> for Envelope {
         match envelope {
             wire::Envelope::Event(event) => Envelope::Event(event),
             wire::Envelope::Typing(indicator) => Envelope::Typing(Typing { indicator, origin: None }),
+            wire::Envelope::Control(control) => Envelope::Control(control),
         }
     }
 }
@@ -103,6 +106,7 @@ enum Kind {
     Event,
     Typing,
     Presence,
+    Control,
 }
 
 impl Envelope {
@@ -113,6 +117,7 @@ impl Envelope {
             Kind::Event => Envelope::Event(serde_json::from_str(json)?),
             Kind::Typing => Envelope::Typing(serde_json::from_str(json)?),
             Kind::Presence => Envelope::Presence(serde_json::from_str(json)?),
+            Kind::Control => Envelope::Control(serde_json::from_str(json)?),
         })
     }
 
@@ -130,6 +135,7 @@ impl Envelope {
             Envelope::Event(e) => &e.room,
             Envelope::Typing(t) => &t.indicator.room,
             Envelope::Presence(p) => &p.room,
+            Envelope::Control(c) => &c.room,
         }
     }
 }

@@ -61,6 +61,9 @@ pub enum ErrorCode {
     /// At connect: the user or the tenant already has the most concurrent connections allowed
     /// cluster-wide (`ROOMCAST_MAX_CONNECTIONS_PER_USER`, `ROOMCAST_MAX_CONNECTIONS_PER_TENANT`).
     TooManyConnections,
+    /// Disconnect reason: a backend disconnected the socket through the control API; `reason`
+    /// carries the application's own code.
+    Disconnected,
 }
 
 impl ErrorCode {
@@ -85,6 +88,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::HeadersTooLarge,
         ErrorCode::TooManyConnections,
+        ErrorCode::Disconnected,
     ];
 
     /// The code as clients see it.
@@ -109,6 +113,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Disconnected => "disconnected",
         }
     }
 }
@@ -165,6 +170,12 @@ pub enum DisconnectReason {
     /// than `ROOMCAST_RATE_LIMIT_DISCONNECT`. A Socket.IO disconnect: a client stuck in a loop
     /// does not reconnect on its own and resume the flood.
     RateLimited,
+    /// A backend disconnected the socket (the control API); whether the client may reconnect
+    /// on its own is the backend's call.
+    Disconnected {
+        /// Sent to the client as `reconnect`.
+        reconnect: bool,
+    },
 }
 
 impl DisconnectReason {
@@ -174,12 +185,17 @@ impl DisconnectReason {
             DisconnectReason::TokenExpired => ErrorCode::TokenExpired,
             DisconnectReason::ServerShutdown => ErrorCode::ServerShutdown,
             DisconnectReason::RateLimited => ErrorCode::RateLimited,
+            DisconnectReason::Disconnected { .. } => ErrorCode::Disconnected,
         }
     }
 
     /// Whether the client should reconnect without user action.
     pub fn reconnect(self) -> bool {
-        matches!(self, DisconnectReason::ServerShutdown)
+        match self {
+            DisconnectReason::ServerShutdown => true,
+            DisconnectReason::Disconnected { reconnect } => reconnect,
+            DisconnectReason::TokenExpired | DisconnectReason::RateLimited => false,
+        }
     }
 
     /// The `roomcast:disconnect` payload.
@@ -188,6 +204,7 @@ impl DisconnectReason {
             DisconnectReason::TokenExpired => "token expired; connect again with a fresh token",
             DisconnectReason::ServerShutdown => "this replica is shutting down; reconnecting",
             DisconnectReason::RateLimited => "too many events for too long; slow down before connecting again",
+            DisconnectReason::Disconnected { .. } => "disconnected by the application",
         };
         serde_json::json!({ "code": self.code(), "message": message, "reconnect": self.reconnect() })
     }

@@ -154,6 +154,13 @@ pub fn openapi_route() -> Router {
     )
 }
 
+/// Any other method on a POST-only path: 405 with the JSON error every client-visible error has.
+pub async fn only_post() -> Response {
+    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "use POST");
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
 /// Any other method on a GET-only path: 405 with the JSON error every client-visible error has.
 pub async fn only_get() -> Response {
     let mut response = error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "use GET");

@@ -31,6 +31,7 @@ mod backend;
 mod bus;
 pub mod config;
 mod conn;
+mod control_api;
 mod delivery;
 mod envelope;
 pub mod errors;
@@ -67,7 +68,8 @@ pub use auth::{Verifier, dev_secret_path};
 /// The backend API's paths, each served by one route of the API listener (`api_router`) and
 /// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
 /// route gets its path constant here.
-pub const API_PATHS: [&str; 3] = [publish::PUBLISH_PATH, history_api::HISTORY_PATH, http::OPENAPI_PATH];
+pub const API_PATHS: [&str; 4] =
+    [publish::PUBLISH_PATH, history_api::HISTORY_PATH, control_api::DISCONNECT_PATH, http::OPENAPI_PATH];
 pub use config::{Config, ConfigError};
 pub use logging::init as init_logging;
 pub use roomcast_publisher::wire::HistoryPolicy;
@@ -461,7 +463,8 @@ impl Gateway {
 /// with `ROOMCAST_PUBLIC_API`).
 fn api_router(state: Shared) -> Router {
     publish::router(state.clone())
-        .merge(history_api::router(state))
+        .merge(history_api::router(state.clone()))
+        .merge(control_api::router(state))
         .merge(http::openapi_route())
         .fallback(http::not_found)
 }

@@ -119,6 +119,27 @@ impl Local {
         }
     }
 
+    /// Disconnects `room`'s local sockets (only socket `only` when given) for `reason`, adding
+    /// `extra` to their `roomcast:disconnect`; returns how many it reached.
+    pub fn disconnect_room(
+        &self,
+        room: &str,
+        only: Option<&str>,
+        reason: crate::errors::DisconnectReason,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> u64 {
+        let Some(root) = self.root() else { return 0 };
+        let mut reached = 0;
+        for socket in root.within(room.to_owned()).sockets() {
+            if only.is_some_and(|sid| socket.id.as_str() != sid) {
+                continue;
+            }
+            crate::conn::disconnect_with(socket, reason, extra);
+            reached += 1;
+        }
+        reached
+    }
+
     /// Emits `event` with `payload` to `room`'s local members, except those in room `except`.
     /// `volatile`: a socket whose buffer is full just misses it (nothing is counted).
     pub async fn emit_to_room<T: Serialize + ?Sized>(

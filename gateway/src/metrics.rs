@@ -145,6 +145,8 @@ pub const PROCESS_THREADS: &str = "process_threads";
 /// Fetches of a JWKS URL, by `jwks` (the issuer, or `default`) and `result` (`updated`,
 /// `not_modified`, `error`).
 pub const JWKS_FETCHES: &str = "roomcast_jwks_fetches_total";
+/// Control API requests (`POST /v1/disconnect`), by `op` and `result` (`ok` or an error code).
+pub const CONTROLS: &str = "roomcast_control_requests_total";
 /// Keys held from a JWKS URL, by `jwks`.
 pub const JWKS_KEYS: &str = "roomcast_jwks_keys";
 
@@ -184,6 +186,7 @@ fn describe() {
     describe_gauge!(PROCESS_CPU, "Total user and system CPU time spent in seconds (a counter kept by the OS).");
     describe_gauge!(PROCESS_THREADS, "Number of OS threads.");
     describe_counter!(JWKS_FETCHES, "Fetches of a JWKS URL, by key set and result.");
+    describe_counter!(CONTROLS, "Control API requests, by op and result.");
     describe_gauge!(JWKS_KEYS, "Keys held from a JWKS URL, by key set.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
@@ -241,6 +244,7 @@ fn register() {
                 "token_expired",
                 "rate_limited",
                 "slow_consumer",
+                "disconnected",
             ],
         ),
         (ROOM_JOINS, "kind", &["tenant", "user", "project", "channel"]),
@@ -250,9 +254,9 @@ fn register() {
         (
             BUS_REJECTED,
             "reason",
-            &["malformed", "version", "room", "event_name", "too_large", "typing", "presence", "channel"],
+            &["malformed", "version", "room", "event_name", "too_large", "typing", "presence", "channel", "control"],
         ),
-        (REDIS_ERRORS, "op", &["connection", "publish", "subscribe", "unsubscribe", "history", "presence"]),
+        (REDIS_ERRORS, "op", &["connection", "publish", "subscribe", "unsubscribe", "history", "presence", "control"]),
         (REDIS_RECONNECTS, "client", &["commands", "subscriber"]),
         (DELIVERIES, "type", &["event", "typing", "presence"]),
         (RESYNCS, "reason", &["gap", "epoch_changed"]),
@@ -269,6 +273,7 @@ fn register() {
     for source in ["http", "client_typing"] {
         counter!(PUBLISHES, "source" => source, "result" => "ok").increment(0);
     }
+    counter!(CONTROLS, "op" => "disconnect", "result" => "ok").increment(0);
 }
 
 pub(crate) fn connection_accepted() {
@@ -363,6 +368,11 @@ pub(crate) fn jwks_registered(jwks: &str) {
 
 pub(crate) fn jwks_keys(jwks: &str, keys: usize) {
     gauge!(JWKS_KEYS, "jwks" => jwks.to_owned()).set(keys as f64);
+}
+
+/// Control requests (the control API), by `op` and `result`.
+pub(crate) fn control(op: &'static str, result: &'static str) {
+    counter!(CONTROLS, "op" => op, "result" => result).increment(1);
 }
 
 pub(crate) fn ready(ready: bool) {

@@ -8,7 +8,7 @@ use axum::{
     Json, Router,
     body::{Body, Bytes},
     extract::State,
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
 };
@@ -51,14 +51,7 @@ pub const PUBLISH_PATH: &str = "/v1/publish";
 
 /// The publish route of the backend API.
 pub fn router(gw: Shared) -> Router {
-    Router::new().route(PUBLISH_PATH, post(publish).fallback(only_post)).with_state(gw)
-}
-
-/// Any other method on `/v1/publish`: 405 with the JSON error every client-visible error has.
-async fn only_post() -> Response {
-    let mut response = http::error(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "use POST");
-    response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-    response
+    Router::new().route(PUBLISH_PATH, post(publish).fallback(http::only_post)).with_state(gw)
 }
 
 fn fail(status: StatusCode, code: ErrorCode, message: impl AsRef<str>) -> Response {

@@ -113,6 +113,93 @@ pub enum Envelope {
     Event(EventEnvelope),
     /// A typing indicator for a channel room.
     Typing(TypingEnvelope),
+    /// An instruction to the replicas about the room's sockets (the control API).
+    Control(ControlEnvelope),
+}
+
+/// What a [`ControlEnvelope`] asks the replicas to do with the room's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ControlOp {
+    /// Disconnect them: each receives `roomcast:disconnect` `{ code: "disconnected", reason,
+    /// message, reconnect }`, then a Socket.IO disconnect.
+    Disconnect,
+}
+
+/// An instruction to every replica holding sockets of `room` (all of a tenant's: its tenant
+/// room; all of a user's: the user room; one socket: `socket` with any room it is in).
+/// Replicas acknowledge it in the hash [`Keys::control_acks`] (fields `replicas`, `sockets`), so
+/// the sender can tell how many sockets it reached.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlEnvelope {
+    /// Format version, [`VERSION`].
+    pub v: u8,
+    /// Unique id chosen by the sender; names the acknowledgements.
+    pub id: String,
+    /// Canonical room name; must match the channel it was published on.
+    pub room: String,
+    /// What to do.
+    pub op: ControlOp,
+    /// Only this socket (its Socket.IO id) of the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// The application's reason code, passed to the client as `reason` (1-64 characters of
+    /// `a-z 0-9 _ . : -`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A message for people, passed to the client (at most 256 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Whether the client may reconnect on its own (default: no).
+    #[serde(default)]
+    pub reconnect: bool,
+}
+
+/// The longest [`ControlEnvelope::message`], in bytes.
+pub const MAX_CONTROL_MESSAGE: usize = 256;
+
+/// Why a [`ControlEnvelope`] is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// `reason` is empty, too long or has characters outside `a-z 0-9 _ . : -`.
+    #[error("reason must be 1-64 characters of a-z 0-9 _ . : -")]
+    Reason,
+    /// `message` is over [`MAX_CONTROL_MESSAGE`] bytes.
+    #[error("message is over {MAX_CONTROL_MESSAGE} bytes")]
+    Message,
+    /// `socket` is not a Socket.IO id (1-64 characters of `A-Z a-z 0-9 _ -`).
+    #[error("socket is not a Socket.IO id")]
+    Socket,
+    /// `id` is not an id (see [`crate::validate_id`]).
+    #[error("id is not valid")]
+    Id,
+}
+
+impl ControlEnvelope {
+    /// Checks the fields a sender chooses.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        crate::validate_id(&self.id).map_err(|_| ControlError::Id)?;
+        if let Some(reason) = &self.reason {
+            let ok = (1..=64).contains(&reason.len())
+                && reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
+            if !ok {
+                return Err(ControlError::Reason);
+            }
+        }
+        if self.message.as_ref().is_some_and(|m| m.len() > MAX_CONTROL_MESSAGE) {
+            return Err(ControlError::Message);
+        }
+        if let Some(socket) = &self.socket {
+            let ok = (1..=64).contains(&socket.len())
+                && socket.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ControlError::Socket);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An application event: members receive `event` with `data` as first argument and
@@ -168,6 +255,7 @@ struct Tag {
 enum Kind {
     Event,
     Typing,
+    Control,
 }
 
 impl Envelope {
@@ -177,6 +265,7 @@ impl Envelope {
         Ok(match kind {
             Kind::Event => Envelope::Event(serde_json::from_str(json)?),
             Kind::Typing => Envelope::Typing(serde_json::from_str(json)?),
+            Kind::Control => Envelope::Control(serde_json::from_str(json)?),
         })
     }
 
@@ -185,6 +274,7 @@ impl Envelope {
         match self {
             Envelope::Event(e) => &e.room,
             Envelope::Typing(t) => &t.room,
+            Envelope::Control(c) => &c.room,
         }
     }
 
@@ -193,6 +283,7 @@ impl Envelope {
         match self {
             Envelope::Event(e) => e.v,
             Envelope::Typing(t) => t.v,
+            Envelope::Control(c) => c.v,
         }
     }
 }
@@ -247,6 +338,12 @@ impl Keys {
     /// Remembers that event `id` was published to `room` (idempotent publishing).
     pub fn dedupe(&self, room: &str, id: &str) -> String {
         format!("{}:{{{room}}}:dedupe:{id}", self.prefix)
+    }
+
+    /// Where the replicas acknowledge control envelope `id` sent to `room`: a hash with fields
+    /// `replicas` (how many acted) and `sockets` (how many sockets they reached), kept a minute.
+    pub fn control_acks(&self, room: &str, id: &str) -> String {
+        format!("{}:{{{room}}}:acks:{id}", self.prefix)
     }
 
     /// The room a channel name belongs to, if it is one of ours.

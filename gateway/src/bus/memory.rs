@@ -10,7 +10,7 @@ use std::{
 use crate::envelope::Envelope;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError, Inbound, Published};
+use super::{BoxFuture, Bus, BusError, ControlReceipt, Inbound, Published};
 use crate::history::memory::MemoryHistory;
 
 /// Publish calls waiting for the delivery task; a publisher beyond that waits its turn.
@@ -195,6 +195,33 @@ impl Bus for MemoryBus {
             let (done, receipts) = oneshot::channel();
             queue.send(Batch { envelopes, dedupe, done }).await.map_err(|_| stopped())?;
             receipts.await.map(|all| all.into_iter().map(Ok).collect()).map_err(|_| stopped())
+        })
+    }
+
+    fn control(
+        &self,
+        control: roomcast_publisher::wire::ControlEnvelope,
+        _wait: std::time::Duration,
+    ) -> BoxFuture<'static, Result<ControlReceipt, BusError>> {
+        // Straight to the nodes subscribed now, as Redis decides at PUBLISH; every node answers.
+        let inbounds: Vec<_> = {
+            let nodes = self.hub.lock();
+            nodes
+                .iter()
+                .filter(|n| n.subscribed.contains(&control.room))
+                .filter_map(|n| n.inbound.as_ref().and_then(Weak::upgrade))
+                .collect()
+        };
+        Box::pin(async move {
+            let envelope = Envelope::Control(control);
+            let mut receipt = ControlReceipt { of: inbounds.len() as u64, ..Default::default() };
+            for inbound in inbounds {
+                if let Some(ack) = inbound.deliver(&envelope).await {
+                    receipt.replicas += 1;
+                    receipt.sockets += ack.sockets;
+                }
+            }
+            Ok(receipt)
         })
     }
 

@@ -21,16 +21,18 @@ use std::time::Duration;
 
 use crate::envelope::Envelope;
 
-pub use crate::backend::{BoxFuture, BusError, Published};
+pub use crate::backend::{BoxFuture, BusError, ControlAck, ControlReceipt, Published};
 
 /// What a bus reports to the replica: envelopes for subscribed rooms, and when live delivery
 /// of rooms was interrupted (so they catch up from history).
 pub trait Inbound: Send + Sync + 'static {
-    /// An envelope published to a room this replica is subscribed to.
-    fn deliver<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, ()>;
+    /// An envelope published to a room this replica is subscribed to; for a control envelope,
+    /// what this replica did, which the bus acknowledges to its sender.
+    fn deliver<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Option<ControlAck>>;
 
-    /// An envelope, as JSON, received on `room`'s channel (not yet parsed or checked).
-    fn deliver_json<'a>(&'a self, room: &'a str, json: &'a str) -> BoxFuture<'a, ()>;
+    /// An envelope, as JSON, received on `room`'s channel (not yet parsed or checked); as
+    /// [`Inbound::deliver`].
+    fn deliver_json<'a>(&'a self, room: &'a str, json: &'a str) -> BoxFuture<'a, Option<ControlAck>>;
 
     /// Live delivery of the rooms `wanted` picks may have lost events from now on: hold their
     /// live events until [`Inbound::catch_up`] (rooms still being seeded are marked to catch up
@@ -68,6 +70,14 @@ pub trait Bus: Send + Sync + 'static {
         envelopes: Vec<Envelope>,
         dedupe: Option<Duration>,
     ) -> BoxFuture<'static, Result<Vec<Result<Published, BusError>>, BusError>>;
+
+    /// Sends `control` to every replica with a member of its room and waits up to `wait` for
+    /// their acknowledgements: how many sockets it reached, on how many of how many replicas.
+    fn control(
+        &self,
+        control: roomcast_publisher::wire::ControlEnvelope,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<ControlReceipt, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

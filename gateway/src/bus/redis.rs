@@ -26,7 +26,7 @@ use std::{
 use fred::types::{Value, scripts::Script};
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, EventInterface, HeartbeatInterface, PubsubInterface},
+    interfaces::{ClientLike, EventInterface, HashesInterface, HeartbeatInterface, KeysInterface, PubsubInterface},
     types::{
         Builder,
         config::{Config as FredConfig, ReconnectPolicy, UnresponsiveConfig},
@@ -38,7 +38,7 @@ use roomcast_publisher::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError, Inbound, Published};
+use super::{BoxFuture, Bus, BusError, ControlAck, ControlReceipt, Inbound, Published};
 use crate::{
     config::{ConfigError, env},
     envelope::Envelope,
@@ -209,6 +209,7 @@ impl RedisBus {
 
         let delivery = RedisDelivery {
             subscriber,
+            commands: commands.clone(),
             link: subscriber_link.clone(),
             keys: settings.keys.clone(),
             clustered,
@@ -261,6 +262,8 @@ impl RedisBus {
 /// [`RedisDelivery::run`] once the replica can take what arrives.
 pub struct RedisDelivery {
     subscriber: Client,
+    /// Acknowledges control envelopes (the subscriber connection cannot run commands).
+    commands: Client,
     link: Arc<Link>,
     keys: Keys,
     clustered: bool,
@@ -283,7 +286,7 @@ impl RedisDelivery {
     /// Starts applying subscriptions and reporting messages to `inbound`, for the bus's life.
     /// `inbound` is held weakly: the gateway owns its delivery, and the tasks do not keep it.
     pub fn run(self, inbound: Arc<dyn Inbound>) {
-        let RedisDelivery { subscriber, link, keys, clustered, in_sync, ops, reconnects, messages } = self;
+        let RedisDelivery { subscriber, commands, link, keys, clustered, in_sync, ops, reconnects, messages } = self;
         let inbound = Arc::downgrade(&inbound);
         let subscriptions = Subscriptions {
             subscriber,
@@ -297,7 +300,7 @@ impl RedisDelivery {
             in_sync,
         };
         tokio::spawn(subscriptions.run(ops, reconnects));
-        tokio::spawn(receive(messages, keys, inbound));
+        tokio::spawn(receive(messages, keys, inbound, commands));
     }
 }
 
@@ -354,6 +357,46 @@ impl Bus for RedisBus {
                 }
             });
             Ok(futures_util::future::join_all(sends).await)
+        })
+    }
+
+    fn control(
+        &self,
+        control: roomcast_publisher::wire::ControlEnvelope,
+        wait: Duration,
+    ) -> BoxFuture<'static, Result<ControlReceipt, BusError>> {
+        let redis = self.commands();
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let acks = redis.keys.control_acks(&control.room, &control.id);
+            let channel = redis.keys.channel(&control.room);
+            let body =
+                serde_json::to_string(&Envelope::Control(control)).map_err(|e| BusError::Unavailable(e.to_string()))?;
+            let sent: Result<u64, _> = if redis.clustered {
+                redis.client.spublish(channel, body).await
+            } else {
+                redis.client.publish(channel, body).await
+            };
+            let of = sent.map_err(|e| {
+                metrics::redis_error("control");
+                publish_error(&e)
+            })?;
+            let mut receipt = ControlReceipt { of, ..Default::default() };
+            let deadline = tokio::time::Instant::now() + wait;
+            // Each replica that received it answers once; wait for all of them, or the deadline.
+            while receipt.replicas < of {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                if let Ok(answers) = redis.client.hgetall::<HashMap<String, u64>, _>(&acks).await {
+                    receipt.replicas = answers.get("replicas").copied().unwrap_or(0);
+                    receipt.sockets = answers.get("sockets").copied().unwrap_or(0);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+            }
+            Ok(receipt)
         })
     }
 
@@ -465,11 +508,28 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
     });
 }
 
+/// Records what this replica did with a control envelope where its sender counts the answers.
+async fn acknowledge(commands: Client, keys: Keys, ack: ControlAck) {
+    let key = keys.control_acks(&ack.room, &ack.id);
+    let pipeline = commands.pipeline();
+    let _: Result<(), _> = pipeline.hincrby(&key, "sockets", ack.sockets as i64).await;
+    let _: Result<(), _> = pipeline.hincrby(&key, "replicas", 1).await;
+    let _: Result<(), _> = pipeline.pexpire(&key, CONTROL_ACKS_TTL_MS, None).await;
+    if let Err(e) = pipeline.all::<Vec<Value>>().await {
+        metrics::redis_error("control");
+        tracing::debug!(error = %e.details(), "control acknowledgement failed");
+    }
+}
+
+/// How long acknowledgements are kept: far longer than any sender waits.
+const CONTROL_ACKS_TTL_MS: i64 = 60_000;
+
 /// Reads pub/sub messages and hands them to delivery, in the order Redis sent them.
 async fn receive(
     mut messages: tokio::sync::broadcast::Receiver<fred::types::Message>,
     keys: Keys,
     inbound: Weak<dyn Inbound>,
+    commands: Client,
 ) {
     loop {
         let received = messages.recv().await;
@@ -483,7 +543,12 @@ async fn receive(
                     continue;
                 };
                 match message.value.as_str() {
-                    Some(json) => inbound.deliver_json(room, &json).await,
+                    Some(json) => {
+                        if let Some(ack) = inbound.deliver_json(room, &json).await {
+                            // Off the reader: a round trip per control must not hold deliveries.
+                            tokio::spawn(acknowledge(commands.clone(), keys.clone(), ack));
+                        }
+                    }
                     None => metrics::bus_rejected("malformed"),
                 }
             }

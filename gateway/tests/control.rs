@@ -1,0 +1,139 @@
+//! The control API (issue 16): `POST /v1/disconnect` ends a user's, a room's, a tenant's
+//! sockets, or one socket, on every replica, and answers with how many it reached.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{redis::RedisServer, replica::Replica, *};
+use roomcast_gateway::config::Secret;
+use serde_json::{Value, json};
+
+const KEY: &str = "control-api-key-0123456789";
+
+async fn disconnect(api: std::net::SocketAddr, key: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http(api, "POST", "/v1/disconnect", &headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The `roomcast:disconnect` a client received, once it was also disconnected.
+async fn kicked(c: &Client) -> Value {
+    let notice = c.next("roomcast:disconnect").await[0].clone();
+    assert!(c.server_disconnect().await, "a Socket.IO disconnect follows the notice");
+    notice
+}
+
+#[tokio::test]
+async fn a_user_is_disconnected_on_every_replica_with_a_receipt() {
+    let redis = RedisServer::start();
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
+    let ada_here = rs[0].connect_user("t1", "ada").await;
+    let ada_there = rs[1].connect_user("t1", "ada").await;
+    let bob = rs[0].connect_user("t1", "bob").await;
+    let other_tenant_ada = rs[1].connect_user("t2", "ada").await;
+
+    let started = Instant::now();
+    let body = json!({ "tenant": "t1", "user": "ada", "reason": "removed_from_workspace", "message": "bye" });
+    let (status, receipt) = disconnect(rs[1].api, replica::API_KEY, &body).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(
+        (receipt["sockets"].clone(), receipt["replicas"].clone(), receipt["of"].clone(), receipt["complete"].clone()),
+        (json!(2), json!(2), json!(2), json!(true)),
+        "{receipt}"
+    );
+    assert_eq!(receipt["room"], "tenant:t1:user:ada");
+    for c in [&ada_here, &ada_there] {
+        let notice = kicked(c).await;
+        assert_eq!(
+            notice,
+            json!({ "code": "disconnected", "reason": "removed_from_workspace", "message": "bye", "reconnect": false })
+        );
+    }
+    eprintln!("both of ada's sockets, on two replicas, disconnected {:?} after the request", started.elapsed());
+    // Nobody else was touched.
+    for c in [&bob, &other_tenant_ada] {
+        assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
+        assert!(c.events("roomcast:disconnect").is_empty());
+    }
+    let m = rs[0].metrics().await;
+    assert!(sample(&m, "roomcast_disconnects_total", r#"reason="disconnected""#) >= 1.0, "{m}");
+
+    // A room's members, wherever they are; then one socket; then nobody.
+    let carol = rs[1].connect_user("t1", "carol").await;
+    assert_eq!(carol.request("join", json!({ "project": "p1" })).await["ok"], true);
+    let (status, receipt) = disconnect(rs[0].api, replica::API_KEY, &json!({ "tenant": "t1", "project": "p1" })).await;
+    assert_eq!((status, receipt["sockets"].clone(), receipt["of"].clone()), (200, json!(2), json!(2)), "{receipt}");
+    for c in [&bob, &carol] {
+        assert_eq!(kicked(c).await["reason"], Value::Null, "no reason given: none passed on");
+    }
+    let dave = rs[0].connect_user("t1", "dave").await;
+    let dave_too = rs[0].connect_user("t1", "dave").await;
+    let one = json!({ "tenant": "t1", "user": "dave", "socket": dave.sid, "reconnect": true });
+    let (status, receipt) = disconnect(rs[1].api, replica::API_KEY, &one).await;
+    assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
+    assert_eq!(kicked(&dave).await["reconnect"], true);
+    assert!(dave_too.next_within("roomcast:disconnect", Duration::from_millis(200)).await.is_none());
+    let (status, receipt) = disconnect(rs[1].api, replica::API_KEY, &json!({ "tenant": "t1", "user": "nobody" })).await;
+    assert_eq!(
+        (status, receipt["sockets"].clone(), receipt["of"].clone(), receipt["complete"].clone()),
+        (200, json!(0), json!(0), json!(true))
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_is_disconnected_on_a_single_node_and_bad_requests_get_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys.json");
+    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
+        .unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.tenant_api_keys_file = Some(keys.clone());
+    })
+    .await;
+    let a = gw.connect_user("t1", "ada").await;
+    let b = gw.connect_user("t1", "bob").await;
+    let other = gw.connect_user("t2", "eve").await;
+
+    for (body, status, code) in [
+        (json!({}), 400, "invalid_payload"),
+        (json!({ "tenant": "t1", "user": "ada", "project": "p1" }), 400, "invalid_room"),
+        (json!({ "tenant": "t:1" }), 400, "invalid_room"),
+        (json!({ "tenant": "t1", "reason": "Not A Code" }), 400, "invalid_payload"),
+        (json!({ "tenant": "t1", "message": "x".repeat(257) }), 400, "invalid_payload"),
+        (json!({ "tenant": "t1", "socket": "not a sid" }), 400, "invalid_payload"),
+        (json!({ "tenant": "t1", "everyone": true }), 400, "invalid_payload"),
+        (json!({ "tenant": "t1", "message": "x".repeat(5000) }), 413, "payload_too_large"),
+    ] {
+        let (got, answer) = disconnect(gw.api, KEY, &body).await;
+        assert_eq!((got, answer["error"]["code"].as_str().unwrap_or_default()), (status, code), "{body}: {answer}");
+    }
+    let (status, answer) = disconnect(gw.api, "wrong-key-wrong-key-0123", &json!({ "tenant": "t1" })).await;
+    assert_eq!((status, answer["error"]["code"].clone()), (401, json!("unauthorized")));
+    let (status, answer) = disconnect(gw.api, "tenant-two-key-0123456789", &json!({ "tenant": "t1" })).await;
+    assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")));
+    let (status, _) = http(gw.api, "GET", "/v1/disconnect", &[], "").await;
+    assert_eq!(status, 405);
+    // Nothing happened to anyone so far.
+    for c in [&a, &b, &other] {
+        assert!(c.next_within("roomcast:disconnect", Duration::from_millis(100)).await.is_none());
+    }
+
+    let (status, receipt) = disconnect(gw.api, KEY, &json!({ "tenant": "t1", "reason": "tenant_suspended" })).await;
+    assert_eq!(
+        (status, receipt["sockets"].clone(), receipt["complete"].clone()),
+        (200, json!(2), json!(true)),
+        "{receipt}"
+    );
+    for c in [&a, &b] {
+        assert_eq!(kicked(c).await["reason"], "tenant_suspended");
+    }
+    assert_eq!(other.request("join", json!({ "channel": "c1" })).await["ok"], true, "another tenant is untouched");
+    // The tenant-scoped key acts for its own tenant.
+    let (status, receipt) = disconnect(gw.api, "tenant-two-key-0123456789", &json!({ "tenant": "t2" })).await;
+    assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
+    kicked(&other).await;
+}
