@@ -137,3 +137,25 @@ async fn a_tenant_is_disconnected_on_a_single_node_and_bad_requests_get_codes() 
     assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
     kicked(&other).await;
 }
+
+/// The SDK sends the same instruction through Redis and reads the same acknowledgements.
+#[tokio::test]
+async fn the_sdk_disconnects_a_user_through_redis() {
+    use roomcast_publisher::{Disconnect, PublishError, Publisher};
+    let redis = RedisServer::start();
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
+    let here = rs[0].connect_user("t1", "ada").await;
+    let there = rs[1].connect_user("t1", "ada").await;
+    let publisher = Publisher::connect(&redis.url()).await.unwrap();
+    let how = Disconnect { reason: Some("account_deleted".into()), ..Default::default() };
+    let receipt = publisher.user("t1", "ada").disconnect(&how, Duration::from_secs(2)).await.unwrap();
+    assert_eq!((receipt.sockets, receipt.replicas, receipt.of), (2, 2, 2));
+    for c in [&here, &there] {
+        assert_eq!(kicked(c).await["reason"], "account_deleted");
+    }
+    let bad = Disconnect { reason: Some("Not OK".into()), ..Default::default() };
+    let err = publisher.user("t1", "ada").disconnect(&bad, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, PublishError::InvalidControl(_)), "{err}");
+    let err = publisher.user("t1", "a:b").disconnect(&how, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, PublishError::InvalidId(_)), "{err}");
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, LuaInterface, PubsubInterface},
+    interfaces::{ClientLike, HashesInterface, LuaInterface, PubsubInterface},
     types::{
         Builder, Value,
         config::{Config, ReconnectPolicy},
@@ -44,6 +44,9 @@ pub enum PublishError {
     /// The event name is reserved or malformed.
     #[error(transparent)]
     InvalidEvent(#[from] EventNameError),
+    /// A control instruction's field is invalid (reason, message, socket).
+    #[error(transparent)]
+    InvalidControl(#[from] wire::ControlError),
     /// The serialized payload is larger than the publisher's limit.
     #[error("payload is {size} bytes, over the {max}-byte limit")]
     PayloadTooLarge {
@@ -121,6 +124,30 @@ pub struct Receipt {
     /// ([`Target::emit_with_id`]): nothing was published now, and the fields above are the
     /// first publish's.
     pub duplicate: bool,
+}
+
+/// How [`Target::disconnect`] ends the sockets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Disconnect {
+    /// Only this socket (its Socket.IO id) of the room.
+    pub socket: Option<String>,
+    /// The application's reason code, passed to the client (1-64 of `a-z 0-9 _ . : -`).
+    pub reason: Option<String>,
+    /// For people, passed to the client (at most 256 bytes).
+    pub message: Option<String>,
+    /// Whether the client may reconnect on its own.
+    pub reconnect: bool,
+}
+
+/// What a control instruction reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlReceipt {
+    /// Sockets reached, all replicas together.
+    pub sockets: u64,
+    /// Replicas that acted on it and answered in time.
+    pub replicas: u64,
+    /// Replicas it was delivered to (those with a member of the room).
+    pub of: u64,
 }
 
 /// How long an event id given to [`Target::emit_with_id`] is remembered unless
@@ -451,6 +478,54 @@ impl Target<'_> {
     /// The room, or why its ids are invalid.
     pub fn room(&self) -> Result<&Room, IdError> {
         self.room.as_ref().map_err(Clone::clone)
+    }
+
+    /// Disconnects the room's sockets on every replica (all of a tenant's for
+    /// [`Publisher::tenant`], all of a user's for [`Publisher::user`]), and waits up to `wait`
+    /// for the replicas to say how many sockets they reached (PROTOCOL.md, "Control").
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// use roomcast_publisher::Disconnect;
+    /// let kick = Disconnect { reason: Some("removed_from_workspace".into()), ..Default::default() };
+    /// let receipt = publisher.user("acme", "ada").disconnect(&kick, std::time::Duration::from_secs(2)).await?;
+    /// println!("{} socket(s) on {} of {} replica(s)", receipt.sockets, receipt.replicas, receipt.of);
+    /// # Ok(()) }
+    /// ```
+    pub async fn disconnect(&self, how: &Disconnect, wait: Duration) -> Result<ControlReceipt, PublishError> {
+        let room = self.room()?.to_string();
+        let control = wire::ControlEnvelope {
+            v: VERSION,
+            id: wire::new_event_id(),
+            room: room.clone(),
+            op: wire::ControlOp::Disconnect,
+            socket: how.socket.clone(),
+            reason: how.reason.clone(),
+            message: how.message.clone(),
+            reconnect: how.reconnect,
+        };
+        control.validate()?;
+        let client = &self.publisher.client;
+        let keys = &self.publisher.keys;
+        let acks = keys.control_acks(&room, &control.id);
+        let body = serde_json::to_string(&Envelope::Control(control))?;
+        let of: u64 = if client.is_clustered() {
+            client.spublish(keys.channel(&room), body).await
+        } else {
+            client.publish(keys.channel(&room), body).await
+        }
+        .map_err(PublishError::redis)?;
+        let mut receipt = ControlReceipt { sockets: 0, replicas: 0, of };
+        let deadline = tokio::time::Instant::now() + wait;
+        while receipt.replicas < of && tokio::time::Instant::now() < deadline {
+            // Replicas answer within milliseconds; poll gently.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let answers: std::collections::HashMap<String, u64> =
+                client.hgetall(&acks).await.map_err(PublishError::redis)?;
+            receipt.replicas = answers.get("replicas").copied().unwrap_or(0);
+            receipt.sockets = answers.get("sockets").copied().unwrap_or(0);
+        }
+        Ok(receipt)
     }
 
     /// Publishes `event` with `payload` (any `Serialize` value) to the room's members.
