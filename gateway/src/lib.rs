@@ -223,6 +223,8 @@ impl Gateway {
 
     async fn bind_to(config: Config, cluster: Option<&LocalCluster>) -> Result<Gateway, StartError> {
         config.validate()?;
+        // Before anything records a metric: the key sets register theirs when built.
+        let metrics = metrics::install();
         let verifier = Verifier::from_config(&config)?;
         // Key sets at identity providers' URLs: fetched before the first connection, at most
         // a few seconds; a provider that is down does not stop the gateway (its tokens are
@@ -237,7 +239,6 @@ impl Gateway {
             // Trying Roomcast from a page on another port should just work in --dev.
             origins = OriginPolicy::Any;
         }
-        let metrics = metrics::install();
         let mut api_keys = ApiKeys::from_config(&config)?;
         let mut dev_api_key = None;
         if config.dev && !api_keys.is_enabled() {
