@@ -416,7 +416,7 @@ class ChartRejectsBadValues(unittest.TestCase):
             "strategy": ["/strategy/type"],
             "podDisruptionBudget": ["/podDisruptionBudget/minAvailable"],
             "probes": ["/probes/liveness/successThreshold", "/probes/startup/failureThreshold"],
-            "httpRoute": ["/httpRoute/timeouts/request"],
+            "httpRoute": ["/httpRoute/timeouts/request", "/httpRoute/timeouts/backendRequest"],
             "serviceMonitor": ["/serviceMonitor/namespace"],
             "networkPolicy": ["/networkPolicy/api/namespaces/0"],
             "autoscaling": ["/autoscaling/targetConnectionsPerPod"],
@@ -868,7 +868,10 @@ class ChartOperations(unittest.TestCase):
         self.assertEqual(ingress["spec"]["tls"], [{"hosts": ["realtime.example.com"], "secretName": "realtime-tls"}])
         monitor = one(manifests, "ServiceMonitor")
         self.assertEqual(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack")
-        self.assertEqual(monitor["spec"]["selector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"])
+        self.assertEqual(
+            monitor["spec"]["selector"]["matchLabels"],
+            deployment["spec"]["selector"]["matchLabels"] | {"app.kubernetes.io/component": "gateway"},
+        )
         pod = deployment["spec"]["template"]
         self.assertEqual(pod["metadata"]["annotations"]["example.com/team"], "realtime")
         self.assertEqual(pod["spec"]["topologySpreadConstraints"], values["topologySpreadConstraints"])
@@ -976,7 +979,8 @@ class ChartKnobs(unittest.TestCase):
         values, manifests = everything()
         namespace = values["namespaceOverride"]
         api = api_service(manifests)
-        self.assertEqual(api["spec"]["type"], "NodePort")
+        self.assertEqual(api["spec"]["type"], "LoadBalancer")
+        self.assertEqual(api["spec"]["loadBalancerSourceRanges"], values["api"]["service"]["loadBalancerSourceRanges"])
         self.assertEqual(api["spec"]["ports"][0]["port"], 8081)
         self.assertEqual(api["spec"]["ports"][0]["nodePort"], 30081)
         self.assertEqual(api["spec"]["ports"][0]["appProtocol"], "http")
@@ -994,12 +998,61 @@ class ChartKnobs(unittest.TestCase):
         self.assertEqual(backends, [{"name": FULLNAME, "port": values.get("service", {}).get("port", 80)}])
         self.assertNotIn(f"{FULLNAME}-api", yaml.safe_dump_all(manifests["Ingress"] + manifests["HTTPRoute"]))
 
+    def test_api_load_balancer_needs_source_ranges_or_an_explicit_opt_in(self) -> None:
+        base = load_values(CHART / "ci" / "defaults-values.yaml")
+        # Without either: refused (invalid-combinations.yaml has the message).
+        with self.assertRaisesRegex(helm.HelmRenderError, r"api\.service\.type=LoadBalancer without api\.service\.loadBalancerSourceRanges"):
+            render(merged(base, {"api": {"service": {"type": "LoadBalancer"}}}))
+        # The opt-in, typed: a string "true" is not it.
+        with self.assertRaises(helm.HelmValuesError) as ctx:
+            render(merged(base, {"api": {"service": {"type": "LoadBalancer", "allowPublicLoadBalancer": "true"}}}))
+        self.assertIn("/api/service/allowPublicLoadBalancer", str(ctx.exception))
+        internal = {"type": "LoadBalancer", "allowPublicLoadBalancer": True, "annotations": {"networking.gke.io/load-balancer-type": "Internal"}}
+        manifests = render(merged(base, {"api": {"service": internal}}))
+        spec = api_service(manifests)["spec"]
+        self.assertEqual(spec["type"], "LoadBalancer")
+        self.assertNotIn("loadBalancerSourceRanges", spec)
+        kubernetes_validate.validate(api_service(manifests), kubernetes_versions()[1], strict=True)
+        # Source ranges only where Kubernetes takes them.
+        spec = api_service(render(merged(base, {"api": {"service": {"loadBalancerSourceRanges": ["10.0.0.0/8"]}}})))["spec"]
+        self.assertEqual(spec["type"], "ClusterIP")
+        self.assertNotIn("loadBalancerSourceRanges", spec)
+        # Documented.
+        values_text = (CHART / "values.yaml").read_text()
+        self.assertRegex(values_text, r"# -- Allow type LoadBalancer without loadBalancerSourceRanges[^\n]*\n(    #[^\n]*\n)*    allowPublicLoadBalancer: false")
+        self.assertIn("`allowPublicLoadBalancer`", (CHART / "README.md").read_text())
+
+    def test_service_monitor_scrapes_the_main_service_only(self) -> None:
+        """Both Services select the gateway pods; the ServiceMonitor selects the main one (the
+        scrape target, with the admin port) and never the API Service (component "api")."""
+        cases = [load_values(CHART / "ci" / "full-values.yaml"), everything()[0]]
+        # A user label on the API Service cannot make it the gateway's.
+        cases.append(merged(cases[0], {"api": {"service": {"labels": {"app.kubernetes.io/component": "gateway", "team": "x"}}}}))
+        for i, values in enumerate(cases):
+            manifests = render(values)
+            selector = one(manifests, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+            with self.subTest(case=i):
+                self.assertEqual(api_service(manifests)["metadata"]["labels"]["app.kubernetes.io/component"], "api")
+                self.assertEqual(public_service(manifests)["metadata"]["labels"]["app.kubernetes.io/component"], "gateway")
+                selected = [
+                    s["metadata"]["name"]
+                    for s in manifests["Service"]
+                    if set(selector.items()) <= set(s["metadata"]["labels"].items())
+                ]
+                self.assertEqual(selected, [FULLNAME])
+                # The API Service keeps the release's other labels.
+                for key in ["app.kubernetes.io/name", "app.kubernetes.io/instance", "helm.sh/chart"]:
+                    self.assertEqual(api_service(manifests)["metadata"]["labels"][key], public_service(manifests)["metadata"]["labels"][key])
+        self.assertEqual(api_service(manifests)["metadata"]["labels"]["team"], "x")
+
     def test_identity_providers(self) -> None:
         values, manifests = everything()
         config = gateway_config(manifests)
         self.assertEqual(config["ROOMCAST_JWT_JWKS_URL"], values["auth"]["jwksUrl"])
         self.assertEqual(config["ROOMCAST_JWT_JWKS_REFRESH"], "10m")
         self.assertEqual(config["ROOMCAST_JWT_JWKS_MIN_INTERVAL"], "30s")
+        # Next to trusted issuers the default provider's iss is pinned (else its tokens are refused).
+        self.assertEqual(config["ROOMCAST_JWT_ISSUER"], ",".join(values["auth"]["issuers"]))
         issuers_cm = named(manifests, "ConfigMap", f"{FULLNAME}-issuers")
         self.assertEqual(
             json.loads(issuers_cm["data"]["issuers.json"]),
@@ -1067,8 +1120,6 @@ class ChartKnobs(unittest.TestCase):
         self.assertEqual(deployment["spec"]["strategy"], values["strategy"])
         self.assertEqual(pod["priorityClassName"], "realtime-critical")
         self.assertEqual(pod["runtimeClassName"], "gvisor")
-        self.assertTrue(pod["hostNetwork"])
-        self.assertEqual(pod["dnsPolicy"], "ClusterFirstWithHostNet")
         self.assertEqual(pod["dnsConfig"], values["dnsConfig"])
         self.assertEqual(pod["hostAliases"], values["hostAliases"])
         self.assertIs(pod["enableServiceLinks"], False)
@@ -1111,6 +1162,55 @@ class ChartKnobs(unittest.TestCase):
         # Both extraEnv lists (config.extraEnv is kept for compatibility), in order.
         manifests = render(merged(base, {"config": {"extraEnv": [{"name": "A", "value": "1"}]}, "extraEnv": [{"name": "B", "value": "2"}]}))
         self.assertEqual([e["name"] for e in gateway_container(manifests)["env"]][-2:], ["A", "B"])
+
+    def test_host_network(self) -> None:
+        """hostNetwork with the strategy values.yaml suggests for it: valid manifests, the
+        cluster's DNS, and NOTES says which ports every node then exposes."""
+        values = merged(
+            load_values(CHART / "ci" / "defaults-values.yaml"),
+            {"hostNetwork": True, "strategy": {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}},
+        )
+        lowest, highest = kubernetes_versions()
+        for version in [lowest, highest]:
+            manifests = render(values, kube_version=f"v{version}")
+            with self.subTest(kubernetes=version):
+                deployment = one(manifests, "Deployment")
+                kubernetes_validate.validate(deployment, version, strict=True)
+                self.assertEqual(deployment["spec"]["strategy"]["rollingUpdate"], {"maxSurge": 0, "maxUnavailable": 1})
+                pod = pod_spec(manifests)
+                self.assertIs(pod["hostNetwork"], True)
+                self.assertEqual(pod["dnsPolicy"], "ClusterFirstWithHostNet")
+                notes = manifests["NOTES"][0]["text"]
+                self.assertRegex(notes, r"WARNING: hostNetwork is true")
+                self.assertRegex(notes, r"the backend API 3001 and the admin port 9090")
+                self.assertNotIn("NetworkPolicy", manifests)
+        # The documentation says so too (values.yaml above hostNetwork, the chart README).
+        block = []
+        for line in reversed((CHART / "values.yaml").read_text().split("\nhostNetwork:")[0].splitlines()):
+            if not line.startswith("#"):
+                break
+            block.insert(0, line.lstrip("# "))
+        comment = " ".join(block)
+        for needle in ["3001", "9090", "NetworkPolicy", "maxSurge: 0", "maxUnavailable: 1"]:
+            self.assertIn(needle, comment)
+        readme = (CHART / "README.md").read_text()
+        section = readme.split("## hostNetwork")[1].split("\n## ")[0]
+        for needle in ["3001", "9090", "NetworkPolicy", "maxSurge: 0", "maxUnavailable: 1"]:
+            self.assertIn(needle, section)
+        self.assertNotIn("WARNING: hostNetwork", render(load_values(CHART / "ci" / "defaults-values.yaml"))["NOTES"][0]["text"])
+
+    def test_rolling_update_bounds(self) -> None:
+        """Both 0 is refused (invalid-combinations.yaml); one of them 0 is fine, and Recreate
+        ignores rollingUpdate altogether."""
+        base = load_values(CHART / "ci" / "defaults-values.yaml")
+        for rolling in [{"maxSurge": 0, "maxUnavailable": 1}, {"maxSurge": "25%", "maxUnavailable": 0}, {"maxSurge": 0, "maxUnavailable": "10%"}]:
+            with self.subTest(rollingUpdate=rolling):
+                strategy = one(render(merged(base, {"strategy": {"rollingUpdate": rolling}})), "Deployment")["spec"]["strategy"]
+                self.assertEqual(strategy["rollingUpdate"], rolling)
+        zero = {"strategy": {"type": "Recreate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}
+        self.assertEqual(one(render(merged(base, zero)), "Deployment")["spec"]["strategy"], {"type": "Recreate"})
+        # The default values.yaml strategy itself passes (maxUnavailable 0, maxSurge 1).
+        self.assertEqual(one(render(base), "Deployment")["spec"]["strategy"]["rollingUpdate"], {"maxUnavailable": 0, "maxSurge": 1})
 
     def test_lifecycle_merges_with_the_prestop_sleep(self) -> None:
         values = merged(
@@ -1208,6 +1308,45 @@ class ChartKnobs(unittest.TestCase):
         self.assertNotIn("api", [r["ports"][0]["port"] for r in spec["ingress"]])
         self.assertIn("the NetworkPolicy lets nobody reach it", manifests["NOTES"][0]["text"])
         self.assertNotIn("NetworkPolicy", render(load_values(CHART / "ci" / "defaults-values.yaml")))
+
+    def test_network_policy_notes_follow_the_public_listener(self) -> None:
+        """NOTES never says the NetworkPolicy limits the API when the public port serves it too."""
+        base = merged(load_values(CHART / "ci" / "defaults-values.yaml"), {"networkPolicy": {"enabled": True}})
+        limited = "The NetworkPolicy lets only networkPolicy.api.from / .namespaces reach it."
+        cases = [
+            # (values, expected, not expected)
+            ({"networkPolicy": {"api": {"namespaces": ["backend"]}}}, limited, "does not limit"),
+            ({"api": {"publicListener": True}, "networkPolicy": {"api": {"namespaces": ["backend"]}}}, "it admits\n  anyone,", limited),
+            ({"api": {"publicListener": True}}, "API keys are its only protection", "lets nobody reach it"),
+            (
+                {"api": {"publicListener": True}, "networkPolicy": {"public": {"from": [{"namespaceSelector": {}}]}}},
+                "it admits\n  networkPolicy.public.from,",
+                limited,
+            ),
+        ]
+        for extra, expected, unexpected in cases:
+            with self.subTest(values=extra):
+                notes = render(merged(base, extra))["NOTES"][0]["text"]
+                self.assertIn(expected, notes)
+                self.assertNotIn(unexpected, notes)
+        notes = everything()[1]["NOTES"][0]["text"]  # publicListener and a NetworkPolicy
+        self.assertNotIn(limited, notes)
+        self.assertIn("does not limit who reaches it", notes)
+
+    def test_network_policy_admits_prometheus_with_a_service_monitor(self) -> None:
+        """With a ServiceMonitor, the admin peers are required (invalid-combinations.yaml) and
+        are what the admin port's rule admits."""
+        base = merged(load_values(CHART / "ci" / "defaults-values.yaml"), {"networkPolicy": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+        for admin, peer in [
+            ({"namespaces": ["monitoring"]}, {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}),
+            ({"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]}, {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}),
+        ]:
+            with self.subTest(admin=admin):
+                spec = one(render(merged(base, {"networkPolicy": {"admin": admin}})), "NetworkPolicy")["spec"]
+                rules = {r["ports"][0]["port"]: r for r in spec["ingress"]}
+                self.assertIn(peer, rules["admin"]["from"])
+        # Without a ServiceMonitor nothing is required (Prometheus may not exist).
+        self.assertIn("NetworkPolicy", render(merged(base, {"serviceMonitor": {"enabled": False}})))
 
     def test_test_pod_is_not_selected_by_the_gateway_selectors(self) -> None:
         manifests = render(load_values(CHART / "ci" / "full-values.yaml"))

@@ -8,25 +8,31 @@ alerts count exist at 0 from start-up, which is what lets RoomcastEventsLost see
 first resync.
 
 Needs: promtool (Debian's `prometheus` package; scripts/test installs it with apt when it can,
-else these tests are skipped), helm-python-sdk and PyYAML; for the start-up check, a built
-gateway (ROOMCAST_GATEWAY_BIN, default target/debug/roomcast-gateway) and redis-server.
+else these tests are skipped, except where the environment variable CI is set, as on GitHub
+Actions: there a missing promtool fails them), helm-python-sdk and PyYAML; for the start-up
+check, a built gateway (ROOMCAST_GATEWAY_BIN, default target/debug/roomcast-gateway) and
+redis-server.
 """
 
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import unittest
 import urllib.error
 import urllib.request
 from functools import cache
+from unittest import mock
 from pathlib import Path
 
 import helm_python as helm
@@ -48,10 +54,22 @@ AGGREGATION = re.compile(r"\b(sum|min|max|avg|count|topk|bottomk|quantile)\s+by\
 RANGE = re.compile(r"\[([^\]]+)\]")
 
 
+PROMTOOL_FALLBACK = Path("/usr/bin/promtool")
+
+
+def in_ci() -> bool:
+    """Whether this runs in CI (GitHub Actions and most CI systems set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
 def find_promtool() -> str:
-    promtool = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
+    promtool = shutil.which("promtool") or (str(PROMTOOL_FALLBACK) if PROMTOOL_FALLBACK.exists() else None)
     if not promtool:
-        raise unittest.SkipTest("promtool is not installed (Debian's prometheus package; scripts/test installs it as root)")
+        message = "promtool is not installed (Debian's prometheus package; scripts/test installs it as root)"
+        if in_ci():
+            # CI installs it (.github/workflows/ci.yml): a skip there would hide untested alerts.
+            raise AssertionError(f"{message}, and CI is set: the alert tests must run in CI")
+        raise unittest.SkipTest(message)
     return promtool
 
 
@@ -112,6 +130,25 @@ class PromtoolRun:
 
     def close(self) -> None:
         self.dir.cleanup()
+
+
+class PromtoolDiscovery(unittest.TestCase):
+    def test_missing_promtool_fails_in_ci_and_skips_elsewhere(self) -> None:
+        module = sys.modules[__name__]
+        with mock.patch.object(shutil, "which", return_value=None), mock.patch.object(module, "PROMTOOL_FALLBACK", Path("/nonexistent/promtool")):
+            for value in ["true", "1"]:
+                with self.subTest(CI=value), mock.patch.dict(os.environ, {"CI": value}):
+                    with self.assertRaisesRegex(AssertionError, "CI is set: the alert tests must run in CI"):
+                        find_promtool()
+            for value in [None, "", "false"]:
+                env = {k: v for k, v in os.environ.items() if k != "CI"} | ({} if value is None else {"CI": value})
+                with self.subTest(CI=value), mock.patch.dict(os.environ, env, clear=True):
+                    with self.assertRaises(unittest.SkipTest):
+                        find_promtool()
+        # Where it is installed, found whatever CI says.
+        if shutil.which("promtool") or PROMTOOL_FALLBACK.exists():
+            with mock.patch.dict(os.environ, {"CI": "true"}):
+                self.assertTrue(Path(find_promtool()).exists())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +217,31 @@ class Alerts(unittest.TestCase):
         result = run.run("test", "rules", "first-incident.yaml")
         self.assertNotEqual(result.returncode, 0, "the alert fired on a series born at 1?")
         self.assertIn("first resync after start-up", result.stdout + result.stderr)
+
+    def test_jwks_alerts_tell_a_ridden_out_failure_from_an_outage(self) -> None:
+        """jwks.yaml is not vacuous: the gateway keeps its last good keys when a refresh fails,
+        so alerting on any failure would fire on a flaky provider, and alerting on no keys only
+        would miss a provider that is down for good until its next key rotation."""
+        alternatives = {
+            "any failure in 15m, for 15m": (
+                f'sum by (namespace, job, instance, jwks) (increase(roomcast_jwks_fetches_total{{job="{JOB}", namespace="{NAMESPACE}", result="error"}}[15m])) > 0',
+                "failures between successes, are no alert",
+            ),
+            "no keys": (
+                f'max by (namespace, job, instance, jwks) (roomcast_jwks_keys{{job="{JOB}", namespace="{NAMESPACE}"}}) == 0',
+                "a provider down for good alerts",
+            ),
+        }
+        for name, (expr, failing_group) in alternatives.items():
+            with self.subTest(alternative=name):
+                spec = copy.deepcopy(default_rules())
+                (rule,) = [r for r in alerts(spec) if r["alert"] == "RoomcastJwksFetchFailing"]
+                rule["expr"] = expr
+                run = PromtoolRun(spec, tests={"jwks.yaml": (PROMTOOL_TESTS / "jwks.yaml").read_text()})
+                self.addCleanup(run.close)
+                result = run.run("test", "rules", "jwks.yaml")
+                self.assertNotEqual(result.returncode, 0, f"jwks.yaml passes with {name}")
+                self.assertIn(failing_group, result.stdout + result.stderr)
 
     def test_expressions_select_this_release_and_keep_routing_labels(self) -> None:
         """Every series selector names the release's job and namespace; every aggregation keeps them."""
@@ -274,8 +336,46 @@ def parse_exposition(text: str) -> dict[str, dict[frozenset, float]]:
     return series
 
 
+class JwksServer:
+    """Serves the gateway tests' JWKS fixture on a loopback port (http is allowed to loopback)."""
+
+    DOCUMENT = REPO / "gateway" / "tests" / "fixtures" / "jwks.json"
+
+    def __init__(self) -> None:
+        document = self.DOCUMENT.read_bytes()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(document)))
+                self.end_headers()
+                self.wfile.write(document)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.keys = len(json.loads(document)["keys"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# Series a gateway exports only for a JWKS URL (checked by test_jwks_series_exist_from_start_up).
+JWKS_METRICS = {"roomcast_jwks_fetches_total", "roomcast_jwks_keys"}
+
+
 class GatewayAtStartUp(unittest.TestCase):
-    """What one freshly started gateway exports, before anything happened to it."""
+    """What one freshly started gateway exports, before anything happened to it. Its key is a
+    JWKS URL (served here), so the JWKS series the alerts read are exported too."""
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -304,10 +404,13 @@ class GatewayAtStartUp(unittest.TestCase):
             if time.monotonic() > deadline:
                 raise AssertionError("redis-server did not start")
             time.sleep(0.05)
+        jwks = JwksServer()
+        cls.addClassCleanup(jwks.stop)
+        cls.jwks_keys = jwks.keys
         admin = free_port()
         env = {
             "PATH": os.environ.get("PATH", ""),
-            "ROOMCAST_JWT_SECRET": "monitoring-test-secret-0123456789abcdef",
+            "ROOMCAST_JWT_JWKS_URL": jwks.url,
             "ROOMCAST_REDIS_URL": f"redis://127.0.0.1:{redis_port}",
             "ROOMCAST_LISTEN": f"127.0.0.1:{free_port()}",
             "ROOMCAST_API_LISTEN": f"127.0.0.1:{free_port()}",
@@ -345,6 +448,7 @@ class GatewayAtStartUp(unittest.TestCase):
         used, zero = set(), set()
         for rule in alerts(default_rules()):
             names = {m for m in METRIC.findall(rule["expr"]) if m != "up" and not re.search(r"_(bucket|count|sum)$", m)}
+            names -= JWKS_METRICS
             used |= names
             if re.search(r"\)\s*>\s*0\s*$", rule["expr"]):
                 zero |= {m for m in names if m.endswith("_total")}
@@ -354,6 +458,19 @@ class GatewayAtStartUp(unittest.TestCase):
                 self.assertTrue(metric in self.scrape, f"{metric} is not exported by a freshly started gateway ({GATEWAY})")
                 if metric in zero:
                     self.assertEqual(set(self.scrape[metric].values()), {0.0}, "a fresh replica's counter is not 0")
+
+    def test_jwks_series_exist_from_start_up(self) -> None:
+        """Each JWKS URL's series, as the JWKS alerts read them, exported from start-up: the
+        fetch counters (error at 0, so RoomcastJwksFetchFailing sees the first failure) and the
+        keys the start-up fetch got."""
+        used = set()
+        for rule in alerts(default_rules()):
+            used |= set(METRIC.findall(rule["expr"])) & JWKS_METRICS
+        self.assertEqual(used, JWKS_METRICS)
+        fetches = {dict(labels).get("result"): v for labels, v in self.scrape.get("roomcast_jwks_fetches_total", {}).items() if dict(labels).get("jwks") == "default"}
+        self.assertEqual(fetches, {"updated": 1.0, "not_modified": 0.0, "error": 0.0})
+        keys = {dict(labels).get("jwks"): v for labels, v in self.scrape.get("roomcast_jwks_keys", {}).items()}
+        self.assertEqual(keys, {"default": float(self.jwks_keys)})
 
     def test_first_resync_fires_on_series_as_the_gateway_exports_them(self) -> None:
         """promtool, fed roomcast_resyncs_total as scraped at start-up, then one resync."""
@@ -503,6 +620,16 @@ class Dashboard(unittest.TestCase):
         self.assertTrue(latency)
         for expr in latency:
             self.assertIn('listener="api"', expr)
+
+    def test_jwks_panel(self) -> None:
+        """What the JWKS alerts watch is on the dashboard: fetches by result, keys per replica."""
+        exprs = [e for t, e in dashboard_exprs() if t == "JWKS fetches and keys"]
+        self.assertEqual(len(exprs), 2)
+        fetches, keys = exprs
+        self.assertIn("roomcast_jwks_fetches_total{", fetches)
+        self.assertRegex(fetches, r"\bby \((jwks, result|result, jwks)\)")
+        self.assertIn("roomcast_jwks_keys{", keys)
+        self.assertRegex(keys, r"\bmin by \((jwks, instance|instance, jwks)\)", "the replica with the fewest keys shows")
 
     def test_layout(self) -> None:
         panels = dashboard()["panels"]

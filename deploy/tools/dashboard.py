@@ -70,6 +70,12 @@ sections = [
             (f"sum by (instance) ({rate('roomcast_room_joins_total')})", "joins {{instance}}"),
             (f"sum by (instance) ({rate('roomcast_room_leaves_total')})", "leaves {{instance}}"),
         ], "ops"),
+        panel("JWKS fetches and keys", [
+            (f"sum by (jwks, result) ({increase('roomcast_jwks_fetches_total')})", "fetches {{result}}: {{jwks}}"),
+            (f"min by (jwks, instance) ({sel('roomcast_jwks_keys')})", "keys held {{jwks}} {{instance}}"),
+        ], "short", "Fetches of each JWKS URL (auth.jwksUrl: default; trusted issuers: their iss) per rate interval, by "
+                    "result, and the keys each replica holds from it. A failed refresh keeps the last keys; "
+                    "0 keys held means that provider's tokens are refused. Empty without a JWKS URL."),
     ]),
     ("Events", [
         panel("Events in per second", [

@@ -32,14 +32,21 @@ app.kubernetes.io/name: {{ include "roomcast.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* Labels of every resource: commonLabels, less the chart's own (which cannot be overridden). */}}
-{{- define "roomcast.labels" -}}
+{{/* Labels of every resource but the component: commonLabels, less the chart's own (which
+cannot be overridden). */}}
+{{- define "roomcast.releaseLabels" -}}
 {{ with omit .Values.commonLabels "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/component" }}{{ toYaml . }}
 {{ end -}}
 helm.sh/chart: {{ include "roomcast.chart" . }}
 {{ include "roomcast.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels of every resource (component: gateway). The API Service is component "api", so the
+ServiceMonitor, which selects component "gateway", scrapes the main Service only. */}}
+{{- define "roomcast.labels" -}}
+{{ include "roomcast.releaseLabels" . }}
 app.kubernetes.io/component: gateway
 {{- end }}
 
@@ -180,6 +187,11 @@ the file. Empty when there is nothing to mount.
 {{- end }}
 {{- $_ := set $seen (toString $t.issuer) true }}
 {{- end }}
+{{- /* With trusted issuers the gateway takes a token with an `iss` from the default key only if
+ROOMCAST_JWT_ISSUER (auth.issuers) lists that iss (gateway/src/auth.rs, trust_for). */}}
+{{- if and .Values.auth.trustedIssuers (ne $mode "issuers") (not .Values.auth.issuers) }}
+{{- fail (printf "auth.trustedIssuers with auth.mode=%s needs auth.issuers: next to trusted issuers the gateway accepts a token carrying an iss from the auth.mode=%s key only if auth.issuers lists that iss, so every such token of your default provider (identity providers always set iss) would be refused. Set auth.issuers to the iss of the provider behind auth.mode=%s, or list that provider in auth.trustedIssuers and use auth.mode=issuers" $mode $mode $mode) }}
+{{- end }}
 {{- /* Secrets. */}}
 {{- if and .Values.secrets.existingSecret .Values.redis.url }}
 {{- fail "redis.url is stored in the chart's Secret, which is not created with secrets.existingSecret: put the URL in your Secret, under the key secrets.existingSecretKeys.redisUrl (redis-url)" }}
@@ -202,6 +214,27 @@ the file. Empty when there is nothing to mount.
 {{- end }}
 {{- if and (gt (int .Values.shutdown.preStopSleepSeconds) 0) (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "shutdown.preStopSleepSeconds needs Kubernetes >= 1.30 (the preStop sleep action); this cluster is %s: set it to 0 (the gateway's drain delay does the same job)" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- if eq .Values.strategy.type "RollingUpdate" }}
+{{- $zero := 0 }}
+{{- range (list "maxSurge" "maxUnavailable") }}
+{{- $v := index (default dict $.Values.strategy.rollingUpdate) . }}
+{{- if and (not (kindIs "invalid" $v)) (regexMatch "^0+(\\.0+)?%?$" (toString $v)) }}{{ $zero = add1 $zero }}{{ end }}
+{{- end }}
+{{- if eq (int $zero) 2 }}
+{{- fail "strategy.rollingUpdate.maxSurge and strategy.rollingUpdate.maxUnavailable are both 0: a rollout could never replace a pod, and the API server refuses the Deployment. Keep maxSurge: 1 (the default), or with hostNetwork use maxSurge: 0 and maxUnavailable: 1" }}
+{{- end }}
+{{- end }}
+{{- /* Network exposure. */}}
+{{- $np := .Values.networkPolicy }}
+{{- if and $np.enabled .Values.hostNetwork }}
+{{- fail "networkPolicy.enabled cannot protect hostNetwork pods: NetworkPolicy does not apply to pods in the node's network namespace, so the API port (containerPorts.api) and the admin port (containerPorts.admin) would be open to anything that reaches a node. Set hostNetwork: false, or networkPolicy.enabled: false and close those ports on the nodes' firewall yourself" }}
+{{- end }}
+{{- if and $np.enabled .Values.serviceMonitor.enabled (not $np.admin.from) (not $np.admin.namespaces) }}
+{{- fail "networkPolicy.enabled with serviceMonitor.enabled needs networkPolicy.admin.namespaces (the namespace Prometheus runs in, e.g. [monitoring]) or networkPolicy.admin.from: without an admin peer the NetworkPolicy keeps Prometheus from scraping /metrics" }}
+{{- end }}
+{{- if and (eq .Values.api.service.type "LoadBalancer") (not .Values.api.service.loadBalancerSourceRanges) (not .Values.api.service.allowPublicLoadBalancer) }}
+{{- fail "api.service.type=LoadBalancer without api.service.loadBalancerSourceRanges would expose the backend API (POST /v1/publish) to every address that reaches the load balancer: set api.service.loadBalancerSourceRanges to your backends' CIDRs, or, for a load balancer that is internal by its annotations, set api.service.allowPublicLoadBalancer: true" }}
 {{- end }}
 {{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
 {{- fail "httpRoute.enabled needs httpRoute.parentRefs (the Gateway to attach to)" }}
