@@ -63,7 +63,16 @@ impl ApiKeys {
             }
         }
         if let Some(path) = &config.tenant_api_keys_file {
-            keys.extend(tenant_keys(path)?);
+            for (key, scope) in tenant_keys(path)? {
+                // A key listed twice would take the first entry's scope, silently.
+                if keys.iter().any(|(known, _)| known.expose() == key.expose()) {
+                    return Err(ConfigError::new(
+                        env::TENANT_API_KEYS_FILE,
+                        "a key is listed twice (here, or also as a ROOMCAST_API_KEY): each key has one scope",
+                    ));
+                }
+                keys.push((key, scope));
+            }
         }
         Ok(ApiKeys(keys))
     }

@@ -39,6 +39,8 @@ pub struct ControlAck {
     pub id: String,
     /// Local sockets it reached.
     pub sockets: u64,
+    /// The replica that acted (each answers under its own id: an answer counts once).
+    pub node: String,
 }
 
 /// What a control envelope achieved across the cluster.

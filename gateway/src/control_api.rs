@@ -73,7 +73,11 @@ async fn disconnect(State(gw): State<Shared>, headers: HeaderMap, body: axum::bo
         }
     };
     let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
-        return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &format!("body over {MAX_BODY} bytes"));
+        return fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            &format!("body over {MAX_BODY} bytes (or not received whole)"),
+        );
     };
     let request: DisconnectRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,

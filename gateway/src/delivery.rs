@@ -156,7 +156,7 @@ impl Delivery {
             Envelope::Event(event) => self.deliver_event(event).await.map(|()| None),
             Envelope::Typing(typing) => self.deliver_typing(typing, from_bus).await.map(|()| None),
             Envelope::Presence(presence) => self.deliver_presence(presence).await.map(|()| None),
-            Envelope::Control(control) => self.deliver_control(control).map(Some),
+            Envelope::Control(control) => self.deliver_control(control).await.map(Some),
         };
         match result {
             Ok(ack) => ack,
@@ -169,7 +169,7 @@ impl Delivery {
     }
 
     /// Acts on a control envelope for the room's local sockets.
-    fn deliver_control(&self, c: &ControlEnvelope) -> Result<ControlAck, Rejection> {
+    async fn deliver_control(&self, c: &ControlEnvelope) -> Result<ControlAck, Rejection> {
         if c.v != wire::VERSION {
             return Err(Rejection::Version);
         }
@@ -185,11 +185,11 @@ impl Delivery {
                     extra.insert("message".into(), message.clone().into());
                 }
                 let reason = DisconnectReason::Disconnected { reconnect: c.reconnect };
-                self.local.disconnect_room(&c.room, c.socket.as_deref(), reason, &extra)
+                self.local.disconnect_room(&c.room, c.socket.as_deref(), reason, &extra).await
             }
             _ => return Err(Rejection::Control),
         };
-        Ok(ControlAck { room: c.room.clone(), id: c.id.clone(), sockets })
+        Ok(ControlAck { room: c.room.clone(), id: c.id.clone(), sockets, node: self.node_id.to_string() })
     }
 
     async fn deliver_event(&self, e: &EventEnvelope) -> Result<(), Rejection> {

@@ -118,8 +118,12 @@ async fn read(
             (read, events, more)
         }
         None => {
-            // History keeps at most ROOMCAST_HISTORY_SIZE events: read them all, keep the last.
-            let read = store.read(room, 0, store.policy().size as usize).await.map_err(unavailable)?;
+            // The position first (no events), then the last `limit` offsets and one more, whose
+            // presence says older events are retained. Reading from the start and keeping the
+            // tail would return the oldest events when the stream holds more than expected.
+            let tail = store.read(room, u64::MAX, 0).await.map_err(unavailable)?.position.offset;
+            let from = tail.saturating_sub(limit as u64 + 1);
+            let read = store.read(room, from, limit + 1).await.map_err(unavailable)?;
             let skip = read.events.len().saturating_sub(limit);
             let events = read.events[skip..].to_vec();
             (read, events, skip > 0)

@@ -121,7 +121,7 @@ impl Local {
 
     /// Disconnects `room`'s local sockets (only socket `only` when given) for `reason`, adding
     /// `extra` to their `roomcast:disconnect`; returns how many it reached.
-    pub fn disconnect_room(
+    pub async fn disconnect_room(
         &self,
         room: &str,
         only: Option<&str>,
@@ -136,6 +136,10 @@ impl Local {
             }
             crate::conn::disconnect_with(socket, reason, extra);
             reached += 1;
+            if reached % 256 == 0 {
+                // A tenant-wide disconnect may reach tens of thousands: let other tasks run.
+                tokio::task::yield_now().await;
+            }
         }
         reached
     }

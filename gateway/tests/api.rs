@@ -280,6 +280,10 @@ fn a_bad_tenant_keys_file_stops_startup() {
         (r#"{"keys": [{"key": "long-enough-key-0123", "tenants": []}]}"#, "empty"),
         (r#"{"keys": [{"key": "long-enough-key-0123", "tenants": ["a b"]}]}"#, "not a tenant id"),
         (r#"{"keys": [{"key": "long-enough-key-0123", "tenants": ["t1"], "admin": true}]}"#, "unknown field"),
+        (
+            r#"{"keys": [{"key": "long-enough-key-0123", "tenants": ["t1"]}, {"key": "long-enough-key-0123", "tenants": ["t2"]}]}"#,
+            "listed twice",
+        ),
     ] {
         let file = dir.path().join("keys.json");
         std::fs::write(&file, content).unwrap();
@@ -311,4 +315,15 @@ async fn history_is_read_from_redis_on_any_replica() {
     assert_eq!(status, 200, "{body}");
     assert_eq!((offsets(&body), body["more"].clone()), (vec![2, 3], json!(true)));
     assert_eq!(body["events"][1]["data"], 3);
+
+    // A stream longer than this gateway's history size (a publisher with a larger policy):
+    // "latest" is still the latest, not the oldest the size would reach.
+    let small = common::replica::Replica::spawn(Some(&redis.url()), &[("ROOMCAST_HISTORY_SIZE", "20")]).await;
+    let publisher = roomcast_publisher::Publisher::connect(&redis.url()).await.unwrap();
+    for n in 1..=30 {
+        publisher.channel("t1", "long").emit("e", &n).await.unwrap();
+    }
+    let (status, body) = get(small.api, "/v1/history?tenant=t1&channel=long&limit=3", Some(common::replica::API_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((offsets(&body), body["more"].clone(), body["offset"].clone()), (vec![28, 29, 30], json!(true), json!(30)));
 }

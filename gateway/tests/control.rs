@@ -58,8 +58,11 @@ async fn a_user_is_disconnected_on_every_replica_with_a_receipt() {
         assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
         assert!(c.events("roomcast:disconnect").is_empty());
     }
-    let m = rs[0].metrics().await;
-    assert!(sample(&m, "roomcast_disconnects_total", r#"reason="disconnected""#) >= 1.0, "{m}");
+    // Counted once the disconnect's cleanup ran, just after the close.
+    eventually(WAIT, "the disconnect counted", || async {
+        (rs[0].metric("roomcast_disconnects_total", r#"reason="disconnected""#).await >= 1.0).then_some(())
+    })
+    .await;
 
     // A room's members, wherever they are; then one socket; then nobody.
     let carol = rs[1].connect_user("t1", "carol").await;

@@ -144,7 +144,8 @@ pub struct Disconnect {
 pub struct ControlReceipt {
     /// Sockets reached, all replicas together.
     pub sockets: u64,
-    /// Replicas that acted on it and answered in time.
+    /// Replicas that acted on it and answered in time (fewer than `of`: retry, a disconnect is
+    /// idempotent).
     pub replicas: u64,
     /// Replicas it was delivered to (those with a member of the room).
     pub of: u64,
@@ -517,13 +518,15 @@ impl Target<'_> {
         .map_err(PublishError::redis)?;
         let mut receipt = ControlReceipt { sockets: 0, replicas: 0, of };
         let deadline = tokio::time::Instant::now() + wait;
+        // Each replica answers in its own field (its id → sockets reached). Sent already: a failed
+        // read of the answers ends the wait with what was counted, not an error.
         while receipt.replicas < of && tokio::time::Instant::now() < deadline {
-            // Replicas answer within milliseconds; poll gently.
             tokio::time::sleep(Duration::from_millis(10)).await;
-            let answers: std::collections::HashMap<String, u64> =
-                client.hgetall(&acks).await.map_err(PublishError::redis)?;
-            receipt.replicas = answers.get("replicas").copied().unwrap_or(0);
-            receipt.sockets = answers.get("sockets").copied().unwrap_or(0);
+            let Ok(answers) = client.hgetall::<std::collections::HashMap<String, u64>, _>(&acks).await else {
+                break;
+            };
+            receipt.replicas = answers.len() as u64;
+            receipt.sockets = answers.values().sum();
         }
         Ok(receipt)
     }

@@ -103,7 +103,8 @@ pub fn new_epoch() -> String {
 
 /// One message a publisher sends on a room's channel.
 ///
-/// Serialized with a `"type"` tag (`"event"` or `"typing"`); parse with [`Envelope::from_json`].
+/// Serialized with a `"type"` tag (`"event"`, `"typing"` or `"control"`); parse with
+/// [`Envelope::from_json`].
 /// Gateway replicas also send each other messages on these channels (presence changes); those
 /// are the gateway's own business, not part of this format, and a publisher must not send them.
 #[derive(Debug, Clone, Serialize)]

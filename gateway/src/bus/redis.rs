@@ -366,8 +366,10 @@ impl Bus for RedisBus {
         wait: Duration,
     ) -> BoxFuture<'static, Result<ControlReceipt, BusError>> {
         let redis = self.commands();
+        let subscribed = self.subscriber_link.is_up() && self.in_sync.load(Ordering::Acquire);
         Box::pin(async move {
-            if !redis.link.is_up() {
+            // This replica's own sockets count too: without its subscription they would be missed.
+            if !redis.link.is_up() || !subscribed {
                 return Err(BusError::Unavailable("Redis is not connected".into()));
             }
             let acks = redis.keys.control_acks(&control.room, &control.id);
@@ -385,12 +387,15 @@ impl Bus for RedisBus {
             })?;
             let mut receipt = ControlReceipt { of, ..Default::default() };
             let deadline = tokio::time::Instant::now() + wait;
-            // Each replica that received it answers once; wait for all of them, or the deadline.
+            // Each replica that received it answers in its own field; wait for all of them, or
+            // the deadline, polling from 5 ms, doubling up to 100 ms.
+            let mut pause = Duration::from_millis(5);
             while receipt.replicas < of {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
                 if let Ok(answers) = redis.client.hgetall::<HashMap<String, u64>, _>(&acks).await {
-                    receipt.replicas = answers.get("replicas").copied().unwrap_or(0);
-                    receipt.sockets = answers.get("sockets").copied().unwrap_or(0);
+                    receipt.replicas = answers.len() as u64;
+                    receipt.sockets = answers.values().sum();
                 }
                 if tokio::time::Instant::now() >= deadline {
                     break;
@@ -509,17 +514,22 @@ fn monitor(client: &Client, name: &'static str, link: Arc<Link>, in_sync: Option
 }
 
 /// Records what this replica did with a control envelope where its sender counts the answers.
+/// Each replica answers in its own field (its id → sockets reached), so an answer counts once
+/// however often it is written.
 async fn acknowledge(commands: Client, keys: Keys, ack: ControlAck) {
     let key = keys.control_acks(&ack.room, &ack.id);
     let pipeline = commands.pipeline();
-    let _: Result<(), _> = pipeline.hincrby(&key, "sockets", ack.sockets as i64).await;
-    let _: Result<(), _> = pipeline.hincrby(&key, "replicas", 1).await;
+    let _: Result<(), _> = pipeline.hset(&key, (ack.node.as_str(), ack.sockets)).await;
     let _: Result<(), _> = pipeline.pexpire(&key, CONTROL_ACKS_TTL_MS, None).await;
     if let Err(e) = pipeline.all::<Vec<Value>>().await {
         metrics::redis_error("control");
         tracing::debug!(error = %e.details(), "control acknowledgement failed");
     }
 }
+
+/// Acknowledgements waiting to be written; beyond it they are dropped (the sender then reports
+/// `complete: false`), so a flood of control envelopes cannot pile up tasks.
+const ACKS_QUEUE: usize = 1024;
 
 /// How long acknowledgements are kept: far longer than any sender waits.
 const CONTROL_ACKS_TTL_MS: i64 = 60_000;
@@ -531,6 +541,13 @@ async fn receive(
     inbound: Weak<dyn Inbound>,
     commands: Client,
 ) {
+    let (acks, mut pending) = mpsc::channel::<ControlAck>(ACKS_QUEUE);
+    let ack_keys = keys.clone();
+    tokio::spawn(async move {
+        while let Some(ack) = pending.recv().await {
+            acknowledge(commands.clone(), ack_keys.clone(), ack).await;
+        }
+    });
     loop {
         let received = messages.recv().await;
         // The gateway is gone: nobody to deliver to.
@@ -544,9 +561,11 @@ async fn receive(
                 };
                 match message.value.as_str() {
                     Some(json) => {
-                        if let Some(ack) = inbound.deliver_json(room, &json).await {
+                        if let Some(ack) = inbound.deliver_json(room, &json).await
                             // Off the reader: a round trip per control must not hold deliveries.
-                            tokio::spawn(acknowledge(commands.clone(), keys.clone(), ack));
+                            && acks.try_send(ack).is_err()
+                        {
+                            metrics::redis_error("control");
                         }
                     }
                     None => metrics::bus_rejected("malformed"),
