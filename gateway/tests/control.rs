@@ -19,6 +19,18 @@ async fn disconnect(api: std::net::SocketAddr, key: &str, body: &Value) -> (u16,
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
+/// Waits until `replicas` replicas are subscribed to `room`'s channel. A socket's tenant and
+/// user rooms are subscribed as it connects, not before its connect is acknowledged: a control
+/// sent in between can miss it (README: retry when `complete` is false).
+async fn subscribed(redis: &RedisServer, room: &str, replicas: u64) {
+    let channel = format!("roomcast:{{{room}}}");
+    eventually(WAIT, "the room's subscriptions", || async {
+        let out = redis.cli(&["PUBSUB", "NUMSUB", &channel]);
+        (out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(replicas)).then_some(())
+    })
+    .await;
+}
+
 /// The `roomcast:disconnect` a client received, once it was also disconnected.
 async fn kicked(c: &Client) -> Value {
     let notice = c.next("roomcast:disconnect").await[0].clone();
@@ -34,6 +46,7 @@ async fn a_user_is_disconnected_on_every_replica_with_a_receipt() {
     let ada_there = rs[1].connect_user("t1", "ada").await;
     let bob = rs[0].connect_user("t1", "bob").await;
     let other_tenant_ada = rs[1].connect_user("t2", "ada").await;
+    subscribed(&redis, "tenant:t1:user:ada", 2).await;
 
     let started = Instant::now();
     let body = json!({ "tenant": "t1", "user": "ada", "reason": "removed_from_workspace", "message": "bye" });
@@ -67,6 +80,7 @@ async fn a_user_is_disconnected_on_every_replica_with_a_receipt() {
     // A room's members, wherever they are; then one socket; then nobody.
     let carol = rs[1].connect_user("t1", "carol").await;
     assert_eq!(carol.request("join", json!({ "project": "p1" })).await["ok"], true);
+    subscribed(&redis, "tenant:t1:project:p1", 2).await;
     let (status, receipt) = disconnect(rs[0].api, replica::API_KEY, &json!({ "tenant": "t1", "project": "p1" })).await;
     assert_eq!((status, receipt["sockets"].clone(), receipt["of"].clone()), (200, json!(2), json!(2)), "{receipt}");
     for c in [&bob, &carol] {
@@ -74,6 +88,7 @@ async fn a_user_is_disconnected_on_every_replica_with_a_receipt() {
     }
     let dave = rs[0].connect_user("t1", "dave").await;
     let dave_too = rs[0].connect_user("t1", "dave").await;
+    subscribed(&redis, "tenant:t1:user:dave", 1).await;
     let one = json!({ "tenant": "t1", "user": "dave", "socket": dave.sid, "reconnect": true });
     let (status, receipt) = disconnect(rs[1].api, replica::API_KEY, &one).await;
     assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
@@ -149,6 +164,7 @@ async fn the_sdk_disconnects_a_user_through_redis() {
     let rs = Replica::ready(2, &redis.url(), &[]).await;
     let here = rs[0].connect_user("t1", "ada").await;
     let there = rs[1].connect_user("t1", "ada").await;
+    subscribed(&redis, "tenant:t1:user:ada", 2).await;
     let publisher = Publisher::connect(&redis.url()).await.unwrap();
     let how = Disconnect { reason: Some("account_deleted".into()), ..Default::default() };
     let receipt = publisher.user("t1", "ada").disconnect(&how, Duration::from_secs(2)).await.unwrap();
