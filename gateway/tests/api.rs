@@ -323,7 +323,11 @@ async fn history_is_read_from_redis_on_any_replica() {
     for n in 1..=30 {
         publisher.channel("t1", "long").emit("e", &n).await.unwrap();
     }
-    let (status, body) = get(small.api, "/v1/history?tenant=t1&channel=long&limit=3", Some(common::replica::API_KEY)).await;
+    let (status, body) =
+        get(small.api, "/v1/history?tenant=t1&channel=long&limit=3", Some(common::replica::API_KEY)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((offsets(&body), body["more"].clone(), body["offset"].clone()), (vec![28, 29, 30], json!(true), json!(30)));
+    assert_eq!(
+        (offsets(&body), body["more"].clone(), body["offset"].clone()),
+        (vec![28, 29, 30], json!(true), json!(30))
+    );
 }
