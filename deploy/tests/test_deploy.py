@@ -407,7 +407,15 @@ class ChartRejectsBadValues(unittest.TestCase):
                 "/auth/trustedIssuers/2/jwksUrl",
                 "/auth/trustedIssuers/2/tenants",
             ],
-            "secrets": ["/secrets/jwtSecret", "/secrets/existingSecretKeys/apiKeys"],
+            "secrets": [
+                "/secrets/jwtSecret",
+                "/secrets/existingSecretKeys/apiKeys",
+                "/secrets/existingSecretKeys/tenantApiKeys",
+                "/secrets/tenantApiKeys/0/key",
+                "/secrets/tenantApiKeys/1/tenants",
+                "/secrets/tenantApiKeys/2/tenants/0",
+                "at '/secrets/tenantApiKeys/3': additional properties 'scope'",
+            ],
             "redis": ["/redis/url", "/redis/existingPasswordSecret/key"],
             "config": ["/config/history/ttl"],
             "service": ["/service/type", "/service/externalTrafficPolicy", "/service/nodePorts/public"],
@@ -598,6 +606,53 @@ class ChartMatchesGateway(unittest.TestCase):
                 finally:
                     stop_gateway(proc)
 
+    def test_rendered_tenant_keys_file_boots_the_gateway_and_scopes_its_keys(self) -> None:
+        """secrets.tenantApiKeys, rendered and mounted: each key publishes for its tenants only."""
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        acme = {"key": "acme-backend-key-0123456789", "tenants": ["acme", "acme-eu"]}
+        admin = "admin-api-key-0123456789"
+        cases = {
+            # Tenant keys alone enable the backend API.
+            "tenant keys only": {"secrets": {"tenantApiKeys": [acme]}},
+            "beside keys of every tenant": {"secrets": {"apiKeys": [admin], "tenantApiKeys": [acme]}},
+        }
+        for name, extra in cases.items():
+            manifests = render(merged(load_values(CHART / "ci" / "defaults-values.yaml"), extra))
+            self.assertNotIn("no API keys are configured", manifests["NOTES"][0]["text"])
+            root = Path(tempfile.mkdtemp())
+            self.addCleanup(shutil.rmtree, root)
+            env = container_env(manifests, root)
+            self.assertEqual(json.loads(Path(env["ROOMCAST_TENANT_API_KEYS_FILE"]).read_text()), {"keys": [acme]})
+            self.assertEqual("ROOMCAST_API_KEY_FILE" in env, "apiKeys" in extra["secrets"])
+            Path(env["ROOMCAST_REDIS_URL_FILE"]).write_text(redis.url)
+            public, api = free_port(), free_port()
+            with self.subTest(case=name):
+                proc, _ = boot_gateway(env, public=public, api=api)
+                try:
+
+                    def publish(key: str, tenant: str) -> int:
+                        body = json.dumps({"tenant": tenant, "channel": "general", "event": "hello", "data": {}}).encode()
+                        request = urllib.request.Request(
+                            f"http://127.0.0.1:{api}/v1/publish",
+                            data=body,
+                            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                        )
+                        try:
+                            with urllib.request.urlopen(request, timeout=5) as resp:
+                                return resp.status
+                        except urllib.error.HTTPError as e:
+                            return e.code
+
+                    self.assertEqual(publish(acme["key"], "acme"), 200)
+                    self.assertEqual(publish(acme["key"], "acme-eu"), 200)
+                    self.assertEqual(publish(acme["key"], "globex"), 403)
+                    self.assertEqual(publish("not-a-key-0123456789", "acme"), 401)
+                    if "apiKeys" in extra["secrets"]:
+                        self.assertEqual(publish(admin, "globex"), 200)
+                finally:
+                    stop_gateway(proc)
+
     def test_trusted_issuers_file_boots_the_gateway(self) -> None:
         fixtures = REPO / "gateway" / "tests" / "fixtures"
         values = merged(
@@ -756,6 +811,81 @@ class ChartSecrets(unittest.TestCase):
             volume, mount = mounts[var]
             self.assertEqual(mounted_item(volume, mount, env_value(container, var)), key)
         self.assertIn("no API keys are configured", manifests["NOTES"][0]["text"])
+
+    def test_tenant_api_keys_are_a_mounted_json_file(self) -> None:
+        values = merged(
+            load_values(CHART / "ci" / "defaults-values.yaml"),
+            {
+                "secrets": {
+                    "apiKeys": ["admin-api-key-0123456789"],
+                    "tenantApiKeys": [
+                        {"key": "acme-backend-key-0123456789", "tenants": ["acme"]},
+                        {"key": "globex-backend-key-0123456789", "tenants": ["globex", "globex-eu"]},
+                    ],
+                }
+            },
+        )
+        manifests = render(values)
+        secret = one(manifests, "Secret")
+        # The format of ROOMCAST_TENANT_API_KEYS_FILE, and nothing else (the gateway refuses unknown fields).
+        self.assertEqual(json.loads(secret["stringData"]["tenant-api-keys.json"]), {"keys": values["secrets"]["tenantApiKeys"]})
+        self.assertEqual(secret["stringData"]["api-keys"].splitlines(), values["secrets"]["apiKeys"])
+        for kind, docs in manifests.items():
+            if kind != "Secret":
+                for entry in values["secrets"]["tenantApiKeys"]:
+                    self.assertNotIn(entry["key"], yaml.safe_dump_all(docs), f"a tenant key appears in a {kind}")
+        container = gateway_container(manifests)
+        mounts = secret_mounts(manifests)
+        self.assertEqual(
+            set(mounts),
+            {"ROOMCAST_JWT_SECRET_FILE", "ROOMCAST_API_KEY_FILE", "ROOMCAST_TENANT_API_KEYS_FILE", "ROOMCAST_REDIS_URL_FILE"},
+        )
+        self.assertEqual(env_value(container, "ROOMCAST_TENANT_API_KEYS_FILE"), "/etc/roomcast/secrets/tenant-api-keys.json")
+        volume, mount = mounts["ROOMCAST_TENANT_API_KEYS_FILE"]
+        # With the other secret files: the same volume of the chart's Secret, read-only, 0440.
+        self.assertEqual(volume["name"], "secrets")
+        self.assertEqual(volume["secret"]["secretName"], FULLNAME)
+        self.assertEqual(volume["secret"]["defaultMode"], 0o440)
+        self.assertTrue(mount["readOnly"])
+        self.assertEqual(mounted_item(volume, mount, env_value(container, "ROOMCAST_TENANT_API_KEYS_FILE")), "tenant-api-keys.json")
+        # A changed tenant key rolls the pods.
+        before = one(manifests, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        values["secrets"]["tenantApiKeys"][0]["tenants"].append("acme-eu")
+        after = one(render(values), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        self.assertNotEqual(before["checksum/secret"], after["checksum/secret"])
+        # Without tenant keys: no file, no variable.
+        manifests = render(load_values(CHART / "ci" / "defaults-values.yaml"))
+        self.assertNotIn("tenant-api-keys.json", one(manifests, "Secret")["stringData"])
+        self.assertIsNone(env_value(gateway_container(manifests), "ROOMCAST_TENANT_API_KEYS_FILE"))
+        # A refused key is named by its index, never by its value (it is a secret).
+        values["secrets"]["tenantApiKeys"][1]["key"] = "admin-api-key-0123456789"
+        with self.assertRaisesRegex(helm.HelmRenderError, r"secrets\.tenantApiKeys\[1\]\.key is also one of secrets\.apiKeys") as ctx:
+            render(values)
+        self.assertNotIn("admin-api-key-0123456789", str(ctx.exception))
+
+    def test_existing_secret_tenant_api_keys(self) -> None:
+        base = load_values(CHART / "ci" / "existing-secret-values.yaml")
+        # Default "": the existing Secret has no tenant keys, and nothing is mounted for them.
+        manifests = render(base)
+        self.assertNotIn("ROOMCAST_TENANT_API_KEYS_FILE", secret_mounts(manifests))
+        # Named: its key is mounted as tenant-api-keys.json, beside the others.
+        manifests = render(merged(base, {"secrets": {"existingSecretKeys": {"tenantApiKeys": "tenant-keys"}}}))
+        self.assertNotIn("Secret", manifests)
+        container = gateway_container(manifests)
+        mounts = secret_mounts(manifests)
+        self.assertEqual(
+            set(mounts),
+            {"ROOMCAST_JWKS_FILE", "ROOMCAST_API_KEY_FILE", "ROOMCAST_TENANT_API_KEYS_FILE", "ROOMCAST_REDIS_URL_FILE"},
+        )
+        volume, mount = mounts["ROOMCAST_TENANT_API_KEYS_FILE"]
+        self.assertEqual(volume["secret"]["secretName"], "roomcast-keys")
+        self.assertTrue(mount["readOnly"])
+        self.assertEqual(env_value(container, "ROOMCAST_TENANT_API_KEYS_FILE"), "/etc/roomcast/secrets/tenant-api-keys.json")
+        self.assertEqual(mounted_item(volume, mount, env_value(container, "ROOMCAST_TENANT_API_KEYS_FILE")), "tenant-keys")
+        # Tenant keys alone (no apiKeys in the Secret) enable the API.
+        manifests = render(merged(base, {"secrets": {"existingSecretKeys": {"apiKeys": "", "tenantApiKeys": "tenant-keys"}}}))
+        self.assertEqual(set(secret_mounts(manifests)), {"ROOMCAST_JWKS_FILE", "ROOMCAST_TENANT_API_KEYS_FILE", "ROOMCAST_REDIS_URL_FILE"})
+        self.assertNotIn("no API keys are configured", manifests["NOTES"][0]["text"])
 
     def test_redis_password_and_ca_are_mounted_files(self) -> None:
         base = load_values(CHART / "ci" / "defaults-values.yaml")

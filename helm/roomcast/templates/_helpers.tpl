@@ -88,6 +88,17 @@ app.kubernetes.io/component: gateway
 {{- else if .Values.secrets.apiKeys }}true{{ end }}
 {{- end }}
 
+{{/* Whether there are tenant-scoped API keys (from values, or an existing Secret's declared key). */}}
+{{- define "roomcast.hasTenantApiKeys" -}}
+{{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.tenantApiKeys }}true{{ end }}
+{{- else if .Values.secrets.tenantApiKeys }}true{{ end }}
+{{- end }}
+
+{{/* Whether the backend API is enabled: it is with any key, of every tenant or of some. */}}
+{{- define "roomcast.apiEnabled" -}}
+{{- if or (include "roomcast.hasApiKeys" .) (include "roomcast.hasTenantApiKeys" .) }}true{{ end }}
+{{- end }}
+
 {{/* Whether the replicas get a Redis URL (from values or an existing Secret's key). */}}
 {{- define "roomcast.hasRedis" -}}
 {{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.redisUrl }}true{{ end }}
@@ -116,6 +127,9 @@ the file. Empty when there is nothing to mount.
 {{- end }}
 {{- if include "roomcast.hasApiKeys" . }}
 {{- $_ := set $files "api-keys" (dict "key" (ternary $keys.apiKeys "api-keys" (not (empty $existing))) "env" "ROOMCAST_API_KEY_FILE") }}
+{{- end }}
+{{- if include "roomcast.hasTenantApiKeys" . }}
+{{- $_ := set $files "tenant-api-keys.json" (dict "key" (ternary $keys.tenantApiKeys "tenant-api-keys.json" (not (empty $existing))) "env" "ROOMCAST_TENANT_API_KEYS_FILE") }}
 {{- end }}
 {{- if include "roomcast.hasRedis" . }}
 {{- $_ := set $files "redis-url" (dict "key" (ternary $keys.redisUrl "redis-url" (not (empty $existing))) "env" "ROOMCAST_REDIS_URL_FILE") }}
@@ -195,6 +209,21 @@ ROOMCAST_JWT_ISSUER (auth.issuers) lists that iss (gateway/src/auth.rs, trust_fo
 {{- /* Secrets. */}}
 {{- if and .Values.secrets.existingSecret .Values.redis.url }}
 {{- fail "redis.url is stored in the chart's Secret, which is not created with secrets.existingSecret: put the URL in your Secret, under the key secrets.existingSecretKeys.redisUrl (redis-url)" }}
+{{- end }}
+{{- if and .Values.secrets.existingSecret .Values.secrets.tenantApiKeys }}
+{{- fail "secrets.tenantApiKeys is stored in the chart's Secret, which is not created with secrets.existingSecret: put the tenant keys file ({\"keys\": [{\"key\", \"tenants\"}]}) in your Secret and name its key in secrets.existingSecretKeys.tenantApiKeys" }}
+{{- end }}
+{{- /* The gateway refuses to start when a key has two scopes; the error names entries by
+index, never by the key itself (it is a secret). */}}
+{{- $tenantKeys := dict }}
+{{- range $i, $k := .Values.secrets.tenantApiKeys }}
+{{- if has (toString $k.key) (default list $.Values.secrets.apiKeys) }}
+{{- fail (printf "secrets.tenantApiKeys[%d].key is also one of secrets.apiKeys: a key has one scope (every tenant, or only its tenants), and the gateway refuses to start with a key in both. Give the tenant key a value of its own" $i) }}
+{{- end }}
+{{- if hasKey $tenantKeys (toString $k.key) }}
+{{- fail (printf "secrets.tenantApiKeys[%d].key is the key of secrets.tenantApiKeys[%d] too: the gateway refuses to start with a key listed twice. List the key once, with all of its tenants" $i (index $tenantKeys (toString $k.key))) }}
+{{- end }}
+{{- $_ := set $tenantKeys (toString $k.key) $i }}
 {{- end }}
 {{- if and .Values.redis.existingPasswordSecret.name (not (include "roomcast.hasRedis" .)) }}
 {{- fail "redis.existingPasswordSecret needs a Redis URL (redis.url, or secrets.existingSecretKeys.redisUrl in secrets.existingSecret)" }}
