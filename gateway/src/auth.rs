@@ -59,6 +59,10 @@ pub struct Identity {
     pub channels: Scope,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub exp: u64,
+    /// The token's `jti` (revocable by it), when it has one.
+    pub jti: Option<String>,
+    /// The token's `iat`, when it has one (revocations "issued before T" compare it).
+    pub iat: Option<u64>,
 }
 
 impl Identity {
@@ -111,6 +115,8 @@ pub struct Verifier {
     by_issuer: HashMap<String, Trust>,
     claims: ClaimNames,
     leeway: Duration,
+    /// `ROOMCAST_MAX_TOKEN_LIFETIME`: a token valid for longer than this from now is refused.
+    max_lifetime: Duration,
     /// The HMAC secret, when tokens are HMAC-signed: mints the `--dev` and `--print-token` tokens.
     hmac_secret: Option<Secret>,
 }
@@ -211,6 +217,7 @@ impl Verifier {
                 channels: config.jwt_channels_claim.clone(),
             },
             leeway: config.jwt_leeway,
+            max_lifetime: config.max_token_lifetime,
             hmac_secret,
         })
     }
@@ -313,6 +320,19 @@ impl Verifier {
             ClientError::new(ErrorCode::TokenInvalid, message)
         })?;
         let identity = self.identity(&data.claims)?;
+        // Revocations are kept for the longest lifetime accepted: a token living longer could
+        // outlive its revocation. Bounded from its issue (`iat`) when it has one — a token
+        // revoked before it became acceptable must not become acceptable after the revocation
+        // is forgotten — and from now in any case.
+        let lifetime = self.max_lifetime.as_secs().saturating_add(self.leeway.as_secs());
+        let latest = jsonwebtoken::get_current_timestamp().saturating_add(lifetime);
+        let issued_long = identity.iat.is_some_and(|iat| identity.exp.saturating_sub(iat) > lifetime);
+        if identity.exp > latest || issued_long {
+            return Err(ClientError::new(
+                ErrorCode::TokenInvalid,
+                "token is valid for longer than ROOMCAST_MAX_TOKEN_LIFETIME allows",
+            ));
+        }
         if !trust.tenants.is_empty() && !trust.tenants.contains(&identity.tenant) {
             return Err(ClientError::new(ErrorCode::Forbidden, "the token's issuer may not vouch for this tenant"));
         }
@@ -338,6 +358,9 @@ impl Verifier {
             projects: scope(claims, &self.claims.projects)?,
             channels: scope(claims, &self.claims.channels)?,
             exp,
+            jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
+            // NumericDate may be fractional; negative or absurd values count as absent.
+            iat: claims.get("iat").and_then(Value::as_f64).filter(|t| (0.0..1e15).contains(t)).map(|t| t as u64),
         })
     }
 
@@ -352,6 +375,9 @@ impl Verifier {
         claims.insert(self.claims.projects.clone(), serde_json::json!(["*"]));
         claims.insert(self.claims.channels.clone(), serde_json::json!(["*"]));
         claims.insert("exp".to_owned(), exp.into());
+        // Revocable like any token: by jti, or as issued before a time.
+        claims.insert("iat".to_owned(), jsonwebtoken::get_current_timestamp().into());
+        claims.insert("jti".to_owned(), roomcast_publisher::wire::new_event_id().into());
         let key = EncodingKey::from_secret(secret.expose().as_bytes());
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).ok()
     }

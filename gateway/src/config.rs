@@ -44,6 +44,10 @@ pub mod env {
     pub const JWKS_REFRESH: &str = "ROOMCAST_JWT_JWKS_REFRESH";
     /// `ROOMCAST_JWT_JWKS_MIN_INTERVAL`.
     pub const JWKS_MIN_INTERVAL: &str = "ROOMCAST_JWT_JWKS_MIN_INTERVAL";
+    /// `ROOMCAST_MAX_TOKEN_LIFETIME`.
+    pub const MAX_TOKEN_LIFETIME: &str = "ROOMCAST_MAX_TOKEN_LIFETIME";
+    /// `ROOMCAST_MAX_REVOCATIONS_PER_TENANT`.
+    pub const MAX_REVOCATIONS_PER_TENANT: &str = "ROOMCAST_MAX_REVOCATIONS_PER_TENANT";
     /// `ROOMCAST_JWT_ISSUERS_FILE`.
     pub const ISSUERS_FILE: &str = "ROOMCAST_JWT_ISSUERS_FILE";
     /// `ROOMCAST_REDIS_PREFIX`.
@@ -366,6 +370,16 @@ pub struct Config {
     #[arg(long, env = env::ISSUERS_FILE)]
     pub jwt_issuers_file: Option<PathBuf>,
 
+    /// The longest a token may be valid: its `exp` at most this far from its `iat` and from now
+    /// (longer: `token_invalid`). Revocations are kept this long. 1m to 30d.
+    #[arg(long, env = env::MAX_TOKEN_LIFETIME, default_value = "24h", value_parser = parse_duration)]
+    pub max_token_lifetime: Duration,
+
+    /// Revocations a tenant may have in force at once (`POST /v1/revoke`); more answer 429
+    /// `too_many_revocations`. Every replica holds them all in memory (about 200 bytes each).
+    #[arg(long, env = env::MAX_REVOCATIONS_PER_TENANT, default_value_t = 10_000)]
+    pub max_revocations_per_tenant: u64,
+
     /// Accepted `iss` values (comma-separated); when set, tokens must carry one of them.
     #[arg(long, env = env::JWT_ISSUER, value_delimiter = ',')]
     pub jwt_issuer: Vec<String>,
@@ -627,6 +641,13 @@ impl Config {
         self.key_source()?;
         if self.max_rooms_per_socket == 0 {
             return Err(ConfigError::new(env::MAX_ROOMS_PER_SOCKET, "must be at least 1"));
+        }
+        if self.max_revocations_per_tenant == 0 {
+            return Err(ConfigError::new(env::MAX_REVOCATIONS_PER_TENANT, "must be at least 1"));
+        }
+        let lifetimes = Duration::from_secs(60)..=Duration::from_secs(roomcast_publisher::wire::MAX_TOKEN_LIFETIME_S);
+        if !lifetimes.contains(&self.max_token_lifetime) {
+            return Err(ConfigError::new(env::MAX_TOKEN_LIFETIME, "must be between 1m and 30d"));
         }
         if self.max_payload < 1024 {
             return Err(ConfigError::new(

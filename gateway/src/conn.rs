@@ -382,7 +382,15 @@ mod tests {
 
     fn conn() -> Arc<Conn> {
         Arc::new(Conn::new(
-            Identity { tenant: "t".into(), user: "u".into(), projects: Scope::All, channels: Scope::All, exp: 0 },
+            Identity {
+                tenant: "t".into(),
+                user: "u".into(),
+                projects: Scope::All,
+                channels: Scope::All,
+                exp: 0,
+                jti: None,
+                iat: None,
+            },
             &crate::Config::for_tests("s").rate_limits(),
         ))
     }

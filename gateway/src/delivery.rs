@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use roomcast_publisher::{
     Room, RoomKind,
-    wire::{self, ControlEnvelope, ControlOp},
+    wire::{self, ControlEnvelope, ControlOp, Revocation},
 };
 use serde::Serialize;
 
@@ -22,6 +22,7 @@ use crate::{
     local::Local,
     metrics, presence,
     recovery::Sequencer,
+    revocations::{self, Revocations},
     typing::{Indicators, Show},
 };
 
@@ -89,9 +90,25 @@ pub struct Delivery {
     max_payload: usize,
     /// Typing indicators shown to this replica's members.
     indicators: Indicators,
+    /// Revoked tokens: revoke envelopes add to them.
+    revocations: Arc<Revocations>,
 }
 
 impl Delivery {
+    /// Disconnects the local sockets holding a token `revocation` revokes, with `token_revoked`;
+    /// returns how many. Only its room can hold them (every socket is in its tenant's and its
+    /// user's room).
+    pub async fn disconnect_revoked(&self, revocation: &Revocation) -> u64 {
+        let Ok(room) = revocation.room() else { return 0 };
+        let pick = |s: &socketioxide::extract::SocketRef| {
+            s.extensions
+                .get::<Arc<crate::conn::Conn>>()
+                .is_some_and(|conn| revocations::revokes(revocation, &conn.identity()))
+        };
+        let none = serde_json::Map::new();
+        self.local.disconnect_room(&room.to_string(), &pick, DisconnectReason::TokenRevoked, &none).await
+    }
+
     /// A delivery for replica `node_id` to `local`'s sockets, recovering from `history`.
     pub fn new(
         local: Local,
@@ -99,8 +116,10 @@ impl Delivery {
         node_id: Arc<str>,
         max_payload: usize,
         typing_ttl: std::time::Duration,
+        revocations: Arc<Revocations>,
     ) -> Self {
         Delivery {
+            revocations,
             sequencer: Arc::new(Sequencer::new(local.clone(), history)),
             local,
             node_id,
@@ -185,7 +204,22 @@ impl Delivery {
                     extra.insert("message".into(), message.clone().into());
                 }
                 let reason = DisconnectReason::Disconnected { reconnect: c.reconnect };
-                self.local.disconnect_room(&c.room, c.socket.as_deref(), reason, &extra).await
+                let only = c.socket.as_deref();
+                let pick = |s: &socketioxide::extract::SocketRef| only.is_none_or(|sid| s.id.as_str() == sid);
+                self.local.disconnect_room(&c.room, &pick, reason, &extra).await
+            }
+            ControlOp::Revoke => {
+                // Only the shape the gateway sends: the revocation, valid, on its own room.
+                let now = wire::now_ms();
+                let revocation = c.revocation.as_ref().filter(|r| r.validate(now).is_ok()).ok_or(Rejection::Control)?;
+                let until =
+                    c.until.filter(|u| Revocation::validate_until(*u, now).is_ok()).ok_or(Rejection::Control)?;
+                if revocation.room().map(|room| room.to_string()).ok().as_deref() != Some(c.room.as_str()) {
+                    return Err(Rejection::Control);
+                }
+                self.revocations.add(revocation, until);
+                metrics::revocations(self.revocations.len());
+                self.disconnect_revoked(revocation).await
             }
             _ => return Err(Rejection::Control),
         };
@@ -323,7 +357,8 @@ mod tests {
             Arc::new(Membership::new(Arc::new(bus))),
             crate::local::Pace::half_of(1 << 20, 1024),
         );
-        let delivery = Delivery::new(local, None, "n1".into(), 1024, std::time::Duration::from_secs(6));
+        let delivery =
+            Delivery::new(local, None, "n1".into(), 1024, std::time::Duration::from_secs(6), Default::default());
         io.close().await;
 
         let room = "tenant:t1:channel:c1";

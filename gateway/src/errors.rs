@@ -64,6 +64,12 @@ pub enum ErrorCode {
     /// Disconnect reason: a backend disconnected the socket through the control API; `reason`
     /// carries the application's own code.
     Disconnected,
+    /// The token was revoked (by `jti`, or every token of the user issued before a time): at
+    /// connect, at `auth:refresh`, and as the disconnect reason of a socket holding one.
+    TokenRevoked,
+    /// `POST /v1/revoke`: the tenant has `ROOMCAST_MAX_REVOCATIONS_PER_TENANT` revocations in
+    /// force.
+    TooManyRevocations,
 }
 
 impl ErrorCode {
@@ -89,6 +95,8 @@ impl ErrorCode {
         ErrorCode::HeadersTooLarge,
         ErrorCode::TooManyConnections,
         ErrorCode::Disconnected,
+        ErrorCode::TokenRevoked,
+        ErrorCode::TooManyRevocations,
     ];
 
     /// The code as clients see it.
@@ -114,6 +122,8 @@ impl ErrorCode {
             ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::Disconnected => "disconnected",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::TooManyRevocations => "too_many_revocations",
         }
     }
 }
@@ -176,6 +186,8 @@ pub enum DisconnectReason {
         /// Sent to the client as `reconnect`.
         reconnect: bool,
     },
+    /// The socket's token was revoked; it needs a new token (not the same one) to reconnect.
+    TokenRevoked,
 }
 
 impl DisconnectReason {
@@ -186,6 +198,7 @@ impl DisconnectReason {
             DisconnectReason::ServerShutdown => ErrorCode::ServerShutdown,
             DisconnectReason::RateLimited => ErrorCode::RateLimited,
             DisconnectReason::Disconnected { .. } => ErrorCode::Disconnected,
+            DisconnectReason::TokenRevoked => ErrorCode::TokenRevoked,
         }
     }
 
@@ -194,7 +207,7 @@ impl DisconnectReason {
         match self {
             DisconnectReason::ServerShutdown => true,
             DisconnectReason::Disconnected { reconnect } => reconnect,
-            DisconnectReason::TokenExpired | DisconnectReason::RateLimited => false,
+            DisconnectReason::TokenExpired | DisconnectReason::RateLimited | DisconnectReason::TokenRevoked => false,
         }
     }
 
@@ -205,6 +218,7 @@ impl DisconnectReason {
             DisconnectReason::ServerShutdown => "this replica is shutting down; reconnecting",
             DisconnectReason::RateLimited => "too many events for too long; slow down before connecting again",
             DisconnectReason::Disconnected { .. } => "disconnected by the application",
+            DisconnectReason::TokenRevoked => "token revoked; connect again with a new token",
         };
         serde_json::json!({ "code": self.code(), "message": message, "reconnect": self.reconnect() })
     }

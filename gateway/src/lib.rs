@@ -50,6 +50,7 @@ mod prop;
 mod publish;
 mod recovery;
 mod redis_conn;
+mod revocations;
 mod rooms;
 mod shutdown;
 mod socket;
@@ -68,8 +69,13 @@ pub use auth::{Verifier, dev_secret_path};
 /// The backend API's paths, each served by one route of the API listener (`api_router`) and
 /// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
 /// route gets its path constant here.
-pub const API_PATHS: [&str; 4] =
-    [publish::PUBLISH_PATH, history_api::HISTORY_PATH, control_api::DISCONNECT_PATH, http::OPENAPI_PATH];
+pub const API_PATHS: [&str; 5] = [
+    publish::PUBLISH_PATH,
+    history_api::HISTORY_PATH,
+    control_api::DISCONNECT_PATH,
+    control_api::REVOKE_PATH,
+    http::OPENAPI_PATH,
+];
 pub use config::{Config, ConfigError};
 pub use logging::init as init_logging;
 pub use roomcast_publisher::wire::HistoryPolicy;
@@ -315,8 +321,15 @@ impl Gateway {
             membership.clone(),
             crate::local::Pace::half_of(config.client_buffer_bytes, config.client_buffer),
         );
-        let delivery =
-            Arc::new(Delivery::new(local, history.clone(), node_id, config.publish_max_payload, config.typing_ttl));
+        let revocations = Arc::new(revocations::Revocations::default());
+        let delivery = Arc::new(Delivery::new(
+            local,
+            history.clone(),
+            node_id,
+            config.publish_max_payload,
+            config.typing_ttl,
+            revocations.clone(),
+        ));
         receive(delivery.clone());
 
         let state: Shared = Arc::new(GatewayState {
@@ -325,6 +338,7 @@ impl Gateway {
             delivery,
             api_keys,
             history,
+            revocations,
             presence: Arc::new(Presence::new(
                 presence_store,
                 config.presence_grace,
@@ -407,6 +421,9 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let Gateway { state, io, public, api, admin, metrics, .. } = self;
         let expiry = tokio::spawn(expiry::run(state.clone()));
+        // Before serving: a replica would otherwise accept revoked tokens until its first read.
+        let version = first_revocations(&state).await;
+        let revocation_sync = tokio::spawn(sync_revocations(state.clone(), version));
         let key_sets: Vec<_> =
             state.verifier.remote_key_sets().into_iter().map(|set| tokio::spawn(set.refresh_forever())).collect();
         let presence = tokio::spawn(state.presence.clone().run());
@@ -452,11 +469,65 @@ impl Gateway {
         }
         expiry.abort();
         key_sets.iter().for_each(tokio::task::JoinHandle::abort);
+        revocation_sync.abort();
         upkeep.abort();
         presence.abort();
         typing.abort();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often a replica checks the shared list of revocations (one `GET` of its version; the
+/// list itself is read when that changed): the longest a replica without a member of the
+/// revoked token's tenant (or user) accepts it at connect.
+const REVOCATION_SYNC: Duration = Duration::from_secs(1);
+
+/// Keeps this replica's revocations in step with the shared list, for the gateway's life, and
+/// disconnects local sockets holding a token revoked since: one that connected here while the
+/// control envelope was on its way.
+async fn sync_revocations(state: Shared, mut version: Option<String>) {
+    let mut tick = tokio::time::interval(REVOCATION_SYNC);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = roomcast_publisher::wire::now_ms();
+        // Redis away: keep what is known (revocations only expire) and read again once back.
+        let read = state.bus.revocations(version.clone(), now).await;
+        let fresh = match read {
+            Ok(Some((read_version, list))) => {
+                version = Some(read_version);
+                state.revocations.merge(list, now)
+            }
+            _ => state.revocations.merge(Vec::new(), now),
+        };
+        metrics::revocations(state.revocations.len());
+        for revocation in &fresh {
+            state.delivery.disconnect_revoked(revocation).await;
+        }
+    }
+}
+
+/// How long a starting replica waits for Redis to read the revocations before it serves.
+const FIRST_REVOCATIONS: Duration = Duration::from_secs(2);
+
+/// Reads the revocations once before the replica serves, retrying while Redis is still being
+/// connected for up to [`FIRST_REVOCATIONS`]; the list's version, if read.
+async fn first_revocations(state: &Shared) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + FIRST_REVOCATIONS;
+    loop {
+        let now = roomcast_publisher::wire::now_ms();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Ok(Ok(Some((version, list)))) = tokio::time::timeout(left, state.bus.revocations(None, now)).await {
+            state.revocations.merge(list, now);
+            metrics::revocations(state.revocations.len());
+            return Some(version);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!("revocations not read before serving (Redis unreachable): read once it is back");
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -119,19 +119,19 @@ impl Local {
         }
     }
 
-    /// Disconnects `room`'s local sockets (only socket `only` when given) for `reason`, adding
-    /// `extra` to their `roomcast:disconnect`; returns how many it reached.
+    /// Disconnects `room`'s local sockets that `pick` chooses for `reason`, adding `extra` to
+    /// their `roomcast:disconnect`; returns how many it reached.
     pub async fn disconnect_room(
         &self,
         room: &str,
-        only: Option<&str>,
+        pick: &(dyn Fn(&SocketRef) -> bool + Sync),
         reason: crate::errors::DisconnectReason,
         extra: &serde_json::Map<String, serde_json::Value>,
     ) -> u64 {
         let Some(root) = self.root() else { return 0 };
         let mut reached = 0;
         for socket in root.within(room.to_owned()).sockets() {
-            if only.is_some_and(|sid| socket.id.as_str() != sid) {
+            if !pick(&socket) {
                 continue;
             }
             crate::conn::disconnect_with(socket, reason, extra);

@@ -145,6 +145,8 @@ pub const PROCESS_THREADS: &str = "process_threads";
 /// Fetches of a JWKS URL, by `jwks` (the issuer, or `default`) and `result` (`updated`,
 /// `not_modified`, `error`).
 pub const JWKS_FETCHES: &str = "roomcast_jwks_fetches_total";
+/// Revocations this replica holds.
+pub const REVOCATIONS: &str = "roomcast_revocations";
 /// Control API requests (`POST /v1/disconnect`), by `op` and `result` (`ok` or an error code).
 pub const CONTROLS: &str = "roomcast_control_requests_total";
 /// Keys held from a JWKS URL, by `jwks`.
@@ -187,6 +189,7 @@ fn describe() {
     describe_gauge!(PROCESS_THREADS, "Number of OS threads.");
     describe_counter!(JWKS_FETCHES, "Fetches of a JWKS URL, by key set and result.");
     describe_counter!(CONTROLS, "Control API requests, by op and result.");
+    describe_gauge!(REVOCATIONS, "Token revocations this replica holds.");
     describe_gauge!(JWKS_KEYS, "Keys held from a JWKS URL, by key set.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
@@ -220,7 +223,7 @@ fn register() {
     ] {
         counter!(name).increment(0);
     }
-    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS, PRESENCE_QUEUE, READY] {
+    for name in [CONNECTIONS, LOCAL_ROOMS, BUS_SUBSCRIPTIONS, PRESENCE_QUEUE, READY, REVOCATIONS] {
         // `increment(0)`, not `set(0)`: never resets a gauge already in use.
         gauge!(name).increment(0.0);
     }
@@ -228,7 +231,15 @@ fn register() {
         (
             CONNECTIONS_REJECTED,
             "reason",
-            &["token_missing", "token_invalid", "token_expired", "forbidden", "rate_limited", "too_many_connections"],
+            &[
+                "token_missing",
+                "token_invalid",
+                "token_expired",
+                "forbidden",
+                "rate_limited",
+                "too_many_connections",
+                "token_revoked",
+            ],
         ),
         (
             DISCONNECTS,
@@ -245,12 +256,17 @@ fn register() {
                 "rate_limited",
                 "slow_consumer",
                 "disconnected",
+                "token_revoked",
             ],
         ),
         (ROOM_JOINS, "kind", &["tenant", "user", "project", "channel"]),
         (ROOM_LEAVES, "kind", &["tenant", "user", "project", "channel"]),
         (EVENTS_EMITTED, "event", &["event", "typing", "presence", "roomcast:disconnect", "auth:expiring"]),
-        (AUTH_REFRESHES, "result", &["ok", "invalid_payload", "token_invalid", "token_expired", "forbidden"]),
+        (
+            AUTH_REFRESHES,
+            "result",
+            &["ok", "invalid_payload", "token_invalid", "token_expired", "forbidden", "token_revoked"],
+        ),
         (
             BUS_REJECTED,
             "reason",
@@ -274,6 +290,7 @@ fn register() {
         counter!(PUBLISHES, "source" => source, "result" => "ok").increment(0);
     }
     counter!(CONTROLS, "op" => "disconnect", "result" => "ok").increment(0);
+    counter!(CONTROLS, "op" => "revoke", "result" => "ok").increment(0);
 }
 
 pub(crate) fn connection_accepted() {
@@ -368,6 +385,10 @@ pub(crate) fn jwks_registered(jwks: &str) {
 
 pub(crate) fn jwks_keys(jwks: &str, keys: usize) {
     gauge!(JWKS_KEYS, "jwks" => jwks.to_owned()).set(keys as f64);
+}
+
+pub(crate) fn revocations(held: usize) {
+    gauge!(REVOCATIONS).set(held as f64);
 }
 
 /// Control requests (the control API), by `op` and `result`.

@@ -40,6 +40,8 @@ pub struct GatewayState {
     pub delivery: Arc<Delivery>,
     /// Keys accepted by the backend API.
     pub api_keys: ApiKeys,
+    /// Revoked tokens, checked at connect and refresh.
+    pub revocations: Arc<crate::revocations::Revocations>,
     /// Rooms' history, for `GET /v1/history` (the sequencer reads it too); `None` when off.
     pub history: Option<Arc<dyn History>>,
     /// Who is in which project and channel room.

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "logging",
             "metrics",
             "redis_conn",
+            "revocations",
             "timers",
         ],
     ),

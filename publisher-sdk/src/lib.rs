@@ -58,8 +58,8 @@ pub mod wire;
 /// The fred this crate is built with, for the fred interop methods (see above).
 pub use fred;
 pub use publisher::{
-    Batch, ControlReceipt, DEFAULT_DEDUPE_WINDOW, Disconnect, PublishError, Publisher, Receipt, RedisError, Sent,
-    Target, send_encoded,
+    Batch, ControlReceipt, DEFAULT_DEDUPE_WINDOW, Disconnect, PublishError, Publisher, Receipt, RedisError, Revoke,
+    Sent, Target, send_encoded,
 };
 pub use room::{IdError, Room, RoomKind, validate_id};
 

@@ -61,6 +61,12 @@ pub enum PublishError {
     /// The channel prefix is not usable.
     #[error(transparent)]
     InvalidPrefix(#[from] InvalidPrefix),
+    /// A revocation's shape or ids are invalid.
+    #[error(transparent)]
+    InvalidRevocation(#[from] wire::RevocationError),
+    /// The tenant already has the most revocations in force ([`Revoke::max_per_tenant`]).
+    #[error("the tenant already has {0} revocations in force")]
+    TooManyRevocations(u64),
     /// Redis refused the command, did not answer in time, or could not be reached.
     #[error("redis: {0}")]
     Redis(RedisError),
@@ -149,6 +155,24 @@ pub struct ControlReceipt {
     pub replicas: u64,
     /// Replicas it was delivered to (those with a member of the room).
     pub of: u64,
+}
+
+/// How [`Publisher::revoke`] records a revocation: use the gateways' settings.
+#[derive(Debug, Clone)]
+pub struct Revoke {
+    /// The gateways' `ROOMCAST_MAX_TOKEN_LIFETIME` plus `ROOMCAST_JWT_LEEWAY` (default 24 h 5 s):
+    /// it is kept this long plus a minute. Shorter, and a token could outlive it.
+    pub keep_for: Duration,
+    /// The gateways' `ROOMCAST_MAX_REVOCATIONS_PER_TENANT` (default 10,000).
+    pub max_per_tenant: u64,
+    /// How long to wait for the replicas with sockets of the room to acknowledge.
+    pub wait: Duration,
+}
+
+impl Default for Revoke {
+    fn default() -> Self {
+        Revoke { keep_for: Duration::from_secs(24 * 3600 + 5), max_per_tenant: 10_000, wait: Duration::from_secs(2) }
+    }
 }
 
 /// How long an event id given to [`Target::emit_with_id`] is remembered unless
@@ -467,6 +491,83 @@ async fn send_with(
     Ok(Sent { replicas, offset: None, epoch: None, duplicate: false })
 }
 
+impl Publisher {
+    /// Revokes tokens on every replica: `revocation` names a token of a tenant by `jti`, or every
+    /// token of a user issued before a time. Recorded in the list the replicas read (each refuses
+    /// such tokens within a second, at connect and at `auth:refresh`, and disconnects the
+    /// sockets holding one with `token_revoked`), then sent to the replicas holding sockets of
+    /// its room, which act at once; the receipt counts those. PROTOCOL.md, "Revocations".
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// use roomcast_publisher::{Revoke, wire::Revocation};
+    /// let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    /// // Sign ada out everywhere: every token issued before now.
+    /// let everywhere = Revocation { tenant: "acme".into(), jti: None, user: Some("ada".into()), before: Some(now) };
+    /// let receipt = publisher.revoke(&everywhere, &Revoke::default()).await?;
+    /// println!("{} socket(s) disconnected", receipt.sockets);
+    /// # Ok(()) }
+    /// ```
+    pub async fn revoke(&self, revocation: &wire::Revocation, how: &Revoke) -> Result<ControlReceipt, PublishError> {
+        let now = wire::now_ms();
+        revocation.validate(now)?;
+        let room = revocation.room()?;
+        let until = wire::revocation_until(now, how.keep_for);
+        wire::Revocation::validate_until(until, now)?;
+        let (keys, args) = wire::revoke_script_call(&self.keys, revocation, until, how.max_per_tenant.max(1));
+        let script = Script::from_lua(wire::REVOKE_SCRIPT);
+        let recorded: u64 = script.evalsha_with_reload(&self.client, keys, args).await.map_err(PublishError::redis)?;
+        if recorded != 1 {
+            return Err(PublishError::TooManyRevocations(how.max_per_tenant));
+        }
+        let control = wire::ControlEnvelope {
+            v: VERSION,
+            id: wire::new_event_id(),
+            room: room.to_string(),
+            op: wire::ControlOp::Revoke,
+            socket: None,
+            reason: None,
+            message: None,
+            reconnect: false,
+            revocation: Some(revocation.clone()),
+            until: Some(until),
+        };
+        self.send_control(control, how.wait).await
+    }
+
+    /// Publishes `control` on its room's channel and waits up to `wait` for the replicas that
+    /// received it to acknowledge (PROTOCOL.md, "Control").
+    async fn send_control(
+        &self,
+        control: wire::ControlEnvelope,
+        wait: Duration,
+    ) -> Result<ControlReceipt, PublishError> {
+        let (client, keys) = (&self.client, &self.keys);
+        let room = control.room.clone();
+        let acks = keys.control_acks(&room, &control.id);
+        let body = serde_json::to_string(&Envelope::Control(control))?;
+        let of: u64 = if client.is_clustered() {
+            client.spublish(keys.channel(&room), body).await
+        } else {
+            client.publish(keys.channel(&room), body).await
+        }
+        .map_err(PublishError::redis)?;
+        let mut receipt = ControlReceipt { sockets: 0, replicas: 0, of };
+        let deadline = tokio::time::Instant::now() + wait;
+        // Each replica answers in its own field (its id → sockets reached). Sent already: a failed
+        // read of the answers ends the wait with what was counted, not an error.
+        while receipt.replicas < of && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let Ok(answers) = client.hgetall::<std::collections::HashMap<String, u64>, _>(&acks).await else {
+                break;
+            };
+            receipt.replicas = answers.len() as u64;
+            receipt.sockets = answers.values().sum();
+        }
+        Ok(receipt)
+    }
+}
+
 /// A room to publish to; obtained from [`Publisher::tenant`], [`Publisher::project`],
 /// [`Publisher::channel`] or [`Publisher::user`]. Invalid ids surface when publishing.
 #[derive(Debug)]
@@ -504,31 +605,11 @@ impl Target<'_> {
             reason: how.reason.clone(),
             message: how.message.clone(),
             reconnect: how.reconnect,
+            revocation: None,
+            until: None,
         };
         control.validate()?;
-        let client = &self.publisher.client;
-        let keys = &self.publisher.keys;
-        let acks = keys.control_acks(&room, &control.id);
-        let body = serde_json::to_string(&Envelope::Control(control))?;
-        let of: u64 = if client.is_clustered() {
-            client.spublish(keys.channel(&room), body).await
-        } else {
-            client.publish(keys.channel(&room), body).await
-        }
-        .map_err(PublishError::redis)?;
-        let mut receipt = ControlReceipt { sockets: 0, replicas: 0, of };
-        let deadline = tokio::time::Instant::now() + wait;
-        // Each replica answers in its own field (its id → sockets reached). Sent already: a failed
-        // read of the answers ends the wait with what was counted, not an error.
-        while receipt.replicas < of && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let Ok(answers) = client.hgetall::<std::collections::HashMap<String, u64>, _>(&acks).await else {
-                break;
-            };
-            receipt.replicas = answers.len() as u64;
-            receipt.sockets = answers.values().sum();
-        }
-        Ok(receipt)
+        self.publisher.send_control(control, wait).await
     }
 
     /// Publishes `event` with `payload` (any `Serialize` value) to the room's members.

@@ -30,6 +30,117 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// The Lua script that publishes an event with history (see [`HistoryPolicy`] and PROTOCOL.md).
 pub const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 
+/// The Lua script that records a token revocation (see [`Revocation`] and PROTOCOL.md).
+pub const REVOKE_SCRIPT: &str = include_str!("revoke.lua");
+
+/// A token revocation, as stored in [`Keys::revocations`] (the member, JSON; the score is when
+/// it may be forgotten) and carried by a revoke [`ControlEnvelope`]: the token of `tenant` with
+/// `jti`, or every token of `tenant`'s `user` issued before `before`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// The tenant.
+    pub tenant: String,
+    /// The token with this `jti`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Every token of this user issued before `before`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Seconds since the Unix epoch: the user's tokens with an earlier `iat`, or none, are
+    /// revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+}
+
+/// The longest token lifetime gateways accept (`ROOMCAST_MAX_TOKEN_LIFETIME` at most), in
+/// seconds: revocations are kept about this long, at most.
+pub const MAX_TOKEN_LIFETIME_S: u64 = 30 * 24 * 3600;
+
+/// How far ahead of the receiver's clock a revocation's `before` may be, in seconds (clock skew
+/// between a backend and the gateways).
+pub const MAX_BEFORE_SKEW_S: u64 = 60;
+
+/// How long past a token's lifetime plus leeway a revocation is kept: `before` may be this far
+/// ahead of the clock.
+pub fn revocation_until(now_ms: u64, lifetime_and_leeway: std::time::Duration) -> u64 {
+    let ms = u64::try_from(lifetime_and_leeway.as_millis()).unwrap_or(u64::MAX);
+    now_ms.saturating_add(ms).saturating_add(MAX_BEFORE_SKEW_S * 1000)
+}
+
+/// Why a [`Revocation`] is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevocationError {
+    /// Neither or both of `jti` and `user`, or `before` without `user`.
+    #[error("name either jti, or user (and before)")]
+    Shape,
+    /// The tenant or user is not an id.
+    #[error("tenant and user must be ids (1-128 of A-Z a-z 0-9 _ - . @ | + =)")]
+    Id,
+    /// The `jti` is not 1-256 visible ASCII characters.
+    #[error("jti must be 1-256 visible ASCII characters")]
+    Jti,
+    /// `before` is more than [`MAX_BEFORE_SKEW_S`] ahead of the clock.
+    #[error("before is in the future")]
+    Before,
+    /// Kept longer than a token can live ([`MAX_TOKEN_LIFETIME_S`] and a day).
+    #[error("kept for longer than any token can live")]
+    Until,
+}
+
+impl Revocation {
+    /// Checks its shape, ids and `before` (against `now_ms`, the clock now).
+    pub fn validate(&self, now_ms: u64) -> Result<(), RevocationError> {
+        match (&self.jti, &self.user, self.before) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => return Err(RevocationError::Shape),
+        }
+        if [Some(&self.tenant), self.user.as_ref()].into_iter().flatten().any(|id| crate::validate_id(id).is_err()) {
+            return Err(RevocationError::Id);
+        }
+        // A jti is whatever the identity provider chose (UUIDs, base64): any visible ASCII.
+        if self.jti.as_ref().is_some_and(|j| !(1..=256).contains(&j.len()) || !j.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(RevocationError::Jti);
+        }
+        if self.before.is_some_and(|b| b > (now_ms / 1000).saturating_add(MAX_BEFORE_SKEW_S)) {
+            return Err(RevocationError::Before);
+        }
+        Ok(())
+    }
+
+    /// Checks that `until_ms` (when it may be forgotten) is no later than a token can live.
+    pub fn validate_until(until_ms: u64, now_ms: u64) -> Result<(), RevocationError> {
+        let latest = now_ms.saturating_add((MAX_TOKEN_LIFETIME_S + 24 * 3600) * 1000);
+        if until_ms > latest { Err(RevocationError::Until) } else { Ok(()) }
+    }
+
+    /// The room whose members' replicas must hear of it at once: the user's room for "issued
+    /// before", else the tenant's room.
+    pub fn room(&self) -> Result<Room, crate::IdError> {
+        match &self.user {
+            Some(user) => Room::user(&self.tenant, user),
+            None => Room::tenant(&self.tenant),
+        }
+    }
+}
+
+/// The keys and arguments of [`REVOKE_SCRIPT`] recording `revocation` until `until_ms`, with at
+/// most `per_tenant` revocations per tenant.
+pub fn revoke_script_call(
+    keys: &Keys,
+    revocation: &Revocation,
+    until_ms: u64,
+    per_tenant: u64,
+) -> (Vec<String>, Vec<String>) {
+    let member = serde_json::to_string(revocation).unwrap_or_default();
+    (
+        vec![keys.revocations(), keys.revocation_counts(), keys.revocations_version()],
+        vec![member, revocation.tenant.clone(), until_ms.to_string(), per_tenant.to_string(), new_event_id()],
+    )
+}
+
 /// Events a room keeps for recovery unless configured otherwise.
 pub const DEFAULT_HISTORY_SIZE: u32 = 100;
 
@@ -126,6 +237,11 @@ pub enum ControlOp {
     /// Disconnect them: each receives `roomcast:disconnect` `{ code: "disconnected", reason,
     /// message, reconnect }`, then a Socket.IO disconnect.
     Disconnect,
+    /// Revoke tokens ([`ControlEnvelope::revocation`], sent to [`Revocation::room`]): replicas
+    /// refuse such tokens from now on (at connect and refresh) and disconnect the sockets holding
+    /// one with `token_revoked`. Record it with [`REVOKE_SCRIPT`] first: replicas without a
+    /// member of the room learn it from there.
+    Revoke,
 }
 
 /// An instruction to every replica holding sockets of `room` (all of a tenant's: its tenant
@@ -155,6 +271,12 @@ pub struct ControlEnvelope {
     /// Whether the client may reconnect on its own (default: no).
     #[serde(default)]
     pub reconnect: bool,
+    /// Revoke: what is revoked; `room` is [`Revocation::room`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
+    /// Revoke: when the revocation may be forgotten, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
 }
 
 /// The longest [`ControlEnvelope::message`], in bytes.
@@ -339,6 +461,24 @@ impl Keys {
     /// Remembers that event `id` was published to `room` (idempotent publishing).
     pub fn dedupe(&self, room: &str, id: &str) -> String {
         format!("{}:{{{room}}}:dedupe:{id}", self.prefix)
+    }
+
+    /// The revocations in force (sorted set: member a [`Revocation`] as JSON, score when it may
+    /// be forgotten, ms since the Unix epoch). `revocations` is a hash tag: the three keys of the
+    /// list share one Redis Cluster slot.
+    pub fn revocations(&self) -> String {
+        format!("{}:{{revocations}}", self.prefix)
+    }
+
+    /// How many revocations each tenant has in [`Keys::revocations`] (hash: tenant → count).
+    pub fn revocation_counts(&self) -> String {
+        format!("{}:{{revocations}}:tenants", self.prefix)
+    }
+
+    /// The version of [`Keys::revocations`]: a fresh id each time it changes, so a replica reads
+    /// the list again only when this differs from what it last read.
+    pub fn revocations_version(&self) -> String {
+        format!("{}:{{revocations}}:version", self.prefix)
     }
 
     /// Where the replicas acknowledge control envelope `id` sent to `room`: a hash with fields

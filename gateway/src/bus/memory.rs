@@ -3,14 +3,16 @@
 //! ([`crate::LocalCluster`]) behave as replicas sharing Redis would, without Redis.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, Weak},
 };
 
 use crate::envelope::Envelope;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError, ControlReceipt, Inbound, Published};
+use roomcast_publisher::wire::Revocation;
+
+use super::{BoxFuture, Bus, BusError, ControlReceipt, Inbound, Published, RevocationList};
 use crate::history::memory::MemoryHistory;
 
 /// Publish calls waiting for the delivery task; a publisher beyond that waits its turn.
@@ -33,9 +35,19 @@ struct Node {
     inbound: Option<Weak<dyn Inbound>>,
 }
 
+/// The revocations recorded on a hub: each with when it may be forgotten (ms), and a version
+/// bumped on every change.
+#[derive(Default)]
+struct RevocationStore {
+    entries: HashMap<Revocation, u64>,
+    version: u64,
+}
+
 /// The nodes of one in-memory bus and the history they share.
 pub struct Hub {
     nodes: Mutex<Vec<Node>>,
+    /// Recorded revocations.
+    revocations: Mutex<RevocationStore>,
     /// To the delivery task, which owns the order of appends and deliveries.
     queue: mpsc::Sender<Batch>,
     /// Taken by the first node that starts receiving, which spawns the delivery task.
@@ -53,7 +65,13 @@ impl Hub {
     /// A hub with no nodes, keeping events in `history` (if any).
     pub fn new(history: Option<Arc<MemoryHistory>>) -> Arc<Hub> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        Arc::new(Hub { nodes: Mutex::new(Vec::new()), queue: tx, receiver: Mutex::new(Some(rx)), history })
+        Arc::new(Hub {
+            nodes: Mutex::new(Vec::new()),
+            revocations: Mutex::default(),
+            queue: tx,
+            receiver: Mutex::new(Some(rx)),
+            history,
+        })
     }
 
     /// A new node: its bus, and its receiving side to start with [`MemoryDelivery::run`].
@@ -223,6 +241,47 @@ impl Bus for MemoryBus {
             }
             Ok(receipt)
         })
+    }
+
+    fn record_revocation(
+        &self,
+        revocation: &Revocation,
+        until_ms: u64,
+        now_ms: u64,
+        per_tenant: u64,
+    ) -> BoxFuture<'static, Result<bool, BusError>> {
+        let mut list = self.hub.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        // As the Redis script does.
+        list.entries.retain(|_, until| *until > now_ms);
+        let recorded = match list.entries.get_mut(revocation) {
+            Some(held) => {
+                *held = (*held).max(until_ms);
+                true
+            }
+            None => {
+                let held = list.entries.keys().filter(|r| r.tenant == revocation.tenant).count() as u64;
+                held < per_tenant && list.entries.insert(revocation.clone(), until_ms).is_none()
+            }
+        };
+        if recorded {
+            list.version += 1;
+        }
+        Box::pin(async move { Ok(recorded) })
+    }
+
+    fn revocations(
+        &self,
+        known: Option<String>,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Option<RevocationList>, BusError>> {
+        let list = self.hub.revocations.lock().unwrap_or_else(|e| e.into_inner());
+        let version = list.version.to_string();
+        let read = (known.as_ref() != Some(&version)).then(|| {
+            let current =
+                list.entries.iter().filter(|(_, until)| **until > now_ms).map(|(r, u)| (r.clone(), *u)).collect();
+            (version, current)
+        });
+        Box::pin(async move { Ok(read) })
     }
 
     fn unavailable(&self) -> Option<&'static str> {

@@ -19,6 +19,8 @@ pub mod redis;
 
 use std::time::Duration;
 
+use roomcast_publisher::wire::Revocation;
+
 use crate::envelope::Envelope;
 
 pub use crate::backend::{BoxFuture, BusError, ControlAck, ControlReceipt, Published};
@@ -46,6 +48,9 @@ pub trait Inbound: Send + Sync + 'static {
     /// Reads what `rooms` missed from history and delivers it, then what was held, in order.
     fn catch_up(&self, rooms: Vec<String>);
 }
+
+/// The shared list of revocations as read: its version, and each revocation with its until (ms).
+pub type RevocationList = (String, Vec<(Revocation, u64)>);
 
 /// Cross-replica delivery, as seen by the socket layer.
 ///
@@ -78,6 +83,24 @@ pub trait Bus: Send + Sync + 'static {
         control: roomcast_publisher::wire::ControlEnvelope,
         wait: Duration,
     ) -> BoxFuture<'static, Result<ControlReceipt, BusError>>;
+
+    /// Records `revocation` in the list every replica reads, until `until_ms` (ms since the Unix
+    /// epoch), unless its tenant already has `per_tenant` of them (then `Ok(false)`).
+    fn record_revocation(
+        &self,
+        revocation: &Revocation,
+        until_ms: u64,
+        now_ms: u64,
+        per_tenant: u64,
+    ) -> BoxFuture<'static, Result<bool, BusError>>;
+
+    /// The revocations in force at `now_ms`, each with when it may be forgotten, and the list's
+    /// version; `None` when the version is still `known` (nothing changed since that read).
+    fn revocations(
+        &self,
+        known: Option<String>,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Option<RevocationList>, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

@@ -26,7 +26,10 @@ use std::{
 use fred::types::{Value, scripts::Script};
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, EventInterface, HashesInterface, HeartbeatInterface, KeysInterface, PubsubInterface},
+    interfaces::{
+        ClientLike, EventInterface, HashesInterface, HeartbeatInterface, KeysInterface, PubsubInterface,
+        SortedSetsInterface,
+    },
     types::{
         Builder,
         config::{Config as FredConfig, ReconnectPolicy, UnresponsiveConfig},
@@ -34,11 +37,11 @@ use fred::{
 };
 use roomcast_publisher::{
     send_encoded,
-    wire::{self, Dedupe, HistoryPolicy, Keys},
+    wire::{self, Dedupe, HistoryPolicy, Keys, Revocation},
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError, ControlAck, ControlReceipt, Inbound, Published};
+use super::{BoxFuture, Bus, BusError, ControlAck, ControlReceipt, Inbound, Published, RevocationList};
 use crate::{
     config::{ConfigError, env},
     envelope::Envelope,
@@ -106,6 +109,8 @@ pub struct RedisBus {
     history: Option<HistoryPolicy>,
     /// The publisher crate's script: offset, history and publish in one atomic step.
     publish_script: Arc<Script>,
+    /// `wire::REVOKE_SCRIPT`, loaded on first use.
+    revoke_script: Arc<Script>,
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -229,6 +234,7 @@ impl RedisBus {
             in_sync,
             history: settings.history,
             publish_script: Arc::new(Script::from_lua(wire::PUBLISH_SCRIPT)),
+            revoke_script: Arc::new(Script::from_lua(wire::REVOKE_SCRIPT)),
         };
         Ok((bus, delivery))
     }
@@ -402,6 +408,66 @@ impl Bus for RedisBus {
                 }
             }
             Ok(receipt)
+        })
+    }
+
+    fn record_revocation(
+        &self,
+        revocation: &Revocation,
+        until_ms: u64,
+        _now_ms: u64,
+        per_tenant: u64,
+    ) -> BoxFuture<'static, Result<bool, BusError>> {
+        let redis = self.commands();
+        let script = self.revoke_script.clone();
+        let (keys, args) = wire::revoke_script_call(&redis.keys, revocation, until_ms, per_tenant);
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let recorded: u64 = script.evalsha_with_reload(&redis.client, keys, args).await.map_err(|e| {
+                metrics::redis_error("control");
+                publish_error(&e)
+            })?;
+            Ok(recorded == 1)
+        })
+    }
+
+    fn revocations(
+        &self,
+        known: Option<String>,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Option<RevocationList>, BusError>> {
+        let redis = self.commands();
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let fail = |e: fred::error::Error| {
+                metrics::redis_error("control");
+                BusError::Unavailable(e.details().to_owned())
+            };
+            // Read before the list: a change in between shows as a new version next time.
+            let version: Option<String> = redis.client.get(redis.keys.revocations_version()).await.map_err(fail)?;
+            let version = version.unwrap_or_default();
+            if known.as_ref() == Some(&version) {
+                return Ok(None);
+            }
+            let members: Vec<(String, f64)> = redis
+                .client
+                .zrangebyscore(redis.keys.revocations(), now_ms as f64, f64::INFINITY, true, None)
+                .await
+                .map_err(fail)?;
+            let read = members.len();
+            let list: Vec<_> = members
+                .into_iter()
+                .filter_map(|(member, until)| Some((serde_json::from_str(&member).ok()?, until as u64)))
+                .collect();
+            if list.len() < read {
+                // Written by hand, not in the documented format (PROTOCOL.md): not enforced.
+                tracing::warn!(skipped = read - list.len(), "revocations in Redis that do not parse were skipped");
+            }
+            Ok(Some((version, list)))
         })
     }
 

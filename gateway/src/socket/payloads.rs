@@ -228,7 +228,7 @@ mod tests {
                     user: "u".into(),
                     projects: Scope::All,
                     channels: Scope::All,
-                    exp: 0,
+                    exp: 0, jti: None, iat: None,
                 };
                 if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)
                     && let Ok(room) = crate::socket::rooms::requested_room(&join.room, &identity)

@@ -26,7 +26,7 @@ pub(super) async fn refresh(
     let payloads::Refresh { token } =
         payloads::parse(payload, REFRESH_SHAPE).inspect_err(|_| metrics::auth_refresh("invalid_payload"))?;
     let current = conn.identity();
-    let fresh = gw.verifier.verify(&token).await.inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    let fresh = super::verified(gw, &token).await.inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
         return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
@@ -43,6 +43,13 @@ pub(super) async fn refresh(
         }
     }
     conn.set_identity(fresh);
+    // Revoked while the rooms were being left: the revocation's room scan may have seen the old
+    // identity. Either it is held by now or its scan sees the new one (as at connect).
+    if gw.revocations.is_revoked(&conn.identity(), roomcast_publisher::wire::now_ms()) {
+        metrics::auth_refresh(ErrorCode::TokenRevoked.as_str());
+        crate::conn::disconnect(socket.clone(), crate::errors::DisconnectReason::TokenRevoked);
+        return Err(ClientError::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
+    }
     expiry::schedule(gw, socket.id, conn, exp);
     metrics::auth_refresh("ok");
     tracing::debug!(exp, left = left.len(), "token refreshed");

@@ -191,6 +191,8 @@ mod tests {
             projects: Scope::Only(vec!["p1".into()]),
             channels: Scope::All,
             exp: 0,
+            jti: None,
+            iat: None,
         }
     }
 

@@ -1,0 +1,100 @@
+// The control API as an app's socket.io-client sees it (issue 16), on two replicas sharing
+// Redis: a backend disconnects a user, then revokes a token and every token of a user.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { API_KEY, connect, eventually, next, now, rejection, startGateway, startRedis, userToken } from "./helpers.mjs";
+
+let redis;
+let gateways = [];
+const open = [];
+before(async () => {
+  redis = await startRedis();
+  gateways = [
+    await startGateway({ ROOMCAST_REDIS_URL: redis.url }),
+    await startGateway({ ROOMCAST_REDIS_URL: redis.url }),
+  ];
+});
+after(async () => {
+  for (const c of open) c.close();
+  for (const g of gateways) await g.stop();
+  redis.stop();
+});
+
+async function call(path, body) {
+  const res = await fetch(`${gateways[1].apiUrl}${path}`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  return [res.status, await res.json()];
+}
+
+async function connected(gateway, token) {
+  const socket = await connect(gateway.url, { auth: { token } });
+  open.push(socket);
+  return socket;
+}
+
+const subscribers = (room) => redis.cli("PUBSUB", "NUMSUB", `roomcast:{${room}}`).split("\n")[1];
+
+/** Resolves with the roomcast:disconnect notice and the client's disconnect reason. */
+function kicked(socket) {
+  return Promise.all([next(socket, "roomcast:disconnect"), next(socket, "disconnect")]).then(([[notice], [why]]) => [
+    notice,
+    why,
+  ]);
+}
+
+test("a backend disconnects a user's sockets on both replicas", async () => {
+  const sockets = [await connected(gateways[0], userToken("t1", "ada")), await connected(gateways[1], userToken("t1", "ada"))];
+  const bob = await connected(gateways[0], userToken("t1", "bob"));
+  await eventually(() => subscribers("tenant:t1:user:ada") === "2", "both replicas to hold ada's room");
+  const notices = sockets.map(kicked);
+  const [status, receipt] = await call("/v1/disconnect", { tenant: "t1", user: "ada", reason: "removed", reconnect: true });
+  assert.equal(status, 200, JSON.stringify(receipt));
+  assert.deepEqual([receipt.sockets, receipt.replicas, receipt.of, receipt.complete], [2, 2, 2, true]);
+  for (const n of notices) {
+    const [notice, why] = await n;
+    assert.deepEqual(notice, {
+      code: "disconnected",
+      reason: "removed",
+      message: "disconnected by the application",
+      reconnect: true,
+    });
+    assert.equal(why, "io server disconnect", "socket.io-client does not reconnect by itself");
+  }
+  assert.equal(bob.connected, true);
+});
+
+test("a revoked token is disconnected, then refused at connect and at refresh on both replicas", async () => {
+  const revoked = userToken("t1", "carol", { jti: "carol-1", iat: now() - 60 });
+  const kept = userToken("t1", "carol", { jti: "carol-2", iat: now() - 60 });
+  const holder = await connected(gateways[0], revoked);
+  const other = await connected(gateways[1], kept);
+  await eventually(() => subscribers("tenant:t1") === "2", "both replicas to hold the tenant's room");
+  const notice = kicked(holder);
+  const [status, receipt] = await call("/v1/revoke", { tenant: "t1", jti: "carol-1" });
+  assert.equal(status, 200, JSON.stringify(receipt));
+  assert.deepEqual([receipt.sockets, receipt.complete], [1, true]);
+  const [body, why] = await notice;
+  assert.equal(body.code, "token_revoked");
+  assert.equal(body.reconnect, false);
+  assert.equal(why, "io server disconnect");
+  for (const g of gateways) assert.equal(await rejection(g.url, { auth: { token: revoked } }), "token_revoked");
+  const refresh = await other.emitWithAck("auth:refresh", { token: revoked });
+  assert.equal(refresh.error.code, "token_revoked");
+  assert.equal(other.connected, true, "the socket with another token stays");
+
+  // Sign carol out everywhere: the other token goes too; one minted afterwards works.
+  const gone = kicked(other);
+  const [everywhere] = await call("/v1/revoke", { tenant: "t1", user: "carol" });
+  assert.equal(everywhere, 200);
+  assert.equal((await gone)[0].code, "token_revoked");
+  // At once on the replica that held carol's socket; within a second on the other.
+  assert.equal(await rejection(gateways[1].url, { auth: { token: kept } }), "token_revoked");
+  await eventually(
+    async () => (await rejection(gateways[0].url, { auth: { token: kept } }).catch(() => null)) === "token_revoked",
+    "the other replica to refuse it",
+  );
+  await connected(gateways[0], userToken("t1", "carol", { jti: "carol-3", iat: now() + 1 }));
+});
