@@ -98,3 +98,34 @@ test("a revoked token is disconnected, then refused at connect and at refresh on
   );
   await connected(gateways[0], userToken("t1", "carol", { jti: "carol-3", iat: now() + 1 }));
 });
+
+test("a backend removes a user from a project on both replicas within a second, and adds them to another", async () => {
+  const sockets = [await connected(gateways[0], userToken("t1", "dan")), await connected(gateways[1], userToken("t1", "dan"))];
+  for (const s of sockets) assert.equal((await s.emitWithAck("join", { project: "p1" })).ok, true);
+  await eventually(() => subscribers("tenant:t1:user:dan") === "2", "both replicas to hold dan's room");
+  const started = Date.now();
+  const left = sockets.map((s) => next(s, "roomcast:left"));
+  const [status, receipt] = await call("/v1/leave", { tenant: "t1", user: "dan", room: { project: "p1" } });
+  assert.equal(status, 200, JSON.stringify(receipt));
+  assert.deepEqual([receipt.sockets, receipt.complete], [2, true]);
+  for (const l of left) assert.deepEqual((await l)[0], { room: "tenant:t1:project:p1" });
+  const elapsed = Date.now() - started;
+  console.log(`dan's sockets on two replicas left the project ${elapsed} ms after the request`);
+  assert.ok(elapsed < 1000, `within a second (${elapsed} ms)`);
+  const again = await sockets[0].emitWithAck("join", { project: "p1" });
+  assert.equal(again.error.code, "forbidden");
+
+  const joined = sockets.map((s) => next(s, "roomcast:joined"));
+  const [ok] = await call("/v1/join", { tenant: "t1", user: "dan", room: { channel: "war-room" } });
+  assert.equal(ok, 200);
+  for (const j of joined) assert.equal((await j)[0].room, "tenant:t1:channel:war-room");
+  await eventually(() => subscribers("tenant:t1:channel:war-room") === "2", "both replicas to subscribe");
+  const received = sockets.map((s) => next(s, "alert"));
+  const res = await fetch(`${gateways[0].apiUrl}/v1/publish`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ tenant: "t1", channel: "war-room", event: "alert", data: { level: 2 } }),
+  });
+  assert.equal(res.status, 200);
+  for (const r of received) assert.deepEqual((await r)[0], { level: 2 });
+});

@@ -96,7 +96,22 @@ struct ConnState {
     lifecycle: Lifecycle,
     /// Canonical names of the rooms this socket is in (automatic, project and channel).
     rooms: BTreeSet<String>,
+    /// What a backend decided about this socket's rooms (control `join`/`leave`); boxed and
+    /// absent until then, as most sockets never have any.
+    backend: Option<Box<BackendRooms>>,
 }
+
+/// Rooms a backend made a socket join (kept whatever its token grants, across `auth:refresh`)
+/// or leave (the socket may not join them again by itself), most recent last.
+#[derive(Debug, Default)]
+struct BackendRooms {
+    granted: Vec<String>,
+    barred: Vec<String>,
+}
+
+/// The most rooms a socket remembers as granted, or as barred, by a backend: the oldest is
+/// forgotten beyond (a backend that needs more should put them in the token).
+const BACKEND_ROOMS: usize = 64;
 
 /// The two token-lifetime deadlines of one socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +134,7 @@ impl Conn {
             closing: OnceLock::new(),
             status: Mutex::new(Status::Online),
             typing_in: Mutex::new(Vec::new()),
-            state: Mutex::new(ConnState { lifecycle: Lifecycle::Authenticated, rooms: BTreeSet::new() }),
+            state: Mutex::new(ConnState { lifecycle: Lifecycle::Authenticated, rooms: BTreeSet::new(), backend: None }),
         }
     }
 
@@ -164,6 +179,34 @@ impl Conn {
     /// Records that the socket left `room`: `false` if it was not there.
     pub fn exit(&self, room: &str) -> bool {
         self.state().rooms.remove(room)
+    }
+
+    /// A backend made this socket join `room` (`true`) or leave it (`false`): remembered so
+    /// that a refresh keeps it there, or the socket cannot join it again by itself.
+    pub fn backend_decided(&self, room: &str, joined: bool) {
+        let mut state = self.state();
+        let backend = state.backend.get_or_insert_with(Default::default);
+        let (add, remove) = if joined {
+            (&mut backend.granted, &mut backend.barred)
+        } else {
+            (&mut backend.barred, &mut backend.granted)
+        };
+        remove.retain(|r| r != room);
+        add.retain(|r| r != room);
+        if add.len() >= BACKEND_ROOMS {
+            add.remove(0);
+        }
+        add.push(room.to_owned());
+    }
+
+    /// Whether a backend made this socket join `room` (and did not make it leave since).
+    pub fn granted_by_backend(&self, room: &str) -> bool {
+        self.state().backend.as_ref().is_some_and(|b| b.granted.iter().any(|r| r == room))
+    }
+
+    /// Whether a backend made this socket leave `room` (and did not make it join since).
+    pub fn barred_by_backend(&self, room: &str) -> bool {
+        self.state().backend.as_ref().is_some_and(|b| b.barred.iter().any(|r| r == room))
     }
 
     /// Whether the socket is in `room`.

@@ -62,12 +62,148 @@ struct DisconnectRequest {
 /// The revoke endpoint's path.
 pub const REVOKE_PATH: &str = "/v1/revoke";
 
+/// The join endpoint's path.
+pub const JOIN_PATH: &str = "/v1/join";
+
+/// The leave endpoint's path.
+pub const LEAVE_PATH: &str = "/v1/leave";
+
 /// The control routes of the backend API.
 pub fn router(gw: Shared) -> Router {
     Router::new()
         .route(DISCONNECT_PATH, post(disconnect).fallback(http::only_post))
         .route(REVOKE_PATH, post(revoke).fallback(http::only_post))
+        .route(JOIN_PATH, post(join).fallback(http::only_post))
+        .route(LEAVE_PATH, post(leave).fallback(http::only_post))
         .with_state(gw)
+}
+
+/// Whose sockets, and the room they join or leave.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    tenant: String,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default)]
+    socket: Option<String>,
+    room: TargetRoom,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetRoom {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+/// `POST /v1/join`: a tenant's, a user's or a room's sockets (or one socket) join a project or
+/// channel room on every replica, whatever their tokens grant.
+async fn join(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    move_sockets(gw, headers, body, ControlOp::Join).await
+}
+
+/// `POST /v1/leave`: the same sockets leave the room, even one their tokens grant.
+async fn leave(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    move_sockets(gw, headers, body, ControlOp::Leave).await
+}
+
+async fn move_sockets(gw: Shared, headers: HeaderMap, body: axum::body::Body, op: ControlOp) -> Response {
+    let name = if op == ControlOp::Join { "join" } else { "leave" };
+    let fail = |status: StatusCode, code: ErrorCode, message: &str| {
+        metrics::control(name, code.as_str());
+        http::error(status, code, message)
+    };
+    let scope = match http::authorize(&gw, &headers) {
+        Ok(scope) => scope,
+        Err(refused) => {
+            metrics::control(name, refused.code().as_str());
+            return refused.into_response();
+        }
+    };
+    let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
+        return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &format!("body over {MAX_BODY} bytes"));
+    };
+    let request: MoveRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("expected {{tenant, user|project|channel, socket, room: {{project|channel}}}}: {e}");
+            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
+    let whose = match (&request.user, &request.project, &request.channel) {
+        (None, None, None) => Room::tenant(&request.tenant),
+        (Some(u), None, None) => Room::user(&request.tenant, u),
+        (None, Some(p), None) => Room::project(&request.tenant, p),
+        (None, None, Some(c)) => Room::channel(&request.tenant, c),
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRoom,
+                "name at most one of user, project and channel",
+            );
+        }
+    };
+    let target = match (&request.room.project, &request.room.channel) {
+        (Some(p), None) => Room::project(&request.tenant, p),
+        (None, Some(c)) => Room::channel(&request.tenant, c),
+        _ => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "room names either a project or a channel"),
+    };
+    let (whose, target) = match (whose, target) {
+        (Ok(whose), Ok(target)) => (whose, target),
+        (Err(e), _) | (_, Err(e)) => {
+            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &format!("invalid id: {e}"));
+        }
+    };
+    if !scope.allows(&request.tenant) {
+        let message = format!("this API key may not act for tenant {:?}", request.tenant);
+        return fail(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+    }
+    let control = ControlEnvelope {
+        v: wire::VERSION,
+        id: wire::new_event_id(),
+        room: whose.to_string(),
+        op,
+        socket: request.socket,
+        reason: None,
+        message: None,
+        reconnect: false,
+        revocation: None,
+        until: None,
+        target: Some(target.to_string()),
+    };
+    if let Err(e) = control.validate() {
+        return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &e.to_string());
+    }
+    match gw.bus.control(control, CONTROL_WAIT).await {
+        Ok(receipt) => {
+            metrics::control(name, "ok");
+            let body = json!({
+                "ok": true,
+                "room": whose.to_string(),
+                "target": target.to_string(),
+                "sockets": receipt.sockets,
+                "replicas": receipt.replicas,
+                "of": receipt.of,
+                "complete": receipt.replicas >= receipt.of,
+            });
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(e @ BusError::Unavailable(_)) => {
+            fail(StatusCode::SERVICE_UNAVAILABLE, e.code(), "not sent: Redis is unavailable")
+        }
+        Err(e @ BusError::Uncertain(_)) => fail(
+            StatusCode::GATEWAY_TIMEOUT,
+            e.code(),
+            "Redis did not answer in time: it may or may not have been applied; retrying is safe",
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +300,7 @@ async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::
         reconnect: false,
         revocation: Some(revocation.clone()),
         until: Some(until),
+        target: None,
     };
 
     // Recorded: every replica refuses the token within a second (and disconnects its sockets);
@@ -250,6 +387,7 @@ async fn disconnect(State(gw): State<Shared>, headers: HeaderMap, body: axum::bo
         reconnect: request.reconnect,
         revocation: None,
         until: None,
+        target: None,
     };
     if let Err(e) = control.validate() {
         return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &e.to_string());

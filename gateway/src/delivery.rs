@@ -12,6 +12,7 @@ use roomcast_publisher::{
     wire::{self, ControlEnvelope, ControlOp, Revocation},
 };
 use serde::Serialize;
+use socketioxide::extract::SocketRef;
 
 use crate::{
     backend::{BoxFuture, ControlAck},
@@ -38,6 +39,14 @@ pub struct TypingPayload<'a> {
     pub typing: bool,
     /// How long the indicator lasts without a refresh.
     pub ttl_ms: u64,
+}
+
+/// The protocol edge's part in a backend moving sockets between rooms (control `join` and
+/// `leave`): a client's own join or leave, without the token check, in the socket's turn.
+pub trait RoomControl: std::fmt::Debug + Send + Sync + 'static {
+    /// Schedules `socket` to join (`join`) or leave `room` after the operations it already
+    /// sent; `false` when it cannot (closing, or too many operations waiting).
+    fn schedule(&self, socket: SocketRef, room: Room, join: bool) -> bool;
 }
 
 /// Why an inbound envelope was dropped; a bounded metrics label.
@@ -92,9 +101,17 @@ pub struct Delivery {
     indicators: Indicators,
     /// Revoked tokens: revoke envelopes add to them.
     revocations: Arc<Revocations>,
+    /// Set by the protocol edge once it is attached (see [`Delivery::set_room_control`]).
+    room_control: std::sync::OnceLock<Arc<dyn RoomControl>>,
 }
 
 impl Delivery {
+    /// Lets control `join` and `leave` envelopes reach the sockets (the protocol edge calls it
+    /// once; until then they reach none).
+    pub fn set_room_control(&self, control: Arc<dyn RoomControl>) {
+        let _ = self.room_control.set(control);
+    }
+
     /// Disconnects the local sockets holding a token `revocation` revokes, with `token_revoked`;
     /// returns how many. Only its room can hold them (every socket is in its tenant's and its
     /// user's room).
@@ -120,6 +137,7 @@ impl Delivery {
     ) -> Self {
         Delivery {
             revocations,
+            room_control: std::sync::OnceLock::new(),
             sequencer: Arc::new(Sequencer::new(local.clone(), history)),
             local,
             node_id,
@@ -220,6 +238,21 @@ impl Delivery {
                 self.revocations.add(revocation, until);
                 metrics::revocations(self.revocations.len());
                 self.disconnect_revoked(revocation).await
+            }
+            ControlOp::Join | ControlOp::Leave => {
+                let target = c.target.as_deref().and_then(Room::parse).ok_or(Rejection::Control)?;
+                let Some(control) = self.room_control.get() else { return Err(Rejection::Control) };
+                let join = c.op == ControlOp::Join;
+                let only = c.socket.as_deref();
+                let mut scheduled = 0;
+                for socket in self.local.sockets_in(&c.room) {
+                    if only.is_none_or(|sid| socket.id.as_str() == sid)
+                        && control.schedule(socket, target.clone(), join)
+                    {
+                        scheduled += 1;
+                    }
+                }
+                scheduled
             }
             _ => return Err(Rejection::Control),
         };

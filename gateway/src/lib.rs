@@ -69,11 +69,13 @@ pub use auth::{Verifier, dev_secret_path};
 /// The backend API's paths, each served by one route of the API listener (`api_router`) and
 /// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
 /// route gets its path constant here.
-pub const API_PATHS: [&str; 5] = [
+pub const API_PATHS: [&str; 7] = [
     publish::PUBLISH_PATH,
     history_api::HISTORY_PATH,
     control_api::DISCONNECT_PATH,
     control_api::REVOKE_PATH,
+    control_api::JOIN_PATH,
+    control_api::LEAVE_PATH,
     http::OPENAPI_PATH,
 ];
 pub use config::{Config, ConfigError};
@@ -357,6 +359,7 @@ impl Gateway {
             config,
         });
         socket::register(&io, state.clone());
+        state.delivery.set_room_control(Arc::new(socket::BackendControl(Arc::downgrade(&state))));
         let config = &state.config;
 
         // The Socket.IO layer is applied exactly once: every `Layer::layer` call builds a new

@@ -105,6 +105,11 @@ impl Local {
         self.root()?.get_socket(sid)
     }
 
+    /// The local sockets in `room`.
+    pub fn sockets_in(&self, room: &str) -> Vec<SocketRef> {
+        self.root().map(|root| root.within(room.to_owned()).sockets()).unwrap_or_default()
+    }
+
     /// Puts socket `sid` in `rooms`, if it is still connected.
     pub fn join(&self, sid: Sid, rooms: Vec<String>) {
         if let Some(socket) = self.socket(sid) {

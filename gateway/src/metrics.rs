@@ -261,7 +261,19 @@ fn register() {
         ),
         (ROOM_JOINS, "kind", &["tenant", "user", "project", "channel"]),
         (ROOM_LEAVES, "kind", &["tenant", "user", "project", "channel"]),
-        (EVENTS_EMITTED, "event", &["event", "typing", "presence", "roomcast:disconnect", "auth:expiring"]),
+        (
+            EVENTS_EMITTED,
+            "event",
+            &[
+                "event",
+                "typing",
+                "presence",
+                "roomcast:disconnect",
+                "auth:expiring",
+                "roomcast:joined",
+                "roomcast:left",
+            ],
+        ),
         (
             AUTH_REFRESHES,
             "result",
@@ -290,7 +302,9 @@ fn register() {
         counter!(PUBLISHES, "source" => source, "result" => "ok").increment(0);
     }
     counter!(CONTROLS, "op" => "disconnect", "result" => "ok").increment(0);
-    counter!(CONTROLS, "op" => "revoke", "result" => "ok").increment(0);
+    for op in ["revoke", "join", "leave"] {
+        counter!(CONTROLS, "op" => op, "result" => "ok").increment(0);
+    }
 }
 
 pub(crate) fn connection_accepted() {

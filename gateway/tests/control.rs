@@ -178,3 +178,155 @@ async fn the_sdk_disconnects_a_user_through_redis() {
     let err = publisher.user("t1", "a:b").disconnect(&how, Duration::from_secs(1)).await.unwrap_err();
     assert!(matches!(err, PublishError::InvalidId(_)), "{err}");
 }
+
+async fn control(api: std::net::SocketAddr, key: &str, path: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http(api, "POST", path, &headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A backend removes a user from a project (their sockets leave it on every replica, and may not
+/// join it again by themselves), and adds them to one their token does not grant.
+#[tokio::test]
+async fn a_backend_moves_a_users_sockets_between_rooms_on_every_replica() {
+    let redis = RedisServer::start();
+    let rs = Replica::ready(2, &redis.url(), &[]).await;
+    let ada = [rs[0].connect_user("t1", "ada").await, rs[1].connect_user("t1", "ada").await];
+    let bob = rs[0].connect_user("t1", "bob").await;
+    for c in ada.iter().chain([&bob]) {
+        assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
+    }
+    subscribed(&redis, "tenant:t1:user:ada", 2).await;
+
+    let started = Instant::now();
+    let body = json!({ "tenant": "t1", "user": "ada", "room": { "project": "p1" } });
+    let (status, receipt) = control(rs[1].api, replica::API_KEY, "/v1/leave", &body).await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(
+        (receipt["sockets"].clone(), receipt["replicas"].clone(), receipt["of"].clone(), receipt["target"].clone()),
+        (json!(2), json!(2), json!(2), json!("tenant:t1:project:p1")),
+        "{receipt}"
+    );
+    for c in &ada {
+        assert_eq!(c.next("roomcast:left").await[0], json!({ "room": "tenant:t1:project:p1" }));
+    }
+    eprintln!("ada's sockets on two replicas left the project {:?} after the request", started.elapsed());
+    let (status, _) = rs[0].publish(&json!({ "tenant": "t1", "project": "p1", "event": "e", "data": 1 })).await;
+    assert_eq!(status, 200);
+    bob.next("e").await;
+    for c in &ada {
+        assert!(c.next_within("e", Duration::from_millis(200)).await.is_none(), "no longer a member");
+        let again = c.request("join", json!({ "project": "p1" })).await;
+        assert_eq!(again["error"]["code"], "forbidden", "the token grants it, the backend removed it: {again}");
+    }
+
+    // Into a project the token does not grant (p9): delivered there, kept across a refresh.
+    let body = json!({ "tenant": "t1", "user": "ada", "room": { "project": "p9" } });
+    let (status, receipt) = control(rs[0].api, replica::API_KEY, "/v1/join", &body).await;
+    assert_eq!((status, receipt["sockets"].clone()), (200, json!(2)), "{receipt}");
+    for c in &ada {
+        assert_eq!(c.next("roomcast:joined").await[0]["room"], "tenant:t1:project:p9");
+    }
+    subscribed(&redis, "tenant:t1:project:p9", 2).await;
+    let refreshed = ada[0].request("auth:refresh", json!({ "token": user_token("t1", "ada") })).await;
+    assert_eq!(refreshed["left"], json!([]), "{refreshed}");
+    let (status, _) = rs[1].publish(&json!({ "tenant": "t1", "project": "p9", "event": "moved", "data": 2 })).await;
+    assert_eq!(status, 200);
+    for c in &ada {
+        assert_eq!(c.next("moved").await[0], 2);
+    }
+    assert_eq!(
+        bob.request("join", json!({ "project": "p9" })).await["error"]["code"],
+        "forbidden",
+        "bob was not added"
+    );
+    // The socket may leave and rejoin it by itself; joined again by the backend, it is told
+    // nothing new.
+    assert_eq!(ada[1].request("leave", json!({ "project": "p9" })).await["ok"], true);
+    assert_eq!(ada[1].request("join", json!({ "project": "p9" })).await["ok"], true);
+    // One socket only, by id.
+    let one = json!({ "tenant": "t1", "user": "ada", "socket": ada[0].sid, "room": { "channel": "c9" } });
+    let (status, receipt) = control(rs[1].api, replica::API_KEY, "/v1/join", &one).await;
+    assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
+    assert_eq!(ada[0].next("roomcast:joined").await[0]["room"], "tenant:t1:channel:c9");
+    assert!(ada[1].next_within("roomcast:joined", Duration::from_millis(200)).await.is_none());
+}
+
+#[tokio::test]
+async fn join_and_leave_refuse_bad_requests_with_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys.json");
+    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
+        .unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.tenant_api_keys_file = Some(keys.clone());
+    })
+    .await;
+    let a = gw.connect_user("t1", "ada").await;
+    for path in ["/v1/join", "/v1/leave"] {
+        for (body, status, code) in [
+            (json!({ "tenant": "t1", "user": "ada" }), 400, "invalid_payload"),
+            (json!({ "tenant": "t1", "room": {} }), 400, "invalid_room"),
+            (json!({ "tenant": "t1", "room": { "project": "p", "channel": "c" } }), 400, "invalid_room"),
+            (json!({ "tenant": "t1", "room": { "user": "bob" } }), 400, "invalid_payload"),
+            (json!({ "tenant": "t1", "room": { "project": "a:b" } }), 400, "invalid_room"),
+            (
+                json!({ "tenant": "t1", "user": "ada", "project": "p1", "room": { "project": "p2" } }),
+                400,
+                "invalid_room",
+            ),
+            (json!({ "tenant": "t1", "socket": "not a sid", "room": { "project": "p2" } }), 400, "invalid_payload"),
+            (json!({ "tenant": "t1", "room": { "project": "p2" }, "extra": 1 }), 400, "invalid_payload"),
+            (json!({ "tenant": "t1", "room": { "project": "x".repeat(5000) } }), 413, "payload_too_large"),
+        ] {
+            let (got, answer) = control(gw.api, KEY, path, &body).await;
+            assert_eq!(
+                (got, answer["error"]["code"].as_str().unwrap_or_default()),
+                (status, code),
+                "{path} {body}: {answer}"
+            );
+        }
+        let body = json!({ "tenant": "t1", "room": { "project": "p1" } });
+        let (status, answer) = control(gw.api, "tenant-two-key-0123456789", path, &body).await;
+        assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")), "{path}");
+        let (status, _) = http(gw.api, "GET", path, &[], "").await;
+        assert_eq!(status, 405);
+    }
+    assert!(a.next_within("roomcast:joined", Duration::from_millis(100)).await.is_none(), "nothing applied");
+    // A whole tenant, on a single node.
+    let (status, receipt) =
+        control(gw.api, KEY, "/v1/join", &json!({ "tenant": "t1", "room": { "channel": "all" } })).await;
+    assert_eq!(
+        (status, receipt["sockets"].clone(), receipt["complete"].clone()),
+        (200, json!(1), json!(true)),
+        "{receipt}"
+    );
+    assert_eq!(a.next("roomcast:joined").await[0]["room"], "tenant:t1:channel:all");
+    let (status, receipt) =
+        control(gw.api, KEY, "/v1/leave", &json!({ "tenant": "t1", "room": { "channel": "all" } })).await;
+    assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
+    assert_eq!(a.next("roomcast:left").await[0]["room"], "tenant:t1:channel:all");
+}
+
+/// The SDK moves sockets through Redis with the same envelope.
+#[tokio::test]
+async fn the_sdk_moves_a_user_between_rooms_through_redis() {
+    use roomcast_publisher::{Publisher, Room};
+    let redis = RedisServer::start();
+    let rs = Replica::ready(1, &redis.url(), &[]).await;
+    let ada = rs[0].connect_user("t1", "ada").await;
+    subscribed(&redis, "tenant:t1:user:ada", 1).await;
+    let publisher = Publisher::connect(&redis.url()).await.unwrap();
+    let room = Room::channel("t1", "launch").unwrap();
+    let receipt = publisher.user("t1", "ada").join(&room, Duration::from_secs(2)).await.unwrap();
+    assert_eq!((receipt.sockets, receipt.replicas, receipt.of), (1, 1, 1));
+    assert_eq!(ada.next("roomcast:joined").await[0]["room"], "tenant:t1:channel:launch");
+    let receipt = publisher.user("t1", "ada").leave(&room, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(receipt.sockets, 1);
+    assert_eq!(ada.next("roomcast:left").await[0]["room"], "tenant:t1:channel:launch");
+    let other_tenant = Room::channel("t2", "x").unwrap();
+    let err = publisher.user("t1", "ada").join(&other_tenant, Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, roomcast_publisher::PublishError::InvalidControl(_)), "{err}");
+}

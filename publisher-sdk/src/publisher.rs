@@ -531,6 +531,7 @@ impl Publisher {
             reconnect: false,
             revocation: Some(revocation.clone()),
             until: Some(until),
+            target: None,
         };
         self.send_control(control, how.wait).await
     }
@@ -607,6 +608,52 @@ impl Target<'_> {
             reconnect: how.reconnect,
             revocation: None,
             until: None,
+            target: None,
+        };
+        control.validate()?;
+        self.publisher.send_control(control, wait).await
+    }
+
+    /// Makes the room's sockets (a tenant's, a user's, a room's members) join `room`, a project
+    /// or channel room of the same tenant, on every replica, whatever their tokens grant; waits
+    /// up to `wait` for the replicas' acknowledgements. Each socket receives `roomcast:joined`.
+    ///
+    /// ```no_run
+    /// # async fn run(publisher: roomcast_publisher::Publisher) -> Result<(), roomcast_publisher::PublishError> {
+    /// use roomcast_publisher::Room;
+    /// let project = Room::project("acme", "apollo")?;
+    /// let receipt = publisher.user("acme", "ada").join(&project, std::time::Duration::from_secs(2)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn join(&self, room: &Room, wait: Duration) -> Result<ControlReceipt, PublishError> {
+        self.move_to(wire::ControlOp::Join, room, wait).await
+    }
+
+    /// Makes the room's sockets leave `room` on every replica, even one their tokens grant; for
+    /// each socket's life it may not join it again by itself. Each socket that was in it
+    /// receives `roomcast:left`.
+    pub async fn leave(&self, room: &Room, wait: Duration) -> Result<ControlReceipt, PublishError> {
+        self.move_to(wire::ControlOp::Leave, room, wait).await
+    }
+
+    async fn move_to(
+        &self,
+        op: wire::ControlOp,
+        target: &Room,
+        wait: Duration,
+    ) -> Result<ControlReceipt, PublishError> {
+        let control = wire::ControlEnvelope {
+            v: VERSION,
+            id: wire::new_event_id(),
+            room: self.room()?.to_string(),
+            op,
+            socket: None,
+            reason: None,
+            message: None,
+            reconnect: false,
+            revocation: None,
+            until: None,
+            target: Some(target.to_string()),
         };
         control.validate()?;
         self.publisher.send_control(control, wait).await

@@ -242,6 +242,14 @@ pub enum ControlOp {
     /// one with `token_revoked`. Record it with [`REVOKE_SCRIPT`] first: replicas without a
     /// member of the room learn it from there.
     Revoke,
+    /// Make them join the project or channel room [`ControlEnvelope::target`] (of the same
+    /// tenant), whatever their tokens grant; each receives `roomcast:joined` `{ room, offset,
+    /// epoch }`.
+    Join,
+    /// Make them leave the project or channel room [`ControlEnvelope::target`], even one their
+    /// tokens grant; for the socket's life it may not join it again by itself. Each that was
+    /// in it receives `roomcast:left` `{ room }`.
+    Leave,
 }
 
 /// An instruction to every replica holding sockets of `room` (all of a tenant's: its tenant
@@ -277,6 +285,9 @@ pub struct ControlEnvelope {
     /// Revoke: when the revocation may be forgotten, ms since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<u64>,
+    /// Join and leave: the project or channel room (canonical name), in `room`'s tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// The longest [`ControlEnvelope::message`], in bytes.
@@ -298,12 +309,28 @@ pub enum ControlError {
     /// `id` is not an id (see [`crate::validate_id`]).
     #[error("id is not valid")]
     Id,
+    /// Join and leave: `target` is missing, not a project or channel room, or of another
+    /// tenant; other operations: `target` is set.
+    #[error("target must be a project or channel room of the same tenant (join and leave only)")]
+    Target,
 }
 
 impl ControlEnvelope {
     /// Checks the fields a sender chooses.
     pub fn validate(&self) -> Result<(), ControlError> {
         crate::validate_id(&self.id).map_err(|_| ControlError::Id)?;
+        match (self.op, &self.target) {
+            (ControlOp::Join | ControlOp::Leave, Some(target)) => {
+                let target = Room::parse(target).ok_or(ControlError::Target)?;
+                let tenant = Room::parse(&self.room).map(|r| r.tenant_id().to_owned());
+                let movable = matches!(target.kind(), crate::RoomKind::Project | crate::RoomKind::Channel);
+                if !movable || tenant.as_deref() != Some(target.tenant_id()) {
+                    return Err(ControlError::Target);
+                }
+            }
+            (ControlOp::Join | ControlOp::Leave, None) | (_, Some(_)) => return Err(ControlError::Target),
+            _ => {}
+        }
         if let Some(reason) = &self.reason {
             let ok = (1..=64).contains(&reason.len())
                 && reason.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));

@@ -12,6 +12,8 @@ mod payloads;
 mod presence;
 mod refresh;
 mod rooms;
+
+pub(crate) use rooms::BackendControl;
 mod typing;
 
 use std::{future::Future, sync::Arc};
@@ -38,7 +40,7 @@ use roomcast_publisher::Room;
 
 /// Most operations one socket may have waiting for their turn. A client that sends faster
 /// than the gateway can apply gets `rate_limited` instead of growing an unbounded queue.
-const MAX_PENDING_OPERATIONS: u64 = 32;
+pub(super) const MAX_PENDING_OPERATIONS: u64 = 32;
 
 /// The `retryAfterMs` of a refusal for too many operations in flight: their acks are what to
 /// wait for, and they usually come within this.
@@ -174,7 +176,7 @@ impl std::fmt::Display for ConnectRejection {
     }
 }
 
-fn conn_of(socket: &SocketRef) -> Option<Arc<Conn>> {
+pub(super) fn conn_of(socket: &SocketRef) -> Option<Arc<Conn>> {
     socket.extensions.get::<Arc<Conn>>()
 }
 

@@ -12,9 +12,10 @@ use super::{
     typing,
 };
 use crate::{
-    auth::Identity,
+    auth::{Identity, Scope},
     bus::BusError,
-    conn::Conn,
+    conn::{Conn, Turns},
+    delivery::RoomControl,
     errors::{ClientError, ErrorCode},
     metrics,
     recovery::{Since, recovering_room},
@@ -30,7 +31,10 @@ pub(super) async fn join(
 ) -> Result<Ack, ClientError> {
     let identity = conn.identity();
     let request: payloads::Join = payloads::parse(payload, JOIN_SHAPE)?;
-    let room = requested_room(&request.room, &identity)?;
+    let room = allowed_room(&request.room, &identity, conn)?;
+    if conn.barred_by_backend(&room.to_string()) {
+        return Err(ClientError::new(ErrorCode::Forbidden, format!("the application removed this socket from {room}")));
+    }
     let since = match request.since {
         Some(since) if since.epoch.is_empty() || since.epoch.len() > 64 => {
             return Err(ClientError::new(ErrorCode::InvalidPayload, JOIN_SHAPE));
@@ -70,9 +74,24 @@ pub(super) async fn leave(
     payload: Result<Value, ClientError>,
 ) -> Result<Ack, ClientError> {
     let request: payloads::Leave = payloads::parse(payload, ROOM_SHAPE)?;
-    let room = requested_room(&request.room, &conn.identity())?;
+    let room = allowed_room(&request.room, &conn.identity(), conn)?;
     leave_room(socket, gw, conn, &room).await;
     Ok(Ack::Left { room: room.to_string() })
+}
+
+/// The room a request names, authorized against the token or what a backend granted the
+/// socket (control `join`).
+fn allowed_room(request: &RoomRef, identity: &Identity, conn: &Conn) -> Result<Room, ClientError> {
+    match requested_room(request, identity) {
+        Err(e) if e.code == ErrorCode::Forbidden => {
+            let everything = Identity { projects: Scope::All, channels: Scope::All, ..identity.clone() };
+            match requested_room(request, &everything) {
+                Ok(room) if conn.granted_by_backend(&room.to_string()) => Ok(room),
+                _ => Err(e),
+            }
+        }
+        other => other,
+    }
 }
 
 /// The room a request names, in the token's tenant, authorized against `identity`.
@@ -178,10 +197,82 @@ pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, roo
     typing::stop(gw, conn, &name).await;
 }
 
+/// Control `join` and `leave` (see [`RoomControl`]): a backend's decision, carried out in the
+/// socket's turn like the socket's own operations.
+#[derive(Debug)]
+pub(crate) struct BackendControl(pub std::sync::Weak<crate::state::GatewayState>);
+
+impl RoomControl for BackendControl {
+    fn schedule(&self, socket: SocketRef, room: Room, join: bool) -> bool {
+        let (Some(gw), Some(conn)) = (self.0.upgrade(), super::conn_of(&socket)) else { return false };
+        // Bounded like a client's own operations: a backend flooding one socket is refused.
+        if conn.is_closed() || conn.turns.pending() >= super::MAX_PENDING_OPERATIONS {
+            return false;
+        }
+        let ticket = Turns::ticket(&conn);
+        tokio::spawn(async move {
+            let _turn = ticket.wait().await;
+            if conn.is_closed() {
+                return;
+            }
+            if join {
+                backend_join(&socket, &gw, &conn, &room).await;
+            } else {
+                backend_leave(&socket, &gw, &conn, &room).await;
+            }
+        });
+        true
+    }
+}
+
+/// A backend's join: a client's join without the token check and without history; the socket
+/// is told with `roomcast:joined`.
+async fn backend_join(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
+    let name = room.to_string();
+    conn.backend_decided(&name, true);
+    if conn.is_in(&name) {
+        return;
+    }
+    if !gw.presence.has_room(room) {
+        tracing::warn!(room = %name, "a backend's join was dropped: the tenant's presence changes are backed up");
+        return;
+    }
+    let generation = match enter(conn, &gw.membership, room, gw.config.max_rooms_per_socket).await {
+        Ok(generation) => generation,
+        Err(e) => {
+            tracing::info!(room = %name, code = %e.code, "a backend's join was refused");
+            return;
+        }
+    };
+    let attached = gw.delivery.sequencer().attach(socket.id, &name, None, generation).await;
+    gw.presence.entered(room, &conn.identity().user, conn.status());
+    let (offset, epoch) = attached.position.map(|p| (p.offset, p.epoch)).unzip();
+    let notice = serde_json::json!({ "room": name, "offset": offset, "epoch": epoch });
+    if socket.emit(JOINED_EVENT, &notice).is_ok() {
+        metrics::emitted(JOINED_EVENT, 1);
+    }
+}
+
+/// A backend's leave: the client's leave, whatever the token grants; the socket is told with
+/// `roomcast:left` when it was in the room, and may not join it again by itself.
+async fn backend_leave(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
+    let name = room.to_string();
+    conn.backend_decided(&name, false);
+    let was_in = conn.is_in(&name);
+    leave_room(socket, gw, conn, room).await;
+    if was_in && socket.emit(LEFT_EVENT, &serde_json::json!({ "room": name })).is_ok() {
+        metrics::emitted(LEFT_EVENT, 1);
+    }
+}
+
+/// Sent to a socket a backend made join a room.
+const JOINED_EVENT: &str = "roomcast:joined";
+/// Sent to a socket a backend made leave a room.
+const LEFT_EVENT: &str = "roomcast:left";
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Scope;
     use serde_json::json;
 
     fn identity() -> Identity {
