@@ -129,3 +129,22 @@ test("a backend removes a user from a project on both replicas within a second, 
   assert.equal(res.status, 200);
   for (const r of received) assert.deepEqual((await r)[0], { level: 2 });
 });
+
+test("room:occupancy counts connections and distinct users across both replicas", async () => {
+  const tabs = [
+    await connected(gateways[0], userToken("t1", "erin")),
+    await connected(gateways[1], userToken("t1", "erin")),
+    await connected(gateways[1], userToken("t1", "fay")),
+  ];
+  for (const t of tabs) assert.equal((await t.emitWithAck("join", { channel: "c2" })).ok, true);
+  const ask = () => tabs[0].emitWithAck("room:occupancy", { channel: "c2" });
+  await eventually(async () => {
+    const ack = await ask();
+    return ack.ok && ack.connections === 3 && ack.users === 2;
+  }, "3 connections of 2 users");
+  const res = await fetch(`${gateways[1].apiUrl}/v1/occupancy?tenant=t1&channel=c2`, {
+    headers: { Authorization: `Bearer ${API_KEY}` },
+  });
+  assert.deepEqual(await res.json(), { ok: true, room: "tenant:t1:channel:c2", connections: 3, users: 2 });
+  assert.equal((await tabs[0].emitWithAck("room:occupancy", { channel: "nope" })).error.code, "forbidden");
+});

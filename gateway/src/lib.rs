@@ -44,6 +44,7 @@ mod limits;
 mod local;
 mod logging;
 mod metrics;
+mod occupancy_api;
 mod presence;
 #[cfg(test)]
 mod prop;
@@ -69,13 +70,14 @@ pub use auth::{Verifier, dev_secret_path};
 /// The backend API's paths, each served by one route of the API listener (`api_router`) and
 /// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
 /// route gets its path constant here.
-pub const API_PATHS: [&str; 7] = [
+pub const API_PATHS: [&str; 8] = [
     publish::PUBLISH_PATH,
     history_api::HISTORY_PATH,
     control_api::DISCONNECT_PATH,
     control_api::REVOKE_PATH,
     control_api::JOIN_PATH,
     control_api::LEAVE_PATH,
+    occupancy_api::OCCUPANCY_PATH,
     http::OPENAPI_PATH,
 ];
 pub use config::{Config, ConfigError};
@@ -539,6 +541,7 @@ async fn first_revocations(state: &Shared) -> Option<String> {
 fn api_router(state: Shared) -> Router {
     publish::router(state.clone())
         .merge(history_api::router(state.clone()))
+        .merge(occupancy_api::router(state.clone()))
         .merge(control_api::router(state))
         .merge(http::openapi_route())
         .fallback(http::not_found)

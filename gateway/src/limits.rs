@@ -66,7 +66,8 @@ impl EventClass {
         match event {
             "join" | "leave" => EventClass::Rooms,
             "presence:update" => EventClass::PresenceUpdate,
-            "presence:list" => EventClass::PresenceList,
+            // Both read presence's counts in Redis.
+            "presence:list" | "room:occupancy" => EventClass::PresenceList,
             "typing" => EventClass::Typing,
             "auth:refresh" => EventClass::Refresh,
             _ => EventClass::Other,

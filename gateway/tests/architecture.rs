@@ -39,7 +39,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("core", &["delivery", "local", "presence", "recovery", "rooms", "typing"]),
     // The edges: Socket.IO handlers, the HTTP APIs, token expiry, shutdown, and the state
     // handle they share.
-    ("edge", &["control_api", "expiry", "history_api", "http", "publish", "shutdown", "socket", "state"]),
+    (
+        "edge",
+        &["control_api", "expiry", "history_api", "http", "occupancy_api", "publish", "shutdown", "socket", "state"],
+    ),
 ];
 
 /// `text` without its `#[cfg(test)]` items (each up to its `;` or its matching `}`), wherever

@@ -8,6 +8,7 @@ local mine = redis.call('HINCRBY', KEYS[4], member, -1)
 if mine <= 0 then redis.call('HDEL', KEYS[4], member) end
 if mine < 0 then return -1 end
 local total = redis.call('HINCRBY', KEYS[1], user, -1)
+if redis.call('HINCRBY', KEYS[1], '#', -1) <= 0 then redis.call('HDEL', KEYS[1], '#') end
 if total <= 0 then
   redis.call('HDEL', KEYS[1], user)
   redis.call('ZREM', KEYS[2], user)

@@ -13,7 +13,9 @@ use roomcast_publisher::wire;
 
 use crate::envelope::{Envelope, PresenceAction, PresenceEnvelope};
 
-use super::{Admission, ConnectionCaps, Held, HeldConnections, Page, PresenceStore, PresentUser, Status, envelope};
+use super::{
+    Admission, ConnectionCaps, Held, HeldConnections, Occupancy, Page, PresenceStore, PresentUser, Status, envelope,
+};
 use crate::bus::{BoxFuture, Bus, BusError};
 
 #[derive(Debug, Default)]
@@ -22,6 +24,8 @@ struct RoomPresence {
     users: HashMap<String, (u64, Status, u64)>,
     /// (since, user), for listing oldest first.
     order: BTreeSet<(u64, String)>,
+    /// All users' connections together (occupancy in O(1)).
+    connections: u64,
 }
 
 /// Connections per (tenant, user), and per tenant.
@@ -119,6 +123,7 @@ impl PresenceStore for MemoryPresence {
         let joined = {
             let mut rooms = self.lock();
             let presence = rooms.entry(room.to_owned()).or_default();
+            presence.connections += u64::from(count);
             match presence.users.get_mut(user) {
                 Some((n, _, _)) => {
                     *n += u64::from(count);
@@ -142,6 +147,9 @@ impl PresenceStore for MemoryPresence {
         let left = {
             let mut rooms = self.lock();
             let Some(presence) = rooms.get_mut(room) else { return Box::pin(async { Ok(()) }) };
+            if presence.users.contains_key(user) {
+                presence.connections = presence.connections.saturating_sub(1);
+            }
             let gone = match presence.users.get_mut(user) {
                 Some((n, _, since)) if *n <= 1 => Some(*since),
                 Some((n, _, _)) => {
@@ -209,6 +217,15 @@ impl PresenceStore for MemoryPresence {
             }
         };
         Box::pin(async move { Ok(page) })
+    }
+
+    fn occupancy(&self, room: &str) -> BoxFuture<'static, Result<Occupancy, BusError>> {
+        let occupancy = self
+            .lock()
+            .get(room)
+            .map(|p| Occupancy { connections: p.connections, users: p.users.len() as u64 })
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(occupancy)))
     }
 
     fn forget(&self, _room: &str) -> BoxFuture<'static, Result<(), BusError>> {

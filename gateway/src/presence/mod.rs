@@ -69,6 +69,16 @@ pub struct Page {
     pub total: u64,
 }
 
+/// How many are in a room, cluster-wide: what presence counts, including connections whose
+/// grace period is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Occupancy {
+    /// Connections (a user's tabs count each).
+    pub connections: u64,
+    /// Distinct users.
+    pub users: u64,
+}
+
 /// Where presence lives: in memory on a single node, or in Redis for a cluster.
 ///
 /// Calls are made in order from one task. `enter` and `exit` announce cluster-wide transitions
@@ -82,6 +92,8 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn set_status(&self, room: &str, user: &str, status: Status) -> BoxFuture<'static, Result<(), BusError>>;
     /// Users `offset..offset + limit` of `room`.
     fn list(&self, room: &str, offset: u64, limit: u64) -> BoxFuture<'static, Result<Page, BusError>>;
+    /// `room`'s occupancy, without reading its members.
+    fn occupancy(&self, room: &str) -> BoxFuture<'static, Result<Occupancy, BusError>>;
     /// This replica no longer holds presence in `room`.
     fn forget(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>>;
     /// Sets this replica's share of presence to exactly `held` (room → user, connections,
@@ -389,6 +401,11 @@ impl Presence {
     /// too many presence changes waiting (`ROOMCAST_PRESENCE_QUEUE_PER_TENANT`).
     pub fn has_room(&self, room: &Room) -> bool {
         !tracked(room) || self.ops.has_room(&room.to_string())
+    }
+
+    /// `room`'s occupancy (a project or channel room), cluster-wide.
+    pub async fn occupancy(&self, room: &Room) -> Result<Occupancy, BusError> {
+        self.store.occupancy(&room.to_string()).await
     }
 
     /// A page of `room`'s presence.

@@ -10,6 +10,7 @@ for i = 1, #fields, 2 do
     local user = string.sub(member, #prefix + 1)
     redis.call('HDEL', KEYS[4], member)
     local total = redis.call('HINCRBY', KEYS[1], user, -n)
+    if redis.call('HINCRBY', KEYS[1], '#', -n) <= 0 then redis.call('HDEL', KEYS[1], '#') end
     if total <= 0 then
       redis.call('HDEL', KEYS[1], user)
       redis.call('ZREM', KEYS[2], user)

@@ -27,6 +27,7 @@ for user, had in pairs(have) do
   if target ~= had then
     if target > 0 then redis.call('HSET', KEYS[4], prefix .. user, target) else redis.call('HDEL', KEYS[4], prefix .. user) end
     local total = redis.call('HINCRBY', KEYS[1], user, target - had)
+    if redis.call('HINCRBY', KEYS[1], '#', target - had) <= 0 then redis.call('HDEL', KEYS[1], '#') end
     if total <= 0 then
       redis.call('HDEL', KEYS[1], user)
       redis.call('ZREM', KEYS[2], user)

@@ -25,7 +25,9 @@ use roomcast_publisher::wire::{self, Keys};
 
 use crate::envelope::{Envelope, PresenceAction};
 
-use super::{Admission, ConnectionCaps, Held, HeldConnections, Page, PresenceStore, PresentUser, Status, envelope};
+use super::{
+    Admission, ConnectionCaps, Held, HeldConnections, Occupancy, Page, PresenceStore, PresentUser, Status, envelope,
+};
 use crate::{
     backend::{BoxFuture, BusError},
     redis_conn::Commands,
@@ -39,6 +41,7 @@ struct Scripts {
     exit: Script,
     status: Script,
     list: Script,
+    occupancy: Script,
     reap: Script,
     lease: Script,
     expired: Script,
@@ -94,6 +97,7 @@ impl RedisPresence {
                 exit: Script::from_lua(include_str!("exit.lua")),
                 status: Script::from_lua(include_str!("status.lua")),
                 list: Script::from_lua(include_str!("list.lua")),
+                occupancy: Script::from_lua(include_str!("occupancy.lua")),
                 reap: Script::from_lua(include_str!("reap.lua")),
                 lease: Script::from_lua(include_str!("lease.lua")),
                 expired: Script::from_lua(include_str!("expired.lua")),
@@ -239,6 +243,21 @@ impl PresenceStore for RedisPresence {
             checked?;
             scripts.status.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
             Ok(())
+        })
+    }
+
+    fn occupancy(&self, room: &str) -> BoxFuture<'static, Result<Occupancy, BusError>> {
+        let checked = self.check();
+        let (redis, scripts) = (self.redis.clone(), self.scripts.clone());
+        let keys = vec![redis.keys.presence_counts(room), redis.keys.presence_since(room)];
+        crate::metrics::redis_timed("presence", async move {
+            checked?;
+            let (connections, users): (u64, u64) = scripts
+                .occupancy
+                .evalsha_with_reload(&redis.client, keys, Vec::<String>::new())
+                .await
+                .map_err(unavailable)?;
+            Ok(Occupancy { connections, users })
         })
     }
 

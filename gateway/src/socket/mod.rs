@@ -294,6 +294,7 @@ fn on_event(
                 "auth:refresh" => refresh::refresh(&socket, &gw, &conn, payload).await,
                 "typing" => typing::typing(&gw, &conn, payload).await,
                 "presence:list" => presence::list(&gw, &conn, payload).await,
+                "room:occupancy" => presence::occupancy(&gw, &conn, payload).await,
                 "presence:update" => presence::update(&gw, &conn, payload),
                 _ => {
                     Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
@@ -336,6 +337,7 @@ fn known_event(event: &str) -> &'static str {
         "typing" => "typing",
         "presence:list" => "presence:list",
         "presence:update" => "presence:update",
+        "room:occupancy" => "room:occupancy",
         _ => "other",
     }
 }

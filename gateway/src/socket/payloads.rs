@@ -158,6 +158,8 @@ pub(super) enum Ack {
     PresencePage { room: String, users: Vec<PresentUser>, total: u64, next: Option<u64> },
     /// `presence:update`.
     Status { status: &'static str },
+    /// `room:occupancy`: connections and distinct users, cluster-wide.
+    Occupancy { room: String, connections: u64, users: u64 },
 }
 
 #[cfg(test)]

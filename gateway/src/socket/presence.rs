@@ -4,8 +4,8 @@ use roomcast_publisher::Room;
 use serde_json::Value;
 
 use super::{
-    payloads::{self, Ack, PRESENCE_LIST_SHAPE, PRESENCE_UPDATE_SHAPE},
-    rooms::requested_room,
+    payloads::{self, Ack, PRESENCE_LIST_SHAPE, PRESENCE_UPDATE_SHAPE, ROOM_SHAPE},
+    rooms::allowed_room,
 };
 use crate::{
     conn::Conn,
@@ -27,7 +27,7 @@ const DEFAULT_PAGE: u64 = 100;
 /// `next` is the offset of the following page, or null.
 pub(super) async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Ack, ClientError> {
     let request: payloads::PresenceList = payloads::parse(payload, PRESENCE_LIST_SHAPE)?;
-    let room = requested_room(&request.room, &conn.identity())?;
+    let room = allowed_room(&request.room, &conn.identity(), conn)?;
     let offset = request.offset.unwrap_or(0);
     let max = gw.config.presence_page_max;
     let limit = request.limit.unwrap_or(DEFAULT_PAGE.min(max)).clamp(1, max);
@@ -38,6 +38,26 @@ pub(super) async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, Client
         .map_err(|e| ClientError::new(ErrorCode::Unavailable, format!("presence is unavailable: {e}")))?;
     let next = (offset + (page.users.len() as u64) < page.total).then(|| offset + page.users.len() as u64);
     Ok(Ack::PresencePage { room: room.to_string(), users: page.users, total: page.total, next })
+}
+
+/// `room:occupancy` `{ project | channel }`: how many connections and distinct users a room the
+/// socket may join has, cluster-wide, without listing them.
+pub(super) async fn occupancy(
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Ack, ClientError> {
+    let request: payloads::Leave = payloads::parse(payload, ROOM_SHAPE)?;
+    let room = allowed_room(&request.room, &conn.identity(), conn)?;
+    if conn.barred_by_backend(&room.to_string()) {
+        return Err(ClientError::new(ErrorCode::Forbidden, format!("the application removed this socket from {room}")));
+    }
+    let o = gw
+        .presence
+        .occupancy(&room)
+        .await
+        .map_err(|e| ClientError::new(ErrorCode::Unavailable, format!("occupancy is unavailable: {e}")))?;
+    Ok(Ack::Occupancy { room: room.to_string(), connections: o.connections, users: o.users })
 }
 
 /// `presence:update` `{ status: "online" | "away" }`: the socket's status in every project and

@@ -81,7 +81,7 @@ pub(super) async fn leave(
 
 /// The room a request names, authorized against the token or what a backend granted the
 /// socket (control `join`).
-fn allowed_room(request: &RoomRef, identity: &Identity, conn: &Conn) -> Result<Room, ClientError> {
+pub(super) fn allowed_room(request: &RoomRef, identity: &Identity, conn: &Conn) -> Result<Room, ClientError> {
     match requested_room(request, identity) {
         Err(e) if e.code == ErrorCode::Forbidden => {
             let everything = Identity { projects: Scope::All, channels: Scope::All, ..identity.clone() };

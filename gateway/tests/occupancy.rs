@@ -1,0 +1,149 @@
+//! Occupancy (issue 16): connections and distinct users of a project or channel room,
+//! cluster-wide, from presence's counts without a member scan — over HTTP (`GET /v1/occupancy`)
+//! and to clients (`room:occupancy`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{redis::RedisServer, replica::Replica, *};
+use roomcast_gateway::config::Secret;
+use serde_json::{Value, json};
+
+const KEY: &str = "occupancy-api-key-0123456789";
+
+async fn occupancy(api: std::net::SocketAddr, key: &str, query: &str) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let (status, body) =
+        http(api, "GET", &format!("/v1/occupancy?{query}"), &[("Authorization", auth.as_str())], "").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Waits until every replica answers `(connections, users)` for project p1 of t1.
+async fn counted(rs: &[&Replica], connections: u64, users: u64) {
+    eventually(WAIT, &format!("occupancy {connections} connections, {users} users"), || async {
+        for r in rs {
+            let (status, body) = occupancy(r.api, replica::API_KEY, "tenant=t1&project=p1").await;
+            assert_eq!(status, 200, "{body}");
+            if (body["connections"].as_u64(), body["users"].as_u64()) != (Some(connections), Some(users)) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+async fn member(r: &Replica, user: &str) -> Client {
+    let c = r.connect_user("t1", user).await;
+    assert_eq!(c.request("join", json!({ "project": "p1" })).await["ok"], true);
+    c
+}
+
+#[tokio::test]
+async fn occupancy_stays_exact_across_tabs_disconnects_and_a_killed_replica() {
+    let redis = RedisServer::start();
+    let env = [("ROOMCAST_PRESENCE_GRACE", "300ms"), ("ROOMCAST_PRESENCE_LEASE_TTL", "2s")];
+    let mut rs = Replica::ready(2, &redis.url(), &env).await;
+    let ada_tab1 = member(&rs[0], "ada").await;
+    let _ada_tab2 = member(&rs[0], "ada").await;
+    let _ada_there = member(&rs[1], "ada").await;
+    let _bob = member(&rs[1], "bob").await;
+    let watcher = rs[0].connect_user("t1", "carol").await; // may join p1, is not in it
+    counted(&[&rs[0], &rs[1]], 4, 2).await;
+    let ack = watcher.request("room:occupancy", json!({ "project": "p1" })).await;
+    assert_eq!(ack, json!({ "ok": true, "room": "tenant:t1:project:p1", "connections": 4, "users": 2 }));
+
+    // One of ada's tabs closes: one connection less once its grace period is over, same users.
+    ada_tab1.close();
+    counted(&[&rs[0], &rs[1]], 3, 2).await;
+    // The replica holding bob and one of ada's tabs dies: reaped after its lease.
+    rs[1].kill9();
+    counted(&[&rs[0]], 1, 1).await;
+    let ack = watcher.request("room:occupancy", json!({ "project": "p1" })).await;
+    assert_eq!((ack["connections"].clone(), ack["users"].clone()), (json!(1), json!(1)), "{ack}");
+    // Redis loses everything: the survivor restores its share, and the total with it.
+    redis.cli(&["FLUSHALL"]);
+    let counts = "roomcast:{tenant:t1:project:p1}:presence";
+    eventually(WAIT, "the share restored", || async { (redis.cli(&["HGET", counts, "ada"]) == "1").then_some(()) })
+        .await;
+    assert_eq!(redis.cli(&["HGET", counts, "#"]), "1", "restored with the total (not only by a read)");
+    counted(&[&rs[0]], 1, 1).await;
+    // A room nobody is in.
+    let (status, body) = occupancy(rs[0].api, replica::API_KEY, "tenant=t1&channel=empty").await;
+    assert_eq!((status, body["connections"].clone(), body["users"].clone()), (200, json!(0), json!(0)));
+}
+
+/// Presence written before the total existed (an upgrade) is counted once, then kept.
+#[tokio::test]
+async fn presence_from_before_the_total_is_counted_once() {
+    let redis = RedisServer::start();
+    let rs = Replica::ready(1, &redis.url(), &[]).await;
+    redis.cli(&["HSET", "roomcast:{tenant:t1:project:old}:presence", "u1", "2", "u2", "1"]);
+    redis.cli(&["ZADD", "roomcast:{tenant:t1:project:old}:presence:since", "1", "u1", "2", "u2"]);
+    let (status, body) = occupancy(rs[0].api, replica::API_KEY, "tenant=t1&project=old").await;
+    assert_eq!((status, body["connections"].clone(), body["users"].clone()), (200, json!(3), json!(2)), "{body}");
+    assert_eq!(redis.cli(&["HGET", "roomcast:{tenant:t1:project:old}:presence", "#"]), "3");
+}
+
+#[tokio::test]
+async fn occupancy_on_a_single_node_with_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys.json");
+    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
+        .unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.tenant_api_keys_file = Some(keys.clone());
+        c.presence_grace = Duration::from_millis(100);
+    })
+    .await;
+    let a = gw.connect_user("t1", "ada").await;
+    let b = gw.connect_user("t1", "ada").await;
+    for c in [&a, &b] {
+        assert_eq!(c.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    }
+    let (status, body) = occupancy(gw.api, KEY, "tenant=t1&channel=c1").await;
+    assert_eq!((status, body["connections"].clone(), body["users"].clone()), (200, json!(2), json!(1)), "{body}");
+    for (query, status, code) in [
+        ("tenant=t1", 400, "invalid_room"),
+        ("tenant=t1&project=p1&channel=c1", 400, "invalid_room"),
+        ("tenant=t1&project=a:b", 400, "invalid_room"),
+        ("project=p1", 400, "invalid_payload"),
+        ("tenant=t1&project=p1&user=u", 400, "invalid_payload"),
+    ] {
+        let (got, body) = occupancy(gw.api, KEY, query).await;
+        assert_eq!((got, body["error"]["code"].as_str().unwrap_or_default()), (status, code), "{query}: {body}");
+    }
+    let (status, _) = occupancy(gw.api, "wrong-key-wrong-key-0123", "tenant=t1&channel=c1").await;
+    assert_eq!(status, 401);
+    let (status, body) = occupancy(gw.api, "tenant-two-key-0123456789", "tenant=t1&channel=c1").await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")));
+    let (status, _) = http(gw.api, "POST", "/v1/occupancy?tenant=t1&channel=c1", &[], "").await;
+    assert_eq!(status, 405);
+
+    // Clients: rooms their token grants (or a backend joined them to), nothing else.
+    for (payload, code) in [
+        (json!({ "project": "p9" }), "forbidden"),
+        (json!({ "channel": "a:b" }), "invalid_room"),
+        (json!({}), "invalid_payload"),
+        (json!("c1"), "invalid_payload"),
+    ] {
+        assert_eq!(a.request("room:occupancy", payload.clone()).await["error"]["code"], code, "{payload}");
+    }
+    let ack = a.request("room:occupancy", json!({ "channel": "c1" })).await;
+    assert_eq!((ack["connections"].clone(), ack["users"].clone()), (json!(2), json!(1)), "{ack}");
+    b.close();
+    eventually(WAIT, "the closed tab uncounted", || async {
+        let ack = a.request("room:occupancy", json!({ "channel": "c1" })).await;
+        (ack["connections"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(a.request("leave", json!({ "channel": "c1" })).await["ok"], true);
+    eventually(WAIT, "the room empty", || async {
+        let (_, body) = occupancy(gw.api, KEY, "tenant=t1&channel=c1").await;
+        (body["connections"] == 0 && body["users"] == 0).then_some(())
+    })
+    .await;
+}
