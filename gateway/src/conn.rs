@@ -101,17 +101,18 @@ struct ConnState {
     backend: Option<Box<BackendRooms>>,
 }
 
-/// Rooms a backend made a socket join (kept whatever its token grants, across `auth:refresh`)
-/// or leave (the socket may not join them again by itself), most recent last.
+/// Rooms a backend put a socket in (kept whatever its token grants, across `auth:refresh`,
+/// until it leaves them; at most the rooms a socket may be in) or took it out of (it may not
+/// join them again by itself).
 #[derive(Debug, Default)]
 struct BackendRooms {
     granted: Vec<String>,
     barred: Vec<String>,
 }
 
-/// The most rooms a socket remembers as granted, or as barred, by a backend: the oldest is
-/// forgotten beyond (a backend that needs more should put them in the token).
-const BACKEND_ROOMS: usize = 64;
+/// The most rooms a backend may bar one socket from; beyond, the socket is disconnected (a
+/// backend that needs more should stop granting them in the token and revoke the old one).
+pub const BACKEND_ROOMS: usize = 64;
 
 /// The two token-lifetime deadlines of one socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,30 +182,48 @@ impl Conn {
         self.state().rooms.remove(room)
     }
 
-    /// A backend made this socket join `room` (`true`) or leave it (`false`): remembered so
-    /// that a refresh keeps it there, or the socket cannot join it again by itself.
-    pub fn backend_decided(&self, room: &str, joined: bool) {
+    /// A backend put this socket in `room`: it stays there across `auth:refresh` until the
+    /// socket leaves it (bounded by the rooms a socket may be in), and is no longer barred.
+    pub fn granted_by_backend_now(&self, room: &str) {
         let mut state = self.state();
         let backend = state.backend.get_or_insert_with(Default::default);
-        let (add, remove) = if joined {
-            (&mut backend.granted, &mut backend.barred)
-        } else {
-            (&mut backend.barred, &mut backend.granted)
-        };
-        remove.retain(|r| r != room);
-        add.retain(|r| r != room);
-        if add.len() >= BACKEND_ROOMS {
-            add.remove(0);
+        backend.barred.retain(|r| r != room);
+        if !backend.granted.iter().any(|r| r == room) {
+            backend.granted.push(room.to_owned());
         }
-        add.push(room.to_owned());
     }
 
-    /// Whether a backend made this socket join `room` (and did not make it leave since).
+    /// The socket left `room` (by itself, by a refresh or by a backend): a grant by a backend
+    /// ends with it.
+    pub fn left_backend_room(&self, room: &str) {
+        if let Some(backend) = self.state().backend.as_mut() {
+            backend.granted.retain(|r| r != room);
+        }
+    }
+
+    /// A backend took this socket out of `room`: it may not join it again by itself. `false`
+    /// when [`BACKEND_ROOMS`] rooms are barred already (the caller then ends the connection:
+    /// forgetting one would let it back in).
+    pub fn bar(&self, room: &str) -> bool {
+        let mut state = self.state();
+        let backend = state.backend.get_or_insert_with(Default::default);
+        backend.granted.retain(|r| r != room);
+        if backend.barred.iter().any(|r| r == room) {
+            return true;
+        }
+        if backend.barred.len() >= BACKEND_ROOMS {
+            return false;
+        }
+        backend.barred.push(room.to_owned());
+        true
+    }
+
+    /// Whether a backend put this socket in `room` (and it has not left it since).
     pub fn granted_by_backend(&self, room: &str) -> bool {
         self.state().backend.as_ref().is_some_and(|b| b.granted.iter().any(|r| r == room))
     }
 
-    /// Whether a backend made this socket leave `room` (and did not make it join since).
+    /// Whether a backend took this socket out of `room` (and did not put it back since).
     pub fn barred_by_backend(&self, room: &str) -> bool {
         self.state().backend.as_ref().is_some_and(|b| b.barred.iter().any(|r| r == room))
     }

@@ -241,10 +241,13 @@ async fn a_backend_moves_a_users_sockets_between_rooms_on_every_replica() {
         "forbidden",
         "bob was not added"
     );
-    // The socket may leave and rejoin it by itself; joined again by the backend, it is told
-    // nothing new.
+    // Removed from p1, the socket may not list its members either.
+    let listed = ada[0].request("presence:list", json!({ "project": "p1" })).await;
+    assert_eq!(listed["error"]["code"], "forbidden", "{listed}");
+    assert_eq!(ada[0].request("presence:list", json!({ "project": "p9" })).await["ok"], true);
+    // Leaving p9 by itself ends the backend's grant: the token does not grant it.
     assert_eq!(ada[1].request("leave", json!({ "project": "p9" })).await["ok"], true);
-    assert_eq!(ada[1].request("join", json!({ "project": "p9" })).await["ok"], true);
+    assert_eq!(ada[1].request("join", json!({ "project": "p9" })).await["error"]["code"], "forbidden");
     // One socket only, by id.
     let one = json!({ "tenant": "t1", "user": "ada", "socket": ada[0].sid, "room": { "channel": "c9" } });
     let (status, receipt) = control(rs[1].api, replica::API_KEY, "/v1/join", &one).await;
@@ -329,4 +332,31 @@ async fn the_sdk_moves_a_user_between_rooms_through_redis() {
     let other_tenant = Room::channel("t2", "x").unwrap();
     let err = publisher.user("t1", "ada").join(&other_tenant, Duration::from_secs(1)).await.unwrap_err();
     assert!(matches!(err, roomcast_publisher::PublishError::InvalidControl(_)), "{err}");
+}
+
+/// Barring is bounded per socket: past 64 rooms a backend removed it from (rooms its token
+/// grants), the socket is disconnected rather than let back into the oldest.
+#[tokio::test]
+async fn a_socket_barred_from_too_many_rooms_is_disconnected() {
+    let gw = TestGateway::start_with(|c| c.api_key = vec![Secret::from(KEY.to_owned())]).await;
+    let mut everything = claims("t1", "ada");
+    everything["channels"] = json!(["*"]);
+    let ada = gw.connect(&token(&everything)).await;
+    let bob = gw.connect_user("t1", "bob").await;
+    for i in 0..64 {
+        let body = json!({ "tenant": "t1", "user": "ada", "room": { "channel": format!("c{i}x") } });
+        assert_eq!(control(gw.api, KEY, "/v1/leave", &body).await.0, 200);
+    }
+    assert_eq!(ada.request("join", json!({ "channel": "c0x" })).await["error"]["code"], "forbidden");
+    assert_eq!(ada.request("join", json!({ "channel": "free" })).await["ok"], true, "64 barred: still connected");
+    // Rooms the token does not grant need no barring (bob's token grants c1, c2 only).
+    for i in 0..70 {
+        let body = json!({ "tenant": "t1", "user": "bob", "room": { "channel": format!("c{i}x") } });
+        assert_eq!(control(gw.api, KEY, "/v1/leave", &body).await.0, 200);
+    }
+    assert_eq!(bob.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    let body = json!({ "tenant": "t1", "user": "ada", "room": { "channel": "one-more" } });
+    assert_eq!(control(gw.api, KEY, "/v1/leave", &body).await.0, 200);
+    let notice = kicked(&ada).await;
+    assert_eq!((notice["code"].clone(), notice["reconnect"].clone()), (json!("disconnected"), json!(true)));
 }

@@ -28,6 +28,9 @@ const DEFAULT_PAGE: u64 = 100;
 pub(super) async fn list(gw: &Shared, conn: &Conn, payload: Result<Value, ClientError>) -> Result<Ack, ClientError> {
     let request: payloads::PresenceList = payloads::parse(payload, PRESENCE_LIST_SHAPE)?;
     let room = allowed_room(&request.room, &conn.identity(), conn)?;
+    if conn.barred_by_backend(&room.to_string()) {
+        return Err(ClientError::new(ErrorCode::Forbidden, format!("the application removed this socket from {room}")));
+    }
     let offset = request.offset.unwrap_or(0);
     let max = gw.config.presence_page_max;
     let limit = request.limit.unwrap_or(DEFAULT_PAGE.min(max)).clamp(1, max);

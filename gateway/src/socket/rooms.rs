@@ -14,9 +14,9 @@ use super::{
 use crate::{
     auth::{Identity, Scope},
     bus::BusError,
-    conn::{Conn, Turns},
+    conn::{self, Conn, Turns},
     delivery::RoomControl,
-    errors::{ClientError, ErrorCode},
+    errors::{ClientError, DisconnectReason, ErrorCode},
     metrics,
     recovery::{Since, recovering_room},
     rooms::Membership,
@@ -186,6 +186,7 @@ pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, roo
         return;
     }
     socket.leave(name.clone());
+    conn.left_backend_room(&name);
     metrics::room_left(room.kind());
     if let Some(unsubscribed) = gw.membership.exit(&name) {
         gw.delivery.sequencer().forget_room(&name).await;
@@ -205,9 +206,27 @@ pub(crate) struct BackendControl(pub std::sync::Weak<crate::state::GatewayState>
 impl RoomControl for BackendControl {
     fn schedule(&self, socket: SocketRef, room: Room, join: bool) -> bool {
         let (Some(gw), Some(conn)) = (self.0.upgrade(), super::conn_of(&socket)) else { return false };
-        // Bounded like a client's own operations: a backend flooding one socket is refused.
-        if conn.is_closed() || conn.turns.pending() >= super::MAX_PENDING_OPERATIONS {
+        if conn.is_closed() {
             return false;
+        }
+        let name = room.to_string();
+        // A leave is decided now, not when its turn comes: the socket cannot join again by
+        // itself from this instant. Only rooms the token grants need barring (others it could
+        // not join anyway); when too many are barred the socket is disconnected instead.
+        if !join && conn.identity().grants(&room) && !conn.bar(&name) {
+            tracing::info!(sid = %socket.id, "disconnecting a socket a backend removed from too many rooms");
+            conn::disconnect(socket, DisconnectReason::Disconnected { reconnect: true });
+            return true;
+        }
+        // Backend operations wait beside the client's own, with room of their own, bounded.
+        if conn.turns.pending() >= super::MAX_PENDING_OPERATIONS + MAX_PENDING_BACKEND {
+            if join {
+                return false;
+            }
+            // Cannot wait its turn: the connection ends rather than stay in the room.
+            tracing::info!(sid = %socket.id, "disconnecting a socket with too many operations waiting to leave a room");
+            conn::disconnect(socket, DisconnectReason::Disconnected { reconnect: true });
+            return true;
         }
         let ticket = Turns::ticket(&conn);
         tokio::spawn(async move {
@@ -225,12 +244,16 @@ impl RoomControl for BackendControl {
     }
 }
 
+/// Operations a backend may have waiting on one socket beyond the client's own.
+const MAX_PENDING_BACKEND: u64 = 224;
+
 /// A backend's join: a client's join without the token check and without history; the socket
 /// is told with `roomcast:joined`.
 async fn backend_join(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
     let name = room.to_string();
-    conn.backend_decided(&name, true);
     if conn.is_in(&name) {
+        // Already there (by its token or an earlier join): it now stays across refreshes.
+        conn.granted_by_backend_now(&name);
         return;
     }
     if !gw.presence.has_room(room) {
@@ -244,6 +267,7 @@ async fn backend_join(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room)
             return;
         }
     };
+    conn.granted_by_backend_now(&name);
     let attached = gw.delivery.sequencer().attach(socket.id, &name, None, generation).await;
     gw.presence.entered(room, &conn.identity().user, conn.status());
     let (offset, epoch) = attached.position.map(|p| (p.offset, p.epoch)).unzip();
@@ -253,11 +277,10 @@ async fn backend_join(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room)
     }
 }
 
-/// A backend's leave: the client's leave, whatever the token grants; the socket is told with
-/// `roomcast:left` when it was in the room, and may not join it again by itself.
+/// A backend's leave (barred already, see [`BackendControl`]): the client's leave, whatever the
+/// token grants; the socket is told with `roomcast:left` when it was in the room.
 async fn backend_leave(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
     let name = room.to_string();
-    conn.backend_decided(&name, false);
     let was_in = conn.is_in(&name);
     leave_room(socket, gw, conn, room).await;
     if was_in && socket.emit(LEFT_EVENT, &serde_json::json!({ "room": name })).is_ok() {
