@@ -148,3 +148,27 @@ test("room:occupancy counts connections and distinct users across both replicas"
   assert.deepEqual(await res.json(), { ok: true, room: "tenant:t1:channel:c2", connections: 3, users: 2 });
   assert.equal((await tabs[0].emitWithAck("room:occupancy", { channel: "nope" })).error.code, "forbidden");
 });
+
+test("the history ack returns a joined room's latest events, on either replica", async () => {
+  const reader = await connected(gateways[1], userToken("t1", "gus"));
+  assert.equal((await reader.emitWithAck("join", { project: "p2" })).ok, true);
+  for (const n of [1, 2, 3]) {
+    const res = await fetch(`${gateways[0].apiUrl}/v1/publish`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ tenant: "t1", project: "p2", event: "note", data: { n } }),
+    });
+    assert.equal(res.status, 200);
+  }
+  const ack = await reader.emitWithAck("history", { project: "p2", limit: 2 });
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  assert.deepEqual(
+    ack.events.map((e) => [e.offset, e.data.n]),
+    [
+      [2, 2],
+      [3, 3],
+    ],
+  );
+  assert.equal(ack.more, true);
+  assert.equal((await reader.emitWithAck("history", { project: "p1" })).error.code, "forbidden", "not joined");
+});

@@ -24,7 +24,7 @@ use crate::{errors::ErrorCode, history::History, http, state::Shared};
 pub const HISTORY_PATH: &str = "/v1/history";
 
 /// Events returned when the request names no `limit`.
-const DEFAULT_LIMIT: usize = 50;
+pub(crate) const DEFAULT_LIMIT: usize = 50;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,8 +101,8 @@ async fn history(
 }
 
 /// The answer: the room's position, its events (after `after`, or the latest), and whether more
-/// are retained beyond them.
-async fn read(
+/// are retained beyond them. Clients' `history` ack answers the same.
+pub(crate) async fn read(
     store: &Arc<dyn History>,
     room: &str,
     after: Option<u64>,

@@ -66,8 +66,8 @@ impl EventClass {
         match event {
             "join" | "leave" => EventClass::Rooms,
             "presence:update" => EventClass::PresenceUpdate,
-            // Both read presence's counts in Redis.
-            "presence:list" | "room:occupancy" => EventClass::PresenceList,
+            // Reads from Redis, answered from presence or history.
+            "presence:list" | "room:occupancy" | "history" => EventClass::PresenceList,
             "typing" => EventClass::Typing,
             "auth:refresh" => EventClass::Refresh,
             _ => EventClass::Other,

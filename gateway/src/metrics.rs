@@ -295,7 +295,9 @@ fn register() {
             counter!(*name, *label => *value).increment(0);
         }
     }
-    for event in ["join", "leave", "auth:refresh", "typing", "presence:list", "presence:update", "room:occupancy"] {
+    for event in
+        ["join", "leave", "auth:refresh", "typing", "presence:list", "presence:update", "room:occupancy", "history"]
+    {
         counter!(EVENTS_RECEIVED, "event" => event, "result" => "ok").increment(0);
     }
     for source in ["http", "client_typing"] {

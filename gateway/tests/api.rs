@@ -206,6 +206,40 @@ async fn history_returns_the_latest_events_or_those_after_an_offset() {
     assert_eq!((status, offsets(&empty), empty["offset"].clone()), (200, vec![], json!(0)));
 }
 
+/// Clients read a joined room's history with the `history` ack: the same answer as the HTTP API.
+#[tokio::test]
+async fn a_client_reads_a_joined_rooms_history() {
+    let gw = gateway(false).await;
+    let client = gw.connect_user("t1", "ada").await;
+    assert_eq!(client.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    for n in 1..=5 {
+        let event = json!({ "tenant": "t1", "channel": "c1", "event": "msg", "data": { "n": n } });
+        assert_eq!(post_with(gw.api, KEY, &event).await.0, 200);
+    }
+    let ack = client.request("history", json!({ "channel": "c1", "limit": 3 })).await;
+    assert_eq!(
+        (offsets(&ack), ack["more"].clone(), ack["ok"].clone()),
+        (vec![3, 4, 5], json!(true), json!(true)),
+        "{ack}"
+    );
+    let (_, http) = get(gw.api, "/v1/history?tenant=t1&channel=c1&limit=3", Some(KEY)).await;
+    assert_eq!(ack, http, "one answer, two ways");
+    let page = client.request("history", json!({ "channel": "c1", "after": 1, "limit": 2 })).await;
+    assert_eq!((offsets(&page), page["more"].clone()), (vec![2, 3], json!(true)));
+    for (payload, code) in [
+        (json!({ "channel": "c2" }), "forbidden"),
+        (json!({ "project": "p9" }), "forbidden"),
+        (json!({ "channel": "c1", "limit": 0 }), "invalid_payload"),
+        (json!({ "channel": "c1", "limit": 1000 }), "invalid_payload"),
+        (json!({ "channel": "c1", "after": -1 }), "invalid_payload"),
+        (json!({ "channel": "a:b" }), "invalid_room"),
+        (json!([]), "invalid_payload"),
+    ] {
+        let ack = client.request("history", payload.clone()).await;
+        assert_eq!(ack["error"]["code"], code, "{payload}: {ack}");
+    }
+}
+
 #[tokio::test]
 async fn history_refuses_bad_requests_with_codes() {
     let gw = gateway(false).await;

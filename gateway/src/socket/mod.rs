@@ -8,6 +8,7 @@
 //! the asynchronous part waits for its turn. A client's `join` then `leave` therefore always
 //! apply in that order, whatever the scheduler does with the spawned tasks.
 
+mod history;
 mod payloads;
 mod presence;
 mod refresh;
@@ -295,6 +296,7 @@ fn on_event(
                 "typing" => typing::typing(&gw, &conn, payload).await,
                 "presence:list" => presence::list(&gw, &conn, payload).await,
                 "room:occupancy" => presence::occupancy(&gw, &conn, payload).await,
+                "history" => history::history(&gw, &conn, payload).await,
                 "presence:update" => presence::update(&gw, &conn, payload),
                 _ => {
                     Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
@@ -338,6 +340,7 @@ fn known_event(event: &str) -> &'static str {
         "presence:list" => "presence:list",
         "presence:update" => "presence:update",
         "room:occupancy" => "room:occupancy",
+        "history" => "history",
         _ => "other",
     }
 }

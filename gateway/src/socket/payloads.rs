@@ -109,6 +109,20 @@ pub(super) struct PresenceList {
 pub(super) const PRESENCE_LIST_SHAPE: &str =
     "payload must be { project | channel: \"<id>\", offset?: <non-negative integer>, limit?: <non-negative integer> }";
 
+/// `history` `{ project | channel, after?, limit? }`.
+#[derive(Debug, Deserialize)]
+pub(super) struct History {
+    #[serde(flatten)]
+    pub room: RoomRef,
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+pub(super) const HISTORY_SHAPE: &str =
+    "payload must be { project | channel: \"<id>\", after?: <non-negative integer>, limit?: <positive integer> }";
+
 /// `presence:update` `{ status }`.
 #[derive(Debug, Deserialize)]
 pub(super) struct PresenceUpdate {
@@ -158,6 +172,8 @@ pub(super) enum Ack {
     PresencePage { room: String, users: Vec<PresentUser>, total: u64, next: Option<u64> },
     /// `presence:update`.
     Status { status: &'static str },
+    /// `history`: the room's epoch and offset, events and `more` (as `GET /v1/history`).
+    History(serde_json::Map<String, Value>),
     /// `room:occupancy`: connections and distinct users, cluster-wide.
     Occupancy { room: String, connections: u64, users: u64 },
 }
