@@ -226,6 +226,9 @@ async fn a_client_reads_a_joined_rooms_history() {
     assert_eq!(ack, http, "one answer, two ways");
     let page = client.request("history", json!({ "channel": "c1", "after": 1, "limit": 2 })).await;
     assert_eq!((offsets(&page), page["more"].clone()), (vec![2, 3], json!(true)));
+    // Refusals on another socket of the same user: each socket has its own read budget.
+    let client = gw.connect_user("t1", "ada").await;
+    assert_eq!(client.request("join", json!({ "channel": "c1" })).await["ok"], true);
     for (payload, code) in [
         (json!({ "channel": "c2" }), "forbidden"),
         (json!({ "project": "p9" }), "forbidden"),

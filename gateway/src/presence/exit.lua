@@ -7,8 +7,9 @@ local user, member = ARGV[1], ARGV[2] .. '|' .. ARGV[1]
 local mine = redis.call('HINCRBY', KEYS[4], member, -1)
 if mine <= 0 then redis.call('HDEL', KEYS[4], member) end
 if mine < 0 then return -1 end
+total_ensure()
 local total = redis.call('HINCRBY', KEYS[1], user, -1)
-if redis.call('HINCRBY', KEYS[1], '#', -1) <= 0 then redis.call('HDEL', KEYS[1], '#') end
+total_changed(total + 1, total)
 if total <= 0 then
   redis.call('HDEL', KEYS[1], user)
   redis.call('ZREM', KEYS[2], user)

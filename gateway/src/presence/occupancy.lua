@@ -1,14 +1,14 @@
--- A room's occupancy: { connections, distinct users }, both O(1).
+-- A room's occupancy: { connections, distinct users }, O(1) when consistent.
 -- KEYS: counts (user → connections, '#' → all of them), since (zset of present users).
-local total = redis.call('HGET', KEYS[1], '#')
-if not total then
-  -- Presence recorded before '#' existed (an upgrade): count once, kept up to date from now on.
-  local fields = redis.call('HGETALL', KEYS[1])
-  local sum = 0
-  for i = 2, #fields, 2 do
-    sum = sum + tonumber(fields[i])
-  end
-  if sum > 0 then redis.call('HSET', KEYS[1], '#', sum) end
-  total = sum
+local users = redis.call('ZCARD', KEYS[2])
+local total = tonumber(redis.call('HGET', KEYS[1], '#') or '0')
+if users == 0 then
+  -- An empty room has no connections: a stale '#' (replicas of an older version changed the
+  -- counts meanwhile) goes.
+  if total ~= 0 then redis.call('HDEL', KEYS[1], '#') end
+  total = 0
+elseif total < users then
+  -- Missing (counts from before '#') or stale: every present user has a connection.
+  total = total_recount()
 end
-return { tonumber(total), redis.call('ZCARD', KEYS[2]) }
+return { total, users }

@@ -2,6 +2,7 @@
 -- had no connection elsewhere.
 -- KEYS: counts, since, status, replicas. ARGV: dead replica, room, channel, publish command, now_ms
 local prefix = ARGV[1] .. '|'
+total_ensure()
 local fields = redis.call('HGETALL', KEYS[4])
 local left = 0
 for i = 1, #fields, 2 do
@@ -10,7 +11,7 @@ for i = 1, #fields, 2 do
     local user = string.sub(member, #prefix + 1)
     redis.call('HDEL', KEYS[4], member)
     local total = redis.call('HINCRBY', KEYS[1], user, -n)
-    if redis.call('HINCRBY', KEYS[1], '#', -n) <= 0 then redis.call('HDEL', KEYS[1], '#') end
+    total_changed(total + n, total)
     if total <= 0 then
       redis.call('HDEL', KEYS[1], user)
       redis.call('ZREM', KEYS[2], user)

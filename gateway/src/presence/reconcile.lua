@@ -4,6 +4,7 @@
 -- ARGV: replica, room, channel, publish command, now_ms, n, then n triples (user, count, status)
 local replica, room, channel, publish, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local prefix = replica .. '|'
+total_ensure()
 local have, want, status = {}, {}, {}
 local fields = redis.call('HGETALL', KEYS[4])
 for i = 1, #fields, 2 do
@@ -27,7 +28,7 @@ for user, had in pairs(have) do
   if target ~= had then
     if target > 0 then redis.call('HSET', KEYS[4], prefix .. user, target) else redis.call('HDEL', KEYS[4], prefix .. user) end
     local total = redis.call('HINCRBY', KEYS[1], user, target - had)
-    if redis.call('HINCRBY', KEYS[1], '#', target - had) <= 0 then redis.call('HDEL', KEYS[1], '#') end
+    total_changed(total - (target - had), total)
     if total <= 0 then
       redis.call('HDEL', KEYS[1], user)
       redis.call('ZREM', KEYS[2], user)
