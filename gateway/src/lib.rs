@@ -70,7 +70,7 @@ pub use auth::{Verifier, dev_secret_path};
 /// The backend API's paths, each served by one route of the API listener (`api_router`) and
 /// documented in `gateway/openapi.json`; a test checks the document against this list, so a new
 /// route gets its path constant here.
-pub const API_PATHS: [&str; 8] = [
+pub const API_PATHS: [&str; 9] = [
     publish::PUBLISH_PATH,
     history_api::HISTORY_PATH,
     control_api::DISCONNECT_PATH,
@@ -78,6 +78,7 @@ pub const API_PATHS: [&str; 8] = [
     control_api::JOIN_PATH,
     control_api::LEAVE_PATH,
     occupancy_api::OCCUPANCY_PATH,
+    occupancy_api::ROOMS_PATH,
     http::OPENAPI_PATH,
 ];
 pub use config::{Config, ConfigError};
@@ -429,6 +430,7 @@ impl Gateway {
         // Before serving: a replica would otherwise accept revoked tokens until its first read.
         let version = first_revocations(&state).await;
         let revocation_sync = tokio::spawn(sync_revocations(state.clone(), version));
+        let room_index = tokio::spawn(index_rooms(state.clone()));
         let key_sets: Vec<_> =
             state.verifier.remote_key_sets().into_iter().map(|set| tokio::spawn(set.refresh_forever())).collect();
         let presence = tokio::spawn(state.presence.clone().run());
@@ -475,6 +477,7 @@ impl Gateway {
         expiry.abort();
         key_sets.iter().for_each(tokio::task::JoinHandle::abort);
         revocation_sync.abort();
+        room_index.abort();
         upkeep.abort();
         presence.abort();
         typing.abort();
@@ -509,6 +512,21 @@ async fn sync_revocations(state: Shared, mut version: Option<String>) {
         metrics::revocations(state.revocations.len());
         for revocation in &fresh {
             state.delivery.disconnect_revoked(revocation).await;
+        }
+    }
+}
+
+/// Records this replica's project and channel rooms with members in their tenants' indexes
+/// (`GET /v1/rooms`) every [`bus::ROOM_INDEX_REFRESH`], for the gateway's life: a room no
+/// replica records for [`bus::ROOM_INDEX_TTL`] leaves its index.
+async fn index_rooms(state: Shared) {
+    let mut tick = tokio::time::interval(bus::ROOM_INDEX_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rooms = state.membership.rooms();
+        if let Err(e) = state.bus.index_rooms(rooms, roomcast_publisher::wire::now_ms(), true).await {
+            tracing::debug!(error = %e, "rooms not indexed; next time");
         }
     }
 }

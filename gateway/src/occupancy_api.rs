@@ -30,9 +30,118 @@ struct OccupancyQuery {
     channel: Option<String>,
 }
 
-/// The occupancy route of the backend API.
+/// The room listing's path.
+pub const ROOMS_PATH: &str = "/v1/rooms";
+
+/// The occupancy and room listing routes of the backend API.
 pub fn router(gw: Shared) -> Router {
-    Router::new().route(OCCUPANCY_PATH, get(occupancy).fallback(http::only_get)).with_state(gw)
+    Router::new()
+        .route(OCCUPANCY_PATH, get(occupancy).fallback(http::only_get))
+        .route(ROOMS_PATH, get(rooms).fallback(http::only_get))
+        .with_state(gw)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomsQuery {
+    tenant: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// Rooms a page holds unless the request says otherwise, and at most.
+const DEFAULT_ROOMS: u64 = 100;
+const MAX_ROOMS: u64 = 500;
+
+/// `GET /v1/rooms`: a tenant's project and channel rooms with members, cluster-wide, each with
+/// its occupancy, a page at a time (`cursor`). From the tenant's room index, which replicas
+/// keep (a room is listed from its first member, and at most a little while after its last).
+async fn rooms(
+    State(gw): State<Shared>,
+    headers: HeaderMap,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> Response {
+    let scope = match http::authorize(&gw, &headers) {
+        Ok(scope) => scope,
+        Err(refused) => return refused.into_response(),
+    };
+    let Query(query) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            let message = format!("expected ?tenant=&kind=project|channel&prefix=&cursor=&limit=: {}", e.body_text());
+            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
+    let bad = |message: &str| http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message);
+    if Room::tenant(&query.tenant).is_err() {
+        return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "tenant is not an id");
+    }
+    let kind = match query.kind.as_deref() {
+        None => None,
+        Some(kind @ ("project" | "channel")) => Some(kind),
+        Some(_) => return bad("kind is project or channel"),
+    };
+    let prefix = query.prefix.unwrap_or_default();
+    let id_chars = |c: char| c.is_ascii_alphanumeric() || "_-.@|+=".contains(c);
+    if prefix.len() > 128 || !prefix.chars().all(id_chars) {
+        return bad("prefix is the start of an id (up to 128 of A-Z a-z 0-9 _ - . @ | + =)");
+    }
+    if !prefix.is_empty() && kind.is_none() {
+        return bad("a prefix needs a kind");
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_ROOMS);
+    if !(1..=MAX_ROOMS).contains(&limit) {
+        return bad(&format!("limit must be 1 to {MAX_ROOMS}"));
+    }
+    let cursor = query.cursor.unwrap_or_default();
+    if cursor.len() > 512 {
+        return bad("cursor is not one this API returned");
+    }
+    if !scope.allows(&query.tenant) {
+        let message = format!("this API key may not act for tenant {:?}", query.tenant);
+        return http::error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+    }
+    let room_prefix = match kind {
+        Some(kind) => format!("tenant:{}:{kind}:{prefix}", query.tenant),
+        None => format!("tenant:{}:", query.tenant),
+    };
+    let now = roomcast_publisher::wire::now_ms();
+    let unavailable = || {
+        http::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "rooms cannot be listed: Redis is unavailable",
+        )
+    };
+    let (next, names) = match gw.bus.indexed_rooms(&query.tenant, &room_prefix, &cursor, limit, now).await {
+        Ok(Some(page)) => page,
+        Ok(None) => return bad("cursor is not one this API returned"),
+        Err(_) => return unavailable(),
+    };
+    let rooms: Vec<Room> = names.iter().filter_map(|name| Room::parse(name)).collect();
+    let counts = futures_util::future::join_all(rooms.iter().map(|room| gw.presence.occupancy(room))).await;
+    let mut listed = Vec::new();
+    for (room, counted) in rooms.iter().zip(counts) {
+        let Ok(o) = counted else { return unavailable() };
+        // Listed for a while after its last member left: only rooms with someone in them.
+        if o.users > 0 {
+            listed.push(json!({
+                "room": room.to_string(),
+                "kind": room.kind().as_str(),
+                "id": room.id(),
+                "connections": o.connections,
+                "users": o.users,
+            }));
+        }
+    }
+    let cursor = if next.is_empty() { serde_json::Value::Null } else { next.into() };
+    (StatusCode::OK, Json(json!({ "ok": true, "rooms": listed, "cursor": cursor }))).into_response()
 }
 
 async fn occupancy(

@@ -2,6 +2,7 @@
 //! subscribed exactly while a room has members here. (Which rooms one socket is in is its
 //! [`crate::conn::Conn`]'s; authorizing `join`/`leave` is the protocol edge's, the `socket` module.)
 
+use roomcast_publisher::{Room, RoomKind};
 use std::{
     collections::HashMap,
     future::Future,
@@ -73,6 +74,17 @@ impl Membership {
                 Entered { generation: local.generation, subscribed: local.subscribed.clone() }
             }
             None => {
+                // A project or channel room with members here: listed in its tenant's index at
+                // once (kept there by `Membership::rooms` being recorded periodically).
+                if Room::parse(room).is_some_and(|r| matches!(r.kind(), RoomKind::Project | RoomKind::Channel))
+                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
+                {
+                    runtime.spawn(self.bus.index_rooms(
+                        vec![room.to_owned()],
+                        roomcast_publisher::wire::now_ms(),
+                        false,
+                    ));
+                }
                 let subscribed = self.bus.subscribe(room).shared();
                 let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 counts.insert(room.to_owned(), Local { members: 1, generation, subscribed: subscribed.clone() });
@@ -98,6 +110,15 @@ impl Membership {
             }
             None => None,
         }
+    }
+
+    /// The project and channel rooms with local members.
+    pub fn rooms(&self) -> Vec<String> {
+        self.lock()
+            .keys()
+            .filter(|name| Room::parse(name).is_some_and(|r| matches!(r.kind(), RoomKind::Project | RoomKind::Channel)))
+            .cloned()
+            .collect()
     }
 
     /// Number of rooms with at least one local member.

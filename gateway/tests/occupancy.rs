@@ -181,3 +181,121 @@ async fn occupancy_on_a_single_node_with_bad_requests() {
     })
     .await;
 }
+
+async fn list(api: std::net::SocketAddr, key: &str, query: &str) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let (status, body) = http(api, "GET", &format!("/v1/rooms?{query}"), &[("Authorization", auth.as_str())], "").await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Every page of a listing, followed by its cursors: (room, connections, users), sorted.
+async fn all_pages(api: std::net::SocketAddr, key: &str, query: &str) -> Vec<(String, u64, u64)> {
+    let mut rooms = std::collections::BTreeSet::new();
+    let mut cursor = String::new();
+    for _ in 0..100 {
+        let (status, body) = list(api, key, &format!("{query}&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{body}");
+        for r in body["rooms"].as_array().unwrap() {
+            rooms.insert((
+                r["room"].as_str().unwrap().to_owned(),
+                r["connections"].as_u64().unwrap(),
+                r["users"].as_u64().unwrap(),
+            ));
+        }
+        match body["cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => return rooms.into_iter().collect(),
+        }
+    }
+    panic!("the cursor never ended");
+}
+
+fn rooms(expected: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
+    let mut v: Vec<_> = expected.iter().map(|(r, c, u)| (r.to_string(), *c, *u)).collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn a_tenants_rooms_with_members_are_listed_across_replicas() {
+    let redis = RedisServer::start();
+    let rs = Replica::ready(2, &redis.url(), &[("ROOMCAST_PRESENCE_GRACE", "200ms")]).await;
+
+    let ada = rs[0].connect_user("t1", "ada").await;
+    let bob = rs[1].connect_user("t1", "bob").await;
+    let carol = rs[1].connect_user("t1", "carol").await;
+    let eve = rs[0].connect_user("t2", "eve").await;
+    assert_eq!(ada.request("join", json!({ "project": "p1" })).await["ok"], true);
+    assert_eq!(ada.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    assert_eq!(bob.request("join", json!({ "project": "p1" })).await["ok"], true);
+    assert_eq!(bob.request("join", json!({ "project": "p2" })).await["ok"], true);
+    assert_eq!(carol.request("join", json!({ "channel": "c2" })).await["ok"], true);
+    assert_eq!(eve.request("join", json!({ "project": "p1" })).await["ok"], true);
+    assert_eq!(carol.request("leave", json!({ "channel": "c2" })).await["ok"], true);
+    let everything =
+        rooms(&[("tenant:t1:channel:c1", 1, 1), ("tenant:t1:project:p1", 2, 2), ("tenant:t1:project:p2", 1, 1)]);
+    eventually(WAIT, "t1's rooms listed", || async {
+        (all_pages(rs[1].api, replica::API_KEY, "tenant=t1").await == everything).then_some(())
+    })
+    .await;
+    let projects = all_pages(rs[0].api, replica::API_KEY, "tenant=t1&kind=project&limit=1").await;
+    assert_eq!(projects, rooms(&[("tenant:t1:project:p1", 2, 2), ("tenant:t1:project:p2", 1, 1)]));
+    let p2 = all_pages(rs[0].api, replica::API_KEY, "tenant=t1&kind=project&prefix=p2").await;
+    assert_eq!(p2, rooms(&[("tenant:t1:project:p2", 1, 1)]));
+    assert_eq!(all_pages(rs[0].api, replica::API_KEY, "tenant=t2").await, rooms(&[("tenant:t2:project:p1", 1, 1)]));
+    let (status, body) = list(rs[0].api, replica::API_KEY, "tenant=t1&cursor=not-a-cursor").await;
+    assert_eq!((status, body["error"]["code"].clone()), (400, json!("invalid_payload")), "{body}");
+    // The last member leaves: no longer listed.
+    assert_eq!(bob.request("leave", json!({ "project": "p2" })).await["ok"], true);
+    eventually(WAIT, "p2 unlisted", || async {
+        (all_pages(rs[0].api, replica::API_KEY, "tenant=t1&kind=project").await
+            == rooms(&[("tenant:t1:project:p1", 2, 2)]))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn room_listing_pages_on_a_single_node_and_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("tenant-keys.json");
+    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
+        .unwrap();
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.tenant_api_keys_file = Some(keys.clone());
+    })
+    .await;
+    let mut all = claims("t1", "ada");
+    all["channels"] = json!(["*"]);
+    let ada = gw.connect(&token(&all)).await;
+    for c in ["a1", "a2", "a3", "b1", "b2"] {
+        assert_eq!(ada.request("join", json!({ "channel": c })).await["ok"], true);
+    }
+    let (status, first) = list(gw.api, KEY, "tenant=t1&limit=2").await;
+    assert_eq!((status, first["rooms"].as_array().unwrap().len()), (200, 2), "{first}");
+    assert!(first["cursor"].is_string(), "{first}");
+    let listed = all_pages(gw.api, KEY, "tenant=t1&limit=2").await;
+    assert_eq!(listed.len(), 5);
+    assert_eq!(all_pages(gw.api, KEY, "tenant=t1&kind=channel&prefix=a").await.len(), 3);
+    assert!(all_pages(gw.api, KEY, "tenant=t1&kind=project").await.is_empty());
+    for (query, status, code) in [
+        ("tenant=t1&kind=user", 400, "invalid_payload"),
+        ("tenant=t1&prefix=a", 400, "invalid_payload"),
+        ("tenant=t1&kind=channel&prefix=a:b", 400, "invalid_payload"),
+        ("tenant=t1&kind=channel&prefix=a*", 400, "invalid_payload"),
+        ("tenant=t1&limit=0", 400, "invalid_payload"),
+        ("tenant=t1&limit=501", 400, "invalid_payload"),
+        ("tenant=t:1", 400, "invalid_room"),
+        ("tenant=t1&sort=name", 400, "invalid_payload"),
+        ("kind=channel", 400, "invalid_payload"),
+        ("tenant=t1&cursor=tenant:t2:channel:a1", 400, "invalid_payload"),
+    ] {
+        let (got, body) = list(gw.api, KEY, query).await;
+        assert_eq!((got, body["error"]["code"].as_str().unwrap_or_default()), (status, code), "{query}: {body}");
+    }
+    assert_eq!(list(gw.api, "wrong-key-wrong-key-0123", "tenant=t1").await.0, 401);
+    let (status, body) = list(gw.api, "tenant-two-key-0123456789", "tenant=t1").await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")));
+    assert_eq!(http(gw.api, "DELETE", "/v1/rooms?tenant=t1", &[], "").await.0, 405);
+}

@@ -497,6 +497,12 @@ impl Keys {
         format!("{}:{{revocations}}", self.prefix)
     }
 
+    /// A tenant's rooms with members (sorted set: member the project or channel room's name,
+    /// score when a replica last saw members there, ms), in the tenant room's slot.
+    pub fn rooms_index(&self, tenant: &str) -> String {
+        format!("{}:{{tenant:{tenant}}}:rooms", self.prefix)
+    }
+
     /// How many revocations each tenant has in [`Keys::revocations`] (hash: tenant → count).
     pub fn revocation_counts(&self) -> String {
         format!("{}:{{revocations}}:tenants", self.prefix)

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use roomcast_publisher::wire::Revocation;
 
-use super::{BoxFuture, Bus, BusError, ControlReceipt, Inbound, Published, RevocationList};
+use super::{BoxFuture, Bus, BusError, ControlReceipt, Inbound, Published, RevocationList, RoomPage};
 use crate::history::memory::MemoryHistory;
 
 /// Publish calls waiting for the delivery task; a publisher beyond that waits its turn.
@@ -48,6 +48,8 @@ pub struct Hub {
     nodes: Mutex<Vec<Node>>,
     /// Recorded revocations.
     revocations: Mutex<RevocationStore>,
+    /// Rooms with members, and when they were last recorded (ms), in name order.
+    rooms: Mutex<std::collections::BTreeMap<String, u64>>,
     /// To the delivery task, which owns the order of appends and deliveries.
     queue: mpsc::Sender<Batch>,
     /// Taken by the first node that starts receiving, which spawns the delivery task.
@@ -68,6 +70,7 @@ impl Hub {
         Arc::new(Hub {
             nodes: Mutex::new(Vec::new()),
             revocations: Mutex::default(),
+            rooms: Mutex::default(),
             queue: tx,
             receiver: Mutex::new(Some(rx)),
             history,
@@ -282,6 +285,51 @@ impl Bus for MemoryBus {
             (version, current)
         });
         Box::pin(async move { Ok(read) })
+    }
+
+    fn index_rooms(&self, rooms: Vec<String>, now_ms: u64, prune: bool) -> BoxFuture<'static, Result<(), BusError>> {
+        let mut index = self.hub.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        for room in rooms {
+            index.insert(room, now_ms);
+        }
+        if prune {
+            let ttl = super::ROOM_INDEX_TTL.as_millis() as u64;
+            index.retain(|_, seen| *seen + ttl > now_ms);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn indexed_rooms(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        cursor: &str,
+        count: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Option<RoomPage>, BusError>> {
+        let index = self.hub.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = super::ROOM_INDEX_TTL.as_millis() as u64;
+        let tenant_prefix = format!("tenant:{tenant}:");
+        if !cursor.is_empty() && !cursor.starts_with(&tenant_prefix) {
+            return Box::pin(async { Ok(None) });
+        }
+        // The cursor is the last room returned: pages follow the name order.
+        let after = (std::ops::Bound::Excluded(cursor.to_owned()), std::ops::Bound::Unbounded);
+        let from = if cursor.is_empty() { (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded) } else { after };
+        let mut page = Vec::new();
+        let mut more = false;
+        for (room, seen) in index.range::<String, _>(from) {
+            if !(room.starts_with(&tenant_prefix) && room.starts_with(prefix) && *seen + ttl > now_ms) {
+                continue;
+            }
+            if page.len() as u64 >= count.max(1) {
+                more = true;
+                break;
+            }
+            page.push(room.clone());
+        }
+        let next = if more { page.last().cloned().unwrap_or_default() } else { String::new() };
+        Box::pin(async move { Ok(Some((next, page))) })
     }
 
     fn unavailable(&self) -> Option<&'static str> {

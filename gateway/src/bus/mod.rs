@@ -49,6 +49,15 @@ pub trait Inbound: Send + Sync + 'static {
     fn catch_up(&self, rooms: Vec<String>);
 }
 
+/// A page of a room index: the next cursor (empty at the end) and the rooms.
+pub type RoomPage = (String, Vec<String>);
+
+/// How often each replica records its rooms with members in the room indexes.
+pub const ROOM_INDEX_REFRESH: Duration = Duration::from_secs(10);
+
+/// How long a room stays in its tenant's index without a replica recording it again.
+pub const ROOM_INDEX_TTL: Duration = Duration::from_secs(30);
+
 /// The shared list of revocations as read: its version, and each revocation with its until (ms).
 pub type RevocationList = (String, Vec<(Revocation, u64)>);
 
@@ -101,6 +110,25 @@ pub trait Bus: Send + Sync + 'static {
         known: Option<String>,
         now_ms: u64,
     ) -> BoxFuture<'static, Result<Option<RevocationList>, BusError>>;
+
+    /// Records that this replica has members in project or channel `rooms` (at `now_ms`), in
+    /// their tenants' room indexes; with `prune`, also forgets what no replica has recorded for
+    /// [`ROOM_INDEX_TTL`].
+    fn index_rooms(&self, rooms: Vec<String>, now_ms: u64, prune: bool) -> BoxFuture<'static, Result<(), BusError>>;
+
+    /// A page of `tenant`'s indexed rooms whose name starts with `prefix` (a room name of the
+    /// tenant, or its start; only the id characters), from `cursor` (empty first): the next
+    /// cursor (empty at the end) and the rooms. A room may appear on two pages, a page may be
+    /// empty before the end; `count` is a hint. `None` when `cursor` is not one this bus
+    /// returned.
+    fn indexed_rooms(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        cursor: &str,
+        count: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Option<RoomPage>, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

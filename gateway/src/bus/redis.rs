@@ -41,7 +41,7 @@ use roomcast_publisher::{
 };
 use tokio::sync::{broadcast::error::RecvError, mpsc, oneshot};
 
-use super::{BoxFuture, Bus, BusError, ControlAck, ControlReceipt, Inbound, Published, RevocationList};
+use super::{BoxFuture, Bus, BusError, ControlAck, ControlReceipt, Inbound, Published, RevocationList, RoomPage};
 use crate::{
     config::{ConfigError, env},
     envelope::Envelope,
@@ -468,6 +468,78 @@ impl Bus for RedisBus {
                 tracing::warn!(skipped = read - list.len(), "revocations in Redis that do not parse were skipped");
             }
             Ok(Some((version, list)))
+        })
+    }
+
+    fn index_rooms(&self, rooms: Vec<String>, now_ms: u64, _prune: bool) -> BoxFuture<'static, Result<(), BusError>> {
+        let redis = self.commands();
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let mut by_tenant: HashMap<String, Vec<(f64, String)>> = HashMap::new();
+            for room in rooms {
+                if let Some(parsed) = roomcast_publisher::Room::parse(&room) {
+                    by_tenant.entry(parsed.tenant_id().to_owned()).or_default().push((now_ms as f64, room));
+                }
+            }
+            let forget_before = now_ms.saturating_sub(super::ROOM_INDEX_TTL.as_millis() as u64) as f64;
+            let pipeline = redis.client.pipeline();
+            for (tenant, members) in by_tenant {
+                let key = redis.keys.rooms_index(&tenant);
+                let _: Result<(), _> = pipeline.zadd(&key, None, None, false, false, members).await;
+                // Cheap here (only what expired goes): done on every call.
+                let _: Result<(), _> = pipeline.zremrangebyscore(&key, f64::NEG_INFINITY, forget_before).await;
+                // An abandoned tenant's index goes once no replica records it.
+                let _: Result<(), _> =
+                    pipeline.pexpire(&key, (super::ROOM_INDEX_TTL.as_millis() * 2) as i64, None).await;
+            }
+            pipeline.all::<Vec<Value>>().await.map(|_| ()).map_err(|e| {
+                metrics::redis_error("rooms");
+                BusError::Unavailable(e.details().to_owned())
+            })
+        })
+    }
+
+    fn indexed_rooms(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        cursor: &str,
+        count: u64,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<Option<RoomPage>, BusError>> {
+        // Redis' cursors are unsigned 64-bit integers.
+        if !cursor.is_empty() && cursor.parse::<u64>().is_err() {
+            return Box::pin(async { Ok(None) });
+        }
+        let redis = self.commands();
+        let key = redis.keys.rooms_index(tenant);
+        // `prefix` holds only id characters and `:`: nothing a glob pattern treats specially.
+        let args: Vec<Value> = vec![
+            key.into(),
+            (if cursor.is_empty() { "0" } else { cursor }).into(),
+            "MATCH".into(),
+            format!("{prefix}*").into(),
+            "COUNT".into(),
+            (count.max(1) as i64).into(),
+        ];
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let (next, flat): (String, Vec<String>) =
+                redis.client.custom(fred::cmd!("ZSCAN"), args).await.map_err(|e| {
+                    metrics::redis_error("rooms");
+                    BusError::Unavailable(e.details().to_owned())
+                })?;
+            let fresh_after = now_ms.saturating_sub(super::ROOM_INDEX_TTL.as_millis() as u64) as f64;
+            let rooms = flat
+                .chunks(2)
+                .filter(|pair| pair.len() == 2 && pair[1].parse::<f64>().is_ok_and(|seen| seen > fresh_after))
+                .map(|pair| pair[0].clone())
+                .collect();
+            Ok(Some((if next == "0" { String::new() } else { next }, rooms)))
         })
     }
 
