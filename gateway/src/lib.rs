@@ -516,17 +516,28 @@ async fn sync_revocations(state: Shared, mut version: Option<String>) {
     }
 }
 
-/// Records this replica's project and channel rooms with members in their tenants' indexes
-/// (`GET /v1/rooms`) every [`bus::ROOM_INDEX_REFRESH`], for the gateway's life: a room no
-/// replica records for [`bus::ROOM_INDEX_TTL`] leaves its index.
+/// How often rooms that got a first local member are added to their tenants' room indexes.
+const ROOM_INDEX_FLUSH: Duration = Duration::from_millis(250);
+
+/// Keeps this replica's project and channel rooms with members in their tenants' indexes
+/// (`GET /v1/rooms`) for the gateway's life: new rooms every [`ROOM_INDEX_FLUSH`], in one batch,
+/// and all of them every [`bus::ROOM_INDEX_REFRESH`], which also forgets what no replica has
+/// recorded for [`bus::ROOM_INDEX_TTL`].
 async fn index_rooms(state: Shared) {
-    let mut tick = tokio::time::interval(bus::ROOM_INDEX_REFRESH);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut flush = tokio::time::interval(ROOM_INDEX_FLUSH);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(bus::ROOM_INDEX_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        let rooms = state.membership.rooms();
-        if let Err(e) = state.bus.index_rooms(rooms, roomcast_publisher::wire::now_ms(), true).await {
-            tracing::debug!(error = %e, "rooms not indexed; next time");
+        let (rooms, prune) = tokio::select! {
+            _ = flush.tick() => (state.membership.new_rooms(), false),
+            _ = refresh.tick() => (state.membership.rooms(), true),
+        };
+        if rooms.is_empty() && !prune {
+            continue;
+        }
+        if let Err(e) = state.bus.index_rooms(rooms, roomcast_publisher::wire::now_ms(), prune).await {
+            tracing::debug!(error = %e, "rooms not indexed; the next refresh records them");
         }
     }
 }

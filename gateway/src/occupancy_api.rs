@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use futures_util::StreamExt;
 use roomcast_publisher::Room;
 use serde::Deserialize;
 use serde_json::json;
@@ -125,7 +126,12 @@ async fn rooms(
         Err(_) => return unavailable(),
     };
     let rooms: Vec<Room> = names.iter().filter_map(|name| Room::parse(name)).collect();
-    let counts = futures_util::future::join_all(rooms.iter().map(|room| gw.presence.occupancy(room))).await;
+    // At most 32 reads in flight: a page from Redis can hold more rooms than `limit` asked.
+    let reads = rooms.iter().cloned().map(|room| {
+        let presence = gw.presence.clone();
+        async move { presence.occupancy(&room).await }
+    });
+    let counts: Vec<_> = futures_util::stream::iter(reads).buffered(32).collect().await;
     let mut listed = Vec::new();
     for (room, counted) in rooms.iter().zip(counts) {
         let Ok(o) = counted else { return unavailable() };

@@ -25,6 +25,17 @@ pub struct Membership {
     /// Numbers each period during which a room has local members (see [`Entered::generation`]).
     generations: std::sync::atomic::AtomicU64,
     bus: Arc<dyn Bus>,
+    /// Rooms that got a first local member since the room index was last told (bounded: beyond
+    /// [`MAX_NEW_ROOMS`] they wait for the periodic refresh).
+    new_rooms: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Rooms waiting to be added to the room index between two flushes, at most.
+const MAX_NEW_ROOMS: usize = 10_000;
+
+/// Whether `room` belongs in its tenant's room index (project and channel rooms).
+fn indexed(room: &str) -> bool {
+    Room::parse(room).is_some_and(|r| matches!(r.kind(), RoomKind::Project | RoomKind::Channel))
 }
 
 /// One room's local members.
@@ -62,7 +73,12 @@ impl std::fmt::Debug for Membership {
 impl Membership {
     /// A registry driving `bus`.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Membership { counts: Mutex::new(HashMap::new()), generations: Default::default(), bus }
+        Membership {
+            counts: Mutex::new(HashMap::new()),
+            generations: Default::default(),
+            bus,
+            new_rooms: Mutex::default(),
+        }
     }
 
     /// A local socket entered `room`.
@@ -74,17 +90,12 @@ impl Membership {
                 Entered { generation: local.generation, subscribed: local.subscribed.clone() }
             }
             None => {
-                // A project or channel room with members here: listed in its tenant's index at
-                // once (kept there by `Membership::rooms` being recorded periodically).
-                if Room::parse(room).is_some_and(|r| matches!(r.kind(), RoomKind::Project | RoomKind::Channel))
-                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
-                {
-                    runtime.spawn(self.bus.index_rooms(
-                        vec![room.to_owned()],
-                        roomcast_publisher::wire::now_ms(),
-                        false,
-                    ));
+                // Listed in its tenant's room index at the next flush (see `Membership::new_rooms`).
+                let mut new_rooms = self.new_rooms.lock().unwrap_or_else(|e| e.into_inner());
+                if new_rooms.len() < MAX_NEW_ROOMS {
+                    new_rooms.insert(room.to_owned());
                 }
+                drop(new_rooms);
                 let subscribed = self.bus.subscribe(room).shared();
                 let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 counts.insert(room.to_owned(), Local { members: 1, generation, subscribed: subscribed.clone() });
@@ -112,13 +123,17 @@ impl Membership {
         }
     }
 
-    /// The project and channel rooms with local members.
+    /// The project and channel rooms with local members (copied under the lock, filtered
+    /// after: joins do not wait for the parsing).
     pub fn rooms(&self) -> Vec<String> {
-        self.lock()
-            .keys()
-            .filter(|name| Room::parse(name).is_some_and(|r| matches!(r.kind(), RoomKind::Project | RoomKind::Channel)))
-            .cloned()
-            .collect()
+        let all: Vec<String> = self.lock().keys().cloned().collect();
+        all.into_iter().filter(|name| indexed(name)).collect()
+    }
+
+    /// The project and channel rooms that got a first local member since the last call.
+    pub fn new_rooms(&self) -> Vec<String> {
+        let taken = std::mem::take(&mut *self.new_rooms.lock().unwrap_or_else(|e| e.into_inner()));
+        taken.into_iter().filter(|name| indexed(name)).collect()
     }
 
     /// Number of rooms with at least one local member.

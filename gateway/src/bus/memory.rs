@@ -313,13 +313,20 @@ impl Bus for MemoryBus {
         if !cursor.is_empty() && !cursor.starts_with(&tenant_prefix) {
             return Box::pin(async { Ok(None) });
         }
-        // The cursor is the last room returned: pages follow the name order.
-        let after = (std::ops::Bound::Excluded(cursor.to_owned()), std::ops::Bound::Unbounded);
-        let from = if cursor.is_empty() { (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded) } else { after };
+        // The cursor is the last room returned: pages follow the name order, and the rooms
+        // with the prefix are contiguous in it, so only they are visited.
+        let from = if cursor.is_empty() || cursor < prefix {
+            std::ops::Bound::Included(prefix.to_owned())
+        } else {
+            std::ops::Bound::Excluded(cursor.to_owned())
+        };
         let mut page = Vec::new();
         let mut more = false;
-        for (room, seen) in index.range::<String, _>(from) {
-            if !(room.starts_with(&tenant_prefix) && room.starts_with(prefix) && *seen + ttl > now_ms) {
+        for (room, seen) in index.range::<String, _>((from, std::ops::Bound::Unbounded)) {
+            if !room.starts_with(prefix) {
+                break;
+            }
+            if !(room.starts_with(&tenant_prefix) && *seen + ttl > now_ms) {
                 continue;
             }
             if page.len() as u64 >= count.max(1) {

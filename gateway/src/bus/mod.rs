@@ -55,8 +55,10 @@ pub type RoomPage = (String, Vec<String>);
 /// How often each replica records its rooms with members in the room indexes.
 pub const ROOM_INDEX_REFRESH: Duration = Duration::from_secs(10);
 
-/// How long a room stays in its tenant's index without a replica recording it again.
-pub const ROOM_INDEX_TTL: Duration = Duration::from_secs(30);
+/// How long a room stays in its tenant's index without a replica recording it again. Generous:
+/// replicas' clocks score the entries (a replica this far behind would see its rooms pruned),
+/// and the listing only shows rooms with someone in them anyway.
+pub const ROOM_INDEX_TTL: Duration = Duration::from_secs(120);
 
 /// The shared list of revocations as read: its version, and each revocation with its until (ms).
 pub type RevocationList = (String, Vec<(Revocation, u64)>);
@@ -119,8 +121,8 @@ pub trait Bus: Send + Sync + 'static {
     /// A page of `tenant`'s indexed rooms whose name starts with `prefix` (a room name of the
     /// tenant, or its start; only the id characters), from `cursor` (empty first): the next
     /// cursor (empty at the end) and the rooms. A room may appear on two pages, a page may be
-    /// empty before the end; `count` is a hint. `None` when `cursor` is not one this bus
-    /// returned.
+    /// empty before the end; `count` is a hint. `None` when `cursor` cannot be one this bus
+    /// returns (Redis: not a number; memory: not a room of the tenant).
     fn indexed_rooms(
         &self,
         tenant: &str,

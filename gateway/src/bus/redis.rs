@@ -478,6 +478,8 @@ impl Bus for RedisBus {
                 return Err(BusError::Unavailable("Redis is not connected".into()));
             }
             let mut by_tenant: HashMap<String, Vec<(f64, String)>> = HashMap::new();
+            // One tenant's rooms in chunks: no single command carries a huge argument list.
+            const CHUNK: usize = 1000;
             for room in rooms {
                 if let Some(parsed) = roomcast_publisher::Room::parse(&room) {
                     by_tenant.entry(parsed.tenant_id().to_owned()).or_default().push((now_ms as f64, room));
@@ -487,7 +489,9 @@ impl Bus for RedisBus {
             let pipeline = redis.client.pipeline();
             for (tenant, members) in by_tenant {
                 let key = redis.keys.rooms_index(&tenant);
-                let _: Result<(), _> = pipeline.zadd(&key, None, None, false, false, members).await;
+                for chunk in members.chunks(CHUNK) {
+                    let _: Result<(), _> = pipeline.zadd(&key, None, None, false, false, chunk.to_vec()).await;
+                }
                 // Cheap here (only what expired goes): done on every call.
                 let _: Result<(), _> = pipeline.zremrangebyscore(&key, f64::NEG_INFINITY, forget_before).await;
                 // An abandoned tenant's index goes once no replica records it.
@@ -507,7 +511,7 @@ impl Bus for RedisBus {
         prefix: &str,
         cursor: &str,
         count: u64,
-        now_ms: u64,
+        _now_ms: u64,
     ) -> BoxFuture<'static, Result<Option<RoomPage>, BusError>> {
         // Redis' cursors are unsigned 64-bit integers.
         if !cursor.is_empty() && cursor.parse::<u64>().is_err() {
@@ -533,12 +537,8 @@ impl Bus for RedisBus {
                     metrics::redis_error("rooms");
                     BusError::Unavailable(e.details().to_owned())
                 })?;
-            let fresh_after = now_ms.saturating_sub(super::ROOM_INDEX_TTL.as_millis() as u64) as f64;
-            let rooms = flat
-                .chunks(2)
-                .filter(|pair| pair.len() == 2 && pair[1].parse::<f64>().is_ok_and(|seen| seen > fresh_after))
-                .map(|pair| pair[0].clone())
-                .collect();
+            // Not filtered by score: replicas' clocks differ; the caller keeps rooms with users.
+            let rooms = flat.chunks(2).map(|pair| pair[0].clone()).collect();
             Ok(Some((if next == "0" { String::new() } else { next }, rooms)))
         })
     }
