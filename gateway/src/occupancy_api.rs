@@ -1,5 +1,6 @@
 //! `GET /v1/occupancy`: how many connections and distinct users a project or channel room has,
 //! cluster-wide, read from presence's counts in O(1) (no member scan). "12 people viewing".
+//! For a whole tenant, or one user, the connection caps' counters answer (when caps are on).
 //!
 //! On the API listener, with the API key (a tenant-scoped key reads only its tenants). The
 //! counts are presence's: a connection in its grace period still counts.
@@ -12,7 +13,7 @@ use axum::{
     routing::get,
 };
 use futures_util::StreamExt;
-use roomcast_publisher::Room;
+use roomcast_publisher::{Room, RoomKind};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -29,6 +30,8 @@ struct OccupancyQuery {
     project: Option<String>,
     #[serde(default)]
     channel: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
 }
 
 /// The room listing's path.
@@ -166,10 +169,15 @@ async fn occupancy(
             return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
         }
     };
-    let room = match (&query.project, &query.channel) {
-        (Some(p), None) => Room::project(&query.tenant, p),
-        (None, Some(c)) => Room::channel(&query.tenant, c),
-        _ => return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "name either a project or a channel"),
+    let room = match (&query.project, &query.channel, &query.user) {
+        (Some(p), None, None) => Room::project(&query.tenant, p),
+        (None, Some(c), None) => Room::channel(&query.tenant, c),
+        (None, None, None) => Room::tenant(&query.tenant),
+        (None, None, Some(u)) => Room::user(&query.tenant, u),
+        _ => {
+            let message = "name at most one of project, channel and user";
+            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, message);
+        }
     };
     let room = match room {
         Ok(room) => room,
@@ -179,7 +187,18 @@ async fn occupancy(
         let message = format!("this API key may not act for tenant {:?}", query.tenant);
         return http::error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
     }
-    match gw.presence.occupancy(&room).await {
+    let counted = match room.kind() {
+        // A tenant's or a user's connections: the connection caps' counters.
+        RoomKind::Tenant | RoomKind::User => match gw.presence.connected(&query.tenant, query.user.as_deref()).await {
+            Some(counted) => counted,
+            None => {
+                let message = "connections are not counted: set ROOMCAST_MAX_CONNECTIONS_PER_USER or _PER_TENANT";
+                return http::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, message);
+            }
+        },
+        _ => gw.presence.occupancy(&room).await,
+    };
+    match counted {
         Ok(o) => {
             let body = json!({ "ok": true, "room": room.to_string(), "connections": o.connections, "users": o.users });
             (StatusCode::OK, Json(body)).into_response()

@@ -55,6 +55,17 @@ async fn occupancy_stays_exact_across_tabs_disconnects_and_a_killed_replica() {
     counted(&[&rs[0], &rs[1]], 4, 2).await;
     let ack = watcher.request("room:occupancy", json!({ "project": "p1" })).await;
     assert_eq!(ack, json!({ "ok": true, "room": "tenant:t1:project:p1", "connections": 4, "users": 2 }));
+    // The whole tenant, and one user: the connection counts (ada's 3 tabs, bob, carol).
+    let (status, tenant) = occupancy(rs[1].api, replica::API_KEY, "tenant=t1").await;
+    assert_eq!(
+        (status, tenant["room"].clone(), tenant["connections"].clone(), tenant["users"].clone()),
+        (200, json!("tenant:t1"), json!(5), json!(3)),
+        "{tenant}"
+    );
+    let (_, ada) = occupancy(rs[0].api, replica::API_KEY, "tenant=t1&user=ada").await;
+    assert_eq!((ada["connections"].clone(), ada["users"].clone()), (json!(3), json!(1)), "{ada}");
+    let (_, nobody) = occupancy(rs[0].api, replica::API_KEY, "tenant=t1&user=nobody").await;
+    assert_eq!((nobody["connections"].clone(), nobody["users"].clone()), (json!(0), json!(0)), "{nobody}");
 
     // One of ada's tabs closes: one connection less once its grace period is over, same users.
     ada_tab1.close();
@@ -62,6 +73,11 @@ async fn occupancy_stays_exact_across_tabs_disconnects_and_a_killed_replica() {
     // The replica holding bob and one of ada's tabs dies: reaped after its lease.
     rs[1].kill9();
     counted(&[&rs[0]], 1, 1).await;
+    eventually(WAIT, "the tenant's connections reaped", || async {
+        let (_, tenant) = occupancy(rs[0].api, replica::API_KEY, "tenant=t1").await;
+        (tenant["connections"] == 2 && tenant["users"] == 2).then_some(())
+    })
+    .await;
     let ack = watcher.request("room:occupancy", json!({ "project": "p1" })).await;
     assert_eq!((ack["connections"].clone(), ack["users"].clone()), (json!(1), json!(1)), "{ack}");
     // Redis loses everything: the survivor restores its share, and the total with it.
@@ -140,12 +156,15 @@ async fn occupancy_on_a_single_node_with_bad_requests() {
     }
     let (status, body) = occupancy(gw.api, KEY, "tenant=t1&channel=c1").await;
     assert_eq!((status, body["connections"].clone(), body["users"].clone()), (200, json!(2), json!(1)), "{body}");
+    let (status, body) = occupancy(gw.api, KEY, "tenant=t1").await;
+    assert_eq!((status, body["connections"].clone(), body["users"].clone()), (200, json!(2), json!(1)), "{body}");
     for (query, status, code) in [
-        ("tenant=t1", 400, "invalid_room"),
         ("tenant=t1&project=p1&channel=c1", 400, "invalid_room"),
         ("tenant=t1&project=a:b", 400, "invalid_room"),
+        ("tenant=t1&user=a:b", 400, "invalid_room"),
         ("project=p1", 400, "invalid_payload"),
-        ("tenant=t1&project=p1&user=u", 400, "invalid_payload"),
+        ("tenant=t1&project=p1&user=u", 400, "invalid_room"),
+        ("tenant=t1&room=x", 400, "invalid_payload"),
     ] {
         let (got, body) = occupancy(gw.api, KEY, query).await;
         assert_eq!((got, body["error"]["code"].as_str().unwrap_or_default()), (status, code), "{query}: {body}");
@@ -318,4 +337,20 @@ async fn room_listing_pages_on_a_single_node_and_refuses_bad_requests() {
     let (status, body) = list(gw.api, "tenant-two-key-0123456789", "tenant=t1").await;
     assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")));
     assert_eq!(http(gw.api, "DELETE", "/v1/rooms?tenant=t1", &[], "").await.0, 405);
+}
+
+/// A tenant's connections are counted only with a connection cap: without, the answer says so.
+#[tokio::test]
+async fn tenant_occupancy_needs_connection_counting() {
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![Secret::from(KEY.to_owned())];
+        c.max_connections_per_user = 0;
+        c.max_connections_per_tenant = 0;
+    })
+    .await;
+    let _ada = gw.connect_user("t1", "ada").await;
+    let (status, body) = occupancy(gw.api, KEY, "tenant=t1").await;
+    assert_eq!((status, body["error"]["code"].clone()), (404, json!("not_found")), "{body}");
+    let (status, _) = occupancy(gw.api, KEY, "tenant=t1&channel=c1").await;
+    assert_eq!(status, 200, "rooms are counted by presence all the same");
 }

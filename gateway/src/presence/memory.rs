@@ -28,8 +28,8 @@ struct RoomPresence {
     connections: u64,
 }
 
-/// Connections per (tenant, user), and per tenant.
-type Connections = (HashMap<(String, String), u32>, HashMap<String, u32>);
+/// Connections per (tenant, user), per tenant, and each tenant's users with a connection.
+type Connections = (HashMap<(String, String), u32>, HashMap<String, u32>, HashMap<String, u32>);
 
 /// In-memory presence store; announces transitions through the (memory) bus.
 pub struct MemoryPresence {
@@ -81,14 +81,18 @@ impl PresenceStore for MemoryPresence {
         caps: ConnectionCaps,
     ) -> BoxFuture<'static, Result<Admission, BusError>> {
         let mut guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let (users, tenants) = &mut *guard;
+        let (users, tenants, tenant_users) = &mut *guard;
         let key = (tenant.to_owned(), user.to_owned());
         let admission = if caps.per_user > 0 && users.get(&key).copied().unwrap_or(0) >= caps.per_user {
             Admission::UserFull
         } else if caps.per_tenant > 0 && tenants.get(tenant).copied().unwrap_or(0) >= caps.per_tenant {
             Admission::TenantFull
         } else {
-            *users.entry(key).or_default() += 1;
+            let n = users.entry(key).or_default();
+            if *n == 0 {
+                *tenant_users.entry(tenant.to_owned()).or_default() += 1;
+            }
+            *n += 1;
             *tenants.entry(tenant.to_owned()).or_default() += 1;
             Admission::Admitted
         };
@@ -97,12 +101,18 @@ impl PresenceStore for MemoryPresence {
 
     fn disconnect(&self, tenant: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>> {
         let mut guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        let (users, tenants) = &mut *guard;
+        let (users, tenants, tenant_users) = &mut *guard;
         let key = (tenant.to_owned(), user.to_owned());
         if let Some(n) = users.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
                 users.remove(&key);
+                if let Some(u) = tenant_users.get_mut(tenant) {
+                    *u = u.saturating_sub(1);
+                    if *u == 0 {
+                        tenant_users.remove(tenant);
+                    }
+                }
             }
             if let Some(t) = tenants.get_mut(tenant) {
                 *t = t.saturating_sub(1);
@@ -217,6 +227,22 @@ impl PresenceStore for MemoryPresence {
             }
         };
         Box::pin(async move { Ok(page) })
+    }
+
+    fn connected(&self, tenant: &str, user: Option<&str>) -> BoxFuture<'static, Result<Occupancy, BusError>> {
+        let guard = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        let (users, tenants, tenant_users) = &*guard;
+        let occupancy = match user {
+            Some(user) => {
+                let n = users.get(&(tenant.to_owned(), user.to_owned())).copied().unwrap_or(0);
+                Occupancy { connections: u64::from(n), users: u64::from(n > 0) }
+            }
+            None => Occupancy {
+                connections: u64::from(tenants.get(tenant).copied().unwrap_or(0)),
+                users: u64::from(tenant_users.get(tenant).copied().unwrap_or(0)),
+            },
+        };
+        Box::pin(std::future::ready(Ok(occupancy)))
     }
 
     fn occupancy(&self, room: &str) -> BoxFuture<'static, Result<Occupancy, BusError>> {

@@ -94,6 +94,9 @@ pub trait PresenceStore: Send + Sync + 'static {
     fn list(&self, room: &str, offset: u64, limit: u64) -> BoxFuture<'static, Result<Page, BusError>>;
     /// `room`'s occupancy, without reading its members.
     fn occupancy(&self, room: &str) -> BoxFuture<'static, Result<Occupancy, BusError>>;
+    /// A tenant's connections and users with a connection (or one user's), from the connection
+    /// counts of the caps.
+    fn connected(&self, tenant: &str, user: Option<&str>) -> BoxFuture<'static, Result<Occupancy, BusError>>;
     /// This replica no longer holds presence in `room`.
     fn forget(&self, room: &str) -> BoxFuture<'static, Result<(), BusError>>;
     /// Sets this replica's share of presence to exactly `held` (room → user, connections,
@@ -406,6 +409,15 @@ impl Presence {
     /// `room`'s occupancy (a project or channel room), cluster-wide.
     pub async fn occupancy(&self, room: &Room) -> Result<Occupancy, BusError> {
         self.store.occupancy(&room.to_string()).await
+    }
+
+    /// A tenant's (or one of its users') connections, cluster-wide; `None` when connections
+    /// are not counted (no connection cap is set).
+    pub async fn connected(&self, tenant: &str, user: Option<&str>) -> Option<Result<Occupancy, BusError>> {
+        if !self.caps.any() {
+            return None;
+        }
+        Some(self.store.connected(tenant, user).await)
     }
 
     /// A page of `room`'s presence.

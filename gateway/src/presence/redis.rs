@@ -42,6 +42,7 @@ struct Scripts {
     status: Script,
     list: Script,
     occupancy: Script,
+    connected: Script,
     reap: Script,
     lease: Script,
     expired: Script,
@@ -99,6 +100,7 @@ impl RedisPresence {
                 status: Script::from_lua(include_str!("status.lua")),
                 list: Script::from_lua(include_str!("list.lua")),
                 occupancy: Script::from_lua(concat!(include_str!("total.lua"), include_str!("occupancy.lua"))),
+                connected: Script::from_lua(include_str!("connected.lua")),
                 reap: Script::from_lua(concat!(include_str!("total.lua"), include_str!("reap.lua"))),
                 lease: Script::from_lua(include_str!("lease.lua")),
                 expired: Script::from_lua(include_str!("expired.lua")),
@@ -244,6 +246,19 @@ impl PresenceStore for RedisPresence {
             checked?;
             scripts.status.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
             Ok(())
+        })
+    }
+
+    fn connected(&self, tenant: &str, user: Option<&str>) -> BoxFuture<'static, Result<Occupancy, BusError>> {
+        let checked = self.check();
+        let (redis, scripts) = (self.redis.clone(), self.scripts.clone());
+        let keys = vec![redis.keys.connections(tenant)];
+        let args = vec![user.unwrap_or_default().to_owned()];
+        crate::metrics::redis_timed("presence", async move {
+            checked?;
+            let (connections, users): (u64, u64) =
+                scripts.connected.evalsha_with_reload(&redis.client, keys, args).await.map_err(unavailable)?;
+            Ok(Occupancy { connections, users })
         })
     }
 
