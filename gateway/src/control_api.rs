@@ -1,5 +1,6 @@
 //! The control API: `POST /v1/disconnect` ends sockets on every replica — a tenant's, a user's,
-//! a room's, or one socket — and answers with how many it reached.
+//! a room's, or one socket — `/v1/join` and `/v1/leave` move them between rooms, `/v1/revoke`
+//! revokes tokens; each answers with how many sockets it reached.
 //!
 //! The instruction travels as a control envelope on the room's channel (PROTOCOL.md), so it
 //! reaches exactly the replicas with a member of that room (a user's sockets are all in their
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
@@ -20,24 +21,109 @@ use roomcast_publisher::{
     Room,
     wire::{self, ControlEnvelope, ControlOp, Revocation, RevocationError},
 };
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::json;
 
 use crate::{
+    api_keys::KeyScope,
     backend::{BusError, ControlReceipt},
     errors::ErrorCode,
-    http, metrics,
+    http::{self, Refusal},
+    metrics,
     state::Shared,
 };
 
 /// The disconnect endpoint's path.
 pub const DISCONNECT_PATH: &str = "/v1/disconnect";
 
+/// The revoke endpoint's path.
+pub const REVOKE_PATH: &str = "/v1/revoke";
+
+/// The join endpoint's path.
+pub const JOIN_PATH: &str = "/v1/join";
+
+/// The leave endpoint's path.
+pub const LEAVE_PATH: &str = "/v1/leave";
+
 /// How long an answer waits for the replicas' acknowledgements.
 pub const CONTROL_WAIT: Duration = Duration::from_secs(2);
 
 /// The largest request body.
 const MAX_BODY: usize = 4096;
+
+/// The control routes of the backend API.
+pub fn router(gw: Shared) -> Router {
+    Router::new()
+        .route(DISCONNECT_PATH, post(disconnect).fallback(http::only_post))
+        .route(REVOKE_PATH, post(revoke).fallback(http::only_post))
+        .route(JOIN_PATH, post(join).fallback(http::only_post))
+        .route(LEAVE_PATH, post(leave).fallback(http::only_post))
+        .with_state(gw)
+}
+
+/// The answer to a control request of `op`, counted in `roomcast_control_requests_total`.
+fn answer(op: &'static str, result: Result<serde_json::Value, Refusal>) -> Response {
+    match result {
+        Ok(body) => {
+            metrics::control(op, "ok");
+            (StatusCode::OK, Json(body)).into_response()
+        }
+        Err(refused) => {
+            metrics::control(op, refused.code().as_str());
+            refused.into_response()
+        }
+    }
+}
+
+/// The request's key scope and its JSON body (`shape` says what was expected).
+async fn read<T: DeserializeOwned>(
+    gw: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<(KeyScope, T), Refusal> {
+    let scope = http::authorize(gw, headers).map_err(Refusal::Key)?;
+    let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
+        let message = format!("body over {MAX_BODY} bytes (or not received whole)");
+        return Err(Refusal::Answer(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, message));
+    };
+    let request = serde_json::from_slice(&bytes)
+        .map_err(|e| Refusal::bad(ErrorCode::InvalidPayload, format!("expected {shape}: {e}")))?;
+    Ok((scope, request))
+}
+
+/// Sends `control` and waits for the replicas: the answer with what it reached (and `extra`).
+async fn send(gw: &Shared, control: ControlEnvelope, extra: serde_json::Value) -> Result<serde_json::Value, Refusal> {
+    control.validate().map_err(|e| Refusal::bad(ErrorCode::InvalidPayload, e.to_string()))?;
+    let room = control.room.clone();
+    match gw.bus.control(control, CONTROL_WAIT).await {
+        Ok(receipt) => Ok(receipt_body(&room, receipt, receipt.replicas >= receipt.of, extra)),
+        Err(e @ BusError::Unavailable(_)) => {
+            Err(Refusal::Answer(StatusCode::SERVICE_UNAVAILABLE, e.code(), "not sent: Redis is unavailable".into()))
+        }
+        Err(e @ BusError::Uncertain(_)) => Err(Refusal::Answer(
+            StatusCode::GATEWAY_TIMEOUT,
+            e.code(),
+            "Redis did not answer in time: it may or may not have been applied; retrying is safe".into(),
+        )),
+    }
+}
+
+/// `{ ok, room, sockets, replicas, of, complete }` and the fields of `extra`.
+fn receipt_body(room: &str, receipt: ControlReceipt, complete: bool, extra: serde_json::Value) -> serde_json::Value {
+    let mut body = json!({
+        "ok": true,
+        "room": room,
+        "sockets": receipt.sockets,
+        "replicas": receipt.replicas,
+        "of": receipt.of,
+        "complete": complete,
+    });
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    body
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,23 +145,28 @@ struct DisconnectRequest {
     reconnect: bool,
 }
 
-/// The revoke endpoint's path.
-pub const REVOKE_PATH: &str = "/v1/revoke";
+async fn disconnect(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    answer("disconnect", disconnect_sockets(&gw, &headers, body).await)
+}
 
-/// The join endpoint's path.
-pub const JOIN_PATH: &str = "/v1/join";
-
-/// The leave endpoint's path.
-pub const LEAVE_PATH: &str = "/v1/leave";
-
-/// The control routes of the backend API.
-pub fn router(gw: Shared) -> Router {
-    Router::new()
-        .route(DISCONNECT_PATH, post(disconnect).fallback(http::only_post))
-        .route(REVOKE_PATH, post(revoke).fallback(http::only_post))
-        .route(JOIN_PATH, post(join).fallback(http::only_post))
-        .route(LEAVE_PATH, post(leave).fallback(http::only_post))
-        .with_state(gw)
+async fn disconnect_sockets(gw: &Shared, headers: &HeaderMap, body: Body) -> Result<serde_json::Value, Refusal> {
+    let shape = "{tenant, user|project|channel, socket, reason, message, reconnect}";
+    let (scope, request): (_, DisconnectRequest) = read(gw, headers, body, shape).await?;
+    let room = http::named_room(
+        &request.tenant,
+        request.project.as_deref(),
+        request.channel.as_deref(),
+        request.user.as_deref(),
+    )?;
+    http::tenant_allowed(&scope, &request.tenant)?;
+    let control = ControlEnvelope {
+        socket: request.socket,
+        reason: request.reason,
+        message: request.message,
+        reconnect: request.reconnect,
+        ..ControlEnvelope::new(&room, ControlOp::Disconnect)
+    };
+    send(gw, control, json!({})).await
 }
 
 /// Whose sockets, and the room they join or leave.
@@ -105,105 +196,42 @@ struct TargetRoom {
 
 /// `POST /v1/join`: a tenant's, a user's or a room's sockets (or one socket) join a project or
 /// channel room on every replica, whatever their tokens grant.
-async fn join(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    move_sockets(gw, headers, body, ControlOp::Join).await
+async fn join(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    answer("join", move_sockets(&gw, &headers, body, ControlOp::Join).await)
 }
 
 /// `POST /v1/leave`: the same sockets leave the room, even one their tokens grant.
-async fn leave(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    move_sockets(gw, headers, body, ControlOp::Leave).await
+async fn leave(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    answer("leave", move_sockets(&gw, &headers, body, ControlOp::Leave).await)
 }
 
-async fn move_sockets(gw: Shared, headers: HeaderMap, body: axum::body::Body, op: ControlOp) -> Response {
-    let name = if op == ControlOp::Join { "join" } else { "leave" };
-    let fail = |status: StatusCode, code: ErrorCode, message: &str| {
-        metrics::control(name, code.as_str());
-        http::error(status, code, message)
-    };
-    let scope = match http::authorize(&gw, &headers) {
-        Ok(scope) => scope,
-        Err(refused) => {
-            metrics::control(name, refused.code().as_str());
-            return refused.into_response();
-        }
-    };
-    let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
-        return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &format!("body over {MAX_BODY} bytes"));
-    };
-    let request: MoveRequest = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            let message = format!("expected {{tenant, user|project|channel, socket, room: {{project|channel}}}}: {e}");
-            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
-        }
-    };
-    let whose = match (&request.user, &request.project, &request.channel) {
-        (None, None, None) => Room::tenant(&request.tenant),
-        (Some(u), None, None) => Room::user(&request.tenant, u),
-        (None, Some(p), None) => Room::project(&request.tenant, p),
-        (None, None, Some(c)) => Room::channel(&request.tenant, c),
-        _ => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRoom,
-                "name at most one of user, project and channel",
-            );
-        }
-    };
+async fn move_sockets(
+    gw: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    op: ControlOp,
+) -> Result<serde_json::Value, Refusal> {
+    let shape = "{tenant, user|project|channel, socket, room: {project|channel}}";
+    let (scope, request): (_, MoveRequest) = read(gw, headers, body, shape).await?;
+    let whose = http::named_room(
+        &request.tenant,
+        request.project.as_deref(),
+        request.channel.as_deref(),
+        request.user.as_deref(),
+    )?;
     let target = match (&request.room.project, &request.room.channel) {
         (Some(p), None) => Room::project(&request.tenant, p),
         (None, Some(c)) => Room::channel(&request.tenant, c),
-        _ => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "room names either a project or a channel"),
-    };
-    let (whose, target) = match (whose, target) {
-        (Ok(whose), Ok(target)) => (whose, target),
-        (Err(e), _) | (_, Err(e)) => {
-            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &format!("invalid id: {e}"));
-        }
-    };
-    if !scope.allows(&request.tenant) {
-        let message = format!("this API key may not act for tenant {:?}", request.tenant);
-        return fail(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+        _ => return Err(Refusal::bad(ErrorCode::InvalidRoom, "room names either a project or a channel")),
     }
+    .map_err(|e| Refusal::bad(ErrorCode::InvalidRoom, format!("invalid id: {e}")))?;
+    http::tenant_allowed(&scope, &request.tenant)?;
     let control = ControlEnvelope {
-        v: wire::VERSION,
-        id: wire::new_event_id(),
-        room: whose.to_string(),
-        op,
         socket: request.socket,
-        reason: None,
-        message: None,
-        reconnect: false,
-        revocation: None,
-        until: None,
         target: Some(target.to_string()),
+        ..ControlEnvelope::new(&whose, op)
     };
-    if let Err(e) = control.validate() {
-        return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &e.to_string());
-    }
-    match gw.bus.control(control, CONTROL_WAIT).await {
-        Ok(receipt) => {
-            metrics::control(name, "ok");
-            let body = json!({
-                "ok": true,
-                "room": whose.to_string(),
-                "target": target.to_string(),
-                "sockets": receipt.sockets,
-                "replicas": receipt.replicas,
-                "of": receipt.of,
-                "complete": receipt.replicas >= receipt.of,
-            });
-            (StatusCode::OK, Json(body)).into_response()
-        }
-        Err(e @ BusError::Unavailable(_)) => {
-            fail(StatusCode::SERVICE_UNAVAILABLE, e.code(), "not sent: Redis is unavailable")
-        }
-        Err(e @ BusError::Uncertain(_)) => fail(
-            StatusCode::GATEWAY_TIMEOUT,
-            e.code(),
-            "Redis did not answer in time: it may or may not have been applied; retrying is safe",
-        ),
-    }
+    send(gw, control, json!({ "target": target.to_string() })).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,44 +251,23 @@ struct RevokeRequest {
 /// in the shared list first (every replica refuses such tokens within a second), then sent to
 /// the replicas holding the tenant's (or user's) sockets, which refuse them at once and
 /// disconnect the sockets holding one.
-async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    let fail = |status: StatusCode, code: ErrorCode, message: &str| {
-        metrics::control("revoke", code.as_str());
-        http::error(status, code, message)
-    };
-    let scope = match http::authorize(&gw, &headers) {
-        Ok(scope) => scope,
-        Err(refused) => {
-            metrics::control("revoke", refused.code().as_str());
-            return refused.into_response();
-        }
-    };
-    let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
-        return fail(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, &format!("body over {MAX_BODY} bytes"));
-    };
-    let request: RevokeRequest = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            let message = format!("expected {{tenant, jti}} or {{tenant, user, before?}}: {e}");
-            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
-        }
-    };
+async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    answer("revoke", revoke_tokens(&gw, &headers, body).await)
+}
+
+async fn revoke_tokens(gw: &Shared, headers: &HeaderMap, body: Body) -> Result<serde_json::Value, Refusal> {
+    let (scope, request): (_, RevokeRequest) =
+        read(gw, headers, body, "{tenant, jti} or {tenant, user, before?}").await?;
     let now_ms = wire::now_ms();
     let before = match (&request.user, request.before) {
         (Some(_), None) => Some(now_ms / 1000),
         (_, before) => before,
     };
     let revocation = Revocation { tenant: request.tenant, jti: request.jti, user: request.user, before };
-    if let Err(e) = revocation.validate(now_ms) {
-        return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &e.to_string());
-    }
-    let Ok(room) = revocation.room() else {
-        return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &RevocationError::Id.to_string());
-    };
-    if !scope.allows(&revocation.tenant) {
-        let message = format!("this API key may not act for tenant {:?}", revocation.tenant);
-        return fail(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
-    }
+    revocation.validate(now_ms).map_err(|e| Refusal::bad(ErrorCode::InvalidPayload, e.to_string()))?;
+    let room =
+        revocation.room().map_err(|_| Refusal::bad(ErrorCode::InvalidPayload, RevocationError::Id.to_string()))?;
+    http::tenant_allowed(&scope, &revocation.tenant)?;
     // Kept as long as a token revoked now can be valid: ROOMCAST_MAX_TOKEN_LIFETIME plus the
     // leeway, plus the skew `before` may have.
     let until = wire::revocation_until(now_ms, gw.config.max_token_lifetime + gw.config.jwt_leeway);
@@ -273,7 +280,7 @@ async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::
                  revoke by user to cover many tokens at once",
                 revocation.tenant
             );
-            return fail(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRevocations, &message);
+            return Err(Refusal::Answer(StatusCode::TOO_MANY_REQUESTS, ErrorCode::TooManyRevocations, message));
         }
         Err(e) => {
             tracing::warn!(error = %e, "revocation not recorded");
@@ -283,26 +290,16 @@ async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::
                     (StatusCode::GATEWAY_TIMEOUT, "Redis did not answer in time: retry (revoking twice is harmless)")
                 }
             };
-            return fail(status, e.code(), message);
+            return Err(Refusal::Answer(status, e.code(), message.into()));
         }
     }
     // This replica holds it at once, whatever happens next.
     gw.revocations.add(&revocation, until);
-    metrics::revocations(gw.revocations.len());
     let control = ControlEnvelope {
-        v: wire::VERSION,
-        id: wire::new_event_id(),
-        room: room.to_string(),
-        op: ControlOp::Revoke,
-        socket: None,
-        reason: None,
-        message: None,
-        reconnect: false,
         revocation: Some(revocation.clone()),
         until: Some(until),
-        target: None,
+        ..ControlEnvelope::new(&room, ControlOp::Revoke)
     };
-
     // Recorded: every replica refuses the token within a second (and disconnects its sockets);
     // this makes the replicas holding its sockets do so now, and counts them.
     let (receipt, complete) = match gw.bus.control(control, CONTROL_WAIT).await {
@@ -315,103 +312,5 @@ async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::
             (ControlReceipt { sockets, replicas: 1, of: 1 }, false)
         }
     };
-    metrics::control("revoke", "ok");
-    let body = json!({
-        "ok": true,
-        "room": room.to_string(),
-        "until": until,
-        "sockets": receipt.sockets,
-        "replicas": receipt.replicas,
-        "of": receipt.of,
-        "complete": complete,
-    });
-    (StatusCode::OK, Json(body)).into_response()
-}
-
-fn fail(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    metrics::control("disconnect", code.as_str());
-    http::error(status, code, message)
-}
-
-async fn disconnect(State(gw): State<Shared>, headers: HeaderMap, body: axum::body::Body) -> Response {
-    let scope = match http::authorize(&gw, &headers) {
-        Ok(scope) => scope,
-        Err(refused) => {
-            metrics::control("disconnect", refused.code().as_str());
-            return refused.into_response();
-        }
-    };
-    let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
-        return fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::PayloadTooLarge,
-            &format!("body over {MAX_BODY} bytes (or not received whole)"),
-        );
-    };
-    let request: DisconnectRequest = match serde_json::from_slice(&bytes) {
-        Ok(r) => r,
-        Err(e) => {
-            let message = format!("expected {{tenant, user|project|channel, socket, reason, message, reconnect}}: {e}");
-            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
-        }
-    };
-    let room = match (&request.user, &request.project, &request.channel) {
-        (None, None, None) => Room::tenant(&request.tenant),
-        (Some(u), None, None) => Room::user(&request.tenant, u),
-        (None, Some(p), None) => Room::project(&request.tenant, p),
-        (None, None, Some(c)) => Room::channel(&request.tenant, c),
-        _ => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRoom,
-                "name at most one of user, project and channel",
-            );
-        }
-    };
-    let room = match room {
-        Ok(room) => room,
-        Err(e) => return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &format!("invalid id: {e}")),
-    };
-    if !scope.allows(&request.tenant) {
-        let message = format!("this API key may not act for tenant {:?}", request.tenant);
-        return fail(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
-    }
-    let control = ControlEnvelope {
-        v: wire::VERSION,
-        id: wire::new_event_id(),
-        room: room.to_string(),
-        op: ControlOp::Disconnect,
-        socket: request.socket,
-        reason: request.reason,
-        message: request.message,
-        reconnect: request.reconnect,
-        revocation: None,
-        until: None,
-        target: None,
-    };
-    if let Err(e) = control.validate() {
-        return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &e.to_string());
-    }
-    match gw.bus.control(control, CONTROL_WAIT).await {
-        Ok(receipt) => {
-            metrics::control("disconnect", "ok");
-            let body = json!({
-                "ok": true,
-                "room": room.to_string(),
-                "sockets": receipt.sockets,
-                "replicas": receipt.replicas,
-                "of": receipt.of,
-                "complete": receipt.replicas >= receipt.of,
-            });
-            (StatusCode::OK, Json(body)).into_response()
-        }
-        Err(e @ BusError::Unavailable(_)) => {
-            fail(StatusCode::SERVICE_UNAVAILABLE, e.code(), "not sent: Redis is unavailable")
-        }
-        Err(e @ BusError::Uncertain(_)) => fail(
-            StatusCode::GATEWAY_TIMEOUT,
-            e.code(),
-            "Redis did not answer in time: the sockets may or may not have been disconnected; retrying is safe",
-        ),
-    }
+    Ok(receipt_body(&room.to_string(), receipt, complete, json!({ "until": until })))
 }

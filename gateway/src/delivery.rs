@@ -236,7 +236,6 @@ impl Delivery {
                     return Err(Rejection::Control);
                 }
                 self.revocations.add(revocation, until);
-                metrics::revocations(self.revocations.len());
                 self.disconnect_revoked(revocation).await
             }
             ControlOp::Join | ControlOp::Leave => {

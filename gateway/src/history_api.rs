@@ -14,7 +14,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use roomcast_publisher::Room;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -53,37 +52,22 @@ async fn history(
     headers: HeaderMap,
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Response {
-    let scope = match http::authorize(&gw, &headers) {
-        Ok(scope) => scope,
+    let (scope, query) =
+        match http::authorized_query(&gw, &headers, query, "?tenant=&(project|channel|user)=&after=&limit=") {
+            Ok(read) => read,
+            Err(refused) => return refused.into_response(),
+        };
+    let room = match http::named_room(
+        &query.tenant,
+        query.project.as_deref(),
+        query.channel.as_deref(),
+        query.user.as_deref(),
+    ) {
+        Ok(room) => room,
         Err(refused) => return refused.into_response(),
     };
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            let message = format!("expected ?tenant=&(project|channel|user)=&after=&limit=: {}", e.body_text());
-            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
-        }
-    };
-    let room = match (&query.project, &query.channel, &query.user) {
-        (None, None, None) => Room::tenant(&query.tenant),
-        (Some(p), None, None) => Room::project(&query.tenant, p),
-        (None, Some(c), None) => Room::channel(&query.tenant, c),
-        (None, None, Some(u)) => Room::user(&query.tenant, u),
-        _ => {
-            return http::error(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRoom,
-                "name at most one of project, channel and user",
-            );
-        }
-    };
-    let room = match room {
-        Ok(room) => room,
-        Err(e) => return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &format!("invalid id: {e}")),
-    };
-    if !scope.allows(&query.tenant) {
-        let message = format!("this API key may not act for tenant {:?}", query.tenant);
-        return http::error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+    if let Err(refused) = http::tenant_allowed(&scope, &query.tenant) {
+        return refused.into_response();
     }
     let Some(store) = gw.history.as_ref() else {
         return http::error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "history is off (ROOMCAST_HISTORY_SIZE=0)");

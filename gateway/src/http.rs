@@ -289,6 +289,80 @@ fn is_new_socket_io_session(req: &Request) -> bool {
         && !req.uri().query().unwrap_or_default().split('&').any(|pair| pair.starts_with("sid="))
 }
 
+/// Why a backend API request was refused: its answer, and the code it is counted under.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The API key (404 or 401).
+    Key(KeyRefused),
+    /// Any other refusal.
+    Answer(StatusCode, ErrorCode, String),
+}
+
+impl Refusal {
+    /// 400 with `code`.
+    pub fn bad(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal::Answer(StatusCode::BAD_REQUEST, code, message.into())
+    }
+
+    /// The code the answer carries.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::Key(refused) => refused.code(),
+            Refusal::Answer(_, code, _) => *code,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Key(refused) => refused.into_response(),
+            Refusal::Answer(status, code, message) => error(status, code, &message),
+        }
+    }
+}
+
+/// The key's scope and the query of a backend API `GET` (`shape` says what was expected).
+pub fn authorized_query<T>(
+    gw: &Shared,
+    headers: &HeaderMap,
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+    shape: &str,
+) -> Result<(crate::api_keys::KeyScope, T), Refusal> {
+    let scope = authorize(gw, headers).map_err(Refusal::Key)?;
+    let axum::extract::Query(query) =
+        query.map_err(|e| Refusal::bad(ErrorCode::InvalidPayload, format!("expected {shape}: {}", e.body_text())))?;
+    Ok((scope, query))
+}
+
+/// 403 `forbidden` unless the key's `scope` acts for `tenant`.
+pub fn tenant_allowed(scope: &crate::api_keys::KeyScope, tenant: &str) -> Result<(), Refusal> {
+    if scope.allows(tenant) {
+        return Ok(());
+    }
+    let message = format!("this API key may not act for tenant {tenant:?}");
+    Err(Refusal::Answer(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message))
+}
+
+/// The room of `tenant` a request names with at most one of `project`, `channel` and `user`
+/// (none: the tenant's own room).
+pub fn named_room(
+    tenant: &str,
+    project: Option<&str>,
+    channel: Option<&str>,
+    user: Option<&str>,
+) -> Result<roomcast_publisher::Room, Refusal> {
+    use roomcast_publisher::Room;
+    let room = match (project, channel, user) {
+        (None, None, None) => Room::tenant(tenant),
+        (Some(p), None, None) => Room::project(tenant, p),
+        (None, Some(c), None) => Room::channel(tenant, c),
+        (None, None, Some(u)) => Room::user(tenant, u),
+        _ => return Err(Refusal::bad(ErrorCode::InvalidRoom, "name at most one of project, channel and user")),
+    };
+    room.map_err(|e| Refusal::bad(ErrorCode::InvalidRoom, format!("invalid id: {e}")))
+}
+
 /// A JSON error response: `{ "ok": false, "error": { "code", "message" } }`, the shape of an error ack.
 pub fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (status, Json(json!({ "ok": false, "error": { "code": code, "message": message } }))).into_response()

@@ -509,7 +509,6 @@ async fn sync_revocations(state: Shared, mut version: Option<String>) {
             }
             _ => state.revocations.merge(Vec::new(), now),
         };
-        metrics::revocations(state.revocations.len());
         for revocation in &fresh {
             state.delivery.disconnect_revoked(revocation).await;
         }
@@ -554,7 +553,6 @@ async fn first_revocations(state: &Shared) -> Option<String> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Ok(Ok(Some((version, list)))) = tokio::time::timeout(left, state.bus.revocations(None, now)).await {
             state.revocations.merge(list, now);
-            metrics::revocations(state.revocations.len());
             return Some(version);
         }
         if tokio::time::Instant::now() >= deadline {

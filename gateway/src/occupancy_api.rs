@@ -71,17 +71,11 @@ async fn rooms(
     headers: HeaderMap,
     query: Result<Query<RoomsQuery>, QueryRejection>,
 ) -> Response {
-    let scope = match http::authorize(&gw, &headers) {
-        Ok(scope) => scope,
-        Err(refused) => return refused.into_response(),
-    };
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            let message = format!("expected ?tenant=&kind=project|channel&prefix=&cursor=&limit=: {}", e.body_text());
-            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
-        }
-    };
+    let (scope, query) =
+        match http::authorized_query(&gw, &headers, query, "?tenant=&kind=project|channel&prefix=&cursor=&limit=") {
+            Ok(read) => read,
+            Err(refused) => return refused.into_response(),
+        };
     let bad = |message: &str| http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message);
     if Room::tenant(&query.tenant).is_err() {
         return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "tenant is not an id");
@@ -107,9 +101,8 @@ async fn rooms(
     if cursor.len() > 512 {
         return bad("cursor is not one this API returned");
     }
-    if !scope.allows(&query.tenant) {
-        let message = format!("this API key may not act for tenant {:?}", query.tenant);
-        return http::error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+    if let Err(refused) = http::tenant_allowed(&scope, &query.tenant) {
+        return refused.into_response();
     }
     let room_prefix = match kind {
         Some(kind) => format!("tenant:{}:{kind}:{prefix}", query.tenant),
@@ -158,34 +151,21 @@ async fn occupancy(
     headers: HeaderMap,
     query: Result<Query<OccupancyQuery>, QueryRejection>,
 ) -> Response {
-    let scope = match http::authorize(&gw, &headers) {
-        Ok(scope) => scope,
+    let (scope, query) = match http::authorized_query(&gw, &headers, query, "?tenant=&(project|channel|user)=") {
+        Ok(read) => read,
         Err(refused) => return refused.into_response(),
     };
-    let Query(query) = match query {
-        Ok(q) => q,
-        Err(e) => {
-            let message = format!("expected ?tenant=&(project|channel)=: {}", e.body_text());
-            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
-        }
-    };
-    let room = match (&query.project, &query.channel, &query.user) {
-        (Some(p), None, None) => Room::project(&query.tenant, p),
-        (None, Some(c), None) => Room::channel(&query.tenant, c),
-        (None, None, None) => Room::tenant(&query.tenant),
-        (None, None, Some(u)) => Room::user(&query.tenant, u),
-        _ => {
-            let message = "name at most one of project, channel and user";
-            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, message);
-        }
-    };
-    let room = match room {
+    let room = match http::named_room(
+        &query.tenant,
+        query.project.as_deref(),
+        query.channel.as_deref(),
+        query.user.as_deref(),
+    ) {
         Ok(room) => room,
-        Err(e) => return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, &format!("invalid id: {e}")),
+        Err(refused) => return refused.into_response(),
     };
-    if !scope.allows(&query.tenant) {
-        let message = format!("this API key may not act for tenant {:?}", query.tenant);
-        return http::error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, &message);
+    if let Err(refused) = http::tenant_allowed(&scope, &query.tenant) {
+        return refused.into_response();
     }
     let counted = match room.kind() {
         // A tenant's or a user's connections: the connection caps' counters.

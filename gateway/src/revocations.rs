@@ -38,7 +38,7 @@ struct Tenant {
     users: HashMap<String, Vec<(u64, u64)>>,
 }
 
-/// The revocations in force, by tenant.
+/// The revocations in force, by tenant; `roomcast_revocations` follows their number.
 #[derive(Debug, Default)]
 pub struct Revocations {
     by_tenant: Mutex<HashMap<String, Tenant>>,
@@ -62,6 +62,12 @@ impl Revocations {
 
     /// Adds `revocation`, in force until `until` (ms); whether it was new (not held already).
     pub fn add(&self, revocation: &Revocation, until: u64) -> bool {
+        let new = self.insert(revocation, until);
+        crate::metrics::revocations(self.len());
+        new
+    }
+
+    fn insert(&self, revocation: &Revocation, until: u64) -> bool {
         let mut all = self.lock();
         let tenant = all.entry(revocation.tenant.clone()).or_default();
         match (&revocation.jti, &revocation.user, revocation.before) {
@@ -102,7 +108,13 @@ impl Revocations {
             }
             all.retain(|_, t| !t.jtis.is_empty() || !t.users.is_empty());
         }
-        current.into_iter().filter(|(r, until)| *until > now_ms && self.add(r, *until)).map(|(r, _)| r).collect()
+        let fresh = current
+            .into_iter()
+            .filter(|(r, until)| *until > now_ms && self.insert(r, *until))
+            .map(|(r, _)| r)
+            .collect();
+        crate::metrics::revocations(self.len());
+        fresh
     }
 
     /// How many are held.

@@ -13,29 +13,7 @@ use serde_json::{Value, json};
 const KEY: &str = "control-api-key-0123456789";
 
 async fn disconnect(api: std::net::SocketAddr, key: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-    let (status, body) = http(api, "POST", "/v1/disconnect", &headers, &body.to_string()).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// Waits until `replicas` replicas are subscribed to `room`'s channel. A socket's tenant and
-/// user rooms are subscribed as it connects, not before its connect is acknowledged: a control
-/// sent in between can miss it (README: retry when `complete` is false).
-async fn subscribed(redis: &RedisServer, room: &str, replicas: u64) {
-    let channel = format!("roomcast:{{{room}}}");
-    eventually(WAIT, "the room's subscriptions", || async {
-        let out = redis.cli(&["PUBSUB", "NUMSUB", &channel]);
-        (out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(replicas)).then_some(())
-    })
-    .await;
-}
-
-/// The `roomcast:disconnect` a client received, once it was also disconnected.
-async fn kicked(c: &Client) -> Value {
-    let notice = c.next("roomcast:disconnect").await[0].clone();
-    assert!(c.server_disconnect().await, "a Socket.IO disconnect follows the notice");
-    notice
+    post_json(api, key, "/v1/disconnect", body).await
 }
 
 #[tokio::test]
@@ -103,15 +81,7 @@ async fn a_user_is_disconnected_on_every_replica_with_a_receipt() {
 
 #[tokio::test]
 async fn a_tenant_is_disconnected_on_a_single_node_and_bad_requests_get_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys.json");
-    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
-        .unwrap();
-    let gw = TestGateway::start_with(|c| {
-        c.api_key = vec![Secret::from(KEY.to_owned())];
-        c.tenant_api_keys_file = Some(keys.clone());
-    })
-    .await;
+    let gw = TestGateway::start_with_tenant_keys(KEY, |_| {}).await;
     let a = gw.connect_user("t1", "ada").await;
     let b = gw.connect_user("t1", "bob").await;
     let other = gw.connect_user("t2", "eve").await;
@@ -131,7 +101,7 @@ async fn a_tenant_is_disconnected_on_a_single_node_and_bad_requests_get_codes() 
     }
     let (status, answer) = disconnect(gw.api, "wrong-key-wrong-key-0123", &json!({ "tenant": "t1" })).await;
     assert_eq!((status, answer["error"]["code"].clone()), (401, json!("unauthorized")));
-    let (status, answer) = disconnect(gw.api, "tenant-two-key-0123456789", &json!({ "tenant": "t1" })).await;
+    let (status, answer) = disconnect(gw.api, TENANT_TWO_KEY, &json!({ "tenant": "t1" })).await;
     assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")));
     let (status, _) = http(gw.api, "GET", "/v1/disconnect", &[], "").await;
     assert_eq!(status, 405);
@@ -151,7 +121,7 @@ async fn a_tenant_is_disconnected_on_a_single_node_and_bad_requests_get_codes() 
     }
     assert_eq!(other.request("join", json!({ "channel": "c1" })).await["ok"], true, "another tenant is untouched");
     // The tenant-scoped key acts for its own tenant.
-    let (status, receipt) = disconnect(gw.api, "tenant-two-key-0123456789", &json!({ "tenant": "t2" })).await;
+    let (status, receipt) = disconnect(gw.api, TENANT_TWO_KEY, &json!({ "tenant": "t2" })).await;
     assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
     kicked(&other).await;
 }
@@ -179,13 +149,6 @@ async fn the_sdk_disconnects_a_user_through_redis() {
     assert!(matches!(err, PublishError::InvalidId(_)), "{err}");
 }
 
-async fn control(api: std::net::SocketAddr, key: &str, path: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-    let (status, body) = http(api, "POST", path, &headers, &body.to_string()).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
 /// A backend removes a user from a project (their sockets leave it on every replica, and may not
 /// join it again by themselves), and adds them to one their token does not grant.
 #[tokio::test]
@@ -201,7 +164,7 @@ async fn a_backend_moves_a_users_sockets_between_rooms_on_every_replica() {
 
     let started = Instant::now();
     let body = json!({ "tenant": "t1", "user": "ada", "room": { "project": "p1" } });
-    let (status, receipt) = control(rs[1].api, replica::API_KEY, "/v1/leave", &body).await;
+    let (status, receipt) = post_json(rs[1].api, replica::API_KEY, "/v1/leave", &body).await;
     assert_eq!(status, 200, "{receipt}");
     assert_eq!(
         (receipt["sockets"].clone(), receipt["replicas"].clone(), receipt["of"].clone(), receipt["target"].clone()),
@@ -223,7 +186,7 @@ async fn a_backend_moves_a_users_sockets_between_rooms_on_every_replica() {
 
     // Into a project the token does not grant (p9): delivered there, kept across a refresh.
     let body = json!({ "tenant": "t1", "user": "ada", "room": { "project": "p9" } });
-    let (status, receipt) = control(rs[0].api, replica::API_KEY, "/v1/join", &body).await;
+    let (status, receipt) = post_json(rs[0].api, replica::API_KEY, "/v1/join", &body).await;
     assert_eq!((status, receipt["sockets"].clone()), (200, json!(2)), "{receipt}");
     for c in &ada {
         assert_eq!(c.next("roomcast:joined").await[0]["room"], "tenant:t1:project:p9");
@@ -250,7 +213,7 @@ async fn a_backend_moves_a_users_sockets_between_rooms_on_every_replica() {
     assert_eq!(ada[1].request("join", json!({ "project": "p9" })).await["error"]["code"], "forbidden");
     // One socket only, by id.
     let one = json!({ "tenant": "t1", "user": "ada", "socket": ada[0].sid, "room": { "channel": "c9" } });
-    let (status, receipt) = control(rs[1].api, replica::API_KEY, "/v1/join", &one).await;
+    let (status, receipt) = post_json(rs[1].api, replica::API_KEY, "/v1/join", &one).await;
     assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
     assert_eq!(ada[0].next("roomcast:joined").await[0]["room"], "tenant:t1:channel:c9");
     assert!(ada[1].next_within("roomcast:joined", Duration::from_millis(200)).await.is_none());
@@ -258,15 +221,7 @@ async fn a_backend_moves_a_users_sockets_between_rooms_on_every_replica() {
 
 #[tokio::test]
 async fn join_and_leave_refuse_bad_requests_with_codes() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys.json");
-    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
-        .unwrap();
-    let gw = TestGateway::start_with(|c| {
-        c.api_key = vec![Secret::from(KEY.to_owned())];
-        c.tenant_api_keys_file = Some(keys.clone());
-    })
-    .await;
+    let gw = TestGateway::start_with_tenant_keys(KEY, |_| {}).await;
     let a = gw.connect_user("t1", "ada").await;
     for path in ["/v1/join", "/v1/leave"] {
         for (body, status, code) in [
@@ -284,7 +239,7 @@ async fn join_and_leave_refuse_bad_requests_with_codes() {
             (json!({ "tenant": "t1", "room": { "project": "p2" }, "extra": 1 }), 400, "invalid_payload"),
             (json!({ "tenant": "t1", "room": { "project": "x".repeat(5000) } }), 413, "payload_too_large"),
         ] {
-            let (got, answer) = control(gw.api, KEY, path, &body).await;
+            let (got, answer) = post_json(gw.api, KEY, path, &body).await;
             assert_eq!(
                 (got, answer["error"]["code"].as_str().unwrap_or_default()),
                 (status, code),
@@ -292,7 +247,7 @@ async fn join_and_leave_refuse_bad_requests_with_codes() {
             );
         }
         let body = json!({ "tenant": "t1", "room": { "project": "p1" } });
-        let (status, answer) = control(gw.api, "tenant-two-key-0123456789", path, &body).await;
+        let (status, answer) = post_json(gw.api, TENANT_TWO_KEY, path, &body).await;
         assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")), "{path}");
         let (status, _) = http(gw.api, "GET", path, &[], "").await;
         assert_eq!(status, 405);
@@ -300,7 +255,7 @@ async fn join_and_leave_refuse_bad_requests_with_codes() {
     assert!(a.next_within("roomcast:joined", Duration::from_millis(100)).await.is_none(), "nothing applied");
     // A whole tenant, on a single node.
     let (status, receipt) =
-        control(gw.api, KEY, "/v1/join", &json!({ "tenant": "t1", "room": { "channel": "all" } })).await;
+        post_json(gw.api, KEY, "/v1/join", &json!({ "tenant": "t1", "room": { "channel": "all" } })).await;
     assert_eq!(
         (status, receipt["sockets"].clone(), receipt["complete"].clone()),
         (200, json!(1), json!(true)),
@@ -308,7 +263,7 @@ async fn join_and_leave_refuse_bad_requests_with_codes() {
     );
     assert_eq!(a.next("roomcast:joined").await[0]["room"], "tenant:t1:channel:all");
     let (status, receipt) =
-        control(gw.api, KEY, "/v1/leave", &json!({ "tenant": "t1", "room": { "channel": "all" } })).await;
+        post_json(gw.api, KEY, "/v1/leave", &json!({ "tenant": "t1", "room": { "channel": "all" } })).await;
     assert_eq!((status, receipt["sockets"].clone()), (200, json!(1)), "{receipt}");
     assert_eq!(a.next("roomcast:left").await[0]["room"], "tenant:t1:channel:all");
 }
@@ -345,18 +300,18 @@ async fn a_socket_barred_from_too_many_rooms_is_disconnected() {
     let bob = gw.connect_user("t1", "bob").await;
     for i in 0..64 {
         let body = json!({ "tenant": "t1", "user": "ada", "room": { "channel": format!("c{i}x") } });
-        assert_eq!(control(gw.api, KEY, "/v1/leave", &body).await.0, 200);
+        assert_eq!(post_json(gw.api, KEY, "/v1/leave", &body).await.0, 200);
     }
     assert_eq!(ada.request("join", json!({ "channel": "c0x" })).await["error"]["code"], "forbidden");
     assert_eq!(ada.request("join", json!({ "channel": "free" })).await["ok"], true, "64 barred: still connected");
     // Rooms the token does not grant need no barring (bob's token grants c1, c2 only).
     for i in 0..70 {
         let body = json!({ "tenant": "t1", "user": "bob", "room": { "channel": format!("c{i}x") } });
-        assert_eq!(control(gw.api, KEY, "/v1/leave", &body).await.0, 200);
+        assert_eq!(post_json(gw.api, KEY, "/v1/leave", &body).await.0, 200);
     }
     assert_eq!(bob.request("join", json!({ "channel": "c1" })).await["ok"], true);
     let body = json!({ "tenant": "t1", "user": "ada", "room": { "channel": "one-more" } });
-    assert_eq!(control(gw.api, KEY, "/v1/leave", &body).await.0, 200);
+    assert_eq!(post_json(gw.api, KEY, "/v1/leave", &body).await.0, 200);
     let notice = kicked(&ada).await;
     assert_eq!((notice["code"].clone(), notice["reconnect"].clone()), (json!("disconnected"), json!(true)));
 }

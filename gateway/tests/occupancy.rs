@@ -139,13 +139,7 @@ async fn presence_from_before_the_total_is_counted_once_then_kept() {
 
 #[tokio::test]
 async fn occupancy_on_a_single_node_with_bad_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys.json");
-    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
-        .unwrap();
-    let gw = TestGateway::start_with(|c| {
-        c.api_key = vec![Secret::from(KEY.to_owned())];
-        c.tenant_api_keys_file = Some(keys.clone());
+    let gw = TestGateway::start_with_tenant_keys(KEY, |c| {
         c.presence_grace = Duration::from_millis(100);
     })
     .await;
@@ -171,7 +165,7 @@ async fn occupancy_on_a_single_node_with_bad_requests() {
     }
     let (status, _) = occupancy(gw.api, "wrong-key-wrong-key-0123", "tenant=t1&channel=c1").await;
     assert_eq!(status, 401);
-    let (status, body) = occupancy(gw.api, "tenant-two-key-0123456789", "tenant=t1&channel=c1").await;
+    let (status, body) = occupancy(gw.api, TENANT_TWO_KEY, "tenant=t1&channel=c1").await;
     assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")));
     let (status, _) = http(gw.api, "POST", "/v1/occupancy?tenant=t1&channel=c1", &[], "").await;
     assert_eq!(status, 405);
@@ -291,15 +285,7 @@ async fn a_tenants_rooms_with_members_are_listed_across_replicas() {
 
 #[tokio::test]
 async fn room_listing_pages_on_a_single_node_and_refuses_bad_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys.json");
-    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
-        .unwrap();
-    let gw = TestGateway::start_with(|c| {
-        c.api_key = vec![Secret::from(KEY.to_owned())];
-        c.tenant_api_keys_file = Some(keys.clone());
-    })
-    .await;
+    let gw = TestGateway::start_with_tenant_keys(KEY, |_| {}).await;
     let mut all = claims("t1", "ada");
     all["channels"] = json!(["*"]);
     let ada = gw.connect(&token(&all)).await;
@@ -334,7 +320,7 @@ async fn room_listing_pages_on_a_single_node_and_refuses_bad_requests() {
         assert_eq!((got, body["error"]["code"].as_str().unwrap_or_default()), (status, code), "{query}: {body}");
     }
     assert_eq!(list(gw.api, "wrong-key-wrong-key-0123", "tenant=t1").await.0, 401);
-    let (status, body) = list(gw.api, "tenant-two-key-0123456789", "tenant=t1").await;
+    let (status, body) = list(gw.api, TENANT_TWO_KEY, "tenant=t1").await;
     assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")));
     assert_eq!(http(gw.api, "DELETE", "/v1/rooms?tenant=t1", &[], "").await.0, 405);
 }

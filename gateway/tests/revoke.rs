@@ -8,16 +8,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{client::ConnectFailure, redis::RedisServer, replica::Replica, *};
-use roomcast_gateway::config::Secret;
 use serde_json::{Value, json};
 
 const KEY: &str = "revoke-api-key-0123456789";
 
 async fn revoke(api: std::net::SocketAddr, key: &str, body: &Value) -> (u16, Value) {
-    let auth = format!("Bearer {key}");
-    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
-    let (status, body) = http(api, "POST", "/v1/revoke", &headers, &body.to_string()).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    post_json(api, key, "/v1/revoke", body).await
 }
 
 /// A token of `user` in `tenant` with `jti` and `iat` (seconds ago).
@@ -53,24 +49,6 @@ async fn connect(addr: std::net::SocketAddr, token: &str) -> Result<Client, Stri
         Err(ConnectFailure::Rejected(code)) => Err(code),
         Err(e) => panic!("unexpected failure {e:?}"),
     }
-}
-
-/// Waits until `replicas` replicas are subscribed to `room`'s channel (a socket's tenant and
-/// user rooms are subscribed just after its connect is acknowledged).
-async fn subscribed(redis: &RedisServer, room: &str, replicas: u64) {
-    let channel = format!("roomcast:{{{room}}}");
-    eventually(WAIT, "the room's subscriptions", || async {
-        let out = redis.cli(&["PUBSUB", "NUMSUB", &channel]);
-        (out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(replicas)).then_some(())
-    })
-    .await;
-}
-
-/// The `roomcast:disconnect` a client received, once it was also disconnected.
-async fn kicked(c: &Client) -> Value {
-    let notice = c.next("roomcast:disconnect").await[0].clone();
-    assert!(c.server_disconnect().await, "a Socket.IO disconnect follows the notice");
-    notice
 }
 
 /// Waits until connecting to `addr` with `token` is refused with `token_revoked`.
@@ -191,13 +169,7 @@ async fn a_revocation_read_from_the_shared_list_disconnects_the_sockets_holding_
 
 #[tokio::test]
 async fn revocations_on_a_single_node_with_bad_requests_limits_and_lifetimes() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("tenant-keys.json");
-    std::fs::write(&keys, json!({ "keys": [{ "key": "tenant-two-key-0123456789", "tenants": ["t2"] }] }).to_string())
-        .unwrap();
-    let gw = TestGateway::start_with(|c| {
-        c.api_key = vec![Secret::from(KEY.to_owned())];
-        c.tenant_api_keys_file = Some(keys.clone());
+    let gw = TestGateway::start_with_tenant_keys(KEY, |c| {
         c.max_revocations_per_tenant = 2;
     })
     .await;
@@ -222,7 +194,7 @@ async fn revocations_on_a_single_node_with_bad_requests_limits_and_lifetimes() {
     }
     let (status, answer) = revoke(gw.api, "wrong-key-wrong-key-0123", &json!({ "tenant": "t1", "jti": "a1" })).await;
     assert_eq!((status, answer["error"]["code"].clone()), (401, json!("unauthorized")));
-    let (status, answer) = revoke(gw.api, "tenant-two-key-0123456789", &json!({ "tenant": "t1", "jti": "a1" })).await;
+    let (status, answer) = revoke(gw.api, TENANT_TWO_KEY, &json!({ "tenant": "t1", "jti": "a1" })).await;
     assert_eq!((status, answer["error"]["code"].clone()), (403, json!("forbidden")));
     let (status, _) = http(gw.api, "GET", "/v1/revoke", &[], "").await;
     assert_eq!(status, 405);
@@ -240,7 +212,7 @@ async fn revocations_on_a_single_node_with_bad_requests_limits_and_lifetimes() {
     let (status, answer) = revoke(gw.api, KEY, &json!({ "tenant": "t1", "jti": "a2" })).await;
     assert_eq!((status, answer["error"]["code"].clone()), (429, json!("too_many_revocations")), "{answer}");
     assert_eq!(revoke(gw.api, KEY, &json!({ "tenant": "t1", "jti": "a1" })).await.0, 200, "again: harmless");
-    let (status, _) = revoke(gw.api, "tenant-two-key-0123456789", &json!({ "tenant": "t2", "jti": "a2" })).await;
+    let (status, _) = revoke(gw.api, TENANT_TWO_KEY, &json!({ "tenant": "t2", "jti": "a2" })).await;
     assert_eq!(status, 200, "the other tenant's own allowance");
     assert_eq!(connect(gw.addr, &token_with("t1", "ada", "a1", 10)).await.err().as_deref(), Some("token_revoked"));
     connect(gw.addr, &token_with("t1", "ada", "a2", 10)).await.unwrap();

@@ -511,28 +511,16 @@ impl Publisher {
     pub async fn revoke(&self, revocation: &wire::Revocation, how: &Revoke) -> Result<ControlReceipt, PublishError> {
         let now = wire::now_ms();
         revocation.validate(now)?;
-        let room = revocation.room()?;
         let until = wire::revocation_until(now, how.keep_for);
         wire::Revocation::validate_until(until, now)?;
+        // Built before anything is written: whatever fails, fails first.
+        let control = wire::ControlEnvelope::revoke(revocation, until)?;
         let (keys, args) = wire::revoke_script_call(&self.keys, revocation, until, how.max_per_tenant.max(1));
         let script = Script::from_lua(wire::REVOKE_SCRIPT);
         let recorded: u64 = script.evalsha_with_reload(&self.client, keys, args).await.map_err(PublishError::redis)?;
         if recorded != 1 {
             return Err(PublishError::TooManyRevocations(how.max_per_tenant));
         }
-        let control = wire::ControlEnvelope {
-            v: VERSION,
-            id: wire::new_event_id(),
-            room: room.to_string(),
-            op: wire::ControlOp::Revoke,
-            socket: None,
-            reason: None,
-            message: None,
-            reconnect: false,
-            revocation: Some(revocation.clone()),
-            until: Some(until),
-            target: None,
-        };
         self.send_control(control, how.wait).await
     }
 
@@ -596,19 +584,12 @@ impl Target<'_> {
     /// # Ok(()) }
     /// ```
     pub async fn disconnect(&self, how: &Disconnect, wait: Duration) -> Result<ControlReceipt, PublishError> {
-        let room = self.room()?.to_string();
         let control = wire::ControlEnvelope {
-            v: VERSION,
-            id: wire::new_event_id(),
-            room: room.clone(),
-            op: wire::ControlOp::Disconnect,
             socket: how.socket.clone(),
             reason: how.reason.clone(),
             message: how.message.clone(),
             reconnect: how.reconnect,
-            revocation: None,
-            until: None,
-            target: None,
+            ..wire::ControlEnvelope::new(self.room()?, wire::ControlOp::Disconnect)
         };
         control.validate()?;
         self.publisher.send_control(control, wait).await
@@ -642,19 +623,8 @@ impl Target<'_> {
         target: &Room,
         wait: Duration,
     ) -> Result<ControlReceipt, PublishError> {
-        let control = wire::ControlEnvelope {
-            v: VERSION,
-            id: wire::new_event_id(),
-            room: self.room()?.to_string(),
-            op,
-            socket: None,
-            reason: None,
-            message: None,
-            reconnect: false,
-            revocation: None,
-            until: None,
-            target: Some(target.to_string()),
-        };
+        let control =
+            wire::ControlEnvelope { target: Some(target.to_string()), ..wire::ControlEnvelope::new(self.room()?, op) };
         control.validate()?;
         self.publisher.send_control(control, wait).await
     }

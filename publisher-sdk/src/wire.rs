@@ -316,6 +316,33 @@ pub enum ControlError {
 }
 
 impl ControlEnvelope {
+    /// Instruction `op` for `room`'s sockets, with a fresh id and none of the optional fields.
+    pub fn new(room: &Room, op: ControlOp) -> Self {
+        ControlEnvelope {
+            v: VERSION,
+            id: new_event_id(),
+            room: room.to_string(),
+            op,
+            socket: None,
+            reason: None,
+            message: None,
+            reconnect: false,
+            revocation: None,
+            until: None,
+            target: None,
+        }
+    }
+
+    /// The revoke instruction for `revocation` (sent to [`Revocation::room`]), kept until
+    /// `until_ms`.
+    pub fn revoke(revocation: &Revocation, until_ms: u64) -> Result<Self, crate::IdError> {
+        Ok(ControlEnvelope {
+            revocation: Some(revocation.clone()),
+            until: Some(until_ms),
+            ..ControlEnvelope::new(&revocation.room()?, ControlOp::Revoke)
+        })
+    }
+
     /// Checks the fields a sender chooses.
     pub fn validate(&self) -> Result<(), ControlError> {
         crate::validate_id(&self.id).map_err(|_| ControlError::Id)?;

@@ -12,7 +12,7 @@ use super::{
     typing,
 };
 use crate::{
-    auth::{Identity, Scope},
+    auth::Identity,
     bus::BusError,
     conn::{self, Conn, Turns},
     delivery::RoomControl,
@@ -82,20 +82,24 @@ pub(super) async fn leave(
 /// The room a request names, authorized against the token or what a backend granted the
 /// socket (control `join`).
 pub(super) fn allowed_room(request: &RoomRef, identity: &Identity, conn: &Conn) -> Result<Room, ClientError> {
-    match requested_room(request, identity) {
-        Err(e) if e.code == ErrorCode::Forbidden => {
-            let everything = Identity { projects: Scope::All, channels: Scope::All, ..identity.clone() };
-            match requested_room(request, &everything) {
-                Ok(room) if conn.granted_by_backend(&room.to_string()) => Ok(room),
-                _ => Err(e),
-            }
-        }
-        other => other,
+    let room = named_room(request, &identity.tenant)?;
+    if identity.grants(&room) || conn.granted_by_backend(&room.to_string()) {
+        Ok(room)
+    } else {
+        Err(not_granted(&room))
     }
 }
 
-/// The room a request names, in the token's tenant, authorized against `identity`.
+/// The room a request names, authorized against the token alone (what [`allowed_room`] does
+/// for a socket no backend granted anything).
+#[cfg(test)]
 pub(super) fn requested_room(request: &RoomRef, identity: &Identity) -> Result<Room, ClientError> {
+    let room = named_room(request, &identity.tenant)?;
+    if identity.grants(&room) { Ok(room) } else { Err(not_granted(&room)) }
+}
+
+/// The project or channel room of `tenant` a request names.
+fn named_room(request: &RoomRef, tenant: &str) -> Result<Room, ClientError> {
     let invalid = |msg: &str| ClientError::new(ErrorCode::InvalidPayload, msg);
     let (kind, id) = match (&request.project, &request.channel) {
         (Some(p), None) => (RoomKind::Project, p),
@@ -104,15 +108,16 @@ pub(super) fn requested_room(request: &RoomRef, identity: &Identity) -> Result<R
         (None, None) => return Err(invalid("payload needs a \"project\" or a \"channel\" field")),
     };
     let Some(id) = id else { return Err(invalid("the room id must be a string")) };
-    let room = match kind {
-        RoomKind::Project => Room::project(&identity.tenant, id),
-        _ => Room::channel(&identity.tenant, id),
+    match kind {
+        RoomKind::Project => Room::project(tenant, id),
+        _ => Room::channel(tenant, id),
     }
-    .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("{} id: {e}", kind.as_str())))?;
-    if !identity.grants(&room) {
-        return Err(ClientError::new(ErrorCode::Forbidden, format!("token does not grant {} {id:?}", kind.as_str())));
-    }
-    Ok(room)
+    .map_err(|e| ClientError::new(ErrorCode::InvalidRoom, format!("{} id: {e}", kind.as_str())))
+}
+
+fn not_granted(room: &Room) -> ClientError {
+    let (kind, id) = (room.kind().as_str(), room.id().unwrap_or_default());
+    ClientError::new(ErrorCode::Forbidden, format!("token does not grant {kind} {id:?}"))
 }
 
 /// Records `socket`'s entry into `room` (the caller checked it is not there yet) and
@@ -296,6 +301,7 @@ const LEFT_EVENT: &str = "roomcast:left";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Scope;
     use serde_json::json;
 
     fn identity() -> Identity {

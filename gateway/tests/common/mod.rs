@@ -135,6 +135,54 @@ impl TestGateway {
     }
 }
 
+/// A tenant-scoped API key: it acts for tenant t2 only (see [`TestGateway::start_with_tenant_keys`]).
+pub const TENANT_TWO_KEY: &str = "tenant-two-key-0123456789";
+
+impl TestGateway {
+    /// A gateway whose backend API accepts `key` for every tenant and [`TENANT_TWO_KEY`] for t2
+    /// only, with `configure` applied.
+    pub async fn start_with_tenant_keys(key: &str, configure: impl FnOnce(&mut Config)) -> TestGateway {
+        // Read once at start: the file may go after.
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("tenant-keys.json");
+        std::fs::write(&keys, json!({ "keys": [{ "key": TENANT_TWO_KEY, "tenants": ["t2"] }] }).to_string()).unwrap();
+        TestGateway::start_with(|c| {
+            c.api_key = vec![roomcast_gateway::config::Secret::from(key.to_owned())];
+            c.tenant_api_keys_file = Some(keys.clone());
+            configure(c);
+        })
+        .await
+    }
+}
+
+/// `POST path` on the backend API at `api` with API key `key` and the JSON `body`: the status
+/// and the JSON answer.
+pub async fn post_json(api: SocketAddr, key: &str, path: &str, body: &Value) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = http(api, "POST", path, &headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Waits until `replicas` replicas are subscribed to `room`'s channel. A socket's tenant and
+/// user rooms are subscribed as it connects, not before its connect is acknowledged: a control
+/// instruction sent in between can miss it (README: retry when `complete` is false).
+pub async fn subscribed(redis: &redis::RedisServer, room: &str, replicas: u64) {
+    let channel = format!("roomcast:{{{room}}}");
+    eventually(WAIT, "the room's subscriptions", || async {
+        let out = redis.cli(&["PUBSUB", "NUMSUB", &channel]);
+        (out.lines().nth(1).and_then(|n| n.trim().parse::<u64>().ok()) == Some(replicas)).then_some(())
+    })
+    .await;
+}
+
+/// The `roomcast:disconnect` a client received, once it was also disconnected.
+pub async fn kicked(c: &Client) -> Value {
+    let notice = c.next("roomcast:disconnect").await[0].clone();
+    assert!(c.server_disconnect().await, "a Socket.IO disconnect follows the notice");
+    notice
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
