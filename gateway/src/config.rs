@@ -76,6 +76,26 @@ pub mod env {
     pub const HISTORY_TTL: &str = "ROOMCAST_HISTORY_TTL";
     /// `ROOMCAST_PRESENCE_GRACE`.
     pub const PRESENCE_GRACE: &str = "ROOMCAST_PRESENCE_GRACE";
+    /// `ROOMCAST_EVENTS`.
+    pub const EVENTS: &str = "ROOMCAST_EVENTS";
+    /// `ROOMCAST_EVENTS_STREAM`.
+    pub const EVENTS_STREAM: &str = "ROOMCAST_EVENTS_STREAM";
+    /// `ROOMCAST_EVENTS_BUFFER`.
+    pub const EVENTS_BUFFER: &str = "ROOMCAST_EVENTS_BUFFER";
+    /// `ROOMCAST_WEBHOOK_URL`.
+    pub const WEBHOOK_URL: &str = "ROOMCAST_WEBHOOK_URL";
+    /// `ROOMCAST_WEBHOOK_SECRET`.
+    pub const WEBHOOK_SECRET: &str = "ROOMCAST_WEBHOOK_SECRET";
+    /// `ROOMCAST_WEBHOOK_SECRET_FILE`.
+    pub const WEBHOOK_SECRET_FILE: &str = "ROOMCAST_WEBHOOK_SECRET_FILE";
+    /// `ROOMCAST_WEBHOOK_BATCH_SIZE`.
+    pub const WEBHOOK_BATCH_SIZE: &str = "ROOMCAST_WEBHOOK_BATCH_SIZE";
+    /// `ROOMCAST_WEBHOOK_BATCH_WAIT`.
+    pub const WEBHOOK_BATCH_WAIT: &str = "ROOMCAST_WEBHOOK_BATCH_WAIT";
+    /// `ROOMCAST_WEBHOOK_TIMEOUT`.
+    pub const WEBHOOK_TIMEOUT: &str = "ROOMCAST_WEBHOOK_TIMEOUT";
+    /// `ROOMCAST_WEBHOOK_RETRY_MAX`.
+    pub const WEBHOOK_RETRY_MAX: &str = "ROOMCAST_WEBHOOK_RETRY_MAX";
     /// `ROOMCAST_PRESENCE_LEASE_TTL`.
     pub const PRESENCE_LEASE_TTL: &str = "ROOMCAST_PRESENCE_LEASE_TTL";
     /// `ROOMCAST_PRESENCE_PAGE_MAX`.
@@ -298,6 +318,53 @@ pub struct Config {
     /// produces neither presence:leave nor presence:join.
     #[arg(long, env = env::PRESENCE_GRACE, default_value = "3s", value_parser = parse_duration)]
     pub presence_grace: Duration,
+
+    /// Lifecycle event types to emit when a sink is set (comma-separated): all, or any of
+    /// user.online, user.offline, room.occupied, room.vacated, member.joined, member.left,
+    /// token.refresh_failed, connection.refused.
+    #[arg(long, env = env::EVENTS, default_value = "all", value_delimiter = ',')]
+    pub events: Vec<String>,
+
+    /// Write lifecycle events to the Redis Stream `{prefix}:{events}` for backends to read with
+    /// their own consumer group (needs Redis; webhooks use the stream too).
+    #[arg(long, env = env::EVENTS_STREAM, default_value_t = false)]
+    pub events_stream: bool,
+
+    /// Lifecycle events kept for the sinks (the stream's length, or in memory on a single node):
+    /// the webhook queue's bound. Events trimmed before a webhook got them are counted in
+    /// roomcast_webhook_dropped_total.
+    #[arg(long, env = env::EVENTS_BUFFER, default_value_t = 100_000)]
+    pub events_buffer: u64,
+
+    /// URLs lifecycle events are POSTed to in signed batches (comma-separated); each gets every
+    /// event.
+    #[arg(long, env = env::WEBHOOK_URL, value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+
+    /// The secret webhook batches are signed with (HMAC-SHA256; at least 32 bytes).
+    #[arg(long, env = env::WEBHOOK_SECRET, hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    /// File holding the webhook secret (trailing newline ignored); for mounted secrets.
+    #[arg(long, env = env::WEBHOOK_SECRET_FILE)]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Most events in one webhook request.
+    #[arg(long, env = env::WEBHOOK_BATCH_SIZE, default_value_t = 100)]
+    pub webhook_batch_size: usize,
+
+    /// How long a partial webhook batch waits for more events.
+    #[arg(long, env = env::WEBHOOK_BATCH_WAIT, default_value = "200ms", value_parser = parse_duration)]
+    pub webhook_batch_wait: Duration,
+
+    /// One webhook request's timeout.
+    #[arg(long, env = env::WEBHOOK_TIMEOUT, default_value = "5s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// The longest delay between two attempts at a batch (retries back off exponentially from
+    /// 250ms, with jitter, and go on while the events are kept).
+    #[arg(long, env = env::WEBHOOK_RETRY_MAX, default_value = "30s", value_parser = parse_duration)]
+    pub webhook_retry_max: Duration,
 
     /// A replica that has not renewed its presence lease for this long is dead: the others
     /// announce presence:leave for its users (within this time plus about a second).
@@ -782,10 +849,65 @@ impl Config {
         if self.presence_page_max == 0 {
             return Err(ConfigError::new(env::PRESENCE_PAGE_MAX, "must be at least 1"));
         }
+        self.event_types()?;
+        if self.events_stream && !self.uses_redis() {
+            return Err(ConfigError::new(env::EVENTS_STREAM, "needs Redis (ROOMCAST_REDIS_URL)"));
+        }
+        if !(10..=10_000_000).contains(&self.events_buffer) {
+            return Err(ConfigError::new(env::EVENTS_BUFFER, "must be between 10 and 10000000"));
+        }
+        for url in &self.webhook_url {
+            if reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+                return Err(ConfigError::new(env::WEBHOOK_URL, format!("not an http(s) URL: {url:?}")));
+            }
+        }
+        self.webhook_secret()?;
+        if !(1..=1000).contains(&self.webhook_batch_size) {
+            return Err(ConfigError::new(env::WEBHOOK_BATCH_SIZE, "must be between 1 and 1000"));
+        }
+        if self.webhook_batch_wait < Duration::from_millis(10) || self.webhook_batch_wait > Duration::from_secs(10) {
+            return Err(ConfigError::new(env::WEBHOOK_BATCH_WAIT, "must be between 10ms and 10s"));
+        }
+        if self.webhook_timeout < Duration::from_millis(100) || self.webhook_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::new(env::WEBHOOK_TIMEOUT, "must be between 100ms and 60s"));
+        }
+        if self.webhook_retry_max < Duration::from_millis(250) || self.webhook_retry_max > Duration::from_secs(600) {
+            return Err(ConfigError::new(env::WEBHOOK_RETRY_MAX, "must be between 250ms and 10m"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(ConfigError::new(env::LOG, format!("not a valid log filter: {:?}", self.log)));
         }
         Ok(())
+    }
+
+    /// The lifecycle event types to emit (`ROOMCAST_EVENTS`), or none when no sink is set.
+    pub fn event_types(&self) -> Result<Vec<String>, ConfigError> {
+        let types = parse_event_types(&self.events).map_err(|e| ConfigError::new(env::EVENTS, e))?;
+        Ok(if self.webhook_url.is_empty() && !self.events_stream { Vec::new() } else { types })
+    }
+
+    /// The webhook secret, from `ROOMCAST_WEBHOOK_SECRET` or its file; `None` without webhooks.
+    pub fn webhook_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let (secret, option) = match (&self.webhook_secret, &self.webhook_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    env::WEBHOOK_SECRET_FILE,
+                    "set ROOMCAST_WEBHOOK_SECRET or its file, not both",
+                ));
+            }
+            (Some(secret), None) => (Some(secret.clone()), env::WEBHOOK_SECRET),
+            (None, Some(path)) => (Some(read_secret_file(env::WEBHOOK_SECRET_FILE, path)?), env::WEBHOOK_SECRET_FILE),
+            (None, None) => (None, env::WEBHOOK_SECRET),
+        };
+        match secret {
+            None if !self.webhook_url.is_empty() => {
+                Err(ConfigError::new(env::WEBHOOK_SECRET, "required with ROOMCAST_WEBHOOK_URL"))
+            }
+            Some(secret) if secret.expose().len() < MIN_SECRET_LEN => {
+                Err(ConfigError::new(option, "needs at least 32 bytes"))
+            }
+            secret => Ok(secret.filter(|_| !self.webhook_url.is_empty())),
+        }
     }
 
     /// Whether a Redis URL is configured (cluster mode).
@@ -918,6 +1040,22 @@ impl Config {
     }
 }
 
+/// `ROOMCAST_EVENTS`: `all` or type names (`roomcast_publisher::events::types`).
+fn parse_event_types(list: &[String]) -> Result<Vec<String>, String> {
+    use roomcast_publisher::events::types;
+    let mut out = Vec::new();
+    for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        if item == "all" {
+            out.extend(types::ALL.iter().map(|t| (*t).to_owned()));
+        } else if types::ALL.contains(&item) {
+            out.push(item.to_owned());
+        } else {
+            return Err(format!("unknown event type {item:?}; known: all, {}", types::ALL.join(", ")));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1013,6 +1151,38 @@ mod tests {
         let err = parse(&["--dev", "--api-key", "short"]).validate().unwrap_err();
         assert_eq!(err.option, env::API_KEY);
         assert!(parse(&["--dev", "--api-key", "0123456789abcdef,fedcba9876543210"]).validate().is_ok());
+    }
+
+    #[test]
+    fn lifecycle_event_options_are_checked() {
+        let secret = "w".repeat(MIN_SECRET_LEN);
+        let hook = ["--dev", "--webhook-url", "http://127.0.0.1:9/hook"];
+        let refused = |extra: &[&str]| parse(&[&hook[..], extra].concat()).validate().unwrap_err().option;
+        assert_eq!(refused(&[]), env::WEBHOOK_SECRET, "a webhook needs a secret");
+        assert_eq!(refused(&["--webhook-secret", "short"]), env::WEBHOOK_SECRET);
+        assert_eq!(refused(&["--webhook-secret", &secret, "--events", "user.onlin"]), env::EVENTS);
+        assert_eq!(refused(&["--webhook-secret", &secret, "--events-buffer", "5"]), env::EVENTS_BUFFER);
+        assert_eq!(refused(&["--webhook-secret", &secret, "--webhook-batch-size", "0"]), env::WEBHOOK_BATCH_SIZE);
+        assert_eq!(refused(&["--webhook-secret", &secret, "--webhook-batch-wait", "1ms"]), env::WEBHOOK_BATCH_WAIT);
+        assert_eq!(refused(&["--webhook-secret", &secret, "--webhook-timeout", "2m"]), env::WEBHOOK_TIMEOUT);
+        assert_eq!(refused(&["--webhook-secret", &secret, "--webhook-retry-max", "1ms"]), env::WEBHOOK_RETRY_MAX);
+        let err = parse(&["--dev", "--webhook-url", "ftp://x/", "--webhook-secret", &secret]).validate().unwrap_err();
+        assert_eq!(err.option, env::WEBHOOK_URL);
+        let err = parse(&["--dev", "--events-stream"]).validate().unwrap_err();
+        assert_eq!(err.option, env::EVENTS_STREAM, "the stream needs Redis");
+        let ok = parse(&[&hook[..], &["--webhook-secret", &secret, "--events", "user.online,member.left"]].concat());
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.event_types().unwrap(), ["user.online", "member.left"]);
+        assert!(parse(&["--dev"]).event_types().unwrap().is_empty(), "no sink, no events");
+        assert_eq!(parse(&[&hook[..], &["--webhook-secret", &secret]].concat()).event_types().unwrap().len(), 8);
+        // The secret from a file, not both.
+        let file = std::env::temp_dir().join(format!("roomcast-webhook-secret-{}", std::process::id()));
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = parse(&[&hook[..], &["--webhook-secret-file", path]].concat());
+        assert_eq!(from_file.webhook_secret().unwrap().unwrap().expose(), secret);
+        assert_eq!(refused(&["--webhook-secret-file", path, "--webhook-secret", &secret]), env::WEBHOOK_SECRET_FILE);
+        std::fs::remove_file(file).unwrap();
     }
 
     #[test]

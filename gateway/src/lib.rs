@@ -35,6 +35,7 @@ mod control_api;
 mod delivery;
 mod envelope;
 pub mod errors;
+mod events;
 mod expiry;
 mod history;
 mod history_api;
@@ -135,8 +136,27 @@ struct Stores {
     bus: Arc<dyn Bus>,
     history: Option<Arc<dyn History>>,
     presence: Arc<dyn PresenceStore>,
+    /// Lifecycle events, recorded by the presence store (`None`: no sink is configured).
+    lifecycle: Option<Arc<events::Lifecycle>>,
     /// Starts the bus's receiving side, reporting to the handler given (once it exists).
     receive: Box<dyn FnOnce(Arc<dyn Inbound>) + Send>,
+}
+
+/// The webhooks `config` names (validated: a secret is set when a URL is).
+fn webhooks(config: &Config) -> Vec<events::webhook::Webhook> {
+    let secret = config.webhook_secret().ok().flatten().map(|s| s.expose().as_bytes().to_vec()).unwrap_or_default();
+    config
+        .webhook_url
+        .iter()
+        .map(|url| events::webhook::Webhook {
+            url: url.clone(),
+            secret: secret.clone(),
+            batch_size: config.webhook_batch_size,
+            batch_wait: config.webhook_batch_wait,
+            timeout: config.webhook_timeout,
+            retry_max: config.webhook_retry_max,
+        })
+        .collect()
 }
 
 /// Gateways in one process sharing an in-memory bus, history and presence: they behave as
@@ -153,16 +173,21 @@ pub struct LocalCluster {
     history: Option<Arc<MemoryHistory>>,
     policy: Option<HistoryPolicy>,
     presence: Arc<MemoryPresence>,
+    lifecycle: Option<Arc<events::Lifecycle>>,
 }
 
 impl LocalCluster {
     /// A cluster with no gateways yet, keeping `history` (`None`: no history, no recovery)
     /// within the default memory limits (`ROOMCAST_HISTORY_MAX_ROOMS`, `_MAX_BYTES`).
     pub fn new(policy: Option<HistoryPolicy>) -> LocalCluster {
-        Self::with_limits(policy, MemoryLimits::default())
+        Self::with_limits(policy, MemoryLimits::default(), None)
     }
 
-    fn with_limits(policy: Option<HistoryPolicy>, limits: MemoryLimits) -> LocalCluster {
+    fn with_limits(
+        policy: Option<HistoryPolicy>,
+        limits: MemoryLimits,
+        lifecycle: Option<Arc<events::Lifecycle>>,
+    ) -> LocalCluster {
         let history = policy.map(|policy| Arc::new(MemoryHistory::new(policy, limits)));
         if let Some(history) = &history {
             let history = Arc::downgrade(history);
@@ -177,9 +202,10 @@ impl LocalCluster {
             });
         }
         let hub = Hub::new(history.clone());
+        let lifecycle_for_store = lifecycle.clone();
         // Presence is announced from a node of its own, with no rooms.
-        let presence = Arc::new(MemoryPresence::new(Arc::new(hub.node().0)));
-        LocalCluster { hub, history, policy, presence }
+        let presence = Arc::new(MemoryPresence::new(Arc::new(hub.node().0), lifecycle_for_store));
+        LocalCluster { hub, history, policy, presence, lifecycle }
     }
 
     /// Gateways of this cluster with members in `room` (each subscribes while it has some).
@@ -194,6 +220,7 @@ impl LocalCluster {
             bus: Arc::new(bus),
             history: self.history.clone().map(|h| h as Arc<dyn History>),
             presence: self.presence.clone(),
+            lifecycle: self.lifecycle.clone(),
             receive: Box::new(|inbound| receiving.run(inbound)),
         }
     }
@@ -258,10 +285,11 @@ impl Gateway {
             dev_api_key = Some(key);
         }
         let node_id: Arc<str> = auth::random_hex(16).into();
+        let event_types = config.event_types()?;
         // Built bottom-up: the bus and stores, the membership over the bus, the Socket.IO
         // server, the delivery to its sockets; then the bus is started with the delivery as its
         // handler and the socket handlers with the state. Nothing is bound late.
-        let Stores { bus, history, presence: presence_store, receive } = match &config.redis_url()? {
+        let Stores { bus, history, presence: presence_store, lifecycle, receive } = match &config.redis_url()? {
             Some(url) => {
                 let (password, ca_pem) = config.redis_credentials()?;
                 let (bus, receiving) = RedisBus::start(RedisSettings {
@@ -278,8 +306,16 @@ impl Gateway {
                     .history()
                     .map(|policy| Arc::new(RedisHistory::new(bus.commands(), policy)) as Arc<dyn History>);
                 let sweep = (config.presence_lease_ttl / 4).min(Duration::from_secs(1));
-                let store = RedisPresence::new(bus.commands(), &node_id, config.presence_lease_ttl, sweep);
+                let lifecycle = (!event_types.is_empty()).then(|| {
+                    events::Lifecycle::new(
+                        &event_types,
+                        Arc::new(events::redis::RedisLog::new(bus.commands(), config.events_buffer)),
+                    )
+                });
+                let store =
+                    RedisPresence::new(bus.commands(), &node_id, config.presence_lease_ttl, sweep, lifecycle.clone());
                 Stores {
+                    lifecycle,
                     bus: Arc::new(bus),
                     history,
                     presence: Arc::new(store),
@@ -291,7 +327,13 @@ impl Gateway {
                 None => {
                     tracing::info!("single node: in-memory bus (ROOMCAST_REDIS_URL is not set)");
                     let limits = MemoryLimits { rooms: config.history_max_rooms, bytes: config.history_max_bytes };
-                    LocalCluster::with_limits(config.history(), limits).node()
+                    let lifecycle = (!event_types.is_empty()).then(|| {
+                        events::Lifecycle::new(
+                            &event_types,
+                            Arc::new(events::memory::MemoryLog::new(config.events_buffer as usize)),
+                        )
+                    });
+                    LocalCluster::with_limits(config.history(), limits, lifecycle).node()
                 }
             },
         };
@@ -352,7 +394,9 @@ impl Gateway {
                     per_user: config.max_connections_per_user,
                     per_tenant: config.max_connections_per_tenant,
                 },
+                lifecycle.as_ref().is_some_and(|l| l.tracks_users()),
             )),
+            lifecycle,
             throttle: Throttle::new(config.typing_throttle),
             verifier,
             expiry: Default::default(),
@@ -434,6 +478,15 @@ impl Gateway {
         let key_sets: Vec<_> =
             state.verifier.remote_key_sets().into_iter().map(|set| tokio::spawn(set.refresh_forever())).collect();
         let presence = tokio::spawn(state.presence.clone().run());
+        let webhooks: Vec<_> = match &state.lifecycle {
+            Some(lifecycle) => webhooks(&state.config)
+                .into_iter()
+                .map(|hook| {
+                    tokio::spawn(events::webhook::run(hook, lifecycle.log(), state.delivery.node_id().to_owned()))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let typing = tokio::spawn({
             let delivery = state.delivery.clone();
             async move { delivery.expire_typing().await }
@@ -481,6 +534,9 @@ impl Gateway {
         upkeep.abort();
         presence.abort();
         typing.abort();
+        for webhook in webhooks {
+            webhook.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

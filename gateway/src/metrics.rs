@@ -151,6 +151,19 @@ pub const REVOCATIONS: &str = "roomcast_revocations";
 pub const CONTROLS: &str = "roomcast_control_requests_total";
 /// Keys held from a JWKS URL, by `jwks`.
 pub const JWKS_KEYS: &str = "roomcast_jwks_keys";
+/// Lifecycle events this replica appended to the event log, by `type`.
+pub const EVENTS: &str = "roomcast_events_total";
+/// Lifecycle events lost before the event log, by `reason` (`rate_limited`, `queue_full`,
+/// `log_unavailable`).
+pub const EVENTS_DROPPED: &str = "roomcast_events_dropped_total";
+/// Webhook requests, by `result` (`delivered`, `failed`).
+pub const WEBHOOK_REQUESTS: &str = "roomcast_webhook_requests_total";
+/// Events delivered to webhooks.
+pub const WEBHOOK_EVENTS: &str = "roomcast_webhook_events_total";
+/// Events the event log's cap trimmed before a webhook delivered them.
+pub const WEBHOOK_DROPPED: &str = "roomcast_webhook_dropped_total";
+/// Webhook request latency, seconds.
+pub const WEBHOOK_LATENCY: &str = "roomcast_webhook_latency_seconds";
 
 fn describe() {
     describe_counter!(BUS_RECEIVED, "Envelopes received from Redis by this replica.");
@@ -190,6 +203,12 @@ fn describe() {
     describe_counter!(JWKS_FETCHES, "Fetches of a JWKS URL, by key set and result.");
     describe_counter!(CONTROLS, "Control API requests, by op and result.");
     describe_gauge!(REVOCATIONS, "Token revocations this replica holds.");
+    describe_counter!(EVENTS, "Lifecycle events appended to the event log by this replica, by type.");
+    describe_counter!(EVENTS_DROPPED, "Lifecycle events lost before the event log, by reason.");
+    describe_counter!(WEBHOOK_REQUESTS, "Webhook requests, by result (delivered, failed).");
+    describe_counter!(WEBHOOK_EVENTS, "Lifecycle events delivered to webhooks.");
+    describe_counter!(WEBHOOK_DROPPED, "Lifecycle events the event log's cap trimmed before a webhook got them.");
+    describe_histogram!(WEBHOOK_LATENCY, "Webhook request latency, seconds.");
     describe_gauge!(JWKS_KEYS, "Keys held from a JWKS URL, by key set.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
@@ -405,6 +424,34 @@ pub(crate) fn jwks_keys(jwks: &str, keys: usize) {
 
 pub(crate) fn revocations(held: usize) {
     gauge!(REVOCATIONS).set(held as f64);
+}
+
+/// A lifecycle event of `kind` went into the event log.
+pub(crate) fn event_emitted(kind: &str) {
+    let kind = roomcast_publisher::events::types::ALL.into_iter().find(|t| *t == kind).unwrap_or("other");
+    counter!(EVENTS, "type" => kind).increment(1);
+}
+
+/// `n` lifecycle events lost before the log, for `reason`.
+pub(crate) fn events_dropped(reason: &'static str, n: u64) {
+    counter!(EVENTS_DROPPED, "reason" => reason).increment(n);
+}
+
+/// A webhook request ended: `events` delivered, or failed.
+pub(crate) fn webhook_request(delivered: bool, events: usize, took: std::time::Duration) {
+    let result = if delivered { "delivered" } else { "failed" };
+    counter!(WEBHOOK_REQUESTS, "result" => result).increment(1);
+    histogram!(WEBHOOK_LATENCY).record(took.as_secs_f64());
+    if delivered {
+        counter!(WEBHOOK_EVENTS).increment(events as u64);
+    }
+}
+
+/// `n` events the log's cap trimmed before a webhook delivered them.
+pub(crate) fn webhook_dropped(n: u64) {
+    if n > 0 {
+        counter!(WEBHOOK_DROPPED).increment(n);
+    }
 }
 
 /// Control requests (the control API), by `op` and `result`.

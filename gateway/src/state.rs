@@ -46,6 +46,8 @@ pub struct GatewayState {
     pub history: Option<Arc<dyn History>>,
     /// Who is in which project and channel room.
     pub presence: Arc<Presence>,
+    /// Lifecycle events (`None`: no sink is configured).
+    pub lifecycle: Option<Arc<crate::events::Lifecycle>>,
     /// Rate limit on typing indicators sent from this replica.
     pub throttle: Throttle,
     /// Token-expiry deadlines of every socket.

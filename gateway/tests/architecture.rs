@@ -32,8 +32,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "timers",
         ],
     ),
-    // Adapters at the storage edge: the bus and history (memory and Redis).
-    ("adapters", &["bus", "history"]),
+    // Adapters at the storage edge: the bus and history (memory and Redis), the lifecycle
+    // event log and its sinks.
+    ("adapters", &["bus", "events", "history"]),
     // The domain core: membership, sequencing and recovery, presence, typing, local delivery.
     // It knows no client event or payload.
     ("core", &["delivery", "local", "presence", "recovery", "rooms", "typing"]),

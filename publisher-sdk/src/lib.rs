@@ -48,9 +48,11 @@
 //! # Layout
 //! - [`room`]: the four room kinds, their canonical names and id validation.
 //! - [`wire`]: the envelope, channel names and event-name rules: Roomcast's wire format.
+//! - [`events`]: lifecycle events as backends receive them, and the webhook signature.
 //! - [`publisher`]: [`Publisher`], [`Target`], [`Batch`] and their [`Receipt`]s and [`PublishError`]s.
 #![warn(missing_docs)]
 
+pub mod events;
 pub mod publisher;
 pub mod room;
 pub mod wire;

@@ -9,14 +9,17 @@ use std::{
     time::Duration,
 };
 
-use roomcast_publisher::wire;
+use roomcast_publisher::{Room, wire};
 
 use crate::envelope::{Envelope, PresenceAction, PresenceEnvelope};
 
 use super::{
     Admission, ConnectionCaps, Held, HeldConnections, Occupancy, Page, PresenceStore, PresentUser, Status, envelope,
 };
-use crate::bus::{BoxFuture, Bus, BusError};
+use crate::{
+    bus::{BoxFuture, Bus, BusError},
+    events::Lifecycle,
+};
 
 #[derive(Debug, Default)]
 struct RoomPresence {
@@ -39,6 +42,8 @@ pub struct MemoryPresence {
     bus: Arc<dyn Bus>,
     /// Gateways using the store (several on a `LocalCluster`).
     nodes: AtomicUsize,
+    /// Where transitions are recorded as lifecycle events (`None`: no sink).
+    lifecycle: Option<Arc<Lifecycle>>,
 }
 
 impl std::fmt::Debug for MemoryPresence {
@@ -48,14 +53,80 @@ impl std::fmt::Debug for MemoryPresence {
 }
 
 impl MemoryPresence {
-    /// A store announcing through `bus`.
-    pub fn new(bus: Arc<dyn Bus>) -> Self {
+    /// A store announcing through `bus`, recording lifecycle events in `lifecycle`.
+    pub fn new(bus: Arc<dyn Bus>, lifecycle: Option<Arc<Lifecycle>>) -> Self {
         MemoryPresence {
             rooms: Mutex::new(HashMap::new()),
             connections: Mutex::default(),
             bus,
             nodes: AtomicUsize::new(0),
+            lifecycle,
         }
+    }
+
+    /// The lifecycle events of `room`'s transitions (`(a user's first or last connection,
+    /// the room's first or last user)`), as the Redis scripts record them.
+    fn events(&self, room: &str, user: &str, joined: bool, first_or_last: bool) -> Vec<String> {
+        let (Some(lifecycle), Some(parsed)) = (&self.lifecycle, Room::parse(room)) else { return Vec::new() };
+        let types = lifecycle.room_types(&parsed);
+        let ts = wire::now_ms();
+        let event = |kind: &str, user: Option<&str>| {
+            let id = crate::events::new_id();
+            let mut json =
+                format!("{{\"id\":\"{id}\",\"type\":\"{kind}\",\"ts\":{ts}{}", crate::events::room_fields(&parsed));
+            if let Some(user) = user {
+                json.push_str(&format!(",\"user\":{}", serde_json::to_string(user).unwrap_or_default()));
+            }
+            json.push('}');
+            json
+        };
+        let (each, room_kind) = if joined { (types.first, types.occupied) } else { (types.last, types.vacated) };
+        let mut out = Vec::new();
+        if joined
+            && first_or_last
+            && let Some(kind) = room_kind
+        {
+            out.push(event(kind, None));
+        }
+        if let Some(kind) = each {
+            out.push(event(kind, Some(user)));
+        }
+        if !joined
+            && first_or_last
+            && let Some(kind) = room_kind
+        {
+            out.push(event(kind, None));
+        }
+        out
+    }
+
+    /// Announces `envelope` (a project or channel room's; a user room has presence only for its
+    /// lifecycle events) and records `events`.
+    fn announce_and_record(
+        &self,
+        envelope: PresenceEnvelope,
+        events: Vec<String>,
+    ) -> BoxFuture<'static, Result<(), BusError>> {
+        let announced = Room::parse(&envelope.room).filter(super::tracked).map(|_| self.announce(envelope));
+        let recorded = match (&self.lifecycle, events.is_empty()) {
+            (Some(lifecycle), false) => {
+                for event in &events {
+                    let kind = serde_json::from_str::<roomcast_publisher::events::Event>(event).map(|e| e.kind);
+                    crate::metrics::event_emitted(kind.as_deref().unwrap_or("other"));
+                }
+                Some(lifecycle.log().append(events))
+            }
+            _ => None,
+        };
+        Box::pin(async move {
+            if let Some(recorded) = recorded {
+                recorded.await?;
+            }
+            match announced {
+                Some(announced) => announced.await,
+                None => Ok(()),
+            }
+        })
     }
 
     /// One more gateway uses the store.
@@ -130,11 +201,12 @@ impl PresenceStore for MemoryPresence {
     }
 
     fn enter(&self, room: &str, user: &str, count: u32, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
-        let joined = {
+        let (joined, occupied) = {
             let mut rooms = self.lock();
             let presence = rooms.entry(room.to_owned()).or_default();
+            let occupied = presence.users.is_empty();
             presence.connections += u64::from(count);
-            match presence.users.get_mut(user) {
+            let joined = match presence.users.get_mut(user) {
                 Some((n, _, _)) => {
                     *n += u64::from(count);
                     None
@@ -145,15 +217,20 @@ impl PresenceStore for MemoryPresence {
                     presence.order.insert((since, user.to_owned()));
                     Some(since)
                 }
-            }
+            };
+            (joined, occupied)
         };
         match joined {
-            Some(since) => self.announce(envelope(room, PresenceAction::Join, user, Some(status), Some(since))),
+            Some(since) => self.announce_and_record(
+                envelope(room, PresenceAction::Join, user, Some(status), Some(since)),
+                self.events(room, user, true, occupied),
+            ),
             None => Box::pin(async { Ok(()) }),
         }
     }
 
     fn exit(&self, room: &str, user: &str) -> BoxFuture<'static, Result<(), BusError>> {
+        let mut vacated = false;
         let left = {
             let mut rooms = self.lock();
             let Some(presence) = rooms.get_mut(room) else { return Box::pin(async { Ok(()) }) };
@@ -173,12 +250,16 @@ impl PresenceStore for MemoryPresence {
                 presence.order.remove(&(since, user.to_owned()));
                 if presence.users.is_empty() {
                     rooms.remove(room);
+                    vacated = true;
                 }
             }
             gone.is_some()
         };
         if left {
-            self.announce(envelope(room, PresenceAction::Leave, user, None, None))
+            self.announce_and_record(
+                envelope(room, PresenceAction::Leave, user, None, None),
+                self.events(room, user, false, vacated),
+            )
         } else {
             Box::pin(async { Ok(()) })
         }

@@ -238,6 +238,9 @@ pub struct Presence {
     /// Connects and disconnects (read) against a reconcile (write): a reconcile's snapshot of
     /// `connections` and its store update are one step no count change falls between.
     counting: tokio::sync::RwLock<()>,
+    /// Whether users' connections are presence in their user rooms too (for the `user.online`
+    /// and `user.offline` lifecycle events: the grace period and crash reaping come with it).
+    users: bool,
 }
 
 impl std::fmt::Debug for Presence {
@@ -253,6 +256,7 @@ impl Presence {
         grace: Duration,
         queue_per_tenant: usize,
         caps: ConnectionCaps,
+        users: bool,
     ) -> Presence {
         Presence {
             store,
@@ -266,7 +270,14 @@ impl Presence {
             connections: Mutex::new(HashMap::new()),
             connections_dirty: Default::default(),
             counting: tokio::sync::RwLock::new(()),
+            users,
         }
+    }
+
+    /// Whether `room` has presence here: project and channel rooms, and user rooms when
+    /// lifecycle events need them.
+    fn counts(&self, room: &Room) -> bool {
+        tracked(room) || (self.users && room.kind() == RoomKind::User)
     }
 
     fn connections(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), u32>> {
@@ -340,7 +351,7 @@ impl Presence {
 
     /// A socket of `user` entered `room`.
     pub fn entered(&self, room: &Room, user: &str, status: Status) {
-        if !tracked(room) {
+        if !self.counts(room) {
             return;
         }
         let key = (room.to_string(), user.to_owned());
@@ -351,7 +362,7 @@ impl Presence {
         if let Some(at) = entry.leaving_at.take() {
             // Back within the grace period: the store still counts the connection that left.
             self.leaving.remove(at, &key);
-            if status != previous {
+            if status != previous && tracked(room) {
                 // Refused only when the tenant is backed up; the entry was counted all the same.
                 let _ = self.ops.push(Op::Status { room: key.0, user: key.1, seq: 0 }, Some(status));
             }
@@ -362,7 +373,7 @@ impl Presence {
 
     /// A socket of `user` left `room` (leave, disconnect, token expiry).
     pub fn left(&self, room: &Room, user: &str) {
-        if !tracked(room) {
+        if !self.counts(room) {
             return;
         }
         let key = (room.to_string(), user.to_owned());
@@ -403,7 +414,7 @@ impl Presence {
     /// Whether a join into `room` may change presence now: `false` while the room's tenant has
     /// too many presence changes waiting (`ROOMCAST_PRESENCE_QUEUE_PER_TENANT`).
     pub fn has_room(&self, room: &Room) -> bool {
-        !tracked(room) || self.ops.has_room(&room.to_string())
+        !self.counts(room) || self.ops.has_room(&room.to_string())
     }
 
     /// `room`'s occupancy (a project or channel room), cluster-wide.

@@ -1,7 +1,10 @@
 -- Removes a dead replica's share of a room's presence; publishes a leave for every user who
 -- had no connection elsewhere.
--- KEYS: counts, since, status, replicas. ARGV: dead replica, room, channel, publish command, now_ms
+-- KEYS: counts, since, status, replicas, outbox. ARGV: dead replica, room, channel, publish
+-- command, now_ms, then the events block (ARGV[6..12], recorded as the reaper's).
+-- Returns { users who left, events... }.
 local prefix = ARGV[1] .. '|'
+ev_init(6)
 total_ensure()
 local fields = redis.call('HGETALL', KEYS[4])
 local left = 0
@@ -18,9 +21,10 @@ for i = 1, #fields, 2 do
       redis.call('HDEL', KEYS[3], user)
       local envelope = '{"type":"presence","v":1,"room":' .. cjson.encode(ARGV[2]) .. ',"action":"leave","user":'
         .. cjson.encode(user) .. ',"ts":' .. ARGV[5] .. '}'
-      redis.call(ARGV[4], ARGV[3], envelope)
+      ev_publish(ARGV[4], ARGV[3], envelope)
+      ev_left(user)
       left = left + 1
     end
   end
 end
-return left
+return ev_answer(left)

@@ -23,7 +23,12 @@ use fred::{
 };
 use roomcast_publisher::wire::{self, Keys};
 
-use crate::envelope::{Envelope, PresenceAction};
+use roomcast_publisher::Room;
+
+use crate::{
+    envelope::{Envelope, PresenceAction},
+    events::{Lifecycle, RoomTypes},
+};
 
 use super::{
     Admission, ConnectionCaps, Held, HeldConnections, Occupancy, Page, PresenceStore, PresentUser, Status, envelope,
@@ -50,6 +55,7 @@ struct Scripts {
     connect: Script,
     disconnect: Script,
     connections: Script,
+    outbox: Script,
 }
 
 /// Presence in Redis. Cheap to clone.
@@ -68,6 +74,11 @@ pub struct RedisPresence {
     /// Tenants this replica has added to its `replica:{id}:tenants` set (added once, not per
     /// connection).
     recorded_tenants: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Where transitions are recorded as lifecycle events (`None`: no sink is configured).
+    lifecycle: Option<std::sync::Arc<Lifecycle>>,
+    /// Rooms whose outbox holds events of this replica that did not reach the event log (it was
+    /// unavailable): forwarded again at each lease renewal.
+    unforwarded: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -87,32 +98,151 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 impl RedisPresence {
     /// Presence for replica `replica` on `redis`; a replica is declared dead `lease_ttl` after
     /// its last renewal, and leases are checked every `sweep_every`.
-    pub fn new(redis: Commands, replica: &str, lease_ttl: Duration, sweep_every: Duration) -> RedisPresence {
+    pub fn new(
+        redis: Commands,
+        replica: &str,
+        lease_ttl: Duration,
+        sweep_every: Duration,
+        lifecycle: Option<std::sync::Arc<Lifecycle>>,
+    ) -> RedisPresence {
         RedisPresence {
             redis,
             replica: replica.to_owned(),
             lease_ttl,
             sweep_every,
-            // The scripts that change or read a room's counts share total.lua's functions.
+            // The scripts that change or read a room's counts share total.lua's functions; those
+            // that change who is in it, events.lua's.
             scripts: std::sync::Arc::new(Scripts {
-                enter: Script::from_lua(concat!(include_str!("total.lua"), include_str!("enter.lua"))),
-                exit: Script::from_lua(concat!(include_str!("total.lua"), include_str!("exit.lua"))),
+                enter: Script::from_lua(concat!(
+                    include_str!("total.lua"),
+                    include_str!("events.lua"),
+                    include_str!("enter.lua")
+                )),
+                exit: Script::from_lua(concat!(
+                    include_str!("total.lua"),
+                    include_str!("events.lua"),
+                    include_str!("exit.lua")
+                )),
                 status: Script::from_lua(include_str!("status.lua")),
                 list: Script::from_lua(include_str!("list.lua")),
                 occupancy: Script::from_lua(concat!(include_str!("total.lua"), include_str!("occupancy.lua"))),
                 connected: Script::from_lua(include_str!("connected.lua")),
-                reap: Script::from_lua(concat!(include_str!("total.lua"), include_str!("reap.lua"))),
+                reap: Script::from_lua(concat!(
+                    include_str!("total.lua"),
+                    include_str!("events.lua"),
+                    include_str!("reap.lua")
+                )),
                 lease: Script::from_lua(include_str!("lease.lua")),
                 expired: Script::from_lua(include_str!("expired.lua")),
-                reconcile: Script::from_lua(concat!(include_str!("total.lua"), include_str!("reconcile.lua"))),
+                reconcile: Script::from_lua(concat!(
+                    include_str!("total.lua"),
+                    include_str!("events.lua"),
+                    include_str!("reconcile.lua")
+                )),
                 connect: Script::from_lua(include_str!("connect.lua")),
                 disconnect: Script::from_lua(include_str!("disconnect.lua")),
                 connections: Script::from_lua(include_str!("connections.lua")),
+                outbox: Script::from_lua(include_str!("outbox.lua")),
             }),
             leased: Default::default(),
             unknown: Default::default(),
             recorded_tenants: Default::default(),
+            lifecycle,
+            unforwarded: Default::default(),
         }
+    }
+
+    /// The events block of a script changing who is in `room` (events.lua), recorded as
+    /// `forwarder`'s: nothing to record when no event of the room's kind is on.
+    fn event_args(&self, room: &str, forwarder: &str) -> Vec<String> {
+        let parsed = Room::parse(room);
+        let types = match (&self.lifecycle, &parsed) {
+            (Some(lifecycle), Some(parsed)) => lifecycle.room_types(parsed),
+            _ => RoomTypes::default(),
+        };
+        let name = |t: Option<&str>| t.unwrap_or_default().to_owned();
+        let (prefix, fields) = match parsed.filter(|_| types.any()) {
+            Some(parsed) => (crate::events::new_id(), crate::events::room_fields(&parsed)),
+            None => (String::new(), String::new()),
+        };
+        vec![
+            prefix,
+            forwarder.to_owned(),
+            fields,
+            name(types.first),
+            name(types.last),
+            name(types.occupied),
+            name(types.vacated),
+        ]
+    }
+
+    /// The channel presence envelopes of `room` go to: none (`""`) for a user room, whose
+    /// presence only feeds lifecycle events.
+    fn presence_channel(&self, room: &str) -> String {
+        if Room::parse(room).is_some_and(|r| super::tracked(&r)) {
+            self.redis.keys.channel(room)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Appends `events`, which this replica (or, for `owner`, a dead replica) recorded in
+    /// `room`'s outbox, to the event log and takes them out of the outbox. If the log is
+    /// unavailable they stay in the outbox, to be forwarded at the next lease renewal.
+    async fn forward(&self, room: &str, owner: &str, events: Vec<String>) -> Result<(), BusError> {
+        let Some(lifecycle) = &self.lifecycle else { return Ok(()) };
+        if events.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = lifecycle.log().append(events.clone()).await {
+            if owner == self.replica {
+                self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).insert(room.to_owned());
+            }
+            return Err(e);
+        }
+        for event in &events {
+            let kind = serde_json::from_str::<roomcast_publisher::events::Event>(event).map(|e| e.kind);
+            crate::metrics::event_emitted(kind.as_deref().unwrap_or("other"));
+        }
+        let mut args = vec!["done".to_owned(), owner.to_owned()];
+        args.extend(events);
+        self.scripts
+            .outbox
+            .evalsha_with_reload::<i64, _, _>(&self.redis.client, vec![self.redis.keys.outbox(room)], args)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Forwards what `owner` left in `room`'s outbox (it died, or the log was unavailable).
+    async fn forward_left_over(&self, room: &str, owner: &str) -> Result<(), BusError> {
+        if self.lifecycle.is_none() {
+            return Ok(());
+        }
+        let args = vec!["take".to_owned(), owner.to_owned()];
+        let events: Vec<String> = self
+            .scripts
+            .outbox
+            .evalsha_with_reload(&self.redis.client, vec![self.redis.keys.outbox(room)], args)
+            .await
+            .map_err(unavailable)?;
+        self.forward(room, owner, events).await
+    }
+
+    /// Forwards again what the event log refused earlier.
+    async fn forward_unforwarded(&self) {
+        let rooms: Vec<String> = self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for room in rooms {
+            if let Err(e) = self.forward_left_over(&room, &self.replica).await {
+                tracing::debug!(error = %e, "lifecycle events not forwarded yet; will retry");
+                self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).insert(room);
+            }
+        }
+    }
+
+    /// Whether `room`'s outbox may hold events of this replica not yet forwarded.
+    fn has_unforwarded(&self, room: &str) -> bool {
+        self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).contains(room)
     }
 
     /// Sets `replica`'s share of `tenant`'s connections to `held` (nothing: removes it).
@@ -167,6 +297,7 @@ impl RedisPresence {
             keys.presence_since(room),
             keys.presence_status(room),
             keys.presence_replicas(room),
+            keys.outbox(room),
         ]
     }
 
@@ -183,6 +314,13 @@ fn envelope_json(room: &str, action: PresenceAction, user: &str, status: Option<
     serde_json::to_string(&envelope).unwrap_or_default()
 }
 
+/// A script's `{ result, events... }` answer (events.lua's `ev_answer`).
+fn answer(flat: Vec<Value>) -> (i64, Vec<String>) {
+    let mut values = flat.into_iter();
+    let result = values.next().and_then(|v| v.as_i64()).unwrap_or(0);
+    (result, values.filter_map(|v| v.as_string()).collect())
+}
+
 impl PresenceStore for RedisPresence {
     fn enter(&self, room: &str, user: &str, count: u32, status: Status) -> BoxFuture<'static, Result<(), BusError>> {
         let checked = self.check();
@@ -195,10 +333,11 @@ impl PresenceStore for RedisPresence {
             count.to_string(),
             now.to_string(),
             status.as_str().to_owned(),
-            redis.keys.channel(room),
+            self.presence_channel(room),
             envelope_json(room, PresenceAction::Join, user, Some(status), Some(now)),
             redis.publish_command().to_owned(),
         ];
+        let args = [args, self.event_args(room, &self.replica)].concat();
         let room = room.to_owned();
         let this = self.clone();
         crate::metrics::redis_timed("presence", async move {
@@ -208,9 +347,10 @@ impl PresenceStore for RedisPresence {
             }
             // Recorded before the share itself: a crash in between leaves a room to sweep, never
             // a share nobody will find.
-            redis.client.sadd::<(), _, _>(rooms_key, room).await.map_err(unavailable)?;
-            scripts.enter.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
-            Ok(())
+            redis.client.sadd::<(), _, _>(rooms_key, room.as_str()).await.map_err(unavailable)?;
+            let flat: Vec<Value> =
+                scripts.enter.evalsha_with_reload(&redis.client, keys, args).await.map_err(unavailable)?;
+            this.forward(&room, &this.replica, answer(flat).1).await
         })
     }
 
@@ -220,14 +360,17 @@ impl PresenceStore for RedisPresence {
         let args = vec![
             user.to_owned(),
             self.replica.clone(),
-            redis.keys.channel(room),
+            self.presence_channel(room),
             envelope_json(room, PresenceAction::Leave, user, None, None),
             redis.publish_command().to_owned(),
         ];
+        let args = [args, self.event_args(room, &self.replica)].concat();
+        let (this, room) = (self.clone(), room.to_owned());
         crate::metrics::redis_timed("presence", async move {
             checked?;
-            scripts.exit.evalsha_with_reload::<i64, _, _>(&redis.client, keys, args).await.map_err(unavailable)?;
-            Ok(())
+            let flat: Vec<Value> =
+                scripts.exit.evalsha_with_reload(&redis.client, keys, args).await.map_err(unavailable)?;
+            this.forward(&room, &this.replica, answer(flat).1).await
         })
     }
 
@@ -309,8 +452,15 @@ impl PresenceStore for RedisPresence {
         let checked = self.check();
         let redis = self.redis.clone();
         let (key, room) = (redis.keys.replica_rooms(&self.replica), room.to_owned());
+        // A room whose outbox still holds this replica's events stays listed, so its reaper
+        // finds them if this replica dies before forwarding them (a reconcile or a clean stop
+        // removes it later).
+        let keep = self.has_unforwarded(&room);
         Box::pin(async move {
             checked?;
+            if keep {
+                return Ok(());
+            }
             redis.client.srem::<(), _, _>(key, room).await.map_err(unavailable)
         })
     }
@@ -331,27 +481,33 @@ impl PresenceStore for RedisPresence {
             }
             let now = wire::now_ms().to_string();
             for (room, users) in all {
-                if users.is_empty() {
-                    redis.client.srem::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
-                } else {
+                let empty = users.is_empty();
+                if !empty {
                     redis.client.sadd::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
                 }
                 let mut args = vec![
                     replica.clone(),
                     room.clone(),
-                    redis.keys.channel(&room),
+                    this.presence_channel(&room),
                     redis.publish_command().to_owned(),
                     now.clone(),
-                    users.len().to_string(),
                 ];
+                args.extend(this.event_args(&room, &replica));
+                args.push(users.len().to_string());
                 for (user, count, status) in users {
                     args.extend([user, count.to_string(), status.as_str().to_owned()]);
                 }
-                scripts
+                let flat: Vec<Value> = scripts
                     .reconcile
-                    .evalsha_with_reload::<i64, _, _>(&redis.client, this.room_keys(&room), args)
+                    .evalsha_with_reload(&redis.client, this.room_keys(&room), args)
                     .await
                     .map_err(unavailable)?;
+                this.forward(&room, &replica, answer(flat).1).await?;
+                // Only now, with the room's events forwarded: listed until then, a crash in
+                // between leaves them to the reaper.
+                if empty {
+                    redis.client.srem::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
+                }
             }
             Ok(())
         })
@@ -363,6 +519,7 @@ impl PresenceStore for RedisPresence {
         Box::pin(async move {
             checked?;
             this.renew_lease().await?;
+            this.forward_unforwarded().await;
             Ok(this.unknown.swap(false, std::sync::atomic::Ordering::AcqRel))
         })
     }
@@ -399,19 +556,27 @@ impl PresenceStore for RedisPresence {
                 let rooms: Vec<String> = redis.client.smembers(&rooms_key).await.map_err(unavailable)?;
                 let mut users_left = 0i64;
                 for room in &rooms {
-                    let args = vec![
+                    let mut args = vec![
                         replica.clone(),
                         room.clone(),
-                        redis.keys.channel(room),
+                        this.presence_channel(room),
                         redis.publish_command().to_owned(),
                         wire::now_ms().to_string(),
                     ];
-                    users_left += this
+                    args.extend(this.event_args(room, &this.replica));
+                    let flat: Vec<Value> = this
                         .scripts
                         .reap
-                        .evalsha_with_reload::<i64, _, _>(&redis.client, this.room_keys(room), args)
+                        .evalsha_with_reload(&redis.client, this.room_keys(room), args)
                         .await
                         .map_err(unavailable)?;
+                    let (left, events) = answer(flat);
+                    users_left += left;
+                    // What the dead replica recorded but never forwarded, then what its removal
+                    // recorded now. A reaper that dies here leaves both to the next one: the
+                    // dead replica's room set goes only once every room is done.
+                    this.forward_left_over(room, &replica).await?;
+                    this.forward(room, &this.replica, events).await?;
                 }
                 redis.client.del::<(), _>(&rooms_key).await.map_err(unavailable)?;
                 this.drop_connections(&replica).await?;
@@ -431,6 +596,7 @@ impl PresenceStore for RedisPresence {
         let this = self.clone();
         Box::pin(async move {
             checked?;
+            this.forward_unforwarded().await;
             redis.client.del::<(), _>(redis.keys.replica_rooms(&replica)).await.map_err(unavailable)?;
             // Its sockets were disconnected by the drain; whatever is still counted goes now.
             this.drop_connections(&replica).await?;
@@ -550,6 +716,8 @@ trait PresenceKeys {
     fn connections_share(&self, tenant: &str, id: &str) -> String;
     /// The tenants replica `id` counts connections in (set).
     fn replica_tenants(&self, id: &str) -> String;
+    /// A room's lifecycle events not yet in the event log (list of `replica\nJSON`; events.lua).
+    fn outbox(&self, room: &str) -> String;
 }
 
 impl PresenceKeys for Keys {
@@ -582,5 +750,8 @@ impl PresenceKeys for Keys {
     }
     fn replica_tenants(&self, id: &str) -> String {
         format!("{}:replica:{{{id}}}:tenants", self.prefix())
+    }
+    fn outbox(&self, room: &str) -> String {
+        format!("{}:{{{room}}}:outbox", self.prefix())
     }
 }

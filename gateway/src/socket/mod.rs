@@ -76,7 +76,7 @@ async fn authenticate(
     gw: Shared,
 ) -> Result<(), ConnectRejection> {
     if let Some(Err(_)) = gw.connects.as_ref().map(SharedBucket::take) {
-        metrics::connection_rejected(ErrorCode::RateLimited);
+        refused(&gw, ErrorCode::RateLimited);
         tracing::debug!(sid = %socket.id, "connection refused: over ROOMCAST_CONNECT_RATE");
         return Err(ConnectRejection(ErrorCode::RateLimited));
     }
@@ -88,7 +88,7 @@ async fn authenticate(
     match verified {
         Ok(identity) => {
             if let Err(code) = gw.presence.connect(&identity.tenant, &identity.user).await {
-                metrics::connection_rejected(code);
+                refused(&gw, code);
                 tracing::info!(sid = %socket.id, tenant = %identity.tenant, user = %identity.user, %code, "connection refused: over a connection cap");
                 return Err(ConnectRejection(code));
             }
@@ -111,10 +111,18 @@ async fn authenticate(
             Ok(())
         }
         Err(e) => {
-            metrics::connection_rejected(e.code);
+            refused(&gw, e.code);
             tracing::info!(sid = %socket.id, code = %e.code, reason = %e.message, "connection rejected");
             Err(ConnectRejection(e.code))
         }
+    }
+}
+
+/// A connection refused with `code`: counted, and a `connection.refused` lifecycle event.
+fn refused(gw: &Shared, code: ErrorCode) {
+    metrics::connection_rejected(code);
+    if let Some(lifecycle) = &gw.lifecycle {
+        lifecycle.connection_refused(code);
     }
 }
 
@@ -197,11 +205,13 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
         let identity = conn.identity();
         // The verifier only accepts valid ids, so both rooms always build.
         let auto = [Room::tenant(&identity.tenant), Room::user(&identity.tenant, &identity.user)];
-        let confirmations: Vec<_> = auto
-            .into_iter()
-            .flatten()
-            .filter_map(|room| rooms::enter_now(&socket, conn, &gw.membership, &room))
-            .collect();
+        let confirmations: Vec<_> =
+            auto.iter().flatten().filter_map(|room| rooms::enter_now(&socket, conn, &gw.membership, room)).collect();
+        // The user's connections are presence in their user room when lifecycle events want
+        // them (`user.online`/`offline`); the disconnect's leave of the room ends it.
+        if let [_, Ok(user_room)] = &auto {
+            gw.presence.entered(user_room, &identity.user, conn.status());
+        }
         // Checked again now that the socket is in its rooms: a revocation that arrived while it
         // was connecting either is held already (seen here) or comes after this point (its
         // room scan finds the socket). The check at authentication alone leaves a gap.

@@ -16,8 +16,23 @@ use crate::{
 };
 
 /// `auth:refresh` `{ token }`: swaps the socket's token for a fresher one of the same user.
-/// Rooms the new token no longer grants are left, and listed in the ack.
+/// Rooms the new token no longer grants are left, and listed in the ack. A refusal is a
+/// `token.refresh_failed` lifecycle event.
 pub(super) async fn refresh(
+    socket: &SocketRef,
+    gw: &Shared,
+    conn: &Conn,
+    payload: Result<Value, ClientError>,
+) -> Result<Ack, ClientError> {
+    let result = swap(socket, gw, conn, payload).await;
+    if let (Err(error), Some(lifecycle)) = (&result, &gw.lifecycle) {
+        let identity = conn.identity();
+        lifecycle.refresh_failed(&identity.tenant, &identity.user, error.code);
+    }
+    result
+}
+
+async fn swap(
     socket: &SocketRef,
     gw: &Shared,
     conn: &Conn,

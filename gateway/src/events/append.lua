@@ -1,0 +1,9 @@
+-- Appends lifecycle events to the stream sink, each with the next sequence number (so a reader
+-- sees what the cap trimmed before it read), trimming the stream to its cap.
+-- KEYS: stream, sequence (both under the {events} hash tag). ARGV: cap, then the events (JSON).
+for i = 2, #ARGV do
+  local seq = redis.call('INCR', KEYS[2])
+  local kind = cjson.decode(ARGV[i])['type'] or ''
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'seq', seq, 'type', kind, 'event', ARGV[i])
+end
+return #ARGV - 1
