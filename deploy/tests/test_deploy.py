@@ -409,6 +409,7 @@ class ChartRejectsBadValues(unittest.TestCase):
             ],
             "secrets": [
                 "/secrets/jwtSecret",
+                "/secrets/webhookSecret",
                 "/secrets/existingSecretKeys/apiKeys",
                 "/secrets/existingSecretKeys/tenantApiKeys",
                 "/secrets/tenantApiKeys/0/key",
@@ -417,7 +418,12 @@ class ChartRejectsBadValues(unittest.TestCase):
                 "at '/secrets/tenantApiKeys/3': additional properties 'scope'",
             ],
             "redis": ["/redis/url", "/redis/existingPasswordSecret/key"],
-            "config": ["/config/history/ttl"],
+            "config": [
+                "/config/history/ttl",
+                "/config/events/types/0",
+                "/config/events/webhook/urls/0",
+                "/config/events/webhook/batchSize",
+            ],
             "service": ["/service/type", "/service/externalTrafficPolicy", "/service/nodePorts/public"],
             "containerPorts": ["/containerPorts/api"],
             "api": ["/api/publicListener", "/api/service/type"],
@@ -747,7 +753,12 @@ class ChartSecrets(unittest.TestCase):
     def test_secrets_are_mounted_files_never_env(self) -> None:
         values = load_values(CHART / "ci" / "full-values.yaml")
         manifests = render(values)
-        secret_values = [values["secrets"]["jwtSecret"], *values["secrets"]["apiKeys"], values["redis"]["url"]]
+        secret_values = [
+            values["secrets"]["jwtSecret"],
+            *values["secrets"]["apiKeys"],
+            values["redis"]["url"],
+            values["secrets"]["webhookSecret"],
+        ]
         for kind, docs in manifests.items():
             if kind == "Secret":
                 continue
@@ -761,8 +772,13 @@ class ChartSecrets(unittest.TestCase):
         container = gateway_container(manifests)
         self.assertEqual([e for e in container["env"] if "valueFrom" in e], [], "no secretKeyRef in env")
         mounts = secret_mounts(manifests)
-        self.assertEqual(set(mounts), {"ROOMCAST_JWT_SECRET_FILE", "ROOMCAST_API_KEY_FILE", "ROOMCAST_REDIS_URL_FILE"})
-        expected_keys = {"ROOMCAST_JWT_SECRET_FILE": "jwt-secret", "ROOMCAST_API_KEY_FILE": "api-keys", "ROOMCAST_REDIS_URL_FILE": "redis-url"}
+        expected_keys = {
+            "ROOMCAST_JWT_SECRET_FILE": "jwt-secret",
+            "ROOMCAST_API_KEY_FILE": "api-keys",
+            "ROOMCAST_REDIS_URL_FILE": "redis-url",
+            "ROOMCAST_WEBHOOK_SECRET_FILE": "webhook-secret",
+        }
+        self.assertEqual(set(mounts), set(expected_keys))
         for var, (volume, mount) in mounts.items():
             with self.subTest(var=var):
                 self.assertEqual(volume["secret"]["secretName"], FULLNAME)

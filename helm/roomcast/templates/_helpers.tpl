@@ -94,6 +94,12 @@ app.kubernetes.io/component: gateway
 {{- else if .Values.secrets.tenantApiKeys }}true{{ end }}
 {{- end }}
 
+{{/* Whether the replicas get a webhook secret (from values or an existing Secret's key). */}}
+{{- define "roomcast.hasWebhookSecret" -}}
+{{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.webhookSecret }}true{{ end }}
+{{- else if .Values.secrets.webhookSecret }}true{{ end }}
+{{- end }}
+
 {{/* Whether the backend API is enabled: it is with any key, of every tenant or of some. */}}
 {{- define "roomcast.apiEnabled" -}}
 {{- if or (include "roomcast.hasApiKeys" .) (include "roomcast.hasTenantApiKeys" .) }}true{{ end }}
@@ -133,6 +139,9 @@ the file. Empty when there is nothing to mount.
 {{- end }}
 {{- if include "roomcast.hasRedis" . }}
 {{- $_ := set $files "redis-url" (dict "key" (ternary $keys.redisUrl "redis-url" (not (empty $existing))) "env" "ROOMCAST_REDIS_URL_FILE") }}
+{{- end }}
+{{- if include "roomcast.hasWebhookSecret" . }}
+{{- $_ := set $files "webhook-secret" (dict "key" (ternary $keys.webhookSecret "webhook-secret" (not (empty $existing))) "env" "ROOMCAST_WEBHOOK_SECRET_FILE") }}
 {{- end }}
 {{- if $files }}
 {{- toYaml $files }}
@@ -174,6 +183,16 @@ the file. Empty when there is nothing to mount.
 {{- $ports := list (int .Values.containerPorts.public) (int .Values.containerPorts.api) (int .Values.containerPorts.admin) }}
 {{- if ne (len (uniq $ports)) 3 }}
 {{- fail "containerPorts.public, containerPorts.api and containerPorts.admin must all differ" }}
+{{- end }}
+{{- /* Lifecycle events: a webhook needs its secret, the stream needs Redis. */}}
+{{- if and .Values.config.events.webhook.urls (not (include "roomcast.hasWebhookSecret" .)) }}
+{{- fail "config.events.webhook.urls needs secrets.webhookSecret (32+ bytes), or secrets.existingSecretKeys.webhookSecret naming a key of secrets.existingSecret" }}
+{{- end }}
+{{- if and (include "roomcast.hasWebhookSecret" .) (not .Values.config.events.webhook.urls) }}
+{{- fail "a webhook secret is set but config.events.webhook.urls is empty: set the URLs, or leave the secret out" }}
+{{- end }}
+{{- if and .Values.config.events.stream (not (include "roomcast.hasRedis" .)) }}
+{{- fail "config.events.stream needs Redis (redis.url, or a redis-url key in secrets.existingSecret)" }}
 {{- end }}
 {{- /* Authentication: exactly one way to know each token's keys. */}}
 {{- $mode := .Values.auth.mode }}
