@@ -479,12 +479,22 @@ impl Gateway {
             state.verifier.remote_key_sets().into_iter().map(|set| tokio::spawn(set.refresh_forever())).collect();
         let presence = tokio::spawn(state.presence.clone().run());
         let webhooks: Vec<_> = match &state.lifecycle {
-            Some(lifecycle) => webhooks(&state.config)
-                .into_iter()
-                .map(|hook| {
-                    tokio::spawn(events::webhook::run(hook, lifecycle.log(), state.delivery.node_id().to_owned()))
-                })
-                .collect(),
+            Some(lifecycle) => {
+                let hooks = webhooks(&state.config);
+                // Each URL's group exists before the first connection, so a new sink misses no
+                // event of the replica's first moments (the dispatchers retry if Redis is away).
+                for hook in &hooks {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), lifecycle.log().subscribe(&hook.group(), false))
+                            .await;
+                }
+                hooks
+                    .into_iter()
+                    .map(|hook| {
+                        tokio::spawn(events::webhook::run(hook, lifecycle.log(), state.delivery.node_id().to_owned()))
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
         let typing = tokio::spawn({

@@ -411,3 +411,38 @@ fn the_readmes_verification_snippets_agree_with_the_signer() {
         );
     }
 }
+
+/// Redis runs an exit whose reply the replica never gets (Redis hung past the command
+/// timeout): the event the script recorded is still forwarded, once.
+#[tokio::test]
+async fn an_exit_whose_reply_was_lost_still_yields_its_event_once() {
+    let redis = RedisServer::start();
+    let env = [
+        ("ROOMCAST_EVENTS_STREAM", "true"),
+        ("ROOMCAST_EVENTS", "user.online,user.offline"),
+        ("ROOMCAST_PRESENCE_GRACE", "100ms"),
+        ("ROOMCAST_PRESENCE_LEASE_TTL", "30s"),
+        ("ROOMCAST_REDIS_COMMAND_TIMEOUT", "300ms"),
+    ];
+    let rs = Replica::ready(1, &redis.url(), &env).await;
+    let ada = rs[0].connect_user("t1", "ada").await;
+    eventually(WAIT, "ada online", || async { (stream(&redis).len() == 1).then_some(()) }).await;
+    redis.pause();
+    ada.close();
+    eventually(WAIT, "the exit timed out", || async {
+        (rs[0].metric("roomcast_presence_errors_total", "").await >= 1.0).then_some(())
+    })
+    .await;
+    redis.resume();
+    eventually(WAIT, "ada offline", || async {
+        (of_kind(&stream(&redis), "user.offline", "ada").len() == 1).then_some(())
+    })
+    .await;
+    eventually(WAIT, "her presence and outbox gone", || async {
+        (redis.cli(&["EXISTS", "roomcast:{tenant:t1:user:ada}:presence", "roomcast:{tenant:t1:user:ada}:outbox"])
+            == "0")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(summary(&stream(&redis)), [("user.online".into(), "ada".into()), ("user.offline".into(), "ada".into())]);
+}

@@ -3,7 +3,8 @@
 -- KEYS: stream, sequence (both under the {events} hash tag). ARGV: cap, then the events (JSON).
 for i = 2, #ARGV do
   local seq = redis.call('INCR', KEYS[2])
-  local kind = cjson.decode(ARGV[i])['type'] or ''
+  local ok, event = pcall(cjson.decode, ARGV[i])
+  local kind = ok and type(event) == 'table' and event['type'] or ''
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'seq', seq, 'type', kind, 'event', ARGV[i])
 end
 return #ARGV - 1

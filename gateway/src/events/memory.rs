@@ -66,10 +66,10 @@ impl EventLog for MemoryLog {
         ready(())
     }
 
-    fn subscribe(&self, group: &str) -> BoxFuture<'static, Result<(), BusError>> {
+    fn subscribe(&self, group: &str, from_start: bool) -> BoxFuture<'static, Result<(), BusError>> {
         let mut inner = self.lock();
-        let next = inner.next;
-        inner.groups.entry(group.to_owned()).or_insert(next);
+        let start = if from_start { inner.entries.front().map_or(inner.next, |(seq, _)| *seq) } else { inner.next };
+        inner.groups.entry(group.to_owned()).or_insert(start);
         ready(())
     }
 
@@ -120,8 +120,8 @@ mod tests {
     async fn groups_read_at_their_pace_and_count_what_the_cap_took() {
         let log = MemoryLog::new(5);
         log.append(events(0..3)).await.unwrap(); // before any group: not kept for anyone
-        log.subscribe("a").await.unwrap();
-        log.subscribe("b").await.unwrap();
+        log.subscribe("a", false).await.unwrap();
+        log.subscribe("b", false).await.unwrap();
         log.append(events(3..6)).await.unwrap();
         let a = log.read("a", "r", 2).await.unwrap();
         assert_eq!(a.entries.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>(), ["e3", "e4"]);

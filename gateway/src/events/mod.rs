@@ -49,8 +49,9 @@ pub struct Batch {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends events (JSON, each with its id), trimming the log to its cap.
     fn append(&self, events: Vec<String>) -> BoxFuture<'static, Result<(), BusError>>;
-    /// Creates `group` at the log's end if it does not exist (a new sink starts with new events).
-    fn subscribe(&self, group: &str) -> BoxFuture<'static, Result<(), BusError>>;
+    /// Creates `group` if it does not exist: at the log's end (a new sink starts with new
+    /// events), or `from_start` (the group vanished with Redis' data: deliver what came since).
+    fn subscribe(&self, group: &str, from_start: bool) -> BoxFuture<'static, Result<(), BusError>>;
     /// Up to `count` entries `group` has not read yet, now pending for `consumer`.
     fn read(&self, group: &str, consumer: &str, count: usize) -> BoxFuture<'static, Result<Batch, BusError>>;
     /// Up to `count` entries pending for another consumer of `group` for longer than `idle`
@@ -92,9 +93,10 @@ impl RoomTypes {
     }
 }
 
-/// Most events of the kinds a replica emits on its own (`connection.refused`,
-/// `token.refresh_failed`) per second, and at once: a flood of refused connections must not
-/// flood the sinks. Beyond it they are dropped and counted.
+/// Most events of each kind a replica emits on its own (`connection.refused`,
+/// `token.refresh_failed`, each its own budget) per second, and at once: a flood of refused
+/// connections must not flood the sinks, nor silence the refresh failures. Beyond it they are
+/// dropped and counted.
 const DIRECT_RATE: Rate = Rate { per_second: 100.0, burst: 1_000 };
 /// Direct events waiting to be appended; beyond it they are dropped and counted.
 const DIRECT_QUEUE: usize = 1_000;
@@ -105,7 +107,8 @@ pub struct Lifecycle {
     enabled: Vec<&'static str>,
     log: Arc<dyn EventLog>,
     direct: tokio::sync::mpsc::Sender<String>,
-    bucket: SharedBucket,
+    /// [`DIRECT_RATE`] for `connection.refused`, and for `token.refresh_failed`.
+    budgets: [SharedBucket; 2],
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -125,14 +128,18 @@ impl Lifecycle {
             let mut batch = Vec::new();
             while queued.recv_many(&mut batch, 256).await > 0 {
                 let events = std::mem::take(&mut batch);
-                let n = events.len() as u64;
-                if let Err(e) = appender.append(events).await {
-                    tracing::debug!(error = %e, "lifecycle events lost: the log is unavailable");
-                    crate::metrics::events_dropped("log_unavailable", n);
+                let kinds: Vec<String> = events.iter().map(|e| kind_of(e)).collect();
+                match appender.append(events).await {
+                    Ok(()) => kinds.iter().for_each(|kind| crate::metrics::event_emitted(kind)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "lifecycle events lost: the log is unavailable");
+                        crate::metrics::events_dropped("log_unavailable", kinds.len() as u64);
+                    }
                 }
             }
         });
-        Arc::new(Lifecycle { enabled, log, direct, bucket: SharedBucket::new(DIRECT_RATE) })
+        let budgets = [SharedBucket::new(DIRECT_RATE), SharedBucket::new(DIRECT_RATE)];
+        Arc::new(Lifecycle { enabled, log, direct, budgets })
     }
 
     fn on(&self, kind: &'static str) -> Option<&'static str> {
@@ -182,7 +189,8 @@ impl Lifecycle {
     }
 
     fn direct(&self, kind: &'static str, tenant: Option<&str>, user: Option<&str>, code: ErrorCode) {
-        if self.bucket.take().is_err() {
+        let budget = &self.budgets[usize::from(kind == types::TOKEN_REFRESH_FAILED)];
+        if budget.take().is_err() {
             crate::metrics::events_dropped("rate_limited", 1);
             return;
         }
@@ -199,10 +207,13 @@ impl Lifecycle {
         let Ok(json) = serde_json::to_string(&event) else { return };
         if self.direct.try_send(json).is_err() {
             crate::metrics::events_dropped("queue_full", 1);
-        } else {
-            crate::metrics::event_emitted(kind);
         }
     }
+}
+
+/// The `type` of an event's JSON (`other` if it has none): for the metrics.
+pub fn kind_of(event: &str) -> String {
+    serde_json::from_str::<roomcast_publisher::events::Event>(event).map_or_else(|_| "other".to_owned(), |e| e.kind)
 }
 
 /// A new event id (or the prefix of the ids one presence script makes): 128 random bits.

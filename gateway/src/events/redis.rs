@@ -114,15 +114,16 @@ impl EventLog for RedisLog {
         })
     }
 
-    fn subscribe(&self, group: &str) -> BoxFuture<'static, Result<(), BusError>> {
+    fn subscribe(&self, group: &str, from_start: bool) -> BoxFuture<'static, Result<(), BusError>> {
         let checked = self.check();
-        let (this, group) = (self.clone(), group.to_owned());
+        let this = self.clone();
+        let args = vec![group.to_owned(), if from_start { "0" } else { "$" }.to_owned()];
         Box::pin(async move {
             checked?;
             let keys = vec![this.stream(), this.sequence(), this.cursors()];
             this.scripts
                 .subscribe
-                .evalsha_with_reload::<i64, _, _>(&this.redis.client, keys, vec![group])
+                .evalsha_with_reload::<i64, _, _>(&this.redis.client, keys, args)
                 .await
                 .map_err(unavailable)?;
             Ok(())

@@ -1,9 +1,12 @@
--- Creates a sink's consumer group at the stream's end (a new sink starts with new events) and
--- its read cursor at the current sequence number; nothing if the group exists.
--- KEYS: stream, sequence, cursors. ARGV: group.
-local created = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], '$', 'MKSTREAM')
+-- Creates a sink's consumer group, with its read cursor; nothing if the group exists. A new sink
+-- starts at the stream's end (ARGV[2] '$': new events only); a sink whose group vanished (Redis
+-- lost its data) starts at its beginning ('0'), so what was appended since is delivered.
+-- KEYS: stream, sequence, cursors. ARGV: group, '$' or '0'.
+local created = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
 if created then
-  redis.call('HSET', KEYS[3], ARGV[1], redis.call('GET', KEYS[2]) or '0')
+  local cursor = '0'
+  if ARGV[2] == '$' then cursor = redis.call('GET', KEYS[2]) or '0' end
+  redis.call('HSET', KEYS[3], ARGV[1], cursor)
   return 1
 end
 return 0

@@ -100,11 +100,17 @@ pub async fn run(hook: Webhook, log: Arc<dyn EventLog>, consumer: String) {
     let group = hook.group();
     let errors = Throttled::new(crate::logging::WARN_EVERY);
     let mut subscribed = false;
+    // Once the group existed, a group found missing later vanished with Redis' data: it is
+    // created again from the stream's start, so what was appended since is not skipped.
+    let mut existed = false;
     let mut last_claim = Instant::now();
     loop {
         if !subscribed {
-            match log.subscribe(&group).await {
-                Ok(()) => subscribed = true,
+            match log.subscribe(&group, existed).await {
+                Ok(()) => {
+                    subscribed = true;
+                    existed = true;
+                }
                 Err(e) => {
                     if let Some(held) = errors.check() {
                         tracing::warn!(error = %e, url = %hook.url, similar_since = held, "webhook cannot read the event log yet");

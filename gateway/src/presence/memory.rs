@@ -111,8 +111,7 @@ impl MemoryPresence {
         let recorded = match (&self.lifecycle, events.is_empty()) {
             (Some(lifecycle), false) => {
                 for event in &events {
-                    let kind = serde_json::from_str::<roomcast_publisher::events::Event>(event).map(|e| e.kind);
-                    crate::metrics::event_emitted(kind.as_deref().unwrap_or("other"));
+                    crate::metrics::event_emitted(&crate::events::kind_of(event));
                 }
                 Some(lifecycle.log().append(events))
             }

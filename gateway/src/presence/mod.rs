@@ -585,6 +585,12 @@ impl Presence {
         if tokio::time::timeout_at(deadline, applied).await.is_err() {
             tracing::warn!("shutdown deadline reached before presence was removed; the lease expiry will");
         }
+        if self.dirty.load(std::sync::atomic::Ordering::Acquire) {
+            // Some removal did not reach the store: keep the lease, so that when it expires a
+            // survivor reaps what is left (and forwards its lifecycle events) instead of no one.
+            tracing::warn!("presence not fully removed; leaving it to the survivors' reaping");
+            return;
+        }
         let _ = tokio::time::timeout_at(deadline, self.store.release()).await;
     }
 }

@@ -196,13 +196,12 @@ impl RedisPresence {
         }
         if let Err(e) = lifecycle.log().append(events.clone()).await {
             if owner == self.replica {
-                self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).insert(room.to_owned());
+                self.maybe_unforwarded(room);
             }
             return Err(e);
         }
         for event in &events {
-            let kind = serde_json::from_str::<roomcast_publisher::events::Event>(event).map(|e| e.kind);
-            crate::metrics::event_emitted(kind.as_deref().unwrap_or("other"));
+            crate::metrics::event_emitted(&crate::events::kind_of(event));
         }
         let mut args = vec!["done".to_owned(), owner.to_owned()];
         args.extend(events);
@@ -210,7 +209,12 @@ impl RedisPresence {
             .outbox
             .evalsha_with_reload::<i64, _, _>(&self.redis.client, vec![self.redis.keys.outbox(room)], args)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)
+            .inspect_err(|_| {
+                if owner == self.replica {
+                    self.maybe_unforwarded(room);
+                }
+            })?;
         Ok(())
     }
 
@@ -230,13 +234,27 @@ impl RedisPresence {
     }
 
     /// Forwards again what the event log refused earlier.
-    async fn forward_unforwarded(&self) {
-        let rooms: Vec<String> = self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+    /// `true` when nothing is left to forward.
+    async fn forward_unforwarded(&self) -> bool {
+        let rooms: Vec<String> = self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
         for room in rooms {
-            if let Err(e) = self.forward_left_over(&room, &self.replica).await {
-                tracing::debug!(error = %e, "lifecycle events not forwarded yet; will retry");
-                self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).insert(room);
+            // The room stays marked until its events are in the log, so `forget` keeps it in
+            // this replica's room set (where a reaper would look) meanwhile.
+            match self.forward_left_over(&room, &self.replica).await {
+                Ok(()) => {
+                    self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).remove(&room);
+                }
+                Err(e) => tracing::debug!(error = %e, "lifecycle events not forwarded yet; will retry"),
             }
+        }
+        self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// A script changing who is in `room` failed, or its events did not reach the log: Redis
+    /// may have run it all the same (a lost reply), so its outbox is looked at again later.
+    fn maybe_unforwarded(&self, room: &str) {
+        if self.lifecycle.is_some() {
+            self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).insert(room.to_owned());
         }
     }
 
@@ -348,8 +366,12 @@ impl PresenceStore for RedisPresence {
             // Recorded before the share itself: a crash in between leaves a room to sweep, never
             // a share nobody will find.
             redis.client.sadd::<(), _, _>(rooms_key, room.as_str()).await.map_err(unavailable)?;
-            let flat: Vec<Value> =
-                scripts.enter.evalsha_with_reload(&redis.client, keys, args).await.map_err(unavailable)?;
+            let flat: Vec<Value> = scripts
+                .enter
+                .evalsha_with_reload(&redis.client, keys, args)
+                .await
+                .map_err(unavailable)
+                .inspect_err(|_| this.maybe_unforwarded(&room))?;
             this.forward(&room, &this.replica, answer(flat).1).await
         })
     }
@@ -368,8 +390,12 @@ impl PresenceStore for RedisPresence {
         let (this, room) = (self.clone(), room.to_owned());
         crate::metrics::redis_timed("presence", async move {
             checked?;
-            let flat: Vec<Value> =
-                scripts.exit.evalsha_with_reload(&redis.client, keys, args).await.map_err(unavailable)?;
+            let flat: Vec<Value> = scripts
+                .exit
+                .evalsha_with_reload(&redis.client, keys, args)
+                .await
+                .map_err(unavailable)
+                .inspect_err(|_| this.maybe_unforwarded(&room))?;
             this.forward(&room, &this.replica, answer(flat).1).await
         })
     }
@@ -501,11 +527,12 @@ impl PresenceStore for RedisPresence {
                     .reconcile
                     .evalsha_with_reload(&redis.client, this.room_keys(&room), args)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(unavailable)
+                    .inspect_err(|_| this.maybe_unforwarded(&room))?;
                 this.forward(&room, &replica, answer(flat).1).await?;
                 // Only now, with the room's events forwarded: listed until then, a crash in
                 // between leaves them to the reaper.
-                if empty {
+                if empty && !this.has_unforwarded(&room) {
                     redis.client.srem::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
                 }
             }
@@ -563,20 +590,19 @@ impl PresenceStore for RedisPresence {
                         redis.publish_command().to_owned(),
                         wire::now_ms().to_string(),
                     ];
-                    args.extend(this.event_args(room, &this.replica));
+                    // Recorded as the dead replica's: with what it recorded and never forwarded,
+                    // they are forwarded from its outbox entries next. A reaper that fails or
+                    // dies in between leaves them all to the next sweep, which finds the room
+                    // in the dead replica's room set (deleted only once every room is done).
+                    args.extend(this.event_args(room, &replica));
                     let flat: Vec<Value> = this
                         .scripts
                         .reap
                         .evalsha_with_reload(&redis.client, this.room_keys(room), args)
                         .await
                         .map_err(unavailable)?;
-                    let (left, events) = answer(flat);
-                    users_left += left;
-                    // What the dead replica recorded but never forwarded, then what its removal
-                    // recorded now. A reaper that dies here leaves both to the next one: the
-                    // dead replica's room set goes only once every room is done.
+                    users_left += answer(flat).0;
                     this.forward_left_over(room, &replica).await?;
-                    this.forward(room, &this.replica, events).await?;
                 }
                 redis.client.del::<(), _>(&rooms_key).await.map_err(unavailable)?;
                 this.drop_connections(&replica).await?;
@@ -596,7 +622,10 @@ impl PresenceStore for RedisPresence {
         let this = self.clone();
         Box::pin(async move {
             checked?;
-            this.forward_unforwarded().await;
+            if !this.forward_unforwarded().await {
+                // Keep the room set and let the lease expire: the reaper forwards them.
+                return Err(BusError::Unavailable("lifecycle events not forwarded; left to the reaper".into()));
+            }
             redis.client.del::<(), _>(redis.keys.replica_rooms(&replica)).await.map_err(unavailable)?;
             // Its sockets were disconnected by the drain; whatever is still counted goes now.
             this.drop_connections(&replica).await?;

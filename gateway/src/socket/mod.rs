@@ -205,12 +205,16 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
         let identity = conn.identity();
         // The verifier only accepts valid ids, so both rooms always build.
         let auto = [Room::tenant(&identity.tenant), Room::user(&identity.tenant, &identity.user)];
-        let confirmations: Vec<_> =
-            auto.iter().flatten().filter_map(|room| rooms::enter_now(&socket, conn, &gw.membership, room)).collect();
-        // The user's connections are presence in their user room when lifecycle events want
-        // them (`user.online`/`offline`); the disconnect's leave of the room ends it.
-        if let [_, Ok(user_room)] = &auto {
-            gw.presence.entered(user_room, &identity.user, conn.status());
+        let mut confirmations = Vec::new();
+        for room in auto.iter().flatten() {
+            let Some(confirmed) = rooms::enter_now(&socket, conn, &gw.membership, room) else { continue };
+            confirmations.push(confirmed);
+            // The user's connections are presence in their user room when lifecycle events want
+            // them (`user.online`/`offline`); the disconnect's leave of the room ends it. Only
+            // once the socket is in it: a socket closed meanwhile never leaves it.
+            if room.kind() == roomcast_publisher::RoomKind::User {
+                gw.presence.entered(room, &identity.user, conn.status());
+            }
         }
         // Checked again now that the socket is in its rooms: a revocation that arrived while it
         // was connecting either is held already (seen here) or comes after this point (its
