@@ -483,11 +483,9 @@ impl Gateway {
                 let hooks = webhooks(&state.config);
                 // Each URL's group exists before the first connection, so a new sink misses no
                 // event of the replica's first moments (the dispatchers retry if Redis is away).
-                for hook in &hooks {
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(2), lifecycle.log().subscribe(&hook.group(), false))
-                            .await;
-                }
+                let log = lifecycle.log();
+                let subscribed = hooks.iter().map(|hook| log.subscribe(&hook.group(), false));
+                let _ = tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(subscribed)).await;
                 hooks
                     .into_iter()
                     .map(|hook| {

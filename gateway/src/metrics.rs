@@ -239,6 +239,8 @@ fn register() {
         DUPLICATES_DROPPED,
         CATCH_UPS,
         REPLAYED,
+        WEBHOOK_EVENTS,
+        WEBHOOK_DROPPED,
     ] {
         counter!(name).increment(0);
     }
@@ -303,11 +305,18 @@ fn register() {
             "reason",
             &["malformed", "version", "room", "event_name", "too_large", "typing", "presence", "channel", "control"],
         ),
-        (REDIS_ERRORS, "op", &["connection", "publish", "subscribe", "unsubscribe", "history", "presence", "control"]),
+        (
+            REDIS_ERRORS,
+            "op",
+            &["connection", "publish", "subscribe", "unsubscribe", "history", "presence", "control", "events"],
+        ),
         (REDIS_RECONNECTS, "client", &["commands", "subscriber"]),
         (DELIVERIES, "type", &["event", "typing", "presence"]),
         (RESYNCS, "reason", &["gap", "epoch_changed"]),
         (RECOVERIES, "result", &["recovered", "not_recovered"]),
+        (EVENTS, "type", &roomcast_publisher::events::types::ALL),
+        (EVENTS_DROPPED, "reason", &["rate_limited", "queue_full", "log_unavailable"]),
+        (WEBHOOK_REQUESTS, "result", &["delivered", "failed"]),
     ];
     for (name, label, values) in labelled {
         for value in *values {

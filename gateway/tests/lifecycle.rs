@@ -446,3 +446,31 @@ async fn an_exit_whose_reply_was_lost_still_yields_its_event_once() {
     .await;
     assert_eq!(summary(&stream(&redis)), [("user.online".into(), "ada".into()), ("user.offline".into(), "ada".into())]);
 }
+
+/// A replica stopping gracefully removes its users' presence itself, after the grace period:
+/// their leaving events come once, without waiting for a lease to expire, and the lease goes.
+#[tokio::test]
+async fn a_graceful_stop_sends_its_users_leaving_events_once_and_releases_its_lease() {
+    let redis = RedisServer::start();
+    let env = [
+        ("ROOMCAST_EVENTS_STREAM", "true"),
+        ("ROOMCAST_PRESENCE_GRACE", "200ms"),
+        ("ROOMCAST_PRESENCE_LEASE_TTL", "60s"),
+    ];
+    let mut rs = Replica::ready(2, &redis.url(), &env).await;
+    let ada = rs[0].connect_user("t1", "ada").await;
+    assert_eq!(ada.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    let _bob = rs[1].connect_user("t1", "bob").await;
+    eventually(WAIT, "both online", || async { (stream(&redis).len() == 4).then_some(()) }).await;
+    assert!(rs[0].terminate(Duration::from_secs(10)).await, "a clean exit");
+    let events = stream(&redis);
+    let mut left = summary(&events[4..]);
+    left.sort();
+    assert_eq!(
+        left,
+        [("member.left".into(), "ada".into()), ("room.vacated".into(), "c1".into()), ("user.offline".into(), "ada".into())],
+        "{events:?}"
+    );
+    assert_eq!(redis.cli(&["ZCARD", "roomcast:replicas"]), "1", "its lease released");
+    assert_eq!(of_kind(&events, "user.offline", "bob").len(), 0);
+}

@@ -4,7 +4,8 @@
 for i = 2, #ARGV do
   local seq = redis.call('INCR', KEYS[2])
   local ok, event = pcall(cjson.decode, ARGV[i])
-  local kind = ok and type(event) == 'table' and event['type'] or ''
+  local kind = ''
+  if ok and type(event) == 'table' and type(event['type']) == 'string' then kind = event['type'] end
   redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], '*', 'seq', seq, 'type', kind, 'event', ARGV[i])
 end
 return #ARGV - 1

@@ -4,9 +4,12 @@
 -- KEYS: stream, sequence, cursors. ARGV: group, '$' or '0'.
 local created = pcall(redis.call, 'XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[2], 'MKSTREAM')
 if created then
-  local cursor = '0'
-  if ARGV[2] == '$' then cursor = redis.call('GET', KEYS[2]) or '0' end
-  redis.call('HSET', KEYS[3], ARGV[1], cursor)
+  if ARGV[2] == '$' then
+    redis.call('HSET', KEYS[3], ARGV[1], redis.call('GET', KEYS[2]) or '0')
+  else
+    -- From the start: whatever the stream holds is read, nothing counted as lost before it.
+    redis.call('HDEL', KEYS[3], ARGV[1])
+  end
   return 1
 end
 return 0

@@ -225,6 +225,15 @@ pub struct Presence {
     leaving: DeadlineQueue<(String, String)>,
     /// A store operation failed: this replica's share may be off until the next reconcile.
     dirty: std::sync::atomic::AtomicBool,
+    /// Store operations that change who is where (not statuses) that failed, ever: a graceful
+    /// stop compares it before and after removing what this replica holds.
+    failed: std::sync::atomic::AtomicU64,
+    /// Rooms where an entry or exit failed since the last reconcile: this replica may still
+    /// have a share there, so the store keeps them among its rooms (for a reconcile or a reaper
+    /// to find) even when this replica forgets them. Only the worker touches it.
+    unsettled: Mutex<std::collections::HashSet<String>>,
+    /// Set by a graceful stop before the lease is released: the lease is not renewed again.
+    stopping: std::sync::atomic::AtomicBool,
     /// To the worker that applies changes to the store (see [`queue`]).
     ops: FairQueue,
     /// One warning per interval while the store fails, not one per operation.
@@ -264,6 +273,9 @@ impl Presence {
             local: Mutex::new(LocalUsers::default()),
             leaving: DeadlineQueue::default(),
             dirty: Default::default(),
+            failed: Default::default(),
+            unsettled: Default::default(),
+            stopping: Default::default(),
             ops: FairQueue::new(queue_per_tenant),
             store_errors: crate::logging::Throttled::new(crate::logging::WARN_EVERY),
             caps,
@@ -455,17 +467,41 @@ impl Presence {
         }
         loop {
             let Next { op, status } = self.ops.next().await;
-            let result = match op {
-                Op::Enter { ref room, ref user, count, status } => self.store.enter(room, user, count, status).await,
-                Op::Exit { ref room, ref user } => self.store.exit(room, user).await,
+            let unsettled = || self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+            let (result, changes_who) = match op {
+                Op::Enter { ref room, ref user, count, status } => {
+                    let result = self.store.enter(room, user, count, status).await;
+                    if result.is_err() {
+                        unsettled().insert(room.clone());
+                    }
+                    (result, true)
+                }
+                Op::Exit { ref room, ref user } => {
+                    let result = self.store.exit(room, user).await;
+                    if result.is_err() {
+                        unsettled().insert(room.clone());
+                    }
+                    (result, true)
+                }
                 Op::Status { ref room, ref user, .. } => match status {
-                    Some(status) => self.store.set_status(room, user, status).await,
-                    None => Ok(()),
+                    Some(status) => (self.store.set_status(room, user, status).await, false),
+                    None => (Ok(()), false),
                 },
-                Op::Forget { ref room } => self.store.forget(room).await,
-                Op::Reconcile(held) => self.store.reconcile(held).await,
+                // Still listed in the store while a change there may not have landed.
+                Op::Forget { ref room } if unsettled().contains(room) => (Ok(()), true),
+                Op::Forget { ref room } => (self.store.forget(room).await, true),
+                Op::Reconcile(held) => {
+                    let result = self.store.reconcile(held).await;
+                    if result.is_ok() {
+                        unsettled().clear();
+                    }
+                    (result, true)
+                }
             };
             if let Err(e) = result {
+                if changes_who {
+                    self.failed.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                }
                 // Redis is down: the lease lapses meanwhile and the replay after the renewal
                 // restores this replica's presence from `local`.
                 if let Some(held) = self.store_errors.check() {
@@ -503,33 +539,39 @@ impl Presence {
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A graceful stop releases the lease (or leaves it to expire): it is not renewed again.
             tokio::select! {
-                _ = &mut renew => match self.store.renew().await {
-                    Ok(unknown) => {
-                        renewed_once = true;
-                        let dirty = self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
-                        if unknown || dirty {
-                            self.reconcile(unknown);
-                        }
-                        let connections_dirty = self.connections_dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
-                        if self.caps.any() && (unknown || connections_dirty) {
-                            // Its own task: with many tenants it takes a while, and the lease
-                            // must keep being renewed meanwhile.
-                            let this = self.clone();
-                            tokio::spawn(async move { this.reconcile_connections().await });
-                        }
-                        renew.as_mut().reset(Instant::now() + renew_every);
+                _ = &mut renew => {
+                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
                     }
-                    Err(e) => {
-                        self.dirty.store(true, std::sync::atomic::Ordering::Release);
-                        if renewed_once || started.elapsed() >= STARTUP {
-                            tracing::warn!(error = %e, "presence lease not renewed");
-                        } else {
-                            tracing::debug!(error = %e, "presence lease not taken yet; Redis is still connecting");
+                    match self.store.renew().await {
+                        Ok(unknown) => {
+                            renewed_once = true;
+                            let dirty = self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
+                            if unknown || dirty {
+                                self.reconcile(unknown);
+                            }
+                            let connections_dirty = self.connections_dirty.swap(false, std::sync::atomic::Ordering::AcqRel);
+                            if self.caps.any() && (unknown || connections_dirty) {
+                                // Its own task: with many tenants it takes a while, and the lease
+                                // must keep being renewed meanwhile.
+                                let this = self.clone();
+                                tokio::spawn(async move { this.reconcile_connections().await });
+                            }
+                            renew.as_mut().reset(Instant::now() + renew_every);
                         }
-                        renew.as_mut().reset(Instant::now() + RETRY);
+                        Err(e) => {
+                            self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                            if renewed_once || started.elapsed() >= STARTUP {
+                                tracing::warn!(error = %e, "presence lease not renewed");
+                            } else {
+                                tracing::debug!(error = %e, "presence lease not taken yet; Redis is still connecting");
+                            }
+                            renew.as_mut().reset(Instant::now() + RETRY);
+                        }
                     }
-                },
+                }
                 _ = sweep.tick() => match self.store.reap_dead().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(replicas = n, "removed the presence of dead replicas"),
@@ -564,6 +606,7 @@ impl Presence {
         }
         let wait_until = (Instant::now() + self.grace).min(deadline);
         tokio::time::sleep_until(wait_until).await;
+        let failed_before = self.failed.load(std::sync::atomic::Ordering::Acquire);
         let entries: Vec<((String, String), u32)> = {
             let mut local = self.lock();
             local.per_room.clear();
@@ -579,19 +622,32 @@ impl Presence {
         for room in rooms {
             let _ = self.ops.push(Op::Forget { room }, None);
         }
-        // The lease goes only after the worker applied every removal queued above.
-        let (done, applied) = tokio::sync::oneshot::channel();
-        self.ops.flush(done);
-        if tokio::time::timeout_at(deadline, applied).await.is_err() {
-            tracing::warn!("shutdown deadline reached before presence was removed; the lease expiry will");
+        // The lease goes only after the worker applied every removal queued above, and only if
+        // they all landed: otherwise it is left to expire, and a survivor reaps what is left
+        // (and forwards its lifecycle events) rather than no one.
+        let mut settled =
+            self.flushed(deadline).await && self.failed.load(std::sync::atomic::Ordering::Acquire) == failed_before;
+        if !settled || self.dirty.load(std::sync::atomic::Ordering::Acquire) {
+            // A removal, or an earlier change, did not land: set this replica's share to
+            // nothing wherever the store has one.
+            let failed_before = self.failed.load(std::sync::atomic::Ordering::Acquire);
+            let _ = self.ops.push(Op::Reconcile(Vec::new()), None);
+            settled =
+                self.flushed(deadline).await && self.failed.load(std::sync::atomic::Ordering::Acquire) == failed_before;
         }
-        if self.dirty.load(std::sync::atomic::Ordering::Acquire) {
-            // Some removal did not reach the store: keep the lease, so that when it expires a
-            // survivor reaps what is left (and forwards its lifecycle events) instead of no one.
-            tracing::warn!("presence not fully removed; leaving it to the survivors' reaping");
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        if !settled {
+            tracing::warn!("presence not fully removed before the shutdown deadline; the survivors will reap it");
             return;
         }
         let _ = tokio::time::timeout_at(deadline, self.store.release()).await;
+    }
+
+    /// Whether the worker applied every operation queued so far before `deadline`.
+    async fn flushed(&self, deadline: Instant) -> bool {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        self.ops.flush(done);
+        tokio::time::timeout_at(deadline, applied).await.is_ok_and(|r| r.is_ok())
     }
 }
 

@@ -1,7 +1,8 @@
 -- Removes a dead replica's share of a room's presence; publishes a leave for every user who
 -- had no connection elsewhere.
 -- KEYS: counts, since, status, replicas, outbox. ARGV: dead replica, room, channel, publish
--- command, now_ms, then the events block (ARGV[6..12], recorded as the reaper's).
+-- command, now_ms, then the events block (ARGV[6..12], recorded as the dead replica's: the
+-- reaper forwards them with what the dead replica left in the outbox).
 -- Returns { users who left, events... }.
 local prefix = ARGV[1] .. '|'
 ev_init(6)

@@ -76,9 +76,16 @@ pub struct RedisPresence {
     recorded_tenants: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Where transitions are recorded as lifecycle events (`None`: no sink is configured).
     lifecycle: Option<std::sync::Arc<Lifecycle>>,
-    /// Rooms whose outbox holds events of this replica that did not reach the event log (it was
-    /// unavailable): forwarded again at each lease renewal.
+    /// Rooms whose outbox may hold events of this replica that did not reach the event log (it
+    /// was unavailable, or a script's reply was lost): retried after each lease renewal until
+    /// forwarded, and kept in the replica's room set meanwhile.
     unforwarded: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Held by the presence worker from a script to the forward of its events, and by the retry
+    /// of unforwarded rooms: the retry takes this replica's entries from an outbox, and must not
+    /// take (and append a second time) those the worker is about to forward itself.
+    forwarding: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// A retry of the unforwarded rooms is running (one at a time).
+    retrying: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -149,6 +156,8 @@ impl RedisPresence {
             recorded_tenants: Default::default(),
             lifecycle,
             unforwarded: Default::default(),
+            forwarding: Default::default(),
+            retrying: Default::default(),
         }
     }
 
@@ -240,6 +249,7 @@ impl RedisPresence {
         for room in rooms {
             // The room stays marked until its events are in the log, so `forget` keeps it in
             // this replica's room set (where a reaper would look) meanwhile.
+            let _turn = self.forwarding.lock().await;
             match self.forward_left_over(&room, &self.replica).await {
                 Ok(()) => {
                     self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).remove(&room);
@@ -360,6 +370,7 @@ impl PresenceStore for RedisPresence {
         let this = self.clone();
         crate::metrics::redis_timed("presence", async move {
             checked?;
+            let _turn = this.forwarding.lock().await;
             if !this.leased.load(std::sync::atomic::Ordering::Acquire) {
                 this.renew_lease().await?;
             }
@@ -390,6 +401,7 @@ impl PresenceStore for RedisPresence {
         let (this, room) = (self.clone(), room.to_owned());
         crate::metrics::redis_timed("presence", async move {
             checked?;
+            let _turn = this.forwarding.lock().await;
             let flat: Vec<Value> = scripts
                 .exit
                 .evalsha_with_reload(&redis.client, keys, args)
@@ -497,6 +509,7 @@ impl PresenceStore for RedisPresence {
         let this = self.clone();
         Box::pin(async move {
             checked?;
+            let _turn = this.forwarding.lock().await;
             let rooms_key = redis.keys.replica_rooms(&replica);
             let recorded: Vec<String> = redis.client.smembers(&rooms_key).await.map_err(unavailable)?;
             let mut all: Held = held;
@@ -546,7 +559,17 @@ impl PresenceStore for RedisPresence {
         Box::pin(async move {
             checked?;
             this.renew_lease().await?;
-            this.forward_unforwarded().await;
+            // Off the renewal path: with many rooms to retry on a slow Redis it takes a while,
+            // and the lease must not lapse meanwhile.
+            if !this.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+                && !this.retrying.swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                let retry = this.clone();
+                tokio::spawn(async move {
+                    retry.forward_unforwarded().await;
+                    retry.retrying.store(false, std::sync::atomic::Ordering::Release);
+                });
+            }
             Ok(this.unknown.swap(false, std::sync::atomic::Ordering::AcqRel))
         })
     }

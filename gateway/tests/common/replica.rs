@@ -126,6 +126,30 @@ impl Replica {
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
 
+    /// SIGTERM, then waits for the process to exit (a graceful stop); `true` if it exited
+    /// successfully within `within`.
+    pub async fn terminate(&mut self, within: std::time::Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + within;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return status.success();
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .await
+        .unwrap()
+    }
+
     /// SIGKILL: the process dies without cleanup, like a crashed node.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
