@@ -468,7 +468,11 @@ async fn a_graceful_stop_sends_its_users_leaving_events_once_and_releases_its_le
     left.sort();
     assert_eq!(
         left,
-        [("member.left".into(), "ada".into()), ("room.vacated".into(), "c1".into()), ("user.offline".into(), "ada".into())],
+        [
+            ("member.left".into(), "ada".into()),
+            ("room.vacated".into(), "c1".into()),
+            ("user.offline".into(), "ada".into())
+        ],
         "{events:?}"
     );
     assert_eq!(redis.cli(&["ZCARD", "roomcast:replicas"]), "1", "its lease released");
