@@ -124,3 +124,27 @@ test("refused refreshes and connections are reported with their code only", asyn
   assert.equal(refused.user, undefined);
   assert.equal(refused.tenant, undefined);
 });
+
+test("the last tab's replica is SIGKILLed: one user.offline, from the survivors' reaper", async () => {
+  // A replica of its own with a short lease, so that its death is noticed quickly.
+  const doomed = await startGateway({
+    ROOMCAST_REDIS_URL: redis.url,
+    ROOMCAST_PRESENCE_GRACE: "500ms",
+    ROOMCAST_PRESENCE_LEASE_TTL: "2s",
+    ROOMCAST_EVENTS_STREAM: "true",
+    ROOMCAST_WEBHOOK_URL: `http://127.0.0.1:${receiver.address().port}/hook`,
+    ROOMCAST_WEBHOOK_SECRET: HOOK_SECRET,
+  });
+  const tab = await connect(doomed.url, { auth: { token: userToken("t1", "zoe") }, reconnection: false });
+  open.push(tab);
+  await eventually(() => received.some((e) => e.type === "user.online" && e.user === "zoe"), "zoe online");
+  doomed.child.kill("SIGKILL");
+  await eventually(() => received.some((e) => e.type === "user.offline" && e.user === "zoe"), "zoe reaped", 15_000);
+  // The reaping is complete once the dead replica's lease is gone; nothing more about her came.
+  await eventually(() => redis.cli("ZCARD", "roomcast:replicas") === "2", "the dead replica's lease removed");
+  const hers = received.filter((e) => e.user === "zoe");
+  assert.deepEqual(kinds(hers), ["user.offline", "user.online"]);
+  const inStream = stream().map((l) => JSON.parse(l)).filter((e) => e.user === "zoe");
+  assert.equal(inStream.length, 2);
+  assert.deepEqual(badSignatures, []);
+});
