@@ -455,7 +455,9 @@ async fn a_graceful_stop_sends_its_users_leaving_events_once_and_releases_its_le
     let env = [
         ("ROOMCAST_EVENTS_STREAM", "true"),
         ("ROOMCAST_PRESENCE_GRACE", "200ms"),
-        ("ROOMCAST_PRESENCE_LEASE_TTL", "60s"),
+        // Renewed every second, so that renewals run during the stop; the events must be
+        // there when it has exited, long before this lease could expire and be reaped.
+        ("ROOMCAST_PRESENCE_LEASE_TTL", "3s"),
     ];
     let mut rs = Replica::ready(2, &redis.url(), &env).await;
     let ada = rs[0].connect_user("t1", "ada").await;

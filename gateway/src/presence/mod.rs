@@ -234,6 +234,9 @@ pub struct Presence {
     unsettled: Mutex<std::collections::HashSet<String>>,
     /// Set by a graceful stop before the lease is released: the lease is not renewed again.
     stopping: std::sync::atomic::AtomicBool,
+    /// Held by the maintenance task through a renewal and what follows it: a graceful stop takes
+    /// it once `stopping` is set, so no renewal in flight re-adds the lease after the release.
+    renewing: tokio::sync::Mutex<()>,
     /// To the worker that applies changes to the store (see [`queue`]).
     ops: FairQueue,
     /// One warning per interval while the store fails, not one per operation.
@@ -276,6 +279,7 @@ impl Presence {
             failed: Default::default(),
             unsettled: Default::default(),
             stopping: Default::default(),
+            renewing: Default::default(),
             ops: FairQueue::new(queue_per_tenant),
             store_errors: crate::logging::Throttled::new(crate::logging::WARN_EVERY),
             caps,
@@ -542,6 +546,7 @@ impl Presence {
             // A graceful stop releases the lease (or leaves it to expire): it is not renewed again.
             tokio::select! {
                 _ = &mut renew => {
+                    let _renewing = self.renewing.lock().await;
                     if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
                         return;
                     }
@@ -572,11 +577,14 @@ impl Presence {
                         }
                     }
                 }
-                _ = sweep.tick() => match self.store.reap_dead().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(replicas = n, "removed the presence of dead replicas"),
-                    Err(e) => tracing::debug!(error = %e, "dead replica sweep failed"),
-                },
+                // Not once stopping: a reap cut off by the exit would hold others off its lock.
+                _ = sweep.tick(), if !self.stopping.load(std::sync::atomic::Ordering::Acquire) => {
+                    match self.store.reap_dead().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(replicas = n, "removed the presence of dead replicas"),
+                        Err(e) => tracing::debug!(error = %e, "dead replica sweep failed"),
+                    }
+                }
             }
         }
     }
@@ -627,7 +635,13 @@ impl Presence {
         // (and forwards its lifecycle events) rather than no one.
         let mut settled =
             self.flushed(deadline).await && self.failed.load(std::sync::atomic::Ordering::Acquire) == failed_before;
-        if !settled || self.dirty.load(std::sync::atomic::Ordering::Acquire) {
+        // No renewal from here on, and none in flight (it could re-add the lease after the
+        // release, or queue a reconcile racing it).
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        let renewing = tokio::time::timeout_at(deadline, self.renewing.lock()).await;
+        let unsettled = !self.unsettled.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        if (!settled || unsettled || self.dirty.load(std::sync::atomic::Ordering::Acquire)) && Instant::now() < deadline
+        {
             // A removal, or an earlier change, did not land: set this replica's share to
             // nothing wherever the store has one.
             let failed_before = self.failed.load(std::sync::atomic::Ordering::Acquire);
@@ -635,8 +649,7 @@ impl Presence {
             settled =
                 self.flushed(deadline).await && self.failed.load(std::sync::atomic::Ordering::Acquire) == failed_before;
         }
-        self.stopping.store(true, std::sync::atomic::Ordering::Release);
-        if !settled {
+        if !settled || renewing.is_err() {
             tracing::warn!("presence not fully removed before the shutdown deadline; the survivors will reap it");
             return;
         }

@@ -254,7 +254,12 @@ impl RedisPresence {
                 Ok(()) => {
                     self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).remove(&room);
                 }
-                Err(e) => tracing::debug!(error = %e, "lifecycle events not forwarded yet; will retry"),
+                Err(e) => {
+                    // The log or Redis is failing: the rest waits for the next renewal rather
+                    // than hold up the presence worker one timeout per room.
+                    tracing::debug!(error = %e, "lifecycle events not forwarded yet; will retry");
+                    break;
+                }
             }
         }
         self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
@@ -519,6 +524,8 @@ impl PresenceStore for RedisPresence {
                 }
             }
             let now = wire::now_ms().to_string();
+            // The first room whose events did not reach the log (reported once all are done).
+            let mut unforwarded: Option<BusError> = None;
             for (room, users) in all {
                 let empty = users.is_empty();
                 if !empty {
@@ -542,14 +549,19 @@ impl PresenceStore for RedisPresence {
                     .await
                     .map_err(unavailable)
                     .inspect_err(|_| this.maybe_unforwarded(&room))?;
-                this.forward(&room, &replica, answer(flat).1).await?;
+                if let Err(e) = this.forward(&room, &replica, answer(flat).1).await {
+                    // The room is marked and stays listed: its events are retried, and the
+                    // other rooms are reconciled all the same.
+                    unforwarded.get_or_insert(e);
+                    continue;
+                }
                 // Only now, with the room's events forwarded: listed until then, a crash in
                 // between leaves them to the reaper.
                 if empty && !this.has_unforwarded(&room) {
                     redis.client.srem::<(), _, _>(&rooms_key, room.as_str()).await.map_err(unavailable)?;
                 }
             }
-            Ok(())
+            unforwarded.map_or(Ok(()), Err)
         })
     }
 
@@ -566,8 +578,15 @@ impl PresenceStore for RedisPresence {
             {
                 let retry = this.clone();
                 tokio::spawn(async move {
+                    /// Clears `retrying` however the retry ends.
+                    struct Done(std::sync::Arc<std::sync::atomic::AtomicBool>);
+                    impl Drop for Done {
+                        fn drop(&mut self) {
+                            self.0.store(false, std::sync::atomic::Ordering::Release);
+                        }
+                    }
+                    let _done = Done(retry.retrying.clone());
                     retry.forward_unforwarded().await;
-                    retry.retrying.store(false, std::sync::atomic::Ordering::Release);
                 });
             }
             Ok(this.unknown.swap(false, std::sync::atomic::Ordering::AcqRel))
