@@ -57,10 +57,11 @@ impl Webhook {
         format!("webhook:{hash:016x}")
     }
 
-    /// How long a batch stays pending before another replica takes it over: longer than a
-    /// live dispatcher ever goes without marking it (one retry delay plus one request).
+    /// How long a batch stays pending before another replica takes it over: twice the longest a
+    /// live dispatcher goes without marking it (the partial batch's wait, then one retry delay
+    /// plus one request), and a second. Taking over a live one's batch only sends it twice.
     pub fn claim_idle(&self) -> Duration {
-        (self.retry_max + self.timeout) * 2 + Duration::from_secs(10)
+        (self.batch_wait + self.retry_max + self.timeout) * 2 + Duration::from_secs(1)
     }
 
     /// The delay before retry `attempt` (1, 2, …): doubling from [`FIRST_RETRY`] up to
@@ -238,7 +239,7 @@ mod tests {
             let late = hook.backoff(40);
             assert!(late >= hook.retry_max / 2 && late <= hook.retry_max, "{late:?}");
         }
-        assert!(hook.claim_idle() > hook.retry_max + hook.timeout);
+        assert!(hook.claim_idle() > hook.batch_wait + hook.retry_max + hook.timeout);
     }
 
     #[test]
