@@ -211,6 +211,23 @@ impl Lifecycle {
     }
 }
 
+/// An event of `room`'s (a project or channel room's, or a user's in a user room), as JSON: what
+/// the memory store records (the Redis scripts write the same from [`room_fields`]).
+pub fn room_event(kind: &str, room: &Room, user: Option<&str>, ts: u64) -> String {
+    let id = |k: RoomKind| (room.kind() == k).then(|| room.id().unwrap_or_default().to_owned());
+    let event = roomcast_publisher::events::Event {
+        id: new_id(),
+        kind: kind.to_owned(),
+        ts,
+        tenant: Some(room.tenant_id().to_owned()),
+        user: user.map(str::to_owned),
+        project: id(RoomKind::Project),
+        channel: id(RoomKind::Channel),
+        code: None,
+    };
+    serde_json::to_string(&event).unwrap_or_default()
+}
+
 /// The `type` of an event's JSON (`other` if it has none): for the metrics.
 pub fn kind_of(event: &str) -> String {
     serde_json::from_str::<roomcast_publisher::events::Event>(event).map_or_else(|_| "other".to_owned(), |e| e.kind)
@@ -241,5 +258,20 @@ mod tests {
         assert_eq!(room_fields(&Room::parse("tenant:a:project:p1").unwrap()), ",\"tenant\":\"a\",\"project\":\"p1\"");
         assert_eq!(room_fields(&Room::parse("tenant:a:channel:c").unwrap()), ",\"tenant\":\"a\",\"channel\":\"c\"");
         assert_eq!(room_fields(&Room::parse("tenant:a:user:u").unwrap()), ",\"tenant\":\"a\"");
+    }
+
+    /// The scripts' events (from `room_fields`) and the memory store's (`room_event`) read the same.
+    #[test]
+    fn both_ways_of_writing_a_room_event_agree() {
+        use roomcast_publisher::events::Event;
+        for name in ["tenant:a:project:p1", "tenant:a:channel:c", "tenant:a:user:u"] {
+            let room = Room::parse(name).unwrap();
+            let scripted =
+                format!("{{\"id\":\"x\",\"type\":\"member.left\",\"ts\":7{},\"user\":\"u\"}}", room_fields(&room));
+            let scripted: Event = serde_json::from_str(&scripted).unwrap();
+            let mut memory: Event = serde_json::from_str(&room_event("member.left", &room, Some("u"), 7)).unwrap();
+            memory.id = "x".into();
+            assert_eq!(scripted, memory, "{name}");
+        }
     }
 }

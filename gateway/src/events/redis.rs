@@ -8,7 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use fred::types::{Value, scripts::Script};
+use fred::types::{FromValue, Value, scripts::Script};
 
 use super::{Batch, EventLog};
 use crate::{
@@ -87,60 +87,46 @@ impl RedisLog {
         format!("{}:{{events}}:read", self.redis.keys.prefix())
     }
 
-    fn check(&self) -> Result<(), BusError> {
-        if self.redis.link.is_up() { Ok(()) } else { Err(BusError::Unavailable("Redis is not connected".into())) }
+    /// Runs the script `pick` chooses with `keys` and `args`: at once an error while the
+    /// connection is down, as the other Redis adapters do.
+    fn eval<T: FromValue + Send + 'static>(
+        &self,
+        pick: fn(&Scripts) -> &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> BoxFuture<'static, Result<T, BusError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            if !this.redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            pick(&this.scripts).evalsha_with_reload(&this.redis.client, keys, args).await.map_err(unavailable)
+        })
     }
 }
 
 impl EventLog for RedisLog {
     fn append(&self, events: Vec<String>) -> BoxFuture<'static, Result<(), BusError>> {
-        let checked = self.check();
-        let this = self.clone();
-        crate::metrics::redis_timed("events", async move {
-            checked?;
-            if events.is_empty() {
-                return Ok(());
-            }
-            let mut args = Vec::with_capacity(events.len() + 1);
-            args.push(this.cap.to_string());
-            args.extend(events);
-            let keys = vec![this.stream(), this.sequence()];
-            this.scripts
-                .append
-                .evalsha_with_reload::<i64, _, _>(&this.redis.client, keys, args)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        if events.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        let mut args = Vec::with_capacity(events.len() + 1);
+        args.push(self.cap.to_string());
+        args.extend(events);
+        let appended = self.eval::<i64>(|s| &s.append, vec![self.stream(), self.sequence()], args);
+        crate::metrics::redis_timed("events", async move { appended.await.map(|_| ()) })
     }
 
     fn subscribe(&self, group: &str, from_start: bool) -> BoxFuture<'static, Result<(), BusError>> {
-        let checked = self.check();
-        let this = self.clone();
         let args = vec![group.to_owned(), if from_start { "0" } else { "$" }.to_owned()];
-        Box::pin(async move {
-            checked?;
-            let keys = vec![this.stream(), this.sequence(), this.cursors()];
-            this.scripts
-                .subscribe
-                .evalsha_with_reload::<i64, _, _>(&this.redis.client, keys, args)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        let subscribed = self.eval::<i64>(|s| &s.subscribe, vec![self.stream(), self.sequence(), self.cursors()], args);
+        Box::pin(async move { subscribed.await.map(|_| ()) })
     }
 
     fn read(&self, group: &str, consumer: &str, count: usize) -> BoxFuture<'static, Result<Batch, BusError>> {
-        let checked = self.check();
-        let this = self.clone();
         let args = vec![group.to_owned(), consumer.to_owned(), count.to_string()];
-        Box::pin(async move {
-            checked?;
-            let keys = vec![this.stream(), this.cursors()];
-            let flat: Vec<Value> =
-                this.scripts.read.evalsha_with_reload(&this.redis.client, keys, args).await.map_err(unavailable)?;
-            Ok(batch(flat))
-        })
+        let read = self.eval::<Vec<Value>>(|s| &s.read, vec![self.stream(), self.cursors()], args);
+        Box::pin(async move { read.await.map(batch) })
     }
 
     fn claim(
@@ -150,8 +136,6 @@ impl EventLog for RedisLog {
         idle: Duration,
         count: usize,
     ) -> BoxFuture<'static, Result<Batch, BusError>> {
-        let checked = self.check();
-        let this = self.clone();
         let args = vec![
             group.to_owned(),
             consumer.to_owned(),
@@ -159,48 +143,20 @@ impl EventLog for RedisLog {
             count.to_string(),
             FORGET_CONSUMERS.as_millis().to_string(),
         ];
-        Box::pin(async move {
-            checked?;
-            let flat: Vec<Value> = this
-                .scripts
-                .claim
-                .evalsha_with_reload(&this.redis.client, vec![this.stream()], args)
-                .await
-                .map_err(unavailable)?;
-            Ok(batch(flat))
-        })
+        let claimed = self.eval::<Vec<Value>>(|s| &s.claim, vec![self.stream()], args);
+        Box::pin(async move { claimed.await.map(batch) })
     }
 
     fn keep(&self, group: &str, consumer: &str, ids: Vec<String>) -> BoxFuture<'static, Result<Vec<String>, BusError>> {
-        let checked = self.check();
-        let this = self.clone();
         let mut args = vec![group.to_owned(), consumer.to_owned()];
         args.extend(ids);
-        Box::pin(async move {
-            checked?;
-            let kept: Vec<String> = this
-                .scripts
-                .keep
-                .evalsha_with_reload(&this.redis.client, vec![this.stream()], args)
-                .await
-                .map_err(unavailable)?;
-            Ok(kept)
-        })
+        self.eval(|s| &s.keep, vec![self.stream()], args)
     }
 
     fn ack(&self, group: &str, ids: Vec<String>) -> BoxFuture<'static, Result<(), BusError>> {
-        let checked = self.check();
-        let this = self.clone();
         let mut args = vec![group.to_owned()];
         args.extend(ids);
-        Box::pin(async move {
-            checked?;
-            this.scripts
-                .ack
-                .evalsha_with_reload::<i64, _, _>(&this.redis.client, vec![this.stream()], args)
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        let acked = self.eval::<i64>(|s| &s.ack, vec![self.stream()], args);
+        Box::pin(async move { acked.await.map(|_| ()) })
     }
 }

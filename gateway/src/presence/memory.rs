@@ -70,16 +70,7 @@ impl MemoryPresence {
         let (Some(lifecycle), Some(parsed)) = (&self.lifecycle, Room::parse(room)) else { return Vec::new() };
         let types = lifecycle.room_types(&parsed);
         let ts = wire::now_ms();
-        let event = |kind: &str, user: Option<&str>| {
-            let id = crate::events::new_id();
-            let mut json =
-                format!("{{\"id\":\"{id}\",\"type\":\"{kind}\",\"ts\":{ts}{}", crate::events::room_fields(&parsed));
-            if let Some(user) = user {
-                json.push_str(&format!(",\"user\":{}", serde_json::to_string(user).unwrap_or_default()));
-            }
-            json.push('}');
-            json
-        };
+        let event = |kind: &str, user: Option<&str>| crate::events::room_event(kind, &parsed, user, ts);
         let (each, room_kind) = if joined { (types.first, types.occupied) } else { (types.last, types.vacated) };
         let mut out = Vec::new();
         if joined

@@ -203,28 +203,24 @@ impl RedisPresence {
         if events.is_empty() {
             return Ok(());
         }
-        if let Err(e) = lifecycle.log().append(events.clone()).await {
-            if owner == self.replica {
-                self.maybe_unforwarded(room);
+        let forwarded = async {
+            lifecycle.log().append(events.clone()).await?;
+            for event in &events {
+                crate::metrics::event_emitted(&crate::events::kind_of(event));
             }
-            return Err(e);
+            let mut args = vec!["done".to_owned(), owner.to_owned()];
+            args.extend(events);
+            self.scripts
+                .outbox
+                .evalsha_with_reload::<i64, _, _>(&self.redis.client, vec![self.redis.keys.outbox(room)], args)
+                .await
+                .map_err(unavailable)
         }
-        for event in &events {
-            crate::metrics::event_emitted(&crate::events::kind_of(event));
+        .await;
+        if forwarded.is_err() && owner == self.replica {
+            self.maybe_unforwarded(room);
         }
-        let mut args = vec!["done".to_owned(), owner.to_owned()];
-        args.extend(events);
-        self.scripts
-            .outbox
-            .evalsha_with_reload::<i64, _, _>(&self.redis.client, vec![self.redis.keys.outbox(room)], args)
-            .await
-            .map_err(unavailable)
-            .inspect_err(|_| {
-                if owner == self.replica {
-                    self.maybe_unforwarded(room);
-                }
-            })?;
-        Ok(())
+        forwarded.map(|_| ())
     }
 
     /// Forwards what `owner` left in `room`'s outbox (it died, or the log was unavailable).
@@ -242,17 +238,16 @@ impl RedisPresence {
         self.forward(room, owner, events).await
     }
 
-    /// Forwards again what the event log refused earlier.
-    /// `true` when nothing is left to forward.
+    /// Forwards again what the event log refused earlier; `true` when nothing is left to forward.
     async fn forward_unforwarded(&self) -> bool {
-        let rooms: Vec<String> = self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        let rooms: Vec<String> = self.unforwarded().iter().cloned().collect();
         for room in rooms {
             // The room stays marked until its events are in the log, so `forget` keeps it in
             // this replica's room set (where a reaper would look) meanwhile.
             let _turn = self.forwarding.lock().await;
             match self.forward_left_over(&room, &self.replica).await {
                 Ok(()) => {
-                    self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).remove(&room);
+                    self.unforwarded().remove(&room);
                 }
                 Err(e) => {
                     // The log or Redis is failing: the rest waits for the next renewal rather
@@ -262,20 +257,24 @@ impl RedisPresence {
                 }
             }
         }
-        self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        self.unforwarded().is_empty()
+    }
+
+    fn unforwarded(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.unforwarded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A script changing who is in `room` failed, or its events did not reach the log: Redis
     /// may have run it all the same (a lost reply), so its outbox is looked at again later.
     fn maybe_unforwarded(&self, room: &str) {
         if self.lifecycle.is_some() {
-            self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).insert(room.to_owned());
+            self.unforwarded().insert(room.to_owned());
         }
     }
 
     /// Whether `room`'s outbox may hold events of this replica not yet forwarded.
     fn has_unforwarded(&self, room: &str) -> bool {
-        self.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).contains(room)
+        self.unforwarded().contains(room)
     }
 
     /// Sets `replica`'s share of `tenant`'s connections to `held` (nothing: removes it).
@@ -573,9 +572,7 @@ impl PresenceStore for RedisPresence {
             this.renew_lease().await?;
             // Off the renewal path: with many rooms to retry on a slow Redis it takes a while,
             // and the lease must not lapse meanwhile.
-            if !this.unforwarded.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-                && !this.retrying.swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
+            if !this.unforwarded().is_empty() && !this.retrying.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 let retry = this.clone();
                 tokio::spawn(async move {
                     /// Clears `retrying` however the retry ends.
