@@ -33,6 +33,8 @@ PEER = ROOT / "loadtests" / "peers" / "node"
 SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
 # Scenarios that read Roomcast's own metrics (they get --admin); the Node peer has nothing to compare.
 ROOMCAST_ONLY = {"churn", "noisy-neighbour"}
+# Every abuse, then the control: the big-headers attack sent to a gateway B does not use.
+NOISY_ABUSES = "presence-flood,typing-flood,join-churn,non-reading,big-headers,big-headers-elsewhere"
 NEEDS_ADMIN = {"churn"}
 
 
@@ -153,18 +155,43 @@ class Stack:
         self.redis.wait()
 
 
+def start_sink(profile: str, log_dir: Path) -> tuple[subprocess.Popen, int]:
+    """A single-node gateway none of B's clients use: the `big-headers-elsewhere` control sends
+    A's oversized upgrades to it, on the generator's CPUs, so that the attack costs the machine
+    what it costs without reaching B's replicas."""
+    port, admin = free_port(), free_port()
+    env = os.environ | {
+        "ROOMCAST_JWT_SECRET": SECRET,
+        "ROOMCAST_LISTEN": f"127.0.0.1:{port}",
+        "ROOMCAST_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "ROOMCAST_API_LISTEN": "127.0.0.1:0",
+        "ROOMCAST_LOG": "warn",
+    }
+    log = open(log_dir / "sink.log", "w")
+    proc = subprocess.Popen(pinned([ROOT / "target" / profile / "roomcast-gateway"], GENERATOR_CPUS), env=env, stdout=log, stderr=log)
+    wait_for(lambda: proc.poll() is None and port_open(admin), "the sink gateway")
+    return proc, port
+
+
 def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], profile: str, log_dir: Path) -> dict:
     stack = Stack(kind, replicas, profile, log_dir)
+    sink = None
     try:
         subcommand = scenario.removesuffix("-browser")
         cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), subcommand, *stack.args(), *extra]
         if scenario in NEEDS_ADMIN:
             cmd += ["--admin", ",".join(f"127.0.0.1:{p}" for p in stack.admin_ports)]
+        if scenario == "noisy-neighbour":
+            sink, sink_port = start_sink(profile, log_dir)
+            cmd += ["--big-headers-target", f"127.0.0.1:{sink_port}", "--abuses", NOISY_ABUSES]
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
         out = subprocess.run(pinned(cmd, GENERATOR_CPUS), stdout=subprocess.PIPE, check=True, text=True).stdout
         return json.loads(out)
     finally:
         stack.stop()
+        if sink:
+            sink.kill()
+            sink.wait()
 
 
 def fmt(v) -> str:
@@ -294,6 +321,8 @@ def main() -> int:
     row("churn: leaked presence entries (must be 0)", "churn", ["leaked_presence_entries"], False)
     row("noisy-neighbour: worst B delivery p99 / baseline", "noisy-neighbour", ["worst_delivery_p99_ratio"], False)
     row("noisy-neighbour: worst B presence-join p99 / baseline", "noisy-neighbour", ["worst_presence_join_p99_ratio"], False)
+    row("noisy-neighbour: control, big headers elsewhere: B delivery p99 / baseline", "noisy-neighbour", ["control_delivery_p99_ratio"], False)
+    row("noisy-neighbour: control, big headers elsewhere: B presence-join p99 / baseline", "noisy-neighbour", ["control_presence_join_p99_ratio"], False)
     row("noisy-neighbour: replicas' RSS baseline (bytes)", "noisy-neighbour", ["rss_baseline_bytes"], False)
     row("noisy-neighbour: replicas' largest RSS (bytes)", "noisy-neighbour", ["rss_max_bytes"], False)
     args.out.write_text(json.dumps(results, indent=2))

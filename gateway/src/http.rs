@@ -19,16 +19,18 @@ use crate::{errors::ErrorCode, state::Shared};
 pub const SOCKET_IO_PATH: &str = "/socket.io";
 
 /// What hyper may buffer of a request head beyond `ROOMCAST_MAX_HEADER_BYTES` (which the guard
-/// answers with a coded 431): the request line and framing. Past it hyper answers a bare 431
-/// itself, without reading on: by default it buffers up to ~400 KB per request, so huge
-/// headers cost CPU and memory before any check could run (BENCHMARKS.md, noisy neighbour).
+/// answers with a coded 431), for requests after a connection's first ([`first_head`] bounds
+/// that one): the request line and framing. Past it hyper answers a bare 431 itself, without
+/// reading on: by default it buffers up to ~400 KB per request, so huge headers cost CPU and
+/// memory before any check could run (BENCHMARKS.md, noisy neighbour).
 const HEAD_SLACK: usize = 16 * 1024;
 
 /// Serves `router` on `listener` (HTTP/1.1, WebSocket upgrades included) until `stop` turns
 /// true, then stops accepting and waits for its connections to finish (upgraded ones are
 /// handed off and do not count). What `axum::serve` does (no header-read timeout, so idle
-/// keep-alive connections are left to the load balancer, as before), plus a cap on hyper's read
-/// buffer of `max_head` + [`HEAD_SLACK`], and TCP_NODELAY: Nagle's algorithm would hold a small
+/// keep-alive connections are left to the load balancer, as before), plus the first request's
+/// head read by [`first_head`], a cap on hyper's read buffer of `max_head` + [`HEAD_SLACK`], and
+/// TCP_NODELAY: Nagle's algorithm would hold a small
 /// packet written right after another (an ack, then an event) until the client's delayed ACK,
 /// 40 ms tails on Linux.
 pub async fn serve(
@@ -63,10 +65,21 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).with_upgrades();
+        let (service, builder) = (hyper_util::service::TowerToHyperService::new(router.clone()), builder.clone());
         let mut shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
+            let mut tcp = tcp;
+            let head = tokio::select! {
+                head = first_head(&mut tcp, max_head + FIRST_HEAD_SLACK) => head,
+                _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => return,
+            };
+            let head = match head {
+                Ok(FirstHead::Complete(head)) => head,
+                Ok(FirstHead::TooLarge) => return refuse_head(tcp, max_head).await,
+                Ok(FirstHead::Closed) | Err(_) => return,
+            };
+            let io = hyper_util::rt::TokioIo::new(Prefixed::new(head, tcp));
+            let conn = builder.serve_connection(io, service).with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,
@@ -79,6 +92,153 @@ pub async fn serve(
     let _ = shutdown_tx.send(true);
     drop(shutdown_rx);
     shutdown_tx.closed().await;
+}
+
+/// How far past `ROOMCAST_MAX_HEADER_BYTES` [`first_head`] reads before refusing: the raw head
+/// also holds the method, the version, line ends and the blank line, which the guard's count
+/// (target and headers) leaves out. Heads in between are answered by the guard, with the same
+/// coded 431.
+const FIRST_HEAD_SLACK: usize = 1024;
+
+/// A connection's first request head, as [`first_head`] read it.
+enum FirstHead {
+    /// Everything read up to and including the blank line (and whatever came with it).
+    Complete(Vec<u8>),
+    /// No blank line within the limit.
+    TooLarge,
+    /// The peer closed before a head was complete.
+    Closed,
+}
+
+/// Reads a connection's first request head, up to `limit` bytes, before hyper sees it: hyper
+/// looks for the head's end one byte at a time from where its last read stopped, and copies
+/// what it read into buffers growing up to its own cap, so oversized heads (a flood of
+/// upgrades with a 400 KB header) cost the replica ~70 µs each, 18 % of its CPU in a bare
+/// scan (BENCHMARKS.md, noisy neighbour). Here the end is found with `memchr` on what arrived,
+/// and a head over the limit is refused without hyper, its parser or the router. A complete
+/// head then reaches hyper in one piece, so it is parsed once. Keep-alive requests after the
+/// first are bounded by hyper's buffer cap and answered by the guards.
+async fn first_head(tcp: &mut tokio::net::TcpStream, limit: usize) -> std::io::Result<FirstHead> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut scanned = 0;
+    loop {
+        if buf.len() > limit {
+            return Ok(FirstHead::TooLarge);
+        }
+        // Grow like hyper does (from 8 KiB, doubling), never past one byte over the limit.
+        let want = buf.len().max(8 * 1024).min(limit + 1 - buf.len());
+        buf.reserve_exact(want);
+        if (&mut *tcp).take(want as u64).read_buf(&mut buf).await? == 0 {
+            return Ok(FirstHead::Closed);
+        }
+        if head_end(&buf, scanned).is_some() {
+            return Ok(FirstHead::Complete(buf));
+        }
+        scanned = buf.len();
+    }
+}
+
+/// Where the head in `buf` ends (just past its blank line), looking at what follows `from`
+/// (the length already looked at, which held no end). Like hyper, a bare `\n` ends a line too.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    // A blank line is at most 3 bytes: it may have begun in what was looked at before.
+    let start = from.saturating_sub(2);
+    memchr::memchr_iter(b'\n', &buf[start..]).map(|i| start + i).find_map(|i| match &buf[i + 1..] {
+        [b'\n', ..] => Some(i + 2),
+        [b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    })
+}
+
+/// Answers a first head over the limit with the coded 431 the guards send, then closes.
+async fn refuse_head(mut tcp: tokio::net::TcpStream, max_head: usize) {
+    use tokio::io::AsyncWriteExt;
+    crate::metrics::connection_rejected(ErrorCode::HeadersTooLarge);
+    let body = json!({ "ok": false, "error": { "code": ErrorCode::HeadersTooLarge, "message":
+        format!("request line and headers are over {max_head} bytes; the limit is {max_head}") } })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Best effort: a peer still sending its head may see a reset instead.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await
+    })
+    .await;
+}
+
+/// An IO that first serves `prefix` (what [`first_head`] read), then its inner stream. The
+/// prefix is freed once served: an upgraded socket keeps this wrapper for its life.
+struct Prefixed<T> {
+    prefix: Vec<u8>,
+    served: usize,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Self { prefix, served: 0, inner }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.served < this.prefix.len() {
+            let n = out.remaining().min(this.prefix.len() - this.served);
+            out.put_slice(&this.prefix[this.served..this.served + n]);
+            this.served += n;
+            if this.served == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.served = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Which browser origins may connect.
@@ -210,6 +370,7 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
     }
     let head = head_bytes(&req);
     if head > gw.config.max_header_bytes {
+        crate::metrics::connection_rejected(ErrorCode::HeadersTooLarge);
         return error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::HeadersTooLarge,
@@ -426,6 +587,27 @@ pub async fn not_found() -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The end of a head, found however the head arrived: every split of it into a first part
+    /// (looked at, no end in it) and the rest gives the same end, CRLF or bare LF, and nothing
+    /// short of the blank line is taken for one.
+    #[test]
+    fn a_head_end_is_found_across_any_split_and_only_at_the_blank_line() {
+        for (head, end) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"[..], 27),
+            (b"GET / HTTP/1.1\nHost: a\n\nbody", 24),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", 26),
+        ] {
+            for looked in 0..end {
+                // What was looked at before held no end; this call sees what came since.
+                assert!(head_end(&head[..looked], 0).is_none(), "{head:?} cut at {looked}");
+                assert_eq!(head_end(head, looked), Some(end), "{head:?} looked at {looked}");
+            }
+        }
+        for partial in [&b"GET / HTTP/1.1\r\nHost: a\r\n\r"[..], b"GET / HTTP/1.1\r\n", b"\r\r\n", b""] {
+            assert_eq!(head_end(partial, 0), None, "{partial:?}");
+        }
+    }
 
     #[test]
     fn an_engine_io_request_keeps_only_the_headers_sessions_read() {

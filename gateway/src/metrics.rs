@@ -260,6 +260,7 @@ fn register() {
                 "rate_limited",
                 "too_many_connections",
                 "token_revoked",
+                "headers_too_large",
             ],
         ),
         (

@@ -12,6 +12,10 @@ use std::{
 
 use common::*;
 use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 #[tokio::test]
 async fn health_readiness_and_metrics_answer() {
@@ -442,15 +446,83 @@ async fn an_oversized_handshake_is_refused_with_431_before_any_session_exists() 
     assert_eq!(status, 431, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["error"]["code"], "headers_too_large");
-    // Far over it (past the limit + 16 KiB): hyper stops reading and answers 431 itself, without
-    // buffering the rest (it would buffer ~400 KB by default).
+    // Far over it: the connection's first head is refused before hyper reads it (the server
+    // stops reading there), with the same coded answer.
     let huge = format!("Bearer {}", "x".repeat(300 * 1024));
     let (status, body) = http(gw.addr, "GET", path, &[("Authorization", &huge)], "").await;
     assert_eq!(status, 431, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large");
+    assert!(sample(&gw.metrics().await, "roomcast_connections_rejected_total", r#"reason="headers_too_large""#) >= 2.0);
     // A browser-sized handshake is fine (an Engine.IO session opens; the token is checked at
     // the Socket.IO connect that follows).
     let cookie = "a".repeat(8 * 1024);
     let (status, body) = http(gw.addr, "GET", path, &[("Cookie", &cookie)], "").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"sid\""), "{body}");
+}
+
+/// The first request head of a connection is read by the gateway before hyper (to refuse
+/// oversized ones cheaply): however it arrives, what follows it, and what the peer does midway
+/// must reach hyper as before.
+#[tokio::test]
+async fn a_first_request_head_arriving_in_pieces_or_with_more_behind_it_is_served() {
+    let gw = TestGateway::start_with(|c| {
+        c.api_key = vec![roomcast_gateway::config::Secret::from(replica::API_KEY.to_owned())]
+    })
+    .await;
+    let read_all = |mut stream: TcpStream| async move {
+        let mut raw = Vec::new();
+        tokio::time::timeout(common::WAIT, stream.read_to_end(&mut raw)).await.expect("answered in time").unwrap();
+        String::from_utf8_lossy(&raw).into_owned()
+    };
+    // One byte at a time, the blank line split over three writes.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    for byte in b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" {
+        stream.write_all(&[*byte]).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let raw = read_all(stream).await;
+    assert!(raw.starts_with("HTTP/1.1 200") && raw.contains("\"sid\""), "{raw}");
+    // Two requests in one write (keep-alive pipelining): both answered, in order.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let raw = read_all(stream).await;
+    let (first, second) = raw.split_once("HTTP/1.1 200").expect("the second request answered");
+    assert!(first.starts_with("HTTP/1.1 404"), "{raw}");
+    assert!(second.contains("\"sid\""), "{raw}");
+    // A head with its body in the same write: the body reaches the handler (a publish is
+    // accepted, a broken one refused for what it says).
+    for (body, answer) in [(r#"{"tenant":"t1","event":"e"}"#, "HTTP/1.1 200"), ("{not json", "HTTP/1.1 400")] {
+        let request = format!(
+            "POST /v1/publish HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            replica::API_KEY,
+            body.len()
+        );
+        let mut stream = TcpStream::connect(gw.api).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let raw = read_all(stream).await;
+        assert!(raw.starts_with(answer), "{body}: {raw}");
+    }
+    // Peers that close before a head is complete, or send nothing: nothing is answered and the
+    // gateway goes on serving.
+    for partial in [&b""[..], b"GET / HTTP/1.1\r\nHost: x\r\n"] {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(partial).await.unwrap();
+        stream.shutdown().await.unwrap();
+        assert_eq!(read_all(stream).await, "");
+    }
+    // A keep-alive request after the first is bounded by hyper's buffer and the guard: its 431
+    // is coded too.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let big = "x".repeat(20 * 1024);
+    stream
+        .write_all(format!("GET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nCookie: {big}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let raw = read_all(stream).await;
+    assert!(raw.contains("HTTP/1.1 431") && raw.contains("headers_too_large"), "{raw}");
 }

@@ -10,6 +10,8 @@
 //! - `join-churn`: `join` + `leave` of ever new channel names as fast as it can;
 //! - `non-reading`: sockets join a channel A publishes to at `--sink-rate`/s, then never read;
 //! - `big-headers`: WebSocket upgrades with a 400 KB `Authorization` header, back to back.
+//! - `big-headers-elsewhere` (a control): the same, sent to `--big-headers-target`, a gateway
+//!   that is none of B's replicas.
 //!
 //! Attackers that are disconnected (rate limits, slow consumer) reconnect and go on. Per phase:
 //! B's delivery and presence-join percentiles, their p99 against the baseline's, the replicas'
@@ -61,6 +63,18 @@ pub struct Options {
     /// Events per second A publishes to its non-reading sockets' channel (small `bench` events).
     #[arg(long, default_value_t = 2_000)]
     pub sink_rate: u64,
+    /// Where A's attackers run: `shared` (in the tokio runtime of B's clients: a busy attacker
+    /// queues ahead of B's reads inside this process) or `own` (their own runtime on 2 more
+    /// threads: the kernel shares the CPU between them and B's clients, and the attackers get
+    /// more of it). On one machine neither is another tenant's browser on another machine:
+    /// run both, and `--big-headers-target`, to see what the generator itself adds.
+    #[arg(long, default_value = "shared", value_parser = ["own", "shared"])]
+    pub attacker_runtime: String,
+    /// Where the `big-headers-elsewhere` control sends its upgrades: a gateway that is not one
+    /// of B's replicas. The same attack, costing the same CPU on the machine, reaches none of
+    /// B's servers: what B's latency does then is the generator's and the machine's share.
+    #[arg(long)]
+    pub big_headers_target: Option<SocketAddr>,
     /// The abuses, in order.
     #[arg(
         long,
@@ -112,9 +126,14 @@ pub struct NoisyResult {
     pub rate: u64,
     pub phase_seconds: f64,
     pub phases: Vec<Phase>,
-    /// The largest p99 ratio of any abuse phase (the target is ≤ 2); `baseline-end` is not one.
+    /// The largest p99 ratio of any abuse phase (the target is ≤ 2); `baseline-end` and the
+    /// `…-elsewhere` controls are not ones.
     pub worst_delivery_p99_ratio: f64,
     pub worst_presence_join_p99_ratio: f64,
+    /// The same ratios in the `big-headers-elsewhere` control, when it ran: the share of the
+    /// generator and the machine in what `big-headers` shows.
+    pub control_delivery_p99_ratio: Option<f64>,
+    pub control_presence_join_p99_ratio: Option<f64>,
     pub rss_baseline_bytes: u64,
     pub rss_max_bytes: u64,
 }
@@ -162,6 +181,9 @@ pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
     let target = &options.target;
     if target.replicas.is_empty() {
         bail!("no replicas");
+    }
+    if options.abuses.iter().any(|a| a == "big-headers-elsewhere") && options.big_headers_target.is_none() {
+        bail!("big-headers-elsewhere needs --big-headers-target");
     }
     eprintln!(
         "noisy-neighbour: B = {} members at {} events/s, presence probe every {:?}; A = {} attackers; {:?} per phase",
@@ -247,7 +269,18 @@ pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
         let abuse = if name.starts_with("baseline") {
             None
         } else {
-            Some(tokio::spawn(abuse(options.clone(), name.clone(), tally.clone(), running.clone())))
+            let attack = abuse(options.clone(), name.clone(), tally.clone(), running.clone());
+            Some(if options.attacker_runtime == "shared" {
+                tokio::spawn(attack)
+            } else {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("attacker")
+                    .enable_all()
+                    .build()
+                    .context("the attackers' runtime")?;
+                tokio::task::spawn_blocking(move || runtime.block_on(attack))
+            })
         };
         // Let the abuse get going before measuring.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -293,8 +326,12 @@ pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
     let _ = stop_members.send(true);
     probes.abort();
     sampler.abort();
+    // Controls (`…-elsewhere`) attack none of B's servers: not abuses of them.
     let abuse_phases = &phases[1..phases.len() - 1];
-    let worst = |f: fn(&Phase) -> f64| abuse_phases.iter().map(f).fold(1.0f64, f64::max);
+    let control = abuse_phases.iter().find(|p| p.name == "big-headers-elsewhere");
+    let worst = |f: fn(&Phase) -> f64| {
+        abuse_phases.iter().filter(|p| !p.name.ends_with("-elsewhere")).map(f).fold(1.0f64, f64::max)
+    };
     Ok(NoisyResult {
         scenario: "noisy-neighbour",
         replicas: target.replicas.len(),
@@ -303,6 +340,8 @@ pub async fn run(options: &Options) -> anyhow::Result<NoisyResult> {
         phase_seconds: options.phase.as_secs_f64(),
         worst_delivery_p99_ratio: worst(|p| p.delivery_p99_ratio),
         worst_presence_join_p99_ratio: worst(|p| p.presence_join_p99_ratio),
+        control_delivery_p99_ratio: control.map(|p| p.delivery_p99_ratio),
+        control_presence_join_p99_ratio: control.map(|p| p.presence_join_p99_ratio),
         rss_baseline_bytes: phases[0].rss_max_bytes,
         rss_max_bytes: phases.iter().map(|p| p.rss_max_bytes).max().unwrap_or(0),
         phases,
@@ -333,6 +372,7 @@ async fn abuse(options: Options, name: String, tally: Arc<Tally>, running: Arc<A
     for i in 0..options.attackers {
         let (target, tally, running, name, tenant) =
             (target.clone(), tally.clone(), running.clone(), name.clone(), options.noisy_tenant.clone());
+        let big_headers_target = options.big_headers_target;
         tasks.push(tokio::spawn(async move {
             let mut round = 0u64;
             while running.load(Ordering::Relaxed) {
@@ -341,6 +381,10 @@ async fn abuse(options: Options, name: String, tally: Arc<Tally>, running: Arc<A
                 let (addr, source) = target.addresses(i);
                 let result = match name.as_str() {
                     "big-headers" => big_headers(addr, &tally).await,
+                    "big-headers-elsewhere" => match big_headers_target {
+                        Some(elsewhere) => big_headers(elsewhere, &tally).await,
+                        None => return,
+                    },
                     _ => {
                         let token = target.token_in(&tenant, &user);
                         match Conn::connect(addr, source, &token, Duration::from_secs(10)).await {
