@@ -96,6 +96,24 @@ pub mod env {
     pub const WEBHOOK_TIMEOUT: &str = "ROOMCAST_WEBHOOK_TIMEOUT";
     /// `ROOMCAST_WEBHOOK_RETRY_MAX`.
     pub const WEBHOOK_RETRY_MAX: &str = "ROOMCAST_WEBHOOK_RETRY_MAX";
+    /// `ROOMCAST_RPC_URL`.
+    pub const RPC_URL: &str = "ROOMCAST_RPC_URL";
+    /// `ROOMCAST_RPC_ROUTES`.
+    pub const RPC_ROUTES: &str = "ROOMCAST_RPC_ROUTES";
+    /// `ROOMCAST_RPC_EVENTS`.
+    pub const RPC_EVENTS: &str = "ROOMCAST_RPC_EVENTS";
+    /// `ROOMCAST_RPC_SECRET`.
+    pub const RPC_SECRET: &str = "ROOMCAST_RPC_SECRET";
+    /// `ROOMCAST_RPC_SECRET_FILE`.
+    pub const RPC_SECRET_FILE: &str = "ROOMCAST_RPC_SECRET_FILE";
+    /// `ROOMCAST_RPC_TIMEOUT`.
+    pub const RPC_TIMEOUT: &str = "ROOMCAST_RPC_TIMEOUT";
+    /// `ROOMCAST_RPC_SOCKET_CONCURRENCY`.
+    pub const RPC_SOCKET_CONCURRENCY: &str = "ROOMCAST_RPC_SOCKET_CONCURRENCY";
+    /// `ROOMCAST_RPC_TENANT_CONCURRENCY`.
+    pub const RPC_TENANT_CONCURRENCY: &str = "ROOMCAST_RPC_TENANT_CONCURRENCY";
+    /// `ROOMCAST_RPC_CONCURRENCY`.
+    pub const RPC_CONCURRENCY: &str = "ROOMCAST_RPC_CONCURRENCY";
     /// `ROOMCAST_PRESENCE_LEASE_TTL`.
     pub const PRESENCE_LEASE_TTL: &str = "ROOMCAST_PRESENCE_LEASE_TTL";
     /// `ROOMCAST_PRESENCE_PAGE_MAX`.
@@ -365,6 +383,50 @@ pub struct Config {
     /// 250ms, with jitter, and go on while the events are kept).
     #[arg(long, env = env::WEBHOOK_RETRY_MAX, default_value = "30s", value_parser = parse_duration)]
     pub webhook_retry_max: Duration,
+
+    /// Backend URL client events are forwarded to (RPC): a client event named in
+    /// ROOMCAST_RPC_EVENTS and emitted with an ack callback is POSTed here, signed, and the
+    /// backend's answer becomes the ack; without a callback it is forwarded once,
+    /// fire-and-forget. Unset (and no route matching): such events are `unknown_event`.
+    #[arg(long, env = env::RPC_URL)]
+    pub rpc_url: Option<String>,
+
+    /// Backend URLs per event-name prefix, `prefix=url` comma-separated
+    /// (`billing:=http://billing/rpc`): the longest matching prefix wins, else ROOMCAST_RPC_URL.
+    #[arg(long, env = env::RPC_ROUTES, value_delimiter = ',')]
+    pub rpc_routes: Vec<String>,
+
+    /// Which client events are forwarded (comma-separated): names, or prefixes ending in `*`;
+    /// `*` is every name Roomcast does not answer itself. Roomcast's own (join, leave, typing,
+    /// presence:*, history, room:occupancy, auth:refresh, publish, roomcast:*) and Socket.IO's
+    /// (connect, disconnect, …) never are.
+    #[arg(long, env = env::RPC_EVENTS, default_value = "*", value_delimiter = ',')]
+    pub rpc_events: Vec<String>,
+
+    /// The secret forwarded client events are signed with, as webhooks are (HMAC-SHA256 in
+    /// Roomcast-Signature; at least 32 bytes). Required with RPC.
+    #[arg(long, env = env::RPC_SECRET, hide_env_values = true)]
+    pub rpc_secret: Option<Secret>,
+
+    /// File holding the RPC secret (trailing newline ignored); for mounted secrets.
+    #[arg(long, env = env::RPC_SECRET_FILE)]
+    pub rpc_secret_file: Option<PathBuf>,
+
+    /// How long the gateway waits for the backend's answer to an RPC; then `rpc_timeout`.
+    #[arg(long, env = env::RPC_TIMEOUT, default_value = "5s", value_parser = parse_duration)]
+    pub rpc_timeout: Duration,
+
+    /// RPCs one socket may have in flight; more are refused with `rate_limited`.
+    #[arg(long, env = env::RPC_SOCKET_CONCURRENCY, default_value_t = 8)]
+    pub rpc_socket_concurrency: usize,
+
+    /// RPCs one tenant may have in flight on a replica; more are refused with `rate_limited`.
+    #[arg(long, env = env::RPC_TENANT_CONCURRENCY, default_value_t = 256)]
+    pub rpc_tenant_concurrency: usize,
+
+    /// RPCs a replica has in flight at most; more are refused with `rate_limited`.
+    #[arg(long, env = env::RPC_CONCURRENCY, default_value_t = 1024)]
+    pub rpc_concurrency: usize,
 
     /// A replica that has not renewed its presence lease for this long is dead: the others
     /// announce presence:leave for its users (within this time plus about a second).
@@ -874,6 +936,21 @@ impl Config {
         if self.webhook_retry_max < Duration::from_millis(250) || self.webhook_retry_max > Duration::from_secs(600) {
             return Err(ConfigError::new(env::WEBHOOK_RETRY_MAX, "must be between 250ms and 10m"));
         }
+        self.rpc_backends()?;
+        self.rpc_secret()?;
+        EventPattern::parse(&self.rpc_events).map_err(|e| ConfigError::new(env::RPC_EVENTS, e))?;
+        if self.rpc_timeout < Duration::from_millis(10) || self.rpc_timeout > Duration::from_secs(300) {
+            return Err(ConfigError::new(env::RPC_TIMEOUT, "must be between 10ms and 5m"));
+        }
+        for (option, value) in [
+            (env::RPC_SOCKET_CONCURRENCY, self.rpc_socket_concurrency),
+            (env::RPC_TENANT_CONCURRENCY, self.rpc_tenant_concurrency),
+            (env::RPC_CONCURRENCY, self.rpc_concurrency),
+        ] {
+            if !(1..=100_000).contains(&value) {
+                return Err(ConfigError::new(option, "must be between 1 and 100000"));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
             return Err(ConfigError::new(env::LOG, format!("not a valid log filter: {:?}", self.log)));
         }
@@ -907,6 +984,50 @@ impl Config {
                 Err(ConfigError::new(option, "needs at least 32 bytes"))
             }
             secret => Ok(secret.filter(|_| !self.webhook_url.is_empty())),
+        }
+    }
+
+    /// The RPC backends: the default URL and the routes (longest prefix first); both empty
+    /// when RPC is off.
+    #[allow(clippy::type_complexity)]
+    pub fn rpc_backends(&self) -> Result<(Option<reqwest::Url>, Vec<(String, reqwest::Url)>), ConfigError> {
+        let http_url = |option: &'static str, url: &str| {
+            reqwest::Url::parse(url.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| ConfigError::new(option, format!("not an http(s) URL: {url:?}")))
+        };
+        let url = self.rpc_url.as_deref().map(|url| http_url(env::RPC_URL, url)).transpose()?;
+        let mut routes = Vec::new();
+        for route in self.rpc_routes.iter().filter(|r| !r.trim().is_empty()) {
+            let Some((prefix, url)) = route.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
+                return Err(ConfigError::new(env::RPC_ROUTES, format!("not prefix=url: {route:?}")));
+            };
+            routes.push((prefix.trim().to_owned(), http_url(env::RPC_ROUTES, url)?));
+        }
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok((url, routes))
+    }
+
+    /// The RPC secret, from `ROOMCAST_RPC_SECRET` or its file; `None` when RPC is off.
+    pub fn rpc_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        let on = self.rpc_url.is_some() || self.rpc_routes.iter().any(|r| !r.trim().is_empty());
+        let (secret, option) = match (&self.rpc_secret, &self.rpc_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(env::RPC_SECRET_FILE, "set ROOMCAST_RPC_SECRET or its file, not both"));
+            }
+            (Some(secret), None) => (Some(secret.clone()), env::RPC_SECRET),
+            (None, Some(path)) => (Some(read_secret_file(env::RPC_SECRET_FILE, path)?), env::RPC_SECRET_FILE),
+            (None, None) => (None, env::RPC_SECRET),
+        };
+        match secret {
+            None if on => {
+                Err(ConfigError::new(env::RPC_SECRET, "required with ROOMCAST_RPC_URL or ROOMCAST_RPC_ROUTES"))
+            }
+            Some(secret) if secret.expose().len() < MIN_SECRET_LEN => {
+                Err(ConfigError::new(option, "needs at least 32 bytes"))
+            }
+            secret => Ok(secret.filter(|_| on)),
         }
     }
 
@@ -1056,6 +1177,61 @@ fn parse_event_types(list: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// Client event names Roomcast answers itself (and `roomcast:*`): never forwarded to a backend.
+pub const RESERVED_EVENTS: &[&str] = &[
+    "join",
+    "leave",
+    "auth:refresh",
+    "typing",
+    "presence:list",
+    "presence:update",
+    "room:occupancy",
+    "history",
+    "publish",
+];
+
+/// Socket.IO's own event names: a raw client can send them, a backend must never get them.
+const SOCKET_IO_EVENTS: &[&str] =
+    &["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
+/// Whether `event` is a name Roomcast answers itself, or keeps for itself (`presence:*`,
+/// `roomcast:*`), or Socket.IO's.
+pub fn is_reserved_event(event: &str) -> bool {
+    RESERVED_EVENTS.contains(&event)
+        || SOCKET_IO_EVENTS.contains(&event)
+        || event.starts_with("roomcast:")
+        || event.starts_with("presence:")
+}
+
+/// Which event names are RPCs (`ROOMCAST_RPC_EVENTS`): names, or prefixes ending in `*`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPattern {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl EventPattern {
+    /// Parses the option's entries; an empty entry or a `*` anywhere but at the end is refused.
+    pub fn parse(entries: &[String]) -> Result<EventPattern, String> {
+        let (mut exact, mut prefixes) = (Vec::new(), Vec::new());
+        for entry in entries.iter().map(|e| e.trim()) {
+            match entry.strip_suffix('*') {
+                _ if entry.is_empty() => return Err("an empty event name".into()),
+                Some(prefix) if !prefix.contains('*') => prefixes.push(prefix.to_owned()),
+                None if !entry.contains('*') => exact.push(entry.to_owned()),
+                _ => return Err(format!("{entry:?}: `*` may only end a prefix")),
+            }
+        }
+        Ok(EventPattern { exact, prefixes })
+    }
+
+    /// Whether `event` is forwarded: it matches, and is not one of Roomcast's own names.
+    pub fn matches(&self, event: &str) -> bool {
+        !is_reserved_event(event)
+            && (self.exact.iter().any(|e| e == event) || self.prefixes.iter().any(|p| event.starts_with(p.as_str())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1154,6 +1330,36 @@ mod tests {
     }
 
     #[test]
+    fn rpc_options_are_checked() {
+        let secret = "r".repeat(MIN_SECRET_LEN);
+        let rpc = ["--dev", "--rpc-url", "http://127.0.0.1:9/rpc"];
+        let refused = |extra: &[&str]| parse(&[&rpc[..], extra].concat()).validate().unwrap_err().option;
+        assert_eq!(refused(&[]), env::RPC_SECRET, "RPC needs a secret");
+        assert_eq!(refused(&["--rpc-secret", "short"]), env::RPC_SECRET);
+        let ftp = parse(&["--dev", "--rpc-url", "ftp://x/", "--rpc-secret", &secret]);
+        assert_eq!(ftp.validate().unwrap_err().option, env::RPC_URL);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-routes", "nourl"]), env::RPC_ROUTES);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-routes", "=http://x/"]), env::RPC_ROUTES);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-routes", "a:=not a url"]), env::RPC_ROUTES);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-events", "a*b"]), env::RPC_EVENTS);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-timeout", "1ms"]), env::RPC_TIMEOUT);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-socket-concurrency", "0"]), env::RPC_SOCKET_CONCURRENCY);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-tenant-concurrency", "0"]), env::RPC_TENANT_CONCURRENCY);
+        assert_eq!(refused(&["--rpc-secret", &secret, "--rpc-concurrency", "0"]), env::RPC_CONCURRENCY);
+        // Routes alone turn RPC on (and need the secret); longest prefix first.
+        let routes = ["--dev", "--rpc-routes", "a:=http://a/,ab:=http://ab/"];
+        assert_eq!(parse(&routes).validate().unwrap_err().option, env::RPC_SECRET);
+        let ok = parse(&[&routes[..], &["--rpc-secret", &secret]].concat());
+        ok.validate().unwrap();
+        let (url, routes) = ok.rpc_backends().unwrap();
+        assert_eq!((url, routes.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()), (None, vec!["ab:", "a:"]));
+        // Off: no secret needed, none kept.
+        let off = parse(&["--dev", "--rpc-secret", &secret]);
+        off.validate().unwrap();
+        assert!(off.rpc_secret().unwrap().is_none());
+    }
+
+    #[test]
     fn lifecycle_event_options_are_checked() {
         let secret = "w".repeat(MIN_SECRET_LEN);
         let hook = ["--dev", "--webhook-url", "http://127.0.0.1:9/hook"];
@@ -1189,5 +1395,22 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let config = parse(&["--jwt-secret", "super-secret-value-that-is-long-enough"]);
         assert!(!format!("{config:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn event_patterns_match_names_and_prefixes_but_never_roomcasts_own() {
+        let all = EventPattern::parse(&["*".into()]).unwrap();
+        assert!(all.matches("message:send") && all.matches("x"));
+        for own in
+            RESERVED_EVENTS.iter().copied().chain(["roomcast:anything", "presence:later", "disconnect", "connect"])
+        {
+            assert!(!all.matches(own), "{own}");
+        }
+        let some = EventPattern::parse(&["chat:*".into(), "ping".into()]).unwrap();
+        assert!(some.matches("chat:send") && some.matches("ping"));
+        assert!(!some.matches("pingx") && !some.matches("chat") && !some.matches("billing:pay"));
+        for bad in ["", "a*b", "**", " "] {
+            assert!(EventPattern::parse(&[bad.into()]).is_err(), "{bad:?}");
+        }
     }
 }

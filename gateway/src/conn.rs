@@ -49,6 +49,20 @@ pub struct Conn {
     state: Mutex<ConnState>,
     /// What this socket may still send (per-class token buckets).
     limits: Mutex<SocketLimits>,
+    /// RPCs of this socket in flight (see [`Conn::rpc_slot`]).
+    rpcs: std::sync::atomic::AtomicUsize,
+    /// Woken when the socket closes (see [`Conn::closed`]).
+    closed: Notify,
+}
+
+/// One RPC of a socket in flight; its place is given back on drop.
+#[derive(Debug)]
+pub struct RpcSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for RpcSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// A user's status.
@@ -136,7 +150,16 @@ impl Conn {
             status: Mutex::new(Status::Online),
             typing_in: Mutex::new(Vec::new()),
             state: Mutex::new(ConnState { lifecycle: Lifecycle::Authenticated, rooms: BTreeSet::new(), backend: None }),
+            rpcs: Default::default(),
+            closed: Notify::new(),
         }
+    }
+
+    /// A place for one more RPC in flight, unless `max` are.
+    pub fn rpc_slot(&self, max: usize) -> Option<RpcSlot<'_>> {
+        use std::sync::atomic::Ordering;
+        self.rpcs.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(RpcSlot(&self.rpcs))
     }
 
     /// Takes a token for an event of `class` (see [`crate::limits`]).
@@ -163,7 +186,21 @@ impl Conn {
 
     /// The socket is closing; returns where it was. From now on [`Conn::enter`] refuses.
     pub fn close(&self) -> Lifecycle {
-        std::mem::replace(&mut self.state().lifecycle, Lifecycle::Closed)
+        let was = std::mem::replace(&mut self.state().lifecycle, Lifecycle::Closed);
+        self.closed.notify_waiters();
+        was
+    }
+
+    /// Resolves once the socket is closing or closed: work done only for it (an RPC) stops.
+    pub async fn closed(&self) {
+        let notified = self.closed.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before the check: a close in between still wakes it.
+        notified.as_mut().enable();
+        if self.is_closed() {
+            return;
+        }
+        notified.await;
     }
 
     /// Whether the socket is closing or closed.

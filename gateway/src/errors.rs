@@ -70,6 +70,12 @@ pub enum ErrorCode {
     /// `POST /v1/revoke`: the tenant has `ROOMCAST_MAX_REVOCATIONS_PER_TENANT` revocations in
     /// force.
     TooManyRevocations,
+    /// RPC: the backend did not answer by `ROOMCAST_RPC_TIMEOUT`; it may still have acted.
+    RpcTimeout,
+    /// RPC: the backend could not be reached, failed (5xx), or answered outside the format.
+    RpcUnavailable,
+    /// RPC: the backend refused the call; its own error is in `error.backend`.
+    RpcRejected,
 }
 
 impl ErrorCode {
@@ -97,6 +103,9 @@ impl ErrorCode {
         ErrorCode::Disconnected,
         ErrorCode::TokenRevoked,
         ErrorCode::TooManyRevocations,
+        ErrorCode::RpcTimeout,
+        ErrorCode::RpcUnavailable,
+        ErrorCode::RpcRejected,
     ];
 
     /// The code as clients see it.
@@ -124,6 +133,9 @@ impl ErrorCode {
             ErrorCode::Disconnected => "disconnected",
             ErrorCode::TokenRevoked => "token_revoked",
             ErrorCode::TooManyRevocations => "too_many_revocations",
+            ErrorCode::RpcTimeout => "rpc_timeout",
+            ErrorCode::RpcUnavailable => "rpc_unavailable",
+            ErrorCode::RpcRejected => "rpc_rejected",
         }
     }
 }
@@ -145,25 +157,42 @@ pub struct ClientError {
     /// `rate_limited`: how long to wait before trying again, in ms.
     #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// `rpc_rejected`: the backend's own error, passed through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Box<BackendError>>,
 }
 
 impl ClientError {
     /// An error with `code` and an explanation.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ClientError { code, message: message.into(), retry_after_ms: None }
+        ClientError { code, message: message.into(), retry_after_ms: None, backend: None }
     }
 
     /// `rate_limited`, to try again after `retry_after`.
     pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
         // Rounded up: trying again after a rounded-down wait would be refused again.
         let ms = u64::try_from(retry_after.as_micros().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
-        ClientError { code: ErrorCode::RateLimited, message: message.into(), retry_after_ms: Some(ms) }
+        ClientError { code: ErrorCode::RateLimited, message: message.into(), retry_after_ms: Some(ms), backend: None }
     }
 
     /// The ack payload carrying this error: `{ ok: false, error: { code, message } }`.
     pub fn ack(&self) -> serde_json::Value {
         serde_json::json!({ "ok": false, "error": self })
     }
+}
+
+/// A backend's refusal of an RPC, passed to the client under `error.backend` of
+/// `rpc_rejected` (README, "RPC").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BackendError {
+    /// The backend's own code.
+    pub code: String,
+    /// For people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Anything else the backend wants the client to have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 /// Why the server ended a connection, sent as `roomcast:disconnect` right before it does.

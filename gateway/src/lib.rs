@@ -54,6 +54,7 @@ mod recovery;
 mod redis_conn;
 mod revocations;
 mod rooms;
+mod rpc;
 mod shutdown;
 mod socket;
 mod state;
@@ -368,6 +369,7 @@ impl Gateway {
             membership.clone(),
             crate::local::Pace::half_of(config.client_buffer_bytes, config.client_buffer),
         );
+        let rpc = rpc_forwarder(&config, &node_id)?;
         let revocations = Arc::new(revocations::Revocations::default());
         let delivery = Arc::new(Delivery::new(
             local,
@@ -403,6 +405,7 @@ impl Gateway {
             draining: Default::default(),
             limits: config.rate_limits(),
             connects: config.connect_rate.map(SharedBucket::new),
+            rpc,
             config,
         });
         socket::register(&io, state.clone());
@@ -548,6 +551,28 @@ impl Gateway {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The RPC forwarder, when a backend URL is configured.
+fn rpc_forwarder(config: &Config, node_id: &Arc<str>) -> Result<Option<Arc<rpc::Rpc>>, StartError> {
+    let (url, routes) = config.rpc_backends()?;
+    let Some(secret) = config.rpc_secret()? else { return Ok(None) };
+    let events =
+        config::EventPattern::parse(&config.rpc_events).map_err(|e| ConfigError::new(config::env::RPC_EVENTS, e))?;
+    let settings = rpc::Settings {
+        url,
+        routes,
+        events,
+        secret,
+        timeout: config.rpc_timeout,
+        per_socket: config.rpc_socket_concurrency,
+        per_tenant: config.rpc_tenant_concurrency,
+        per_replica: config.rpc_concurrency,
+        max_answer: usize::try_from(config.max_payload).unwrap_or(usize::MAX),
+    };
+    let forwarder = rpc::Rpc::new(settings, node_id.clone())
+        .map_err(|e| ConfigError::new(config::env::RPC_URL, format!("the HTTP client cannot be built: {e}")))?;
+    Ok(Some(Arc::new(forwarder)))
 }
 
 /// How often a replica checks the shared list of revocations (one `GET` of its version; the

@@ -158,6 +158,13 @@ pub const EVENTS: &str = "roomcast_events_total";
 pub const EVENTS_DROPPED: &str = "roomcast_events_dropped_total";
 /// Webhook requests, by `result` (`delivered`, `failed`).
 pub const WEBHOOK_REQUESTS: &str = "roomcast_webhook_requests_total";
+/// Client events forwarded to the backend, by `result`: `ok` and the RPC error codes
+/// (`rpc_timeout`, `rpc_unavailable`, `rpc_rejected`, `rate_limited`) for RPCs, `forwarded` and
+/// `forward_failed` for fire-and-forget events. Socket-level refusals (the socket's RPCs in
+/// flight, its event budget) are in roomcast_client_events_total.
+pub const RPC_CALLS: &str = "roomcast_rpc_calls_total";
+/// Seconds from forwarding a client event to the backend's answer (or the failure), by `result`.
+pub const RPC_LATENCY: &str = "roomcast_rpc_duration_seconds";
 /// Events delivered to webhooks.
 pub const WEBHOOK_EVENTS: &str = "roomcast_webhook_events_total";
 /// Events the event log's cap trimmed before a webhook delivered them.
@@ -209,6 +216,8 @@ fn describe() {
     describe_counter!(WEBHOOK_EVENTS, "Lifecycle events delivered to webhooks.");
     describe_counter!(WEBHOOK_DROPPED, "Lifecycle events the event log's cap trimmed before a webhook got them.");
     describe_histogram!(WEBHOOK_LATENCY, "Webhook request latency, seconds.");
+    describe_counter!(RPC_CALLS, "Client events forwarded to the backend, by result.");
+    describe_histogram!(RPC_LATENCY, "Seconds from forwarding a client event to the backend's answer, by result.");
     describe_gauge!(JWKS_KEYS, "Keys held from a JWKS URL, by key set.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
     describe_counter!(CONNECTIONS_ACCEPTED, "Sockets that passed authentication.");
@@ -318,15 +327,28 @@ fn register() {
         (EVENTS, "type", &roomcast_publisher::events::types::ALL),
         (EVENTS_DROPPED, "reason", &["rate_limited", "queue_full", "log_unavailable"]),
         (WEBHOOK_REQUESTS, "result", &["delivered", "failed"]),
+        (
+            RPC_CALLS,
+            "result",
+            &["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited", "forwarded", "forward_failed"],
+        ),
     ];
     for (name, label, values) in labelled {
         for value in *values {
             counter!(*name, *label => *value).increment(0);
         }
     }
-    for event in
-        ["join", "leave", "auth:refresh", "typing", "presence:list", "presence:update", "room:occupancy", "history"]
-    {
+    for event in [
+        "join",
+        "leave",
+        "auth:refresh",
+        "typing",
+        "presence:list",
+        "presence:update",
+        "room:occupancy",
+        "history",
+        "rpc",
+    ] {
         counter!(EVENTS_RECEIVED, "event" => event, "result" => "ok").increment(0);
     }
     for source in ["http", "client_typing"] {
@@ -448,6 +470,11 @@ pub(crate) fn events_dropped(reason: &'static str, n: u64) {
 }
 
 /// A webhook request ended: `events` delivered, or failed.
+pub(crate) fn rpc(result: &'static str, start: std::time::Instant) {
+    counter!(RPC_CALLS, "result" => result).increment(1);
+    histogram!(RPC_LATENCY, "result" => result).record(start.elapsed().as_secs_f64());
+}
+
 pub(crate) fn webhook_request(delivered: bool, events: usize, took: std::time::Duration) {
     let result = if delivered { "delivered" } else { "failed" };
     counter!(WEBHOOK_REQUESTS, "result" => result).increment(1);

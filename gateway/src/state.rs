@@ -58,6 +58,8 @@ pub struct GatewayState {
     pub limits: Policy,
     /// New connections this replica accepts (`ROOMCAST_CONNECT_RATE`).
     pub connects: Option<SharedBucket>,
+    /// Client events forwarded to the backend (`None`: RPC is off).
+    pub rpc: Option<Arc<crate::rpc::Rpc>>,
 }
 
 impl std::fmt::Debug for dyn Bus {

@@ -33,8 +33,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // Adapters at the storage edge: the bus and history (memory and Redis), the lifecycle
-    // event log and its sinks.
-    ("adapters", &["bus", "events", "history"]),
+    // event log and its sinks, and the backend that client RPCs are forwarded to.
+    ("adapters", &["bus", "events", "history", "rpc"]),
     // The domain core: membership, sequencing and recovery, presence, typing, local delivery.
     // It knows no client event or payload.
     ("core", &["delivery", "local", "presence", "recovery", "rooms", "typing"]),

@@ -13,6 +13,7 @@ mod payloads;
 mod presence;
 mod refresh;
 mod rooms;
+mod rpc;
 
 pub(crate) use rooms::BackendControl;
 mod typing;
@@ -255,6 +256,8 @@ fn on_event(
     ack: AckSender,
     gw: Shared,
 ) -> impl Future<Output = ()> + Send {
+    // Forwarded to the backend: not a turn of the socket's queue (see `rpc`).
+    let forwarder = gw.rpc.clone().filter(|rpc| rpc.handles(&event));
     // Decided here, in packet order: the budget, then a place in the socket's queue.
     let admitted = conn_of(&socket).map(|conn| {
         if let Err(refused) = conn.take_token(&gw.limits, EventClass::of(&event)) {
@@ -265,15 +268,18 @@ fn on_event(
             let error = ClientError::rate_limited("too many events of this kind; wait and retry", refused.retry_after);
             return Err((error, refused.disconnect));
         }
+        if forwarder.is_some() {
+            return Ok((None, conn));
+        }
         if conn.turns.pending() >= MAX_PENDING_OPERATIONS {
             pause_reading(&socket, &gw, WAIT_FOR_ACKS);
             let error = ClientError::rate_limited("too many operations in flight; wait for their acks", WAIT_FOR_ACKS);
             return Err((error, false));
         }
-        Ok((Turns::ticket(&conn), conn))
+        Ok((Some(Turns::ticket(&conn)), conn))
     });
     async move {
-        let name = known_event(&event);
+        let name = if forwarder.is_some() { "rpc" } else { known_event(&event) };
         let (ticket, conn) = match admitted {
             Some(Ok(admitted)) => admitted,
             Some(Err((error, disconnect))) => {
@@ -289,6 +295,15 @@ fn on_event(
         };
         let identity = conn.identity();
         let span = span(&socket, &identity);
+        let (Some(ticket), None) = (ticket, &forwarder) else {
+            let Some(rpc) = forwarder else { return };
+            if conn.is_closed() {
+                return;
+            }
+            let outcome = rpc::forward(&socket, &rpc, &conn, &event, payload, ack).instrument(span).await;
+            metrics::client_event(name, outcome);
+            return;
+        };
         async move {
             let _turn = ticket.wait().await;
             if conn.is_closed() {

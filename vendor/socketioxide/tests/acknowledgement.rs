@@ -123,3 +123,23 @@ pub async fn broadcast_with_ack() {
         }
     }
 }
+
+/// Patch 4 (vendor/PATCHES.md): a handler can tell an event emitted with a callback (`21[…]`)
+/// from one without (`2[…]`).
+#[tokio::test]
+pub async fn ack_sender_tells_whether_the_client_asked_for_an_ack() {
+    use socketioxide::extract::AckSender;
+    let (_svc, io) = SocketIo::new_svc();
+    let (tx, mut rx) = mpsc::channel::<bool>(4);
+    io.ns("/", async move |s: SocketRef| {
+        s.on("test", async move |ack: AckSender| {
+            assert_ok!(tx.try_send(ack.has_ack()));
+        });
+    });
+    let (stx, mut srx) = io.new_dummy_sock("/", ()).await;
+    assert_some!(srx.recv().await); // NS connect packet
+    assert_ok!(stx.send(Message("21[\"test\",\"foo\"]".into())).await);
+    assert!(assert_some!(rx.recv().await));
+    assert_ok!(stx.send(Message("2[\"test\",\"foo\"]".into())).await);
+    assert!(!assert_some!(rx.recv().await));
+}

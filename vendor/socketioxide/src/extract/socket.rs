@@ -105,6 +105,12 @@ impl<A: Adapter> AckSender<A> {
         Self { socket, ack_id }
     }
 
+    /// Whether the client asked for an acknowledgement (emitted with a callback): when it did
+    /// not, [`AckSender::send`] sends nothing.
+    pub fn has_ack(&self) -> bool {
+        self.ack_id.is_some()
+    }
+
     /// Send the ack response to the client.
     pub fn send<T: Serialize + ?Sized>(self, data: &T) -> Result<(), SendError> {
         use crate::socket::PermitExt;
