@@ -57,6 +57,8 @@ pub struct Identity {
     pub projects: Scope,
     /// Channels the user may join.
     pub channels: Scope,
+    /// Channels the user may `publish` to from a client.
+    pub publish: Scope,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub exp: u64,
     /// The token's `jti` (revocable by it), when it has one.
@@ -84,6 +86,7 @@ struct ClaimNames {
     tenant: String,
     projects: String,
     channels: String,
+    publish: String,
 }
 
 /// Keys accepted for verification.
@@ -215,6 +218,7 @@ impl Verifier {
                 tenant: config.jwt_tenant_claim.clone(),
                 projects: config.jwt_projects_claim.clone(),
                 channels: config.jwt_channels_claim.clone(),
+                publish: config.jwt_publish_claim.clone(),
             },
             leeway: config.jwt_leeway,
             max_lifetime: config.max_token_lifetime,
@@ -357,6 +361,7 @@ impl Verifier {
             tenant: id_claim(&self.claims.tenant)?,
             projects: scope(claims, &self.claims.projects)?,
             channels: scope(claims, &self.claims.channels)?,
+            publish: scope(claims, &self.claims.publish)?,
             exp,
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             // NumericDate may be fractional; negative or absurd values count as absent.
@@ -374,6 +379,7 @@ impl Verifier {
         claims.insert(self.claims.tenant.clone(), tenant.into());
         claims.insert(self.claims.projects.clone(), serde_json::json!(["*"]));
         claims.insert(self.claims.channels.clone(), serde_json::json!(["*"]));
+        claims.insert(self.claims.publish.clone(), serde_json::json!(["*"]));
         claims.insert("exp".to_owned(), exp.into());
         // Revocable like any token: by jti, or as issued before a time.
         claims.insert("iat".to_owned(), jsonwebtoken::get_current_timestamp().into());

@@ -144,6 +144,10 @@ pub mod env {
     pub const JWT_PROJECTS_CLAIM: &str = "ROOMCAST_JWT_PROJECTS_CLAIM";
     /// `ROOMCAST_JWT_CHANNELS_CLAIM`.
     pub const JWT_CHANNELS_CLAIM: &str = "ROOMCAST_JWT_CHANNELS_CLAIM";
+    /// `ROOMCAST_JWT_PUBLISH_CLAIM`.
+    pub const JWT_PUBLISH_CLAIM: &str = "ROOMCAST_JWT_PUBLISH_CLAIM";
+    /// `ROOMCAST_PUBLISH_PROXY_URL`.
+    pub const PUBLISH_PROXY_URL: &str = "ROOMCAST_PUBLISH_PROXY_URL";
     /// `ROOMCAST_AUTH_EXPIRING_NOTICE`.
     pub const AUTH_EXPIRING_NOTICE: &str = "ROOMCAST_AUTH_EXPIRING_NOTICE";
     /// `ROOMCAST_MAX_ROOMS_PER_SOCKET`.
@@ -424,6 +428,12 @@ pub struct Config {
     #[arg(long, env = env::RPC_TENANT_CONCURRENCY, default_value_t = 256)]
     pub rpc_tenant_concurrency: usize,
 
+    /// Backend URL that approves, refuses or rewrites each client `publish` before it is
+    /// published (signed and bounded like RPCs: ROOMCAST_RPC_SECRET, ROOMCAST_RPC_TIMEOUT and the
+    /// RPC concurrency bounds). Unset: a publish the token grants is published as sent.
+    #[arg(long, env = env::PUBLISH_PROXY_URL)]
+    pub publish_proxy_url: Option<String>,
+
     /// RPCs a replica has in flight at most; more are refused with `rate_limited`.
     #[arg(long, env = env::RPC_CONCURRENCY, default_value_t = 1024)]
     pub rpc_concurrency: usize,
@@ -536,6 +546,11 @@ pub struct Config {
     /// Claim listing the channel ids the user may join; "*" means all of the tenant's.
     #[arg(long, env = env::JWT_CHANNELS_CLAIM, default_value = "channels")]
     pub jwt_channels_claim: String,
+
+    /// Claim with the channel ids the user may `publish` to from a client (array of ids, or
+    /// ["*"]); absent: none.
+    #[arg(long, env = env::JWT_PUBLISH_CLAIM, default_value = "publish")]
+    pub jwt_publish_claim: String,
 
     /// How long before its token's `exp` a socket receives `auth:expiring`.
     #[arg(long, env = env::AUTH_EXPIRING_NOTICE, default_value = "60s", value_parser = parse_duration)]
@@ -802,6 +817,7 @@ impl Config {
             (env::JWT_TENANT_CLAIM, &self.jwt_tenant_claim),
             (env::JWT_PROJECTS_CLAIM, &self.jwt_projects_claim),
             (env::JWT_CHANNELS_CLAIM, &self.jwt_channels_claim),
+            (env::JWT_PUBLISH_CLAIM, &self.jwt_publish_claim),
         ] {
             if claim.1.is_empty() {
                 return Err(ConfigError::new(claim.0, "claim name must not be empty"));
@@ -998,6 +1014,9 @@ impl Config {
                 .ok_or_else(|| ConfigError::new(option, format!("not an http(s) URL: {url:?}")))
         };
         let url = self.rpc_url.as_deref().map(|url| http_url(env::RPC_URL, url)).transpose()?;
+        if let Some(proxy) = &self.publish_proxy_url {
+            http_url(env::PUBLISH_PROXY_URL, proxy)?;
+        }
         let mut routes = Vec::new();
         for route in self.rpc_routes.iter().filter(|r| !r.trim().is_empty()) {
             let Some((prefix, url)) = route.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
@@ -1011,7 +1030,9 @@ impl Config {
 
     /// The RPC secret, from `ROOMCAST_RPC_SECRET` or its file; `None` when RPC is off.
     pub fn rpc_secret(&self) -> Result<Option<Secret>, ConfigError> {
-        let on = self.rpc_url.is_some() || self.rpc_routes.iter().any(|r| !r.trim().is_empty());
+        let on = self.rpc_url.is_some()
+            || self.publish_proxy_url.is_some()
+            || self.rpc_routes.iter().any(|r| !r.trim().is_empty());
         let (secret, option) = match (&self.rpc_secret, &self.rpc_secret_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(env::RPC_SECRET_FILE, "set ROOMCAST_RPC_SECRET or its file, not both"));

@@ -486,6 +486,7 @@ mod tests {
                 user: "u".into(),
                 projects: Scope::All,
                 channels: Scope::All,
+                publish: Scope::Only(Vec::new()),
                 exp: 0,
                 jti: None,
                 iat: None,

@@ -559,9 +559,11 @@ fn rpc_forwarder(config: &Config, node_id: &Arc<str>) -> Result<Option<Arc<rpc::
     let Some(secret) = config.rpc_secret()? else { return Ok(None) };
     let events =
         config::EventPattern::parse(&config.rpc_events).map_err(|e| ConfigError::new(config::env::RPC_EVENTS, e))?;
+    let publish_proxy = config.publish_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok());
     let settings = rpc::Settings {
         url,
         routes,
+        publish_proxy,
         events,
         secret,
         timeout: config.rpc_timeout,

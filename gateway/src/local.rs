@@ -32,12 +32,22 @@ pub struct EventMeta<'a> {
     /// The room history's epoch (with history).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<&'a str>,
+    /// The user who published it from a client (`publish`); absent for backend publishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
 }
 
 impl<'a> EventMeta<'a> {
     /// The meta of `e`.
     pub fn of(e: &'a EventEnvelope) -> Self {
-        EventMeta { room: &e.room, id: &e.id, ts: e.ts, offset: e.offset, epoch: e.epoch.as_deref() }
+        EventMeta {
+            room: &e.room,
+            id: &e.id,
+            ts: e.ts,
+            offset: e.offset,
+            epoch: e.epoch.as_deref(),
+            from: e.from.as_deref(),
+        }
     }
 }
 
@@ -174,11 +184,25 @@ impl Local {
         u64::from(self.membership.members(room))
     }
 
-    /// Emits `e` to its room's local members, except those in room `except`.
+    /// Emits `e` to its room's local members, except those in room `except` and the socket the
+    /// envelope excludes (`e.except`).
     pub async fn emit_event_except(&self, e: &EventEnvelope, except: Option<String>) {
         let meta = EventMeta::of(e);
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);
-        self.emit_to_room(e.room.clone(), except, &e.event, &args, false).await;
+        match e.except.as_deref().and_then(|sid| sid.parse::<Sid>().ok()) {
+            // Only if that socket is here; socketioxide excludes rooms, not sockets, so the
+            // room's other members get it one by one (an encode each).
+            Some(sid) if self.socket(sid).is_some_and(|s| s.rooms().iter().any(|r| *r == e.room)) => {
+                let skipped: Vec<Sid> =
+                    except.map(|room| self.sockets_in(&room).iter().map(|s| s.id).collect()).unwrap_or_default();
+                for socket in self.sockets_in(&e.room) {
+                    if socket.id != sid && !skipped.contains(&socket.id) {
+                        self.emit_to_socket(socket.id, e);
+                    }
+                }
+            }
+            _ => self.emit_to_room(e.room.clone(), except, &e.event, &args, false).await,
+        }
         metrics::delivered("event", self.members(&e.room));
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -158,12 +158,14 @@ pub const EVENTS: &str = "roomcast_events_total";
 pub const EVENTS_DROPPED: &str = "roomcast_events_dropped_total";
 /// Webhook requests, by `result` (`delivered`, `failed`).
 pub const WEBHOOK_REQUESTS: &str = "roomcast_webhook_requests_total";
-/// Client events forwarded to the backend, by `result`: `ok` and the RPC error codes
+/// Client events forwarded to the backend, by `kind` (`rpc`: RPCs and fire-and-forget events,
+/// `publish`: the publish proxy) and `result`: `ok` and the RPC error codes
 /// (`rpc_timeout`, `rpc_unavailable`, `rpc_rejected`, `rate_limited`) for RPCs, `forwarded` and
 /// `forward_failed` for fire-and-forget events. Socket-level refusals (the socket's RPCs in
 /// flight, its event budget) are in roomcast_client_events_total.
 pub const RPC_CALLS: &str = "roomcast_rpc_calls_total";
-/// Seconds from forwarding a client event to the backend's answer (or the failure), by `result`.
+/// Seconds from forwarding a client event to the backend's answer (or the failure), by `kind`
+/// and `result`.
 pub const RPC_LATENCY: &str = "roomcast_rpc_duration_seconds";
 /// Events delivered to webhooks.
 pub const WEBHOOK_EVENTS: &str = "roomcast_webhook_events_total";
@@ -327,11 +329,6 @@ fn register() {
         (EVENTS, "type", &roomcast_publisher::events::types::ALL),
         (EVENTS_DROPPED, "reason", &["rate_limited", "queue_full", "log_unavailable"]),
         (WEBHOOK_REQUESTS, "result", &["delivered", "failed"]),
-        (
-            RPC_CALLS,
-            "result",
-            &["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited", "forwarded", "forward_failed"],
-        ),
     ];
     for (name, label, values) in labelled {
         for value in *values {
@@ -348,10 +345,19 @@ fn register() {
         "room:occupancy",
         "history",
         "rpc",
+        "publish",
     ] {
         counter!(EVENTS_RECEIVED, "event" => event, "result" => "ok").increment(0);
     }
-    for source in ["http", "client_typing"] {
+    for result in
+        ["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited", "forwarded", "forward_failed"]
+    {
+        counter!(RPC_CALLS, "kind" => "rpc", "result" => result).increment(0);
+    }
+    for result in ["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited"] {
+        counter!(RPC_CALLS, "kind" => "publish", "result" => result).increment(0);
+    }
+    for source in ["http", "client_typing", "client"] {
         counter!(PUBLISHES, "source" => source, "result" => "ok").increment(0);
     }
     counter!(CONTROLS, "op" => "disconnect", "result" => "ok").increment(0);
@@ -470,9 +476,9 @@ pub(crate) fn events_dropped(reason: &'static str, n: u64) {
 }
 
 /// A webhook request ended: `events` delivered, or failed.
-pub(crate) fn rpc(result: &'static str, start: std::time::Instant) {
-    counter!(RPC_CALLS, "result" => result).increment(1);
-    histogram!(RPC_LATENCY, "result" => result).record(start.elapsed().as_secs_f64());
+pub(crate) fn rpc(kind: &'static str, result: &'static str, start: std::time::Instant) {
+    counter!(RPC_CALLS, "kind" => kind, "result" => result).increment(1);
+    histogram!(RPC_LATENCY, "kind" => kind, "result" => result).record(start.elapsed().as_secs_f64());
 }
 
 pub(crate) fn webhook_request(delivered: bool, events: usize, took: std::time::Duration) {

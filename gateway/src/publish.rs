@@ -44,6 +44,10 @@ struct PublishRequest {
     /// within `ROOMCAST_PUBLISH_DEDUPE_WINDOW` is published once). Absent: a new UUIDv7.
     #[serde(default)]
     id: Option<String>,
+    /// A socket id live delivery skips (the socket.io emitter's `except`): the client whose
+    /// action caused the publish, told through its RPC's `socket`.
+    #[serde(default)]
+    except: Option<String>,
 }
 
 /// The publish endpoint's path.
@@ -143,8 +147,18 @@ async fn publish(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Re
             },
             None => wire::new_event_id(),
         };
+        if let Some(except) = &request.except
+            && !(1..=64).contains(&except.len())
+        {
+            let msg = "except: a Socket.IO socket id (1 to 64 characters)".to_owned();
+            return fail(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, at(msg));
+        }
         ids.push((id.clone(), room.to_string()));
-        envelopes.push(wire::event_envelope(&room, &request.event, data, id, wire::now_ms()).into());
+        let mut envelope = wire::event_envelope(&room, &request.event, data, id, wire::now_ms());
+        if let wire::Envelope::Event(e) = &mut envelope {
+            e.except = request.except;
+        }
+        envelopes.push(envelope.into());
     }
 
     let outcome = gw.bus.publish(envelopes, dedupe).await;

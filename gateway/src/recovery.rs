@@ -577,6 +577,8 @@ mod tests {
             ts: 0,
             offset: Some(offset),
             epoch: Some(epoch.into()),
+            from: None,
+            except: None,
         }
     }
 

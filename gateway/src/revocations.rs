@@ -134,6 +134,7 @@ mod tests {
             user: user.into(),
             projects: Scope::All,
             channels: Scope::All,
+            publish: Scope::Only(Vec::new()),
             exp: 0,
             jti: jti.map(str::to_owned),
             iat,

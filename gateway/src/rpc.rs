@@ -40,11 +40,15 @@ const MAX_MESSAGE: usize = 1024;
 pub struct Request<'a> {
     /// Unique per call (`<replica>:<n>`): a backend can log and dedupe by it.
     pub id: String,
-    /// `rpc` (an answer is awaited) or `event` (fire-and-forget).
+    /// `rpc` (an answer is awaited), `event` (fire-and-forget) or `publish` (the publish
+    /// proxy: approve, refuse or rewrite).
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The client's event name.
     pub event: &'a str,
+    /// `publish`: the channel it is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channel: Option<&'a str>,
     /// Its first argument (`null` when it sent none).
     pub data: &'a Value,
     /// Who sent it, from the verified token.
@@ -55,7 +59,7 @@ pub struct Request<'a> {
     pub replica: &'a str,
     /// When it was forwarded (ms since the epoch).
     pub ts: u64,
-    /// When the gateway stops waiting for the answer (ms since the epoch); `rpc` only.
+    /// When the gateway stops waiting for the answer (ms since the epoch); not for `event`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline: Option<u64>,
 }
@@ -65,6 +69,17 @@ pub struct Request<'a> {
 pub struct Identity<'a> {
     pub tenant: &'a str,
     pub user: &'a str,
+}
+
+/// What is asked of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind<'a> {
+    /// A client RPC: its answer is the ack.
+    Rpc,
+    /// A client event without an ack callback: fire-and-forget.
+    Event,
+    /// A client publish to `channel`, for the publish proxy to approve, refuse or rewrite.
+    Publish { channel: &'a str },
 }
 
 /// Why a call has no result.
@@ -98,6 +113,8 @@ pub struct Settings {
     pub url: Option<reqwest::Url>,
     /// (prefix, URL), longest prefix first.
     pub routes: Vec<(String, reqwest::Url)>,
+    /// Where client publishes are approved (`ROOMCAST_PUBLISH_PROXY_URL`).
+    pub publish_proxy: Option<reqwest::Url>,
     pub events: EventPattern,
     pub secret: Secret,
     pub timeout: Duration,
@@ -197,22 +214,34 @@ impl Rpc {
     pub async fn call(
         &self,
         _admitted: &Admitted,
+        kind: Kind<'_>,
         event: &str,
         data: &Value,
         identity: Identity<'_>,
         socket: &str,
-        expects_answer: bool,
     ) -> Result<Value, RpcError> {
         let start = Instant::now();
+        let expects_answer = kind != Kind::Event;
         let result = async {
-            let url =
-                self.url_for(event).ok_or_else(|| RpcError::Unavailable("no backend URL for this event".into()))?;
+            let url = match kind {
+                Kind::Publish { .. } => self.settings.publish_proxy.as_ref(),
+                Kind::Rpc | Kind::Event => self.url_for(event),
+            }
+            .ok_or_else(|| RpcError::Unavailable("no backend URL for this event".into()))?;
             let now = roomcast_publisher::wire::now_ms();
             let timeout_ms = u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX);
             let request = Request {
                 id: format!("{}:{}", self.node, self.calls.fetch_add(1, Ordering::Relaxed)),
-                kind: if expects_answer { "rpc" } else { "event" },
+                kind: match kind {
+                    Kind::Rpc => "rpc",
+                    Kind::Event => "event",
+                    Kind::Publish { .. } => "publish",
+                },
                 event,
+                channel: match kind {
+                    Kind::Publish { channel } => Some(channel),
+                    Kind::Rpc | Kind::Event => None,
+                },
                 data,
                 identity,
                 socket,
@@ -254,13 +283,13 @@ impl Rpc {
             interpret(status, &answer)
         }
         .await;
-        let label = match (&result, expects_answer) {
-            (Ok(_), true) => "ok",
-            (Ok(_), false) => "forwarded",
-            (Err(_), false) => "forward_failed",
-            (Err(e), true) => e.label(),
+        let label = match (&result, kind) {
+            (Ok(_), Kind::Event) => "forwarded",
+            (Err(_), Kind::Event) => "forward_failed",
+            (Ok(_), _) => "ok",
+            (Err(e), _) => e.label(),
         };
-        metrics::rpc(label, start);
+        metrics::rpc(if matches!(kind, Kind::Publish { .. }) { "publish" } else { "rpc" }, label, start);
         result
     }
 }

@@ -285,22 +285,22 @@ impl Publisher {
 
     /// Every connection of tenant `t`.
     pub fn tenant(&self, t: &str) -> Target<'_> {
-        Target { publisher: self, room: Room::tenant(t) }
+        Target { publisher: self, room: Room::tenant(t), except: None }
     }
 
     /// Members of project `p` in tenant `t`.
     pub fn project(&self, t: &str, p: &str) -> Target<'_> {
-        Target { publisher: self, room: Room::project(t, p) }
+        Target { publisher: self, room: Room::project(t, p), except: None }
     }
 
     /// Members of channel `c` in tenant `t`.
     pub fn channel(&self, t: &str, c: &str) -> Target<'_> {
-        Target { publisher: self, room: Room::channel(t, c) }
+        Target { publisher: self, room: Room::channel(t, c), except: None }
     }
 
     /// Every connection of user `u` in tenant `t`.
     pub fn user(&self, t: &str, u: &str) -> Target<'_> {
-        Target { publisher: self, room: Room::user(t, u) }
+        Target { publisher: self, room: Room::user(t, u), except: None }
     }
 
     /// Shows (`typing: true`) or clears a typing indicator for `user` (a user or bot id) in
@@ -340,6 +340,7 @@ impl Publisher {
         event: &str,
         payload: &T,
         chosen_id: Option<String>,
+        except: Option<String>,
     ) -> Result<Message, PublishError> {
         wire::validate_event_name(event)?;
         let json = serde_json::to_string(payload)?;
@@ -350,7 +351,10 @@ impl Publisher {
         // A chosen id is an idempotency key; a generated one is unique anyway.
         let dedupe = chosen_id.as_ref().map(|_| self.dedupe_window);
         let id = chosen_id.unwrap_or_else(wire::new_event_id);
-        let envelope = wire::event_envelope(room, event, data, id.clone(), wire::now_ms());
+        let mut envelope = wire::event_envelope(room, event, data, id.clone(), wire::now_ms());
+        if let wire::Envelope::Event(e) = &mut envelope {
+            e.except = except;
+        }
         Ok(Message {
             room: room.to_string(),
             id: Some(id),
@@ -563,9 +567,18 @@ impl Publisher {
 pub struct Target<'a> {
     publisher: &'a Publisher,
     room: Result<Room, IdError>,
+    except: Option<String>,
 }
 
 impl Target<'_> {
+    /// Skips Socket.IO socket `socket_id` in the live delivery of what [`Target::emit`] sends
+    /// (the socket.io emitter's `except`): the client whose action caused the event, named by
+    /// an RPC's `socket`. A replay from history still includes the event.
+    pub fn except(mut self, socket_id: &str) -> Self {
+        self.except = Some(socket_id.to_owned());
+        self
+    }
+
     /// The room, or why its ids are invalid.
     pub fn room(&self) -> Result<&Room, IdError> {
         self.room.as_ref().map_err(Clone::clone)
@@ -639,7 +652,7 @@ impl Target<'_> {
     /// ```
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, payload: &T) -> Result<Receipt, PublishError> {
         let room = self.room()?;
-        let message = self.publisher.event_message(room, event, payload, None)?;
+        let message = self.publisher.event_message(room, event, payload, None, self.except.clone())?;
         self.publisher.send(message, Run::Reload(&self.publisher.script)).await
     }
 
@@ -665,7 +678,7 @@ impl Target<'_> {
     ) -> Result<Receipt, PublishError> {
         crate::validate_id(id)?;
         let room = self.room()?;
-        let message = self.publisher.event_message(room, event, payload, Some(id.to_owned()))?;
+        let message = self.publisher.event_message(room, event, payload, Some(id.to_owned()), self.except.clone())?;
         self.publisher.send(message, Run::Reload(&self.publisher.script)).await
     }
 }
@@ -688,7 +701,7 @@ impl Batch<'_> {
         event: &str,
         payload: &T,
     ) -> Result<&mut Self, PublishError> {
-        let message = self.publisher.event_message(target.room()?, event, payload, None)?;
+        let message = self.publisher.event_message(target.room()?, event, payload, None, target.except.clone())?;
         self.messages.push(message);
         Ok(self)
     }

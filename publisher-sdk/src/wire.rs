@@ -401,6 +401,14 @@ pub struct EventEnvelope {
     /// The room history's epoch; a new epoch means the history before it was lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// The user who published it from a client (`publish` over Socket.IO); clients see it in the
+    /// meta. Absent for backend publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// A Socket.IO socket id that live delivery skips (the emitter's `except`, a client's
+    /// `except: "self"`). A replay from history does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except: Option<String>,
 }
 
 /// A typing indicator: members of the channel except the typing user's own sockets receive
@@ -592,6 +600,8 @@ pub fn event_envelope(room: &Room, event: &str, data: Box<RawValue>, id: String,
         ts,
         offset: None,
         epoch: None,
+        from: None,
+        except: None,
     })
 }
 

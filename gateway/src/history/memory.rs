@@ -246,6 +246,8 @@ mod tests {
             ts: 0,
             offset: None,
             epoch: None,
+            from: None,
+            except: None,
         }
     }
 

@@ -11,6 +11,7 @@
 mod history;
 mod payloads;
 mod presence;
+mod publish;
 mod refresh;
 mod rooms;
 mod rpc;
@@ -327,6 +328,7 @@ fn on_event(
                 "room:occupancy" => presence::occupancy(&gw, &conn, payload).await,
                 "history" => history::history(&gw, &conn, payload).await,
                 "presence:update" => presence::update(&gw, &conn, payload),
+                "publish" => publish::publish(&socket, &gw, &conn, payload).await,
                 _ => {
                     Err(ClientError::new(ErrorCode::UnknownEvent, format!("unknown event {:?}", truncate(&event, 64))))
                 }
@@ -370,6 +372,7 @@ fn known_event(event: &str) -> &'static str {
         "presence:update" => "presence:update",
         "room:occupancy" => "room:occupancy",
         "history" => "history",
+        "publish" => "publish",
         _ => "other",
     }
 }

@@ -176,6 +176,17 @@ pub(super) enum Ack {
     History(serde_json::Map<String, Value>),
     /// `room:occupancy`: connections and distinct users, cluster-wide.
     Occupancy { room: String, connections: u64, users: u64 },
+    /// `publish`: the receipt, as `POST /v1/publish` answers it.
+    Published {
+        id: String,
+        room: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duplicate: Option<bool>,
+    },
 }
 
 #[cfg(test)]
@@ -246,6 +257,7 @@ mod tests {
                     user: "u".into(),
                     projects: Scope::All,
                     channels: Scope::All,
+                    publish: Scope::Only(Vec::new()),
                     exp: 0, jti: None, iat: None,
                 };
                 if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)

@@ -310,6 +310,7 @@ mod tests {
             user: "u1".into(),
             projects: Scope::Only(vec!["p1".into()]),
             channels: Scope::All,
+            publish: Scope::Only(Vec::new()),
             exp: 0,
             jti: None,
             iat: None,

@@ -13,7 +13,7 @@ use socketioxide::extract::{AckSender, SocketRef};
 use crate::{
     conn::Conn,
     errors::{ClientError, ErrorCode},
-    rpc::{Identity, Rpc, RpcError},
+    rpc::{Identity, Kind, Rpc, RpcError},
 };
 
 /// How long a client refused for RPCs in flight should wait: about one answer's time.
@@ -68,15 +68,16 @@ async fn call(
     };
     let identity = conn.identity();
     let admitted = rpc.admit(&identity.tenant).map_err(|e| {
-        crate::metrics::rpc(e.label(), std::time::Instant::now());
+        crate::metrics::rpc("rpc", e.label(), std::time::Instant::now());
         client_error(e)
     })?;
     let sender = Identity { tenant: &identity.tenant, user: &identity.user };
-    rpc.call(&admitted, event, &data, sender, socket.id.as_str(), expects_answer).await.map_err(client_error)
+    let kind = if expects_answer { Kind::Rpc } else { Kind::Event };
+    rpc.call(&admitted, kind, event, &data, sender, socket.id.as_str()).await.map_err(client_error)
 }
 
 /// The coded error the client gets.
-fn client_error(error: RpcError) -> ClientError {
+pub(super) fn client_error(error: RpcError) -> ClientError {
     match error {
         RpcError::Timeout => ClientError::new(
             ErrorCode::RpcTimeout,
