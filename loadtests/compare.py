@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / "loadtests" / "peers" / "node"
 SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
 # Scenarios that read Roomcast's own metrics (they get --admin); the Node peer has nothing to compare.
-ROOMCAST_ONLY = {"churn", "noisy-neighbour"}
+ROOMCAST_ONLY = {"churn", "noisy-neighbour", "rpc"}
 # Every abuse, then the control: the big-headers attack sent to a gateway B does not use.
 NOISY_ABUSES = "presence-flood,typing-flood,join-churn,non-reading,big-headers,big-headers-elsewhere"
 NEEDS_ADMIN = {"churn"}
@@ -95,7 +95,7 @@ def pinned(cmd: list, cpus: str | None) -> list:
 class Stack:
     """A private Redis and `replicas` server processes of one stack."""
 
-    def __init__(self, kind: str, replicas: int, profile: str, log_dir: Path) -> None:
+    def __init__(self, kind: str, replicas: int, profile: str, log_dir: Path, extra_env: dict | None = None) -> None:
         self.kind, self.procs, self.ports, self.admin_ports = kind, [], [], []
         self.redis_port = free_port()
         self.redis = subprocess.Popen(
@@ -120,7 +120,7 @@ class Stack:
                     # The typing storm toggles every 500 ms; the default 2 s throttle would
                     # (rightly) swallow most toggles.
                     "ROOMCAST_TYPING_THROTTLE": "100ms",
-                }
+                } | (extra_env or {})
                 proc = subprocess.Popen(pinned([ROOT / "target" / profile / "roomcast-gateway"], SERVER_CPUS), env=env, stdout=log, stderr=log)
                 ready = lambda a=admin: redis_ok(f"http://127.0.0.1:{a}/readyz")
             else:
@@ -174,13 +174,25 @@ def start_sink(profile: str, log_dir: Path) -> tuple[subprocess.Popen, int]:
 
 
 def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], profile: str, log_dir: Path) -> dict:
-    stack = Stack(kind, replicas, profile, log_dir)
+    extra_env, backend_port = None, None
+    if scenario == "rpc":
+        # The loadtest runs the backend; each socket's RPCs are bounded by the benchmark's own
+        # concurrency, not by the per-socket event budget.
+        backend_port = free_port()
+        extra_env = {
+            "ROOMCAST_RPC_URL": f"http://127.0.0.1:{backend_port}/rpc",
+            "ROOMCAST_RPC_SECRET": "benchmark-rpc-secret-0123456789abcdef",
+            "ROOMCAST_RATE_OTHER": "1000000/s:1000000",
+        }
+    stack = Stack(kind, replicas, profile, log_dir, extra_env)
     sink = None
     try:
         subcommand = scenario.removesuffix("-browser")
         cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), subcommand, *stack.args(), *extra]
         if scenario in NEEDS_ADMIN:
             cmd += ["--admin", ",".join(f"127.0.0.1:{p}" for p in stack.admin_ports)]
+        if backend_port:
+            cmd += ["--backend-port", str(backend_port)]
         if scenario == "noisy-neighbour":
             sink, sink_port = start_sink(profile, log_dir)
             cmd += ["--big-headers-target", f"127.0.0.1:{sink_port}", "--abuses", NOISY_ABUSES]
@@ -213,7 +225,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
     ap.add_argument(
-        "--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect", "churn", "noisy-neighbour"]
+        "--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect", "churn", "noisy-neighbour", "rpc"]
     )
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
@@ -258,6 +270,7 @@ def main() -> int:
                 2,
                 ["--members", "10", "--rate", "50", "--phase", "1s", "--attackers", "2", "--sink-rate", "200", "--probe-every", "200ms"],
             ),
+            "rpc": (1, ["--concurrency", "1,4", "--duration", "1s"]),
         }
     else:
         plan = {
@@ -272,6 +285,7 @@ def main() -> int:
             "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
             "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),
             "noisy-neighbour": (2, ["--members", "50", "--rate", "200", "--phase", "10s", "--attackers", "8", "--probe-every", "20ms"]),
+            "rpc": (1, ["--concurrency", "1,16,64", "--duration", "5s"]),
         }
     scenarios = args.only or list(plan)
     stacks = args.stacks.split(",")

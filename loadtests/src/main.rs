@@ -10,6 +10,7 @@ mod pipe_publisher;
 mod publish;
 mod reconnect;
 mod redis;
+mod rpc;
 mod sio;
 mod stack;
 mod typing;
@@ -42,6 +43,9 @@ enum Scenario {
     /// One tenant's abuse (presence/typing floods, join churn, non-reading sockets, huge
     /// headers) against another tenant's latency and the replicas' memory.
     NoisyNeighbour(noisy::Options),
+    /// Client RPCs through the gateway against direct calls to the same backend: calls/s and
+    /// added latency at a few concurrency levels.
+    Rpc(rpc::Options),
     /// Not a scenario: the Roomcast stack's publisher process the scenarios start (publishes
     /// `room seq` lines read from stdin).
     Publisher(pipe_publisher::Options),
@@ -57,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
         Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
         Scenario::NoisyNeighbour(options) => serde_json::to_string_pretty(&noisy::run(&options).await?)?,
+        Scenario::Rpc(options) => serde_json::to_string_pretty(&rpc::run(&options).await?)?,
         Scenario::Churn(options) => {
             let result = churn::run(&options).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
