@@ -148,6 +148,14 @@ pub mod env {
     pub const JWT_PUBLISH_CLAIM: &str = "ROOMCAST_JWT_PUBLISH_CLAIM";
     /// `ROOMCAST_PUBLISH_PROXY_URL`.
     pub const PUBLISH_PROXY_URL: &str = "ROOMCAST_PUBLISH_PROXY_URL";
+    /// `ROOMCAST_CONNECT_PROXY_URL`.
+    pub const CONNECT_PROXY_URL: &str = "ROOMCAST_CONNECT_PROXY_URL";
+    /// `ROOMCAST_CONNECT_PROXY_CACHE_TTL`.
+    pub const CONNECT_PROXY_CACHE_TTL: &str = "ROOMCAST_CONNECT_PROXY_CACHE_TTL";
+    /// `ROOMCAST_CONNECT_PROXY_CACHE_SIZE`.
+    pub const CONNECT_PROXY_CACHE_SIZE: &str = "ROOMCAST_CONNECT_PROXY_CACHE_SIZE";
+    /// `ROOMCAST_CONNECT_PROXY_FAILURE`.
+    pub const CONNECT_PROXY_FAILURE: &str = "ROOMCAST_CONNECT_PROXY_FAILURE";
     /// `ROOMCAST_AUTH_EXPIRING_NOTICE`.
     pub const AUTH_EXPIRING_NOTICE: &str = "ROOMCAST_AUTH_EXPIRING_NOTICE";
     /// `ROOMCAST_MAX_ROOMS_PER_SOCKET`.
@@ -433,6 +441,25 @@ pub struct Config {
     /// RPC concurrency bounds). Unset: a publish the token grants is published as sent.
     #[arg(long, env = env::PUBLISH_PROXY_URL)]
     pub publish_proxy_url: Option<String>,
+
+    /// Backend URL asked at connect and at auth:refresh, once the token verified, whether the
+    /// user may connect: it admits (optionally adding rooms or an earlier expiry) or refuses
+    /// (`connect_error` `forbidden`). Signed and bounded like RPCs (needs ROOMCAST_RPC_SECRET).
+    #[arg(long, env = env::CONNECT_PROXY_URL)]
+    pub connect_proxy_url: Option<String>,
+
+    /// How long the connect proxy's answer for a token is reused (0: asked every time).
+    #[arg(long, env = env::CONNECT_PROXY_CACHE_TTL, default_value = "30s", value_parser = parse_duration)]
+    pub connect_proxy_cache_ttl: Duration,
+
+    /// Most tokens whose connect proxy answers are kept (expired ones are dropped first).
+    #[arg(long, env = env::CONNECT_PROXY_CACHE_SIZE, default_value_t = 100_000)]
+    pub connect_proxy_cache_size: usize,
+
+    /// What a connect does when the connect proxy cannot answer (down, failing, late): `closed`
+    /// refuses it (`rpc_unavailable` or `rpc_timeout`), `open` admits it on the token alone.
+    #[arg(long, env = env::CONNECT_PROXY_FAILURE, default_value = "closed", value_parser = ["closed", "open"])]
+    pub connect_proxy_failure: String,
 
     /// RPCs a replica has in flight at most; more are refused with `rate_limited`.
     #[arg(long, env = env::RPC_CONCURRENCY, default_value_t = 1024)]
@@ -955,6 +982,12 @@ impl Config {
         self.rpc_backends()?;
         self.rpc_secret()?;
         EventPattern::parse(&self.rpc_events).map_err(|e| ConfigError::new(env::RPC_EVENTS, e))?;
+        if self.connect_proxy_cache_ttl > Duration::from_secs(86_400) {
+            return Err(ConfigError::new(env::CONNECT_PROXY_CACHE_TTL, "must be at most 24h"));
+        }
+        if !(1..=10_000_000).contains(&self.connect_proxy_cache_size) {
+            return Err(ConfigError::new(env::CONNECT_PROXY_CACHE_SIZE, "must be between 1 and 10000000"));
+        }
         if self.rpc_timeout < Duration::from_millis(10) || self.rpc_timeout > Duration::from_secs(300) {
             return Err(ConfigError::new(env::RPC_TIMEOUT, "must be between 10ms and 5m"));
         }
@@ -1017,6 +1050,9 @@ impl Config {
         if let Some(proxy) = &self.publish_proxy_url {
             http_url(env::PUBLISH_PROXY_URL, proxy)?;
         }
+        if let Some(proxy) = &self.connect_proxy_url {
+            http_url(env::CONNECT_PROXY_URL, proxy)?;
+        }
         let mut routes = Vec::new();
         for route in self.rpc_routes.iter().filter(|r| !r.trim().is_empty()) {
             let Some((prefix, url)) = route.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
@@ -1032,6 +1068,7 @@ impl Config {
     pub fn rpc_secret(&self) -> Result<Option<Secret>, ConfigError> {
         let on = self.rpc_url.is_some()
             || self.publish_proxy_url.is_some()
+            || self.connect_proxy_url.is_some()
             || self.rpc_routes.iter().any(|r| !r.trim().is_empty());
         let (secret, option) = match (&self.rpc_secret, &self.rpc_secret_file) {
             (Some(_), Some(_)) => {
@@ -1042,9 +1079,10 @@ impl Config {
             (None, None) => (None, env::RPC_SECRET),
         };
         match secret {
-            None if on => {
-                Err(ConfigError::new(env::RPC_SECRET, "required with ROOMCAST_RPC_URL or ROOMCAST_RPC_ROUTES"))
-            }
+            None if on => Err(ConfigError::new(
+                env::RPC_SECRET,
+                "required with ROOMCAST_RPC_URL, ROOMCAST_RPC_ROUTES, ROOMCAST_PUBLISH_PROXY_URL or ROOMCAST_CONNECT_PROXY_URL",
+            )),
             Some(secret) if secret.expose().len() < MIN_SECRET_LEN => {
                 Err(ConfigError::new(option, "needs at least 32 bytes"))
             }
@@ -1374,6 +1412,22 @@ mod tests {
         ok.validate().unwrap();
         let (url, routes) = ok.rpc_backends().unwrap();
         assert_eq!((url, routes.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()), (None, vec!["ab:", "a:"]));
+        // The proxies need the secret too, and valid URLs and bounds.
+        for proxy in ["--publish-proxy-url", "--connect-proxy-url"] {
+            assert_eq!(parse(&["--dev", proxy, "http://x/"]).validate().unwrap_err().option, env::RPC_SECRET);
+        }
+        let proxied = |extra: &[&str]| {
+            parse(&[&["--dev", "--rpc-secret", &secret, "--connect-proxy-url", "http://x/"][..], extra].concat())
+                .validate()
+                .map_err(|e| e.option.to_string())
+        };
+        assert_eq!(proxied(&[]), Ok(()));
+        assert_eq!(proxied(&["--connect-proxy-cache-ttl", "2d"]), Err(env::CONNECT_PROXY_CACHE_TTL.to_owned()));
+        assert_eq!(proxied(&["--connect-proxy-cache-size", "0"]), Err(env::CONNECT_PROXY_CACHE_SIZE.to_owned()));
+        let bad_url = parse(&["--dev", "--rpc-secret", &secret, "--connect-proxy-url", "nope"]);
+        assert_eq!(bad_url.validate().unwrap_err().option, env::CONNECT_PROXY_URL);
+        let bad_url = parse(&["--dev", "--rpc-secret", &secret, "--publish-proxy-url", "ftp://x"]);
+        assert_eq!(bad_url.validate().unwrap_err().option, env::PUBLISH_PROXY_URL);
         // Off: no secret needed, none kept.
         let off = parse(&["--dev", "--rpc-secret", &secret]);
         off.validate().unwrap();

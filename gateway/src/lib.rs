@@ -31,6 +31,7 @@ mod backend;
 mod bus;
 pub mod config;
 mod conn;
+mod connect_proxy;
 mod control_api;
 mod delivery;
 mod envelope;
@@ -370,6 +371,19 @@ impl Gateway {
             crate::local::Pace::half_of(config.client_buffer_bytes, config.client_buffer),
         );
         let rpc = rpc_forwarder(&config, &node_id)?;
+        let connect_proxy = match (&rpc, &config.connect_proxy_url) {
+            (Some(rpc), Some(_)) => Some(Arc::new(connect_proxy::ConnectProxy::new(
+                rpc.clone(),
+                config.connect_proxy_cache_ttl,
+                config.connect_proxy_cache_size,
+                if config.connect_proxy_failure == "open" {
+                    connect_proxy::OnFailure::Open
+                } else {
+                    connect_proxy::OnFailure::Closed
+                },
+            ))),
+            _ => None,
+        };
         let revocations = Arc::new(revocations::Revocations::default());
         let delivery = Arc::new(Delivery::new(
             local,
@@ -406,6 +420,7 @@ impl Gateway {
             limits: config.rate_limits(),
             connects: config.connect_rate.map(SharedBucket::new),
             rpc,
+            connect_proxy,
             config,
         });
         socket::register(&io, state.clone());
@@ -564,6 +579,7 @@ fn rpc_forwarder(config: &Config, node_id: &Arc<str>) -> Result<Option<Arc<rpc::
         url,
         routes,
         publish_proxy,
+        connect_proxy: config.connect_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok()),
         events,
         secret,
         timeout: config.rpc_timeout,

@@ -167,6 +167,9 @@ pub const RPC_CALLS: &str = "roomcast_rpc_calls_total";
 /// Seconds from forwarding a client event to the backend's answer (or the failure), by `kind`
 /// and `result`.
 pub const RPC_LATENCY: &str = "roomcast_rpc_duration_seconds";
+/// Connect proxy answers, by `result`: `hit` (cached), `miss` (asked), `coalesced` (waited for
+/// an ask of the same token in flight), `full` (not cached: the cache is full).
+pub const CONNECT_PROXY_CACHE: &str = "roomcast_connect_proxy_cache_total";
 /// Events delivered to webhooks.
 pub const WEBHOOK_EVENTS: &str = "roomcast_webhook_events_total";
 /// Events the event log's cap trimmed before a webhook delivered them.
@@ -219,6 +222,7 @@ fn describe() {
     describe_counter!(WEBHOOK_DROPPED, "Lifecycle events the event log's cap trimmed before a webhook got them.");
     describe_histogram!(WEBHOOK_LATENCY, "Webhook request latency, seconds.");
     describe_counter!(RPC_CALLS, "Client events forwarded to the backend, by result.");
+    describe_counter!(CONNECT_PROXY_CACHE, "Connect proxy answers, by result (hit, miss, coalesced, full).");
     describe_histogram!(RPC_LATENCY, "Seconds from forwarding a client event to the backend's answer, by result.");
     describe_gauge!(JWKS_KEYS, "Keys held from a JWKS URL, by key set.");
     describe_gauge!(CONNECTIONS, "Currently connected Socket.IO sockets.");
@@ -354,8 +358,13 @@ fn register() {
     {
         counter!(RPC_CALLS, "kind" => "rpc", "result" => result).increment(0);
     }
-    for result in ["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited"] {
-        counter!(RPC_CALLS, "kind" => "publish", "result" => result).increment(0);
+    for kind in ["publish", "connect"] {
+        for result in ["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited"] {
+            counter!(RPC_CALLS, "kind" => kind, "result" => result).increment(0);
+        }
+    }
+    for result in ["hit", "miss", "coalesced", "full"] {
+        counter!(CONNECT_PROXY_CACHE, "result" => result).increment(0);
     }
     for source in ["http", "client_typing", "client"] {
         counter!(PUBLISHES, "source" => source, "result" => "ok").increment(0);
@@ -479,6 +488,10 @@ pub(crate) fn events_dropped(reason: &'static str, n: u64) {
 pub(crate) fn rpc(kind: &'static str, result: &'static str, start: std::time::Instant) {
     counter!(RPC_CALLS, "kind" => kind, "result" => result).increment(1);
     histogram!(RPC_LATENCY, "kind" => kind, "result" => result).record(start.elapsed().as_secs_f64());
+}
+
+pub(crate) fn connect_proxy_cache(result: &'static str) {
+    counter!(CONNECT_PROXY_CACHE, "result" => result).increment(1);
 }
 
 pub(crate) fn webhook_request(delivered: bool, events: usize, took: std::time::Duration) {

@@ -80,6 +80,19 @@ pub enum Kind<'a> {
     Event,
     /// A client publish to `channel`, for the publish proxy to approve, refuse or rewrite.
     Publish { channel: &'a str },
+    /// A connect (`refresh`: an `auth:refresh`), for the connect proxy to admit or refuse.
+    Connect { refresh: bool },
+}
+
+impl Kind<'_> {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Rpc | Kind::Event => "rpc",
+            Kind::Publish { .. } => "publish",
+            Kind::Connect { .. } => "connect",
+        }
+    }
 }
 
 /// Why a call has no result.
@@ -115,6 +128,8 @@ pub struct Settings {
     pub routes: Vec<(String, reqwest::Url)>,
     /// Where client publishes are approved (`ROOMCAST_PUBLISH_PROXY_URL`).
     pub publish_proxy: Option<reqwest::Url>,
+    /// Where connects are admitted (`ROOMCAST_CONNECT_PROXY_URL`).
+    pub connect_proxy: Option<reqwest::Url>,
     pub events: EventPattern,
     pub secret: Secret,
     pub timeout: Duration,
@@ -225,6 +240,7 @@ impl Rpc {
         let result = async {
             let url = match kind {
                 Kind::Publish { .. } => self.settings.publish_proxy.as_ref(),
+                Kind::Connect { .. } => self.settings.connect_proxy.as_ref(),
                 Kind::Rpc | Kind::Event => self.url_for(event),
             }
             .ok_or_else(|| RpcError::Unavailable("no backend URL for this event".into()))?;
@@ -236,11 +252,13 @@ impl Rpc {
                     Kind::Rpc => "rpc",
                     Kind::Event => "event",
                     Kind::Publish { .. } => "publish",
+                    Kind::Connect { refresh: false } => "connect",
+                    Kind::Connect { refresh: true } => "refresh",
                 },
                 event,
                 channel: match kind {
                     Kind::Publish { channel } => Some(channel),
-                    Kind::Rpc | Kind::Event => None,
+                    Kind::Rpc | Kind::Event | Kind::Connect { .. } => None,
                 },
                 data,
                 identity,
@@ -289,7 +307,7 @@ impl Rpc {
             (Ok(_), _) => "ok",
             (Err(e), _) => e.label(),
         };
-        metrics::rpc(if matches!(kind, Kind::Publish { .. }) { "publish" } else { "rpc" }, label, start);
+        metrics::rpc(kind.label(), label, start);
         result
     }
 }

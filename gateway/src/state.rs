@@ -60,6 +60,8 @@ pub struct GatewayState {
     pub connects: Option<SharedBucket>,
     /// Client events forwarded to the backend (`None`: RPC is off).
     pub rpc: Option<Arc<crate::rpc::Rpc>>,
+    /// The backend asked at connect and refresh (`None`: off).
+    pub connect_proxy: Option<Arc<crate::connect_proxy::ConnectProxy>>,
 }
 
 impl std::fmt::Debug for dyn Bus {

@@ -34,7 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // Adapters at the storage edge: the bus and history (memory and Redis), the lifecycle
     // event log and its sinks, and the backend that client RPCs are forwarded to.
-    ("adapters", &["bus", "events", "history", "rpc"]),
+    ("adapters", &["bus", "connect_proxy", "events", "history", "rpc"]),
     // The domain core: membership, sequencing and recovery, presence, typing, local delivery.
     // It knows no client event or payload.
     ("core", &["delivery", "local", "presence", "recovery", "rooms", "typing"]),

@@ -84,11 +84,11 @@ async fn authenticate(
     }
     let parts = socket.req_parts();
     let verified = match auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri) {
-        Ok(token) => verified(&gw, &token).await,
+        Ok(token) => verified(&gw, &token, false).await,
         Err(e) => Err(e),
     };
     match verified {
-        Ok(identity) => {
+        Ok((identity, proxy_rooms)) => {
             if let Err(code) = gw.presence.connect(&identity.tenant, &identity.user).await {
                 refused(&gw, code);
                 tracing::info!(sid = %socket.id, tenant = %identity.tenant, user = %identity.user, %code, "connection refused: over a connection cap");
@@ -98,6 +98,9 @@ async fn authenticate(
             // dropped if that never runs (it closed before socketioxide finished connecting).
             socket.extensions.insert(Arc::new(ConnectionSlot::new(&gw, &identity)));
             socket.extensions.insert(Arc::new(Conn::new(identity, &gw.limits)));
+            if !proxy_rooms.is_empty() {
+                socket.extensions.insert(Arc::new(ProxyRooms(proxy_rooms)));
+            }
             // Registered here, before socketioxide sends CONNECT: it runs the connect handler
             // only after sending it, and an event the client sends in between would find no
             // handler and be dropped.
@@ -172,14 +175,27 @@ impl Drop for ConnectionSlot {
 #[derive(Debug)]
 struct ConnectRejection(ErrorCode);
 
-/// The identity `token` carries, if it verifies and is not revoked (`token_revoked`).
-pub(crate) async fn verified(gw: &Shared, token: &str) -> Result<Identity, ClientError> {
-    let identity = gw.verifier.verify(token).await?;
+/// The identity `token` carries, if it verifies, is not revoked (`token_revoked`) and the
+/// connect proxy, when there is one, admits it (`refresh`: at `auth:refresh`); with the rooms
+/// the proxy adds, and its expiry when sooner than the token's.
+pub(crate) async fn verified(gw: &Shared, token: &str, refresh: bool) -> Result<(Identity, Vec<Room>), ClientError> {
+    let mut identity = gw.verifier.verify(token).await?;
     if gw.revocations.is_revoked(&identity, roomcast_publisher::wire::now_ms()) {
         return Err(ClientError::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
     }
-    Ok(identity)
+    let Some(proxy) = &gw.connect_proxy else { return Ok((identity, Vec::new())) };
+    match proxy.check(&identity, token, refresh).await.map_err(rpc::client_error)? {
+        crate::connect_proxy::Verdict::Admit { rooms, exp } => {
+            identity.exp = exp.map_or(identity.exp, |exp| exp.min(identity.exp));
+            Ok((identity, rooms))
+        }
+        crate::connect_proxy::Verdict::Refuse(code) => Err(crate::connect_proxy::refused(&code)),
+    }
 }
+
+/// Rooms the connect proxy put a connecting socket in, joined once it is connected.
+#[derive(Debug)]
+struct ProxyRooms(Vec<Room>);
 
 impl std::fmt::Display for ConnectRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,6 +255,11 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
             let _turn = ticket.wait().await;
             for confirmed in confirmations {
                 rooms::confirm(confirmed).await;
+            }
+            if let Some(extra) = socket.extensions.get::<Arc<ProxyRooms>>() {
+                for room in &extra.0 {
+                    rooms::backend_join(&socket, &gw, &conn, room).await;
+                }
             }
             expiry::schedule(&gw, socket.id, &conn, identity.exp);
             tracing::debug!(transport = ?socket.transport_type(), "connected");

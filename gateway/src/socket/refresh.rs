@@ -41,7 +41,8 @@ async fn swap(
     let payloads::Refresh { token } =
         payloads::parse(payload, REFRESH_SHAPE).inspect_err(|_| metrics::auth_refresh("invalid_payload"))?;
     let current = conn.identity();
-    let fresh = super::verified(gw, &token).await.inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    // Rooms a connect proxy adds count at connect only.
+    let (fresh, _) = super::verified(gw, &token, true).await.inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
         return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));

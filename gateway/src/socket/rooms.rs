@@ -254,7 +254,7 @@ const MAX_PENDING_BACKEND: u64 = 224;
 
 /// A backend's join: a client's join without the token check and without history; the socket
 /// is told with `roomcast:joined`.
-async fn backend_join(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
+pub(super) async fn backend_join(socket: &SocketRef, gw: &Shared, conn: &Conn, room: &Room) {
     let name = room.to_string();
     if conn.is_in(&name) {
         // Already there (by its token or an earlier join): it now stays across refreshes.

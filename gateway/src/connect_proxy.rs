@@ -1,0 +1,251 @@
+//! The connect proxy (`ROOMCAST_CONNECT_PROXY_URL`): at connect and at `auth:refresh`, after
+//! the token verified, the backend is asked whether this identity may connect. It admits
+//! (optionally putting the socket in more rooms, or ending it sooner) or refuses.
+//!
+//! Answers are cached per token (by its SHA-256) for `ROOMCAST_CONNECT_PROXY_CACHE_TTL`, in at
+//! most `ROOMCAST_CONNECT_PROXY_CACHE_SIZE` entries, and concurrent asks for one token share
+//! one call: a reconnect storm costs the backend at most one call per token per TTL. A backend
+//! that cannot answer refuses the connection (`ROOMCAST_CONNECT_PROXY_FAILURE=closed`, the
+//! default) or admits it on the token alone (`open`); failures are not cached.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use roomcast_publisher::Room;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::{
+    auth::Identity,
+    errors::{ClientError, ErrorCode},
+    metrics,
+    rpc::{self, Kind, Rpc, RpcError},
+};
+
+/// What the backend decided for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connect, also in `rooms`, until `exp` (seconds since the epoch) if sooner than the token's.
+    Admit { rooms: Vec<Room>, exp: Option<u64> },
+    /// Refused, with the backend's code (the client gets `forbidden`, the code in its message).
+    Refuse(String),
+}
+
+/// The answer's `result`: `{ rooms?: [{ project } | { channel }], exp? }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Admission {
+    #[serde(default)]
+    rooms: Vec<RoomName>,
+    #[serde(default)]
+    exp: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomName {
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+}
+
+/// Most rooms one answer may add.
+const MAX_ROOMS: usize = 100;
+
+/// What a failed ask does to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Refuse it (`rpc_unavailable` / `rpc_timeout`).
+    Closed,
+    /// Admit it on the token's own grants.
+    Open,
+}
+
+type Pending = Shared<BoxFuture<'static, Result<Verdict, RpcError>>>;
+
+/// The connect proxy of a replica.
+pub struct ConnectProxy {
+    rpc: Arc<Rpc>,
+    ttl: Duration,
+    capacity: usize,
+    on_failure: OnFailure,
+    /// Answers by token hash, with when they expire.
+    cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+    /// Asks in flight by token hash: later asks for the same token wait for the first.
+    pending: Mutex<HashMap<[u8; 32], Pending>>,
+}
+
+impl std::fmt::Debug for ConnectProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectProxy").field("ttl", &self.ttl).field("on_failure", &self.on_failure).finish()
+    }
+}
+
+impl ConnectProxy {
+    pub fn new(rpc: Arc<Rpc>, ttl: Duration, capacity: usize, on_failure: OnFailure) -> Self {
+        ConnectProxy {
+            rpc,
+            ttl,
+            capacity,
+            on_failure,
+            cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Asks (or recalls) whether `identity`, holding `token`, may connect (`refresh`: at
+    /// `auth:refresh`). A failure is `Err` only when failures close (the default).
+    pub async fn check(&self, identity: &Identity, token: &str, refresh: bool) -> Result<Verdict, RpcError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((expires, verdict)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *expires > now
+        {
+            metrics::connect_proxy_cache("hit");
+            return Ok(verdict.clone());
+        }
+        let (ask, first) = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.get(&key) {
+                Some(ask) => (ask.clone(), false),
+                None => {
+                    let ask = ask(self.rpc.clone(), identity.clone(), refresh).boxed().shared();
+                    pending.insert(key, ask.clone());
+                    (ask, true)
+                }
+            }
+        };
+        metrics::connect_proxy_cache(if first { "miss" } else { "coalesced" });
+        // The first asker removes the entry even if its connection goes away meanwhile.
+        let _done = first.then(|| Done { proxy: self, key });
+        let answer = ask.await;
+        if first && let Ok(verdict) = &answer {
+            self.remember(key, verdict.clone());
+        }
+        match answer {
+            Err(e) if self.on_failure == OnFailure::Open => {
+                tracing::warn!(error = ?e, "the connect proxy failed; admitting on the token alone (ROOMCAST_CONNECT_PROXY_FAILURE=open)");
+                Ok(Verdict::Admit { rooms: Vec::new(), exp: None })
+            }
+            answer => answer,
+        }
+    }
+
+    fn remember(&self, key: [u8; 32], verdict: Verdict) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= self.capacity {
+            let now = Instant::now();
+            cache.retain(|_, (expires, _)| *expires > now);
+        }
+        if cache.len() < self.capacity {
+            cache.insert(key, (Instant::now() + self.ttl, verdict));
+        } else {
+            metrics::connect_proxy_cache("full");
+        }
+    }
+}
+
+/// Removes an ask from the in-flight map when its first asker is done with it.
+struct Done<'a> {
+    proxy: &'a ConnectProxy,
+    key: [u8; 32],
+}
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.proxy.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
+    }
+}
+
+/// One ask of the backend.
+async fn ask(rpc: Arc<Rpc>, identity: Identity, refresh: bool) -> Result<Verdict, RpcError> {
+    let admitted = rpc.admit(&identity.tenant)?;
+    let sender = rpc::Identity { tenant: &identity.tenant, user: &identity.user };
+    let data = serde_json::json!({ "exp": identity.exp, "jti": identity.jti });
+    let event = if refresh { "refresh" } else { "connect" };
+    let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &data, sender, "").await;
+    match answer {
+        Ok(result) => admission(&identity, result),
+        Err(RpcError::Rejected(backend)) => Ok(Verdict::Refuse(backend.code)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads an admitting answer: rooms of the identity's tenant, an expiry.
+fn admission(identity: &Identity, result: Value) -> Result<Verdict, RpcError> {
+    let bad = |why: String| RpcError::Unavailable(format!("the connect proxy's answer {why}"));
+    let admission: Admission = if result.is_null() {
+        Admission::default()
+    } else {
+        serde_json::from_value(result).map_err(|e| bad(format!("is not {{rooms?, exp?}}: {e}")))?
+    };
+    if admission.rooms.len() > MAX_ROOMS {
+        return Err(bad(format!("has more than {MAX_ROOMS} rooms")));
+    }
+    let rooms = admission
+        .rooms
+        .iter()
+        .map(|r| match (&r.project, &r.channel) {
+            (Some(p), None) => Room::project(&identity.tenant, p).map_err(|e| bad(format!("names a bad room: {e}"))),
+            (None, Some(c)) => Room::channel(&identity.tenant, c).map_err(|e| bad(format!("names a bad room: {e}"))),
+            _ => Err(bad("names a room with neither or both of project and channel".into())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Verdict::Admit { rooms, exp: admission.exp })
+}
+
+/// The refusal a client gets for a backend's refusal.
+pub fn refused(code: &str) -> ClientError {
+    ClientError::new(ErrorCode::Forbidden, format!("the backend refused the connection ({code})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Scope;
+    use serde_json::json;
+
+    fn identity() -> Identity {
+        Identity {
+            tenant: "t1".into(),
+            user: "u".into(),
+            projects: Scope::All,
+            channels: Scope::All,
+            publish: Scope::Only(Vec::new()),
+            exp: 2_000_000_000,
+            jti: None,
+            iat: None,
+        }
+    }
+
+    #[test]
+    fn an_admission_names_rooms_of_the_tenant_and_an_expiry_or_is_refused_whole() {
+        let id = identity();
+        assert_eq!(admission(&id, Value::Null), Ok(Verdict::Admit { rooms: vec![], exp: None }));
+        let admitted = admission(&id, json!({"rooms": [{"channel": "lobby"}, {"project": "p"}], "exp": 5})).unwrap();
+        let rooms = vec![Room::channel("t1", "lobby").unwrap(), Room::project("t1", "p").unwrap()];
+        assert_eq!(admitted, Verdict::Admit { rooms, exp: Some(5) });
+        let too_many: Vec<Value> = (0..=MAX_ROOMS).map(|i| json!({"channel": format!("c{i}")})).collect();
+        for bad in [
+            json!({"rooms": [{"channel": "bad room!"}]}),
+            json!({"rooms": [{"channel": "a", "project": "b"}]}),
+            json!({"rooms": [{}]}),
+            json!({"rooms": "lobby"}),
+            json!({"exp": -1}),
+            json!({"tenant": "other"}),
+            json!([1]),
+            json!({"rooms": too_many}),
+        ] {
+            assert!(matches!(admission(&id, bad.clone()), Err(RpcError::Unavailable(_))), "{bad}");
+        }
+    }
+}
