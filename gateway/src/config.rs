@@ -150,6 +150,8 @@ pub mod env {
     pub const PUBLISH_PROXY_URL: &str = "ROOMCAST_PUBLISH_PROXY_URL";
     /// `ROOMCAST_CONNECT_PROXY_URL`.
     pub const CONNECT_PROXY_URL: &str = "ROOMCAST_CONNECT_PROXY_URL";
+    /// `ROOMCAST_SUBSCRIBE_PROXY_URL`.
+    pub const SUBSCRIBE_PROXY_URL: &str = "ROOMCAST_SUBSCRIBE_PROXY_URL";
     /// `ROOMCAST_CONNECT_PROXY_CACHE_TTL`.
     pub const CONNECT_PROXY_CACHE_TTL: &str = "ROOMCAST_CONNECT_PROXY_CACHE_TTL";
     /// `ROOMCAST_CONNECT_PROXY_CACHE_SIZE`.
@@ -447,6 +449,12 @@ pub struct Config {
     /// (`connect_error` `forbidden`). Signed and bounded like RPCs (needs ROOMCAST_RPC_SECRET).
     #[arg(long, env = env::CONNECT_PROXY_URL)]
     pub connect_proxy_url: Option<String>,
+
+    /// Backend URL asked about a `join` of a project or channel the token does not grant: it
+    /// allows the join or refuses it (`forbidden`). Signed and bounded like RPCs (needs
+    /// ROOMCAST_RPC_SECRET); a backend that cannot answer refuses the join.
+    #[arg(long, env = env::SUBSCRIBE_PROXY_URL)]
+    pub subscribe_proxy_url: Option<String>,
 
     /// How long the connect proxy's answer for a token is reused (0: asked every time).
     #[arg(long, env = env::CONNECT_PROXY_CACHE_TTL, default_value = "30s", value_parser = parse_duration)]
@@ -1053,6 +1061,9 @@ impl Config {
         if let Some(proxy) = &self.connect_proxy_url {
             http_url(env::CONNECT_PROXY_URL, proxy)?;
         }
+        if let Some(proxy) = &self.subscribe_proxy_url {
+            http_url(env::SUBSCRIBE_PROXY_URL, proxy)?;
+        }
         let mut routes = Vec::new();
         for route in self.rpc_routes.iter().filter(|r| !r.trim().is_empty()) {
             let Some((prefix, url)) = route.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
@@ -1069,6 +1080,7 @@ impl Config {
         let on = self.rpc_url.is_some()
             || self.publish_proxy_url.is_some()
             || self.connect_proxy_url.is_some()
+            || self.subscribe_proxy_url.is_some()
             || self.rpc_routes.iter().any(|r| !r.trim().is_empty());
         let (secret, option) = match (&self.rpc_secret, &self.rpc_secret_file) {
             (Some(_), Some(_)) => {
@@ -1081,7 +1093,7 @@ impl Config {
         match secret {
             None if on => Err(ConfigError::new(
                 env::RPC_SECRET,
-                "required with ROOMCAST_RPC_URL, ROOMCAST_RPC_ROUTES, ROOMCAST_PUBLISH_PROXY_URL or ROOMCAST_CONNECT_PROXY_URL",
+                "required with ROOMCAST_RPC_URL, ROOMCAST_RPC_ROUTES, ROOMCAST_PUBLISH_PROXY_URL or a proxy URL",
             )),
             Some(secret) if secret.expose().len() < MIN_SECRET_LEN => {
                 Err(ConfigError::new(option, "needs at least 32 bytes"))

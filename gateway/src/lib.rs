@@ -580,6 +580,7 @@ fn rpc_forwarder(config: &Config, node_id: &Arc<str>) -> Result<Option<Arc<rpc::
         routes,
         publish_proxy,
         connect_proxy: config.connect_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok()),
+        subscribe_proxy: config.subscribe_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok()),
         events,
         secret,
         timeout: config.rpc_timeout,

@@ -358,7 +358,7 @@ fn register() {
     {
         counter!(RPC_CALLS, "kind" => "rpc", "result" => result).increment(0);
     }
-    for kind in ["publish", "connect"] {
+    for kind in ["publish", "connect", "subscribe"] {
         for result in ["ok", "rpc_timeout", "rpc_unavailable", "rpc_rejected", "rate_limited"] {
             counter!(RPC_CALLS, "kind" => kind, "result" => result).increment(0);
         }

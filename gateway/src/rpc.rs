@@ -49,6 +49,9 @@ pub struct Request<'a> {
     /// `publish`: the channel it is for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<&'a str>,
+    /// `subscribe`: the room the socket asks to join (`tenant:t:project:p`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
     /// Its first argument (`null` when it sent none).
     pub data: &'a Value,
     /// Who sent it, from the verified token.
@@ -82,6 +85,8 @@ pub enum Kind<'a> {
     Publish { channel: &'a str },
     /// A connect (`refresh`: an `auth:refresh`), for the connect proxy to admit or refuse.
     Connect { refresh: bool },
+    /// A `join` of `room`, which the token does not grant, for the subscribe proxy.
+    Subscribe { room: &'a str },
 }
 
 impl Kind<'_> {
@@ -91,6 +96,7 @@ impl Kind<'_> {
             Kind::Rpc | Kind::Event => "rpc",
             Kind::Publish { .. } => "publish",
             Kind::Connect { .. } => "connect",
+            Kind::Subscribe { .. } => "subscribe",
         }
     }
 }
@@ -130,6 +136,8 @@ pub struct Settings {
     pub publish_proxy: Option<reqwest::Url>,
     /// Where connects are admitted (`ROOMCAST_CONNECT_PROXY_URL`).
     pub connect_proxy: Option<reqwest::Url>,
+    /// Where joins the token does not grant are asked (`ROOMCAST_SUBSCRIBE_PROXY_URL`).
+    pub subscribe_proxy: Option<reqwest::Url>,
     pub events: EventPattern,
     pub secret: Secret,
     pub timeout: Duration,
@@ -241,6 +249,7 @@ impl Rpc {
             let url = match kind {
                 Kind::Publish { .. } => self.settings.publish_proxy.as_ref(),
                 Kind::Connect { .. } => self.settings.connect_proxy.as_ref(),
+                Kind::Subscribe { .. } => self.settings.subscribe_proxy.as_ref(),
                 Kind::Rpc | Kind::Event => self.url_for(event),
             }
             .ok_or_else(|| RpcError::Unavailable("no backend URL for this event".into()))?;
@@ -254,11 +263,16 @@ impl Rpc {
                     Kind::Publish { .. } => "publish",
                     Kind::Connect { refresh: false } => "connect",
                     Kind::Connect { refresh: true } => "refresh",
+                    Kind::Subscribe { .. } => "subscribe",
                 },
                 event,
                 channel: match kind {
                     Kind::Publish { channel } => Some(channel),
-                    Kind::Rpc | Kind::Event | Kind::Connect { .. } => None,
+                    Kind::Rpc | Kind::Event | Kind::Connect { .. } | Kind::Subscribe { .. } => None,
+                },
+                room: match kind {
+                    Kind::Subscribe { room } => Some(room),
+                    _ => None,
                 },
                 data,
                 identity,

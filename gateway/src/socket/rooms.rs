@@ -31,7 +31,11 @@ pub(super) async fn join(
 ) -> Result<Ack, ClientError> {
     let identity = conn.identity();
     let request: payloads::Join = payloads::parse(payload, JOIN_SHAPE)?;
-    let room = allowed_room(&request.room, &identity, conn)?;
+    let room = match allowed_room(&request.room, &identity, conn) {
+        Ok(room) => room,
+        Err(e) if e.code == ErrorCode::Forbidden => asked_room(gw, socket, &request.room, &identity, e).await?,
+        Err(e) => return Err(e),
+    };
     if conn.barred_by_backend(&room.to_string()) {
         return Err(ClientError::new(ErrorCode::Forbidden, format!("the application removed this socket from {room}")));
     }
@@ -87,6 +91,41 @@ pub(super) fn allowed_room(request: &RoomRef, identity: &Identity, conn: &Conn) 
         Ok(room)
     } else {
         Err(not_granted(&room))
+    }
+}
+
+/// A room the token does not grant, if the subscribe proxy allows it (then it counts as a
+/// backend's grant: it stays across refreshes); `refused` when there is no subscribe proxy.
+async fn asked_room(
+    gw: &Shared,
+    socket: &SocketRef,
+    request: &RoomRef,
+    identity: &Identity,
+    refused: ClientError,
+) -> Result<Room, ClientError> {
+    let Some(rpc) = gw.rpc.as_ref().filter(|rpc| rpc.settings().subscribe_proxy.is_some()) else {
+        return Err(refused);
+    };
+    let room = named_room(request, &identity.tenant)?;
+    let name = room.to_string();
+    let admitted = rpc.admit(&identity.tenant).map_err(|e| {
+        metrics::rpc("subscribe", e.label(), std::time::Instant::now());
+        super::rpc::client_error(e)
+    })?;
+    let sender = crate::rpc::Identity { tenant: &identity.tenant, user: &identity.user };
+    let kind = crate::rpc::Kind::Subscribe { room: &name };
+    match rpc.call(&admitted, kind, "join", &Value::Null, sender, socket.id.as_str()).await {
+        Ok(_) => {
+            if let Some(conn) = super::conn_of(socket) {
+                conn.granted_by_backend_now(&name);
+            }
+            Ok(room)
+        }
+        Err(crate::rpc::RpcError::Rejected(backend)) => {
+            let message = format!("the application refused this join ({})", backend.code);
+            Err(ClientError { backend: Some(Box::new(backend)), ..ClientError::new(ErrorCode::Forbidden, message) })
+        }
+        Err(e) => Err(super::rpc::client_error(e)),
     }
 }
 
