@@ -97,6 +97,28 @@ test("client publishes are recovered with since, like any other event", async ()
   assert.equal(rejoined.recovered, true, JSON.stringify(rejoined));
   const missed = back.got.filter((g) => g.event === "missed");
   assert.deepEqual(missed.map((g) => [g.data.n, g.meta.from]), [[1, "ada2"], [2, "ada2"]]);
+  // The history read says who published, too.
+  const history = await back.socket.emitWithAck("history", { channel: "chat", limit: 2 });
+  assert.deepEqual(history.events.map((e) => [e.data.n, e.from]), [[1, "ada2"], [2, "ada2"]]);
+});
+
+test("a client's chosen id is its own: it cannot make a backend's publish with that id a duplicate", async () => {
+  const ada = await member(gateways[0], "ada4", chat);
+  const watcher = await member(gateways[1], "kim", chat);
+  await watcher.socket.emitWithAck("join", { channel: "chat" });
+  const first = await ada.socket.emitWithAck("publish", { channel: "chat", event: "squat", data: 1, id: "order-42" });
+  const again = await ada.socket.emitWithAck("publish", { channel: "chat", event: "squat", data: 1, id: "order-42" });
+  assert.equal(first.ok, true, JSON.stringify(first));
+  assert.deepEqual([again.id, again.duplicate], [first.id, true], "the client's own retry is deduplicated");
+  assert.notEqual(first.id, "order-42");
+  const res = await fetch(`${gateways[0].apiUrl}/v1/publish`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ tenant: "t1", channel: "chat", event: "order", data: 2, id: "order-42" }),
+  });
+  const receipt = await res.json();
+  assert.deepEqual([res.status, receipt.duplicate], [200, undefined], JSON.stringify(receipt));
+  await eventually(() => watcher.got.some((g) => g.event === "order"), "the backend's event");
 });
 
 test('except: "self" skips the publishing socket only; a backend publish can skip a socket by id', async () => {

@@ -28,6 +28,7 @@ before(async () => {
       if (banned.has(call.identity.user)) answer = { error: { code: "banned", message: "not welcome" } };
       else if (call.identity.user === "ada") answer = { result: { rooms: [{ channel: "lobby" }] } };
       else if (call.identity.user === "brief") answer = { result: { exp: now() + 3 } };
+      else if (call.identity.user === "stale") answer = { result: { exp: now() - 10 } };
       else answer = { result: null };
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
     });
@@ -89,10 +90,14 @@ test("an earlier expiry from the backend ends the socket then; auth:refresh asks
   const brief = await connected(gateways[1], userToken("t1", "brief"));
   const [notice] = await next(brief, "roomcast:disconnect", 10_000);
   assert.equal(notice.code, "token_expired");
-  // A refresh is asked too: banned since it connected, its refresh is refused.
-  const carl = await connected(gateways[0], userToken("t1", "carl"));
+  // An expiry already past refuses the connection.
+  assert.equal(await rejection(gateways[0].url, { auth: { token: userToken("t1", "stale") } }), "token_expired");
+  // A refresh is asked too, never from the cache: banned since it connected, its refresh with
+  // the very token it connected with is refused.
+  const token = userToken("t1", "carl");
+  const carl = await connected(gateways[0], token);
   banned.add("carl");
-  const refused = await carl.emitWithAck("auth:refresh", { token: userToken("t1", "carl", { exp: now() + 1800 }) });
+  const refused = await carl.emitWithAck("auth:refresh", { token });
   assert.equal(refused.error?.code, "forbidden", JSON.stringify(refused));
   assert.ok(calls.some((c) => c.user === "carl" && c.type === "refresh"));
   banned.delete("carl");

@@ -410,6 +410,7 @@ class ChartRejectsBadValues(unittest.TestCase):
             "secrets": [
                 "/secrets/jwtSecret",
                 "/secrets/webhookSecret",
+                "/secrets/rpcSecret",
                 "/secrets/existingSecretKeys/apiKeys",
                 "/secrets/existingSecretKeys/tenantApiKeys",
                 "/secrets/tenantApiKeys/0/key",
@@ -423,6 +424,8 @@ class ChartRejectsBadValues(unittest.TestCase):
                 "/config/events/types/0",
                 "/config/events/webhook/urls/0",
                 "/config/events/webhook/batchSize",
+                "/config/backend/rpc/events/0",
+                "/config/backend/connectProxy/failure",
             ],
             "service": ["/service/type", "/service/externalTrafficPolicy", "/service/nodePorts/public"],
             "containerPorts": ["/containerPorts/api"],
@@ -758,6 +761,7 @@ class ChartSecrets(unittest.TestCase):
             *values["secrets"]["apiKeys"],
             values["redis"]["url"],
             values["secrets"]["webhookSecret"],
+            values["secrets"]["rpcSecret"],
         ]
         for kind, docs in manifests.items():
             if kind == "Secret":
@@ -777,6 +781,7 @@ class ChartSecrets(unittest.TestCase):
             "ROOMCAST_API_KEY_FILE": "api-keys",
             "ROOMCAST_REDIS_URL_FILE": "redis-url",
             "ROOMCAST_WEBHOOK_SECRET_FILE": "webhook-secret",
+            "ROOMCAST_RPC_SECRET_FILE": "rpc-secret",
         }
         self.assertEqual(set(mounts), set(expected_keys))
         for var, (volume, mount) in mounts.items():

@@ -58,6 +58,9 @@ struct RoomName {
     channel: Option<String>,
 }
 
+/// How often a full cache may be scanned for expired answers.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// Most rooms one answer may add.
 const MAX_ROOMS: usize = 100;
 
@@ -72,14 +75,17 @@ pub enum OnFailure {
 
 type Pending = Shared<BoxFuture<'static, Result<Verdict, RpcError>>>;
 
+/// Cached answers by token hash, with when each expires.
+type Answers = HashMap<[u8; 32], (Instant, Verdict)>;
+
 /// The connect proxy of a replica.
 pub struct ConnectProxy {
     rpc: Arc<Rpc>,
     ttl: Duration,
     capacity: usize,
     on_failure: OnFailure,
-    /// Answers by token hash, with when they expire.
-    cache: Mutex<HashMap<[u8; 32], (Instant, Verdict)>>,
+    /// Answers by token hash, with when they expire; and when expired ones were last dropped.
+    cache: Mutex<(Answers, Instant)>,
     /// Asks in flight by token hash: later asks for the same token wait for the first.
     pending: Mutex<HashMap<[u8; 32], Pending>>,
 }
@@ -97,7 +103,7 @@ impl ConnectProxy {
             ttl,
             capacity,
             on_failure,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new((HashMap::new(), Instant::now())),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -105,9 +111,14 @@ impl ConnectProxy {
     /// Asks (or recalls) whether `identity`, holding `token`, may connect (`refresh`: at
     /// `auth:refresh`). A failure is `Err` only when failures close (the default).
     pub async fn check(&self, identity: &Identity, token: &str, refresh: bool) -> Result<Verdict, RpcError> {
+        if refresh {
+            // Asked every time: a refresh is the moment a backend can end what it admitted.
+            let answer = ask(self.rpc.clone(), identity.clone(), true).await;
+            return self.on_failure(answer);
+        }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = Instant::now();
-        if let Some((expires, verdict)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+        if let Some((expires, verdict)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key)
             && *expires > now
         {
             metrics::connect_proxy_cache("hit");
@@ -131,6 +142,11 @@ impl ConnectProxy {
         if first && let Ok(verdict) = &answer {
             self.remember(key, verdict.clone());
         }
+        self.on_failure(answer)
+    }
+
+    /// A failed ask under `ROOMCAST_CONNECT_PROXY_FAILURE`.
+    fn on_failure(&self, answer: Result<Verdict, RpcError>) -> Result<Verdict, RpcError> {
         match answer {
             Err(e) if self.on_failure == OnFailure::Open => {
                 tracing::warn!(error = ?e, "the connect proxy failed; admitting on the token alone (ROOMCAST_CONNECT_PROXY_FAILURE=open)");
@@ -140,14 +156,26 @@ impl ConnectProxy {
         }
     }
 
+    /// Keeps `verdict` for the TTL, or until the expiry it gives if sooner.
     fn remember(&self, key: [u8; 32], verdict: Verdict) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= self.capacity {
-            let now = Instant::now();
-            cache.retain(|_, (expires, _)| *expires > now);
+        let mut ttl = self.ttl;
+        if let Verdict::Admit { exp: Some(exp), .. } = &verdict {
+            let left = exp.saturating_sub(roomcast_publisher::wire::now_ms() / 1000);
+            ttl = ttl.min(Duration::from_secs(left));
         }
-        if cache.len() < self.capacity {
-            cache.insert(key, (Instant::now() + self.ttl, verdict));
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, swept) = &mut *cache;
+        // A full cache drops what expired, at most once a second (a scan of every entry).
+        if map.len() >= self.capacity && now.saturating_duration_since(*swept) >= SWEEP_EVERY {
+            map.retain(|_, (expires, _)| *expires > now);
+            *swept = now;
+        }
+        if map.len() < self.capacity {
+            map.insert(key, (now + ttl, verdict));
         } else {
             metrics::connect_proxy_cache("full");
         }

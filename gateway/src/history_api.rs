@@ -115,7 +115,13 @@ pub(crate) async fn read(
     };
     let events: Vec<serde_json::Value> = events
         .iter()
-        .map(|e| json!({ "id": e.id, "event": e.event, "data": e.data, "ts": e.ts, "offset": e.offset }))
+        .map(|e| {
+            let mut event = json!({ "id": e.id, "event": e.event, "data": e.data, "ts": e.ts, "offset": e.offset });
+            if let Some(from) = &e.from {
+                event["from"] = json!(from);
+            }
+            event
+        })
         .collect();
     Ok(json!({
         "ok": true,

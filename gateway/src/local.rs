@@ -210,8 +210,12 @@ impl Local {
         metrics::delivery_latency(now_us.saturating_sub(e.ts.saturating_mul(1000)));
     }
 
-    /// Emits `e` to socket `sid` (if it is still connected).
+    /// Emits `e` to socket `sid` (if it is still connected, and not the socket `e` excludes:
+    /// that one never gets it, live, while recovering or on a replay).
     pub fn emit_to_socket(&self, sid: Sid, e: &EventEnvelope) {
+        if e.except.as_deref().is_some_and(|except| except == sid.as_str()) {
+            return;
+        }
         let Some(socket) = self.socket(sid) else { return };
         let meta = EventMeta::of(e);
         let args: (&RawValue, &EventMeta<'_>) = (&e.data, &meta);

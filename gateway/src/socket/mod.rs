@@ -187,6 +187,12 @@ pub(crate) async fn verified(gw: &Shared, token: &str, refresh: bool) -> Result<
     match proxy.check(&identity, token, refresh).await.map_err(rpc::client_error)? {
         crate::connect_proxy::Verdict::Admit { rooms, exp } => {
             identity.exp = exp.map_or(identity.exp, |exp| exp.min(identity.exp));
+            if identity.exp <= roomcast_publisher::wire::now_ms() / 1000 {
+                return Err(ClientError::new(
+                    ErrorCode::TokenExpired,
+                    "the backend's expiry for this connection has passed",
+                ));
+            }
             Ok((identity, rooms))
         }
         crate::connect_proxy::Verdict::Refuse(code) => Err(crate::connect_proxy::refused(&code)),

@@ -45,6 +45,29 @@ enum Except {
     Myself,
 }
 
+/// The event id of a client's chosen `id`: its own namespace (the user's), so a client cannot
+/// take an id a backend or another user will publish with and have theirs dropped as a
+/// duplicate. `c.` and 40 hex digits of SHA-256(user, id).
+fn client_id(user: &str, id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(user.as_bytes()).chain_update([0]).chain_update(id.as_bytes()).finalize();
+    let hex: String = digest.iter().take(20).map(|b| format!("{b:02x}")).collect();
+    format!("c.{hex}")
+}
+
+/// `data` as raw JSON, at most `max` bytes.
+fn raw_data(data: Value, max: usize) -> Result<Box<RawValue>, ClientError> {
+    let data = RawValue::from_string(data.to_string())
+        .map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "data is not JSON"))?;
+    if data.get().len() > max {
+        return Err(ClientError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("data is {} bytes; the limit is {max}", data.get().len()),
+        ));
+    }
+    Ok(data)
+}
+
 /// Publishes for the client; the ack is the receipt `{ id, room, offset?, epoch?, duplicate? }`.
 pub(super) async fn publish(
     socket: &SocketRef,
@@ -80,7 +103,16 @@ async fn publish_inner(
         };
         ClientError::new(ErrorCode::InvalidEvent, message)
     })?;
-    let mut data = request.data;
+    // Checked before the proxy is asked: a publish that cannot go out costs it nothing.
+    let (id, dedupe) = match &request.id {
+        Some(id) => {
+            roomcast_publisher::validate_id(id)
+                .map_err(|e| ClientError::new(ErrorCode::InvalidPayload, format!("id: {e}")))?;
+            (client_id(&identity.user, id), Some(gw.config.publish_dedupe_window))
+        }
+        None => (wire::new_event_id(), None),
+    };
+    let mut data = raw_data(request.data, gw.config.publish_max_payload)?;
     if let Some(rpc) = gw.rpc.as_ref().filter(|rpc| rpc.settings().publish_proxy.is_some()) {
         // The backend approves (`{"result": null}` or `{}`), rewrites (`{"result": {"data": …}}`)
         // or refuses (`rpc_rejected`); unreachable or late, nothing is published.
@@ -90,32 +122,23 @@ async fn publish_inner(
         })?;
         let sender = Identity { tenant: &identity.tenant, user: &identity.user };
         let kind = Kind::Publish { channel: &request.channel };
-        let answer = rpc
-            .call(&admitted, kind, &request.event, &data, sender, socket.id.as_str())
-            .await
-            .map_err(super::rpc::client_error)?;
+        let sent: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+        let answer = tokio::select! {
+            answer = rpc.call(&admitted, kind, &request.event, &sent, sender, socket.id.as_str()) => answer,
+            // Nobody is left to publish for (nor to ack).
+            () = conn.closed() => return Err(ClientError::new(ErrorCode::Unavailable, "not published: the socket closed")),
+        }
+        .map_err(super::rpc::client_error)?;
         if let Value::Object(mut answer) = answer
             && let Some(rewritten) = answer.remove("data")
         {
-            data = rewritten;
+            data = raw_data(rewritten, gw.config.publish_max_payload)?;
+        }
+        // The wait may have outlived the token.
+        if gw.revocations.is_revoked(&conn.identity(), wire::now_ms()) {
+            return Err(ClientError::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
         }
     }
-    let data = RawValue::from_string(data.to_string())
-        .map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "data is not JSON"))?;
-    if data.get().len() > gw.config.publish_max_payload {
-        return Err(ClientError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("data is {} bytes; the limit is {}", data.get().len(), gw.config.publish_max_payload),
-        ));
-    }
-    let (id, dedupe) = match request.id {
-        Some(id) => {
-            roomcast_publisher::validate_id(&id)
-                .map_err(|e| ClientError::new(ErrorCode::InvalidPayload, format!("id: {e}")))?;
-            (id, Some(gw.config.publish_dedupe_window))
-        }
-        None => (wire::new_event_id(), None),
-    };
     let mut envelope = wire::event_envelope(&room, &request.event, data, id.clone(), wire::now_ms());
     if let wire::Envelope::Event(e) = &mut envelope {
         e.from = Some(identity.user.clone());

@@ -94,6 +94,22 @@ app.kubernetes.io/component: gateway
 {{- else if .Values.secrets.tenantApiKeys }}true{{ end }}
 {{- end }}
 
+{{/* Whether the replicas get an RPC secret (from values or an existing Secret's key). */}}
+{{- define "roomcast.hasRpcSecret" -}}
+{{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.rpcSecret }}true{{ end }}
+{{- else if .Values.secrets.rpcSecret }}true{{ end }}
+{{- end }}
+
+{{/* Whether any backend URL is set (config.backend): they all need the RPC secret. */}}
+{{- define "roomcast.hasBackend" -}}
+{{- with .Values.config.backend }}{{ if or .rpc.url .rpc.routes .publishProxyUrl .connectProxy.url .subscribeProxyUrl }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/* config.backend.rpc.routes as ROOMCAST_RPC_ROUTES: prefix=url, comma-separated, sorted. */}}
+{{- define "roomcast.rpcRoutes" -}}
+{{- $routes := list }}{{ range $prefix, $url := . }}{{ $routes = append $routes (printf "%s=%s" $prefix $url) }}{{ end }}{{ join "," $routes }}
+{{- end }}
+
 {{/* Whether the replicas get a webhook secret (from values or an existing Secret's key). */}}
 {{- define "roomcast.hasWebhookSecret" -}}
 {{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.webhookSecret }}true{{ end }}
@@ -143,6 +159,9 @@ the file. Empty when there is nothing to mount.
 {{- if include "roomcast.hasWebhookSecret" . }}
 {{- $_ := set $files "webhook-secret" (dict "key" (ternary $keys.webhookSecret "webhook-secret" (not (empty $existing))) "env" "ROOMCAST_WEBHOOK_SECRET_FILE") }}
 {{- end }}
+{{- if include "roomcast.hasRpcSecret" . }}
+{{- $_ := set $files "rpc-secret" (dict "key" (ternary $keys.rpcSecret "rpc-secret" (not (empty $existing))) "env" "ROOMCAST_RPC_SECRET_FILE") }}
+{{- end }}
 {{- if $files }}
 {{- toYaml $files }}
 {{- end }}
@@ -190,6 +209,13 @@ the file. Empty when there is nothing to mount.
 {{- end }}
 {{- if and (include "roomcast.hasWebhookSecret" .) (not .Values.config.events.webhook.urls) }}
 {{- fail "a webhook secret is set but config.events.webhook.urls is empty: set the URLs, or leave the secret out" }}
+{{- end }}
+{{- /* The backend: every URL needs the RPC secret, and the secret a URL. */}}
+{{- if and (include "roomcast.hasBackend" .) (not (include "roomcast.hasRpcSecret" .)) }}
+{{- fail "config.backend URLs need secrets.rpcSecret (32+ bytes), or secrets.existingSecretKeys.rpcSecret naming a key of secrets.existingSecret" }}
+{{- end }}
+{{- if and (include "roomcast.hasRpcSecret" .) (not (include "roomcast.hasBackend" .)) }}
+{{- fail "an RPC secret is set but no config.backend URL is: set one, or leave the secret out" }}
 {{- end }}
 {{- if and .Values.config.events.stream (not (include "roomcast.hasRedis" .)) }}
 {{- fail "config.events.stream needs Redis (redis.url, or a redis-url key in secrets.existingSecret)" }}
