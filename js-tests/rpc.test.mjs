@@ -74,6 +74,7 @@ before(async () => {
     ROOMCAST_RPC_SECRET: RPC_SECRET,
     ROOMCAST_RPC_TIMEOUT: `${TIMEOUT_MS}ms`,
     ROOMCAST_RPC_SOCKET_CONCURRENCY: "2",
+    ROOMCAST_RPC_CLAIMS: "role,big,missing",
   };
   gateways = [await startGateway(env), await startGateway(env)];
 });
@@ -94,11 +95,16 @@ async function connected(gateway, token) {
 
 test("an RPC round trip on each replica: the backend's result is the ack, with the verified identity", async () => {
   for (const [i, gateway] of gateways.entries()) {
-    const socket = await connected(gateway, userToken("t1", `ada${i}`));
+    // The claims ROOMCAST_RPC_CLAIMS names go along, within 4 KiB: `big` does not fit.
+    const socket = await connected(gateway, userToken("t1", `ada${i}`, { role: "admin", big: "x".repeat(5000) }));
     const ack = await socket.emitWithAck("message:send", { text: "hi", n: i });
     assert.deepEqual(ack, {
       ok: true,
-      result: { saved: { text: "hi", n: i }, by: { tenant: "t1", user: `ada${i}` }, socket: socket.id },
+      result: {
+        saved: { text: "hi", n: i },
+        by: { tenant: "t1", user: `ada${i}`, claims: { role: "admin" } },
+        socket: socket.id,
+      },
     });
     const call = requests.findLast((r) => r.event === "message:send" && r.data.n === i);
     assert.equal(call.type, "rpc");
@@ -171,7 +177,7 @@ test("an event without an ack callback is forwarded once, fire-and-forget; Roomc
   assert.equal(forwarded.length, 1);
   assert.equal(forwarded[0].type, "event");
   assert.equal(forwarded[0].deadline, undefined);
-  assert.deepEqual(forwarded[0].identity, { tenant: "t1", user: "cleo" });
+  assert.deepEqual(forwarded[0].identity, { tenant: "t1", user: "cleo", claims: {} });
   const before = requests.length;
   const own = await socket.emitWithAck("roomcast:anything", {});
   assert.equal(own.error.code, "unknown_event");

@@ -65,6 +65,8 @@ pub struct Identity {
     pub jti: Option<String>,
     /// The token's `iat`, when it has one (revocations "issued before T" compare it).
     pub iat: Option<u64>,
+    /// The claims `ROOMCAST_RPC_CLAIMS` names, for the backend (`None`: none are configured).
+    pub claims: Option<Arc<Map<String, Value>>>,
 }
 
 impl Identity {
@@ -122,7 +124,12 @@ pub struct Verifier {
     max_lifetime: Duration,
     /// The HMAC secret, when tokens are HMAC-signed: mints the `--dev` and `--print-token` tokens.
     hmac_secret: Option<Secret>,
+    /// `ROOMCAST_RPC_CLAIMS`.
+    forward_claims: Vec<String>,
 }
+
+/// Most bytes of claims (as JSON) kept per connection for the backend.
+const MAX_FORWARDED_CLAIMS: usize = 4096;
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,6 +230,7 @@ impl Verifier {
             leeway: config.jwt_leeway,
             max_lifetime: config.max_token_lifetime,
             hmac_secret,
+            forward_claims: config.rpc_claims.iter().map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()).collect(),
         })
     }
 
@@ -366,7 +374,26 @@ impl Verifier {
             jti: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
             // NumericDate may be fractional; negative or absurd values count as absent.
             iat: claims.get("iat").and_then(Value::as_f64).filter(|t| (0.0..1e15).contains(t)).map(|t| t as u64),
+            claims: self.forwarded_claims(claims),
         })
+    }
+
+    /// The claims to forward to the backend, in at most [`MAX_FORWARDED_CLAIMS`] bytes of JSON.
+    fn forwarded_claims(&self, claims: &Map<String, Value>) -> Option<Arc<Map<String, Value>>> {
+        if self.forward_claims.is_empty() {
+            return None;
+        }
+        let mut kept = Map::new();
+        let mut size = 2;
+        for name in &self.forward_claims {
+            let Some(value) = claims.get(name) else { continue };
+            let cost = name.len() + value.to_string().len() + 4;
+            if size + cost <= MAX_FORWARDED_CLAIMS {
+                size += cost;
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+        Some(Arc::new(kept))
     }
 
     /// A token for `user` of `tenant` with every project and channel, valid for `ttl`, signed

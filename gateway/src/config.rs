@@ -102,6 +102,8 @@ pub mod env {
     pub const RPC_ROUTES: &str = "ROOMCAST_RPC_ROUTES";
     /// `ROOMCAST_RPC_EVENTS`.
     pub const RPC_EVENTS: &str = "ROOMCAST_RPC_EVENTS";
+    /// `ROOMCAST_RPC_CLAIMS`.
+    pub const RPC_CLAIMS: &str = "ROOMCAST_RPC_CLAIMS";
     /// `ROOMCAST_RPC_SECRET`.
     pub const RPC_SECRET: &str = "ROOMCAST_RPC_SECRET";
     /// `ROOMCAST_RPC_SECRET_FILE`.
@@ -416,6 +418,12 @@ pub struct Config {
     /// (connect, disconnect, …) never are.
     #[arg(long, env = env::RPC_EVENTS, default_value = "*", value_delimiter = ',')]
     pub rpc_events: Vec<String>,
+
+    /// Token claims forwarded to the backend with each RPC and proxy request, under
+    /// `identity.claims` (comma-separated names; at most 4 KiB of them, as JSON, per
+    /// connection: claims past that are left out). Empty: none.
+    #[arg(long, env = env::RPC_CLAIMS, value_delimiter = ',')]
+    pub rpc_claims: Vec<String>,
 
     /// The secret forwarded client events are signed with, as webhooks are (HMAC-SHA256 in
     /// Roomcast-Signature; at least 32 bytes). Required with RPC.

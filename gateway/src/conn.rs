@@ -490,6 +490,7 @@ mod tests {
                 exp: 0,
                 jti: None,
                 iat: None,
+                claims: None,
             },
             &crate::Config::for_tests("s").rate_limits(),
         ))

@@ -197,7 +197,7 @@ impl Drop for Done<'_> {
 /// One ask of the backend.
 async fn ask(rpc: Arc<Rpc>, identity: Identity, refresh: bool) -> Result<Verdict, RpcError> {
     let admitted = rpc.admit(&identity.tenant)?;
-    let sender = rpc::Identity { tenant: &identity.tenant, user: &identity.user };
+    let sender = rpc::Identity::of(&identity);
     let data = serde_json::json!({ "exp": identity.exp, "jti": identity.jti });
     let event = if refresh { "refresh" } else { "connect" };
     let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &data, sender, "").await;
@@ -252,6 +252,7 @@ mod tests {
             exp: 2_000_000_000,
             jti: None,
             iat: None,
+            claims: None,
         }
     }
 

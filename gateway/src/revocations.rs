@@ -138,6 +138,7 @@ mod tests {
             exp: 0,
             jti: jti.map(str::to_owned),
             iat,
+            claims: None,
         }
     }
 

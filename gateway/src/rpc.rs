@@ -72,6 +72,16 @@ pub struct Request<'a> {
 pub struct Identity<'a> {
     pub tenant: &'a str,
     pub user: &'a str,
+    /// The token's claims named in `ROOMCAST_RPC_CLAIMS`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<&'a serde_json::Map<String, Value>>,
+}
+
+impl<'a> Identity<'a> {
+    /// What the backend learns of `identity`.
+    pub fn of(identity: &'a crate::auth::Identity) -> Self {
+        Identity { tenant: &identity.tenant, user: &identity.user, claims: identity.claims.as_deref() }
+    }
 }
 
 /// What is asked of the backend.

@@ -258,7 +258,7 @@ mod tests {
                     projects: Scope::All,
                     channels: Scope::All,
                     publish: Scope::Only(Vec::new()),
-                    exp: 0, jti: None, iat: None,
+                    exp: 0, jti: None, iat: None, claims: None,
                 };
                 if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)
                     && let Ok(room) = crate::socket::rooms::requested_room(&join.room, &identity)

@@ -120,7 +120,7 @@ async fn publish_inner(
             metrics::rpc("publish", e.label(), std::time::Instant::now());
             super::rpc::client_error(e)
         })?;
-        let sender = Identity { tenant: &identity.tenant, user: &identity.user };
+        let sender = Identity::of(&identity);
         let kind = Kind::Publish { channel: &request.channel };
         let sent: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
         let answer = tokio::select! {

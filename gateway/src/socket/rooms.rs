@@ -112,7 +112,7 @@ async fn asked_room(
         metrics::rpc("subscribe", e.label(), std::time::Instant::now());
         super::rpc::client_error(e)
     })?;
-    let sender = crate::rpc::Identity { tenant: &identity.tenant, user: &identity.user };
+    let sender = crate::rpc::Identity::of(identity);
     let kind = crate::rpc::Kind::Subscribe { room: &name };
     match rpc.call(&admitted, kind, "join", &Value::Null, sender, socket.id.as_str()).await {
         Ok(_) => {
@@ -353,6 +353,7 @@ mod tests {
             exp: 0,
             jti: None,
             iat: None,
+            claims: None,
         }
     }
 

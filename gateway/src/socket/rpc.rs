@@ -71,7 +71,7 @@ async fn call(
         crate::metrics::rpc("rpc", e.label(), std::time::Instant::now());
         client_error(e)
     })?;
-    let sender = Identity { tenant: &identity.tenant, user: &identity.user };
+    let sender = Identity::of(&identity);
     let kind = if expects_answer { Kind::Rpc } else { Kind::Event };
     rpc.call(&admitted, kind, event, &data, sender, socket.id.as_str()).await.map_err(client_error)
 }
