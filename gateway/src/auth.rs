@@ -416,6 +416,35 @@ impl Verifier {
     }
 }
 
+/// The identity a connect proxy in proxy-only mode answered (`{tenant, user, projects?,
+/// channels?, publish?, exp?}`, the token's claim names not applying): ids checked as a token's,
+/// `exp` at most `max_lifetime` from now (its default).
+pub fn proxied_identity(answer: &Map<String, Value>, max_lifetime: Duration) -> Result<Identity, String> {
+    let id = |name: &str| -> Result<String, String> {
+        let value = answer.get(name).and_then(Value::as_str).ok_or_else(|| format!("has no string {name:?}"))?;
+        validate_id(value).map_err(|e| format!("{name:?}: {e}"))?;
+        Ok(value.to_owned())
+    };
+    let scope = |name: &str| scope(answer, name).map_err(|e| e.message);
+    let now = jsonwebtoken::get_current_timestamp();
+    let latest = now.saturating_add(max_lifetime.as_secs());
+    let exp = match answer.get("exp") {
+        None | Some(Value::Null) => latest,
+        Some(exp) => exp.as_u64().ok_or("\"exp\" must be seconds since the epoch")?.min(latest),
+    };
+    Ok(Identity {
+        tenant: id("tenant")?,
+        user: id("user")?,
+        projects: scope("projects")?,
+        channels: scope("channels")?,
+        publish: scope("publish")?,
+        exp,
+        jti: None,
+        iat: Some(now),
+        claims: None,
+    })
+}
+
 fn scope(claims: &Map<String, Value>, name: &str) -> Result<Scope, ClientError> {
     let bad = || ClientError::new(ErrorCode::Forbidden, format!("claim {name:?} must be an array of ids"));
     let Some(value) = claims.get(name) else {

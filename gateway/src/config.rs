@@ -158,6 +158,8 @@ pub mod env {
     pub const CONNECT_PROXY_CACHE_TTL: &str = "ROOMCAST_CONNECT_PROXY_CACHE_TTL";
     /// `ROOMCAST_CONNECT_PROXY_CACHE_SIZE`.
     pub const CONNECT_PROXY_CACHE_SIZE: &str = "ROOMCAST_CONNECT_PROXY_CACHE_SIZE";
+    /// `ROOMCAST_CONNECT_PROXY_MODE`.
+    pub const CONNECT_PROXY_MODE: &str = "ROOMCAST_CONNECT_PROXY_MODE";
     /// `ROOMCAST_CONNECT_PROXY_FAILURE`.
     pub const CONNECT_PROXY_FAILURE: &str = "ROOMCAST_CONNECT_PROXY_FAILURE";
     /// `ROOMCAST_AUTH_EXPIRING_NOTICE`.
@@ -471,6 +473,12 @@ pub struct Config {
     /// Most tokens whose connect proxy answers are kept (expired ones are dropped first).
     #[arg(long, env = env::CONNECT_PROXY_CACHE_SIZE, default_value_t = 100_000)]
     pub connect_proxy_cache_size: usize,
+
+    /// `verified`: the token is verified as a JWT first, then the connect proxy admits it.
+    /// `proxy_only`, for apps without JWTs: the connect proxy gets what the client sent (its
+    /// token, any string, and its Cookie header) and answers who it is; no token key is needed.
+    #[arg(long, env = env::CONNECT_PROXY_MODE, default_value = "verified", value_parser = ["verified", "proxy_only"])]
+    pub connect_proxy_mode: String,
 
     /// What a connect does when the connect proxy cannot answer (down, failing, late): `closed`
     /// refuses it (`rpc_unavailable` or `rpc_timeout`), `open` admits it on the token alone.
@@ -998,6 +1006,9 @@ impl Config {
         self.rpc_backends()?;
         self.rpc_secret()?;
         EventPattern::parse(&self.rpc_events).map_err(|e| ConfigError::new(env::RPC_EVENTS, e))?;
+        if self.proxy_only() && self.connect_proxy_url.is_none() {
+            return Err(ConfigError::new(env::CONNECT_PROXY_MODE, "proxy_only needs ROOMCAST_CONNECT_PROXY_URL"));
+        }
         if self.connect_proxy_cache_ttl > Duration::from_secs(86_400) {
             return Err(ConfigError::new(env::CONNECT_PROXY_CACHE_TTL, "must be at most 24h"));
         }
@@ -1110,6 +1121,11 @@ impl Config {
         }
     }
 
+    /// Whether the connect proxy says who connects (`ROOMCAST_CONNECT_PROXY_MODE=proxy_only`).
+    pub fn proxy_only(&self) -> bool {
+        self.connect_proxy_mode == "proxy_only"
+    }
+
     /// Whether a Redis URL is configured (cluster mode).
     pub fn uses_redis(&self) -> bool {
         self.redis_url.is_some() || self.redis_url_file.is_some()
@@ -1165,6 +1181,8 @@ impl Config {
         }
         match sources.len() {
             0 if self.dev => Ok(KeySource::DevGenerated),
+            // The connect proxy says who connects: no token is verified here.
+            0 if self.proxy_only() => Ok(KeySource::IssuersOnly),
             // Trusted issuers alone: every token must come from one of them.
             0 if self.jwt_issuers_file.is_some() => Ok(KeySource::IssuersOnly),
             0 => Err(ConfigError::new(
@@ -1448,6 +1466,10 @@ mod tests {
         assert_eq!(bad_url.validate().unwrap_err().option, env::CONNECT_PROXY_URL);
         let bad_url = parse(&["--dev", "--rpc-secret", &secret, "--publish-proxy-url", "ftp://x"]);
         assert_eq!(bad_url.validate().unwrap_err().option, env::PUBLISH_PROXY_URL);
+        // Proxy-only mode needs the proxy, and no token key (apps without JWTs).
+        let only = ["--connect-proxy-mode", "proxy_only", "--rpc-secret", &secret];
+        assert_eq!(parse(&only).validate().unwrap_err().option, env::CONNECT_PROXY_MODE);
+        parse(&[&only[..], &["--connect-proxy-url", "http://x/"]].concat()).validate().unwrap();
         // Off: no secret needed, none kept.
         let off = parse(&["--dev", "--rpc-secret", &secret]);
         off.validate().unwrap();

@@ -37,6 +37,16 @@ pub enum Verdict {
     Admit { rooms: Vec<Room>, exp: Option<u64> },
     /// Refused, with the backend's code (the client gets `forbidden`, the code in its message).
     Refuse(String),
+    /// Proxy-only mode: the backend says who connects (there is no token to verify).
+    Identified { identity: Box<Identity>, rooms: Vec<Room> },
+}
+
+/// What a client sent to connect in proxy-only mode: its token (any string, not a JWT) and its
+/// `Cookie` header, each as sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Credentials<'a> {
+    pub token: Option<&'a str>,
+    pub cookie: Option<&'a str>,
 }
 
 /// The answer's `result`: `{ rooms?: [{ project } | { channel }], exp? }`.
@@ -82,6 +92,8 @@ type Answers = HashMap<[u8; 32], (Instant, Verdict)>;
 pub struct ConnectProxy {
     rpc: Arc<Rpc>,
     ttl: Duration,
+    /// `ROOMCAST_MAX_TOKEN_LIFETIME`: the longest a proxy-only identity lasts.
+    max_lifetime: Duration,
     capacity: usize,
     on_failure: OnFailure,
     /// Answers by token hash, with when they expire; and when expired ones were last dropped.
@@ -97,10 +109,11 @@ impl std::fmt::Debug for ConnectProxy {
 }
 
 impl ConnectProxy {
-    pub fn new(rpc: Arc<Rpc>, ttl: Duration, capacity: usize, on_failure: OnFailure) -> Self {
+    pub fn new(rpc: Arc<Rpc>, ttl: Duration, capacity: usize, on_failure: OnFailure, max_lifetime: Duration) -> Self {
         ConnectProxy {
             rpc,
             ttl,
+            max_lifetime,
             capacity,
             on_failure,
             cache: Mutex::new((HashMap::new(), Instant::now())),
@@ -117,6 +130,34 @@ impl ConnectProxy {
             return self.on_failure(answer);
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let (rpc, identity) = (self.rpc.clone(), identity.clone());
+        let answer = self.cached(key, move || ask(rpc, identity, false).boxed()).await;
+        self.on_failure(answer)
+    }
+
+    /// Proxy-only mode: who `credentials` belong to, as the backend says (cached like
+    /// [`ConnectProxy::check`]; a refresh always asks). A failure always refuses: there is no
+    /// token to fall back on.
+    pub async fn identify(&self, credentials: Credentials<'_>, refresh: bool) -> Result<Verdict, RpcError> {
+        let data = serde_json::json!({ "token": credentials.token, "cookie": credentials.cookie });
+        if refresh {
+            return ask_identity(self.rpc.clone(), data, self.max_lifetime, true).await;
+        }
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(credentials.token.unwrap_or_default().as_bytes())
+            .chain_update([0])
+            .chain_update(credentials.cookie.unwrap_or_default().as_bytes())
+            .finalize()
+            .into();
+        self.cached(key, || ask_identity(self.rpc.clone(), data, self.max_lifetime, false).boxed()).await
+    }
+
+    /// The cached answer for `key`, or the one asked now by `ask` (one ask per key in flight).
+    async fn cached(
+        &self,
+        key: [u8; 32],
+        ask: impl FnOnce() -> BoxFuture<'static, Result<Verdict, RpcError>>,
+    ) -> Result<Verdict, RpcError> {
         let now = Instant::now();
         if let Some((expires, verdict)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key)
             && *expires > now
@@ -129,7 +170,7 @@ impl ConnectProxy {
             match pending.get(&key) {
                 Some(ask) => (ask.clone(), false),
                 None => {
-                    let ask = ask(self.rpc.clone(), identity.clone(), refresh).boxed().shared();
+                    let ask = ask().shared();
                     pending.insert(key, ask.clone());
                     (ask, true)
                 }
@@ -142,7 +183,7 @@ impl ConnectProxy {
         if first && let Ok(verdict) = &answer {
             self.remember(key, verdict.clone());
         }
-        self.on_failure(answer)
+        answer
     }
 
     /// A failed ask under `ROOMCAST_CONNECT_PROXY_FAILURE`.
@@ -159,7 +200,12 @@ impl ConnectProxy {
     /// Keeps `verdict` for the TTL, or until the expiry it gives if sooner.
     fn remember(&self, key: [u8; 32], verdict: Verdict) {
         let mut ttl = self.ttl;
-        if let Verdict::Admit { exp: Some(exp), .. } = &verdict {
+        let exp = match &verdict {
+            Verdict::Admit { exp, .. } => *exp,
+            Verdict::Identified { identity, .. } => Some(identity.exp),
+            Verdict::Refuse(_) => None,
+        };
+        if let Some(exp) = exp {
             let left = exp.saturating_sub(roomcast_publisher::wire::now_ms() / 1000);
             ttl = ttl.min(Duration::from_secs(left));
         }
@@ -200,9 +246,38 @@ async fn ask(rpc: Arc<Rpc>, identity: Identity, refresh: bool) -> Result<Verdict
     let sender = rpc::Identity::of(&identity);
     let data = serde_json::json!({ "exp": identity.exp, "jti": identity.jti });
     let event = if refresh { "refresh" } else { "connect" };
-    let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &data, sender, "").await;
+    let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &data, Some(sender), "").await;
     match answer {
         Ok(result) => admission(&identity, result),
+        Err(RpcError::Rejected(backend)) => Ok(Verdict::Refuse(backend.code)),
+        Err(e) => Err(e),
+    }
+}
+
+/// One proxy-only ask: the backend gets the credentials (no identity) and answers with one.
+async fn ask_identity(
+    rpc: Arc<Rpc>,
+    credentials: Value,
+    max_lifetime: Duration,
+    refresh: bool,
+) -> Result<Verdict, RpcError> {
+    // Nobody is known yet: only the replica-wide bound applies (under a tenant of its own).
+    let admitted = rpc.admit("\u{0}proxy-only")?;
+    let event = if refresh { "refresh" } else { "connect" };
+    let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &credentials, None, "").await;
+    match answer {
+        Ok(Value::Object(result)) => {
+            let identity = crate::auth::proxied_identity(&result, max_lifetime)
+                .map_err(|why| RpcError::Unavailable(format!("the connect proxy's identity {why}")))?;
+            // The rest of the answer is the identity: only its rooms are an admission's.
+            let rooms =
+                serde_json::json!({ "rooms": result.get("rooms").cloned().unwrap_or(Value::Array(Vec::new())) });
+            match admission(&identity, rooms)? {
+                Verdict::Admit { rooms, .. } => Ok(Verdict::Identified { identity: Box::new(identity), rooms }),
+                other => Ok(other),
+            }
+        }
+        Ok(_) => Err(RpcError::Unavailable("the connect proxy answered no identity (proxy-only mode)".into())),
         Err(RpcError::Rejected(backend)) => Ok(Verdict::Refuse(backend.code)),
         Err(e) => Err(e),
     }

@@ -382,7 +382,9 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
         return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
     }
     if req.uri().path().starts_with(SOCKET_IO_PATH) {
-        keep_only_what_sessions_read(&mut req);
+        // Proxy-only mode: the connect proxy gets the Cookie header (kept for the session, as
+        // engineioxide keeps the request's parts).
+        keep_only_what_sessions_read(&mut req, gw.config.proxy_only());
     }
     next.run(req).await
 }
@@ -413,10 +415,11 @@ const SESSION_HEADERS: [header::HeaderName; 3] =
 /// kilobyte or more of headers nothing reads (cookies, user agent, `Sec-Fetch-*`, languages).
 /// BENCHMARKS.md has the measurements. (axum's `OriginalUri`, which would hold another slice of
 /// the buffer, is not compiled in: the `original-uri` feature is off.)
-fn keep_only_what_sessions_read(req: &mut Request) {
+fn keep_only_what_sessions_read(req: &mut Request, keep_cookie: bool) {
     let headers = std::mem::take(req.headers_mut());
     let mut kept = HeaderMap::with_capacity(2);
-    for name in SESSION_HEADERS {
+    let cookie = keep_cookie.then_some(header::COOKIE);
+    for name in SESSION_HEADERS.into_iter().chain(cookie) {
         for value in headers.get_all(&name) {
             // `from_bytes` allocates; the original value was a view into the read buffer.
             if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
@@ -621,7 +624,7 @@ mod tests {
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(axum::body::Body::empty())
             .unwrap();
-        keep_only_what_sessions_read(&mut req);
+        keep_only_what_sessions_read(&mut req, false);
         let names: Vec<_> = req.headers().keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["authorization", "sec-websocket-key", "content-type"]);
         assert_eq!(req.headers().get_all(header::CONTENT_TYPE).iter().count(), 2, "repeated values are kept");
@@ -636,10 +639,10 @@ mod tests {
             .uri(format!("/socket.io/?EIO=4&t=PxQ1&transport=polling&custom={padding}&sid=abc&token=a%2Eb&EIOx=1"))
             .body(axum::body::Body::empty())
             .unwrap();
-        keep_only_what_sessions_read(&mut req);
+        keep_only_what_sessions_read(&mut req, false);
         assert_eq!(req.uri(), "/socket.io/?EIO=4&transport=polling&sid=abc&token=a%2Eb");
         let mut bare = Request::builder().uri("/socket.io/?x=1").body(axum::body::Body::empty()).unwrap();
-        keep_only_what_sessions_read(&mut bare);
+        keep_only_what_sessions_read(&mut bare, false);
         assert_eq!(bare.uri(), "/socket.io/");
     }
 }

@@ -381,6 +381,7 @@ impl Gateway {
                 } else {
                     connect_proxy::OnFailure::Closed
                 },
+                config.max_token_lifetime,
             ))),
             _ => None,
         };

@@ -54,8 +54,10 @@ pub struct Request<'a> {
     pub room: Option<&'a str>,
     /// Its first argument (`null` when it sent none).
     pub data: &'a Value,
-    /// Who sent it, from the verified token.
-    pub identity: Identity<'a>,
+    /// Who sent it, from the verified token (absent for a proxy-only connect: the backend
+    /// tells who it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity<'a>>,
     /// The Socket.IO socket id (a backend publish can exclude it).
     pub socket: &'a str,
     /// The replica that forwarded it.
@@ -250,7 +252,7 @@ impl Rpc {
         kind: Kind<'_>,
         event: &str,
         data: &Value,
-        identity: Identity<'_>,
+        identity: Option<Identity<'_>>,
         socket: &str,
     ) -> Result<Value, RpcError> {
         let start = Instant::now();

@@ -84,6 +84,7 @@ async fn authenticate(
     }
     let parts = socket.req_parts();
     let verified = match auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri) {
+        _ if gw.config.proxy_only() => proxied(&gw, auth_payload.as_ref().ok(), &parts.headers, &parts.uri).await,
         Ok(token) => verified(&gw, &token, false).await,
         Err(e) => Err(e),
     };
@@ -179,6 +180,10 @@ struct ConnectRejection(ErrorCode);
 /// connect proxy, when there is one, admits it (`refresh`: at `auth:refresh`); with the rooms
 /// the proxy adds, and its expiry when sooner than the token's.
 pub(crate) async fn verified(gw: &Shared, token: &str, refresh: bool) -> Result<(Identity, Vec<Room>), ClientError> {
+    if gw.config.proxy_only() {
+        let credentials = crate::connect_proxy::Credentials { token: Some(token), cookie: None };
+        return identified(gw, credentials, refresh).await;
+    }
     let mut identity = gw.verifier.verify(token).await?;
     if gw.revocations.is_revoked(&identity, roomcast_publisher::wire::now_ms()) {
         return Err(ClientError::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
@@ -196,6 +201,54 @@ pub(crate) async fn verified(gw: &Shared, token: &str, refresh: bool) -> Result<
             Ok((identity, rooms))
         }
         crate::connect_proxy::Verdict::Refuse(code) => Err(crate::connect_proxy::refused(&code)),
+        // Only proxy-only mode asks for an identity.
+        crate::connect_proxy::Verdict::Identified { .. } => {
+            Err(ClientError::new(ErrorCode::RpcUnavailable, "the connect proxy answered an identity"))
+        }
+    }
+}
+
+/// Proxy-only mode: who the connect proxy says sent these credentials (a token, as for a JWT,
+/// and the Cookie header; at least one), and the rooms it adds.
+async fn proxied(
+    gw: &Shared,
+    auth_payload: Option<&Value>,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> Result<(Identity, Vec<Room>), ClientError> {
+    let token = match auth::find_token(auth_payload, headers, uri) {
+        Ok(token) => Some(token),
+        Err(e) if e.code == ErrorCode::TokenMissing => None,
+        Err(e) => return Err(e),
+    };
+    let cookie = headers.get(axum::http::header::COOKIE).and_then(|c| c.to_str().ok()).filter(|c| !c.is_empty());
+    if token.is_none() && cookie.is_none() {
+        return Err(ClientError::new(ErrorCode::TokenMissing, "no token and no cookie to connect with"));
+    }
+    let credentials = crate::connect_proxy::Credentials { token: token.as_deref(), cookie };
+    identified(gw, credentials, false).await
+}
+
+/// Proxy-only mode: the connect proxy's answer for `credentials`, revocations applied.
+async fn identified(
+    gw: &Shared,
+    credentials: crate::connect_proxy::Credentials<'_>,
+    refresh: bool,
+) -> Result<(Identity, Vec<Room>), ClientError> {
+    let Some(proxy) = &gw.connect_proxy else {
+        return Err(ClientError::new(ErrorCode::RpcUnavailable, "no connect proxy is configured"));
+    };
+    match proxy.identify(credentials, refresh).await.map_err(rpc::client_error)? {
+        crate::connect_proxy::Verdict::Identified { identity, rooms } => {
+            if gw.revocations.is_revoked(&identity, roomcast_publisher::wire::now_ms()) {
+                return Err(ClientError::new(ErrorCode::TokenRevoked, "this user's sessions were revoked"));
+            }
+            Ok((*identity, rooms))
+        }
+        crate::connect_proxy::Verdict::Refuse(code) => Err(crate::connect_proxy::refused(&code)),
+        crate::connect_proxy::Verdict::Admit { .. } => {
+            Err(ClientError::new(ErrorCode::RpcUnavailable, "the connect proxy answered no identity"))
+        }
     }
 }
 

@@ -124,7 +124,7 @@ async fn publish_inner(
         let kind = Kind::Publish { channel: &request.channel };
         let sent: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
         let answer = tokio::select! {
-            answer = rpc.call(&admitted, kind, &request.event, &sent, sender, socket.id.as_str()) => answer,
+            answer = rpc.call(&admitted, kind, &request.event, &sent, Some(sender), socket.id.as_str()) => answer,
             // Nobody is left to publish for (nor to ack).
             () = conn.closed() => return Err(ClientError::new(ErrorCode::Unavailable, "not published: the socket closed")),
         }

@@ -114,7 +114,7 @@ async fn asked_room(
     })?;
     let sender = crate::rpc::Identity::of(identity);
     let kind = crate::rpc::Kind::Subscribe { room: &name };
-    match rpc.call(&admitted, kind, "join", &Value::Null, sender, socket.id.as_str()).await {
+    match rpc.call(&admitted, kind, "join", &Value::Null, Some(sender), socket.id.as_str()).await {
         Ok(_) => {
             if let Some(conn) = super::conn_of(socket) {
                 conn.granted_by_backend_now(&name);

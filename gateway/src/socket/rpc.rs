@@ -73,7 +73,7 @@ async fn call(
     })?;
     let sender = Identity::of(&identity);
     let kind = if expects_answer { Kind::Rpc } else { Kind::Event };
-    rpc.call(&admitted, kind, event, &data, sender, socket.id.as_str()).await.map_err(client_error)
+    rpc.call(&admitted, kind, event, &data, Some(sender), socket.id.as_str()).await.map_err(client_error)
 }
 
 /// The coded error the client gets.
