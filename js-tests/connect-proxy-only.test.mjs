@@ -20,6 +20,8 @@ const sessions = {
   "sess-ada": { tenant: "t1", user: "ada", channels: ["c1"], rooms: [{ channel: "news" }] },
   "session=bob": { tenant: "t1", user: "bob", channels: ["*"], publish: ["c1"] },
   "sess-broken": { tenant: "bad tenant!", user: "x" },
+  "sess-expired": { tenant: "t1", user: "old", exp: 1000 },
+  "sess-nulls": { tenant: "t1", user: "nul", projects: null, channels: null, publish: null, exp: null },
 };
 
 before(async () => {
@@ -41,6 +43,7 @@ before(async () => {
     ROOMCAST_CONNECT_PROXY_URL: `http://127.0.0.1:${backend.address().port}/connect`,
     ROOMCAST_CONNECT_PROXY_MODE: "proxy_only",
     ROOMCAST_RPC_SECRET: RPC_SECRET,
+    ROOMCAST_CORS_ORIGINS: "https://app.example.com",
   };
   gateways = [await startGateway(env), await startGateway(env)];
 });
@@ -82,4 +85,20 @@ test("unknown sessions, no credentials and bad answers are refused with codes", 
   assert.equal(await rejection(gateways[0].url, { auth: { token: "sess-nobody" } }), "forbidden");
   assert.equal(await rejection(gateways[0].url, {}), "token_missing");
   assert.equal(await rejection(gateways[1].url, { auth: { token: "sess-broken" } }), "rpc_unavailable");
+  assert.equal(await rejection(gateways[1].url, { auth: { token: "sess-expired" } }), "rpc_unavailable");
+  // Fields written as null are absent (no grants), not an error.
+  const nul = await connect(gateways[0].url, { auth: { token: "sess-nulls" } });
+  open.push(nul);
+  assert.equal((await nul.emitWithAck("join", { channel: "c1" })).error?.code, "forbidden");
+  // Another site's page cannot use the visitor's cookie: its Origin is not the app's.
+  const evil = await rejection(gateways[0].url, {
+    transports: ["websocket"],
+    extraHeaders: { cookie: "session=bob", origin: "https://evil.example" },
+  });
+  assert.notEqual(evil, undefined);
+  const app = await connect(gateways[0].url, {
+    transports: ["websocket"],
+    extraHeaders: { cookie: "session=bob", origin: "https://app.example.com" },
+  });
+  open.push(app);
 });

@@ -419,7 +419,15 @@ impl Verifier {
 /// The identity a connect proxy in proxy-only mode answered (`{tenant, user, projects?,
 /// channels?, publish?, exp?}`, the token's claim names not applying): ids checked as a token's,
 /// `exp` at most `max_lifetime` from now (its default).
-pub fn proxied_identity(answer: &Map<String, Value>, max_lifetime: Duration) -> Result<Identity, String> {
+pub fn proxied_identity(
+    answer: &Map<String, Value>,
+    max_lifetime: Duration,
+    asked_at: u64,
+) -> Result<Identity, String> {
+    // A backend that writes absent fields as null means them absent.
+    let answer: Map<String, Value> =
+        answer.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let answer = &answer;
     let id = |name: &str| -> Result<String, String> {
         let value = answer.get(name).and_then(Value::as_str).ok_or_else(|| format!("has no string {name:?}"))?;
         validate_id(value).map_err(|e| format!("{name:?}: {e}"))?;
@@ -432,6 +440,9 @@ pub fn proxied_identity(answer: &Map<String, Value>, max_lifetime: Duration) -> 
         None | Some(Value::Null) => latest,
         Some(exp) => exp.as_u64().ok_or("\"exp\" must be seconds since the epoch")?.min(latest),
     };
+    if exp <= now {
+        return Err("has an \"exp\" already past".into());
+    }
     Ok(Identity {
         tenant: id("tenant")?,
         user: id("user")?,
@@ -440,7 +451,8 @@ pub fn proxied_identity(answer: &Map<String, Value>, max_lifetime: Duration) -> 
         publish: scope("publish")?,
         exp,
         jti: None,
-        iat: Some(now),
+        // When it was asked, not answered: a user revocation made meanwhile covers it.
+        iat: Some(asked_at),
         claims: None,
     })
 }

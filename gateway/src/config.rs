@@ -1009,6 +1009,14 @@ impl Config {
         if self.proxy_only() && self.connect_proxy_url.is_none() {
             return Err(ConfigError::new(env::CONNECT_PROXY_MODE, "proxy_only needs ROOMCAST_CONNECT_PROXY_URL"));
         }
+        // Cookies log browsers in: without an origin allow-list any site could open a socket as
+        // its visitor (WebSockets are not covered by CORS).
+        if self.proxy_only() && !matches!(self.cors_allow_list()?, Some(list) if !list.is_empty()) {
+            return Err(ConfigError::new(
+                env::CONNECT_PROXY_MODE,
+                "proxy_only logs browsers in by cookie: set ROOMCAST_CORS_ORIGINS to the app's origins (not *)",
+            ));
+        }
         if self.connect_proxy_cache_ttl > Duration::from_secs(86_400) {
             return Err(ConfigError::new(env::CONNECT_PROXY_CACHE_TTL, "must be at most 24h"));
         }
@@ -1469,7 +1477,13 @@ mod tests {
         // Proxy-only mode needs the proxy, and no token key (apps without JWTs).
         let only = ["--connect-proxy-mode", "proxy_only", "--rpc-secret", &secret];
         assert_eq!(parse(&only).validate().unwrap_err().option, env::CONNECT_PROXY_MODE);
-        parse(&[&only[..], &["--connect-proxy-url", "http://x/"]].concat()).validate().unwrap();
+        let with_url = [&only[..], &["--connect-proxy-url", "http://x/"]].concat();
+        // Cookie logins need an origin allow-list.
+        for origins in [&[][..], &["--cors-origins", "*"]] {
+            let config = parse(&[&with_url[..], origins].concat());
+            assert_eq!(config.validate().unwrap_err().option, env::CONNECT_PROXY_MODE, "{origins:?}");
+        }
+        parse(&[&with_url[..], &["--cors-origins", "https://app.example.com"]].concat()).validate().unwrap();
         // Off: no secret needed, none kept.
         let off = parse(&["--dev", "--rpc-secret", &secret]);
         off.validate().unwrap();

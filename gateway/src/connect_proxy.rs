@@ -131,7 +131,7 @@ impl ConnectProxy {
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let (rpc, identity) = (self.rpc.clone(), identity.clone());
-        let answer = self.cached(key, move || ask(rpc, identity, false).boxed()).await;
+        let answer = self.cached(key, move || ask(rpc, identity, false).boxed(), true).await;
         self.on_failure(answer)
     }
 
@@ -149,7 +149,9 @@ impl ConnectProxy {
             .chain_update(credentials.cookie.unwrap_or_default().as_bytes())
             .finalize()
             .into();
-        self.cached(key, || ask_identity(self.rpc.clone(), data, self.max_lifetime, false).boxed()).await
+        // Refusals of anonymous credentials are not kept: a flood of made-up tokens would fill
+        // the cache and push real sessions out.
+        self.cached(key, || ask_identity(self.rpc.clone(), data, self.max_lifetime, false).boxed(), false).await
     }
 
     /// The cached answer for `key`, or the one asked now by `ask` (one ask per key in flight).
@@ -157,6 +159,7 @@ impl ConnectProxy {
         &self,
         key: [u8; 32],
         ask: impl FnOnce() -> BoxFuture<'static, Result<Verdict, RpcError>>,
+        keep_refusals: bool,
     ) -> Result<Verdict, RpcError> {
         let now = Instant::now();
         if let Some((expires, verdict)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key)
@@ -180,7 +183,10 @@ impl ConnectProxy {
         // The first asker removes the entry even if its connection goes away meanwhile.
         let _done = first.then(|| Done { proxy: self, key });
         let answer = ask.await;
-        if first && let Ok(verdict) = &answer {
+        if first
+            && let Ok(verdict) = &answer
+            && (keep_refusals || !matches!(verdict, Verdict::Refuse(_)))
+        {
             self.remember(key, verdict.clone());
         }
         answer
@@ -261,13 +267,16 @@ async fn ask_identity(
     max_lifetime: Duration,
     refresh: bool,
 ) -> Result<Verdict, RpcError> {
-    // Nobody is known yet: only the replica-wide bound applies (under a tenant of its own).
+    // Nobody is known yet: every proxy-only ask counts under one pseudo-tenant (NUL is in no
+    // tenant id), so together they take at most ROOMCAST_RPC_TENANT_CONCURRENCY of the replica's
+    // RPC places and leave the rest to the tenants' RPCs.
     let admitted = rpc.admit("\u{0}proxy-only")?;
+    let asked_at = roomcast_publisher::wire::now_ms() / 1000;
     let event = if refresh { "refresh" } else { "connect" };
     let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &credentials, None, "").await;
     match answer {
         Ok(Value::Object(result)) => {
-            let identity = crate::auth::proxied_identity(&result, max_lifetime)
+            let identity = crate::auth::proxied_identity(&result, max_lifetime, asked_at)
                 .map_err(|why| RpcError::Unavailable(format!("the connect proxy's identity {why}")))?;
             // The rest of the answer is the identity: only its rooms are an admission's.
             let rooms =

@@ -85,7 +85,7 @@ async fn authenticate(
     let parts = socket.req_parts();
     let verified = match auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri) {
         _ if gw.config.proxy_only() => proxied(&gw, auth_payload.as_ref().ok(), &parts.headers, &parts.uri).await,
-        Ok(token) => verified(&gw, &token, false).await,
+        Ok(token) => verified(&gw, &token, false, None).await,
         Err(e) => Err(e),
     };
     match verified {
@@ -179,9 +179,14 @@ struct ConnectRejection(ErrorCode);
 /// The identity `token` carries, if it verifies, is not revoked (`token_revoked`) and the
 /// connect proxy, when there is one, admits it (`refresh`: at `auth:refresh`); with the rooms
 /// the proxy adds, and its expiry when sooner than the token's.
-pub(crate) async fn verified(gw: &Shared, token: &str, refresh: bool) -> Result<(Identity, Vec<Room>), ClientError> {
+pub(crate) async fn verified(
+    gw: &Shared,
+    token: &str,
+    refresh: bool,
+    cookie: Option<&str>,
+) -> Result<(Identity, Vec<Room>), ClientError> {
     if gw.config.proxy_only() {
-        let credentials = crate::connect_proxy::Credentials { token: Some(token), cookie: None };
+        let credentials = crate::connect_proxy::Credentials { token: Some(token), cookie };
         return identified(gw, credentials, refresh).await;
     }
     let mut identity = gw.verifier.verify(token).await?;
@@ -221,12 +226,24 @@ async fn proxied(
         Err(e) if e.code == ErrorCode::TokenMissing => None,
         Err(e) => return Err(e),
     };
-    let cookie = headers.get(axum::http::header::COOKIE).and_then(|c| c.to_str().ok()).filter(|c| !c.is_empty());
+    let cookie = session_cookie(headers);
+    let cookie = cookie.as_deref();
     if token.is_none() && cookie.is_none() {
         return Err(ClientError::new(ErrorCode::TokenMissing, "no token and no cookie to connect with"));
     }
     let credentials = crate::connect_proxy::Credentials { token: token.as_deref(), cookie };
     identified(gw, credentials, false).await
+}
+
+/// The request's Cookie headers as one (several are joined with `; `, RFC 9113 §8.2.3).
+pub(crate) fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    let parts: Vec<&str> = headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|c| c.to_str().ok())
+        .filter(|c| !c.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Proxy-only mode: the connect proxy's answer for `credentials`, revocations applied.

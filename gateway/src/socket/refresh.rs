@@ -42,7 +42,11 @@ async fn swap(
         payloads::parse(payload, REFRESH_SHAPE).inspect_err(|_| metrics::auth_refresh("invalid_payload"))?;
     let current = conn.identity();
     // Rooms a connect proxy adds count at connect only.
-    let (fresh, _) = super::verified(gw, &token, true).await.inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    // Proxy-only mode: the session's cookie goes along, as at connect.
+    let cookie = gw.config.proxy_only().then(|| super::session_cookie(&socket.req_parts().headers)).flatten();
+    let (fresh, _) = super::verified(gw, &token, true, cookie.as_deref())
+        .await
+        .inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
         return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));

@@ -214,6 +214,9 @@ the file. Empty when there is nothing to mount.
 {{- if and (include "roomcast.hasBackend" .) (not (include "roomcast.hasRpcSecret" .)) }}
 {{- fail "config.backend URLs need secrets.rpcSecret (32+ bytes), or secrets.existingSecretKeys.rpcSecret naming a key of secrets.existingSecret" }}
 {{- end }}
+{{- if and (eq .Values.config.backend.connectProxy.mode "proxy_only") (or (not .Values.config.corsOrigins) (has "*" .Values.config.corsOrigins)) }}
+{{- fail "config.backend.connectProxy.mode proxy_only logs browsers in by cookie: set config.corsOrigins to the app's origins (not *)" }}
+{{- end }}
 {{- if and (include "roomcast.hasRpcSecret" .) (not (include "roomcast.hasBackend" .)) }}
 {{- fail "an RPC secret is set but no config.backend URL is: set one, or leave the secret out" }}
 {{- end }}
