@@ -94,10 +94,9 @@ pub struct ConnectProxy {
     ttl: Duration,
     /// `ROOMCAST_MAX_TOKEN_LIFETIME`: the longest a proxy-only identity lasts.
     max_lifetime: Duration,
-    capacity: usize,
     on_failure: OnFailure,
-    /// Answers by token hash, with when they expire; and when expired ones were last dropped.
-    cache: Mutex<(Answers, Instant)>,
+    /// Answers by key (the token's hash), shared with the asks in flight.
+    cache: Arc<Cache>,
     /// Asks in flight by token hash: later asks for the same token wait for the first.
     pending: Mutex<HashMap<[u8; 32], Pending>>,
 }
@@ -114,9 +113,8 @@ impl ConnectProxy {
             rpc,
             ttl,
             max_lifetime,
-            capacity,
             on_failure,
-            cache: Mutex::new((HashMap::new(), Instant::now())),
+            cache: Arc::new(Cache { ttl, capacity, answers: Mutex::new((HashMap::new(), Instant::now())) }),
             pending: Mutex::new(HashMap::new()),
         }
     }
@@ -162,7 +160,7 @@ impl ConnectProxy {
         keep_refusals: bool,
     ) -> Result<Verdict, RpcError> {
         let now = Instant::now();
-        if let Some((expires, verdict)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key)
+        if let Some((expires, verdict)) = self.cache.answers.lock().unwrap_or_else(|e| e.into_inner()).0.get(&key)
             && *expires > now
         {
             metrics::connect_proxy_cache("hit");
@@ -173,7 +171,20 @@ impl ConnectProxy {
             match pending.get(&key) {
                 Some(ask) => (ask.clone(), false),
                 None => {
-                    let ask = ask().shared();
+                    // The ask keeps its own answer, whoever drives it to the end: the first
+                    // asker may be gone by then (its client left) while others wait on it.
+                    let (cache, ask) = (self.cache.clone(), ask());
+                    let ask = async move {
+                        let answer = ask.await;
+                        if let Ok(verdict) = &answer
+                            && (keep_refusals || !matches!(verdict, Verdict::Refuse(_)))
+                        {
+                            cache.remember(key, verdict.clone());
+                        }
+                        answer
+                    }
+                    .boxed()
+                    .shared();
                     pending.insert(key, ask.clone());
                     (ask, true)
                 }
@@ -182,14 +193,7 @@ impl ConnectProxy {
         metrics::connect_proxy_cache(if first { "miss" } else { "coalesced" });
         // The first asker removes the entry even if its connection goes away meanwhile.
         let _done = first.then(|| Done { proxy: self, key });
-        let answer = ask.await;
-        if first
-            && let Ok(verdict) = &answer
-            && (keep_refusals || !matches!(verdict, Verdict::Refuse(_)))
-        {
-            self.remember(key, verdict.clone());
-        }
-        answer
+        ask.await
     }
 
     /// A failed ask under `ROOMCAST_CONNECT_PROXY_FAILURE`.
@@ -202,7 +206,17 @@ impl ConnectProxy {
             answer => answer,
         }
     }
+}
 
+/// Cached answers, shared with the asks in flight (which keep their own answers).
+struct Cache {
+    ttl: Duration,
+    capacity: usize,
+    /// Answers by key, and when expired ones were last dropped.
+    answers: Mutex<(Answers, Instant)>,
+}
+
+impl Cache {
     /// Keeps `verdict` for the TTL, or until the expiry it gives if sooner.
     fn remember(&self, key: [u8; 32], verdict: Verdict) {
         let mut ttl = self.ttl;
@@ -219,7 +233,7 @@ impl ConnectProxy {
             return;
         }
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         let (map, swept) = &mut *cache;
         // A full cache drops what expired, at most once a second (a scan of every entry).
         if map.len() >= self.capacity && now.saturating_duration_since(*swept) >= SWEEP_EVERY {
