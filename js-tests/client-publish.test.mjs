@@ -5,8 +5,7 @@
 // publish proxy (a real HTTP backend here) approves, rewrites and refuses.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { API_KEY, connect, eventually, next, startGateway, startRedis, userToken } from "./helpers.mjs";
+import { API_KEY, connect, eventually, next, startGateway, startRedis, userToken, answerJson, startBackend } from "./helpers.mjs";
 
 const RPC_SECRET = "js-publish-secret-0123456789abcdef-0123456";
 
@@ -18,21 +17,16 @@ const proxyCalls = [];
 const open = [];
 
 before(async () => {
-  proxy = createServer((req, res) => {
-    const chunks = [];
-    req.on("data", (c) => chunks.push(c));
-    req.on("end", () => {
-      const call = JSON.parse(Buffer.concat(chunks).toString());
-      proxyCalls.push(call);
-      const answer = {
-        "msg.approve": { result: null },
-        "msg.rewrite": { result: { data: { text: "***" } } },
-        "msg.refuse": { error: { code: "spam", message: "slow down" } },
-      }[call.event] ?? { result: null };
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
-    });
+  proxy = await startBackend((body, req, res) => {
+    const call = JSON.parse(body.toString());
+    proxyCalls.push(call);
+    const answer = {
+      "msg.approve": { result: null },
+      "msg.rewrite": { result: { data: { text: "***" } } },
+      "msg.refuse": { error: { code: "spam", message: "slow down" } },
+    }[call.event] ?? { result: null };
+    answerJson(res, 200, answer);
   });
-  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
   redis = await startRedis();
   const env = { ROOMCAST_REDIS_URL: redis.url, ROOMCAST_PUBLISH_MAX_PAYLOAD: "1024" };
   gateways = [await startGateway(env), await startGateway(env)];

@@ -4,8 +4,7 @@
 // join); refusals, refreshes and bad answers are coded.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { connect, rejection, startGateway, startRedis } from "./helpers.mjs";
+import { connect, rejection, startGateway, startRedis, answerJson, startBackend } from "./helpers.mjs";
 
 const RPC_SECRET = "js-proxy-only-secret-0123456789abcdef-01";
 
@@ -25,18 +24,13 @@ const sessions = {
 };
 
 before(async () => {
-  backend = createServer((req, res) => {
-    const chunks = [];
-    req.on("data", (c) => chunks.push(c));
-    req.on("end", () => {
-      const call = JSON.parse(Buffer.concat(chunks).toString());
-      calls.push(call);
-      const session = sessions[call.data.token] ?? sessions[call.data.cookie];
-      const answer = session ? { result: session } : { error: { code: "no_session", message: "log in first" } };
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
-    });
+  backend = await startBackend((body, req, res) => {
+    const call = JSON.parse(body.toString());
+    calls.push(call);
+    const session = sessions[call.data.token] ?? sessions[call.data.cookie];
+    const answer = session ? { result: session } : { error: { code: "no_session", message: "log in first" } };
+    answerJson(res, 200, answer);
   });
-  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
   redis = await startRedis();
   const env = {
     ROOMCAST_REDIS_URL: redis.url,

@@ -5,8 +5,7 @@
 // (fail closed) or admits on the token alone (fail open).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { API_KEY, connect, eventually, freePort, next, now, rejection, startGateway, startRedis, userToken } from "./helpers.mjs";
+import { API_KEY, connect, eventually, freePort, next, now, rejection, startGateway, startRedis, userToken, answerJson, startBackend } from "./helpers.mjs";
 
 const RPC_SECRET = "js-connect-secret-0123456789abcdef-012345";
 
@@ -18,22 +17,17 @@ const banned = new Set(["mallory"]);
 const open = [];
 
 before(async () => {
-  backend = createServer((req, res) => {
-    const chunks = [];
-    req.on("data", (c) => chunks.push(c));
-    req.on("end", () => {
-      const call = JSON.parse(Buffer.concat(chunks).toString());
-      calls.push({ type: call.type, user: call.identity.user });
-      let answer;
-      if (banned.has(call.identity.user)) answer = { error: { code: "banned", message: "not welcome" } };
-      else if (call.identity.user === "ada") answer = { result: { rooms: [{ channel: "lobby" }] } };
-      else if (call.identity.user === "brief") answer = { result: { exp: now() + 3 } };
-      else if (call.identity.user === "stale") answer = { result: { exp: now() - 10 } };
-      else answer = { result: null };
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
-    });
+  backend = await startBackend((body, req, res) => {
+    const call = JSON.parse(body.toString());
+    calls.push({ type: call.type, user: call.identity.user });
+    let answer;
+    if (banned.has(call.identity.user)) answer = { error: { code: "banned", message: "not welcome" } };
+    else if (call.identity.user === "ada") answer = { result: { rooms: [{ channel: "lobby" }] } };
+    else if (call.identity.user === "brief") answer = { result: { exp: now() + 3 } };
+    else if (call.identity.user === "stale") answer = { result: { exp: now() - 10 } };
+    else answer = { result: null };
+    answerJson(res, 200, answer);
   });
-  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
   redis = await startRedis();
   const env = {
     ROOMCAST_REDIS_URL: redis.url,

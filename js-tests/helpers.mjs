@@ -6,6 +6,7 @@ import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { io } from "socket.io-client";
+import { createServer as createHttpServer } from "node:http";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const GATEWAY_BIN =
@@ -172,6 +173,25 @@ export async function rejection(url, options = {}) {
     return err.message;
   }
   throw new Error("expected the connection to be refused");
+}
+
+/**
+ * An HTTP backend on a free loopback port (a test's RPC or proxy endpoint; `close()` it):
+ * `handle(body, req, res)` gets each request with its whole body, a Buffer.
+ */
+export async function startBackend(handle) {
+  const server = createHttpServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => handle(Buffer.concat(chunks), req, res));
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server;
+}
+
+/** Answers `res` with `status` and `body` as JSON. */
+export function answerJson(res, status, body) {
+  res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
 }
 
 /** A free TCP port on loopback. */

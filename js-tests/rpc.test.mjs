@@ -7,8 +7,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { createServer } from "node:http";
-import { connect, eventually, freePort, startGateway, startRedis, userToken } from "./helpers.mjs";
+import { connect, eventually, freePort, startGateway, startRedis, userToken, answerJson, startBackend } from "./helpers.mjs";
 
 const RPC_SECRET = "js-rpc-secret-0123456789abcdef-0123456789";
 const TIMEOUT_MS = 700;
@@ -29,42 +28,32 @@ function verified(header, body) {
   return given.length === expected.length && timingSafeEqual(given, expected);
 }
 
-const answer = (res, status, body) => {
-  res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body));
-};
-
 before(async () => {
-  backend = createServer((req, res) => {
-    const chunks = [];
-    req.on("data", (c) => chunks.push(c));
-    req.on("end", () => {
-      const body = Buffer.concat(chunks);
-      if (!verified(req.headers["roomcast-signature"] ?? "", body)) {
-        badSignatures.push(req.headers["roomcast-signature"]);
-        return answer(res, 401, { error: { code: "bad_signature" } });
-      }
-      const call = JSON.parse(body.toString());
-      requests.push(call);
-      switch (call.event) {
-        case "message:send":
-          return answer(res, 200, { result: { saved: call.data, by: call.identity, socket: call.socket } });
-        case "message:slow":
-          return setTimeout(() => answer(res, 200, { result: "late" }), 3 * TIMEOUT_MS);
-        case "message:hold":
-          return setTimeout(() => answer(res, 200, { result: "held" }), 300);
-        case "message:forbidden":
-          return answer(res, 403, { error: { code: "not_a_member", message: "join the project first", data: { project: "p1" } } });
-        case "message:hang":
-          hanging.push(res); // answered when the test ends
-          return;
-        case "message:broken":
-          return answer(res, 500, { whatever: true });
-        default:
-          return answer(res, 200, { result: null });
-      }
-    });
+  backend = await startBackend((body, req, res) => {
+    if (!verified(req.headers["roomcast-signature"] ?? "", body)) {
+      badSignatures.push(req.headers["roomcast-signature"]);
+      return answerJson(res, 401, { error: { code: "bad_signature" } });
+    }
+    const call = JSON.parse(body.toString());
+    requests.push(call);
+    switch (call.event) {
+      case "message:send":
+        return answerJson(res, 200, { result: { saved: call.data, by: call.identity, socket: call.socket } });
+      case "message:slow":
+        return setTimeout(() => answerJson(res, 200, { result: "late" }), 3 * TIMEOUT_MS);
+      case "message:hold":
+        return setTimeout(() => answerJson(res, 200, { result: "held" }), 300);
+      case "message:forbidden":
+        return answerJson(res, 403, { error: { code: "not_a_member", message: "join the project first", data: { project: "p1" } } });
+      case "message:hang":
+        hanging.push(res); // answered when the test ends
+        return;
+      case "message:broken":
+        return answerJson(res, 500, { whatever: true });
+      default:
+        return answerJson(res, 200, { result: null });
+    }
   });
-  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
   redis = await startRedis();
   const closed = await freePort(); // nothing listens there
   env = {

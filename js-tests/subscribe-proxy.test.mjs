@@ -3,8 +3,7 @@
 // room delivers like any other, and a backend that is down refuses the join.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
-import { API_KEY, connect, freePort, next, startGateway, startRedis, userToken } from "./helpers.mjs";
+import { API_KEY, connect, freePort, next, startGateway, startRedis, userToken, answerJson, startBackend } from "./helpers.mjs";
 
 const RPC_SECRET = "js-subscribe-secret-0123456789abcdef-0123";
 
@@ -15,18 +14,13 @@ const asks = [];
 const open = [];
 
 before(async () => {
-  backend = createServer((req, res) => {
-    const chunks = [];
-    req.on("data", (c) => chunks.push(c));
-    req.on("end", () => {
-      const call = JSON.parse(Buffer.concat(chunks).toString());
-      asks.push(call);
-      const allowed = call.identity.user === "ada" && call.room === "tenant:t1:channel:vip";
-      const answer = allowed ? { result: null } : { error: { code: "not_invited", message: "ask the host" } };
-      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
-    });
+  backend = await startBackend((body, req, res) => {
+    const call = JSON.parse(body.toString());
+    asks.push(call);
+    const allowed = call.identity.user === "ada" && call.room === "tenant:t1:channel:vip";
+    const answer = allowed ? { result: null } : { error: { code: "not_invited", message: "ask the host" } };
+    answerJson(res, 200, answer);
   });
-  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
   redis = await startRedis();
   const env = {
     ROOMCAST_REDIS_URL: redis.url,

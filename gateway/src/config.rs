@@ -1071,26 +1071,20 @@ impl Config {
         }
     }
 
-    /// The RPC backends: the default URL and the routes (longest prefix first); both empty
-    /// when RPC is off.
-    #[allow(clippy::type_complexity)]
-    pub fn rpc_backends(&self) -> Result<(Option<reqwest::Url>, Vec<(String, reqwest::Url)>), ConfigError> {
+    /// The backend URLs: RPC's default and routes (longest prefix first), and the proxies'.
+    pub fn rpc_backends(&self) -> Result<Backends, ConfigError> {
         let http_url = |option: &'static str, url: &str| {
             reqwest::Url::parse(url.trim())
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
                 .ok_or_else(|| ConfigError::new(option, format!("not an http(s) URL: {url:?}")))
         };
-        let url = self.rpc_url.as_deref().map(|url| http_url(env::RPC_URL, url)).transpose()?;
-        if let Some(proxy) = &self.publish_proxy_url {
-            http_url(env::PUBLISH_PROXY_URL, proxy)?;
-        }
-        if let Some(proxy) = &self.connect_proxy_url {
-            http_url(env::CONNECT_PROXY_URL, proxy)?;
-        }
-        if let Some(proxy) = &self.subscribe_proxy_url {
-            http_url(env::SUBSCRIBE_PROXY_URL, proxy)?;
-        }
+        let optional =
+            |option: &'static str, url: &Option<String>| url.as_deref().map(|u| http_url(option, u)).transpose();
+        let url = optional(env::RPC_URL, &self.rpc_url)?;
+        let publish_proxy = optional(env::PUBLISH_PROXY_URL, &self.publish_proxy_url)?;
+        let connect_proxy = optional(env::CONNECT_PROXY_URL, &self.connect_proxy_url)?;
+        let subscribe_proxy = optional(env::SUBSCRIBE_PROXY_URL, &self.subscribe_proxy_url)?;
         let mut routes = Vec::new();
         for route in self.rpc_routes.iter().filter(|r| !r.trim().is_empty()) {
             let Some((prefix, url)) = route.split_once('=').filter(|(p, _)| !p.trim().is_empty()) else {
@@ -1099,7 +1093,7 @@ impl Config {
             routes.push((prefix.trim().to_owned(), http_url(env::RPC_ROUTES, url)?));
         }
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        Ok((url, routes))
+        Ok(Backends { url, routes, publish_proxy, connect_proxy, subscribe_proxy })
     }
 
     /// The RPC secret, from `ROOMCAST_RPC_SECRET` or its file; `None` when RPC is off.
@@ -1282,6 +1276,21 @@ fn parse_event_types(list: &[String]) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
+/// The backend URLs of [`Config::rpc_backends`], parsed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backends {
+    /// `ROOMCAST_RPC_URL`.
+    pub url: Option<reqwest::Url>,
+    /// `ROOMCAST_RPC_ROUTES`: (prefix, URL), longest prefix first.
+    pub routes: Vec<(String, reqwest::Url)>,
+    /// `ROOMCAST_PUBLISH_PROXY_URL`.
+    pub publish_proxy: Option<reqwest::Url>,
+    /// `ROOMCAST_CONNECT_PROXY_URL`.
+    pub connect_proxy: Option<reqwest::Url>,
+    /// `ROOMCAST_SUBSCRIBE_PROXY_URL`.
+    pub subscribe_proxy: Option<reqwest::Url>,
+}
+
 /// Client event names Roomcast answers itself (and `roomcast:*`): never forwarded to a backend.
 pub const RESERVED_EVENTS: &[&str] = &[
     "join",
@@ -1456,8 +1465,9 @@ mod tests {
         assert_eq!(parse(&routes).validate().unwrap_err().option, env::RPC_SECRET);
         let ok = parse(&[&routes[..], &["--rpc-secret", &secret]].concat());
         ok.validate().unwrap();
-        let (url, routes) = ok.rpc_backends().unwrap();
-        assert_eq!((url, routes.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>()), (None, vec!["ab:", "a:"]));
+        let backends = ok.rpc_backends().unwrap();
+        let prefixes: Vec<&str> = backends.routes.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!((backends.url, prefixes), (None, vec!["ab:", "a:"]));
         // The proxies need the secret too, and valid URLs and bounds.
         for proxy in ["--publish-proxy-url", "--connect-proxy-url"] {
             assert_eq!(parse(&["--dev", proxy, "http://x/"]).validate().unwrap_err().option, env::RPC_SECRET);

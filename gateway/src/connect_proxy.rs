@@ -262,11 +262,11 @@ impl Drop for Done<'_> {
 
 /// One ask of the backend.
 async fn ask(rpc: Arc<Rpc>, identity: Identity, refresh: bool) -> Result<Verdict, RpcError> {
-    let admitted = rpc.admit(&identity.tenant)?;
+    let admitted = rpc.admit(&identity.tenant, Kind::Connect { refresh })?;
     let sender = rpc::Identity::of(&identity);
     let data = serde_json::json!({ "exp": identity.exp, "jti": identity.jti });
-    let event = if refresh { "refresh" } else { "connect" };
-    let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &data, Some(sender), "").await;
+    let kind = Kind::Connect { refresh };
+    let answer = rpc.call(&admitted, kind, kind.wire_type(), &data, Some(sender), "").await;
     match answer {
         Ok(result) => admission(&identity, result),
         Err(RpcError::Rejected(backend)) => Ok(Verdict::Refuse(backend.code)),
@@ -284,10 +284,10 @@ async fn ask_identity(
     // Nobody is known yet: every proxy-only ask counts under one pseudo-tenant (NUL is in no
     // tenant id), so together they take at most ROOMCAST_RPC_TENANT_CONCURRENCY of the replica's
     // RPC places and leave the rest to the tenants' RPCs.
-    let admitted = rpc.admit("\u{0}proxy-only")?;
+    let admitted = rpc.admit("\u{0}proxy-only", Kind::Connect { refresh })?;
     let asked_at = roomcast_publisher::wire::now_ms() / 1000;
-    let event = if refresh { "refresh" } else { "connect" };
-    let answer = rpc.call(&admitted, Kind::Connect { refresh }, event, &credentials, None, "").await;
+    let kind = Kind::Connect { refresh };
+    let answer = rpc.call(&admitted, kind, kind.wire_type(), &credentials, None, "").await;
     match answer {
         Ok(Value::Object(result)) => {
             let identity = crate::auth::proxied_identity(&result, max_lifetime, asked_at)

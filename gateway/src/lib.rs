@@ -571,17 +571,12 @@ impl Gateway {
 
 /// The RPC forwarder, when a backend URL is configured.
 fn rpc_forwarder(config: &Config, node_id: &Arc<str>) -> Result<Option<Arc<rpc::Rpc>>, StartError> {
-    let (url, routes) = config.rpc_backends()?;
+    let backends = config.rpc_backends()?;
     let Some(secret) = config.rpc_secret()? else { return Ok(None) };
     let events =
         config::EventPattern::parse(&config.rpc_events).map_err(|e| ConfigError::new(config::env::RPC_EVENTS, e))?;
-    let publish_proxy = config.publish_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok());
     let settings = rpc::Settings {
-        url,
-        routes,
-        publish_proxy,
-        connect_proxy: config.connect_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok()),
-        subscribe_proxy: config.subscribe_proxy_url.as_deref().and_then(|u| reqwest::Url::parse(u.trim()).ok()),
+        backends,
         events,
         secret,
         timeout: config.rpc_timeout,

@@ -26,7 +26,7 @@ use serde_json::Value;
 
 pub use crate::errors::BackendError;
 use crate::{
-    config::{EventPattern, Secret},
+    config::{Backends, EventPattern, Secret},
     metrics,
 };
 
@@ -101,7 +101,28 @@ pub enum Kind<'a> {
     Subscribe { room: &'a str },
 }
 
-impl Kind<'_> {
+impl<'a> Kind<'a> {
+    /// The request's `type`.
+    pub fn wire_type(self) -> &'static str {
+        match self {
+            Kind::Rpc => "rpc",
+            Kind::Event => "event",
+            Kind::Publish { .. } => "publish",
+            Kind::Connect { refresh: false } => "connect",
+            Kind::Connect { refresh: true } => "refresh",
+            Kind::Subscribe { .. } => "subscribe",
+        }
+    }
+
+    /// The request's `channel` (a publish's) and `room` (a subscribe's).
+    fn target(self) -> (Option<&'a str>, Option<&'a str>) {
+        match self {
+            Kind::Publish { channel } => (Some(channel), None),
+            Kind::Subscribe { room } => (None, Some(room)),
+            Kind::Rpc | Kind::Event | Kind::Connect { .. } => (None, None),
+        }
+    }
+
     /// The metrics label.
     pub fn label(self) -> &'static str {
         match self {
@@ -141,15 +162,8 @@ impl RpcError {
 /// The RPC settings, validated (`Config::rpc`).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub url: Option<reqwest::Url>,
-    /// (prefix, URL), longest prefix first.
-    pub routes: Vec<(String, reqwest::Url)>,
-    /// Where client publishes are approved (`ROOMCAST_PUBLISH_PROXY_URL`).
-    pub publish_proxy: Option<reqwest::Url>,
-    /// Where connects are admitted (`ROOMCAST_CONNECT_PROXY_URL`).
-    pub connect_proxy: Option<reqwest::Url>,
-    /// Where joins the token does not grant are asked (`ROOMCAST_SUBSCRIBE_PROXY_URL`).
-    pub subscribe_proxy: Option<reqwest::Url>,
+    /// Where each kind of call goes.
+    pub backends: Backends,
     pub events: EventPattern,
     pub secret: Secret,
     pub timeout: Duration,
@@ -220,24 +234,30 @@ impl Rpc {
 
     /// Where `event` goes: the longest matching route, else the default URL.
     fn url_for(&self, event: &str) -> Option<&reqwest::Url> {
-        self.settings
+        let backends = &self.settings.backends;
+        backends
             .routes
             .iter()
             .find(|(prefix, _)| event.starts_with(prefix.as_str()))
             .map(|(_, url)| url)
-            .or(self.settings.url.as_ref())
+            .or(backends.url.as_ref())
     }
 
-    /// A place for one more call of `tenant`, unless the tenant or the replica is at its bound.
-    pub fn admit(self: &Arc<Self>, tenant: &str) -> Result<Admitted, RpcError> {
+    /// A place for one more call of `kind` for `tenant`, unless the tenant or the replica is at
+    /// its bound (counted as `rate_limited` for that kind).
+    pub fn admit(self: &Arc<Self>, tenant: &str, kind: Kind<'_>) -> Result<Admitted, RpcError> {
+        let refused = |why| {
+            metrics::rpc(kind.label(), "rate_limited", Instant::now());
+            Err(RpcError::Busy(why))
+        };
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let (tenants, total) = &mut *in_flight;
         if *total >= self.settings.per_replica {
-            return Err(RpcError::Busy("too many RPCs in flight on this replica"));
+            return refused("too many RPCs in flight on this replica");
         }
         let n = tenants.entry(tenant.to_owned()).or_default();
         if *n >= self.settings.per_tenant {
-            return Err(RpcError::Busy("too many RPCs in flight for this tenant"));
+            return refused("too many RPCs in flight for this tenant");
         }
         *n += 1;
         *total += 1;
@@ -259,9 +279,9 @@ impl Rpc {
         let expects_answer = kind != Kind::Event;
         let result = async {
             let url = match kind {
-                Kind::Publish { .. } => self.settings.publish_proxy.as_ref(),
-                Kind::Connect { .. } => self.settings.connect_proxy.as_ref(),
-                Kind::Subscribe { .. } => self.settings.subscribe_proxy.as_ref(),
+                Kind::Publish { .. } => self.settings.backends.publish_proxy.as_ref(),
+                Kind::Connect { .. } => self.settings.backends.connect_proxy.as_ref(),
+                Kind::Subscribe { .. } => self.settings.backends.subscribe_proxy.as_ref(),
                 Kind::Rpc | Kind::Event => self.url_for(event),
             }
             .ok_or_else(|| RpcError::Unavailable("no backend URL for this event".into()))?;
@@ -269,23 +289,10 @@ impl Rpc {
             let timeout_ms = u64::try_from(self.settings.timeout.as_millis()).unwrap_or(u64::MAX);
             let request = Request {
                 id: format!("{}:{}", self.node, self.calls.fetch_add(1, Ordering::Relaxed)),
-                kind: match kind {
-                    Kind::Rpc => "rpc",
-                    Kind::Event => "event",
-                    Kind::Publish { .. } => "publish",
-                    Kind::Connect { refresh: false } => "connect",
-                    Kind::Connect { refresh: true } => "refresh",
-                    Kind::Subscribe { .. } => "subscribe",
-                },
+                kind: kind.wire_type(),
                 event,
-                channel: match kind {
-                    Kind::Publish { channel } => Some(channel),
-                    Kind::Rpc | Kind::Event | Kind::Connect { .. } | Kind::Subscribe { .. } => None,
-                },
-                room: match kind {
-                    Kind::Subscribe { room } => Some(room),
-                    _ => None,
-                },
+                channel: kind.target().0,
+                room: kind.target().1,
                 data,
                 identity,
                 socket,

@@ -83,10 +83,13 @@ async fn authenticate(
         return Err(ConnectRejection(ErrorCode::RateLimited));
     }
     let parts = socket.req_parts();
-    let verified = match auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri) {
-        _ if gw.config.proxy_only() => proxied(&gw, auth_payload.as_ref().ok(), &parts.headers, &parts.uri).await,
-        Ok(token) => verified(&gw, &token, false, None).await,
-        Err(e) => Err(e),
+    let verified = if gw.config.proxy_only() {
+        proxied(&gw, auth_payload.as_ref().ok(), &parts.headers, &parts.uri).await
+    } else {
+        match auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri) {
+            Ok(token) => verified(&gw, &token, false, None).await,
+            Err(e) => Err(e),
+        }
     };
     match verified {
         Ok((identity, proxy_rooms)) => {

@@ -113,15 +113,12 @@ async fn publish_inner(
         None => (wire::new_event_id(), None),
     };
     let mut data = raw_data(request.data, gw.config.publish_max_payload)?;
-    if let Some(rpc) = gw.rpc.as_ref().filter(|rpc| rpc.settings().publish_proxy.is_some()) {
+    if let Some(rpc) = gw.rpc.as_ref().filter(|rpc| rpc.settings().backends.publish_proxy.is_some()) {
         // The backend approves (`{"result": null}` or `{}`), rewrites (`{"result": {"data": …}}`)
         // or refuses (`rpc_rejected`); unreachable or late, nothing is published.
-        let admitted = rpc.admit(&identity.tenant).map_err(|e| {
-            metrics::rpc("publish", e.label(), std::time::Instant::now());
-            super::rpc::client_error(e)
-        })?;
-        let sender = Identity::of(&identity);
         let kind = Kind::Publish { channel: &request.channel };
+        let admitted = rpc.admit(&identity.tenant, kind).map_err(super::rpc::client_error)?;
+        let sender = Identity::of(&identity);
         let sent: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
         let answer = tokio::select! {
             answer = rpc.call(&admitted, kind, &request.event, &sent, Some(sender), socket.id.as_str()) => answer,

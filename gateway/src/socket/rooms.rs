@@ -103,17 +103,14 @@ async fn asked_room(
     identity: &Identity,
     refused: ClientError,
 ) -> Result<Room, ClientError> {
-    let Some(rpc) = gw.rpc.as_ref().filter(|rpc| rpc.settings().subscribe_proxy.is_some()) else {
+    let Some(rpc) = gw.rpc.as_ref().filter(|rpc| rpc.settings().backends.subscribe_proxy.is_some()) else {
         return Err(refused);
     };
     let room = named_room(request, &identity.tenant)?;
     let name = room.to_string();
-    let admitted = rpc.admit(&identity.tenant).map_err(|e| {
-        metrics::rpc("subscribe", e.label(), std::time::Instant::now());
-        super::rpc::client_error(e)
-    })?;
-    let sender = crate::rpc::Identity::of(identity);
     let kind = crate::rpc::Kind::Subscribe { room: &name };
+    let admitted = rpc.admit(&identity.tenant, kind).map_err(super::rpc::client_error)?;
+    let sender = crate::rpc::Identity::of(identity);
     match rpc.call(&admitted, kind, "join", &Value::Null, Some(sender), socket.id.as_str()).await {
         Ok(_) => {
             if let Some(conn) = super::conn_of(socket) {

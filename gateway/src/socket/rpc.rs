@@ -67,12 +67,9 @@ async fn call(
         ));
     };
     let identity = conn.identity();
-    let admitted = rpc.admit(&identity.tenant).map_err(|e| {
-        crate::metrics::rpc("rpc", e.label(), std::time::Instant::now());
-        client_error(e)
-    })?;
-    let sender = Identity::of(&identity);
     let kind = if expects_answer { Kind::Rpc } else { Kind::Event };
+    let admitted = rpc.admit(&identity.tenant, kind).map_err(client_error)?;
+    let sender = Identity::of(&identity);
     rpc.call(&admitted, kind, event, &data, Some(sender), socket.id.as_str()).await.map_err(client_error)
 }
 
