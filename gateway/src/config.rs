@@ -202,6 +202,8 @@ pub mod env {
     pub const PING_INTERVAL: &str = "ROOMCAST_PING_INTERVAL";
     /// `ROOMCAST_PING_TIMEOUT`.
     pub const PING_TIMEOUT: &str = "ROOMCAST_PING_TIMEOUT";
+    /// `ROOMCAST_CONNECT_TIMEOUT`.
+    pub const CONNECT_TIMEOUT: &str = "ROOMCAST_CONNECT_TIMEOUT";
     /// `ROOMCAST_CORS_ORIGINS`.
     pub const CORS_ORIGINS: &str = "ROOMCAST_CORS_ORIGINS";
     /// `ROOMCAST_LOG_FORMAT`.
@@ -666,6 +668,12 @@ pub struct Config {
     #[arg(long, env = env::PING_TIMEOUT, default_value = "20s", value_parser = parse_duration)]
     pub ping_timeout: Duration,
 
+    /// How long an Engine.IO session may stay open without connecting to the namespace (the
+    /// client's Socket.IO CONNECT, which carries its token). socket.io-client sends it at once;
+    /// a session that never does only holds a connection (Node socket.io waits 45 s).
+    #[arg(long, env = env::CONNECT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
     /// Browser origins allowed to connect (comma-separated, e.g. https://app.example.com), or *.
     /// With a list, other origins get 403 (WebSocket included). Unset: no CORS headers and no
     /// Origin check (* under --dev).
@@ -852,6 +860,9 @@ impl Config {
         }
         if self.ping_interval.is_zero() || self.ping_timeout.is_zero() {
             return Err(ConfigError::new(env::PING_INTERVAL, "ping interval and timeout must be above zero"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::new(env::CONNECT_TIMEOUT, "must be above zero"));
         }
         if self.drain_delay >= self.shutdown_timeout {
             return Err(ConfigError::new(
@@ -1412,6 +1423,8 @@ mod tests {
         assert!(Config::try_parse_from(["roomcast-gateway", "--jwt-leeway", "soon"]).is_err());
         let err = parse(&["--dev", "--log", "info,[["]).validate().unwrap_err();
         assert_eq!(err.option, env::LOG);
+        let err = parse(&["--dev", "--connect-timeout", "0s"]).validate().unwrap_err();
+        assert_eq!(err.option, env::CONNECT_TIMEOUT);
     }
 
     #[test]

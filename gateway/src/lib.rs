@@ -346,6 +346,7 @@ impl Gateway {
             .req_path(http::SOCKET_IO_PATH)
             .ping_interval(config.ping_interval)
             .ping_timeout(config.ping_timeout)
+            .connect_timeout(config.connect_timeout)
             .max_payload(config.max_payload)
             .max_buffer_size(config.client_buffer)
             // The slow-consumer policy (vendor/PATCHES.md): a socket whose buffer is full is

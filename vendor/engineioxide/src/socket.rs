@@ -476,7 +476,11 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
+        // The first ping goes out one `interval` after the session opened, as the protocol
+        // says (`tokio::time::interval` would tick at once: a ping with the handshake, which
+        // costs every connection a round trip and answers a polling client's first poll early).
+        let mut interval_tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         interval_tick.tick().await;
         // Some clients send the pong packet in first. If that happens, we should consume it.
         heartbeat_rx.try_recv().ok();
