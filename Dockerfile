@@ -18,6 +18,7 @@ COPY publisher-sdk/Cargo.toml publisher-sdk/
 COPY loadtests/Cargo.toml loadtests/
 # The patched engine crates ([patch.crates-io] in Cargo.toml; vendor/PATCHES.md).
 COPY vendor/engineioxide vendor/engineioxide
+COPY vendor/engineioxide-core vendor/engineioxide-core
 COPY vendor/socketioxide vendor/socketioxide
 RUN mkdir -p gateway/src publisher-sdk/src loadtests/src \
     && echo 'fn main() {}' > gateway/src/main.rs && touch gateway/src/lib.rs \
