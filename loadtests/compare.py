@@ -206,6 +206,16 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
             sink.wait()
 
 
+def run_floor(extra: list[str], profile: str) -> dict:
+    """The fan-out floor: no stack, the loadtest's own minimal server (pinned like the replicas)."""
+    cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), "floor", *extra]
+    if SERVER_CPUS:
+        cmd += ["--server-cpus", SERVER_CPUS]
+    print("\n### floor (the loadtest's minimal server)", file=sys.stderr, flush=True)
+    out = subprocess.run(pinned(cmd, GENERATOR_CPUS), stdout=subprocess.PIPE, check=True, text=True).stdout
+    return json.loads(out)
+
+
 def fmt(v) -> str:
     if v is None:
         return "—"
@@ -225,7 +235,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
     ap.add_argument(
-        "--only", action="append", choices=["idle", "idle-browser", "fanout", "typing", "reconnect", "churn", "noisy-neighbour", "rpc"]
+        "--only", action="append", choices=["idle", "idle-browser", "fanout", "floor", "typing", "reconnect", "churn", "noisy-neighbour", "rpc"]
     )
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
@@ -263,6 +273,7 @@ def main() -> int:
             "idle": (1, ["--connections", "200", "--hold", "1s"]),
             "idle-browser": (1, ["--connections", "200", "--hold", "1s", "--browser-headers"]),
             "fanout": (2, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s", "--all-steps"]),
+            "floor": (0, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s"]),
             "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
             "reconnect": (3, ["--rooms", "4", "--room-size", "6", "--rate", "50", "--before", "1s", "--after", "3s"]),
             "churn": (2, ["--cycles", "200", "--concurrency", "32", "--rooms", "5"]),
@@ -281,6 +292,11 @@ def main() -> int:
                 2,
                 ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step],
             ),
+            # The kernel's share of fan-out: the same sockets and rates, frames written as is.
+            "floor": (
+                0,
+                ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step],
+            ),
             "typing": (2, ["--rooms", "100", "--room-size", "20", "--typists", "4", "--interval", "500ms", "--duration", "20s"]),
             "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
             "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),
@@ -292,6 +308,9 @@ def main() -> int:
     results: dict[str, dict[str, dict]] = {}
     for scenario in scenarios:
         replicas, extra = plan[scenario]
+        if scenario == "floor":
+            results["floor"] = {"floor": run_floor(extra, profile)}
+            continue
         for kind in stacks:
             if scenario in ROOMCAST_ONLY and kind != "roomcast":
                 continue
@@ -308,21 +327,37 @@ def main() -> int:
             for key in path:
                 v = v.get(key) if isinstance(v, dict) else None
             vals[kind] = v
-        rows.append((name, vals.get("roomcast"), vals.get("node"), ratio(vals.get("roomcast"), vals.get("node"), higher_is_better)))
+        rows.append((name, vals.get("roomcast"), vals.get("node"), ratio(vals.get("roomcast"), vals.get("node"), higher_is_better), None))
 
     row("idle: RSS per connection (bytes)", "idle", ["rss_per_connection_bytes"], False)
     row("idle: connects/s", "idle", ["connects_per_second"], True)
     row("idle, browser headers: RSS per connection (bytes)", "idle-browser", ["rss_per_connection_bytes"], False)
     row("fanout: sustainable publish rate (events/s)", "fanout", ["sustainable_publish_rate"], True)
     row("fanout: sustainable deliveries/s", "fanout", ["sustainable_delivery_rate"], True)
-    # p99 at the Node stack's sustainable rate, from each stack's step at that rate.
+    # p99 and CPU at the Node stack's sustainable rate, from each stack's step at that rate (and
+    # the floor's step at the same rate: what writing the frames alone costs).
     node_rate = results.get("fanout", {}).get("node", {}).get("sustainable_publish_rate")
-    for kind in stacks:
-        step = next((s for s in results.get("fanout", {}).get(kind, {}).get("steps", []) if s["target_rate"] == node_rate), None)
-        results.setdefault("_p99_at_node_rate", {})[kind] = step["latency"]["p99_ms"] if step else None
-        results.setdefault("_cpu_at_node_rate", {})[kind] = step["server_cpu_us_per_delivery"] if step else None
-    rows.append((f"fanout: p99 ms at {fmt(node_rate)} events/s (Node's sustainable)", results["_p99_at_node_rate"].get("roomcast"), results["_p99_at_node_rate"].get("node"), ratio(results["_p99_at_node_rate"].get("roomcast"), results["_p99_at_node_rate"].get("node"), False)))
-    rows.append(("fanout: server CPU µs per delivery at that rate", results["_cpu_at_node_rate"].get("roomcast"), results["_cpu_at_node_rate"].get("node"), ratio(results["_cpu_at_node_rate"].get("roomcast"), results["_cpu_at_node_rate"].get("node"), False)))
+    at_rate = {}
+    for kind in [*stacks, "floor"]:
+        steps = results.get("floor" if kind == "floor" else "fanout", {}).get(kind, {}).get("steps", [])
+        at_rate[kind] = next((s for s in steps if s["target_rate"] == node_rate), None)
+
+    def at(kind, *path):
+        v = at_rate.get(kind)
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        return v
+
+    def split(kind):
+        user, kernel = at(kind, "server_user_us_per_delivery"), at(kind, "server_kernel_us_per_delivery")
+        return None if user is None or kernel is None else f"{user:.2f} / {kernel:.2f}"
+
+    results["_p99_at_node_rate"] = {k: at(k, "latency", "p99_ms") for k in at_rate}
+    results["_cpu_at_node_rate"] = {k: at(k, "server_cpu_us_per_delivery") for k in at_rate}
+    p99, cpu = results["_p99_at_node_rate"], results["_cpu_at_node_rate"]
+    rows.append((f"fanout: p99 ms at {fmt(node_rate)} events/s (Node's sustainable)", p99.get("roomcast"), p99.get("node"), ratio(p99.get("roomcast"), p99.get("node"), False), p99.get("floor")))
+    rows.append(("fanout: server CPU µs per delivery at that rate", cpu.get("roomcast"), cpu.get("node"), ratio(cpu.get("roomcast"), cpu.get("node"), False), cpu.get("floor")))
+    rows.append(("fanout: of which user / kernel µs", split("roomcast"), split("node"), "", split("floor")))
     row("fanout: events lost", "fanout", ["total_lost"], False)
     row("typing: indicators delivered/s", "typing", ["indicators_per_second"], True)
     row("typing: p99 ms", "typing", ["latency", "p99_ms"], False)
@@ -342,10 +377,10 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
 
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'figure':<{width}} | {'Roomcast':>12} | {'Node':>12} | Roomcast better by")
-    print(f"{'-' * width}-|-{'-' * 12}-|-{'-' * 12}-|------------------")
-    for name, a, b, r in rows:
-        print(f"{name:<{width}} | {fmt(a):>12} | {fmt(b):>12} | {r}")
+    print(f"\n{'figure':<{width}} | {'Roomcast':>13} | {'Node':>13} | {'better by':>9} | floor (fan-out)")
+    print(f"{'-' * width}-|-{'-' * 13}-|-{'-' * 13}-|-{'-' * 9}-|----------------")
+    for name, a, b, r, floor in rows:
+        print(f"{name:<{width}} | {fmt(a):>13} | {fmt(b):>13} | {r:>9} | {fmt(floor) if floor is not None else ''}")
     print(f"\nJSON: {args.out}")
     return 0
 

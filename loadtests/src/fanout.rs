@@ -114,6 +114,9 @@ pub struct Step {
     pub duplicates: u64,
     pub server_cpu_seconds: f64,
     pub server_cpu_us_per_delivery: f64,
+    /// Of which in user space and in the kernel (`/proc/<pid>/stat` utime and stime).
+    pub server_user_us_per_delivery: f64,
+    pub server_kernel_us_per_delivery: f64,
     pub server_cpu_percent: f64,
     pub generator_cpu_percent: f64,
     /// The publisher process's CPU (`roomcast-loadtest publisher` or the Node publisher).
@@ -257,6 +260,9 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
             delivered,
             delivered_per_second: delivered as f64 / options.step.as_secs_f64(),
             server_cpu_us_per_delivery: server_cpu * 1e6 / delivered.max(1) as f64,
+            server_user_us_per_delivery: (server1.user_seconds - server0.user_seconds) * 1e6 / delivered.max(1) as f64,
+            server_kernel_us_per_delivery: (server1.kernel_seconds - server0.kernel_seconds) * 1e6
+                / delivered.max(1) as f64,
             server_cpu_percent: server_cpu * 100.0 / seconds,
             generator_cpu_percent: (gen1.cpu_seconds - gen0.cpu_seconds) * 100.0 / seconds,
             publisher_cpu_percent: (pub1.cpu_seconds - pub0.cpu_seconds) * 100.0 / seconds,
@@ -268,7 +274,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
         };
         eprintln!(
             "  {rate:>6}/s: published {:.0}/s, delivered {:.0}/s, p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms, \
-             lost {} dup {}, replicas {:.0}% CPU ({:.1} µs/delivery), generator {:.0}% CPU, publisher {:.0}% CPU{}",
+             lost {} dup {}, replicas {:.0}% CPU ({:.1} µs/delivery: user {:.1}, kernel {:.1}), generator {:.0}% CPU, \
+             publisher {:.0}% CPU{}",
             step.published_per_second,
             step.delivered_per_second,
             step.latency.p50_ms,
@@ -280,6 +287,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
             step.duplicates,
             step.server_cpu_percent,
             step.server_cpu_us_per_delivery,
+            step.server_user_us_per_delivery,
+            step.server_kernel_us_per_delivery,
             step.generator_cpu_percent,
             step.publisher_cpu_percent,
             if sustainable { "" } else { "  <- not sustainable" }

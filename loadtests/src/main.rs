@@ -3,6 +3,7 @@
 
 mod churn;
 mod fanout;
+mod floor;
 mod history_memory;
 mod idle;
 mod noisy;
@@ -34,6 +35,9 @@ enum Scenario {
     Idle(idle::Options),
     /// Rooms spread over replicas, events published at stepped rates: throughput and latency.
     Fanout(fanout::Options),
+    /// The fan-out floor: the same sockets and rates, one pre-encoded frame written to each
+    /// member by a minimal server; its CPU per delivery, user and kernel.
+    Floor(floor::Options),
     /// Client-originated typing storm across replicas.
     Typing(typing::Options),
     /// Kill a replica under load: time until its clients are back, events lost.
@@ -46,6 +50,9 @@ enum Scenario {
     /// Client RPCs through the gateway against direct calls to the same backend: calls/s and
     /// added latency at a few concurrency levels.
     Rpc(rpc::Options),
+    /// Not a scenario: the `floor` scenario's server process.
+    #[command(hide = true)]
+    FloorServer(floor::ServerOptions),
     /// Not a scenario: the Roomcast stack's publisher process the scenarios start (publishes
     /// `room seq` lines read from stdin).
     Publisher(pipe_publisher::Options),
@@ -58,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::HistoryMemory(options) => serde_json::to_string_pretty(&history_memory::run(&options).await?)?,
         Scenario::Idle(options) => serde_json::to_string_pretty(&idle::run(&options).await?)?,
         Scenario::Fanout(options) => serde_json::to_string_pretty(&fanout::run(&options).await?)?,
+        Scenario::Floor(options) => serde_json::to_string_pretty(&floor::run(&options).await?)?,
         Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
         Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
         Scenario::NoisyNeighbour(options) => serde_json::to_string_pretty(&noisy::run(&options).await?)?,
@@ -71,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Scenario::Publisher(options) => return pipe_publisher::run(&options).await,
+        Scenario::FloorServer(options) => return floor::serve(&options).await,
     };
     println!("{json}");
     Ok(())

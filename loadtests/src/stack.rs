@@ -176,7 +176,10 @@ pub fn now_us() -> u64 {
 /// CPU time and memory of processes, from /proc.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct ProcSample {
+    /// User + kernel.
     pub cpu_seconds: f64,
+    pub user_seconds: f64,
+    pub kernel_seconds: f64,
     pub rss_bytes: u64,
 }
 
@@ -193,18 +196,29 @@ impl ProcSample {
         let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
         // Fields after the command name (which may hold spaces) start at ')'.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // utime and stime, in clock ticks.
+        let (user, kernel): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
         let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
         let rss_kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
         // USER_HZ is 100 on every Linux target Rust supports.
-        Some(ProcSample { cpu_seconds: ticks as f64 / 100.0, rss_bytes: rss_kb * 1024 })
+        Some(ProcSample {
+            cpu_seconds: (user + kernel) as f64 / 100.0,
+            user_seconds: user as f64 / 100.0,
+            kernel_seconds: kernel as f64 / 100.0,
+            rss_bytes: rss_kb * 1024,
+        })
     }
 }
 
 impl std::ops::Add for ProcSample {
     type Output = ProcSample;
     fn add(self, o: ProcSample) -> ProcSample {
-        ProcSample { cpu_seconds: self.cpu_seconds + o.cpu_seconds, rss_bytes: self.rss_bytes + o.rss_bytes }
+        ProcSample {
+            cpu_seconds: self.cpu_seconds + o.cpu_seconds,
+            user_seconds: self.user_seconds + o.user_seconds,
+            kernel_seconds: self.kernel_seconds + o.kernel_seconds,
+            rss_bytes: self.rss_bytes + o.rss_bytes,
+        }
     }
 }
 
