@@ -9,6 +9,7 @@ use http::request::Parts;
 use crate::{
     config::EngineIoConfig,
     handler::EngineIoHandler,
+    heartbeat::Heartbeats,
     socket::{DisconnectReason, Socket},
 };
 
@@ -24,6 +25,9 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// The heartbeats of every v4 session, on one timer wheel and one task.
+    heartbeats: Arc<Heartbeats<H::Data>>,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -31,6 +35,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
     pub fn new(handler: Arc<H>, config: EngineIoConfig) -> Self {
         Self {
             sockets: RwLock::new(HashMap::new()),
+            heartbeats: Heartbeats::new(config.ping_interval, config.ping_timeout),
             config,
             handler,
         }
@@ -66,6 +71,18 @@ impl<H: EngineIoHandler> EngineIo<H> {
         socket
     }
 
+    /// Starts the session's heartbeat, once its open packet is sent.
+    pub(crate) fn start_heartbeat(&self, socket: &Arc<Socket<H::Data>>) {
+        #[cfg(feature = "v3")]
+        if socket.protocol == ProtocolVersion::V3 {
+            socket
+                .clone()
+                .spawn_heartbeat_v3(self.config.ping_interval, self.config.ping_timeout);
+            return;
+        }
+        self.heartbeats.start(socket);
+    }
+
     /// Get a socket by its sid
     /// Clones the socket ref to avoid holding the lock
     pub fn get_socket(&self, sid: Sid) -> Option<Arc<Socket<H::Data>>> {
@@ -92,6 +109,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
         // transports (the ws `forward_to_socket` task and pending polling requests) will release
         // the `internal_rx` lock as soon as they observe the cancellation.
         socket.cancellation_token.cancel();
+        self.heartbeats.stop(&socket);
 
         let handler = self.handler.clone();
         tokio::spawn(async move {

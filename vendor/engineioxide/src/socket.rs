@@ -54,27 +54,27 @@
 //!
 //! let svc = EngineIoService::new(Arc::new(MyHandler::default()));
 //! ```
+#[cfg(any(feature = "v3", feature = "__test_harness"))]
+use std::sync::Arc;
 use std::{
     collections::VecDeque,
     fmt::Debug,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     time::Duration,
 };
 
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
+#[cfg(feature = "v3")]
 use futures_util::FutureExt;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex,
-    mpsc::{self, Receiver, error::TrySendError},
-    watch,
-};
+#[cfg(any(feature = "v3", feature = "__test_harness"))]
+use tokio::sync::mpsc;
+#[cfg(feature = "v3")]
+use tokio::sync::mpsc::Receiver;
+use tokio::sync::{Mutex, mpsc::error::TrySendError, watch};
 
 use crate::queue;
 
@@ -256,11 +256,19 @@ where
     /// message is retained; subsequent volatile sends overwrite the previous one.
     volatile_tx: watch::Sender<Option<PacketBuf>>,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
+    /// Set by every pong (v4), cleared when a ping is sent: the engine's heartbeat driver
+    /// ([`crate::heartbeat`]) checks it when the pong is due.
+    pub(crate) pong: AtomicBool,
+    /// This socket's entry in the heartbeat driver's queue, while it has one.
+    pub(crate) heartbeat_key: std::sync::Mutex<Option<tokio_util::time::delay_queue::Key>>,
+
+    /// Internal channel to receive Ping [`Packets`](Packet) (v3 protocol) in the v3 heartbeat job,
     /// which is running in a separate task
+    #[cfg(feature = "v3")]
     heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
+    /// Channel to send Ping [`Packets`](Packet) (v3 protocol) from the connexion to the heartbeat job
     /// which is running in a separate task
+    #[cfg(feature = "v3")]
     pub(crate) heartbeat_tx: mpsc::Sender<()>,
 
     /// A cancellation token that will be triggered when the socket is being closed.
@@ -291,6 +299,7 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
+        #[cfg(feature = "v3")]
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
@@ -309,7 +318,11 @@ where
 
             volatile_tx,
 
+            pong: AtomicBool::new(false),
+            heartbeat_key: std::sync::Mutex::new(None),
+            #[cfg(feature = "v3")]
             heartbeat_rx: Mutex::new(heartbeat_rx),
+            #[cfg(feature = "v3")]
             heartbeat_tx,
             cancellation_token: CancellationToken::new(),
 
@@ -425,16 +438,26 @@ where
         self.upgrading.store(true, Ordering::Relaxed);
     }
 
-    /// Spawn the heartbeat job
+    /// A pong (v4) or a ping (v3) from the client: it is alive.
+    pub(crate) fn heartbeat_received(&self) {
+        self.pong.store(true, Ordering::Relaxed);
+        // A full channel means that the client is already known to be alive.
+        #[cfg(feature = "v3")]
+        self.heartbeat_tx.try_send(()).ok();
+    }
+
+    /// Spawn the v3 heartbeat job (v3 clients ping, the server answers; v4 sessions are
+    /// driven by the engine's [`Heartbeats`](crate::heartbeat::Heartbeats) instead).
     ///
     /// Keep a handle to the job so that it can be aborted when the socket is closed
-    pub(crate) fn spawn_heartbeat(self: Arc<Self>, interval: Duration, timeout: Duration) {
+    #[cfg(feature = "v3")]
+    pub(crate) fn spawn_heartbeat_v3(self: Arc<Self>, interval: Duration, timeout: Duration) {
         let cancellation_token = self.cancellation_token.clone();
 
         tokio::spawn(
             cancellation_token
                 .run_until_cancelled_owned(async move {
-                    if let Err(_e) = self.heartbeat_job(interval, timeout).await {
+                    if let Err(_e) = self.heartbeat_job_v3(interval, timeout).await {
                         self.close(DisconnectReason::HeartbeatTimeout);
                         #[cfg(feature = "tracing")]
                         tracing::debug!(id = ?self.id, "heartbeat error: {_e}");
@@ -445,74 +468,6 @@ where
                     tracing::debug!(aborted = _v.is_none(), "heartbeat job completed");
                 }),
         );
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds by the client and the server `is` expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client or server does not respond within the timeout, the connection is closed.
-    #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        match self.protocol {
-            ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
-            ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
-        }
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        self.heartbeat_job_v4(interval, timeout).await
-    }
-
-    /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
-    ///
-    /// If the client does not respond within the timeout, the connection is closed.
-    async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
-
-        // The first ping goes out one `interval` after the session opened, as the protocol
-        // says (`tokio::time::interval` would tick at once: a ping with the handshake, which
-        // costs every connection a round trip and answers a polling client's first poll early).
-        let mut interval_tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        interval_tick.tick().await;
-        // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
-        loop {
-            // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                interval_tick.tick().await;
-                continue;
-            }
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.internal_tx
-                .try_send(smallvec![Packet::Ping])
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            interval_tick.tick().await;
-        }
     }
 
     #[cfg(feature = "v3")]
@@ -699,8 +654,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("pong", &self.pong)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -748,6 +702,7 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = queue::channel(buffer_size);
+        #[cfg(feature = "v3")]
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
         let (volatile_tx, volatile_rx) = watch::channel(None);
 
@@ -766,7 +721,11 @@ where
 
             volatile_tx,
 
+            pong: AtomicBool::new(false),
+            heartbeat_key: std::sync::Mutex::new(None),
+            #[cfg(feature = "v3")]
             heartbeat_rx: Mutex::new(heartbeat_rx),
+            #[cfg(feature = "v3")]
             heartbeat_tx,
             cancellation_token: CancellationToken::new(),
             close_fn,
