@@ -8,7 +8,10 @@
 //!
 //! Timing is the protocol's and the old task's: the first ping one interval after the session
 //! opened, then one every interval (fixed rate: measured from the ping, not from the pong), and a
-//! session whose pong has not come `ping_timeout` after its ping is closed. Pings are paused while the session upgrades.
+//! session whose pong has not come `ping_timeout` after its ping is closed. (One difference:
+//! with a timeout longer than the interval, a pong that comes after the interval is over is
+//! looked at when the timeout is, so the next ping waits until then; the old task sent it as
+//! soon as the pong came. Both stay within the client's own deadline, interval + timeout.) Pings are paused while the session upgrades.
 //! A pong counts for the ping before it: the flag is cleared when a ping is sent, so pongs sent
 //! ahead (or twice) cannot stand in for a later one that never comes.
 
@@ -25,6 +28,14 @@ use tokio::time::Instant;
 use tokio_util::time::DelayQueue;
 
 use crate::socket::{DisconnectReason, Socket};
+
+/// The longest interval or timeout the queue is asked to wait (see [`Heartbeats::new`]).
+const MAX_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How soon a ping that came due during an upgrade is tried again: waiting a whole interval
+/// would leave the client without a ping for two intervals, past its own deadline
+/// (interval + timeout), and it would close the connection.
+const UPGRADE_RETRY: Duration = Duration::from_secs(1);
 
 /// What an entry of the queue is due for.
 enum Due {
@@ -60,8 +71,10 @@ impl<D: Default + Send + Sync + 'static> Heartbeats<D> {
     pub(crate) fn new(interval: Duration, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             queue: Mutex::new(DelayQueue::new()),
-            interval,
-            timeout,
+            // `DelayQueue` panics on deadlines more than ~2.2 years ahead, and a panic would end
+            // the driver, so every session's heartbeat; a year is as good as never.
+            interval: interval.min(MAX_DELAY),
+            timeout: timeout.min(MAX_DELAY),
             driver: OnceLock::new(),
             driver_waker: Mutex::new(None),
         })
@@ -78,6 +91,11 @@ impl<D: Default + Send + Sync + 'static> Heartbeats<D> {
             tokio::spawn(drive(Arc::downgrade(self)));
         });
         let mut queue = self.lock();
+        // Closed before its heartbeat started (the handshake is awaited in between): nothing
+        // to schedule. `close_session` cancels before it calls `stop`, which takes this lock.
+        if socket.cancellation_token.is_cancelled() {
+            return;
+        }
         schedule(
             &mut queue,
             socket,
@@ -107,10 +125,14 @@ impl<D: Default + Send + Sync + 'static> Heartbeats<D> {
         queue: &mut DelayQueue<Beat<D>>,
         beat: Beat<D>,
         closing: &mut Vec<Arc<Socket<D>>>,
+        handled: &mut Vec<Arc<Socket<D>>>,
     ) {
         let Some(socket) = beat.socket.upgrade() else {
             return;
         };
+        // Dropped after the lock is released: if this were the last reference, the socket's
+        // drop (its data, the engine's close function) must not run under it.
+        handled.push(socket.clone());
         // The entry is gone from the queue: so is its key.
         *socket
             .heartbeat_key
@@ -122,7 +144,12 @@ impl<D: Default + Send + Sync + 'static> Heartbeats<D> {
         let now = Instant::now();
         match beat.due {
             Due::Ping if socket.is_upgrading() => {
-                schedule(queue, &socket, Due::Ping, now + self.interval);
+                schedule(
+                    queue,
+                    &socket,
+                    Due::Ping,
+                    now + self.interval.min(UPGRADE_RETRY),
+                );
             }
             Due::Ping => {
                 socket.pong.store(false, Ordering::Relaxed);
@@ -188,6 +215,7 @@ fn schedule<D: Default + Send + Sync + 'static>(
 /// its [`Heartbeats`]) is gone.
 async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D>>) {
     let mut closing = Vec::new();
+    let mut handled_sockets = Vec::new();
     loop {
         let alive = poll_fn(|cx| {
             let Some(this) = heartbeats.upgrade() else {
@@ -197,9 +225,15 @@ async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D
             let mut handled = false;
             // An empty queue answers `Ready(None)` with our waker kept: an insert wakes us.
             while let Poll::Ready(Some(expired)) = queue.poll_expired(cx) {
-                this.due(&mut queue, expired.into_inner(), &mut closing);
+                this.due(
+                    &mut queue,
+                    expired.into_inner(),
+                    &mut closing,
+                    &mut handled_sockets,
+                );
                 handled = true;
-                if closing.len() >= 64 {
+                // In batches: other tasks run between them, whatever is due at once.
+                if closing.len() >= 64 || handled_sockets.len() >= 1024 {
                     break;
                 }
             }
@@ -211,6 +245,7 @@ async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D
             Poll::Pending
         })
         .await;
+        handled_sockets.clear();
         if !alive {
             return;
         }
@@ -225,6 +260,16 @@ async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_longest_delay_fits_the_queue() {
+        // `DelayQueue::insert_at` panics past ~2.2 years; a panic would end every heartbeat.
+        let mut queue = DelayQueue::new();
+        queue.insert_at((), Instant::now() + MAX_DELAY + MAX_DELAY);
+        let heartbeats = Heartbeats::<()>::new(Duration::MAX, Duration::MAX);
+        assert_eq!(heartbeats.interval, MAX_DELAY);
+        assert_eq!(heartbeats.timeout, MAX_DELAY);
+    }
 
     #[test]
     fn an_entry_is_small() {

@@ -6,11 +6,14 @@
 //! 32 `PacketBuf` slots (5.4 KB with 168-byte slots) while idle. Here an idle socket holds an
 //! empty `VecDeque` (no allocation) or, once it has sent something, a few slots.
 //!
-//! The API is the subset of tokio's that engineioxide uses, with the same semantics: `try_send`
-//! and `try_reserve` fail with `Full` at capacity (reserved places count) and with `Closed` once
-//! the receiver closed or is gone; a permit's value is dropped if the receiver closed meanwhile;
-//! the receiver still drains what was queued after `close` and then gets `None`, as it does once
-//! every sender is gone.
+//! The API is the subset of tokio's that engineioxide uses, with tokio's semantics where
+//! engineioxide depends on them: `try_send` and `try_reserve` fail with `Full` at capacity
+//! (reserved places count) and with `Closed` once the receiver closed or is gone; the receiver
+//! still drains what was queued before `close` and then gets `None`, as it does once every sender
+//! is gone. Two differences, which no caller depends on (the receiver is closed only when the
+//! session is, and nothing reads it afterwards): a permit's value is dropped if the receiver
+//! closed after the place was taken (tokio still delivers it), and a `try_send` may take a place
+//! freed while a `send` waits (tokio gives it to the waiter).
 
 use std::{
     collections::VecDeque,
@@ -25,8 +28,10 @@ use tokio::sync::{
 };
 
 /// Queue capacity kept once the queue is empty again: a socket that once had a burst queued
-/// gives the memory back, and one that sends a packet at a time keeps reusing its few slots.
+/// (more than [`SHRINK_ABOVE`] slots) gives the memory back, and one that sends a few packets at
+/// a time keeps reusing its slots instead of reallocating them at every burst.
 const KEPT_CAPACITY: usize = 4;
+const SHRINK_ABOVE: usize = 16;
 
 struct State<T> {
     items: VecDeque<T>,
@@ -281,7 +286,7 @@ impl<T> Receiver<T> {
     /// Takes the next value, and says whether a waiting [`Sender::send`] must be woken.
     fn pop(state: &mut State<T>) -> Option<(T, bool)> {
         let value = state.items.pop_front()?;
-        if state.items.is_empty() && state.items.capacity() > KEPT_CAPACITY {
+        if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
             state.items.shrink_to(KEPT_CAPACITY);
         }
         Some((value, std::mem::take(&mut state.space_wanted)))
