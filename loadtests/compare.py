@@ -219,6 +219,8 @@ def run_floor(extra: list[str], profile: str) -> dict:
 def fmt(v) -> str:
     if v is None:
         return "—"
+    if isinstance(v, str):
+        return v
     if isinstance(v, float):
         return f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
     return f"{v:,}"
