@@ -125,8 +125,19 @@ async fn present(target: &Target, rooms: usize) -> anyhow::Result<u64> {
     let mut observer = Conn::connect(addr, source, &target.token("churn-observer"), Duration::from_secs(30)).await?;
     let mut total = 0;
     for r in 0..rooms {
-        let ack =
-            observer.call("presence:list", &serde_json::json!({ "channel": format!("churn{r}") }), &mut Ignore).await?;
+        let ask = serde_json::json!({ "channel": format!("churn{r}") });
+        // One socket asking about every room runs into its `presence:list` budget
+        // (ROOMCAST_RATE_PRESENCE_LIST): wait as told and ask again, as a polite client does.
+        let ack = loop {
+            let ack = observer.call("presence:list", &ask, &mut Ignore).await?;
+            match ack["error"]["code"].as_str() {
+                Some("rate_limited") => {
+                    let wait = ack["error"]["retryAfterMs"].as_u64().unwrap_or(100);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                _ => break ack,
+            }
+        };
         total += ack["total"].as_u64().with_context(|| format!("presence:list answered {ack}"))?;
     }
     observer.close().await;
