@@ -21,15 +21,14 @@ use crate::{
     stack::{EventPublisher, Latencies, LatencySummary, ProcSample, StackKind, Target, now_us, open_many},
 };
 
-/// Options of the `fanout` scenario.
+/// The rooms and the steps of a fan-out run: `fanout` and the `floor` it is read against share
+/// them, so that both run the same sockets at the same rates.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Options {
-    #[command(flatten)]
-    pub target: Target,
+pub struct Shape {
     /// Rooms (channels `c0`, `c1`, …).
     #[arg(long, default_value_t = 100)]
     pub rooms: usize,
-    /// Members per room, spread round-robin over the replicas.
+    /// Members per room (in `fanout`, spread round-robin over the replicas).
     #[arg(long, default_value_t = 50)]
     pub room_size: usize,
     /// Publish rates to step through, events/s over all rooms (each event reaches room-size members).
@@ -38,6 +37,15 @@ pub struct Options {
     /// Duration of each step.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub step: Duration,
+}
+
+/// Options of the `fanout` scenario.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub shape: Shape,
     /// p99 end-to-end latency a sustainable step stays under, milliseconds.
     #[arg(long, default_value_t = 50.0)]
     pub p99_limit_ms: f64,
@@ -219,46 +227,53 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
     let target = &options.target;
     let counters = Arc::new(Counters::default());
     let latencies = Latencies::new();
-    let n = options.rooms * options.room_size;
+    let n = options.shape.rooms * options.shape.room_size;
     eprintln!(
         "fanout: {} rooms x {} members = {n} connections over {} replica(s)",
-        options.rooms,
-        options.room_size,
+        options.shape.rooms,
+        options.shape.room_size,
         target.replicas.len()
     );
-    let stop = open_members(target, options.rooms, options.room_size, &counters, &latencies).await?;
+    let stop = open_members(target, options.shape.rooms, options.shape.room_size, &counters, &latencies).await?;
     let publisher = target.publisher().await?;
-    let mut seqs = vec![0u64; options.rooms];
+    let mut seqs = vec![0u64; options.shape.rooms];
     let mut next_room = 0;
     let mut steps = Vec::new();
-    for &rate in &options.rates {
+    for &rate in &options.shape.rates {
         latencies.take();
         let (received0, lost0, dup0) = snapshot(&counters);
         let (server0, gen0, pub0, t0) =
             (target.processes(), ProcSample::this_process(), publisher.process(), Instant::now());
-        let published =
-            publish_at(&publisher, &target.tenant, options.rooms, &mut seqs, &mut next_room, rate, options.step)
-                .await?;
+        let published = publish_at(
+            &publisher,
+            &target.tenant,
+            options.shape.rooms,
+            &mut seqs,
+            &mut next_room,
+            rate,
+            options.shape.step,
+        )
+        .await?;
         // Let what is in flight arrive before reading the step's numbers.
-        settle(&counters, received0 + published * options.room_size as u64, Duration::from_secs(2)).await;
+        settle(&counters, received0 + published * options.shape.room_size as u64, Duration::from_secs(2)).await;
         let seconds = t0.elapsed().as_secs_f64();
         let (received1, lost1, dup1) = snapshot(&counters);
         let (server1, gen1, pub1) = (target.processes(), ProcSample::this_process(), publisher.process());
         let latency = latencies.take();
         let delivered = received1 - received0;
         let server_cpu = server1.cpu_seconds - server0.cpu_seconds;
-        let published_per_second = published as f64 / options.step.as_secs_f64();
+        let published_per_second = published as f64 / options.shape.step.as_secs_f64();
         let lost = lost1 - lost0;
         let sustainable = latency.p99_ms < options.p99_limit_ms
             && lost == 0
             && published_per_second >= rate as f64 * 0.95
-            && delivered >= published * options.room_size as u64;
+            && delivered >= published * options.shape.room_size as u64;
         let step = Step {
             target_rate: rate,
             published,
             published_per_second,
             delivered,
-            delivered_per_second: delivered as f64 / options.step.as_secs_f64(),
+            delivered_per_second: delivered as f64 / options.shape.step.as_secs_f64(),
             server_cpu_us_per_delivery: server_cpu * 1e6 / delivered.max(1) as f64,
             server_user_us_per_delivery: (server1.user_seconds - server0.user_seconds) * 1e6 / delivered.max(1) as f64,
             server_kernel_us_per_delivery: (server1.kernel_seconds - server0.kernel_seconds) * 1e6
@@ -304,8 +319,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
         scenario: "fanout",
         stack: target.stack,
         replicas: target.replicas.len(),
-        rooms: options.rooms,
-        room_size: options.room_size,
+        rooms: options.shape.rooms,
+        room_size: options.shape.room_size,
         connections: n,
         sustainable_publish_rate: best.map_or(0, |s| s.target_rate),
         sustainable_delivery_rate: best.map_or(0.0, |s| s.delivered_per_second),

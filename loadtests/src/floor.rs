@@ -27,25 +27,16 @@ use tokio::{
 };
 
 use crate::{
-    fanout::{Counters, number_after},
+    fanout::{Counters, Shape, number_after},
     stack::{Latencies, LatencySummary, ProcSample, now_us},
 };
 
 /// Options of the `floor` scenario.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Rooms.
-    #[arg(long, default_value_t = 100)]
-    pub rooms: usize,
-    /// Members per room.
-    #[arg(long, default_value_t = 50)]
-    pub room_size: usize,
-    /// Publish rates to step through, events/s over all rooms.
-    #[arg(long, value_delimiter = ',', default_value = "100,200,500,1000,2000,4000,8000")]
-    pub rates: Vec<u64>,
-    /// Duration of each step.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub step: Duration,
+    /// The rooms and rates, as `fanout` takes them.
+    #[command(flatten)]
+    pub shape: Shape,
     /// Bytes of each frame's payload: about what Roomcast delivers for the fan-out event
     /// (`42["bench",{data},{meta}]`).
     #[arg(long, default_value_t = 190)]
@@ -268,8 +259,8 @@ fn frame_at(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
-    let n = options.rooms * options.room_size;
-    eprintln!("floor: {} rooms x {} members = {n} loopback connections", options.rooms, options.room_size);
+    let n = options.shape.rooms * options.shape.room_size;
+    eprintln!("floor: {} rooms x {} members = {n} loopback connections", options.shape.rooms, options.shape.room_size);
     let exe = std::env::current_exe()?;
     let mut command = match &options.server_cpus {
         Some(cpus) => {
@@ -280,7 +271,13 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
         None => std::process::Command::new(exe),
     };
     let server = command
-        .args(["floor-server", "--rooms", &options.rooms.to_string(), "--room-size", &options.room_size.to_string()])
+        .args([
+            "floor-server",
+            "--rooms",
+            &options.shape.rooms.to_string(),
+            "--room-size",
+            &options.shape.room_size.to_string(),
+        ])
         .args(["--payload-bytes", &options.payload_bytes.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -301,7 +298,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
     let mut members = Vec::with_capacity(n);
     for i in 0..n {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.write_u32_le((i / options.room_size) as u32).await?;
+        stream.write_u32_le((i / options.shape.room_size) as u32).await?;
         members.push(tokio::spawn(member(stream, i, counters.clone(), latencies.clone())));
     }
     let line = tokio::task::block_in_place(&mut next_line)?;
@@ -310,7 +307,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
     }
 
     let mut steps = Vec::new();
-    for &rate in &options.rates {
+    for &rate in &options.shape.rates {
         latencies.take();
         let (received0, lost0, dup0) = (
             counters.received.load(Ordering::Relaxed),
@@ -318,13 +315,13 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
             counters.duplicates.load(Ordering::Relaxed),
         );
         let (server0, t0) = (ProcSample::of(pid), Instant::now());
-        writeln!(stdin, "rate {rate} {}", options.step.as_millis())?;
+        writeln!(stdin, "rate {rate} {}", options.shape.step.as_millis())?;
         stdin.flush()?;
         let done = tokio::task::block_in_place(&mut next_line)?;
         let mut words = done.split_whitespace().skip(1);
         let published: u64 = words.next().context("done line")?.parse()?;
         let backpressured: u64 = words.next().context("done line")?.parse()?;
-        let expected = received0 + published * options.room_size as u64;
+        let expected = received0 + published * options.shape.room_size as u64;
         let deadline = Instant::now() + Duration::from_secs(2);
         while counters.received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -339,7 +336,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
             delivered_per_second: delivered as f64 / seconds,
             latency: latencies.take(),
             lost: counters.lost.load(Ordering::Relaxed) - lost0
-                + (published * options.room_size as u64).saturating_sub(delivered),
+                + (published * options.shape.room_size as u64).saturating_sub(delivered),
             duplicates: counters.duplicates.load(Ordering::Relaxed) - dup0,
             server_cpu_us_per_delivery: per(server1.cpu_seconds - server0.cpu_seconds),
             server_user_us_per_delivery: per(server1.user_seconds - server0.user_seconds),
@@ -369,8 +366,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
     }
     Ok(FloorResult {
         scenario: "floor",
-        rooms: options.rooms,
-        room_size: options.room_size,
+        rooms: options.shape.rooms,
+        room_size: options.shape.room_size,
         connections: n,
         payload_bytes: options.payload_bytes,
         steps,
