@@ -270,12 +270,17 @@ def main() -> int:
     log_dir = args.out.parent / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
+    # The rooms and rates of a fan-out run; the floor runs the same (fanout::Shape).
+    if args.smoke:
+        shape = ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s"]
+    else:
+        shape = ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step]
     if args.smoke:
         plan = {
             "idle": (1, ["--connections", "200", "--hold", "1s"]),
             "idle-browser": (1, ["--connections", "200", "--hold", "1s", "--browser-headers"]),
-            "fanout": (2, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s", "--all-steps"]),
-            "floor": (0, ["--rooms", "5", "--room-size", "6", "--rates", "50,100", "--step", "1s"]),
+            "fanout": (2, [*shape, "--all-steps"]),
+            "floor": (0, shape),
             "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
             "reconnect": (3, ["--rooms", "4", "--room-size", "6", "--rate", "50", "--before", "1s", "--after", "3s"]),
             "churn": (2, ["--cycles", "200", "--concurrency", "32", "--rooms", "5"]),
@@ -290,15 +295,9 @@ def main() -> int:
             "idle": (1, ["--connections", str(args.idle_connections), "--hold", "10s"]),
             # The same with the upgrade headers a browser sends, which a server may keep.
             "idle-browser": (1, ["--connections", str(args.idle_connections), "--hold", "10s", "--browser-headers"]),
-            "fanout": (
-                2,
-                ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step],
-            ),
+            "fanout": (2, shape),
             # The kernel's share of fan-out: the same sockets and rates, frames written as is.
-            "floor": (
-                0,
-                ["--rooms", str(args.fanout_rooms), "--room-size", str(args.fanout_room_size), "--rates", args.fanout_rates, "--step", args.step],
-            ),
+            "floor": (0, shape),
             "typing": (2, ["--rooms", "100", "--room-size", "20", "--typists", "4", "--interval", "500ms", "--duration", "20s"]),
             "reconnect": (3, ["--rooms", "50", "--room-size", "60", "--rate", "500", "--before", "3s", "--after", "10s"]),
             "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),

@@ -262,6 +262,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
         let latency = latencies.take();
         let delivered = received1 - received0;
         let server_cpu = server1.cpu_seconds - server0.cpu_seconds;
+        let per_delivery = |seconds: f64| seconds * 1e6 / delivered.max(1) as f64;
         let published_per_second = published as f64 / options.shape.step.as_secs_f64();
         let lost = lost1 - lost0;
         let sustainable = latency.p99_ms < options.p99_limit_ms
@@ -274,10 +275,9 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
             published_per_second,
             delivered,
             delivered_per_second: delivered as f64 / options.shape.step.as_secs_f64(),
-            server_cpu_us_per_delivery: server_cpu * 1e6 / delivered.max(1) as f64,
-            server_user_us_per_delivery: (server1.user_seconds - server0.user_seconds) * 1e6 / delivered.max(1) as f64,
-            server_kernel_us_per_delivery: (server1.kernel_seconds - server0.kernel_seconds) * 1e6
-                / delivered.max(1) as f64,
+            server_cpu_us_per_delivery: per_delivery(server_cpu),
+            server_user_us_per_delivery: per_delivery(server1.user_seconds - server0.user_seconds),
+            server_kernel_us_per_delivery: per_delivery(server1.kernel_seconds - server0.kernel_seconds),
             server_cpu_percent: server_cpu * 100.0 / seconds,
             generator_cpu_percent: (gen1.cpu_seconds - gen0.cpu_seconds) * 100.0 / seconds,
             publisher_cpu_percent: (pub1.cpu_seconds - pub0.cpu_seconds) * 100.0 / seconds,
@@ -335,7 +335,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FanoutResult> {
     Ok(result)
 }
 
-fn snapshot(c: &Counters) -> (u64, u64, u64) {
+/// Received, lost and duplicate deliveries so far.
+pub fn snapshot(c: &Counters) -> (u64, u64, u64) {
     (c.received.load(Ordering::Relaxed), c.lost.load(Ordering::Relaxed), c.duplicates.load(Ordering::Relaxed))
 }
 

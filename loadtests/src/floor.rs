@@ -27,7 +27,8 @@ use tokio::{
 };
 
 use crate::{
-    fanout::{Counters, Shape, number_after},
+    fanout::{Counters, Member, Shape, settle, snapshot},
+    sio::Handler,
     stack::{Latencies, LatencySummary, ProcSample, now_us},
 };
 
@@ -209,16 +210,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// One member: reads frames, checks its room's sequence, records latency.
-async fn member(
-    mut stream: TcpStream,
-    shard: usize,
-    counters: Arc<Counters>,
-    latencies: Arc<Latencies>,
-) -> anyhow::Result<()> {
+/// One member: reads frames and hands each event to a `fanout` member, which checks its room's
+/// sequence and records the latency.
+async fn member(mut stream: TcpStream, mut member: Member) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut filled = 0usize;
-    let mut next_seq = 0u64;
     loop {
         let n = stream.read(&mut buf[filled..]).await?;
         if n == 0 {
@@ -228,17 +224,9 @@ async fn member(
         let mut at = 0usize;
         while let Some((start, len)) = frame_at(&buf[at..filled]) {
             let payload = std::str::from_utf8(&buf[at + start..at + start + len]).unwrap_or("");
-            if let (Some(seq), Some(t)) = (number_after(payload, "\"s\":"), number_after(payload, "\"t\":")) {
-                latencies.record(shard, now_us().saturating_sub(t));
-                counters.received.fetch_add(1, Ordering::Relaxed);
-                if seq < next_seq {
-                    counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    if seq > next_seq {
-                        counters.lost.fetch_add(seq - next_seq, Ordering::Relaxed);
-                    }
-                    next_seq = seq + 1;
-                }
+            // The Socket.IO EVENT packet's arguments, as a client's handler gets them.
+            if let Some(packet) = payload.strip_prefix("42") {
+                member.event(packet);
             }
             at += start + len;
         }
@@ -299,7 +287,9 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
     for i in 0..n {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.write_u32_le((i / options.shape.room_size) as u32).await?;
-        members.push(tokio::spawn(member(stream, i, counters.clone(), latencies.clone())));
+        let handler =
+            Member { next_seq: 0, shard: i, counters: counters.clone(), latencies: latencies.clone(), position: None };
+        members.push(tokio::spawn(member(stream, handler)));
     }
     let line = tokio::task::block_in_place(&mut next_line)?;
     if line != "ready" {
@@ -309,11 +299,7 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
     let mut steps = Vec::new();
     for &rate in &options.shape.rates {
         latencies.take();
-        let (received0, lost0, dup0) = (
-            counters.received.load(Ordering::Relaxed),
-            counters.lost.load(Ordering::Relaxed),
-            counters.duplicates.load(Ordering::Relaxed),
-        );
+        let (received0, lost0, dup0) = snapshot(&counters);
         let (server0, t0) = (ProcSample::of(pid), Instant::now());
         writeln!(stdin, "rate {rate} {}", options.shape.step.as_millis())?;
         stdin.flush()?;
@@ -321,13 +307,10 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
         let mut words = done.split_whitespace().skip(1);
         let published: u64 = words.next().context("done line")?.parse()?;
         let backpressured: u64 = words.next().context("done line")?.parse()?;
-        let expected = received0 + published * options.shape.room_size as u64;
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while counters.received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        settle(&counters, received0 + published * options.shape.room_size as u64, Duration::from_secs(2)).await;
         let (server1, seconds) = (ProcSample::of(pid), t0.elapsed().as_secs_f64());
-        let delivered = counters.received.load(Ordering::Relaxed) - received0;
+        let (received1, lost1, dup1) = snapshot(&counters);
+        let delivered = received1 - received0;
         let per = |s: f64| s * 1e6 / delivered.max(1) as f64;
         let step = Step {
             target_rate: rate,
@@ -335,9 +318,8 @@ pub async fn run(options: &Options) -> anyhow::Result<FloorResult> {
             delivered,
             delivered_per_second: delivered as f64 / seconds,
             latency: latencies.take(),
-            lost: counters.lost.load(Ordering::Relaxed) - lost0
-                + (published * options.shape.room_size as u64).saturating_sub(delivered),
-            duplicates: counters.duplicates.load(Ordering::Relaxed) - dup0,
+            lost: lost1 - lost0 + (published * options.shape.room_size as u64).saturating_sub(delivered),
+            duplicates: dup1 - dup0,
             server_cpu_us_per_delivery: per(server1.cpu_seconds - server0.cpu_seconds),
             server_user_us_per_delivery: per(server1.user_seconds - server0.user_seconds),
             server_kernel_us_per_delivery: per(server1.kernel_seconds - server0.kernel_seconds),

@@ -11,8 +11,8 @@
 //! session whose pong has not come `ping_timeout` after its ping is closed. (One difference:
 //! with a timeout longer than the interval, a pong that comes after the interval is over is
 //! looked at when the timeout is, so the next ping waits until then; the old task sent it as
-//! soon as the pong came. Both stay within the client's own deadline, interval + timeout.) Pings are paused while the session upgrades.
-//! A pong counts for the ping before it: the flag is cleared when a ping is sent, so pongs sent
+//! soon as the pong came. Both stay within the client's own deadline, interval + timeout.)
+//! Pings are paused while the session upgrades. A pong counts for the ping before it: the flag is cleared when a ping is sent, so pongs sent
 //! ahead (or twice) cannot stand in for a later one that never comes.
 
 use std::{
@@ -118,8 +118,9 @@ impl<D: Default + Send + Sync + 'static> Heartbeats<D> {
         }
     }
 
-    /// Handles the entries that are due, under the queue's lock; returns the sockets to close
-    /// (closing re-enters [`Heartbeats::stop`], so it happens after the lock is released).
+    /// Handles one entry that came due, under the queue's lock. Sockets to close go to `closing`
+    /// (closing re-enters [`Heartbeats::stop`], so it happens after the lock is released), and
+    /// every socket it touched to `handled`.
     fn due(
         &self,
         queue: &mut DelayQueue<Beat<D>>,
@@ -222,7 +223,6 @@ async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D
                 return Poll::Ready(false);
             };
             let mut queue = this.lock();
-            let mut handled = false;
             // An empty queue answers `Ready(None)` with our waker kept: an insert wakes us.
             while let Poll::Ready(Some(expired)) = queue.poll_expired(cx) {
                 this.due(
@@ -231,14 +231,15 @@ async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D
                     &mut closing,
                     &mut handled_sockets,
                 );
-                handled = true;
                 // In batches: other tasks run between them, whatever is due at once.
                 if closing.len() >= 64 || handled_sockets.len() >= 1024 {
                     break;
                 }
             }
             drop(queue);
-            if handled {
+            // Sockets to close or to drop outside the lock (the ones to close were handled too).
+            // Entries of sockets already gone need nothing more; the queue has our waker.
+            if !handled_sockets.is_empty() {
                 return Poll::Ready(true);
             }
             *this.driver_waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
@@ -252,7 +253,6 @@ async fn drive<D: Default + Send + Sync + 'static>(heartbeats: Weak<Heartbeats<D
         for socket in closing.drain(..) {
             socket.close(DisconnectReason::HeartbeatTimeout);
         }
-        // Other tasks run between batches, whatever is due at once.
         tokio::task::yield_now().await;
     }
 }

@@ -135,6 +135,17 @@ fn push<T>(state: &mut State<T>, value: T) -> Option<Waker> {
     state.rx_waker.take()
 }
 
+/// Whether one more value may take a place: `Closed` or `Full` as tokio's `try_send` answers.
+fn admit<T>(state: &State<T>, capacity: usize) -> Result<(), TrySendError<()>> {
+    if state.closed {
+        Err(TrySendError::Closed(()))
+    } else if state.items.len() + state.reserved >= capacity {
+        Err(TrySendError::Full(()))
+    } else {
+        Ok(())
+    }
+}
+
 impl<T> Sender<T> {
     /// Queues `value` if there is a free place.
     pub(crate) fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
@@ -146,14 +157,14 @@ impl<T> Sender<T> {
     fn push(&self, value: T, want_space: bool) -> Result<(), TrySendError<T>> {
         let waker = {
             let mut state = self.shared.lock();
-            if state.closed {
-                return Err(TrySendError::Closed(value));
+            match admit(&state, self.shared.capacity) {
+                Ok(()) => push(&mut state, value),
+                Err(TrySendError::Closed(())) => return Err(TrySendError::Closed(value)),
+                Err(TrySendError::Full(())) => {
+                    state.space_wanted |= want_space;
+                    return Err(TrySendError::Full(value));
+                }
             }
-            if state.items.len() + state.reserved >= self.shared.capacity {
-                state.space_wanted |= want_space;
-                return Err(TrySendError::Full(value));
-            }
-            push(&mut state, value)
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -183,12 +194,7 @@ impl<T> Sender<T> {
     /// Takes a place for one value, to be used by [`Permit::send`].
     pub(crate) fn try_reserve(&self) -> Result<Permit<'_, T>, TrySendError<()>> {
         let mut state = self.shared.lock();
-        if state.closed {
-            return Err(TrySendError::Closed(()));
-        }
-        if state.items.len() + state.reserved >= self.shared.capacity {
-            return Err(TrySendError::Full(()));
-        }
+        admit(&state, self.shared.capacity)?;
         state.reserved += 1;
         Ok(Permit {
             shared: &self.shared,
@@ -283,42 +289,15 @@ impl<T> std::fmt::Debug for Receiver<T> {
 }
 
 impl<T> Receiver<T> {
-    /// Takes the next value, and says whether a waiting [`Sender::send`] must be woken.
-    fn pop(state: &mut State<T>) -> Option<(T, bool)> {
-        let value = state.items.pop_front()?;
-        if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
-            state.items.shrink_to(KEPT_CAPACITY);
-        }
-        Some((value, std::mem::take(&mut state.space_wanted)))
-    }
-
-    /// The next value; `None` once closed (or every sender is gone) and drained.
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+    /// Takes the next value (waking a waiting [`Sender::send`]), or says why there is none. With
+    /// `cx`, an empty queue keeps its waker, under the same lock a push takes it from.
+    fn next(&mut self, cx: Option<&mut Context<'_>>) -> Result<T, TryRecvError> {
         let mut state = self.shared.lock();
-        if let Some((value, wake_sender)) = Self::pop(&mut state) {
-            drop(state);
-            if wake_sender {
-                self.shared.space.notify_waiters();
+        if let Some(value) = state.items.pop_front() {
+            if state.items.is_empty() && state.items.capacity() > SHRINK_ABOVE {
+                state.items.shrink_to(KEPT_CAPACITY);
             }
-            return Poll::Ready(Some(value));
-        }
-        if state.closed || state.senders == 0 {
-            return Poll::Ready(None);
-        }
-        match &mut state.rx_waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            slot => *slot = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-
-    pub(crate) async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
-    pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        let mut state = self.shared.lock();
-        if let Some((value, wake_sender)) = Self::pop(&mut state) {
+            let wake_sender = std::mem::take(&mut state.space_wanted);
             drop(state);
             if wake_sender {
                 self.shared.space.notify_waiters();
@@ -326,10 +305,32 @@ impl<T> Receiver<T> {
             return Ok(value);
         }
         if state.closed || state.senders == 0 {
-            Err(TryRecvError::Disconnected)
-        } else {
-            Err(TryRecvError::Empty)
+            return Err(TryRecvError::Disconnected);
         }
+        if let Some(cx) = cx {
+            match &mut state.rx_waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    /// The next value; `None` once closed (or every sender is gone) and drained.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        match self.next(Some(cx)) {
+            Ok(value) => Poll::Ready(Some(value)),
+            Err(TryRecvError::Disconnected) => Poll::Ready(None),
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+
+    pub(crate) async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        self.next(None)
     }
 
     /// Refuses further values; what is queued can still be received.
