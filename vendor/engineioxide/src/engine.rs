@@ -106,8 +106,9 @@ impl<H: EngineIoHandler> EngineIo<H> {
         };
 
         // Notify every transport task listening on this token to stop. Cancellation-aware
-        // transports (the ws `forward_to_socket` task and pending polling requests) will release
-        // the `internal_rx` lock as soon as they observe the cancellation.
+        // transports release the `internal_rx` lock once they observe the cancellation: pending
+        // polling requests at once, the ws session task once it has written what is buffered
+        // (or `CLOSE_GRACE` passed).
         socket.cancellation_token.cancel();
         self.heartbeats.stop(&socket);
 

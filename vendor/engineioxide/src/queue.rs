@@ -17,7 +17,6 @@
 
 use std::{
     collections::VecDeque,
-    future::poll_fn,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
@@ -325,10 +324,12 @@ impl<T> Receiver<T> {
         }
     }
 
+    #[cfg(any(test, feature = "__test_harness"))]
     pub(crate) async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| self.poll_recv(cx)).await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
+    #[cfg(test)]
     pub(crate) fn try_recv(&mut self) -> Result<T, TryRecvError> {
         self.next(None)
     }

@@ -68,13 +68,14 @@ use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 #[cfg(feature = "v3")]
 use futures_util::FutureExt;
+use futures_util::task::AtomicWaker;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 #[cfg(any(feature = "v3", feature = "__test_harness"))]
 use tokio::sync::mpsc;
 #[cfg(feature = "v3")]
 use tokio::sync::mpsc::Receiver;
-use tokio::sync::{Mutex, mpsc::error::TrySendError, watch};
+use tokio::sync::{Mutex, mpsc::error::TrySendError};
 
 use crate::queue;
 
@@ -183,19 +184,49 @@ pub(crate) fn buffered_len(packets: &PacketBuf) -> usize {
 pub(crate) struct InternalRx {
     pub buffered_rx: queue::Receiver<PacketBuf>,
     pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<PacketBuf>>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: queue::Receiver<PacketBuf>,
-        volatile_rx: watch::Receiver<Option<PacketBuf>>,
-    ) -> Self {
+    fn new(buffered_rx: queue::Receiver<PacketBuf>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
         }
+    }
+}
+
+/// The latest volatile [`PacketBuf`] not yet taken by the transport: a new one replaces it.
+///
+/// Taken only by the holder of the socket's `internal_rx` lock, so one waker is enough. (A
+/// `tokio::sync::watch` channel did this before, at 432 bytes per socket in its own
+/// allocation: it is built for many receivers.)
+#[derive(Debug, Default)]
+pub(crate) struct VolatileSlot {
+    packets: std::sync::Mutex<Option<PacketBuf>>,
+    waker: AtomicWaker,
+}
+
+impl VolatileSlot {
+    fn put(&self, packets: PacketBuf) {
+        *self.lock() = Some(packets);
+        self.waker.wake();
+    }
+
+    /// The packets put since the last take; otherwise the task is woken by the next put.
+    pub(crate) fn poll_take(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<PacketBuf> {
+        if let Some(packets) = self.lock().take() {
+            return std::task::Poll::Ready(packets);
+        }
+        self.waker.register(cx.waker());
+        // A put between the first look and the registration woke the previous waker, if any.
+        match self.lock().take() {
+            Some(packets) => std::task::Poll::Ready(packets),
+            None => std::task::Poll::Pending,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PacketBuf>> {
+        self.packets.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -251,10 +282,9 @@ where
     /// ([`Socket::pause_reading`]).
     read_paused_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<PacketBuf>>,
+    /// Volatile [PacketBuf]s, which bypass the internal buffer: only the latest one is
+    /// retained; subsequent volatile sends overwrite the previous one.
+    pub(crate) volatile: VolatileSlot,
 
     /// Set by every pong (v4), cleared when a ping is sent: the engine's heartbeat driver
     /// ([`crate::heartbeat`]) checks it when the pong is due.
@@ -301,7 +331,6 @@ where
         let (internal_tx, internal_rx) = queue::channel(config.max_buffer_size);
         #[cfg(feature = "v3")]
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         Self {
             id: Sid::new(),
@@ -309,14 +338,14 @@ where
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
             queued_bytes: AtomicUsize::new(0),
             max_buffer_bytes: config.max_buffer_bytes,
             slow: AtomicBool::new(false),
             read_paused_until: std::sync::Mutex::new(None),
 
-            volatile_tx,
+            volatile: VolatileSlot::default(),
 
             pong: AtomicBool::new(false),
             heartbeat_key: std::sync::Mutex::new(None),
@@ -641,8 +670,13 @@ where
         self.send_volatile(packets)
     }
 
+    /// `false` once the socket is closed.
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(packets)).is_ok()
+        if self.is_closed() {
+            return false;
+        }
+        self.volatile.put(packets);
+        true
     }
 }
 
@@ -704,7 +738,6 @@ where
         let (internal_tx, internal_rx) = queue::channel(buffer_size);
         #[cfg(feature = "v3")]
         let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
 
         let sock = Self {
             id: sid,
@@ -712,14 +745,14 @@ where
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
             queued_bytes: AtomicUsize::new(0),
             max_buffer_bytes: None,
             slow: AtomicBool::new(false),
             read_paused_until: std::sync::Mutex::new(None),
 
-            volatile_tx,
+            volatile: VolatileSlot::default(),
 
             pong: AtomicBool::new(false),
             heartbeat_key: std::sync::Mutex::new(None),

@@ -1,0 +1,150 @@
+//! A websocket session is read and written by one task: neither direction may wait on the other.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use engineioxide::{
+    ProtocolVersion, Str,
+    config::EngineIoConfig,
+    handler::EngineIoHandler,
+    service::EngineIoService,
+    socket::{DisconnectReason, Socket},
+};
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use tokio::{io::DuplexStream, sync::mpsc};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, handshake::client::generate_key, protocol::Role},
+};
+
+#[derive(Debug, Clone)]
+struct Handler {
+    sockets: mpsc::UnboundedSender<Arc<Socket<()>>>,
+    messages: mpsc::UnboundedSender<Str>,
+}
+
+impl EngineIoHandler for Handler {
+    type Data = ();
+    fn on_connect(self: Arc<Self>, socket: Arc<Socket<()>>) {
+        self.sockets.send(socket).unwrap();
+    }
+    fn on_disconnect(&self, _socket: Arc<Socket<()>>, _reason: DisconnectReason) {}
+    fn on_message(self: &Arc<Self>, msg: Str, _socket: Arc<Socket<()>>) {
+        self.messages.send(msg).ok();
+    }
+    fn on_binary(self: &Arc<Self>, _data: Bytes, _socket: Arc<Socket<()>>) {}
+}
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A websocket session over an in-memory pipe holding `pipe` bytes each way (a client that does
+/// not read blocks the server's writes, as a full TCP window does).
+async fn session(
+    pipe: usize,
+) -> (
+    WebSocketStream<DuplexStream>,
+    Arc<Socket<()>>,
+    mpsc::UnboundedReceiver<Str>,
+) {
+    let (sockets_tx, mut sockets) = mpsc::unbounded_channel();
+    let (messages_tx, messages) = mpsc::unbounded_channel();
+    let handler = Handler {
+        sockets: sockets_tx,
+        messages: messages_tx,
+    };
+    let config = EngineIoConfig::builder()
+        .ping_interval(Duration::from_secs(60))
+        .ping_timeout(Duration::from_secs(60))
+        .max_buffer_size(64)
+        .build();
+    let svc = EngineIoService::with_config(Arc::new(handler), config);
+    let (client_io, server_io) = tokio::io::duplex(pipe);
+    let parts = Request::builder()
+        .method("GET")
+        .header("Host", "127.0.0.1")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", generate_key())
+        .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    tokio::spawn(svc.ws_init(server_io, ProtocolVersion::V4, None, parts));
+    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let open = client.next().await.unwrap().unwrap();
+    assert!(matches!(open, Message::Text(ref t) if t.starts_with('0')));
+    let socket = sockets.recv().await.unwrap();
+    (client, socket, messages)
+}
+
+/// A client that stops reading blocks the server's writes; what it sends is still read.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_still_read() {
+    let (mut client, socket, mut messages) = session(4096).await;
+
+    // Fill the pipe and the buffer: the server's writes are blocked from here on.
+    let msg = "x".repeat(1024);
+    let mut refused = false;
+    for _ in 0..10_000 {
+        if socket.emit(msg.clone()).is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        refused,
+        "the buffer of a client that does not read never filled"
+    );
+
+    for i in 0..100 {
+        client.send(Message::text(format!("4m{i}"))).await.unwrap();
+    }
+    for i in 0..100 {
+        let got = tokio::time::timeout(DEADLINE, messages.recv())
+            .await
+            .expect("a message from a client whose writes are blocked was not read")
+            .unwrap();
+        assert_eq!(got.as_str(), format!("m{i}"));
+    }
+}
+
+/// What is sent to a client goes out while a long run of its messages is being read, not after.
+/// (On this single-threaded runtime the order is deterministic: the client's 10,000 messages
+/// are all in the pipe before the server's task first runs, and the client is a spawned task,
+/// scheduled in turn with the server's: `block_on`'s own future is polled less often.)
+#[tokio::test]
+async fn a_client_that_floods_still_gets_its_messages() {
+    let (mut client, socket, mut messages) = session(1 << 20).await;
+    let client = tokio::spawn(async move {
+        // Unconstrained: tokio's cooperative budget would otherwise let the server's task run
+        // between these writes.
+        tokio::task::unconstrained(async {
+            for i in 0..10_000 {
+                client.feed(Message::text(format!("4f{i}"))).await.unwrap();
+            }
+            client.flush().await.unwrap();
+        })
+        .await;
+        socket.emit("d").unwrap();
+
+        let got = client.next().await.unwrap().unwrap();
+        assert_eq!(got, Message::text("4d"));
+        let mut read = 0;
+        while messages.try_recv().is_ok() {
+            read += 1;
+        }
+        read
+    });
+    let read = tokio::time::timeout(DEADLINE, client)
+        .await
+        .expect("a message to a flooding client was not written")
+        .unwrap();
+    assert!(
+        read < 1_000,
+        "the message went out only after {read} of the client's messages were read"
+    );
+}
