@@ -5,6 +5,7 @@ after the other, and prints each figure for both and the ratio.
     loadtests/compare.py                 # the full comparison (BENCHMARKS.md), ~10 minutes
     loadtests/compare.py --smoke         # a few seconds per scenario; what CI runs
     loadtests/compare.py --only idle --idle-connections 50000 --stacks roomcast
+    loadtests/compare.py --only idle-cluster   # 3 replicas x 19,000 idle connections at once
     loadtests/compare.py --only churn    # Roomcast only: what disconnecting clients leave (must be 0)
     loadtests/compare.py --only noisy-neighbour   # Roomcast only: one tenant's abuse vs another's latency
 
@@ -136,11 +137,13 @@ class Stack:
             self.ports.append(port)
             wait_for(lambda: proc.poll() is None and ready(), f"{kind} replica {i}")
 
-    def args(self) -> list[str]:
+    def args(self, only: int | None = None) -> list[str]:
+        """The load generator's target options: every replica, or replica `only`."""
+        picked = range(len(self.ports)) if only is None else [only]
         return [
             "--stack", self.kind,
-            "--replicas", ",".join(f"127.0.0.1:{p}" for p in self.ports),
-            "--pids", ",".join(str(p.pid) for p in self.procs),
+            "--replicas", ",".join(f"127.0.0.1:{self.ports[i]}" for i in picked),
+            "--pids", ",".join(str(self.procs[i].pid) for i in picked),
             "--redis-url", self.redis_url,
             "--secret", SECRET,
             "--node-publisher", f"node {PEER / 'publisher.js'}",
@@ -197,6 +200,8 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
             sink, sink_port = start_sink(profile, log_dir)
             cmd += ["--big-headers-target", f"127.0.0.1:{sink_port}", "--abuses", NOISY_ABUSES]
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
+        if scenario == "idle-cluster":
+            return run_idle_cluster(stack, extra, profile)
         out = subprocess.run(pinned(cmd, GENERATOR_CPUS), stdout=subprocess.PIPE, check=True, text=True).stdout
         return json.loads(out)
     finally:
@@ -204,6 +209,33 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
         if sink:
             sink.kill()
             sink.wait()
+
+
+def run_idle_cluster(stack: Stack, extra: list[str], profile: str) -> dict:
+    """Every replica of the stack loaded at once, each by its own generator process: one process
+    cannot hold more connections than the descriptor limit, and a replica's share must stay
+    under it too. Per-connection figures are over all replicas."""
+    procs = [
+        subprocess.Popen(
+            pinned([str(ROOT / "target" / profile / "roomcast-loadtest"), "idle", *stack.args(only=i), *extra], GENERATOR_CPUS),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(len(stack.procs))
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        raise SystemExit(f"idle-cluster: a generator failed ({[p.returncode for p in procs]})")
+    each = [json.loads(o) for o in outs]
+    open_ = sum(r["connections_open"] for r in each)
+    return {
+        "scenario": "idle-cluster",
+        "replicas": len(each),
+        "connections_open": open_,
+        "rss_per_connection_bytes": sum(r["rss_per_connection_bytes"] * r["connections_open"] for r in each) / max(open_, 1),
+        "hold_cpu_us_per_connection_second": sum(r["hold_cpu_us_per_connection_second"] * r["connections_open"] for r in each) / max(open_, 1),
+        "per_replica": each,
+    }
 
 
 def run_floor(extra: list[str], profile: str) -> dict:
@@ -237,13 +269,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
     ap.add_argument(
-        "--only", action="append", choices=["idle", "idle-browser", "fanout", "floor", "typing", "reconnect", "churn", "noisy-neighbour", "rpc"]
+        "--only", action="append", choices=["idle", "idle-browser", "idle-cluster", "fanout", "floor", "typing", "reconnect", "churn", "noisy-neighbour", "rpc"]
     )
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
         "--idle-connections",
         type=int,
         help="default: 50,000, or what the descriptor limit allows (each connection is one descriptor in the replica)",
+    )
+    ap.add_argument(
+        "--cluster-replicas",
+        type=int,
+        default=3,
+        help="idle-cluster: replicas loaded at once, each with --idle-connections by its own generator",
     )
     ap.add_argument("--fanout-rooms", type=int, default=100)
     ap.add_argument("--fanout-room-size", type=int, default=50)
@@ -279,6 +317,7 @@ def main() -> int:
         plan = {
             "idle": (1, ["--connections", "200", "--hold", "1s"]),
             "idle-browser": (1, ["--connections", "200", "--hold", "1s", "--browser-headers"]),
+            "idle-cluster": (2, ["--connections", "100", "--hold", "1s"]),
             "fanout": (2, [*shape, "--all-steps"]),
             "floor": (0, shape),
             "typing": (2, ["--rooms", "4", "--room-size", "4", "--typists", "2", "--duration", "2s"]),
@@ -295,6 +334,9 @@ def main() -> int:
             "idle": (1, ["--connections", str(args.idle_connections), "--hold", "10s"]),
             # The same with the upgrade headers a browser sends, which a server may keep.
             "idle-browser": (1, ["--connections", str(args.idle_connections), "--hold", "10s", "--browser-headers"]),
+            # Several replicas loaded at once, each to the descriptor limit (a 50k/100k replica
+            # cannot be run here); held through two default (25 s) ping intervals.
+            "idle-cluster": (args.cluster_replicas, ["--connections", str(args.idle_connections), "--hold", "60s"]),
             "fanout": (2, shape),
             # The kernel's share of fan-out: the same sockets and rates, frames written as is.
             "floor": (0, shape),
@@ -333,6 +375,9 @@ def main() -> int:
     row("idle: RSS per connection (bytes)", "idle", ["rss_per_connection_bytes"], False)
     row("idle: connects/s", "idle", ["connects_per_second"], True)
     row("idle, browser headers: RSS per connection (bytes)", "idle-browser", ["rss_per_connection_bytes"], False)
+    row("idle cluster: connections over all replicas", "idle-cluster", ["connections_open"], True)
+    row("idle cluster: RSS per connection (bytes)", "idle-cluster", ["rss_per_connection_bytes"], False)
+    row("idle cluster: CPU per connection per second, holding (µs)", "idle-cluster", ["hold_cpu_us_per_connection_second"], False)
     row("fanout: sustainable publish rate (events/s)", "fanout", ["sustainable_publish_rate"], True)
     row("fanout: sustainable deliveries/s", "fanout", ["sustainable_delivery_rate"], True)
     # p99 and CPU at the Node stack's sustainable rate, from each stack's step at that rate (and

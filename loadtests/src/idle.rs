@@ -61,6 +61,9 @@ pub struct IdleResult {
     pub rss_after_bytes: u64,
     pub rss_per_connection_bytes: f64,
     pub server_cpu_seconds: f64,
+    /// The replicas' CPU while the connections only held (heartbeats), per connection per
+    /// second, in µs.
+    pub hold_cpu_us_per_connection_second: f64,
     pub generator_cpu_seconds: f64,
     pub generator_rss_bytes: u64,
 }
@@ -96,8 +99,11 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleResult> {
     })
     .await?;
     eprintln!("idle: {open} open in {seconds:.1} s ({:.0}/s); holding {:?}", open as f64 / seconds, options.hold);
+    let held = target.processes();
+    let hold_started = std::time::Instant::now();
     tokio::time::sleep(options.hold).await;
     let after = target.processes();
+    let hold_seconds = hold_started.elapsed().as_secs_f64();
     let generator = ProcSample::this_process();
     let _ = stop_tx.send(true);
     let result = IdleResult {
@@ -111,17 +117,20 @@ pub async fn run(options: &Options) -> anyhow::Result<IdleResult> {
         rss_after_bytes: after.rss_bytes,
         rss_per_connection_bytes: (after.rss_bytes as f64 - before.rss_bytes as f64) / open.max(1) as f64,
         server_cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+        hold_cpu_us_per_connection_second: (after.cpu_seconds - held.cpu_seconds) * 1e6
+            / (open.max(1) as f64 * hold_seconds),
         generator_cpu_seconds: generator.cpu_seconds - gen_before.cpu_seconds,
         generator_rss_bytes: generator.rss_bytes,
     };
     eprintln!(
         "idle: {} connections; replicas' RSS {:.1} MB -> {:.1} MB = {:.1} KB per connection; connect rate {:.0}/s; \
-         generator {:.1} CPU s, {:.0} MB",
+         holding: {:.2} µs of CPU per connection per second; generator {:.1} CPU s, {:.0} MB",
         open,
         before.rss_bytes as f64 / 1e6,
         after.rss_bytes as f64 / 1e6,
         result.rss_per_connection_bytes / 1e3,
         result.connects_per_second,
+        result.hold_cpu_us_per_connection_second,
         result.generator_cpu_seconds,
         generator.rss_bytes as f64 / 1e6
     );
