@@ -670,9 +670,10 @@ where
         self.send_volatile(packets)
     }
 
-    /// `false` once the socket is closed.
+    /// `false` once the socket is closing: the transport then writes what is buffered, its
+    /// close packet last, and nothing volatile.
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        if self.is_closed() {
+        if self.cancellation_token.is_cancelled() || self.is_closed() {
             return false;
         }
         self.volatile.put(packets);

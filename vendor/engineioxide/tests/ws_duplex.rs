@@ -148,3 +148,60 @@ async fn a_client_that_floods_still_gets_its_messages() {
         "the message went out only after {read} of the client's messages were read"
     );
 }
+
+/// A session closed by the server: the client gets what was buffered, then the close packet,
+/// then the websocket close; nothing volatile comes after the close packet, and a volatile
+/// send is refused from the moment the session is closing.
+#[tokio::test]
+async fn nothing_follows_the_close_packet() {
+    let (mut client, socket, _messages) = session(64 * 1024).await;
+    socket.emit("before").unwrap();
+    assert!(socket.emit_volatile("volatile before"));
+    socket.close(DisconnectReason::ClosingServer);
+    assert!(
+        !socket.emit_volatile("volatile after"),
+        "a volatile message was accepted after the session closed"
+    );
+
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(DEADLINE, client.next())
+            .await
+            .expect("the transport was not closed")
+        {
+            Some(Ok(Message::Text(t))) => got.push(t.to_string()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got.first().map(String::as_str), Some("4before"));
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("1"),
+        "the close packet was not last: {got:?}"
+    );
+}
+
+/// A paused reader (`Socket::pause_reading`) does not hold back what is sent to the client.
+#[tokio::test]
+async fn a_paused_reader_does_not_stop_writes() {
+    let (mut client, socket, mut messages) = session(64 * 1024).await;
+    socket.pause_reading(Duration::from_secs(3600));
+    client
+        .send(Message::text("4during the pause"))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        socket.emit(format!("w{i}")).unwrap();
+        let got = tokio::time::timeout(DEADLINE, client.next())
+            .await
+            .expect("a write was held back by the read pause")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Message::text(format!("4w{i}")));
+    }
+    assert!(
+        messages.try_recv().is_err(),
+        "a message was read during the pause"
+    );
+}

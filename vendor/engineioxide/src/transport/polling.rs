@@ -234,7 +234,8 @@ pub(super) mod rx_stream {
     /// The packets a transport takes from a socket: its buffer, then its volatile slot.
     pub struct EncoderStream<'a> {
         rx: &'a mut queue::Receiver<PacketBuf>,
-        volatile: &'a VolatileSlot,
+        /// `None` once the session is closing: nothing volatile goes after the close packet.
+        volatile: Option<&'a VolatileSlot>,
         // Told of each item taken from `rx` (the socket's buffered-bytes count).
         dequeued: &'a (dyn Fn(&PacketBuf) + Send + Sync),
     }
@@ -247,9 +248,14 @@ pub(super) mod rx_stream {
         ) -> Self {
             Self {
                 rx,
-                volatile,
+                volatile: Some(volatile),
                 dequeued,
             }
+        }
+
+        /// From now on, only what is buffered: the session is closing.
+        pub fn buffered_only(&mut self) {
+            self.volatile = None;
         }
     }
 
@@ -266,7 +272,10 @@ pub(super) mod rx_stream {
                     }
                     Poll::Ready(v)
                 }
-                Poll::Pending => self.volatile.poll_take(cx).map(Some),
+                Poll::Pending => match self.volatile {
+                    Some(volatile) => volatile.poll_take(cx).map(Some),
+                    None => Poll::Pending,
+                },
             }
         }
     }

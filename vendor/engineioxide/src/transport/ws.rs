@@ -309,6 +309,8 @@ where
         }
 
         // Write what is still buffered, then the websocket close frame.
+        // What is buffered, the close packet included, and nothing volatile after it.
+        outgoing.buffered_only();
         let drained = std::future::poll_fn(|cx| {
             if writer
                 .poll_write(cx, socket, &mut ws, &mut outgoing)
@@ -327,6 +329,11 @@ where
 
 /// How long a closed session's websocket writer may still flush before the transport is dropped.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most packets [`Writer::poll_write`] takes from the buffer before it lets the reader and
+/// the cancellation run (tungstenite writes to the socket only once 128 KiB are buffered, so
+/// a buffer that keeps being refilled would not use up tokio's cooperative budget).
+const WRITE_BATCH: usize = 256;
 
 /// The most messages [`Reader::poll`] hands to the handler before it lets the writer run.
 const READ_BATCH: usize = 64;
@@ -351,6 +358,11 @@ impl Reader {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         for _ in 0..READ_BATCH {
+            // A message handled in this batch may have closed the session; the cancellation
+            // woke this task, and `run` sees it first on the next poll.
+            if socket.cancellation_token.is_cancelled() {
+                return Poll::Pending;
+            }
             // Inbound backpressure (`Socket::pause_reading`): not reading leaves the client's
             // messages in the kernel's buffers, then in its own.
             if let Some(pause) = &mut self.pause {
@@ -441,7 +453,13 @@ impl Writer {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let mut taken = 0;
         loop {
+            if taken == WRITE_BATCH {
+                // More may be ready: come back after the reader had its turn.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             // Room for a message first, so that a packet leaves the buffer only when the
             // websocket can take it.
             if !self.failed {
@@ -462,6 +480,7 @@ impl Writer {
                     Poll::Ready(None) | Poll::Pending => break,
                 },
             };
+            taken += 1;
             if self.failed {
                 continue;
             }
