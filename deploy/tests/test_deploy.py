@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
@@ -222,10 +223,32 @@ def boot_gateway(
     """Starts the gateway with exactly `env` (plus PATH) and waits until /readyz answers 200.
 
     Listen addresses are moved to `host` and free (or the given) ports; everything else is used
-    as given. The API listener is set too (a binary without it ignores the variable).
+    as given. The API listener is set too (a binary without it ignores the variable). The ports
+    used are in `proc.ports` ("public", "admin", "api").
+
+    A free port is only free when it is picked: the gateway's own connections (to Redis, before
+    it listens) take ports from the same ephemeral range, and once took the API port it was
+    about to listen on. So a boot that fails with "Address already in use" is tried again on
+    fresh ports, for the ports this function picked.
     """
+    given = {"public": public, "admin": admin, "api": api}
+    for attempt in range(3):
+        ports = {name: port or free_port() for name, port in given.items()}
+        try:
+            return _boot_gateway_once(env, host, ports)
+        except AddressInUse:
+            if attempt == 2 or all(given.values()):
+                raise
+    raise AssertionError("unreachable")
+
+
+class AddressInUse(AssertionError):
+    """The gateway could not listen: a picked port was taken meanwhile."""
+
+
+def _boot_gateway_once(env: dict[str, str], host: str, ports: dict[str, int]) -> tuple[subprocess.Popen, int]:
     env = dict(env)
-    public, admin, api = public or free_port(), admin or free_port(), api or free_port()
+    public, admin, api = ports["public"], ports["admin"], ports["api"]
     env["ROOMCAST_LISTEN"] = f"{host}:{public}"
     env["ROOMCAST_ADMIN_LISTEN"] = f"{host}:{admin}"
     env["ROOMCAST_API_LISTEN"] = f"{host}:{api}"
@@ -236,10 +259,14 @@ def boot_gateway(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise AssertionError(f"gateway exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
+            text = log.read().decode(errors="replace")
+            log.close()
+            error = AddressInUse if "Address already in use" in text else AssertionError
+            raise error(f"gateway exited with {proc.returncode}:\n{text}")
         try:
             if http_status(f"http://{host}:{admin}/readyz") == 200:
                 proc.log = log  # closed by stop_gateway
+                proc.ports = ports
                 return proc, admin
         except OSError:
             pass
@@ -592,9 +619,9 @@ class ChartMatchesGateway(unittest.TestCase):
             env = container_env(manifests, root)
             Path(env["ROOMCAST_REDIS_URL_FILE"]).write_text(redis.url)
             key = Path(env["ROOMCAST_API_KEY_FILE"]).read_text().splitlines()[0]
-            public, api = free_port(), free_port()
             with self.subTest(publicListener=public_api):
-                proc, _ = boot_gateway(env, public=public, api=api)
+                proc, _ = boot_gateway(env)
+                public, api = proc.ports["public"], proc.ports["api"]
                 try:
 
                     def publish(port: int) -> int:
@@ -635,9 +662,9 @@ class ChartMatchesGateway(unittest.TestCase):
             self.assertEqual(json.loads(Path(env["ROOMCAST_TENANT_API_KEYS_FILE"]).read_text()), {"keys": [acme]})
             self.assertEqual("ROOMCAST_API_KEY_FILE" in env, "apiKeys" in extra["secrets"])
             Path(env["ROOMCAST_REDIS_URL_FILE"]).write_text(redis.url)
-            public, api = free_port(), free_port()
             with self.subTest(case=name):
-                proc, _ = boot_gateway(env, public=public, api=api)
+                proc, _ = boot_gateway(env)
+                api = proc.ports["api"]
                 try:
 
                     def publish(key: str, tenant: str) -> int:
@@ -1667,6 +1694,31 @@ class Compose(unittest.TestCase):
                 source = volume.split(":")[0]
                 with self.subTest(service=name, volume=source):
                     self.assertTrue((REPO / source).exists())
+
+    def test_a_boot_whose_picked_port_was_taken_is_tried_again(self) -> None:
+        """boot_gateway's retry: the first port it picks is taken before the gateway listens (as
+        the gateway's own Redis connection once took its API port), and the boot still works."""
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        env = compose_env(compose_gateways()["gateway-1"])
+        env["ROOMCAST_REDIS_URL"] = redis.url
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = [taken.getsockname()[1]]
+        module = sys.modules[__name__]
+        real = module.free_port
+        module.free_port = lambda: picks.pop() if picks else real()
+        try:
+            proc, admin = boot_gateway(env)
+        finally:
+            module.free_port = real
+        try:
+            self.assertEqual(http_status(f"http://127.0.0.1:{admin}/readyz"), 200)
+            self.assertNotIn(taken.getsockname()[1], proc.ports.values())
+        finally:
+            stop_gateway(proc)
 
     def test_replica_configuration_boots_the_gateway(self) -> None:
         redis = RedisServer()
