@@ -228,12 +228,16 @@ def run_idle_cluster(stack: Stack, extra: list[str], profile: str) -> dict:
         raise SystemExit(f"idle-cluster: a generator failed ({[p.returncode for p in procs]})")
     each = [json.loads(o) for o in outs]
     open_ = sum(r["connections_open"] for r in each)
+
+    def per_connection(key: str) -> float:
+        return sum(r[key] * r["connections_open"] for r in each) / max(open_, 1)
+
     return {
         "scenario": "idle-cluster",
         "replicas": len(each),
         "connections_open": open_,
-        "rss_per_connection_bytes": sum(r["rss_per_connection_bytes"] * r["connections_open"] for r in each) / max(open_, 1),
-        "hold_cpu_us_per_connection_second": sum(r["hold_cpu_us_per_connection_second"] * r["connections_open"] for r in each) / max(open_, 1),
+        "rss_per_connection_bytes": per_connection("rss_per_connection_bytes"),
+        "hold_cpu_us_per_connection_second": per_connection("hold_cpu_us_per_connection_second"),
         "per_replica": each,
     }
 

@@ -15,6 +15,7 @@ use engineioxide::{
     ProtocolVersion, config::EngineIoConfig, handler::EngineIoHandler, service::EngineIoService,
     socket::Sid,
 };
+use futures_util::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, Either, Empty, Full};
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,7 @@ use tokio::{
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_tungstenite::{
     WebSocketStream,
-    tungstenite::{handshake::client::generate_key, protocol::Role},
+    tungstenite::{Message, handshake::client::generate_key, protocol::Role},
 };
 use tokio_util::io::StreamReader;
 use tower_service::Service;
@@ -192,19 +193,7 @@ async fn new_ws_mock_conn<H: EngineIoHandler>(
     let (tx, rx) = mpsc::unbounded_channel();
     let (tx1, rx1) = mpsc::unbounded_channel();
 
-    let parts = Request::builder()
-        .method("GET")
-        .header("Host", "127.0.0.1")
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", generate_key())
-        .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap()
-        .into_parts()
-        .0;
-    tokio::spawn(svc.ws_init(StreamImpl::new(tx, rx1), protocol, sid, parts));
+    tokio::spawn(svc.ws_init(StreamImpl::new(tx, rx1), protocol, sid, ws_upgrade_parts()));
 
     tokio_tungstenite::WebSocketStream::from_raw_socket(
         StreamImpl::new(tx1, rx),
@@ -212,6 +201,37 @@ async fn new_ws_mock_conn<H: EngineIoHandler>(
         Default::default(),
     )
     .await
+}
+
+/// The request parts of a websocket upgrade to a new v4 session.
+fn ws_upgrade_parts() -> http::request::Parts {
+    Request::builder()
+        .method("GET")
+        .header("Host", "127.0.0.1")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", generate_key())
+        .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0
+}
+
+/// A websocket session over an in-memory pipe holding `pipe` bytes each way, so that a client
+/// that does not read blocks the server's writes, as a full TCP window does. Returns the
+/// client's websocket after reading the open packet.
+pub async fn create_ws_pipe_connection<H: EngineIoHandler>(
+    svc: &EngineIoService<H>,
+    pipe: usize,
+) -> WebSocketStream<tokio::io::DuplexStream> {
+    let (client_io, server_io) = tokio::io::duplex(pipe);
+    tokio::spawn(svc.ws_init(server_io, ProtocolVersion::V4, None, ws_upgrade_parts()));
+    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let open = client.next().await.unwrap().unwrap();
+    assert!(matches!(open, Message::Text(ref t) if t.starts_with('0')));
+    client
 }
 
 pub async fn create_server<H: EngineIoHandler>(handler: H) -> EngineIoService<H> {

@@ -23,7 +23,7 @@ use tokio_tungstenite::{
 };
 
 mod fixture;
-use fixture::{create_polling_connection, send_req_raw};
+use fixture::{create_polling_connection, create_ws_pipe_connection, send_req_raw};
 
 #[derive(Debug, Clone)]
 struct Handler {
@@ -63,30 +63,14 @@ fn server(config: EngineIoConfig) -> Server {
     }
 }
 
-/// A websocket session over an in-memory pipe whose buffer holds only `pipe` bytes, so a client
-/// that does not read blocks the server's writes, as a full TCP window does. Returns the client's
-/// websocket (after reading the open packet) and the connected server-side socket.
+/// A websocket session over an in-memory pipe whose buffer holds only `pipe` bytes (see
+/// [`create_ws_pipe_connection`]). Returns the client's websocket and the connected server-side
+/// socket.
 async fn ws_session(
     srv: &mut Server,
     pipe: usize,
 ) -> (WebSocketStream<DuplexStream>, Arc<Socket<()>>) {
-    let (client_io, server_io) = tokio::io::duplex(pipe);
-    let parts = Request::builder()
-        .method("GET")
-        .header("Host", "127.0.0.1")
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", generate_key())
-        .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    tokio::spawn(srv.svc.ws_init(server_io, ProtocolVersion::V4, None, parts));
-    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-    let open = client.next().await.unwrap().unwrap();
-    assert!(matches!(open, Message::Text(ref t) if t.starts_with('0')));
+    let client = create_ws_pipe_connection(&srv.svc, pipe).await;
     let socket = srv.sockets.recv().await.unwrap();
     (client, socket)
 }

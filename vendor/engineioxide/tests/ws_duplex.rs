@@ -4,19 +4,15 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use engineioxide::{
-    ProtocolVersion, Str,
+    Str,
     config::EngineIoConfig,
     handler::EngineIoHandler,
     service::EngineIoService,
     socket::{DisconnectReason, Socket},
 };
 use futures_util::{SinkExt, StreamExt};
-use http::Request;
 use tokio::{io::DuplexStream, sync::mpsc};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{Message, handshake::client::generate_key, protocol::Role},
-};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
 #[derive(Debug, Clone)]
 struct Handler {
@@ -36,10 +32,13 @@ impl EngineIoHandler for Handler {
     fn on_binary(self: &Arc<Self>, _data: Bytes, _socket: Arc<Socket<()>>) {}
 }
 
+mod fixture;
+use fixture::create_ws_pipe_connection;
+
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// A websocket session over an in-memory pipe holding `pipe` bytes each way (a client that does
-/// not read blocks the server's writes, as a full TCP window does).
+/// A websocket session over an in-memory pipe holding `pipe` bytes each way (see
+/// [`create_ws_pipe_connection`]).
 async fn session(
     pipe: usize,
 ) -> (
@@ -59,23 +58,7 @@ async fn session(
         .max_buffer_size(64)
         .build();
     let svc = EngineIoService::with_config(Arc::new(handler), config);
-    let (client_io, server_io) = tokio::io::duplex(pipe);
-    let parts = Request::builder()
-        .method("GET")
-        .header("Host", "127.0.0.1")
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header("Sec-WebSocket-Key", generate_key())
-        .uri("ws://127.0.0.1/engine.io/?EIO=4&transport=websocket")
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    tokio::spawn(svc.ws_init(server_io, ProtocolVersion::V4, None, parts));
-    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
-    let open = client.next().await.unwrap().unwrap();
-    assert!(matches!(open, Message::Text(ref t) if t.starts_with('0')));
+    let client = create_ws_pipe_connection(&svc, pipe).await;
     let socket = sockets.recv().await.unwrap();
     (client, socket, messages)
 }

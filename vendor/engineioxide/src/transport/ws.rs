@@ -105,6 +105,7 @@ fn upgraded<H: EngineIoHandler, R: Send + 'static>(
             }
         };
 
+        // A failed handshake has closed its session already (`handshake`).
         match res {
             Ok(_) => {
                 #[cfg(feature = "tracing")]
@@ -114,9 +115,6 @@ fn upgraded<H: EngineIoHandler, R: Send + 'static>(
             Err(_e) => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(?sid, "ws closed with error: {_e}");
-                if let Some(sid) = sid {
-                    engine.close_session(sid, DisconnectReason::TransportError);
-                }
             }
         }
     }
@@ -308,8 +306,8 @@ where
             }
         }
 
-        // Write what is still buffered, then the websocket close frame.
-        // What is buffered, the close packet included, and nothing volatile after it.
+        // Write what is still buffered (the close packet last: nothing volatile after it), then
+        // the websocket close frame.
         outgoing.buffered_only();
         let drained = std::future::poll_fn(|cx| {
             if writer
@@ -358,11 +356,6 @@ impl Reader {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         for _ in 0..READ_BATCH {
-            // A message handled in this batch may have closed the session; the cancellation
-            // woke this task, and `run` sees it first on the next poll.
-            if socket.cancellation_token.is_cancelled() {
-                return Poll::Pending;
-            }
             // Inbound backpressure (`Socket::pause_reading`): not reading leaves the client's
             // messages in the kernel's buffers, then in its own.
             if let Some(pause) = &mut self.pause {
@@ -380,6 +373,12 @@ impl Reader {
             };
             if on_message(engine, socket, msg)?.is_break() {
                 return Poll::Ready(Ok(()));
+            }
+            // The message may have closed the session: its cancellation woke this task, and
+            // `run` sees it first on the next poll. (Checked here, not at each turn: most
+            // wake-ups are for writes and read nothing.)
+            if socket.cancellation_token.is_cancelled() {
+                return Poll::Pending;
             }
         }
         // More may be ready: come back after the writer had its turn.
