@@ -1,5 +1,5 @@
 // Shared helpers: start the real gateway binary, mint tokens, wait for events with deadlines.
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { createServer } from "node:net";
 import { createHmac } from "node:crypto";
 import { once } from "node:events";
@@ -7,6 +7,9 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { io } from "socket.io-client";
 import { createServer as createHttpServer } from "node:http";
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import pg from "pg";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const GATEWAY_BIN =
@@ -259,7 +262,180 @@ export async function startRedis() {
       stop() {
         child.kill("SIGKILL");
       },
+      /** Stalls the server (SIGSTOP): connections stay open, nothing is answered. */
+      pause() {
+        child.kill("SIGSTOP");
+      },
+      resume() {
+        child.kill("SIGCONT");
+      },
     };
   }
   throw new Error("redis-server could not bind any of 10 free ports");
+}
+
+export const RELAY_BIN = process.env.ROOMCAST_RELAY_BIN ?? path.join(here, "..", "target", "debug", "roomcast-relay");
+export const OUTBOX_MIGRATION = path.join(here, "..", "relay", "migrations", "0001_roomcast_outbox.sql");
+
+/** Debian's PostgreSQL server programs (newest major), or the PATH's. */
+function postgresBin() {
+  if (process.env.ROOMCAST_PG_BIN) return process.env.ROOMCAST_PG_BIN;
+  try {
+    const majors = readdirSync("/usr/lib/postgresql").filter((v) => /^\d+$/.test(v));
+    majors.sort((a, b) => Number(b) - Number(a));
+    if (majors.length) return path.join("/usr/lib/postgresql", majors[0], "bin");
+  } catch {
+    // not Debian's layout
+  }
+  return "";
+}
+
+/** Why PostgreSQL tests cannot run here, or null when initdb is installed. */
+export function postgresMissing() {
+  const bin = postgresBin();
+  const found = bin ? existsSync(path.join(bin, "initdb")) : spawnSync("initdb", ["--version"]).status === 0;
+  return found ? null : "PostgreSQL's initdb is not installed (Debian: apt-get install postgresql; scripts/test does it as root)";
+}
+
+/**
+ * Starts a throwaway PostgreSQL server (initdb, then `postgres` on a free port, fsync off) and
+ * resolves once it accepts connections. As root its programs run as the `postgres` user
+ * (initdb refuses root). `stop()` shuts it down fast and waits; `start()` starts it again on
+ * the same port and data; `destroy()` stops it and removes its files.
+ */
+export async function startPostgres() {
+  const bin = (name) => (postgresBin() ? path.join(postgresBin(), name) : name);
+  const dir = mkdtempSync(path.join(tmpdir(), "roomcast-pg-"));
+  let prefix = [];
+  if (process.getuid?.() === 0) {
+    const uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }));
+    const gid = Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }));
+    chownSync(dir, uid, gid);
+    prefix = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--"];
+  }
+  const run = (argv) => {
+    const [cmd, ...args] = [...prefix, ...argv];
+    return spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
+  };
+  const data = path.join(dir, "data");
+  const init = run([bin("initdb"), "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+  let initErr = "";
+  init.stderr.on("data", (c) => (initErr += c));
+  const [initCode] = await once(init, "exit");
+  if (initCode !== 0) throw new Error(`initdb failed (${initCode}): ${initErr}`);
+  let child;
+  let port;
+  const server = {
+    url: "",
+    async start() {
+      let log = "";
+      child = run([
+        bin("postgres"), "-D", data, "-p", String(port), "-k", dir,
+        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+        "-c", "full_page_writes=off", "-c", "max_connections=50",
+      ]);
+      child.stderr.on("data", (c) => (log += c));
+      let exited = false;
+      child.once("exit", () => (exited = true));
+      const up = await eventually(async () => {
+        if (exited) return "exited";
+        const c = new pg.Client({ connectionString: server.url });
+        try {
+          await c.connect();
+          await c.end();
+          return "up";
+        } catch {
+          return false;
+        }
+      }, "postgres to accept connections", 30_000);
+      if (up !== "up") throw Object.assign(new Error(`postgres exited: ${log.slice(-2000)}`), { exited: true });
+    },
+    async stop() {
+      if (!child || child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGINT"); // fast shutdown: sessions are ended, transactions rolled back
+      await withTimeout(once(child, "exit"), 30_000, "postgres to stop");
+    },
+    async destroy() {
+      await server.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  for (let attempt = 0; attempt < 10; attempt++) {
+    port = await freePort();
+    server.url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+    try {
+      await server.start();
+      return server;
+    } catch (e) {
+      if (!e.exited) throw e;
+      // The port was taken meanwhile: try another.
+    }
+  }
+  throw new Error("postgres could not bind any of 10 free ports");
+}
+
+/**
+ * Starts roomcast-relay with `env` added to the defaults and resolves once its admin listener
+ * is up. `kill(signal)` sends a signal without waiting; `stop()` sends SIGTERM and waits.
+ */
+export async function startRelay(env = {}) {
+  const child = spawn(RELAY_BIN, [], {
+    env: {
+      PATH: process.env.PATH,
+      ROOMCAST_RELAY_ADMIN_LISTEN: "127.0.0.1:0",
+      ROOMCAST_LOG_FORMAT: "json",
+      ROOMCAST_RELAY_POLL_INTERVAL: "1s",
+      ...env,
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const logs = [];
+  const listening = new Promise((resolve, reject) => {
+    let buffered = "";
+    child.stdout.on("data", (chunk) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        logs.push(line);
+        try {
+          const entry = JSON.parse(line);
+          if (entry.message === "roomcast-relay listening") resolve(entry);
+        } catch {
+          // not JSON
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`relay exited with ${code} before listening`)));
+  });
+  const entry = await withTimeout(listening, WAIT_MS, "relay to listen");
+  const adminUrl = `http://${entry.admin}`;
+  return {
+    adminUrl,
+    logs,
+    child,
+    kill(signal = "SIGKILL") {
+      child.kill(signal);
+    },
+    async exited() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      await withTimeout(once(child, "exit"), WAIT_MS, "relay to exit");
+    },
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGTERM");
+      await withTimeout(once(child, "exit"), WAIT_MS, "relay to exit");
+    },
+    /** A metric's value from /metrics (0 when absent). */
+    async metric(name) {
+      const text = await (await fetch(`${adminUrl}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+      return line ? Number(line.split(" ")[1]) : 0;
+    },
+    async ready() {
+      const res = await fetch(`${adminUrl}/readyz`).catch(() => null);
+      return res?.status === 200;
+    },
+  };
 }

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "roomcast"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 GATEWAY = Path(os.environ.get("ROOMCAST_GATEWAY_BIN", REPO / "target" / "debug" / "roomcast-gateway"))
+RELAY = Path(os.environ.get("ROOMCAST_RELAY_BIN", REPO / "target" / "debug" / "roomcast-relay"))
 RELEASE, NAMESPACE = "rc", "realtime"
 FULLNAME = "rc-roomcast"
 BOOT_DEADLINE = 60.0
@@ -125,6 +126,20 @@ def merged(base: dict, extra: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+@cache
+def relay_help() -> str:
+    if not RELAY.exists():
+        raise unittest.SkipTest(f"{RELAY} is not built (cargo build -p roomcast-relay)")
+    return subprocess.run([RELAY, "--help"], check=True, capture_output=True, text=True).stdout
+
+
+def relay_env_vars() -> frozenset[str]:
+    """Every environment variable the relay reads, from its --help."""
+    names = frozenset(re.findall(r"\[env:\s+([A-Z0-9_]+)[=\]]", relay_help()))
+    assert len(names) > 10, "could not read env vars from --help"
+    return names
 
 
 @cache
@@ -1596,7 +1611,8 @@ def env_file(path: Path) -> dict[str, str]:
 
 def compose_env(service: dict) -> dict[str, str]:
     env = {}
-    for f in service.get("env_file", []) if isinstance(service.get("env_file"), list) else [service["env_file"]]:
+    files = service.get("env_file", [])
+    for f in files if isinstance(files, list) else [files]:
         env.update(env_file(REPO / f))
     env.update(service.get("environment", {}))
     return env
@@ -1694,6 +1710,31 @@ class Compose(unittest.TestCase):
                 source = volume.split(":")[0]
                 with self.subTest(service=name, volume=source):
                     self.assertTrue((REPO / source).exists())
+
+    def test_the_relay_reads_the_migrated_postgres_and_the_gateways_redis(self) -> None:
+        services = compose()["services"]
+        relay, postgres = services["relay"], services["postgres"]
+        env = compose_env(relay)
+        self.assertEqual(set(env) - relay_env_vars(), set())
+        self.assertEqual(relay["entrypoint"], ["/usr/local/bin/roomcast-relay"])
+        self.assertIn("COPY --from=build /out/roomcast-relay /usr/local/bin/roomcast-relay", (REPO / "Dockerfile").read_text())
+        self.assertEqual(relay["image"], next(iter(compose_gateways().values()))["image"])
+        for dependency in ("postgres", "redis"):
+            self.assertEqual(relay["depends_on"][dependency]["condition"], "service_healthy")
+        self.assertIn("healthcheck", postgres)
+        self.assertIn("./relay/migrations:/docker-entrypoint-initdb.d:ro", postgres["volumes"])
+        pg = postgres["environment"]
+        self.assertEqual(
+            env["ROOMCAST_RELAY_DATABASE_URL"],
+            f"postgres://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}",
+        )
+        gateway_redis = {compose_env(g)["ROOMCAST_REDIS_URL"] for g in compose_gateways().values()}
+        self.assertEqual(gateway_redis, {env["ROOMCAST_REDIS_URL"]})
+        admin = port_of(env["ROOMCAST_RELAY_ADMIN_LISTEN"])
+        self.assertIn(str(admin), [str(p) for p in relay.get("expose", [])])
+        prometheus = yaml.safe_load((REPO / "deploy" / "compose" / "prometheus.yml").read_text())
+        job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "roomcast-relay")
+        self.assertEqual(job["static_configs"][0]["targets"], [f"relay:{admin}"])
 
     def test_a_boot_whose_picked_port_was_taken_is_tried_again(self) -> None:
         """boot_gateway's retry: the first port it picks is taken before the gateway listens (as

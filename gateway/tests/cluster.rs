@@ -674,11 +674,22 @@ async fn a_publish_retried_with_the_same_id_is_delivered_once() {
     assert!(!fresh.duplicate && fresh.offset == Some(first["offset"].as_u64().unwrap() + 1), "{fresh:?}");
     let again = publisher.project("t1", "p1").emit_with_id("n", &json!(2), "order-43-shipped").await.unwrap();
     assert!(again.duplicate, "{again:?}");
+    // A batch with ids (what the outbox relay sends), retried: only what is new is published,
+    // and the receipts say which were duplicates.
+    let target = publisher.project("t1", "p1");
+    let mut batch = publisher.batch();
+    batch.emit_with_id(&target, "n", &json!(2), "order-43-shipped").unwrap();
+    batch.emit_with_id(&target, "n", &json!(3), "order-44-shipped").unwrap();
+    let receipts = batch.send().await.unwrap();
+    assert_eq!(receipts.iter().map(|r| r.duplicate).collect::<Vec<_>>(), [true, false], "{receipts:?}");
+    assert_eq!(receipts[1].id.as_deref(), Some("order-44-shipped"));
+    let mut batch = publisher.batch();
+    assert!(batch.emit_with_id(&target, "n", &json!(4), "not an id").is_err(), "ids are checked as they are added");
     let (status, _) = rs[0].publish(&json!({ "tenant": "t1", "project": "p1", "event": "done", "data": 0 })).await;
     assert_eq!(status, 200);
     member.next("done").await;
     let got: Vec<Value> = member.events("n").into_iter().map(|args| args[0].clone()).collect();
-    assert_eq!(got, [json!(1), json!(2)], "each id once");
+    assert_eq!(got, [json!(1), json!(2), json!(3)], "each id once");
     // An id outside the id grammar is refused, as a room id would be.
     let (status, refused) = rs[0].publish(&body("not an id", 3)).await;
     assert_eq!((status, refused["error"]["code"].as_str()), (400, Some("invalid_payload")), "{refused}");

@@ -17,6 +17,16 @@ fn every_error_code_is_in_the_readme_table() {
     }
 }
 
+/// The README without its relay section (`roomcast-relay`'s options, checked by relay/tests/docs.rs).
+fn gateway_readme() -> String {
+    let readme = readme();
+    let start = readme.find(RELAY_SECTION).expect("README has the relay section");
+    let end = readme[start + 1..].find("\n## ").map_or(readme.len(), |i| start + 1 + i);
+    format!("{}{}", &readme[..start], &readme[end..])
+}
+
+const RELAY_SECTION: &str = "\n## Transactional publishing";
+
 fn env_vars(text: &str) -> BTreeSet<String> {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("ROOMCAST_") && w.len() > "ROOMCAST_".len())
@@ -28,7 +38,7 @@ fn env_vars(text: &str) -> BTreeSet<String> {
 fn the_readme_configuration_table_matches_help() {
     let help = Command::new(env!("CARGO_BIN_EXE_roomcast-gateway")).arg("--help").output().unwrap();
     let help = env_vars(&String::from_utf8_lossy(&help.stdout));
-    let readme = readme();
+    let readme = gateway_readme();
     let table: BTreeSet<String> = readme
         .lines()
         .filter_map(|l| l.strip_prefix("| `ROOMCAST_"))

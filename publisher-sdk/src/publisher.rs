@@ -706,6 +706,24 @@ impl Batch<'_> {
         Ok(self)
     }
 
+    /// Adds `event` with `payload` for `target`'s room under the caller's event id, published
+    /// at most once per id and room within the dedupe window (see [`Target::emit_with_id`]):
+    /// a batch retried after an error whose outcome is unknown delivers each event once, and
+    /// its receipts say which were `duplicate`.
+    pub fn emit_with_id<T: Serialize + ?Sized>(
+        &mut self,
+        target: &Target<'_>,
+        event: &str,
+        payload: &T,
+        id: &str,
+    ) -> Result<&mut Self, PublishError> {
+        crate::validate_id(id)?;
+        let message =
+            self.publisher.event_message(target.room()?, event, payload, Some(id.to_owned()), target.except.clone())?;
+        self.messages.push(message);
+        Ok(self)
+    }
+
     /// Adds a typing indicator (see [`Publisher::typing`]).
     pub fn typing(&mut self, t: &str, c: &str, user: &str, typing: bool) -> Result<&mut Self, PublishError> {
         let message = self.publisher.typing_message(t, c, user, typing)?;
