@@ -8,6 +8,7 @@ after the other, and prints each figure for both and the ratio.
     loadtests/compare.py --only idle-cluster   # 3 replicas x 19,000 idle connections at once
     loadtests/compare.py --only churn    # Roomcast only: what disconnecting clients leave (must be 0)
     loadtests/compare.py --only noisy-neighbour   # Roomcast only: one tenant's abuse vs another's latency
+    loadtests/compare.py --only outbox   # Roomcast only: Postgres outbox -> relay -> clients (rows/s, latency)
 
 Each run gets a private redis-server, fresh replicas on free loopback ports, and the load
 generator (target/release/roomcast-loadtest); JSON results go to --out (default
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PEER = ROOT / "loadtests" / "peers" / "node"
 SECRET = "benchmark-secret-0123456789abcdef0123456789abcdef"
 # Scenarios that read Roomcast's own metrics (they get --admin); the Node peer has nothing to compare.
-ROOMCAST_ONLY = {"churn", "noisy-neighbour", "rpc"}
+ROOMCAST_ONLY = {"churn", "noisy-neighbour", "rpc", "outbox"}
 # Every abuse, then the control: the big-headers attack sent to a gateway B does not use.
 NOISY_ABUSES = "presence-flood,typing-flood,join-churn,non-reading,big-headers,big-headers-elsewhere"
 NEEDS_ADMIN = {"churn"}
@@ -158,6 +159,82 @@ class Stack:
         self.redis.wait()
 
 
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server programs (newest major), or the PATH's initdb's folder."""
+    majors = sorted((p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()), key=lambda p: int(p.parent.name))
+    if majors:
+        return majors[-1]
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (initdb on a free port, default durability: fsync and
+    synchronous commit on, as an application's database runs), pinned like the replicas. As
+    root, its programs run as the `postgres` user (initdb refuses root)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        import pwd
+        import tempfile
+
+        bin_dir = postgres_bin()
+        if bin_dir is None:
+            raise SystemExit("outbox: PostgreSQL's initdb is not installed (Debian: apt-get install postgresql)")
+        self.dir = Path(tempfile.mkdtemp(prefix="roomcast-bench-pg-"))
+        prefix: list[str] = []
+        if os.getuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+            prefix = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", "--"]
+        data = self.dir / "data"
+        subprocess.run([*prefix, bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C"],
+                       check=True, stdout=subprocess.DEVNULL)
+        self.port = free_port()
+        log = open(log_dir / "postgres.log", "w")
+        self.proc = subprocess.Popen(
+            pinned([*prefix, bin_dir / "postgres", "-D", data, "-p", str(self.port), "-k", self.dir, "-c", "listen_addresses=127.0.0.1"], SERVER_CPUS),
+            stdout=log,
+            stderr=log,
+        )
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+        wait_for(lambda: self.proc.poll() is None and port_open(self.port), "postgres")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_outbox(stack: Stack, extra: list[str], profile: str, log_dir: Path) -> dict:
+    """The outbox path end to end: a Postgres, one relay (pinned like the replicas), the stack's
+    gateway; the generator inserts rows and its members receive them."""
+    postgres = Postgres(log_dir)
+    relay = None
+    try:
+        admin = free_port()
+        env = os.environ | {
+            "ROOMCAST_RELAY_DATABASE_URL": postgres.url,
+            "ROOMCAST_REDIS_URL": stack.redis_url,
+            "ROOMCAST_RELAY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+            # ROOMCAST_RELAY_BENCH_LOG=roomcast_relay=debug logs each batch's claim, publish and
+            # commit times (target/bench/logs/relay.log).
+            "ROOMCAST_LOG": os.environ.get("ROOMCAST_RELAY_BENCH_LOG", "warn"),
+        }
+        cmd = [str(ROOT / "target" / profile / "roomcast-loadtest"), "outbox", *stack.args(), *extra,
+               "--database-url", postgres.url, "--relay-admin", f"127.0.0.1:{admin}"]
+        # The generator applies the migration before it inserts; the relay backs off until then.
+        log = open(log_dir / "relay.log", "w")
+        relay = subprocess.Popen(pinned([ROOT / "target" / profile / "roomcast-relay"], SERVER_CPUS), env=env, stdout=log, stderr=log)
+        wait_for(lambda: relay.poll() is None and port_open(admin), "the relay")
+        out = subprocess.run(pinned([*cmd, "--relay-pid", str(relay.pid)], GENERATOR_CPUS), stdout=subprocess.PIPE, check=True, text=True).stdout
+        return json.loads(out)
+    finally:
+        if relay:
+            relay.kill()
+            relay.wait()
+        postgres.stop()
+
+
 def start_sink(profile: str, log_dir: Path) -> tuple[subprocess.Popen, int]:
     """A single-node gateway none of B's clients use: the `big-headers-elsewhere` control sends
     A's oversized upgrades to it, on the generator's CPUs, so that the attack costs the machine
@@ -202,6 +279,8 @@ def run_scenario(kind: str, scenario: str, replicas: int, extra: list[str], prof
         print(f"\n### {scenario} on {kind} ({replicas} replica(s))", file=sys.stderr, flush=True)
         if scenario == "idle-cluster":
             return run_idle_cluster(stack, extra, profile)
+        if scenario == "outbox":
+            return run_outbox(stack, extra, profile, log_dir)
         out = subprocess.run(pinned(cmd, GENERATOR_CPUS), stdout=subprocess.PIPE, check=True, text=True).stdout
         return json.loads(out)
     finally:
@@ -273,7 +352,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny runs, debug binaries: checks the tooling, not performance")
     ap.add_argument(
-        "--only", action="append", choices=["idle", "idle-browser", "idle-cluster", "fanout", "floor", "typing", "reconnect", "churn", "noisy-neighbour", "rpc"]
+        "--only", action="append", choices=["idle", "idle-browser", "idle-cluster", "fanout", "floor", "typing", "reconnect", "churn", "noisy-neighbour", "rpc", "outbox"]
     )
     ap.add_argument("--stacks", default="roomcast,node")
     ap.add_argument(
@@ -299,7 +378,7 @@ def main() -> int:
     SERVER_CPUS, GENERATOR_CPUS = args.server_cpus, args.generator_cpus
 
     profile = "debug" if args.smoke else "release"
-    build = ["cargo", "build", "--locked", "-p", "roomcast-gateway", "-p", "roomcast-loadtest"]
+    build = ["cargo", "build", "--locked", "-p", "roomcast-gateway", "-p", "roomcast-relay", "-p", "roomcast-loadtest"]
     subprocess.run(build + ([] if args.smoke else ["--release"]), cwd=ROOT, check=True)
     if "node" in args.stacks and not (PEER / "node_modules").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PEER, check=True)
@@ -332,6 +411,7 @@ def main() -> int:
                 ["--members", "10", "--rate", "50", "--phase", "1s", "--attackers", "2", "--sink-rate", "200", "--probe-every", "200ms"],
             ),
             "rpc": (1, ["--concurrency", "1,4", "--duration", "1s"]),
+            "outbox": (1, ["--rooms", "2", "--members", "1", "--rates", "50", "--step", "1s", "--writers", "2", "--drain-rows", "200"]),
         }
     else:
         plan = {
@@ -349,6 +429,7 @@ def main() -> int:
             "churn": (2, ["--cycles", "5000", "--concurrency", "128", "--rooms", "50"]),
             "noisy-neighbour": (2, ["--members", "50", "--rate", "200", "--phase", "10s", "--attackers", "8", "--probe-every", "20ms"]),
             "rpc": (1, ["--concurrency", "1,16,64", "--duration", "5s"]),
+            "outbox": (1, ["--rooms", "20", "--members", "2", "--rates", "200,500,1000,2000,4000", "--step", "10s", "--drain-rows", "50000"]),
         }
     scenarios = args.only or list(plan)
     stacks = args.stacks.split(",")
@@ -422,6 +503,10 @@ def main() -> int:
     row("noisy-neighbour: worst B presence-join p99 / baseline", "noisy-neighbour", ["worst_presence_join_p99_ratio"], False)
     row("noisy-neighbour: control, big headers elsewhere: B delivery p99 / baseline", "noisy-neighbour", ["control_delivery_p99_ratio"], False)
     row("noisy-neighbour: control, big headers elsewhere: B presence-join p99 / baseline", "noisy-neighbour", ["control_presence_join_p99_ratio"], False)
+    row("outbox: sustainable insert rate, rows/s (all delivered, p99 < 1 s)", "outbox", ["sustainable_rows_per_second"], True)
+    row("outbox: drain, rows/s end to end", "outbox", ["drain", "rows_per_second"], True)
+    row("outbox: deliveries out of order or twice (must be 0)", "outbox", ["out_of_order"], False)
+    row("outbox: deliveries missing (must be 0)", "outbox", ["missing"], False)
     row("noisy-neighbour: replicas' RSS baseline (bytes)", "noisy-neighbour", ["rss_baseline_bytes"], False)
     row("noisy-neighbour: replicas' largest RSS (bytes)", "noisy-neighbour", ["rss_max_bytes"], False)
     args.out.write_text(json.dumps(results, indent=2))

@@ -89,8 +89,10 @@ def gateway_config(manifests: dict) -> dict[str, str]:
 
 
 def gateway_container(manifests: dict) -> dict:
-    containers = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
-    return next(c for c in containers if c["name"] == "gateway")
+    """The gateway container (of the one Deployment that has one: the relay's is another)."""
+    return next(
+        c for d in manifests["Deployment"] for c in d["spec"]["template"]["spec"]["containers"] if c["name"] == "gateway"
+    )
 
 
 def pod_spec(manifests: dict) -> dict:
@@ -1584,6 +1586,123 @@ class ChartKnobs(unittest.TestCase):
         self.assertNotIn("namespaceSelector", monitor["spec"])
         self.assertNotIn("relabelings", monitor["spec"]["endpoints"][0])
 
+
+
+class ChartRelay(unittest.TestCase):
+    """The outbox relay (relay.*; ci/relay-values.yaml turns it on)."""
+
+    @staticmethod
+    def relay(manifests: dict) -> dict:
+        return named(manifests, "Deployment", f"{FULLNAME}-relay")
+
+    def test_off_by_default(self) -> None:
+        manifests = render(load_values(CHART / "ci" / "defaults-values.yaml"))
+        self.assertEqual([d["metadata"]["name"] for d in manifests["Deployment"]], [FULLNAME])
+        self.assertNotIn(f"{FULLNAME}-relay", [s["metadata"]["name"] for s in manifests.get("Secret", [])])
+
+    def test_the_relay_reads_mounted_files_and_the_gateways_settings(self) -> None:
+        values = load_values(CHART / "ci" / "relay-values.yaml")
+        manifests = render(values)
+        deployment = self.relay(manifests)
+        self.assertEqual(deployment["spec"]["replicas"], 2)
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        self.assertEqual(container["command"], ["/usr/local/bin/roomcast-relay"])
+        self.assertEqual(container["image"], gateway_container(manifests)["image"])
+        env = {e["name"]: e["value"] for e in container["env"]}
+        self.assertEqual(set(env) - relay_env_vars(), set(), "every variable is a relay option")
+        # The relay and the gateways agree on Redis, history and publishing.
+        config = gateway_config(manifests)
+        for name in ["ROOMCAST_REDIS_PREFIX", "ROOMCAST_REDIS_COMMAND_TIMEOUT", "ROOMCAST_HISTORY_SIZE", "ROOMCAST_HISTORY_TTL",
+                     "ROOMCAST_PUBLISH_DEDUPE_WINDOW", "ROOMCAST_PUBLISH_MAX_PAYLOAD"]:
+            self.assertEqual(env[name], config[name], name)
+        self.assertEqual(env["ROOMCAST_RELAY_BATCH_SIZE"], "200")
+        self.assertEqual(env["ROOMCAST_RELAY_RETENTION"], "1h")
+        # Secrets are files, never values in the environment.
+        text = yaml.safe_dump(container)
+        self.assertNotIn("app-password", text)
+        self.assertNotIn("redis-master", text)
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        files = {name: value for name, value in env.items() if name.endswith("_FILE")}
+        self.assertEqual(set(files), {"ROOMCAST_RELAY_DATABASE_URL_FILE", "ROOMCAST_REDIS_URL_FILE", "ROOMCAST_REDIS_PASSWORD_FILE"})
+        secrets = {s["metadata"]["name"]: s for s in manifests["Secret"]}
+        for name, path in files.items():
+            folder, file = path.rsplit("/", 1)
+            volume = volumes[mounts[folder]]["secret"]
+            (item,) = volume["items"]
+            self.assertEqual(item["path"], file, name)
+            if volume["secretName"] in secrets:
+                self.assertIn(item["key"], secrets[volume["secretName"]]["stringData"], name)
+        database = volumes[mounts["/etc/roomcast/relay"]]["secret"]
+        self.assertEqual(secrets[database["secretName"]]["stringData"]["database-url"], values["relay"]["databaseUrl"])
+        self.assertEqual(volumes[mounts["/etc/roomcast/redis"]]["secret"]["secretName"], FULLNAME, "the gateway's Secret")
+        self.assertEqual(volumes[mounts["/etc/roomcast/redis-password"]]["secret"]["secretName"], "redis")
+        # Probes on the admin port the relay listens on.
+        (port,) = container["ports"]
+        self.assertEqual(port["containerPort"], port_of(env["ROOMCAST_RELAY_ADMIN_LISTEN"]))
+        self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": port["name"]})
+        self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": port["name"]})
+        self.assertEqual(container["securityContext"], gateway_container(manifests)["securityContext"])
+        # No gateway selector picks the relay's pods, and the relay's selector no gateway pod.
+        relay_labels = set(deployment["spec"]["template"]["metadata"]["labels"].items())
+        gateway = named(manifests, "Deployment", FULLNAME)
+        selectors = [svc["spec"]["selector"] for svc in manifests["Service"]]
+        selectors += [gateway["spec"]["selector"]["matchLabels"], one(manifests, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]]
+        for selector in selectors:
+            self.assertFalse(set(selector.items()) <= relay_labels, selector)
+        self.assertFalse(set(deployment["spec"]["selector"]["matchLabels"].items()) <= set(gateway["spec"]["template"]["metadata"]["labels"].items()))
+
+    def test_the_rendered_environment_is_one_the_relay_accepts(self) -> None:
+        """The relay binary validates the rendered settings (durations, batch size, prefix) before it
+        connects anywhere: it must get as far as listening."""
+        manifests = render(load_values(CHART / "ci" / "relay-values.yaml"))
+        (container,) = self.relay(manifests)["spec"]["template"]["spec"]["containers"]
+        tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        env = {"PATH": os.environ["PATH"]}
+        for e in container["env"]:
+            env[e["name"]] = e["value"]
+            if e["name"].endswith("_FILE"):
+                path = tmp / e["name"]
+                path.write_text({"ROOMCAST_RELAY_DATABASE_URL_FILE": "postgres://app@127.0.0.1:1/app\n",
+                                 "ROOMCAST_REDIS_URL_FILE": "redis://127.0.0.1:1\n"}.get(e["name"], "password\n"))
+                env[e["name"]] = str(path)
+        env["ROOMCAST_RELAY_ADMIN_LISTEN"] = "127.0.0.1:0"
+        env["ROOMCAST_LOG_FORMAT"] = "json"
+        relay_help()  # skips when the relay is not built
+        proc = subprocess.Popen([RELAY], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stdout.readline()
+            self.assertIn("roomcast-relay listening", line, proc.stderr.read() if proc.poll() is not None else "")
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+
+    def test_an_existing_database_url_secret_is_used_and_none_is_created(self) -> None:
+        values = merged(load_values(CHART / "ci" / "relay-values.yaml"), {"relay": {"databaseUrl": "", "databaseUrlSecret": {"name": "app-db", "key": "url"}}})
+        manifests = render(values)
+        self.assertNotIn(f"{FULLNAME}-relay", [s["metadata"]["name"] for s in manifests["Secret"]])
+        volume = next(v for v in self.relay(manifests)["spec"]["template"]["spec"]["volumes"] if v["name"] == "database-url")
+        self.assertEqual(volume["secret"]["secretName"], "app-db")
+        self.assertEqual(volume["secret"]["items"], [{"key": "url", "path": "database-url"}])
+
+    def test_settings_that_cannot_work_are_refused_naming_them(self) -> None:
+        base = load_values(CHART / "ci" / "relay-values.yaml")
+        for extra, message in [
+            ({"redis": {"url": ""}, "replicaCount": 1}, r"relay\.enabled needs redis\.url"),
+            ({"relay": {"databaseUrl": ""}}, r"relay\.databaseUrl or relay\.databaseUrlSecret\.name"),
+            ({"redis": {"tls": {"caSecret": {"name": "ca"}}}}, r"redis\.tls"),
+            ({"config": {"history": {"size": 0}}}, r"config\.history\.size"),
+        ]:
+            with self.subTest(extra=extra), self.assertRaisesRegex(helm.HelmRenderError, message):
+                render(merged(base, extra))
+        for extra in [{"relay": {"batchSize": 0}}, {"relay": {"batchSize": 10001}}, {"relay": {"databaseUrl": "mysql://x"}},
+                      {"relay": {"pollInterval": "soon"}}, {"relay": {"unknown": 1}}]:
+            with self.subTest(extra=extra), self.assertRaises(helm.HelmValuesError):
+                render(merged(base, extra))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ mod floor;
 mod history_memory;
 mod idle;
 mod noisy;
+mod outbox;
 mod pipe_publisher;
 mod publish;
 mod reconnect;
@@ -50,6 +51,9 @@ enum Scenario {
     /// Client RPCs through the gateway against direct calls to the same backend: calls/s and
     /// added latency at a few concurrency levels.
     Rpc(rpc::Options),
+    /// Rows committed to the Postgres outbox, published by roomcast-relay, delivered to
+    /// members: latency at steady insert rates and the drain rate in rows/s.
+    Outbox(outbox::Options),
     /// Not a scenario: the `floor` scenario's server process.
     #[command(hide = true)]
     FloorServer(floor::ServerOptions),
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Typing(options) => serde_json::to_string_pretty(&typing::run(&options).await?)?,
         Scenario::Reconnect(options) => serde_json::to_string_pretty(&reconnect::run(&options).await?)?,
         Scenario::NoisyNeighbour(options) => serde_json::to_string_pretty(&noisy::run(&options).await?)?,
+        Scenario::Outbox(options) => serde_json::to_string_pretty(&outbox::run(&options).await?)?,
         Scenario::Rpc(options) => serde_json::to_string_pretty(&rpc::run(&options).await?)?,
         Scenario::Churn(options) => {
             let result = churn::run(&options).await?;

@@ -13,13 +13,16 @@ pub const MIGRATION: &str = include_str!("../migrations/0001_roomcast_outbox.sql
 pub const CHANNEL: &str = "roomcast_outbox";
 
 /// Claims up to `$1` unprocessed rows in id order, skipping rows another relay holds, and says
-/// of each whether it may be published now: a row is held back while an earlier unprocessed row
-/// of its room is outside this claim (another relay holds it), so rows of one room are published
-/// in id order even with several relays. Held-back rows are released at commit.
+/// of each whether it may be published now. Rows of one room are published in id order even
+/// with several relays: a room's claimed rows are held back (released at commit, claimed again
+/// shortly) unless they are all of its unprocessed rows up to the last of them, that is, unless
+/// another relay holds an earlier row of the room.
 ///
-/// The CTE is evaluated once (it locks), and the check runs on this statement's snapshot: a row
-/// that another relay published after it was taken is seen as unprocessed, which only holds a
-/// row back until the next batch.
+/// The check counts, per room, the unprocessed rows up to the room's last claimed id (an index
+/// range scan on `(room, id)`, so a claim costs O(rows) whatever the number of rooms; checking
+/// row by row made the planner scan the batch once per row). The CTEs are evaluated once (the
+/// first locks) and on this statement's snapshot: a row another relay published after it was
+/// taken still counts, which only holds the room back until the next batch.
 pub const CLAIM: &str = "
 WITH claimed AS (
     SELECT id FROM roomcast_outbox
@@ -27,22 +30,31 @@ WITH claimed AS (
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+),
+taken AS MATERIALIZED (
+    SELECT o.* FROM roomcast_outbox o JOIN claimed c ON c.id = o.id
+),
+rooms AS MATERIALIZED (
+    SELECT g.room, g.mine = (
+        SELECT count(*) FROM roomcast_outbox e
+        WHERE e.room = g.room AND e.processed_at IS NULL AND e.id <= g.last
+    ) AS ready
+    FROM (SELECT room, max(id) AS last, count(*) AS mine FROM taken GROUP BY room) g
 )
-SELECT o.id, o.tenant, o.kind, o.target_id, o.event, o.data::text, o.idempotency_key,
-       extract(epoch FROM now() - o.created_at)::float8 AS age,
-       NOT EXISTS (
-           SELECT 1 FROM roomcast_outbox e
-           WHERE e.room = o.room AND e.id < o.id AND e.processed_at IS NULL
-             AND e.id NOT IN (SELECT id FROM claimed)
-       ) AS ready
-FROM roomcast_outbox o JOIN claimed c ON c.id = o.id
-ORDER BY o.id";
+SELECT t.id, t.tenant, t.kind, t.target_id, t.event, t.data::text, t.idempotency_key,
+       extract(epoch FROM now() - t.created_at)::float8 AS age, r.ready
+FROM taken t JOIN rooms r ON r.room = t.room
+ORDER BY t.id";
 
-/// Deletes published rows (retention 0).
-pub const DELETE_PUBLISHED: &str = "DELETE FROM roomcast_outbox WHERE id = ANY($1)";
+/// Deletes published rows (retention 0). `IN (SELECT unnest(..))` rather than `= ANY(..)`: the
+/// latter is planned as a sequential scan while the table's statistics still describe it before
+/// a bulk insert (a drain of 50,000 rows spent up to 100 ms per batch here), the former always
+/// as index lookups.
+pub const DELETE_PUBLISHED: &str = "DELETE FROM roomcast_outbox WHERE id IN (SELECT unnest($1::bigint[]))";
 
-/// Marks published rows (retention above 0).
-pub const MARK_PUBLISHED: &str = "UPDATE roomcast_outbox SET processed_at = now() WHERE id = ANY($1)";
+/// Marks published rows (retention above 0), planned like [`DELETE_PUBLISHED`].
+pub const MARK_PUBLISHED: &str =
+    "UPDATE roomcast_outbox SET processed_at = now() WHERE id IN (SELECT unnest($1::bigint[]))";
 
 /// Marks one row that can never be published, with the reason.
 pub const MARK_FAILED: &str = "UPDATE roomcast_outbox SET processed_at = now(), error = $2 WHERE id = $1";

@@ -6,8 +6,8 @@
 //! batch published but never marked (a crash, a lost commit, Postgres restarting) is published
 //! again after the restart and Redis drops the events it already has (within
 //! `ROOMCAST_PUBLISH_DEDUPE_WINDOW`). Order per room: one relay publishes a room's rows in id
-//! order in one pipeline; [`outbox::CLAIM`] holds a row back while another relay holds an
-//! earlier row of its room.
+//! order in one pipeline; [`outbox::CLAIM`] holds a room's rows back while another relay holds
+//! an earlier row of that room.
 
 use std::{
     sync::{
@@ -46,12 +46,21 @@ impl Health {
 /// Why a batch did not complete.
 #[derive(Debug, thiserror::Error)]
 enum BatchError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres did not answer within ROOMCAST_RELAY_DATABASE_TIMEOUT")]
     PostgresTimeout,
     #[error("redis: {0}")]
     Redis(String),
+}
+
+/// A Postgres error with the server's own message when there is one (tokio-postgres shows
+/// only "db error" for those).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 /// A worker connection with its statements prepared.
@@ -112,6 +121,7 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
     let mut backoff = Backoff::new();
     let mut last_lag = tokio::time::Instant::now() - Duration::from_secs(60);
     let mut last_purge = last_lag;
+    let mut last_ping = last_lag;
     while !*stop.borrow() {
         let c = match &mut conn {
             Some(c) => c,
@@ -136,13 +146,14 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
             Ok(batch) => {
                 backoff.reset();
                 health.postgres.store(true, Ordering::Relaxed);
-                if batch.claimed > 0 && batch.held_back < batch.claimed {
-                    // Rows published: more may be waiting.
-                    if batch.claimed as u32 == config.batch_size { None } else { Some(Duration::ZERO) }
+                if batch.claimed as u32 == config.batch_size && batch.held_back < batch.claimed {
+                    // A full batch: more rows are waiting.
+                    None
                 } else if batch.held_back > 0 {
                     // Another relay holds earlier rows of these rooms: look again soon.
                     Some(Duration::from_millis(20))
                 } else {
+                    // Rows committed since the claim have notified: the wait ends at once.
                     Some(config.poll_interval)
                 }
             }
@@ -180,7 +191,8 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
             }
         }
         if let Some(wait) = idle {
-            if wait == config.poll_interval {
+            if wait == config.poll_interval && last_ping.elapsed() >= config.poll_interval {
+                last_ping = tokio::time::Instant::now();
                 // Idle: check Redis too, so readiness sees a Redis that went away meanwhile.
                 let ping = tokio::time::timeout(config.redis_command_timeout, ping(&publisher)).await;
                 health.redis.store(matches!(ping, Ok(Ok(()))), Ordering::Relaxed);
@@ -244,6 +256,9 @@ async fn connect_worker(config: &Config, database_url: &str) -> Result<Conn, Bat
                 tracing::debug!(error = %e, "postgres connection ended");
             }
         });
+        // The claim's estimated cost can pass jit_above_cost on a large backlog, and compiling
+        // it then takes hundreds of milliseconds for a query that runs in a few.
+        client.batch_execute("SET jit = off").await?;
         let finish = if config.retention.is_zero() { outbox::DELETE_PUBLISHED } else { outbox::MARK_PUBLISHED };
         Ok(Conn {
             claim: client.prepare(outbox::CLAIM).await?,
@@ -267,6 +282,7 @@ async fn relay_batch(
     config: &Config,
     health: &Health,
 ) -> Result<Batch, BatchError> {
+    let started = tokio::time::Instant::now();
     let tx = within(config, async { Ok(c.client.transaction().await?) }).await?;
     let limit = i64::from(config.batch_size);
     let rows = within(config, async { Ok(tx.query(&c.claim, &[&limit]).await?) }).await?;
@@ -276,6 +292,7 @@ async fn relay_batch(
         within(config, async { Ok(tx.commit().await?) }).await?;
         return Ok(batch);
     }
+    let claimed_at = tokio::time::Instant::now();
     let mut sending = publisher.batch();
     let mut published: Vec<&Row> = Vec::with_capacity(rows.len());
     let mut failed: Vec<(&Row, String)> = Vec::new();
@@ -307,6 +324,7 @@ async fn relay_batch(
             m::delay(row.age);
         }
     }
+    let published_at = tokio::time::Instant::now();
     let ids: Vec<i64> = published.iter().map(|r| r.id).collect();
     within(config, async {
         if !ids.is_empty() {
@@ -321,6 +339,14 @@ async fn relay_batch(
     })
     .await?;
     m::failed(failed.len());
+    tracing::debug!(
+        rows = batch.claimed,
+        held_back = batch.held_back,
+        claim_ms = (claimed_at - started).as_secs_f64() * 1e3,
+        publish_ms = (published_at - claimed_at).as_secs_f64() * 1e3,
+        commit_ms = published_at.elapsed().as_secs_f64() * 1e3,
+        "batch"
+    );
     Ok(batch)
 }
 
@@ -380,7 +406,7 @@ async fn listen_once(config: &Config, database_url: &str, wake: &Arc<Notify>, ba
     let listen = tokio::time::timeout(config.database_timeout, client.batch_execute(&statement));
     match listen.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return e.to_string(),
+        Ok(Err(e)) => return describe(&e),
         Err(_) => return "LISTEN timed out".into(),
     }
     backoff.reset();

@@ -340,3 +340,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: test
 {{- end }}
+
+{{/* The relay's selector labels: its own name, so no gateway selector (Services, PDB,
+ServiceMonitor) ever picks its pods. */}}
+{{- define "roomcast.relaySelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-relay" (include "roomcast.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of the relay's resources. */}}
+{{- define "roomcast.relayLabels" -}}
+{{ with omit .Values.commonLabels "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/component" }}{{ toYaml . }}
+{{ end -}}
+helm.sh/chart: {{ include "roomcast.chart" . }}
+{{ include "roomcast.relaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: relay
+{{- end }}
