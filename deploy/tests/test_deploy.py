@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import subprocess
@@ -1613,6 +1614,10 @@ class ChartRelay(unittest.TestCase):
         self.assertEqual(set(env) - relay_env_vars(), set(), "every variable is a relay option")
         # The relay and the gateways agree on Redis, history and publishing.
         config = gateway_config(manifests)
+        # It rolls with the gateway's Secret (the Redis URL is read once at start).
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        gateway_annotations = named(manifests, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["annotations"]
+        self.assertEqual(annotations["checksum/gateway-secret"], gateway_annotations["checksum/secret"])
         for name in ["ROOMCAST_REDIS_PREFIX", "ROOMCAST_REDIS_COMMAND_TIMEOUT", "ROOMCAST_HISTORY_SIZE", "ROOMCAST_HISTORY_TTL",
                      "ROOMCAST_PUBLISH_DEDUPE_WINDOW", "ROOMCAST_PUBLISH_MAX_PAYLOAD"]:
             self.assertEqual(env[name], config[name], name)
@@ -1671,15 +1676,26 @@ class ChartRelay(unittest.TestCase):
         env["ROOMCAST_RELAY_ADMIN_LISTEN"] = "127.0.0.1:0"
         env["ROOMCAST_LOG_FORMAT"] = "json"
         relay_help()  # skips when the relay is not built
-        proc = subprocess.Popen([RELAY], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([RELAY], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
         try:
-            line = proc.stdout.readline()
-            self.assertIn("roomcast-relay listening", line, proc.stderr.read() if proc.poll() is not None else "")
+            # Read its log until it listens (or exits: a setting it refused), with a deadline.
+            deadline = time.monotonic() + BOOT_DEADLINE
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+                if not ready:
+                    continue
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+                if "roomcast-relay listening" in line:
+                    break
+            self.assertTrue(any("roomcast-relay listening" in l for l in lines), "".join(lines))
         finally:
             proc.kill()
             proc.wait()
             proc.stdout.close()
-            proc.stderr.close()
 
     def test_an_existing_database_url_secret_is_used_and_none_is_created(self) -> None:
         values = merged(load_values(CHART / "ci" / "relay-values.yaml"), {"relay": {"databaseUrl": "", "databaseUrlSecret": {"name": "app-db", "key": "url"}}})

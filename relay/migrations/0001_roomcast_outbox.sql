@@ -8,7 +8,9 @@
 --   SELECT roomcast_publish('acme', 'project', 'p1', 'task.updated', '{"id": 42, "done": true}');
 --   COMMIT;
 -- The event exists only if the transaction commits; roomcast-relay publishes it to Redis and
--- every gateway delivers it to the room's members, once, in the order the rows committed.
+-- every gateway delivers it to the room's members, once. A room's rows are published in id
+-- order among those committed when the relay reads the table (README, "Transactional
+-- publishing", says what that means for transactions that overlap).
 
 CREATE TABLE IF NOT EXISTS roomcast_outbox (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -24,10 +26,8 @@ CREATE TABLE IF NOT EXISTS roomcast_outbox (
     -- the application passes its own (e.g. 'order-42-shipped').
     idempotency_key text        NOT NULL DEFAULT gen_random_uuid()::text,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    -- Set by the relay: published (error NULL) or refused for good (error says why; such rows
-    -- are kept until you delete them).
+    -- Set by the relay when it published the row and ROOMCAST_RELAY_RETENTION keeps it.
     processed_at    timestamptz,
-    error           text,
     -- The room's canonical name, as the gateways spell it: per-room order is kept on it.
     room            text GENERATED ALWAYS AS (
                         'tenant:' || tenant ||
@@ -38,14 +38,32 @@ CREATE TABLE IF NOT EXISTS roomcast_outbox (
     CONSTRAINT roomcast_outbox_tenant CHECK (tenant ~ '^[A-Za-z0-9_.@|+=-]{1,128}$'),
     CONSTRAINT roomcast_outbox_kind CHECK (
         (kind = 'tenant' AND target_id IS NULL)
-        OR (kind IN ('user', 'project', 'channel') AND target_id ~ '^[A-Za-z0-9_.@|+=-]{1,128}$')),
+        OR (kind IN ('user', 'project', 'channel') AND target_id IS NOT NULL
+            AND target_id ~ '^[A-Za-z0-9_.@|+=-]{1,128}$')),
     CONSTRAINT roomcast_outbox_event CHECK (
         octet_length(event) BETWEEN 1 AND 128
-        AND event !~ '[[:cntrl:]]'
+        -- C0 and C1 control characters, as the gateway refuses them.
+        AND event !~ '[\x01-\x1f\x7f-\x9f]'
         AND event NOT IN ('connect', 'connect_error', 'disconnect', 'disconnecting',
                           'newListener', 'removeListener', 'typing')
         AND event !~ '^(presence|auth|roomcast):'),
     CONSTRAINT roomcast_outbox_key CHECK (idempotency_key ~ '^[A-Za-z0-9_.@|+=-]{1,128}$')
+);
+
+-- Rows the relay can never publish (a payload over ROOMCAST_PUBLISH_MAX_PAYLOAD, a row written
+-- around the checks above) are moved here with the reason, out of the queue's way. Nothing
+-- deletes them: look, fix, re-insert into roomcast_outbox if wanted, delete.
+CREATE TABLE IF NOT EXISTS roomcast_outbox_failed (
+    id              bigint      PRIMARY KEY,
+    tenant          text,
+    kind            text,
+    target_id       text,
+    event           text,
+    data            jsonb,
+    idempotency_key text,
+    created_at      timestamptz,
+    failed_at       timestamptz NOT NULL DEFAULT now(),
+    error           text        NOT NULL
 );
 
 -- What the relay claims: unprocessed rows in id order, and per room (the order check).
@@ -83,6 +101,17 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS roomcast_outbox_notify ON roomcast_outbox;
-CREATE TRIGGER roomcast_outbox_notify AFTER INSERT ON roomcast_outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION roomcast_outbox_notify();
+-- Created once: applying the migration again neither drops it (inserts in between would
+-- notify nobody) nor locks the table, and a trigger you disabled stays disabled (NOTIFY
+-- serializes the commits that send it; README, "The cost of NOTIFY").
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_trigger
+        WHERE tgname = 'roomcast_outbox_notify' AND tgrelid = 'roomcast_outbox'::regclass
+    ) THEN
+        CREATE TRIGGER roomcast_outbox_notify AFTER INSERT ON roomcast_outbox
+            FOR EACH STATEMENT EXECUTE FUNCTION roomcast_outbox_notify();
+    END IF;
+END
+$$;

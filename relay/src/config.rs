@@ -61,7 +61,7 @@ pub struct Config {
     pub publish_dedupe_window: Duration,
 
     /// Largest event payload (`data`, as JSON) published, in bytes: the gateways' value. A
-    /// larger row is marked failed (`error` says why), not published.
+    /// larger row is moved to `roomcast_outbox_failed` (`error` says why), not published.
     #[arg(long, env = "ROOMCAST_PUBLISH_MAX_PAYLOAD", default_value_t = wire::DEFAULT_MAX_PAYLOAD)]
     pub publish_max_payload: usize,
 
@@ -69,13 +69,18 @@ pub struct Config {
     #[arg(long, env = "ROOMCAST_RELAY_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: u32,
 
+    /// Most bytes of payload one batch publishes; the claim's other rows wait for the next
+    /// batch. A batch's payloads are held several times over while it is sent.
+    #[arg(long, env = "ROOMCAST_RELAY_BATCH_BYTES", default_value_t = 8 << 20)]
+    pub batch_bytes: usize,
+
     /// How often the outbox is read when no NOTIFY woke the relay (a fallback: the migration's
     /// trigger notifies on every commit).
     #[arg(long, env = "ROOMCAST_RELAY_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
     /// How long published rows are kept (marked `processed_at`) before they are deleted; 0
-    /// deletes them in the transaction that publishes them. Failed rows are never deleted.
+    /// deletes them in the transaction that publishes them.
     #[arg(long, env = "ROOMCAST_RELAY_RETENTION", default_value = "0s", value_parser = parse_duration)]
     pub retention: Duration,
 
@@ -131,8 +136,17 @@ impl Config {
         if self.history_ttl.is_zero() {
             return bad("ROOMCAST_HISTORY_TTL", "must be more than 0");
         }
-        if self.publish_dedupe_window.is_zero() {
-            return bad("ROOMCAST_PUBLISH_DEDUPE_WINDOW", "must be more than 0");
+        // Rows published but not marked are published again once their claim is released:
+        // at most ~25 s after a relay vanished (see relay::session_settings), or after the
+        // relay's own restart. The window must outlast that by far.
+        if self.publish_dedupe_window < Duration::from_secs(60) {
+            return bad(
+                "ROOMCAST_PUBLISH_DEDUPE_WINDOW",
+                "must be at least 1m for the relay: rows republished after a crash are deduplicated within it",
+            );
+        }
+        if self.batch_bytes < self.publish_max_payload {
+            return bad("ROOMCAST_RELAY_BATCH_BYTES", "must hold at least one payload (ROOMCAST_PUBLISH_MAX_PAYLOAD)");
         }
         if self.poll_interval.is_zero() {
             return bad("ROOMCAST_RELAY_POLL_INTERVAL", "must be more than 0");
@@ -176,11 +190,17 @@ impl Config {
             }
         };
         // The parser's message may quote the string, password included: say only what is wrong.
-        url.parse::<tokio_postgres::Config>().map_err(|_| ConfigError {
+        let parsed = url.parse::<tokio_postgres::Config>().map_err(|_| ConfigError {
             option,
             problem: "not a Postgres connection string (postgres://user:password@host:5432/db or key=value pairs)"
                 .into(),
         })?;
+        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(ConfigError {
+                option,
+                problem: "sslmode=require: TLS to Postgres is not supported yet (sslmode=disable or prefer)".into(),
+            });
+        }
         Ok(url)
     }
 
@@ -276,6 +296,9 @@ mod tests {
             (&["--history-size", "0"][..], "ROOMCAST_HISTORY_SIZE"),
             (&["--poll-interval", "0s"][..], "ROOMCAST_RELAY_POLL_INTERVAL"),
             (&["--publish-dedupe-window", "0s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
+            (&["--publish-dedupe-window", "30s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
+            (&["--batch-bytes", "100"][..], "ROOMCAST_RELAY_BATCH_BYTES"),
+            (&["--database-url", "postgres://h/db?sslmode=require"][..], "ROOMCAST_RELAY_DATABASE_URL"),
             (&["--database-timeout", "0s"][..], "ROOMCAST_RELAY_DATABASE_TIMEOUT"),
             (&["--redis-prefix", "a{b"][..], "ROOMCAST_REDIS_PREFIX"),
             (&["--database-url", "postgres://host:notaport/db"][..], "ROOMCAST_RELAY_DATABASE_URL"),

@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const PUBLISHED: &str = "roomcast_relay_published_total";
 /// Rows whose event Redis already had: published before a crash or a lost commit, dropped now.
 pub const DUPLICATES: &str = "roomcast_relay_duplicates_total";
-/// Rows that can never be published, marked failed.
+/// Rows that can never be published, moved to `roomcast_outbox_failed`.
 pub const FAILED: &str = "roomcast_relay_failed_total";
 /// Failed attempts, by stage (postgres, redis).
 pub const ERRORS: &str = "roomcast_relay_errors_total";
@@ -32,7 +32,7 @@ pub fn install() -> PrometheusHandle {
         DUPLICATES,
         "Outbox rows whose event Redis already had (published again after a crash; not delivered twice)."
     );
-    describe_counter!(FAILED, "Outbox rows that can never be published, marked with an error.");
+    describe_counter!(FAILED, "Outbox rows that can never be published, moved to roomcast_outbox_failed.");
     describe_counter!(ERRORS, "Failed attempts by stage (postgres, redis); the rows stay in the outbox.");
     describe_gauge!(LAG, "Age of the oldest unpublished outbox row, in seconds (0 when none).");
     describe_histogram!(DELAY, "Seconds from the inserting transaction's start to the publish, per row.");

@@ -18,6 +18,10 @@ pub const CHANNEL: &str = "roomcast_outbox";
 /// shortly) unless they are all of its unprocessed rows up to the last of them, that is, unless
 /// another relay holds an earlier row of the room.
 ///
+/// A row's `data` comes only when it is at most `$2` bytes (the payload limit): a larger row is
+/// moved to `roomcast_outbox_failed` without being read. Rows whose room is NULL (written around
+/// the migration's checks) are ready, to be moved there too.
+///
 /// The check counts, per room, the unprocessed rows up to the room's last claimed id (an index
 /// range scan on `(room, id)`, so a claim costs O(rows) whatever the number of rooms; checking
 /// row by row made the planner scan the batch once per row). The CTEs are evaluated once (the
@@ -35,15 +39,18 @@ taken AS MATERIALIZED (
     SELECT o.* FROM roomcast_outbox o JOIN claimed c ON c.id = o.id
 ),
 rooms AS MATERIALIZED (
-    SELECT g.room, g.mine = (
+    SELECT g.room, g.room IS NULL OR g.mine = (
         SELECT count(*) FROM roomcast_outbox e
         WHERE e.room = g.room AND e.processed_at IS NULL AND e.id <= g.last
     ) AS ready
     FROM (SELECT room, max(id) AS last, count(*) AS mine FROM taken GROUP BY room) g
 )
-SELECT t.id, t.tenant, t.kind, t.target_id, t.event, t.data::text, t.idempotency_key,
-       extract(epoch FROM now() - t.created_at)::float8 AS age, r.ready
-FROM taken t JOIN rooms r ON r.room = t.room
+SELECT t.id, t.tenant, t.kind, t.target_id, t.event,
+       CASE WHEN octet_length(t.data::text) <= $2 THEN t.data::text END,
+       t.idempotency_key,
+       extract(epoch FROM now() - t.created_at)::float8 AS age, r.ready,
+       octet_length(t.data::text)::bigint AS size
+FROM taken t JOIN rooms r ON r.room IS NOT DISTINCT FROM t.room
 ORDER BY t.id";
 
 /// Deletes published rows (retention 0). `IN (SELECT unnest(..))` rather than `= ANY(..)`: the
@@ -56,14 +63,24 @@ pub const DELETE_PUBLISHED: &str = "DELETE FROM roomcast_outbox WHERE id IN (SEL
 pub const MARK_PUBLISHED: &str =
     "UPDATE roomcast_outbox SET processed_at = now() WHERE id IN (SELECT unnest($1::bigint[]))";
 
-/// Marks one row that can never be published, with the reason.
-pub const MARK_FAILED: &str = "UPDATE roomcast_outbox SET processed_at = now(), error = $2 WHERE id = $1";
+/// Moves one row that can never be published to `roomcast_outbox_failed`, with the reason. A
+/// move rather than an update: a row written around the table's checks may break them, and an
+/// update of it would then fail (a check added back `NOT VALID` still checks updated rows).
+pub const MARK_FAILED: &str = "
+WITH gone AS (
+    DELETE FROM roomcast_outbox WHERE id = $1
+    RETURNING id, tenant, kind, target_id, event, data, idempotency_key, created_at
+)
+INSERT INTO roomcast_outbox_failed (id, tenant, kind, target_id, event, data, idempotency_key, created_at, error)
+SELECT id, tenant, kind, target_id, event, data, idempotency_key, created_at, $2 FROM gone
+ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()";
 
-/// Deletes published rows older than the retention (`$1` seconds), a bounded number at a time.
+/// Deletes published rows older than the retention (`$1` seconds), 10,000 at a time (the relay
+/// repeats it while a full 10,000 went, within its database timeout).
 pub const PURGE: &str = "
 DELETE FROM roomcast_outbox WHERE id IN (
     SELECT id FROM roomcast_outbox
-    WHERE processed_at < now() - make_interval(secs => $1) AND error IS NULL
+    WHERE processed_at < now() - make_interval(secs => $1)
     LIMIT 10000
 )";
 
@@ -85,8 +102,10 @@ pub struct Row {
     pub target_id: Option<String>,
     /// `event`.
     pub event: String,
-    /// `data`, as JSON text.
-    pub data: String,
+    /// `data`, as JSON text; `None` when it is larger than the payload limit (not read).
+    pub data: Option<String>,
+    /// Size of `data` as JSON text, in bytes.
+    pub size: i64,
     /// `idempotency_key`: the event id.
     pub key: String,
     /// Seconds since the inserting transaction started.
@@ -108,6 +127,7 @@ impl Row {
             key: r.try_get(6)?,
             age: r.try_get::<_, Option<f64>>(7)?.unwrap_or(0.0),
             ready: r.try_get(8)?,
+            size: r.try_get(9)?,
         })
     }
 
@@ -126,15 +146,16 @@ impl Row {
         target.room().map_err(|e| format!("bad room id: {e}"))?;
         validate_id(&self.key).map_err(|e| format!("bad idempotency_key: {e}"))?;
         wire::validate_event_name(&self.event).map_err(|e| format!("bad event name: {e}"))?;
-        if self.data.len() > max_payload {
-            return Err(format!("payload_too_large: data is {} bytes, the most is {max_payload}", self.data.len()));
+        if self.data.is_none() || self.size > i64::try_from(max_payload).unwrap_or(i64::MAX) {
+            return Err(format!("payload_too_large: data is {} bytes, the most is {max_payload}", self.size));
         }
         Ok(target)
     }
 
     /// The payload as it is published (JSON text, unchanged).
     pub fn payload(&self) -> Result<Box<RawValue>, String> {
-        RawValue::from_string(self.data.clone()).map_err(|e| format!("data is not JSON: {e}"))
+        let data = self.data.clone().ok_or("payload_too_large: data was not read")?;
+        RawValue::from_string(data).map_err(|e| format!("data is not JSON: {e}"))
     }
 }
 
@@ -149,7 +170,8 @@ mod tests {
             kind: kind.into(),
             target_id: target.map(Into::into),
             event: "task.updated".into(),
-            data: r#"{"id": 42}"#.into(),
+            data: Some(r#"{"id": 42}"#.into()),
+            size: 10,
             key: "k-1".into(),
             age: 0.0,
             ready: true,
@@ -186,7 +208,8 @@ mod tests {
             (Row { tenant: String::new(), ..row("tenant", None) }, "bad room id"),
             (Row { event: "presence:join".into(), ..row("tenant", None) }, "bad event name"),
             (Row { key: "has space".into(), ..row("tenant", None) }, "bad idempotency_key"),
-            (Row { data: "x".repeat(2000), ..row("tenant", None) }, "payload_too_large"),
+            (Row { data: None, size: 2000, ..row("tenant", None) }, "payload_too_large"),
+            (Row { size: 2000, ..row("tenant", None) }, "payload_too_large"),
         ];
         for (r, why) in cases {
             let err = r.target(&p, 1024).err().unwrap_or_else(|| panic!("{r:?} was accepted"));
@@ -197,6 +220,7 @@ mod tests {
     #[test]
     fn the_payload_is_published_as_stored() {
         assert_eq!(row("tenant", None).payload().expect("json").get(), r#"{"id": 42}"#);
-        assert!(Row { data: "{".into(), ..row("tenant", None) }.payload().is_err());
+        assert!(Row { data: Some("{".into()), ..row("tenant", None) }.payload().is_err());
+        assert!(Row { data: None, ..row("tenant", None) }.payload().is_err());
     }
 }

@@ -19,7 +19,7 @@ use std::{
 
 use roomcast_publisher::{Publisher, wire::HistoryPolicy};
 use tokio::sync::{Notify, watch};
-use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Statement};
 
 use crate::{
     config::Config,
@@ -75,7 +75,10 @@ struct Conn {
 #[derive(Debug, Clone, Copy, Default)]
 struct Batch {
     claimed: usize,
+    /// Rows of rooms another relay holds an earlier row of.
     held_back: usize,
+    /// Rows past `ROOMCAST_RELAY_BATCH_BYTES`, left for the next batch.
+    deferred: usize,
 }
 
 /// Exponential backoff between failed attempts: 100 ms doubling to 5 s.
@@ -146,7 +149,8 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
             Ok(batch) => {
                 backoff.reset();
                 health.postgres.store(true, Ordering::Relaxed);
-                if batch.claimed as u32 == config.batch_size && batch.held_back < batch.claimed {
+                if batch.deferred > 0 || (batch.claimed as u32 == config.batch_size && batch.held_back < batch.claimed)
+                {
                     // A full batch: more rows are waiting.
                     None
                 } else if batch.held_back > 0 {
@@ -160,6 +164,15 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
             Err(BatchError::Redis(e)) => {
                 health.redis.store(false, Ordering::Relaxed);
                 m::error("redis");
+                // The lag keeps growing while Redis is away: keep reporting it.
+                if let Some(c) = &conn
+                    && last_lag.elapsed() >= Duration::from_millis(500)
+                {
+                    last_lag = tokio::time::Instant::now();
+                    if report_lag(c, &config).await.is_err() {
+                        conn = None;
+                    }
+                }
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?wait, "publishing a batch failed; it stays in the outbox");
                 sleep_or_stop(wait, &mut stop).await;
@@ -184,7 +197,8 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
                 tracing::debug!(error = %e, "lag query failed");
             }
         }
-        if !config.retention.is_zero() && last_purge.elapsed() >= Duration::from_secs(10) {
+        let purge_every = config.retention.clamp(Duration::from_secs(1), Duration::from_secs(10));
+        if !config.retention.is_zero() && last_purge.elapsed() >= purge_every {
             last_purge = tokio::time::Instant::now();
             if let Err(e) = purge(c, &config).await {
                 tracing::warn!(error = %e, "deleting rows past ROOMCAST_RELAY_RETENTION failed");
@@ -226,7 +240,7 @@ async fn connect_redis(config: &Config, health: &Health, stop: &mut watch::Recei
                 return None;
             }
         };
-        match Publisher::from_config(redis).await {
+        match connect_publisher(redis, config).await {
             Ok(p) => {
                 let p = p
                     .with_prefix(config.redis_prefix.clone())
@@ -248,6 +262,28 @@ async fn connect_redis(config: &Config, health: &Health, stop: &mut watch::Recei
     }
 }
 
+/// A publisher whose client reconnects forever (100 ms doubling to 5 s) and whose own command
+/// timeout is well past `ROOMCAST_REDIS_COMMAND_TIMEOUT`: the relay's timeout decides, and fred
+/// never drops part of a queued pipeline on its own (it skips writing commands whose timeout
+/// passed while queued, which could leave a gap in a room's rows).
+async fn connect_publisher(
+    redis: roomcast_publisher::fred::prelude::Config,
+    config: &Config,
+) -> Result<Publisher, roomcast_publisher::fred::error::Error> {
+    use roomcast_publisher::fred::{
+        interfaces::ClientLike,
+        prelude::{Builder, ReconnectPolicy},
+    };
+    let client = Builder::from_config(redis)
+        .with_performance_config(|p| {
+            p.default_command_timeout = config.redis_command_timeout * 4 + Duration::from_secs(5)
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()?;
+    client.init().await?;
+    Ok(Publisher::from_client(client))
+}
+
 async fn connect_worker(config: &Config, database_url: &str) -> Result<Conn, BatchError> {
     within(config, async {
         let (client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
@@ -256,9 +292,11 @@ async fn connect_worker(config: &Config, database_url: &str) -> Result<Conn, Bat
                 tracing::debug!(error = %e, "postgres connection ended");
             }
         });
-        // The claim's estimated cost can pass jit_above_cost on a large backlog, and compiling
-        // it then takes hundreds of milliseconds for a query that runs in a few.
-        client.batch_execute("SET jit = off").await?;
+        client.batch_execute(&session_settings(config)).await?;
+        // Postgres 14+: a backend also notices a vanished client while it runs a statement.
+        if let Err(e) = client.batch_execute("SET client_connection_check_interval = '5s'").await {
+            tracing::debug!(error = %describe(&e), "client_connection_check_interval not set (Postgres < 14)");
+        }
         let finish = if config.retention.is_zero() { outbox::DELETE_PUBLISHED } else { outbox::MARK_PUBLISHED };
         Ok(Conn {
             claim: client.prepare(outbox::CLAIM).await?,
@@ -268,6 +306,26 @@ async fn connect_worker(config: &Config, database_url: &str) -> Result<Conn, Bat
         })
     })
     .await
+}
+
+/// The worker session's settings.
+///
+/// - No JIT: the claim's estimated cost can pass `jit_above_cost` on a large backlog, and
+///   compiling it then took 330 ms for a query that runs in a few.
+/// - Server-side bounds on what a vanished relay (a lost node, a partition: no FIN reaches
+///   Postgres) can hold: its claim's row locks hold back every later row of those rooms, and
+///   its rows are published again once released, so they must be released well within the
+///   dedupe window. A statement runs at most the database timeout; a transaction sits idle
+///   (the relay publishing) at most the Redis and database timeouts plus 5 s; keepalives find a
+///   dead peer in about 25 s.
+fn session_settings(config: &Config) -> String {
+    let idle = config.redis_command_timeout + config.database_timeout + Duration::from_secs(5);
+    format!(
+        "SET jit = off; SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
+         SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+        config.database_timeout.as_millis(),
+        idle.as_millis(),
+    )
 }
 
 /// Runs `f` within the database timeout.
@@ -283,11 +341,17 @@ async fn relay_batch(
     health: &Health,
 ) -> Result<Batch, BatchError> {
     let started = tokio::time::Instant::now();
-    let tx = within(config, async { Ok(c.client.transaction().await?) }).await?;
+    // READ COMMITTED whatever the database's default: under REPEATABLE READ a row another relay
+    // deleted since this transaction's snapshot fails the claim (40001) instead of being skipped.
+    let tx = within(config, async {
+        Ok(c.client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await?)
+    })
+    .await?;
     let limit = i64::from(config.batch_size);
-    let rows = within(config, async { Ok(tx.query(&c.claim, &[&limit]).await?) }).await?;
+    let max_payload = i32::try_from(config.publish_max_payload).unwrap_or(i32::MAX);
+    let rows = within(config, async { Ok(tx.query(&c.claim, &[&limit, &max_payload]).await?) }).await?;
     let rows = rows.iter().map(Row::from_claim).collect::<Result<Vec<_>, _>>()?;
-    let mut batch = Batch { claimed: rows.len(), held_back: 0 };
+    let mut batch = Batch { claimed: rows.len(), held_back: 0, deferred: 0 };
     if rows.is_empty() {
         within(config, async { Ok(tx.commit().await?) }).await?;
         return Ok(batch);
@@ -296,11 +360,19 @@ async fn relay_batch(
     let mut sending = publisher.batch();
     let mut published: Vec<&Row> = Vec::with_capacity(rows.len());
     let mut failed: Vec<(&Row, String)> = Vec::new();
+    let mut bytes = 0usize;
     for row in &rows {
         if !row.ready {
             batch.held_back += 1;
             continue;
         }
+        // The rest of the claim waits for the next batch (in id order, so no room's order
+        // changes): a batch's payloads are held several times over while it is sent.
+        if batch.deferred > 0 || bytes >= config.batch_bytes {
+            batch.deferred += 1;
+            continue;
+        }
+        bytes += usize::try_from(row.size).unwrap_or(0);
         let added = row.target(publisher, config.publish_max_payload).and_then(|target| {
             let payload = row.payload()?;
             sending.emit_with_id(&target, &row.event, &payload, &row.key).map(|_| ()).map_err(|e| e.to_string())
@@ -331,7 +403,7 @@ async fn relay_batch(
             tx.execute(&c.finish, &[&ids]).await?;
         }
         for (row, why) in &failed {
-            tracing::warn!(id = row.id, error = %why, "outbox row can never be published; marked failed");
+            tracing::warn!(id = row.id, error = %why, "outbox row can never be published; moved to roomcast_outbox_failed");
             tx.execute(&c.fail, &[&row.id, why]).await?;
         }
         tx.commit().await?;
@@ -359,11 +431,17 @@ async fn report_lag(c: &Conn, config: &Config) -> Result<(), BatchError> {
 
 async fn purge(c: &Conn, config: &Config) -> Result<(), BatchError> {
     let secs = config.retention.as_secs_f64();
-    let n = within(config, async { Ok(c.client.execute(outbox::PURGE, &[&secs]).await?) }).await?;
-    if n > 0 {
-        tracing::debug!(rows = n, "deleted published rows past the retention");
+    let started = tokio::time::Instant::now();
+    loop {
+        let n = within(config, async { Ok(c.client.execute(outbox::PURGE, &[&secs]).await?) }).await?;
+        if n > 0 {
+            tracing::debug!(rows = n, "deleted published rows past the retention");
+        }
+        // A full round: more may be due; keep going, but let batches run within the timeout.
+        if n < 10_000 || started.elapsed() >= config.database_timeout {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// Keeps a `LISTEN roomcast_outbox` connection open and wakes the worker on each
