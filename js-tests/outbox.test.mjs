@@ -313,6 +313,37 @@ test("a relay killed after publishing, before its commit: the next relay deliver
   }
 });
 
+test("SIGTERM lets the batch in flight finish: it is marked, and nothing is published again", async () => {
+  const { socket, seen } = await member("lee", [{ project: "p2" }], ["term"]);
+  await db.query(`CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$`);
+  await db.query("CREATE TRIGGER test_gate BEFORE DELETE ON roomcast_outbox FOR EACH STATEMENT EXECUTE FUNCTION test_gate()");
+  const gate = await db.connect();
+  let r;
+  try {
+    await gate.query("SELECT pg_advisory_lock(4243)");
+    await publishAll("project", "p2", "term", [...Array(10).keys()].map((n) => ({ n })));
+    r = await relay();
+    await eventually(() => seen.length >= 10, "the batch published");
+    await eventually(
+      async () => (await db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).rows[0].count === "1",
+      "the relay to wait at the gate, its batch in flight",
+    );
+    r.kill("SIGTERM");
+    await gate.query("SELECT pg_advisory_unlock(4243)");
+    await r.exited();
+    relays.delete(r);
+    assert.equal(r.child.exitCode, 0, "a clean exit");
+    assert.equal(await pending(), 0, "the batch in flight was committed before the exit");
+  } finally {
+    if (r) r.kill("SIGKILL");
+    gate.release();
+    await db.query("DROP TRIGGER test_gate ON roomcast_outbox; DROP FUNCTION test_gate()");
+    socket.close();
+  }
+  assertOnceInOrder(seen, "tenant:t1:project:p2", 10, "after SIGTERM");
+});
+
 test("relays SIGKILLed at random points while rows keep coming: no loss, no duplicates, order kept", async () => {
   const rooms = ["k1", "k2", "k3"];
   const { socket, seen } = await member("eve", rooms.map((channel) => ({ channel })), ["tick"]);

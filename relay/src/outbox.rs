@@ -54,9 +54,9 @@ FROM taken t JOIN rooms r ON r.room IS NOT DISTINCT FROM t.room
 ORDER BY t.id";
 
 /// Deletes published rows (retention 0). `IN (SELECT unnest(..))` rather than `= ANY(..)`: the
-/// latter is planned as a sequential scan while the table's statistics still describe it before
-/// a bulk insert (a drain of 50,000 rows spent up to 100 ms per batch here), the former always
-/// as index lookups.
+/// latter was planned as a sequential scan while the table's statistics still described it
+/// before a bulk insert (a drain of 50,000 rows spent up to 100 ms per batch here), the former
+/// as index lookups in the same case (BENCHMARKS.md, the outbox relay).
 pub const DELETE_PUBLISHED: &str = "DELETE FROM roomcast_outbox WHERE id IN (SELECT unnest($1::bigint[]))";
 
 /// Marks published rows (retention above 0), planned like [`DELETE_PUBLISHED`].
