@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { io } from "socket.io-client";
 import { createServer as createHttpServer } from "node:http";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import pg from "pg";
 
@@ -301,9 +301,10 @@ export function postgresMissing() {
  * Starts a throwaway PostgreSQL server (initdb, then `postgres` on a free port, fsync off) and
  * resolves once it accepts connections. As root its programs run as the `postgres` user
  * (initdb refuses root). `stop()` shuts it down fast and waits; `start()` starts it again on
- * the same port and data; `destroy()` stops it and removes its files.
+ * the same port and data; `destroy()` stops it and removes its files. With `tls` ({ cert, key }:
+ * PEM text) it also accepts TLS connections with that certificate (plain ones too).
  */
-export async function startPostgres() {
+export async function startPostgres({ tls } = {}) {
   const bin = (name) => (postgresBin() ? path.join(postgresBin(), name) : name);
   const dir = mkdtempSync(path.join(tmpdir(), "roomcast-pg-"));
   let prefix = [];
@@ -323,6 +324,18 @@ export async function startPostgres() {
   init.stderr.on("data", (c) => (initErr += c));
   const [initCode] = await once(init, "exit");
   if (initCode !== 0) throw new Error(`initdb failed (${initCode}): ${initErr}`);
+  const ssl = [];
+  if (tls) {
+    // The key must belong to the server's user and be private to it.
+    for (const [file, text] of [["server.crt", tls.cert], ["server.key", tls.key]]) {
+      const target = path.join(data, file);
+      writeFileSync(target, text, { mode: 0o600 });
+      if (process.getuid?.() === 0) {
+        chownSync(target, Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" })), Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" })));
+      }
+    }
+    ssl.push("-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key");
+  }
   let child;
   let port;
   const server = {
@@ -332,7 +345,7 @@ export async function startPostgres() {
       child = run([
         bin("postgres"), "-D", data, "-p", String(port), "-k", dir,
         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-        "-c", "full_page_writes=off", "-c", "max_connections=50",
+        "-c", "full_page_writes=off", "-c", "max_connections=50", ...ssl,
       ]);
       child.stderr.on("data", (c) => (log += c));
       let exited = false;

@@ -1630,7 +1630,10 @@ class ChartRelay(unittest.TestCase):
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         files = {name: value for name, value in env.items() if name.endswith("_FILE")}
-        self.assertEqual(set(files), {"ROOMCAST_RELAY_DATABASE_URL_FILE", "ROOMCAST_REDIS_URL_FILE", "ROOMCAST_REDIS_PASSWORD_FILE"})
+        self.assertEqual(
+            set(files),
+            {"ROOMCAST_RELAY_DATABASE_URL_FILE", "ROOMCAST_REDIS_URL_FILE", "ROOMCAST_REDIS_PASSWORD_FILE", "ROOMCAST_RELAY_DATABASE_CA_FILE"},
+        )
         secrets = {s["metadata"]["name"]: s for s in manifests["Secret"]}
         for name, path in files.items():
             folder, file = path.rsplit("/", 1)
@@ -1643,6 +1646,7 @@ class ChartRelay(unittest.TestCase):
         self.assertEqual(secrets[database["secretName"]]["stringData"]["database-url"], values["relay"]["databaseUrl"])
         self.assertEqual(volumes[mounts["/etc/roomcast/redis"]]["secret"]["secretName"], FULLNAME, "the gateway's Secret")
         self.assertEqual(volumes[mounts["/etc/roomcast/redis-password"]]["secret"]["secretName"], "redis")
+        self.assertEqual(volumes[mounts["/etc/roomcast/database-ca"]]["secret"]["secretName"], "rds-ca")
         # Probes on the admin port the relay listens on.
         (port,) = container["ports"]
         self.assertEqual(port["containerPort"], port_of(env["ROOMCAST_RELAY_ADMIN_LISTEN"]))
@@ -1665,13 +1669,25 @@ class ChartRelay(unittest.TestCase):
         (container,) = self.relay(manifests)["spec"]["template"]["spec"]["containers"]
         tmp = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        if not shutil.which("openssl"):
+            self.skipTest("openssl is not installed (scripts/test installs it)")
+        # A CA certificate for the CA file: the relay parses it before it starts.
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+             "-keyout", tmp / "ca.key", "-out", tmp / "ca.pem"],
+            check=True, capture_output=True,
+        )
         env = {"PATH": os.environ["PATH"]}
         for e in container["env"]:
             env[e["name"]] = e["value"]
             if e["name"].endswith("_FILE"):
                 path = tmp / e["name"]
-                path.write_text({"ROOMCAST_RELAY_DATABASE_URL_FILE": "postgres://app@127.0.0.1:1/app\n",
-                                 "ROOMCAST_REDIS_URL_FILE": "redis://127.0.0.1:1\n"}.get(e["name"], "password\n"))
+                contents = {
+                    "ROOMCAST_RELAY_DATABASE_URL_FILE": "postgres://app@127.0.0.1:1/app?sslmode=require\n",
+                    "ROOMCAST_REDIS_URL_FILE": "redis://127.0.0.1:1\n",
+                    "ROOMCAST_RELAY_DATABASE_CA_FILE": (tmp / "ca.pem").read_text(),
+                }
+                path.write_text(contents.get(e["name"], "password\n"))
                 env[e["name"]] = str(path)
         env["ROOMCAST_RELAY_ADMIN_LISTEN"] = "127.0.0.1:0"
         env["ROOMCAST_LOG_FORMAT"] = "json"

@@ -14,8 +14,10 @@ use roomcast_publisher::{fred::prelude::Config as RedisConfig, wire};
 #[command(name = "roomcast-relay", version, about, long_about = None)]
 pub struct Config {
     /// Postgres connection string (`postgres://user:pass@host:5432/db` or `host=... dbname=...`)
-    /// of the database holding `roomcast_outbox`. TLS is not supported yet: run the relay where
-    /// the link to Postgres is trusted.
+    /// of the database holding `roomcast_outbox`. Its `sslmode`: `disable` (no TLS), `prefer`
+    /// (the default: TLS when the server offers it) or `require`; with TLS the server's
+    /// certificate and host name are always verified (the system's CAs, or
+    /// ROOMCAST_RELAY_DATABASE_CA_FILE).
     #[arg(long, env = "ROOMCAST_RELAY_DATABASE_URL", hide_env_values = true, conflicts_with = "database_url_file")]
     pub database_url: Option<Secret>,
 
@@ -23,6 +25,11 @@ pub struct Config {
     /// ignored), instead of ROOMCAST_RELAY_DATABASE_URL.
     #[arg(long, env = "ROOMCAST_RELAY_DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
+
+    /// PEM bundle of the CAs that sign the Postgres server's certificate (e.g. your cloud's RDS
+    /// or Cloud SQL bundle); replaces the system's CA store for Postgres.
+    #[arg(long, env = "ROOMCAST_RELAY_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
 
     /// Redis the gateways use (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`).
     #[arg(long, env = "ROOMCAST_REDIS_URL", hide_env_values = true, conflicts_with = "redis_url_file")]
@@ -163,6 +170,7 @@ impl Config {
             return bad("ROOMCAST_PUBLISH_MAX_PAYLOAD", "must be more than 0");
         }
         self.database_url()?;
+        self.database_tls()?;
         self.redis_config()?;
         if let Err(e) = wire::Keys::new(self.redis_prefix.clone()) {
             return bad("ROOMCAST_REDIS_PREFIX", &e.to_string());
@@ -190,18 +198,43 @@ impl Config {
             }
         };
         // The parser's message may quote the string, password included: say only what is wrong.
-        let parsed = url.parse::<tokio_postgres::Config>().map_err(|_| ConfigError {
+        url.parse::<tokio_postgres::Config>().map_err(|_| ConfigError {
             option,
             problem: "not a Postgres connection string (postgres://user:password@host:5432/db or key=value pairs)"
                 .into(),
         })?;
-        if parsed.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(ConfigError {
-                option,
-                problem: "sslmode=require: TLS to Postgres is not supported yet (sslmode=disable or prefer)".into(),
-            });
-        }
         Ok(url)
+    }
+
+    /// The TLS configuration for Postgres: the CAs of ROOMCAST_RELAY_DATABASE_CA_FILE, else the
+    /// system's.
+    pub fn database_tls(&self) -> Result<rustls::ClientConfig, ConfigError> {
+        const OPTION: &str = "ROOMCAST_RELAY_DATABASE_CA_FILE";
+        let invalid = |problem: String| ConfigError { option: OPTION, problem };
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.database_ca_file {
+            Some(path) => {
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                let pem = std::fs::read(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| invalid(format!("not a PEM certificate bundle: {e}")))?;
+                    roots.add(cert).map_err(|e| invalid(format!("a certificate cannot be used as a CA: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(invalid("the file holds no PEM certificate".into()));
+                }
+            }
+            None => {
+                // Certificates the system store holds but rustls cannot use are skipped, as a
+                // TLS client of the system store would.
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
+        }
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid(e.to_string()))
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
     }
 
     /// The Redis client configuration, from the URL (or its file) and the password file.
@@ -298,7 +331,7 @@ mod tests {
             (&["--publish-dedupe-window", "0s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
             (&["--publish-dedupe-window", "30s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
             (&["--batch-bytes", "100"][..], "ROOMCAST_RELAY_BATCH_BYTES"),
-            (&["--database-url", "postgres://h/db?sslmode=require"][..], "ROOMCAST_RELAY_DATABASE_URL"),
+            (&["--database-ca-file", "/nonexistent/ca.pem"][..], "ROOMCAST_RELAY_DATABASE_CA_FILE"),
             (&["--database-timeout", "0s"][..], "ROOMCAST_RELAY_DATABASE_TIMEOUT"),
             (&["--redis-prefix", "a{b"][..], "ROOMCAST_REDIS_PREFIX"),
             (&["--database-url", "postgres://host:notaport/db"][..], "ROOMCAST_RELAY_DATABASE_URL"),

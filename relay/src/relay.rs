@@ -19,7 +19,8 @@ use std::{
 
 use roomcast_publisher::{Publisher, wire::HistoryPolicy};
 use tokio::sync::{Notify, watch};
-use tokio_postgres::{AsyncMessage, Client, IsolationLevel, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, IsolationLevel, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::{
     config::Config,
@@ -59,7 +60,18 @@ enum BatchError {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => {
+            // Its causes too: "error performing TLS handshake" alone does not say the
+            // certificate was refused.
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -106,16 +118,16 @@ impl Backoff {
 
 /// Runs the relay until `stop` turns true, then returns once the batch in flight is done.
 pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
-    // Read once (a file option is read here); validate() already checked it.
-    let database_url: Arc<str> = match config.database_url() {
-        Ok(url) => url.into(),
+    // Read once (the file options are read here); validate() already checked them.
+    let database = match Database::of(&config) {
+        Ok(d) => Arc::new(d),
         Err(e) => {
             tracing::error!(error = %e, "bad Postgres settings");
             return;
         }
     };
     let wake = Arc::new(Notify::new());
-    let listener = tokio::spawn(listen(config.clone(), database_url.clone(), wake.clone(), stop.clone()));
+    let listener = tokio::spawn(listen(config.clone(), database.clone(), wake.clone(), stop.clone()));
     let Some(publisher) = connect_redis(&config, &health, &mut stop).await else {
         listener.abort();
         return;
@@ -128,7 +140,7 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
     while !*stop.borrow() {
         let c = match &mut conn {
             Some(c) => c,
-            None => match connect_worker(&config, &database_url).await {
+            None => match connect_worker(&config, &database).await {
                 Ok(c) => {
                     tracing::info!("connected to postgres");
                     health.postgres.store(true, Ordering::Relaxed);
@@ -284,9 +296,40 @@ async fn connect_publisher(
     Ok(Publisher::from_client(client))
 }
 
-async fn connect_worker(config: &Config, database_url: &str) -> Result<Conn, BatchError> {
+/// A Postgres connection with its (maybe TLS) stream.
+type PgConnection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+/// How to reach Postgres: the parsed connection string (named `roomcast-relay` in
+/// `pg_stat_activity` unless it names itself) and the TLS connector its `sslmode` may use.
+struct Database {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+impl Database {
+    fn of(config: &Config) -> Result<Database, crate::config::ConfigError> {
+        let mut pg: tokio_postgres::Config =
+            config.database_url()?.parse().map_err(|_| crate::config::ConfigError {
+                option: "ROOMCAST_RELAY_DATABASE_URL",
+                problem: "not a connection string".into(),
+            })?;
+        if pg.get_application_name().is_none() {
+            pg.application_name("roomcast-relay");
+        }
+        Ok(Database { config: pg, tls: MakeRustlsConnect::new(config.database_tls()?) })
+    }
+
+    async fn connect(&self) -> Result<(Client, PgConnection), tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+async fn connect_worker(config: &Config, database: &Database) -> Result<Conn, BatchError> {
     within(config, async {
-        let (client, connection) = tokio_postgres::connect(database_url, NoTls).await?;
+        let (client, connection) = database.connect().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "postgres connection ended");
@@ -446,11 +489,11 @@ async fn purge(c: &Conn, config: &Config) -> Result<(), BatchError> {
 
 /// Keeps a `LISTEN roomcast_outbox` connection open and wakes the worker on each
 /// notification; while it is down the worker polls every `ROOMCAST_RELAY_POLL_INTERVAL`.
-async fn listen(config: Config, database_url: Arc<str>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn listen(config: Config, database: Arc<Database>, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Backoff::new();
     while !*stop.borrow() {
         let why = tokio::select! {
-            why = listen_once(&config, &database_url, &wake, &mut backoff) => why,
+            why = listen_once(&config, &database, &wake, &mut backoff) => why,
             _ = stop.changed() => return,
         };
         let wait = backoff.next();
@@ -460,8 +503,8 @@ async fn listen(config: Config, database_url: Arc<str>, wake: Arc<Notify>, mut s
 }
 
 /// One LISTEN connection, until it ends; returns why.
-async fn listen_once(config: &Config, database_url: &str, wake: &Arc<Notify>, backoff: &mut Backoff) -> String {
-    let connect = tokio::time::timeout(config.database_timeout, tokio_postgres::connect(database_url, NoTls));
+async fn listen_once(config: &Config, database: &Database, wake: &Arc<Notify>, backoff: &mut Backoff) -> String {
+    let connect = tokio::time::timeout(config.database_timeout, database.connect());
     let (client, mut connection) = match connect.await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return e.to_string(),
