@@ -58,26 +58,7 @@ export async function startGateway(env = {}) {
     stdio: ["ignore", "pipe", "inherit"],
   });
   const logs = [];
-  const listening = new Promise((resolve, reject) => {
-    let buffered = "";
-    child.stdout.on("data", (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        logs.push(line);
-        try {
-          const entry = JSON.parse(line);
-          if (entry.message === "listening") resolve(entry);
-        } catch {
-          // not a log line (e.g. the --dev banner)
-        }
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`gateway exited with ${code} before listening`)));
-  });
-  const entry = await withTimeout(listening, WAIT_MS, "gateway to listen");
+  const entry = await withTimeout(logged(child, logs, "listening", "gateway"), WAIT_MS, "gateway to listen");
   if (env.ROOMCAST_REDIS_URL) {
     // Readiness does not follow Redis (a replica runs degraded without it); /readyz says how
     // Redis is: wait until it is connected and subscribed.
@@ -103,6 +84,32 @@ export async function startGateway(env = {}) {
   };
   running.add(gateway);
   return gateway;
+}
+
+/**
+ * Collects `child`'s stdout lines into `logs`; resolves with the first JSON log entry whose
+ * message is `message`, rejects if the process exits first.
+ */
+function logged(child, logs, message, what) {
+  return new Promise((resolve, reject) => {
+    let buffered = "";
+    child.stdout.on("data", (chunk) => {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        logs.push(line);
+        try {
+          const entry = JSON.parse(line);
+          if (entry.message === message) resolve(entry);
+        } catch {
+          // not a log line (e.g. the gateway's --dev banner)
+        }
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`${what} exited with ${code} before listening`)));
+  });
 }
 
 /** Gateways started and not yet stopped: what a transport failure reports on. */
@@ -403,26 +410,7 @@ export async function startRelay(env = {}) {
     stdio: ["ignore", "pipe", "inherit"],
   });
   const logs = [];
-  const listening = new Promise((resolve, reject) => {
-    let buffered = "";
-    child.stdout.on("data", (chunk) => {
-      buffered += chunk;
-      let nl;
-      while ((nl = buffered.indexOf("\n")) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        logs.push(line);
-        try {
-          const entry = JSON.parse(line);
-          if (entry.message === "roomcast-relay listening") resolve(entry);
-        } catch {
-          // not JSON
-        }
-      }
-    });
-    child.on("exit", (code) => reject(new Error(`relay exited with ${code} before listening`)));
-  });
-  const entry = await withTimeout(listening, WAIT_MS, "relay to listen");
+  const entry = await withTimeout(logged(child, logs, "roomcast-relay listening", "relay"), WAIT_MS, "relay to listen");
   const adminUrl = `http://${entry.admin}`;
   return {
     adminUrl,

@@ -88,6 +88,38 @@ async function publishAll(kind, id, event, datas) {
 
 const pending = async () => Number((await db.query("SELECT count(*) FROM roomcast_outbox WHERE processed_at IS NULL")).rows[0].count);
 
+/**
+ * A gate for tests only: the relay's DELETE (which marks published rows) waits while the gate is
+ * closed (the test holds an advisory lock), so the relay has published its batch and sits inside
+ * its transaction, not yet committed. `waited()` resolves once the relay waits at it; `open()`
+ * lets it through; `remove()` opens it and drops it.
+ */
+async function deleteGate() {
+  await db.query(`CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$`);
+  await db.query("CREATE TRIGGER test_gate BEFORE DELETE ON roomcast_outbox FOR EACH STATEMENT EXECUTE FUNCTION test_gate()");
+  const holder = await db.connect();
+  await holder.query("SELECT pg_advisory_lock(4242)");
+  let closed = true;
+  const open = async () => {
+    if (closed) await holder.query("SELECT pg_advisory_unlock(4242)");
+    closed = false;
+  };
+  return {
+    waited: () =>
+      eventually(
+        async () => (await db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).rows[0].count === "1",
+        "the relay to wait at the gate, its batch in flight",
+      ),
+    open,
+    async remove() {
+      await open();
+      holder.release();
+      await db.query("DROP TRIGGER test_gate ON roomcast_outbox; DROP FUNCTION test_gate()");
+    },
+  };
+}
+
 /** Asserts `seen` holds `event` with data.n = 0..count-1 each once, in order, for `room`. */
 function assertOnceInOrder(seen, room, count, what) {
   const ns = seen.filter((e) => e.meta.room === room).map((e) => e.data.n);
@@ -265,23 +297,13 @@ test("with the NOTIFY trigger disabled the relay polls, and applying the migrati
 
 test("a relay killed after publishing, before its commit: the next relay delivers nothing twice", async () => {
   const { socket, seen } = await member("dee", [{ project: "p1" }], ["step"]);
-  // A gate for the test only: the relay's DELETE (which marks published rows) waits while the
-  // test holds advisory lock 4242, so the relay has published the batch and sits inside its
-  // transaction, not yet committed.
-  await db.query(`CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$`);
-  await db.query("CREATE TRIGGER test_gate BEFORE DELETE ON roomcast_outbox FOR EACH STATEMENT EXECUTE FUNCTION test_gate()");
-  const gate = await db.connect();
+  const gate = await deleteGate();
   let first;
   try {
-    await gate.query("SELECT pg_advisory_lock(4242)");
     await publishAll("project", "p1", "step", [...Array(50).keys()].map((n) => ({ n })));
     first = await relay();
     await eventually(() => seen.length >= 50, "the batch published");
-    await eventually(
-      async () => (await db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).rows[0].count === "1",
-      "the relay to wait at the gate",
-    );
+    await gate.waited();
     first.kill("SIGKILL");
     await first.exited();
   } finally {
@@ -289,9 +311,7 @@ test("a relay killed after publishing, before its commit: the next relay deliver
       first.kill("SIGKILL");
       relays.delete(first);
     }
-    await gate.query("SELECT pg_advisory_unlock(4242)");
-    gate.release();
-    await db.query("DROP TRIGGER test_gate ON roomcast_outbox; DROP FUNCTION test_gate()");
+    await gate.remove();
   }
   // The killed relay's backend notices the closed connection after the gate opens and rolls
   // its transaction back: the rows are queued again.
@@ -315,30 +335,22 @@ test("a relay killed after publishing, before its commit: the next relay deliver
 
 test("SIGTERM lets the batch in flight finish: it is marked, and nothing is published again", async () => {
   const { socket, seen } = await member("lee", [{ project: "p2" }], ["term"]);
-  await db.query(`CREATE FUNCTION test_gate() RETURNS trigger LANGUAGE plpgsql AS $$
-    BEGIN PERFORM pg_advisory_xact_lock_shared(4243); RETURN NULL; END $$`);
-  await db.query("CREATE TRIGGER test_gate BEFORE DELETE ON roomcast_outbox FOR EACH STATEMENT EXECUTE FUNCTION test_gate()");
-  const gate = await db.connect();
+  const gate = await deleteGate();
   let r;
   try {
-    await gate.query("SELECT pg_advisory_lock(4243)");
     await publishAll("project", "p2", "term", [...Array(10).keys()].map((n) => ({ n })));
     r = await relay();
     await eventually(() => seen.length >= 10, "the batch published");
-    await eventually(
-      async () => (await db.query("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).rows[0].count === "1",
-      "the relay to wait at the gate, its batch in flight",
-    );
+    await gate.waited();
     r.kill("SIGTERM");
-    await gate.query("SELECT pg_advisory_unlock(4243)");
+    await gate.open();
     await r.exited();
     relays.delete(r);
     assert.equal(r.child.exitCode, 0, "a clean exit");
     assert.equal(await pending(), 0, "the batch in flight was committed before the exit");
   } finally {
     if (r) r.kill("SIGKILL");
-    gate.release();
-    await db.query("DROP TRIGGER test_gate ON roomcast_outbox; DROP FUNCTION test_gate()");
+    await gate.remove();
     socket.close();
   }
   assertOnceInOrder(seen, "tenant:t1:project:p2", 10, "after SIGTERM");
