@@ -1090,6 +1090,7 @@ class ChartOperations(unittest.TestCase):
 # silently (any other kind without a schema fails).
 CRD_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PodMonitor": "monitoring.coreos.com/v1",
     "PrometheusRule": "monitoring.coreos.com/v1",
     "HTTPRoute": "gateway.networking.k8s.io/v1",
 }
@@ -1651,6 +1652,12 @@ class ChartRelay(unittest.TestCase):
         (port,) = container["ports"]
         self.assertEqual(port["containerPort"], port_of(env["ROOMCAST_RELAY_ADMIN_LISTEN"]))
         self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": port["name"]})
+        # Scraped when serviceMonitor is on: a PodMonitor on the relay's pods and admin port.
+        monitor = one(manifests, "PodMonitor")
+        self.assertEqual(monitor["spec"]["selector"]["matchLabels"], deployment["spec"]["selector"]["matchLabels"])
+        self.assertEqual(monitor["spec"]["podMetricsEndpoints"][0]["port"], port["name"])
+        self.assertEqual(monitor["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        self.assertNotIn("PodMonitor", render(merged(values, {"serviceMonitor": {"enabled": False}})))
         self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": port["name"]})
         self.assertEqual(container["securityContext"], gateway_container(manifests)["securityContext"])
         # No gateway selector picks the relay's pods, and the relay's selector no gateway pod.
