@@ -69,44 +69,66 @@ after(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Whether the relay's connections (application_name roomcast-relay) use TLS, once it has some. */
-async function relayUsesTls() {
+/**
+ * Whether the connections of the relay started at `since` (application_name roomcast-relay,
+ * opened after it started) use TLS, once it has some.
+ */
+async function relayUsesTls(since) {
   const { rows } = await db.query(
-    "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'roomcast-relay'",
+    `SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+     WHERE a.application_name = 'roomcast-relay' AND a.backend_start >= $1`,
+    [since],
   );
   return rows.length ? rows.every((r) => r.ssl) : null;
 }
 
 async function withRelay(url, env, check) {
+  const since = (await db.query("SELECT now() AS t")).rows[0].t;
   const relay = await startRelay({ ROOMCAST_RELAY_DATABASE_URL: url, ROOMCAST_REDIS_URL: redis.url, ...env });
   try {
-    await check(relay);
+    await check(relay, () => relayUsesTls(since));
   } finally {
     await relay.stop();
   }
 }
 
 test("sslmode=require with the server's CA: published over TLS", async () => {
-  await withRelay(`${postgres.url}?sslmode=require`, { ROOMCAST_RELAY_DATABASE_CA_FILE: path.join(dir, "ca.pem") }, async (relay) => {
+  await withRelay(`${postgres.url}?sslmode=require`, { ROOMCAST_RELAY_DATABASE_CA_FILE: path.join(dir, "ca.pem") }, async (relay, usesTls) => {
     await eventually(() => relay.ready(), "the relay ready over TLS");
-    assert.equal(await eventually(relayUsesTls, "the relay's sessions"), true);
+    assert.equal(await eventually(usesTls, "the relay's sessions"), true);
     await db.query("SELECT roomcast_publish('t1', 'project', 'p1', 'tls.checked', '{\"n\": 1}')");
     await eventually(() => seen.some((d) => d.n === 1), "the event");
   });
 });
 
 test("without the CA the certificate is refused, and nothing is read from the outbox", async () => {
-  await withRelay(`${postgres.url}?sslmode=require`, {}, async (relay) => {
+  await withRelay(`${postgres.url}?sslmode=require`, {}, async (relay, usesTls) => {
     await eventually(() => relay.logs.some((l) => /certificate|UnknownIssuer/i.test(l)), "a certificate error logged");
     assert.equal(await relay.ready(), false);
-    assert.equal(await relayUsesTls(), null, "no session opened");
+    assert.equal(await usesTls(), null, "no session opened");
+  });
+});
+
+test("sslmode=prefer (the default) against a server offering TLS: verified too, so refused without the CA", async () => {
+  await withRelay(postgres.url, {}, async (relay, usesTls) => {
+    await eventually(() => relay.logs.some((l) => /certificate|UnknownIssuer/i.test(l)), "a certificate error logged");
+    assert.equal(await usesTls(), null, "no plain fallback");
+  });
+});
+
+test("a certificate for another host is refused even with the CA", async () => {
+  // localhost resolves to 127.0.0.1, but the certificate names only the IP address.
+  const url = postgres.url.replace("127.0.0.1", "localhost");
+  await withRelay(`${url}?sslmode=require`, { ROOMCAST_RELAY_DATABASE_CA_FILE: path.join(dir, "ca.pem") }, async (relay, usesTls) => {
+    await eventually(() => relay.logs.some((l) => /certificate|NotValidForName/i.test(l)), "a name mismatch logged");
+    assert.equal(await usesTls(), null);
   });
 });
 
 test("sslmode=disable: a plain connection", async () => {
-  await withRelay(`${postgres.url}?sslmode=disable`, {}, async (relay) => {
+  await withRelay(`${postgres.url}?sslmode=disable`, {}, async (relay, usesTls) => {
     await eventually(() => relay.ready(), "the relay ready");
-    assert.equal(await eventually(async () => (await relayUsesTls()) === false || null, "a plain session"), true);
+    assert.equal(await eventually(async () => (await usesTls()) === false || null, "a plain session"), true);
     await db.query("SELECT roomcast_publish('t1', 'project', 'p1', 'tls.checked', '{\"n\": 2}')");
     await eventually(() => seen.some((d) => d.n === 2), "the event");
   });

@@ -242,13 +242,16 @@ test("bad rows: refused in the application's transaction, or moved aside without
 });
 
 test("a claim past ROOMCAST_RELAY_BATCH_BYTES publishes the rest in the next batches, in order", async () => {
-  const r = await relay({ ROOMCAST_PUBLISH_MAX_PAYLOAD: "200", ROOMCAST_RELAY_BATCH_BYTES: "200" });
+  const r = await relay({ ROOMCAST_PUBLISH_MAX_PAYLOAD: "200", ROOMCAST_RELAY_BATCH_BYTES: "200", ROOMCAST_LOG: "roomcast_relay=debug" });
   const { socket, seen } = await member("ian", [{ channel: "b1" }], ["chunk"]);
   try {
     // ~30 bytes each: a claim of all 60 rows publishes 7 at a time.
     await publishAll("channel", "b1", "chunk", [...Array(60).keys()].map((n) => ({ n, pad: "xxxxxxxxxx" })));
     await eventually(() => seen.length >= 60, "60 events");
     assertOnceInOrder(seen, "tenant:t1:channel:b1", 60, "in small batches");
+    // It did take several batches: the debug log of each says what waited for the next.
+    const batches = r.logs.map((l) => JSON.parse(l)).filter((e) => e.message === "batch");
+    assert.ok(batches.some((b) => b.deferred > 0), `a batch left rows for the next: ${JSON.stringify(batches)}`);
   } finally {
     socket.close();
     await stopRelay(r);

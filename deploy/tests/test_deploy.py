@@ -1699,22 +1699,20 @@ class ChartRelay(unittest.TestCase):
         env["ROOMCAST_RELAY_ADMIN_LISTEN"] = "127.0.0.1:0"
         env["ROOMCAST_LOG_FORMAT"] = "json"
         relay_help()  # skips when the relay is not built
-        proc = subprocess.Popen([RELAY], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines: list[str] = []
+        proc = subprocess.Popen([RELAY], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = b""
         try:
-            # Read its log until it listens (or exits: a setting it refused), with a deadline.
+            # Read its log until it listens (or exits: a setting it refused), with a deadline;
+            # raw reads of the descriptor, so select() sees everything that arrived.
             deadline = time.monotonic() + BOOT_DEADLINE
-            while time.monotonic() < deadline:
+            while b"roomcast-relay listening" not in out and time.monotonic() < deadline:
                 ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-                if not ready:
-                    continue
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                lines.append(line)
-                if "roomcast-relay listening" in line:
-                    break
-            self.assertTrue(any("roomcast-relay listening" in l for l in lines), "".join(lines))
+                if ready:
+                    chunk = os.read(proc.stdout.fileno(), 65536)
+                    if not chunk:
+                        break
+                    out += chunk
+            self.assertIn(b"roomcast-relay listening", out, out.decode(errors="replace"))
         finally:
             proc.kill()
             proc.wait()

@@ -143,13 +143,28 @@ impl Config {
         if self.history_ttl.is_zero() {
             return bad("ROOMCAST_HISTORY_TTL", "must be more than 0");
         }
-        // Rows published but not marked are published again once their claim is released:
-        // at most ~25 s after a relay vanished (see relay::session_settings), or after the
-        // relay's own restart. The window must outlast that by far.
-        if self.publish_dedupe_window < Duration::from_secs(60) {
+        for (option, d) in [
+            ("ROOMCAST_REDIS_COMMAND_TIMEOUT", self.redis_command_timeout),
+            ("ROOMCAST_RELAY_DATABASE_TIMEOUT", self.database_timeout),
+        ] {
+            // Postgres takes its timeouts in whole milliseconds, up to i32::MAX; 0 turns one off.
+            if d < Duration::from_millis(1) || d > Duration::from_secs(24 * 3600) {
+                return bad(option, "must be 1ms to 24h");
+            }
+        }
+        // Rows published but not marked are published again once their claim is released: a
+        // vanished relay's claim lasts at most a statement, an idle transaction (the Redis and
+        // database timeouts plus 5 s) and the 25 s TCP bounds (see relay::session_settings).
+        // The window must outlast that by far.
+        let claim_bound = self.database_timeout * 2 + self.redis_command_timeout + Duration::from_secs(30);
+        if self.publish_dedupe_window < (claim_bound * 2).max(Duration::from_secs(60)) {
             return bad(
                 "ROOMCAST_PUBLISH_DEDUPE_WINDOW",
-                "must be at least 1m for the relay: rows republished after a crash are deduplicated within it",
+                &format!(
+                    "must be at least 1m and twice the longest a vanished relay's claim can last ({}): rows \
+                     republished after a crash are deduplicated within it",
+                    humantime::format_duration(claim_bound)
+                ),
             );
         }
         if self.batch_bytes < self.publish_max_payload {
@@ -157,14 +172,6 @@ impl Config {
         }
         if self.poll_interval.is_zero() {
             return bad("ROOMCAST_RELAY_POLL_INTERVAL", "must be more than 0");
-        }
-        for (option, d) in [
-            ("ROOMCAST_REDIS_COMMAND_TIMEOUT", self.redis_command_timeout),
-            ("ROOMCAST_RELAY_DATABASE_TIMEOUT", self.database_timeout),
-        ] {
-            if d.is_zero() {
-                return bad(option, "must be more than 0");
-            }
         }
         if self.publish_max_payload == 0 {
             return bad("ROOMCAST_PUBLISH_MAX_PAYLOAD", "must be more than 0");
@@ -330,6 +337,9 @@ mod tests {
             (&["--poll-interval", "0s"][..], "ROOMCAST_RELAY_POLL_INTERVAL"),
             (&["--publish-dedupe-window", "0s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
             (&["--publish-dedupe-window", "30s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
+            (&["--database-timeout", "60s"][..], "ROOMCAST_PUBLISH_DEDUPE_WINDOW"),
+            (&["--database-timeout", "500us"][..], "ROOMCAST_RELAY_DATABASE_TIMEOUT"),
+            (&["--redis-command-timeout", "25h"][..], "ROOMCAST_REDIS_COMMAND_TIMEOUT"),
             (&["--batch-bytes", "100"][..], "ROOMCAST_RELAY_BATCH_BYTES"),
             (&["--database-ca-file", "/nonexistent/ca.pem"][..], "ROOMCAST_RELAY_DATABASE_CA_FILE"),
             (&["--database-timeout", "0s"][..], "ROOMCAST_RELAY_DATABASE_TIMEOUT"),

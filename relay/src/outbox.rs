@@ -18,9 +18,12 @@ pub const CHANNEL: &str = "roomcast_outbox";
 /// shortly) unless they are all of its unprocessed rows up to the last of them, that is, unless
 /// another relay holds an earlier row of the room.
 ///
-/// A row's `data` comes only when it is at most `$2` bytes (the payload limit): a larger row is
-/// moved to `roomcast_outbox_failed` without being read. Rows whose room is NULL (written around
-/// the migration's checks) are ready, to be moved there too.
+/// A row's `data` comes only when it is at most `$2` bytes (the payload limit) and the claim's
+/// rows before it hold less than `$3` bytes (`ROOMCAST_RELAY_BATCH_BYTES`): a larger row is
+/// moved to `roomcast_outbox_failed` without being read, and the rows past the budget wait for
+/// the next batch without being transferred. Rows whose room is NULL (written around the
+/// migration's checks) are ready, to be moved aside; they group under `''`, which no room name
+/// is, so every join stays an equality (`IS NOT DISTINCT FROM` would make it a nested loop).
 ///
 /// The check counts, per room, the unprocessed rows up to the room's last claimed id (an index
 /// range scan on `(room, id)`, so a claim costs O(rows) whatever the number of rooms; checking
@@ -36,21 +39,32 @@ WITH claimed AS (
     FOR UPDATE SKIP LOCKED
 ),
 taken AS MATERIALIZED (
-    SELECT o.* FROM roomcast_outbox o JOIN claimed c ON c.id = o.id
+    SELECT o.id, o.tenant, o.kind, o.target_id, o.event, o.data, o.idempotency_key, o.created_at,
+           coalesce(o.room, '') AS room_key, octet_length(o.data::text) AS size
+    FROM roomcast_outbox o JOIN claimed c ON c.id = o.id
 ),
 rooms AS MATERIALIZED (
-    SELECT g.room, g.room IS NULL OR g.mine = (
+    SELECT g.room_key, g.room_key = '' OR g.mine = (
         SELECT count(*) FROM roomcast_outbox e
-        WHERE e.room = g.room AND e.processed_at IS NULL AND e.id <= g.last
+        WHERE e.room = g.room_key AND e.processed_at IS NULL AND e.id <= g.last
     ) AS ready
-    FROM (SELECT room, max(id) AS last, count(*) AS mine FROM taken GROUP BY room) g
+    FROM (SELECT room_key, max(id) AS last, count(*) AS mine FROM taken GROUP BY room_key) g
+),
+sized AS MATERIALIZED (
+    -- Bytes of the ready rows before each row: held-back rows take none of the budget, so the
+    -- first ready row always fits and every batch makes progress.
+    SELECT t.id, coalesce(sum(CASE WHEN r.ready THEN t.size ELSE 0 END)
+               OVER (ORDER BY t.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+    FROM taken t JOIN rooms r ON r.room_key = t.room_key
 )
 SELECT t.id, t.tenant, t.kind, t.target_id, t.event,
-       CASE WHEN octet_length(t.data::text) <= $2 THEN t.data::text END,
+       CASE WHEN t.size <= $2 AND z.before < $3 THEN t.data::text END,
        t.idempotency_key,
        extract(epoch FROM now() - t.created_at)::float8 AS age, r.ready,
-       octet_length(t.data::text)::bigint AS size
-FROM taken t JOIN rooms r ON r.room IS NOT DISTINCT FROM t.room
+       coalesce(t.size, 0)::bigint AS size, z.before < $3 AS within_budget
+FROM taken t
+JOIN rooms r ON r.room_key = t.room_key
+JOIN sized z ON z.id = t.id
 ORDER BY t.id";
 
 /// Deletes published rows (retention 0). `IN (SELECT unnest(..))` rather than `= ANY(..)`: the
@@ -63,17 +77,25 @@ pub const DELETE_PUBLISHED: &str = "DELETE FROM roomcast_outbox WHERE id IN (SEL
 pub const MARK_PUBLISHED: &str =
     "UPDATE roomcast_outbox SET processed_at = now() WHERE id IN (SELECT unnest($1::bigint[]))";
 
-/// Moves one row that can never be published to `roomcast_outbox_failed`, with the reason. A
-/// move rather than an update: a row written around the table's checks may break them, and an
-/// update of it would then fail (a check added back `NOT VALID` still checks updated rows).
+/// Moves the rows that can never be published (ids `$1`, reasons `$2`) to
+/// `roomcast_outbox_failed`, in one statement. A move rather than an update: a row written
+/// around the table's checks may break them, and an update of it would then fail (a check added
+/// back `NOT VALID` still checks updated rows). An id already there (the identity restarted, the
+/// outbox recreated) is overwritten with the new row.
 pub const MARK_FAILED: &str = "
-WITH gone AS (
-    DELETE FROM roomcast_outbox WHERE id = $1
-    RETURNING id, tenant, kind, target_id, event, data, idempotency_key, created_at
+WITH bad AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[]) AS b(id, error)
+),
+gone AS (
+    DELETE FROM roomcast_outbox o USING bad WHERE o.id = bad.id
+    RETURNING o.id, o.tenant, o.kind, o.target_id, o.event, o.data, o.idempotency_key, o.created_at, bad.error
 )
 INSERT INTO roomcast_outbox_failed (id, tenant, kind, target_id, event, data, idempotency_key, created_at, error)
-SELECT id, tenant, kind, target_id, event, data, idempotency_key, created_at, $2 FROM gone
-ON CONFLICT (id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()";
+SELECT id, tenant, kind, target_id, event, data, idempotency_key, created_at, error FROM gone
+ON CONFLICT (id) DO UPDATE SET
+    tenant = EXCLUDED.tenant, kind = EXCLUDED.kind, target_id = EXCLUDED.target_id, event = EXCLUDED.event,
+    data = EXCLUDED.data, idempotency_key = EXCLUDED.idempotency_key, created_at = EXCLUDED.created_at,
+    error = EXCLUDED.error, failed_at = now()";
 
 /// Deletes published rows older than the retention (`$1` seconds), 10,000 at a time (the relay
 /// repeats it while a full 10,000 went, within its database timeout).
@@ -94,24 +116,27 @@ FROM roomcast_outbox WHERE processed_at IS NULL ORDER BY id LIMIT 1";
 pub struct Row {
     /// The row's id.
     pub id: i64,
-    /// `tenant`.
-    pub tenant: String,
+    /// `tenant` (NULL only when written around the checks, as the next three).
+    pub tenant: Option<String>,
     /// `kind`: tenant, user, project or channel.
-    pub kind: String,
+    pub kind: Option<String>,
     /// `target_id`: the user, project or channel id; `None` for a tenant.
     pub target_id: Option<String>,
     /// `event`.
-    pub event: String,
+    pub event: Option<String>,
     /// `data`, as JSON text; `None` when it is larger than the payload limit (not read).
     pub data: Option<String>,
     /// Size of `data` as JSON text, in bytes.
     pub size: i64,
     /// `idempotency_key`: the event id.
-    pub key: String,
+    pub key: Option<String>,
     /// Seconds since the inserting transaction started.
     pub age: f64,
     /// Whether no earlier row of its room is held elsewhere (see [`CLAIM`]).
     pub ready: bool,
+    /// Whether the claim's rows before it fit `ROOMCAST_RELAY_BATCH_BYTES` (else it waits for
+    /// the next batch, and so do all after it).
+    pub within_budget: bool,
 }
 
 impl Row {
@@ -128,6 +153,7 @@ impl Row {
             age: r.try_get::<_, Option<f64>>(7)?.unwrap_or(0.0),
             ready: r.try_get(8)?,
             size: r.try_get(9)?,
+            within_budget: r.try_get(10)?,
         })
     }
 
@@ -135,17 +161,21 @@ impl Row {
     /// such rows at insert; these are for rows written around them (an older schema, a
     /// dropped constraint) and for limits the database does not know (the payload size).
     pub fn target<'p>(&self, publisher: &'p Publisher, max_payload: usize) -> Result<Target<'p>, String> {
-        let id = || self.target_id.as_deref().ok_or_else(|| format!("kind {} needs a target_id", self.kind));
-        let target = match self.kind.as_str() {
-            "tenant" => publisher.tenant(&self.tenant),
-            "user" => publisher.user(&self.tenant, id()?),
-            "project" => publisher.project(&self.tenant, id()?),
-            "channel" => publisher.channel(&self.tenant, id()?),
+        let tenant = self.tenant.as_deref().ok_or("tenant is NULL")?;
+        let kind = self.kind.as_deref().ok_or("kind is NULL")?;
+        let event = self.event.as_deref().ok_or("event is NULL")?;
+        let key = self.key.as_deref().ok_or("idempotency_key is NULL")?;
+        let id = || self.target_id.as_deref().ok_or_else(|| format!("kind {kind} needs a target_id"));
+        let target = match kind {
+            "tenant" => publisher.tenant(tenant),
+            "user" => publisher.user(tenant, id()?),
+            "project" => publisher.project(tenant, id()?),
+            "channel" => publisher.channel(tenant, id()?),
             other => return Err(format!("unknown kind {other:?} (tenant, user, project or channel)")),
         };
         target.room().map_err(|e| format!("bad room id: {e}"))?;
-        validate_id(&self.key).map_err(|e| format!("bad idempotency_key: {e}"))?;
-        wire::validate_event_name(&self.event).map_err(|e| format!("bad event name: {e}"))?;
+        validate_id(key).map_err(|e| format!("bad idempotency_key: {e}"))?;
+        wire::validate_event_name(event).map_err(|e| format!("bad event name: {e}"))?;
         if self.data.is_none() || self.size > i64::try_from(max_payload).unwrap_or(i64::MAX) {
             return Err(format!("payload_too_large: data is {} bytes, the most is {max_payload}", self.size));
         }
@@ -166,15 +196,16 @@ mod tests {
     fn row(kind: &str, target: Option<&str>) -> Row {
         Row {
             id: 1,
-            tenant: "acme".into(),
-            kind: kind.into(),
+            tenant: Some("acme".into()),
+            kind: Some(kind.into()),
             target_id: target.map(Into::into),
-            event: "task.updated".into(),
+            event: Some("task.updated".into()),
             data: Some(r#"{"id": 42}"#.into()),
             size: 10,
-            key: "k-1".into(),
+            key: Some("k-1".into()),
             age: 0.0,
             ready: true,
+            within_budget: true,
         }
     }
 
@@ -205,9 +236,13 @@ mod tests {
             (row("team", Some("x")), "unknown kind"),
             (row("project", None), "needs a target_id"),
             (row("project", Some("a:b")), "bad room id"),
-            (Row { tenant: String::new(), ..row("tenant", None) }, "bad room id"),
-            (Row { event: "presence:join".into(), ..row("tenant", None) }, "bad event name"),
-            (Row { key: "has space".into(), ..row("tenant", None) }, "bad idempotency_key"),
+            (Row { tenant: Some(String::new()), ..row("tenant", None) }, "bad room id"),
+            (Row { event: Some("presence:join".into()), ..row("tenant", None) }, "bad event name"),
+            (Row { key: Some("has space".into()), ..row("tenant", None) }, "bad idempotency_key"),
+            (Row { tenant: None, ..row("tenant", None) }, "tenant is NULL"),
+            (Row { kind: None, ..row("tenant", None) }, "kind is NULL"),
+            (Row { event: None, ..row("tenant", None) }, "event is NULL"),
+            (Row { key: None, ..row("tenant", None) }, "idempotency_key is NULL"),
             (Row { data: None, size: 2000, ..row("tenant", None) }, "payload_too_large"),
             (Row { size: 2000, ..row("tenant", None) }, "payload_too_large"),
         ];

@@ -319,6 +319,12 @@ impl Database {
         if pg.get_application_name().is_none() {
             pg.application_name("roomcast-relay");
         }
+        // The client side notices a dead server (a failover, a partition) in about 25 s too,
+        // instead of tokio-postgres' 2 h default, unless the URL says otherwise.
+        if pg.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            pg.keepalives(true).keepalives_idle(Duration::from_secs(10)).keepalives_interval(Duration::from_secs(5));
+            pg.keepalives_retries(3).tcp_user_timeout(Duration::from_secs(25));
+        }
         Ok(Database { config: pg, tls: MakeRustlsConnect::new(config.database_tls()?) })
     }
 
@@ -360,12 +366,14 @@ async fn connect_worker(config: &Config, database: &Database) -> Result<Conn, Ba
 ///   its rows are published again once released, so they must be released well within the
 ///   dedupe window. A statement runs at most the database timeout; a transaction sits idle
 ///   (the relay publishing) at most the Redis and database timeouts plus 5 s; keepalives find a
-///   dead peer in about 25 s.
+///   dead peer in about 25 s, and `tcp_user_timeout` gives up on one that stopped acknowledging
+///   what the backend sends (a large claim result) after 25 s, where keepalives do not probe.
 fn session_settings(config: &Config) -> String {
     let idle = config.redis_command_timeout + config.database_timeout + Duration::from_secs(5);
     format!(
         "SET jit = off; SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}; \
-         SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+         SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
+         SET tcp_user_timeout = 25000",
         config.database_timeout.as_millis(),
         idle.as_millis(),
     )
@@ -392,7 +400,8 @@ async fn relay_batch(
     .await?;
     let limit = i64::from(config.batch_size);
     let max_payload = i32::try_from(config.publish_max_payload).unwrap_or(i32::MAX);
-    let rows = within(config, async { Ok(tx.query(&c.claim, &[&limit, &max_payload]).await?) }).await?;
+    let budget = i64::try_from(config.batch_bytes).unwrap_or(i64::MAX);
+    let rows = within(config, async { Ok(tx.query(&c.claim, &[&limit, &max_payload, &budget]).await?) }).await?;
     let rows = rows.iter().map(Row::from_claim).collect::<Result<Vec<_>, _>>()?;
     let mut batch = Batch { claimed: rows.len(), held_back: 0, deferred: 0 };
     if rows.is_empty() {
@@ -403,22 +412,21 @@ async fn relay_batch(
     let mut sending = publisher.batch();
     let mut published: Vec<&Row> = Vec::with_capacity(rows.len());
     let mut failed: Vec<(&Row, String)> = Vec::new();
-    let mut bytes = 0usize;
     for row in &rows {
         if !row.ready {
             batch.held_back += 1;
             continue;
         }
-        // The rest of the claim waits for the next batch (in id order, so no room's order
-        // changes): a batch's payloads are held several times over while it is sent.
-        if batch.deferred > 0 || bytes >= config.batch_bytes {
+        // Past ROOMCAST_RELAY_BATCH_BYTES (not read): the rest of the claim waits for the next
+        // batch, in id order, so no room's order changes.
+        if !row.within_budget {
             batch.deferred += 1;
             continue;
         }
-        bytes += usize::try_from(row.size).unwrap_or(0);
         let added = row.target(publisher, config.publish_max_payload).and_then(|target| {
             let payload = row.payload()?;
-            sending.emit_with_id(&target, &row.event, &payload, &row.key).map(|_| ()).map_err(|e| e.to_string())
+            let (event, key) = (row.event.as_deref().unwrap_or_default(), row.key.as_deref().unwrap_or_default());
+            sending.emit_with_id(&target, event, &payload, key).map(|_| ()).map_err(|e| e.to_string())
         });
         match added {
             Ok(()) => published.push(row),
@@ -445,9 +453,12 @@ async fn relay_batch(
         if !ids.is_empty() {
             tx.execute(&c.finish, &[&ids]).await?;
         }
-        for (row, why) in &failed {
-            tracing::warn!(id = row.id, error = %why, "outbox row can never be published; moved to roomcast_outbox_failed");
-            tx.execute(&c.fail, &[&row.id, why]).await?;
+        if !failed.is_empty() {
+            for (row, why) in &failed {
+                tracing::warn!(id = row.id, error = %why, "outbox row can never be published; moved to roomcast_outbox_failed");
+            }
+            let (ids, whys): (Vec<i64>, Vec<&str>) = failed.iter().map(|(row, why)| (row.id, why.as_str())).unzip();
+            tx.execute(&c.fail, &[&ids, &whys]).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -457,6 +468,7 @@ async fn relay_batch(
     tracing::debug!(
         rows = batch.claimed,
         held_back = batch.held_back,
+        deferred = batch.deferred,
         claim_ms = (claimed_at - started).as_secs_f64() * 1e3,
         publish_ms = (published_at - claimed_at).as_secs_f64() * 1e3,
         commit_ms = published_at.elapsed().as_secs_f64() * 1e3,
@@ -480,8 +492,8 @@ async fn purge(c: &Conn, config: &Config) -> Result<(), BatchError> {
         if n > 0 {
             tracing::debug!(rows = n, "deleted published rows past the retention");
         }
-        // A full round: more may be due; keep going, but let batches run within the timeout.
-        if n < 10_000 || started.elapsed() >= config.database_timeout {
+        // A full round: more may be due; keep going for up to a second, then let batches run.
+        if n < 10_000 || started.elapsed() >= Duration::from_secs(1) {
             return Ok(());
         }
     }
@@ -507,7 +519,7 @@ async fn listen_once(config: &Config, database: &Database, wake: &Arc<Notify>, b
     let connect = tokio::time::timeout(config.database_timeout, database.connect());
     let (client, mut connection) = match connect.await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return e.to_string(),
+        Ok(Err(e)) => return describe(&e),
         Err(_) => return "connect timed out".into(),
     };
     // The connection's messages are read here: query replies go to `client`, notifications
@@ -523,6 +535,12 @@ async fn listen_once(config: &Config, database: &Database, wake: &Arc<Notify>, b
             }
         }
     }));
+    // Postgres 14+: a role's or database's idle_session_timeout would close this idle session.
+    if let Ok(Err(e)) =
+        tokio::time::timeout(config.database_timeout, client.batch_execute("SET idle_session_timeout = 0")).await
+    {
+        tracing::debug!(error = %describe(&e), "idle_session_timeout not set (Postgres < 14)");
+    }
     let statement = format!("LISTEN {}", outbox::CHANNEL);
     let listen = tokio::time::timeout(config.database_timeout, client.batch_execute(&statement));
     match listen.await {
