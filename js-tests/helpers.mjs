@@ -314,12 +314,17 @@ export function postgresMissing() {
 export async function startPostgres({ tls } = {}) {
   const bin = (name) => (postgresBin() ? path.join(postgresBin(), name) : name);
   const dir = mkdtempSync(path.join(tmpdir(), "roomcast-pg-"));
+  // As root, the server's files belong to the postgres user and its programs run as it.
+  const owner = process.getuid?.() === 0
+    ? {
+        uid: Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" })),
+        gid: Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" })),
+      }
+    : null;
   let prefix = [];
-  if (process.getuid?.() === 0) {
-    const uid = Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }));
-    const gid = Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }));
-    chownSync(dir, uid, gid);
-    prefix = ["setpriv", `--reuid=${uid}`, `--regid=${gid}`, "--clear-groups", "--"];
+  if (owner) {
+    chownSync(dir, owner.uid, owner.gid);
+    prefix = ["setpriv", `--reuid=${owner.uid}`, `--regid=${owner.gid}`, "--clear-groups", "--"];
   }
   const run = (argv) => {
     const [cmd, ...args] = [...prefix, ...argv];
@@ -337,9 +342,7 @@ export async function startPostgres({ tls } = {}) {
     for (const [file, text] of [["server.crt", tls.cert], ["server.key", tls.key]]) {
       const target = path.join(data, file);
       writeFileSync(target, text, { mode: 0o600 });
-      if (process.getuid?.() === 0) {
-        chownSync(target, Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" })), Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" })));
-      }
+      if (owner) chownSync(target, owner.uid, owner.gid);
     }
     ssl.push("-c", "ssl=on", "-c", "ssl_cert_file=server.crt", "-c", "ssl_key_file=server.key");
   }

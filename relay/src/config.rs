@@ -176,7 +176,7 @@ impl Config {
         if self.publish_max_payload == 0 {
             return bad("ROOMCAST_PUBLISH_MAX_PAYLOAD", "must be more than 0");
         }
-        self.database_url()?;
+        self.database_config()?;
         self.database_tls()?;
         self.redis_config()?;
         if let Err(e) = wire::Keys::new(self.redis_prefix.clone()) {
@@ -192,25 +192,28 @@ impl Config {
 impl Config {
     /// The Postgres connection string, from the option or its file.
     pub fn database_url(&self) -> Result<String, ConfigError> {
-        let (option, url) = match (&self.database_url, &self.database_url_file) {
-            (Some(url), _) => ("ROOMCAST_RELAY_DATABASE_URL", url.0.clone()),
-            (None, Some(path)) => {
-                ("ROOMCAST_RELAY_DATABASE_URL_FILE", read_secret_file("ROOMCAST_RELAY_DATABASE_URL_FILE", path)?)
-            }
-            (None, None) => {
-                return Err(ConfigError {
-                    option: "ROOMCAST_RELAY_DATABASE_URL",
-                    problem: "is required (or ROOMCAST_RELAY_DATABASE_URL_FILE)".into(),
-                });
-            }
-        };
+        Ok(self.database_source()?.1)
+    }
+
+    /// The parsed Postgres connection settings (what the relay connects with).
+    pub fn database_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let (option, url) = self.database_source()?;
         // The parser's message may quote the string, password included: say only what is wrong.
-        url.parse::<tokio_postgres::Config>().map_err(|_| ConfigError {
+        url.parse().map_err(|_| ConfigError {
             option,
             problem: "not a Postgres connection string (postgres://user:password@host:5432/db or key=value pairs)"
                 .into(),
-        })?;
-        Ok(url)
+        })
+    }
+
+    /// The option that gave the Postgres connection string, and the string.
+    fn database_source(&self) -> Result<(&'static str, String), ConfigError> {
+        secret_option(
+            self.database_url.as_ref(),
+            self.database_url_file.as_deref(),
+            "ROOMCAST_RELAY_DATABASE_URL",
+            "ROOMCAST_RELAY_DATABASE_URL_FILE",
+        )
     }
 
     /// The TLS configuration for Postgres: the CAs of ROOMCAST_RELAY_DATABASE_CA_FILE, else the
@@ -246,16 +249,12 @@ impl Config {
 
     /// The Redis client configuration, from the URL (or its file) and the password file.
     pub fn redis_config(&self) -> Result<RedisConfig, ConfigError> {
-        let (option, url) = match (&self.redis_url, &self.redis_url_file) {
-            (Some(url), _) => ("ROOMCAST_REDIS_URL", url.0.clone()),
-            (None, Some(path)) => ("ROOMCAST_REDIS_URL_FILE", read_secret_file("ROOMCAST_REDIS_URL_FILE", path)?),
-            (None, None) => {
-                return Err(ConfigError {
-                    option: "ROOMCAST_REDIS_URL",
-                    problem: "is required (or ROOMCAST_REDIS_URL_FILE)".into(),
-                });
-            }
-        };
+        let (option, url) = secret_option(
+            self.redis_url.as_ref(),
+            self.redis_url_file.as_deref(),
+            "ROOMCAST_REDIS_URL",
+            "ROOMCAST_REDIS_URL_FILE",
+        )?;
         let mut config = RedisConfig::from_url(&url).map_err(|_| ConfigError {
             option,
             problem: "not a Redis URL: expected redis://[user:password@]host:port[/db], rediss:// (TLS), \
@@ -284,6 +283,21 @@ impl std::str::FromStr for Secret {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Secret(s.to_owned()))
+    }
+}
+
+/// A required secret given either as a value (`option`) or as a file (`file_option`): which of
+/// the two gave it, and the value.
+fn secret_option(
+    value: Option<&Secret>,
+    file: Option<&std::path::Path>,
+    option: &'static str,
+    file_option: &'static str,
+) -> Result<(&'static str, String), ConfigError> {
+    match (value, file) {
+        (Some(value), _) => Ok((option, value.0.clone())),
+        (None, Some(path)) => Ok((file_option, read_secret_file(file_option, path)?)),
+        (None, None) => Err(ConfigError { option, problem: format!("is required (or {file_option})") }),
     }
 }
 

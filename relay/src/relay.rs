@@ -178,12 +178,9 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
                 m::error("redis");
                 // The lag keeps growing while Redis is away: keep reporting it.
                 if let Some(c) = &conn
-                    && last_lag.elapsed() >= Duration::from_millis(500)
+                    && report_lag_when_due(&mut last_lag, c, &config).await.is_err()
                 {
-                    last_lag = tokio::time::Instant::now();
-                    if report_lag(c, &config).await.is_err() {
-                        conn = None;
-                    }
+                    conn = None;
                 }
                 let wait = backoff.next();
                 tracing::warn!(error = %e, retry_in = ?wait, "publishing a batch failed; it stays in the outbox");
@@ -203,11 +200,8 @@ pub async fn run(config: Config, health: Arc<Health>, mut stop: watch::Receiver<
             }
         };
         let Some(c) = &conn else { continue };
-        if last_lag.elapsed() >= Duration::from_millis(500) {
-            last_lag = tokio::time::Instant::now();
-            if let Err(e) = report_lag(c, &config).await {
-                tracing::debug!(error = %e, "lag query failed");
-            }
+        if let Err(e) = report_lag_when_due(&mut last_lag, c, &config).await {
+            tracing::debug!(error = %e, "lag query failed");
         }
         let purge_every = config.retention.clamp(Duration::from_secs(1), Duration::from_secs(10));
         if !config.retention.is_zero() && last_purge.elapsed() >= purge_every {
@@ -240,19 +234,20 @@ async fn ping(publisher: &Publisher) -> Result<(), roomcast_publisher::fred::err
 }
 
 async fn connect_redis(config: &Config, health: &Health, stop: &mut watch::Receiver<bool>) -> Option<Publisher> {
+    // Read once (the file options are read here); validate() already checked them.
+    let redis = match config.redis_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "bad Redis settings");
+            return None;
+        }
+    };
     let mut backoff = Backoff::new();
     loop {
         if *stop.borrow() {
             return None;
         }
-        let redis = match config.redis_config() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "bad Redis settings");
-                return None;
-            }
-        };
-        match connect_publisher(redis, config).await {
+        match connect_publisher(redis.clone(), config).await {
             Ok(p) => {
                 let p = p
                     .with_prefix(config.redis_prefix.clone())
@@ -311,11 +306,7 @@ struct Database {
 
 impl Database {
     fn of(config: &Config) -> Result<Database, crate::config::ConfigError> {
-        let mut pg: tokio_postgres::Config =
-            config.database_url()?.parse().map_err(|_| crate::config::ConfigError {
-                option: "ROOMCAST_RELAY_DATABASE_URL",
-                problem: "not a connection string".into(),
-            })?;
+        let mut pg = config.database_config()?;
         if pg.get_application_name().is_none() {
             pg.application_name("roomcast-relay");
         }
@@ -480,6 +471,15 @@ async fn relay_batch(
         "batch"
     );
     Ok(batch)
+}
+
+/// Reports the lag if the last report is 500 ms old or more.
+async fn report_lag_when_due(last: &mut tokio::time::Instant, c: &Conn, config: &Config) -> Result<(), BatchError> {
+    if last.elapsed() < Duration::from_millis(500) {
+        return Ok(());
+    }
+    *last = tokio::time::Instant::now();
+    report_lag(c, config).await
 }
 
 async fn report_lag(c: &Conn, config: &Config) -> Result<(), BatchError> {
