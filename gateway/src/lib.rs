@@ -38,6 +38,9 @@ mod envelope;
 pub mod errors;
 mod events;
 mod expiry;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod history;
 mod history_api;
 mod http;

@@ -97,8 +97,9 @@ fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
         }
         let rel = path.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
         let Some(rel) = rel.strip_suffix(".rs") else { continue };
-        // `prop` is test-only (proptest strategies), not part of the gateway.
-        if rel == "lib" || rel == "main" || rel == "prop" {
+        // `prop` is test-only (proptest strategies), and `fuzzing` the fuzz targets' entry
+        // points (built only with the `fuzzing` feature): neither is part of the gateway.
+        if rel == "lib" || rel == "main" || rel == "prop" || rel == "fuzzing" {
             continue;
         }
         let module = rel.split('/').next().unwrap().to_owned();

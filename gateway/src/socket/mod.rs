@@ -19,6 +19,9 @@ mod rpc;
 pub(crate) use rooms::BackendControl;
 mod typing;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use payloads::fuzz_payload;
+
 use std::{future::Future, sync::Arc};
 
 use serde_json::Value;

@@ -189,6 +189,40 @@ pub(super) enum Ack {
     },
 }
 
+/// `fuzz/`'s `payloads` target: whatever a client sends as a payload gives a typed request or
+/// `invalid_payload`, never a panic; a room it names is always in the token's tenant.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_payload(payload: Value) {
+    use crate::auth::{Identity, Scope};
+    let identity = Identity {
+        tenant: "t1".into(),
+        user: "u".into(),
+        projects: Scope::All,
+        channels: Scope::All,
+        publish: Scope::Only(Vec::new()),
+        exp: 0,
+        jti: None,
+        iat: None,
+        claims: None,
+    };
+    if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)
+        && let Ok(room) = crate::socket::rooms::requested_room(&join.room, &identity)
+    {
+        assert_eq!(room.tenant_id(), "t1");
+    }
+    let refused = [
+        parse::<Leave>(Ok(payload.clone()), ROOM_SHAPE).err(),
+        parse::<Refresh>(Ok(payload.clone()), REFRESH_SHAPE).err(),
+        parse::<Typing>(Ok(payload.clone()), TYPING_SHAPE).err(),
+        parse::<PresenceList>(Ok(payload.clone()), PRESENCE_LIST_SHAPE).err(),
+        parse::<History>(Ok(payload.clone()), HISTORY_SHAPE).err(),
+        parse::<PresenceUpdate>(Ok(payload), PRESENCE_UPDATE_SHAPE).err(),
+    ];
+    for error in refused.into_iter().flatten() {
+        assert_eq!(error.code, ErrorCode::InvalidPayload);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,7 +128,7 @@ async fn asked_room(
 
 /// The room a request names, authorized against the token alone (what [`allowed_room`] does
 /// for a socket no backend granted anything).
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(super) fn requested_room(request: &RoomRef, identity: &Identity) -> Result<Room, ClientError> {
     let room = named_room(request, &identity.tenant)?;
     if identity.grants(&room) { Ok(room) } else { Err(not_granted(&room)) }
