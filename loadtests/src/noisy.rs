@@ -79,8 +79,10 @@ pub struct Options {
     #[arg(long, default_value = "shared", value_parser = ["own", "shared", "niced"])]
     pub attacker_runtime: String,
     /// Where the `header-flood-elsewhere` control sends its upgrades: a gateway that is not one
-    /// of B's replicas. The same attack, costing the same CPU on the machine, reaches none of
-    /// B's servers: what B's latency does then is the generator's and the machine's share.
+    /// of B's replicas. The same attack reaches none of B's servers: what B's latency does then
+    /// is the generator's and the machine's share. (compare.py runs that gateway at nice 19 when
+    /// the attackers are niced, as it stands for a server elsewhere; B's replicas are never
+    /// niced, so under the real flood they pay their refusals in full.)
     #[arg(long)]
     pub flood_target: Option<SocketAddr>,
     /// `big-headers`: oversized upgrades per second, all attackers together.
@@ -394,14 +396,17 @@ async fn abuse(options: Options, name: String, tally: Arc<Tally>, running: Arc<A
         let every = Duration::from_secs_f64(options.attackers as f64 / options.big_headers_rate.max(1) as f64);
         tasks.push(tokio::spawn(async move {
             let mut round = 0u64;
-            let mut next = tokio::time::Instant::now();
+            // Spread over the interval: 8 attackers start 1/8 of it apart, not in bursts of 8.
+            let mut next = tokio::time::Instant::now() + every.mul_f64(i as f64 / options.attackers as f64);
             while running.load(Ordering::Relaxed) {
                 round += 1;
                 let user = format!("{name}-{i}");
                 let (addr, source) = target.addresses(i);
                 let result = match name.as_str() {
                     "big-headers" => {
-                        next += every;
+                        // An upgrade slower than the interval does not make the next ones catch
+                        // up back to back: the paced pattern never becomes the flood.
+                        next = (next + every).max(tokio::time::Instant::now());
                         tokio::time::sleep_until(next).await;
                         big_headers(addr, &tally).await
                     }

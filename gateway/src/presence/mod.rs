@@ -221,6 +221,11 @@ impl LocalUsers {
 /// connect rate, while a storm's waiting calls cost a few dozen bytes each instead of a future.
 const COUNTING_CALLS_IN_FLIGHT: usize = 64;
 
+/// How long a connection count call waits for one of those: past it, it counts as a store
+/// failure (a connect is admitted unchecked, and the counts are reconciled later), as a call
+/// that reached a store slower than its command timeout (2 s by default) would have.
+const COUNTING_PERMIT_WAIT: Duration = Duration::from_secs(2);
+
 /// This replica's presence bookkeeping; see the module docs.
 pub struct Presence {
     store: Arc<dyn PresenceStore>,
@@ -319,8 +324,7 @@ impl Presence {
     pub async fn connect(&self, tenant: &str, user: &str) -> Result<(), ErrorCode> {
         let _counting = self.counting.read().await;
         if self.caps.any() {
-            let _call = self.counting_calls.acquire().await.expect("never closed");
-            match self.store.connect(tenant, user, self.caps).await {
+            match self.counting_call(|| self.store.connect(tenant, user, self.caps)).await {
                 Ok(Admission::Admitted) => {}
                 Ok(Admission::UserFull | Admission::TenantFull) => return Err(ErrorCode::TooManyConnections),
                 Err(e) => {
@@ -353,13 +357,25 @@ impl Presence {
         if !self.caps.any() {
             return;
         }
-        let _call = self.counting_calls.acquire().await.expect("never closed");
-        if let Err(e) = self.store.disconnect(tenant, user).await {
+        if let Err(e) = self.counting_call(|| self.store.disconnect(tenant, user)).await {
             if let Some(held) = self.store_errors.check() {
                 tracing::warn!(error = %e, similar_since = held, "connection end not counted; counts are restored when the store is back");
             }
             self.connections_dirty.store(true, std::sync::atomic::Ordering::Release);
         }
+    }
+
+    /// Makes a connection count call to the store once one of [`COUNTING_CALLS_IN_FLIGHT`] is
+    /// free (the call's future is only created then), or fails after [`COUNTING_PERMIT_WAIT`].
+    async fn counting_call<T>(
+        &self,
+        call: impl FnOnce() -> BoxFuture<'static, Result<T, BusError>>,
+    ) -> Result<T, BusError> {
+        let Ok(permit) = tokio::time::timeout(COUNTING_PERMIT_WAIT, self.counting_calls.acquire()).await else {
+            return Err(BusError::Unavailable("connection count calls backed up".into()));
+        };
+        let _permit = permit.expect("never closed");
+        call().await
     }
 
     /// Replaces this replica's share of connection counts in the store with what it holds.
@@ -804,6 +820,35 @@ mod tests {
         }
         fn reconcile_connections(&self, _: HeldConnections) -> BoxFuture<'static, Result<(), BusError>> {
             unused()
+        }
+    }
+
+    /// A connect that waits longer than `COUNTING_PERMIT_WAIT` for a call is admitted without the
+    /// check, as with a store that fails, and the counts are marked for a reconcile.
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_waits_for_a_store_call_no_longer_than_the_bound() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let store = Arc::new(GatedStore::default());
+        let caps = ConnectionCaps { per_user: 1_000_000, per_tenant: 1_000_000 };
+        let presence = Arc::new(Presence::new(Arc::new(Gated(store.clone())), Duration::ZERO, 16, caps, false));
+        let held: Vec<_> = (0..COUNTING_CALLS_IN_FLIGHT)
+            .map(|i| {
+                let presence = presence.clone();
+                tokio::spawn(async move { presence.connect("t", &format!("u{i}")).await })
+            })
+            .collect();
+        while store.in_flight.load(SeqCst) < COUNTING_CALLS_IN_FLIGHT {
+            tokio::task::yield_now().await;
+        }
+        let start = tokio::time::Instant::now();
+        assert_eq!(presence.connect("t", "late").await, Ok(()), "admitted unchecked");
+        assert_eq!(start.elapsed(), COUNTING_PERMIT_WAIT);
+        assert!(presence.connections_dirty.load(SeqCst), "counts to be reconciled");
+        assert_eq!(store.most.load(SeqCst), COUNTING_CALLS_IN_FLIGHT, "no call made past the bound");
+        store.open.store(true, SeqCst);
+        store.gate.notify_waiters();
+        for connect in held {
+            assert_eq!(connect.await.expect("joined"), Ok(()));
         }
     }
 

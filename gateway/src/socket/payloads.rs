@@ -190,25 +190,41 @@ pub(super) enum Ack {
 }
 
 /// `fuzz/`'s `payloads` target: whatever a client sends as a payload gives a typed request or
-/// `invalid_payload`, never a panic; a room it names is always in the token's tenant.
+/// `invalid_payload`, never a panic; a join names exactly the room the payload names, in the
+/// token's tenant, and succeeds exactly when that id is valid and granted.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_payload(payload: Value) {
     use crate::auth::{Identity, Scope};
     let identity = Identity {
         tenant: "t1".into(),
         user: "u".into(),
-        projects: Scope::All,
-        channels: Scope::All,
+        projects: Scope::Only(vec!["a".into(), "p1".into()]),
+        channels: Scope::Only(vec!["b".into(), "c1".into()]),
         publish: Scope::Only(Vec::new()),
         exp: 0,
         jti: None,
         iat: None,
         claims: None,
     };
-    if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)
-        && let Ok(room) = crate::socket::rooms::requested_room(&join.room, &identity)
-    {
-        assert_eq!(room.tenant_id(), "t1");
+    if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE) {
+        let named = match (&join.room.project, &join.room.channel) {
+            (Some(Some(id)), None) => Some((roomcast_publisher::RoomKind::Project, id.as_str(), ["a", "p1"])),
+            (None, Some(Some(id))) => Some((roomcast_publisher::RoomKind::Channel, id.as_str(), ["b", "c1"])),
+            _ => None,
+        };
+        match (crate::socket::rooms::requested_room(&join.room, &identity), named) {
+            (Ok(room), Some((kind, id, granted))) => {
+                assert_eq!((room.tenant_id(), room.kind(), room.id()), ("t1", kind, Some(id)));
+                assert!(granted.contains(&id), "{id:?} is not granted");
+            }
+            (Ok(room), None) => panic!("joined {room} from a payload naming no single room"),
+            (Err(e), Some((_, id, granted))) => {
+                let valid = roomcast_publisher::validate_id(id).is_ok();
+                assert!(!valid || !granted.contains(&id), "{id:?} refused: {e:?}");
+                assert_eq!(e.code, if valid { ErrorCode::Forbidden } else { ErrorCode::InvalidRoom });
+            }
+            (Err(e), None) => assert_eq!(e.code, ErrorCode::InvalidPayload),
+        }
     }
     let refused = [
         parse::<Leave>(Ok(payload.clone()), ROOM_SHAPE).err(),
