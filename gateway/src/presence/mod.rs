@@ -841,7 +841,8 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let start = tokio::time::Instant::now();
-        assert_eq!(presence.connect("t", "late").await, Ok(()), "admitted unchecked");
+        let late = tokio::time::timeout(2 * COUNTING_PERMIT_WAIT, presence.connect("t", "late"));
+        assert_eq!(late.await.expect("not held past the bound"), Ok(()), "admitted unchecked");
         assert_eq!(start.elapsed(), COUNTING_PERMIT_WAIT);
         assert!(presence.connections_dirty.load(SeqCst), "counts to be reconciled");
         assert_eq!(store.most.load(SeqCst), COUNTING_CALLS_IN_FLIGHT, "no call made past the bound");
@@ -852,6 +853,39 @@ mod tests {
         }
     }
 
+    /// Makes ten times `COUNTING_CALLS_IN_FLIGHT` calls with `call(i)` while the store holds
+    /// them: checks that no more than the bound ever reached it, then lets them through and
+    /// returns what they returned.
+    async fn bounded_storm<T: Send + 'static>(
+        store: &Arc<GatedStore>,
+        call: impl Fn(usize) -> tokio::task::JoinHandle<T>,
+    ) -> Vec<T> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let storm = 10 * COUNTING_CALLS_IN_FLIGHT;
+        store.open.store(false, SeqCst);
+        store.most.store(0, SeqCst);
+        let calls: Vec<_> = (0..storm).map(call).collect();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.in_flight.load(SeqCst) < COUNTING_CALLS_IN_FLIGHT {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the store was called");
+        // Every task has had its chance to call the store: none got past the bound.
+        for _ in 0..storm {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.most.load(SeqCst), COUNTING_CALLS_IN_FLIGHT);
+        store.open.store(true, SeqCst);
+        store.gate.notify_waiters();
+        let mut answers = Vec::with_capacity(storm);
+        for call in calls {
+            answers.push(call.await.expect("joined"));
+        }
+        answers
+    }
+
     /// A connect or disconnect storm makes at most `COUNTING_CALLS_IN_FLIGHT` store calls at
     /// once, whatever the store's speed: the rest wait, small, for a permit.
     #[tokio::test]
@@ -860,53 +894,17 @@ mod tests {
         let store = Arc::new(GatedStore::default());
         let caps = ConnectionCaps { per_user: 1_000_000, per_tenant: 1_000_000 };
         let presence = Arc::new(Presence::new(Arc::new(Gated(store.clone())), Duration::ZERO, 16, caps, false));
-        let storm = 10 * COUNTING_CALLS_IN_FLIGHT;
-        let until_bound = |store: Arc<GatedStore>| async move {
-            tokio::time::timeout(Duration::from_secs(10), async {
-                while store.in_flight.load(SeqCst) < COUNTING_CALLS_IN_FLIGHT {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the store was called");
-        };
-
-        let connects: Vec<_> = (0..storm)
-            .map(|i| {
-                let presence = presence.clone();
-                tokio::spawn(async move { presence.connect("t", &format!("u{i}")).await })
-            })
-            .collect();
-        until_bound(store.clone()).await;
-        // Every task has had its chance to call the store: none got past the bound.
-        for _ in 0..storm {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(store.most.load(SeqCst), COUNTING_CALLS_IN_FLIGHT);
-        store.open.store(true, SeqCst);
-        store.gate.notify_waiters();
-        for connect in connects {
-            assert_eq!(connect.await.expect("joined"), Ok(()));
-        }
-
-        store.open.store(false, SeqCst);
-        store.most.store(0, SeqCst);
-        let disconnects: Vec<_> = (0..storm)
-            .map(|i| {
-                let presence = presence.clone();
-                tokio::spawn(async move { presence.disconnect("t", &format!("u{i}")).await })
-            })
-            .collect();
-        until_bound(store.clone()).await;
-        for _ in 0..storm {
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(store.most.load(SeqCst), COUNTING_CALLS_IN_FLIGHT);
-        store.open.store(true, SeqCst);
-        store.gate.notify_waiters();
-        for disconnect in disconnects {
-            disconnect.await.expect("joined");
-        }
+        let connected = bounded_storm(&store, |i| {
+            let presence = presence.clone();
+            tokio::spawn(async move { presence.connect("t", &format!("u{i}")).await })
+        })
+        .await;
+        assert!(connected.iter().all(|admitted| *admitted == Ok(())));
+        bounded_storm(&store, |i| {
+            let presence = presence.clone();
+            tokio::spawn(async move { presence.disconnect("t", &format!("u{i}")).await })
+        })
+        .await;
         assert_eq!(store.in_flight.load(SeqCst), 0);
         assert!(presence.connections().is_empty(), "every connection counted out");
     }
