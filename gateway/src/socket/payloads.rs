@@ -195,11 +195,14 @@ pub(super) enum Ack {
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_payload(payload: Value) {
     use crate::auth::{Identity, Scope};
+    // What the token grants (sorted, as a scope keeps them), and the model checked against it.
+    const PROJECTS: [&str; 2] = ["a", "p1"];
+    const CHANNELS: [&str; 2] = ["b", "c1"];
     let identity = Identity {
         tenant: "t1".into(),
         user: "u".into(),
-        projects: Scope::Only(vec!["a".into(), "p1".into()]),
-        channels: Scope::Only(vec!["b".into(), "c1".into()]),
+        projects: Scope::Only(PROJECTS.map(String::from).to_vec()),
+        channels: Scope::Only(CHANNELS.map(String::from).to_vec()),
         publish: Scope::Only(Vec::new()),
         exp: 0,
         jti: None,
@@ -208,8 +211,8 @@ pub(crate) fn fuzz_payload(payload: Value) {
     };
     if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE) {
         let named = match (&join.room.project, &join.room.channel) {
-            (Some(Some(id)), None) => Some((roomcast_publisher::RoomKind::Project, id.as_str(), ["a", "p1"])),
-            (None, Some(Some(id))) => Some((roomcast_publisher::RoomKind::Channel, id.as_str(), ["b", "c1"])),
+            (Some(Some(id)), None) => Some((roomcast_publisher::RoomKind::Project, id.as_str(), PROJECTS)),
+            (None, Some(Some(id))) => Some((roomcast_publisher::RoomKind::Channel, id.as_str(), CHANNELS)),
             _ => None,
         };
         match (crate::socket::rooms::requested_room(&join.room, &identity), named) {
