@@ -133,14 +133,17 @@ async fn a_client_that_floods_still_gets_its_messages() {
 }
 
 /// A session closed by the server: the client gets what was buffered, then the close packet,
-/// then the websocket close; nothing volatile comes after the close packet, and a volatile
-/// send is refused from the moment the session is closing.
+/// then the websocket close; nothing comes after the close packet (a message sent right after
+/// `close` was written after it before patch 11), and a volatile send is refused from the
+/// moment the session is closing.
 #[tokio::test]
 async fn nothing_follows_the_close_packet() {
     let (mut client, socket, _messages) = session(64 * 1024).await;
     socket.emit("before").unwrap();
     assert!(socket.emit_volatile("volatile before"));
     socket.close(DisconnectReason::ClosingServer);
+    // Buffered or refused, it is not written after the close packet.
+    socket.emit("after").ok();
     assert!(
         !socket.emit_volatile("volatile after"),
         "a volatile message was accepted after the session closed"

@@ -437,6 +437,9 @@ struct Writer {
     /// Writing failed: the transport is broken. What is buffered is dropped from then on, and
     /// the reader (or the heartbeat) ends the session.
     failed: bool,
+    /// The close packet was written: what was buffered after it (a send racing the close) is
+    /// dropped, as the client takes nothing more from this session.
+    closed: bool,
 }
 
 impl Writer {
@@ -480,9 +483,10 @@ impl Writer {
                 },
             };
             taken += 1;
-            if self.failed {
+            if self.failed || self.closed {
                 continue;
             }
+            self.closed = matches!(packet, Packet::Close);
             if let Some(message) = to_message(packet, socket.protocol) {
                 match ws.start_send_unpin(message) {
                     Ok(()) => self.unflushed = true,
