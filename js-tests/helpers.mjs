@@ -1,6 +1,6 @@
 // Shared helpers: start the real gateway binary, mint tokens, wait for events with deadlines.
 import { execFileSync, spawn, spawnSync } from "node:child_process";
-import { createServer } from "node:net";
+import { createServer, connect as tcpConnect } from "node:net";
 import { createHmac } from "node:crypto";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
@@ -442,4 +442,51 @@ export async function startRelay(env = {}) {
       return res?.status === 200;
     },
   };
+}
+
+/** A TCP proxy standing in for the load balancer; `target` can be switched at any time. */
+export function tcpProxy(target) {
+  const open = new Set();
+  const state = { target };
+  const server = createServer((client) => {
+    const upstream = tcpConnect(state.target);
+    open.add(client);
+    client.pipe(upstream).pipe(client);
+    const close = () => {
+      open.delete(client);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", close).on("close", close);
+    upstream.on("error", close).on("close", close);
+  });
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${server.address().port}`,
+        /** Sends new connections to `next` and drops the current ones, as a replica going away. */
+        switchTo(next) {
+          state.target = next;
+          for (const socket of open) socket.destroy();
+        },
+        close: () => server.close(),
+      }),
+    ),
+  );
+}
+
+/**
+ * Publishes events `tick` `{ n }` for n = 0 … total-1 to `target` (`{ tenant, project }`…), 3 ms
+ * apart, alternating over the API URLs given (one per replica); resolves when all were accepted.
+ */
+export async function publishTicks(apiUrls, total, target) {
+  for (let n = 0; n < total; n++) {
+    const res = await fetch(`${apiUrls[n % apiUrls.length]}/v1/publish`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ ...target, event: "tick", data: { n } }),
+    });
+    if (res.status !== 200) throw new Error(`publish ${n}: HTTP ${res.status} ${await res.text()}`);
+    await new Promise((r) => setTimeout(r, 3));
+  }
 }

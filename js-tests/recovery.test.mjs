@@ -3,44 +3,12 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import { createServer, connect as tcpConnect } from "node:net";
 import { io } from "socket.io-client";
 import { joinWithRecovery } from "./recovery-snippet.mjs";
-import { API_KEY, eventually, startGateway, startRedis, userToken } from "./helpers.mjs";
+import { eventually, publishTicks, startGateway, startRedis, tcpProxy as proxy, userToken } from "./helpers.mjs";
 
 let redis;
 let gateways = [];
-
-/** A TCP proxy standing in for the load balancer; `target` can be switched at any time. */
-function proxy(target) {
-  const open = new Set();
-  const server = createServer((client) => {
-    const upstream = tcpConnect(proxy.target);
-    open.add(client);
-    client.pipe(upstream).pipe(client);
-    const close = () => {
-      open.delete(client);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on("error", close).on("close", close);
-    upstream.on("error", close).on("close", close);
-  });
-  proxy.target = target;
-  return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () =>
-      resolve({
-        url: `http://127.0.0.1:${server.address().port}`,
-        /** Sends new connections to `next` and drops the current ones, as a replica going away. */
-        switchTo(next) {
-          proxy.target = next;
-          for (const socket of open) socket.destroy();
-        },
-        close: () => server.close(),
-      }),
-    ),
-  );
-}
 
 before(async () => {
   redis = await startRedis();
@@ -84,17 +52,11 @@ test("a client moved between replicas receives every event exactly once", async 
     );
 
     const total = 300;
-    const publishing = (async () => {
-      for (let n = 0; n < total; n++) {
-        const res = await fetch(`${gateways[n % 2].apiUrl}/v1/publish`, {
-          method: "POST",
-          headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
-          body: JSON.stringify({ tenant: "t1", project: "p1", event: "tick", data: { n } }),
-        });
-        assert.equal(res.status, 200);
-        await new Promise((r) => setTimeout(r, 3));
-      }
-    })();
+    const publishing = publishTicks(
+      gateways.map((g) => g.apiUrl),
+      total,
+      { tenant: "t1", project: "p1" },
+    );
     // Moved to the other replica twice while events keep coming.
     for (const [next, after] of [[1, 60], [0, 180]]) {
       await eventually(() => received.length > after, `${after} events before moving`);
