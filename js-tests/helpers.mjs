@@ -447,8 +447,12 @@ export async function startRelay(env = {}) {
 /** A TCP proxy standing in for the load balancer; `target` can be switched at any time. */
 export function tcpProxy(target) {
   const open = new Set();
-  const state = { target };
+  const state = { target, down: false };
   const server = createServer((client) => {
+    if (state.down) {
+      client.destroy();
+      return;
+    }
     const upstream = tcpConnect(state.target);
     open.add(client);
     client.pipe(upstream).pipe(client);
@@ -468,6 +472,14 @@ export function tcpProxy(target) {
         switchTo(next) {
           state.target = next;
           for (const socket of open) socket.destroy();
+        },
+        /** The network goes: open connections are cut, new ones refused, until `up()`. */
+        down() {
+          state.down = true;
+          for (const socket of open) socket.destroy();
+        },
+        up() {
+          state.down = false;
         },
         close: () => server.close(),
       }),

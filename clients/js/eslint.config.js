@@ -1,25 +1,25 @@
 import js from "@eslint/js";
 import tseslint from "typescript-eslint";
 
+/** What Node scripts (the tests, the example's server) use without importing. */
+const node = {
+  process: "readonly",
+  console: "readonly",
+  Buffer: "readonly",
+  setTimeout: "readonly",
+  clearTimeout: "readonly",
+  URL: "readonly",
+  URLSearchParams: "readonly",
+  fetch: "readonly",
+};
+
 export default tseslint.config(
-  { ignores: ["dist/", "node_modules/", "test/fixtures/"] },
+  { ignores: ["dist/", "node_modules/", "test-results/"] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    files: ["test/**/*.mjs"],
-    languageOptions: {
-      globals: {
-        process: "readonly",
-        console: "readonly",
-        setTimeout: "readonly",
-        clearTimeout: "readonly",
-        URL: "readonly",
-        fetch: "readonly",
-        // jsdom's, installed on globalThis by the React tests.
-        window: "readonly",
-        document: "readonly",
-        navigator: "readonly",
-      },
-    },
+    files: ["example/**/*.mjs", "test/**/*.mjs"],
+    // jsdom's window, document and navigator: installed on globalThis by the React tests.
+    languageOptions: { globals: { ...node, window: "readonly", document: "readonly", navigator: "readonly" } },
   },
 );

@@ -87,8 +87,9 @@ test("handles on one room share one join; the room is left after the last leave"
   const watcher = client("watcher");
   const a = c.join({ project: "p2" });
   const b = c.join({ project: "p2" });
-  await a.ready;
-  const occupancy = async () => (await watcher.join({ project: "p2" }).occupancy()).connections;
+  const watched = watcher.join({ project: "p2" });
+  await Promise.all([a.ready, watched.ready]);
+  const occupancy = async () => (await watched.occupancy()).connections;
   // The watcher's own join counts too.
   await eventuallyPolitely(async () => (await occupancy()) === 2, "both clients in p2");
   const got = [];
@@ -378,4 +379,46 @@ test("disconnected by a backend for good: closed until reconnect(), which rejoin
   await eventually(() => rejoined === 1, "p2 rejoined");
   await publish({ project: "p2" }, "back", 1);
   await eventually(() => got.length === 1, "events again");
+});
+
+test("a revoked token: the client reconnects with a fresh one and its rooms", async () => {
+  let n = 0;
+  const errors = [];
+  const c = connect(gw.url, {
+    getToken: () => userToken("t1", "revoked", { jti: `session-${++n}` }),
+    onError: (e) => errors.push(e.code),
+    retry: { firstDelayMs: 20, maxDelayMs: 100 },
+  });
+  clients.push(c);
+  const room = c.join({ channel: "c2" });
+  await room.ready;
+  let rejoined = 0;
+  room.onJoin(() => rejoined++);
+  const res = await fetch(`${gw.apiUrl}/v1/revoke`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${API_KEY}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ tenant: "t1", jti: "session-1" }),
+  });
+  assert.equal(res.status, 200, await res.text());
+  await eventually(() => rejoined === 1 && c.state === "connected", "reconnected and rejoined");
+  assert.deepEqual(errors, ["token_revoked"]);
+  assert.equal(n, 2);
+});
+
+test("leave then join in one tick keeps the room; a leave that stands is sent, and a later join too", async () => {
+  const c = client("toggler");
+  const sent = [];
+  c.socket.onAnyOutgoing((event) => (event === "join" || event === "leave") && sent.push(event));
+  const first = c.join({ project: "p1" });
+  await first.ready;
+  first.leave();
+  const second = c.join({ project: "p1" });
+  // A round trip: a leave deferred to the next tick would have gone out by its answer.
+  await c.request("presence:list", { project: "p1" });
+  assert.deepEqual(sent, ["join"], "no leave and join for a handle taken back at once");
+  second.leave();
+  await eventually(() => sent.length === 2, "the leave");
+  const third = c.join({ project: "p1" });
+  await third.ready;
+  assert.deepEqual(sent, ["join", "leave", "join"]);
 });

@@ -68,6 +68,8 @@ test("StrictMode and two components on one room: one join, one leave", async () 
   const sent = [];
   client.socket.onAnyOutgoing((event) => (event === "join" || event === "leave") && sent.push(event));
   try {
+    // Connected first: StrictMode's mount, unmount and mount then all happen on a live socket.
+    await eventually(() => client.state === "connected", "connected");
     const app = await render(h(React.StrictMode, null, h(RoomcastProvider, { client }, h(Messages), h(Who))));
     await until(() => app.container.querySelector(".state")?.textContent === "connected", "connected");
     await until(() => app.container.querySelector(".users")?.textContent === "strict:1", "its own presence");
