@@ -1,7 +1,7 @@
 // The example app: a channel with its messages, who is here, who is typing, and the connection's
 // state, built on @roomcast/client/react. `example/server.mjs` serves it with a token endpoint;
 // the browser tests (test/browser.test.mjs) drive two of it as two users.
-import { StrictMode, useState } from "react";
+import { StrictMode, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 
 import { connect } from "../src/index.js";
@@ -28,6 +28,18 @@ function Chat() {
   const room = useRoom<ChatEvents>({ channel });
   const [messages, setMessages] = useState<{ text: string; from?: string; offset?: number }[]>([]);
   useEvent(room, "message", (data, meta) => setMessages((m) => [...m, { text: data.text, from: meta.from, offset: meta.offset }]));
+  // Away longer than history keeps: the latest messages again, from history.
+  useEffect(() => {
+    if (!room) return;
+    return room.onResync(async () => {
+      const page = await room.history({ limit: 50 });
+      setMessages(
+        page.events
+          .filter((e) => e.event === "message")
+          .map((e) => ({ text: (e.data as { text: string }).text, from: e.from, offset: e.offset })),
+      );
+    });
+  }, [room]);
   const users = usePresence(room);
   const { typing, start, stop } = useTyping(room);
   const state = useConnectionState();

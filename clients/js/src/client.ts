@@ -65,6 +65,12 @@ export class RoomcastClient {
   private statusValue: Status = "online";
   /** What the last `roomcast:disconnect` said: `onDisconnect` decides with it. */
   private notice: { code: string; reconnect: boolean } | undefined;
+  /** Pending `sleep`s, ended by `close()`. */
+  private readonly sleeps = new Set<() => void>();
+  /** The token being fetched: every `auth` call made meanwhile waits for this one. */
+  private pendingToken: Promise<string | undefined> | undefined;
+  /** Counts `auth` calls: only the latest one's callback may send a CONNECT. */
+  private authSeq = 0;
 
   constructor(url: string, options: ConnectOptions) {
     this.options = options;
@@ -73,8 +79,12 @@ export class RoomcastClient {
       ...options.io,
       // A function: socket.io-client calls it at every (re)connect, so each gets a fresh token.
       auth: (cb: (data: object) => void) => {
-        void this.token().then((token) => {
-          if (token !== undefined) cb({ token });
+        // socket.io-client asks again for every new engine, also while an earlier fetch is
+        // still failing: one fetch serves them, and only the latest ask sends a CONNECT.
+        const seq = ++this.authSeq;
+        this.pendingToken ??= this.token().finally(() => (this.pendingToken = undefined));
+        void this.pendingToken.then((token) => {
+          if (token !== undefined && seq === this.authSeq && !this.closedByUser) cb({ token });
         });
       },
     });
@@ -113,6 +123,8 @@ export class RoomcastClient {
       );
     });
     this.socket.onAny((event: string, ...args: unknown[]) => this.route(event, args));
+    // socket.io-client gave up (its `reconnectionAttempts` ran out): closed, until reconnect().
+    this.socket.io.on("reconnect_failed", () => this.closedByItself(new RoomcastError("connection_lost", "socket.io-client stopped reconnecting")));
   }
 
   /** The connection's state; `onStateChange` tells every change. */
@@ -168,10 +180,12 @@ export class RoomcastClient {
    * by a backend with `reconnect: false`). Rooms still held are rejoined.
    */
   reconnect(): void {
-    if (this.closedByUser || this.socket.active) return;
+    if (this.closedByUser || this.stateValue !== "closed") return;
     this.tokenRefusals = 0;
     this.retries = 0;
-    this.setState("connecting");
+    this.setState(this.everConnected ? "reconnecting" : "connecting");
+    // From any state socket.io-client may be in after giving up: a fresh start.
+    this.socket.disconnect();
     this.socket.connect();
   }
 
@@ -181,6 +195,8 @@ export class RoomcastClient {
     this.closedByUser = true;
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
+    for (const done of this.sleeps) done();
+    this.sleeps.clear();
     for (const room of this.rooms.values()) room.dispose();
     this.rooms.clear();
     this.socket.disconnect();
@@ -212,10 +228,36 @@ export class RoomcastClient {
     return answer;
   }
 
-  /** @internal */
-  forget(state: RoomState): void {
-    if (this.rooms.get(state.key) === state) this.rooms.delete(state.key);
+  /** @internal Whether `state` was the room's current state (and is no more). */
+  forget(state: RoomState): boolean {
+    if (this.rooms.get(state.key) !== state) return false;
+    this.rooms.delete(state.key);
+    return true;
   }
+
+  /** @internal `close()` was called. */
+  get isClosed(): boolean {
+    return this.closedByUser;
+  }
+
+  /** @internal Resolves after `ms`, or at once when the client is closed (no timer left behind). */
+  sleep(ms: number): Promise<void> {
+    if (this.closedByUser) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.sleeps.delete(done);
+        resolve();
+      }, ms);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.sleeps.add(done);
+    });
+  }
+
+  /** @internal Paces every room's `presence:list` reads under the socket's budget (5/s:10). */
+  readonly presencePace = new Pace(this, 4, 8);
 
   /** @internal */
   get typingOptions(): { throttleMs?: number; idleMs?: number } {
@@ -244,7 +286,7 @@ export class RoomcastClient {
         return await this.options.getToken();
       } catch (cause) {
         this.reportError(new RoomcastError("get_token_failed", "getToken failed", { cause }));
-        await new Promise((r) => setTimeout(r, this.backoff(attempt)));
+        await this.sleep(this.backoff(attempt));
       }
     }
     return undefined;
@@ -264,6 +306,10 @@ export class RoomcastClient {
 
   private onDisconnect(reason: Socket.DisconnectReason): void {
     if (this.closedByUser) return;
+    // Packets socket.io-client holds for the next connection (sent while its heartbeat had
+    // already expired): not sent then, before the rejoins. Their acks then fail with
+    // connection_lost, as documented.
+    this.socket.sendBuffer.length = 0;
     for (const room of this.rooms.values()) room.disconnected();
     const notice = this.notice;
     this.notice = undefined;
@@ -271,12 +317,19 @@ export class RoomcastClient {
       // The gateway ended the session; socket.io-client does not reconnect from this by itself.
       // A token problem is ours to fix with a fresh token; `reconnect: true` says we may.
       if (notice && (TOKEN_CODES.has(notice.code) || notice.reconnect)) this.scheduleReconnect();
-      else this.setState("closed");
+      else this.closedByItself(new RoomcastError((notice?.code ?? "disconnected") as ErrorCode, "disconnected by the gateway"));
       return;
     }
     // Every other reason (a drain's transport close included): socket.io-client reconnects
     // by itself, unless its reconnection is off or the application disconnected the socket.
-    this.setState(this.socket.active ? "reconnecting" : "closed");
+    if (this.socket.active && this.socket.io.reconnection()) this.setState(this.everConnected ? "reconnecting" : "connecting");
+    else this.closedByItself(new RoomcastError("connection_lost", `disconnected: ${reason}`));
+  }
+
+  /** Ended without `close()`: `reconnect()` may start again. First joins still unanswered fail. */
+  private closedByItself(error: RoomcastError): void {
+    for (const room of this.rooms.values()) room.failPending(error);
+    this.setState("closed");
   }
 
   private onConnectError(err: Error): void {
@@ -291,13 +344,15 @@ export class RoomcastClient {
     if (TOKEN_CODES.has(code)) {
       this.tokenRefusals += 1;
       if (this.tokenRefusals >= (this.options.retry?.maxTokenRefusals ?? MAX_TOKEN_REFUSALS)) {
-        this.reportError(new RoomcastError("connect_failed", `connect refused ${this.tokenRefusals} times in a row: ${code}`, { cause: err }));
-        this.setState("closed");
+        const error = new RoomcastError("connect_failed", `connect refused ${this.tokenRefusals} times in a row: ${code}`, { cause: err });
+        this.reportError(error);
+        this.closedByItself(error);
         return;
       }
     } else if (!RETRY_CODES.has(code)) {
-      this.reportError(new RoomcastError("connect_failed", `connect refused: ${code}`, { cause: err }));
-      this.setState("closed");
+      const error = new RoomcastError("connect_failed", `connect refused: ${code}`, { cause: err });
+      this.reportError(error);
+      this.closedByItself(error);
       return;
     }
     this.reportError(new RoomcastError(code as ErrorCode, `connect refused: ${code}`, { cause: err }));
@@ -379,4 +434,32 @@ export class RoomcastClient {
 /** Connects to the gateway at `url` (e.g. `https://realtime.example.com`). */
 export function connect(url: string, options: ConnectOptions): RoomcastClient {
   return new RoomcastClient(url, options);
+}
+
+/** A token bucket that waits: `take()` resolves once a token is there (`rate` per second). */
+class Pace {
+  private tokens: number;
+  private last = Date.now();
+
+  constructor(
+    private readonly client: RoomcastClient,
+    private readonly rate: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst;
+  }
+
+  async take(): Promise<void> {
+    // Once the client is closed, `sleep` no longer waits: nothing is sent anyway.
+    while (!this.client.isClosed) {
+      const now = Date.now();
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+      this.last = now;
+      if (this.tokens >= 1) {
+        this.tokens -= 1;
+        return;
+      }
+      await this.client.sleep(((1 - this.tokens) / this.rate) * 1000);
+    }
+  }
 }

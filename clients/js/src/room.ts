@@ -16,6 +16,9 @@ import type {
 
 type Listener = (data: unknown, meta: EventMeta) => void;
 
+/** Join refusals no retry changes: the room is over for its handles (`ready` rejects). */
+const FINAL_JOIN_CODES = new Set<string>(["forbidden", "invalid_room", "too_many_rooms", "invalid_payload"]);
+
 /** One key per room, whatever the gateway calls it: rooms are found by this before they are joined. */
 export function specKey(spec: RoomSpec): string {
   return spec.project !== undefined ? `project:${spec.project}` : `channel:${spec.channel}`;
@@ -59,6 +62,8 @@ export class RoomState {
   private refused = false;
   /** Joins sent: an answer to an older one (a previous connection's) is ignored. */
   private generation = 0;
+  /** Passing join failures in a row (the backoff's exponent). */
+  private joinFailures = 0;
   private readonly removedListeners = new Set<() => void>();
 
   constructor(
@@ -92,9 +97,13 @@ export class RoomState {
     this.leaveTimer = setTimeout(() => {
       this.leaveTimer = undefined;
       if (this.refs > 0 || this.disposed) return;
+      const inRoom = this.isLive;
       this.dispose();
-      this.client.forget(this);
-      if (this.client.socket.connected) this.client.request("leave", this.spec).catch((e: RoomcastError) => this.client.reportUnlessGone(e));
+      // Only the room's current state may leave it: a refused or removed one was replaced by a
+      // newer join, which this leave would undo.
+      if (this.client.forget(this) && inRoom && this.client.socket.connected) {
+        this.client.request("leave", this.spec).catch((e: RoomcastError) => this.client.reportUnlessGone(e));
+      }
     }, 0);
   }
 
@@ -112,21 +121,23 @@ export class RoomState {
       if (!this.isLive || generation !== this.generation) return;
       // The next connection rejoins.
       if (error.code === "closed" || error.code === "connection_lost") return;
-      // Many rooms rejoined at once can exceed the join budget, and an unanswered join may be
-      // lost: wait (as asked), then again, on this connection.
-      if (error.code === "rate_limited" || error.code === "ack_timeout") {
-        if (error.code === "ack_timeout") this.client.reportError(error);
-        await new Promise((r) => setTimeout(r, error.retryAfterMs ?? 1_000));
+      if (!FINAL_JOIN_CODES.has(error.code)) {
+        // Passing: over the join budget (many rooms rejoined at once), unanswered, Redis or a
+        // subscribe proxy failing during a drain. Again on this connection, backing off.
+        if (error.code !== "rate_limited") this.client.reportError(error);
+        const delay = error.retryAfterMs ?? Math.min(30_000, 500 * 2 ** Math.min(this.joinFailures++, 6));
+        await this.client.sleep(delay);
         if (this.isLive && generation === this.generation && this.client.socket.connected) return this.join();
         return;
       }
       this.client.reportError(error);
-      // Refused (forbidden, invalid_room, too_many_rooms…): over for this state's handles. A
-      // room joined before and refused on a rejoin (a new token) counts as removed.
+      // Refused: over for this state's handles. A room joined before and refused on a rejoin
+      // (a new token) counts as removed.
       if (this.name === undefined) this.refuse(error);
       else this.removed();
       return;
     }
+    this.joinFailures = 0;
     if (!this.isLive || generation !== this.generation) return;
     const result: JoinResult = {
       room: String(ack.room),
@@ -166,7 +177,7 @@ export class RoomState {
   }
 
   /** Runs an application listener: one that throws does not keep the others from running. */
-  private call(listener: () => void): void {
+  call(listener: () => void): void {
     try {
       listener();
     } catch (cause) {
@@ -177,6 +188,15 @@ export class RoomState {
   /** Not disposed, refused or removed: its handles get events and it is rejoined. */
   get isLive(): boolean {
     return !this.disposed && !this.refused && !this.removedByBackend;
+  }
+
+  /**
+   * The client ended `closed` by itself before the first join was answered: `ready` rejects
+   * with why, and the room stays, to be joined if the application calls `client.reconnect()`.
+   */
+  failPending(error: RoomcastError): void {
+    this.settle?.reject(error);
+    this.settle = undefined;
   }
 
   /** The first join was refused: `ready` rejects, and the next `client.join()` starts afresh. */
@@ -204,9 +224,16 @@ export class RoomState {
   restored(name: string, at: Position | undefined): void {
     if (this.disposed || this.refused) return;
     this.name = name;
-    if (at) this.advance(at.offset, at.epoch);
-    if (!this.removedByBackend) return;
+    if (!this.removedByBackend) {
+      if (at) this.advance(at.offset, at.epoch);
+      return;
+    }
     this.removedByBackend = false;
+    // Whatever was published while the room was away is not coming: fetch its state again.
+    const seen = this.position;
+    if (at && (!seen || seen.epoch !== at.epoch || at.offset > seen.offset)) {
+      this.resync({ room: name, reason: "not_recovered", epoch: at.epoch, offset: at.offset });
+    }
     this.presence.joined();
   }
 
@@ -387,13 +414,15 @@ export class PresenceState {
   private loading: Promise<void> | undefined;
   /** An event came during a read: read again once it is done. */
   private stale = false;
+  /** Pages the last read took: a big room's re-reads are spaced out accordingly. */
+  private pages = 1;
 
   constructor(readonly room: RoomState) {}
 
   subscribe(listener: (users: PresenceUser[]) => void): () => void {
     this.listeners.add(listener);
     if (this.room.name !== undefined && !this.loaded) void this.load();
-    if (this.loaded) listener(this.list());
+    if (this.loaded) this.room.call(() => listener(this.list()));
     return () => this.listeners.delete(listener);
   }
 
@@ -419,8 +448,22 @@ export class PresenceState {
     this.loading = (async () => {
       try {
         const users = new Map<string, PresenceUser>();
+        this.pages = 0;
         for (let offset: number | null = 0; offset !== null; ) {
-          const ack = await this.room.client.request("presence:list", { ...this.room.spec, offset, limit: PRESENCE_PAGE });
+          // Every room's reads share the socket's presence:list budget (5/s): paced client-wide,
+          // and a refused page is asked again, not the whole list.
+          await this.room.client.presencePace.take();
+          if (!this.room.isLive) return;
+          let ack: Record<string, unknown>;
+          try {
+            ack = await this.room.client.request("presence:list", { ...this.room.spec, offset, limit: PRESENCE_PAGE });
+          } catch (e) {
+            const error = e as RoomcastError;
+            if (error.code !== "rate_limited") throw error;
+            await this.room.client.sleep(error.retryAfterMs ?? 1_000);
+            continue;
+          }
+          this.pages += 1;
           for (const u of (ack.users as PresenceUser[]) ?? []) users.set(u.userId, u);
           offset = typeof ack.next === "number" ? ack.next : null;
         }
@@ -429,13 +472,11 @@ export class PresenceState {
         this.loaded = true;
         this.emit();
       } catch (e) {
-        const error = e as RoomcastError;
-        if (error.code === "rate_limited") this.reconcile(error.retryAfterMs ?? PRESENCE_RECONCILE_MS);
-        else this.room.client.reportUnlessGone(error);
+        this.room.client.reportUnlessGone(e as RoomcastError);
       } finally {
         this.loading = undefined;
       }
-      if (this.stale) this.reconcile(PRESENCE_RECONCILE_MS);
+      if (this.stale) this.reconcile(this.reconcileDelay());
     })();
     return this.loading;
   }
@@ -470,7 +511,7 @@ export class PresenceState {
     this.emit();
     // A user's second tab opening or closing makes no event: a list read a moment after any
     // join or leave has the counts (at most one read per second per room).
-    if (event !== "presence:update" && this.listeners.size > 0) this.reconcile(PRESENCE_RECONCILE_MS);
+    if (event !== "presence:update" && this.listeners.size > 0) this.reconcile(this.reconcileDelay());
   }
 
   dispose(): void {
@@ -486,9 +527,14 @@ export class PresenceState {
     }, ms);
   }
 
+  /** A second, or a quarter second per page of the last read (a 2,000-user room: 5 s). */
+  private reconcileDelay(): number {
+    return Math.max(PRESENCE_RECONCILE_MS, this.pages * 250);
+  }
+
   private emit(): void {
     const users = this.list();
-    for (const listener of [...this.listeners]) listener(users);
+    for (const listener of [...this.listeners]) this.room.call(() => listener(users));
   }
 }
 
@@ -552,7 +598,7 @@ export class TypingState {
     const channel = this.channel();
     clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => this.stop(), this.idleMs);
-    if (!this.room.client.socket.connected) return;
+    if (!this.room.isLive || !this.room.client.socket.connected) return;
     const now = Date.now();
     if (now - this.lastSent < this.throttleMs) return;
     this.lastSent = now;
@@ -574,7 +620,7 @@ export class TypingState {
 
   subscribe(listener: (users: string[]) => void): () => void {
     this.listeners.add(listener);
-    listener(this.list());
+    this.room.call(() => listener(this.list()));
     return () => this.listeners.delete(listener);
   }
 
@@ -645,7 +691,7 @@ export class TypingState {
 
   private emit(): void {
     const users = this.list();
-    for (const listener of [...this.listeners]) listener(users);
+    for (const listener of [...this.listeners]) this.room.call(() => listener(users));
   }
 }
 

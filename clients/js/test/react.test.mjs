@@ -5,7 +5,6 @@ import { JSDOM } from "jsdom";
 
 import { API_KEY, eventually, startGateway, userToken } from "../../../js-tests/helpers.mjs";
 import { connect } from "../dist/index.js";
-import { RoomcastProvider, useConnectionState, useEvent, usePresence, useRoom, useTyping } from "../dist/react.js";
 
 const dom = new JSDOM("<!doctype html><html><body></body></html>");
 globalThis.window = dom.window;
@@ -16,6 +15,8 @@ globalThis.navigator ??= dom.window.navigator;
 globalThis.IS_REACT_ACT_ENVIRONMENT = false;
 const React = await import("react");
 const { createRoot } = await import("react-dom/client");
+// After jsdom is installed: the bindings pick their layout effect by whether `window` exists.
+const { RoomcastProvider, useConnectionState, useEvent, usePresence, useRoom, useTyping } = await import("../dist/react.js");
 const h = React.createElement;
 
 let gw;
