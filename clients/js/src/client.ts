@@ -24,7 +24,7 @@ export interface ConnectOptions {
   /**
    * Connects the gateway refused (socket.io-client retries transport failures itself): tried
    * again after `firstDelayMs` (250 ms), doubling up to `maxDelayMs` (30 s), with jitter; after
-   * `maxTokenRefusals` (8, about a minute) token refusals in a row the client gives up.
+   * `maxTokenRefusals` (10, about a minute) token refusals in a row the client gives up.
    */
   retry?: { firstDelayMs?: number; maxDelayMs?: number; maxTokenRefusals?: number };
   /** Passed to `socket.io-client` as they are (`transports`, `path`, reconnection delays…). */
@@ -40,7 +40,7 @@ const RETRY_CODES = new Set<string>(["rate_limited", "too_many_connections", "se
  * about a minute of refusals, so that a gateway restarting while its identity provider is slow
  * (every token refused until its keys load) does not close its clients.
  */
-const MAX_TOKEN_REFUSALS = 8;
+const MAX_TOKEN_REFUSALS = 10;
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 30_000;
 
