@@ -42,6 +42,8 @@ const RETRY_CODES = new Set<string>(["rate_limited", "too_many_connections", "se
  */
 const MAX_TOKEN_REFUSALS = 10;
 const BACKOFF_FIRST_MS = 250;
+/** A connection up this long resets the backoff. */
+const STABLE_MS = 10_000;
 const BACKOFF_MAX_MS = 30_000;
 
 /**
@@ -61,6 +63,8 @@ export class RoomcastClient {
   private tokenRefusals = 0;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private retries = 0;
+  /** When the last connect happened (the backoff's reset needs a connection that lasted). */
+  private connectedAt: number | undefined;
   private closedByUser = false;
   private statusValue: Status = "online";
   /** What the last `roomcast:disconnect` said: `onDisconnect` decides with it. */
@@ -183,6 +187,7 @@ export class RoomcastClient {
     if (this.closedByUser || this.stateValue !== "closed") return;
     this.tokenRefusals = 0;
     this.retries = 0;
+    this.connectedAt = undefined;
     this.setState(this.everConnected ? "reconnecting" : "connecting");
     // From any state socket.io-client may be in after giving up: a fresh start.
     this.socket.disconnect();
@@ -295,7 +300,7 @@ export class RoomcastClient {
   private onConnect(): void {
     this.everConnected = true;
     this.tokenRefusals = 0;
-    this.retries = 0;
+    this.connectedAt = Date.now();
     this.notice = undefined;
     this.setState("connected");
     if (this.statusValue !== "online") {
@@ -362,6 +367,9 @@ export class RoomcastClient {
   /** Connects again after a backoff (250 ms doubling to 30 s, with jitter). */
   private scheduleReconnect(): void {
     if (this.closedByUser || this.retryTimer !== undefined) return;
+    // The backoff starts over only after a connection that lasted: a gateway that accepts and
+    // at once disconnects (reconnect: true) is not asked again every 250 ms.
+    if (this.connectedAt !== undefined && Date.now() - this.connectedAt > STABLE_MS) this.retries = 0;
     if (this.everConnected) this.setState("reconnecting");
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;

@@ -145,8 +145,14 @@ export class RoomState {
       epoch: typeof ack.epoch === "string" ? ack.epoch : undefined,
       recovered: typeof ack.recovered === "boolean" ? ack.recovered : undefined,
     };
+    // Another name for the same spec: `getToken` gave a token of another tenant. The positions
+    // seen are another room's.
+    const renamed = this.name !== undefined && this.name !== result.room;
     this.name = result.room;
-    if (since && result.recovered === false) {
+    if (renamed) {
+      this.position = undefined;
+      this.resync({ room: result.room, reason: "not_recovered", epoch: result.epoch, offset: result.offset });
+    } else if (since && result.recovered === false) {
       this.resync({ room: result.room, reason: "not_recovered", epoch: result.epoch, offset: result.offset });
     } else if (result.epoch !== undefined && result.offset !== undefined) {
       this.advance(result.offset, result.epoch);
