@@ -31,13 +31,17 @@ function Chat() {
   // Away longer than history keeps: the latest messages again, from history.
   useEffect(() => {
     if (!room) return;
-    return room.onResync(async () => {
-      const page = await room.history({ limit: 50 });
-      setMessages(
-        page.events
-          .filter((e) => e.event === "message")
-          .map((e) => ({ text: (e.data as { text: string }).text, from: e.from, offset: e.offset })),
-      );
+    return room.onResync(() => {
+      room
+        .history({ limit: 50 })
+        .then((page) =>
+          setMessages(
+            page.events
+              .filter((e) => e.event === "message")
+              .map((e) => ({ text: (e.data as { text: string }).text, from: e.from, offset: e.offset })),
+          ),
+        )
+        .catch((e: { code?: string }) => console.warn("history unavailable:", e.code));
     });
   }, [room]);
   const users = usePresence(room);

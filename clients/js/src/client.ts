@@ -44,6 +44,8 @@ const MAX_TOKEN_REFUSALS = 10;
 const BACKOFF_FIRST_MS = 250;
 /** A connection up this long resets the backoff. */
 const STABLE_MS = 10_000;
+/** A `getToken` call not settled by then counts as failed (and is asked again, backing off). */
+const TOKEN_DEADLINE_MS = 15_000;
 const BACKOFF_MAX_MS = 30_000;
 
 /**
@@ -69,6 +71,8 @@ export class RoomcastClient {
   private statusValue: Status = "online";
   /** What the last `roomcast:disconnect` said: `onDisconnect` decides with it. */
   private notice: { code: string; reconnect: boolean } | undefined;
+  /** Why the client ended `closed` by itself (what a join made meanwhile is told). */
+  private closeReason: RoomcastError | undefined;
   /** Pending `sleep`s, ended by `close()`. */
   private readonly sleeps = new Set<() => void>();
   /** The token being fetched: every `auth` call made meanwhile waits for this one. */
@@ -128,7 +132,14 @@ export class RoomcastClient {
     });
     this.socket.onAny((event: string, ...args: unknown[]) => this.route(event, args));
     // socket.io-client gave up (its `reconnectionAttempts` ran out): closed, until reconnect().
-    this.socket.io.on("reconnect_failed", () => this.closedByItself(new RoomcastError("connection_lost", "socket.io-client stopped reconnecting")));
+    this.socket.io.on("reconnect_failed", () => {
+      const error = new RoomcastError("connection_lost", "socket.io-client stopped reconnecting");
+      this.reportError(error);
+      this.closedByItself(error);
+    });
+    // A session that closed before its CONNECT: the next one fetches its own token, whatever
+    // became of this one's fetch.
+    this.socket.io.on("close", () => (this.pendingToken = undefined));
   }
 
   /** The connection's state; `onStateChange` tells every change. */
@@ -159,6 +170,8 @@ export class RoomcastClient {
       } else {
         this.rooms.set(key, state);
         if (this.socket.connected) void state.join();
+        // Joined on `reconnect()`; until then `ready` says why nothing happens.
+        else if (this.stateValue === "closed" && this.closeReason) state.failPending(this.closeReason);
       }
     }
     return state.acquire() as Room<E>;
@@ -204,6 +217,8 @@ export class RoomcastClient {
     this.sleeps.clear();
     for (const room of this.rooms.values()) room.dispose();
     this.rooms.clear();
+    // Held packets' acks would only fail at their timeout: dropped, they fail now, as closed.
+    this.socket.sendBuffer.length = 0;
     this.socket.disconnect();
     this.setState("closed");
   }
@@ -231,6 +246,20 @@ export class RoomcastClient {
     const answer = (typeof ack === "object" && ack !== null ? ack : {}) as Record<string, unknown>;
     if (answer.ok !== true) throw fromAckError(answer.error);
     return answer;
+  }
+
+  /**
+   * @internal A call that counts against the socket's read budget (`history`,
+   * `room:occupancy`): paced with the presence reads; a refusal holds them all back.
+   */
+  async pacedRead(event: string, data: unknown): Promise<Record<string, unknown>> {
+    await this.readPace.take();
+    try {
+      return await this.request(event, data);
+    } catch (e) {
+      if (e instanceof RoomcastError && e.code === "rate_limited") this.readPace.hold(e.retryAfterMs ?? 1_000);
+      throw e;
+    }
   }
 
   /** @internal Whether `state` was the room's current state (and is no more). */
@@ -261,8 +290,11 @@ export class RoomcastClient {
     });
   }
 
-  /** @internal Paces every room's `presence:list` reads under the socket's budget (5/s:10). */
-  readonly presencePace = new Pace(this, 4, 8);
+  /**
+   * @internal Paces what shares the socket's `presence:list` budget (5/s:10, with `history` and
+   * `room:occupancy`): every room's presence reads and history and occupancy calls.
+   */
+  readonly readPace = new Pace(this, 4, 8);
 
   /** @internal */
   get typingOptions(): { throttleMs?: number; idleMs?: number } {
@@ -286,9 +318,11 @@ export class RoomcastClient {
 
   /** A token from `getToken`, asked again with backoff while it fails; `undefined` once closed. */
   private async token(): Promise<string | undefined> {
-    for (let attempt = 0; !this.closedByUser; attempt++) {
+    // Asked until it answers, unless nothing is connecting any more (closed, and socket.io-client
+    // idle): a token-service outage then costs no calls until the next connect.
+    for (let attempt = 0; !this.closedByUser && (this.stateValue !== "closed" || this.socket.active); attempt++) {
       try {
-        return await this.options.getToken();
+        return await withDeadline(Promise.resolve().then(() => this.options.getToken()), TOKEN_DEADLINE_MS);
       } catch (cause) {
         this.reportError(new RoomcastError("get_token_failed", "getToken failed", { cause }));
         await this.sleep(this.backoff(attempt));
@@ -300,7 +334,7 @@ export class RoomcastClient {
   private onConnect(): void {
     this.everConnected = true;
     this.tokenRefusals = 0;
-    this.connectedAt = Date.now();
+    this.connectedAt = performance.now();
     this.notice = undefined;
     this.setState("connected");
     if (this.statusValue !== "online") {
@@ -310,6 +344,10 @@ export class RoomcastClient {
   }
 
   private onDisconnect(reason: Socket.DisconnectReason): void {
+    // The backoff starts over only after a connection that lasted: a gateway that accepts and at
+    // once disconnects (reconnect: true) is not asked again every 250 ms.
+    if (this.connectedAt !== undefined && performance.now() - this.connectedAt >= STABLE_MS) this.retries = 0;
+    this.connectedAt = undefined;
     if (this.closedByUser) return;
     // Packets socket.io-client holds for the next connection (sent while its heartbeat had
     // already expired): not sent then, before the rejoins. Their acks then fail with
@@ -333,15 +371,21 @@ export class RoomcastClient {
 
   /** Ended without `close()`: `reconnect()` may start again. First joins still unanswered fail. */
   private closedByItself(error: RoomcastError): void {
+    this.closeReason = error;
     for (const room of this.rooms.values()) room.failPending(error);
     this.setState("closed");
   }
 
   private onConnectError(err: Error): void {
     if (this.closedByUser) return;
-    // Transport errors (gateway unreachable): socket.io-client's own reconnection retries.
+    // Transport errors (gateway unreachable): socket.io-client's own reconnection retries,
+    // unless it is turned off.
     if (this.socket.active) {
-      if (this.everConnected) this.setState("reconnecting");
+      if (!this.socket.io.reconnection()) {
+        const error = new RoomcastError("connection_lost", `cannot reach the gateway: ${err.message}`, { cause: err });
+        this.reportError(error);
+        this.closedByItself(error);
+      } else if (this.everConnected) this.setState("reconnecting");
       return;
     }
     // A refusal by the gateway: socket.io-client does not retry it by itself.
@@ -367,9 +411,6 @@ export class RoomcastClient {
   /** Connects again after a backoff (250 ms doubling to 30 s, with jitter). */
   private scheduleReconnect(): void {
     if (this.closedByUser || this.retryTimer !== undefined) return;
-    // The backoff starts over only after a connection that lasted: a gateway that accepts and
-    // at once disconnects (reconnect: true) is not asked again every 250 ms.
-    if (this.connectedAt !== undefined && Date.now() - this.connectedAt > STABLE_MS) this.retries = 0;
     if (this.everConnected) this.setState("reconnecting");
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
@@ -447,7 +488,7 @@ export function connect(url: string, options: ConnectOptions): RoomcastClient {
 /** A token bucket that waits: `take()` resolves once a token is there (`rate` per second). */
 class Pace {
   private tokens: number;
-  private last = Date.now();
+  private last = performance.now();
 
   constructor(
     private readonly client: RoomcastClient,
@@ -457,11 +498,17 @@ class Pace {
     this.tokens = burst;
   }
 
+  /** The gateway refused a read: nothing more for `ms` (everyone waiting retries after it). */
+  hold(ms: number): void {
+    this.tokens = Math.min(this.tokens, -(ms / 1000) * this.rate);
+    this.last = performance.now();
+  }
+
   async take(): Promise<void> {
     // Once the client is closed, `sleep` no longer waits: nothing is sent anyway.
     while (!this.client.isClosed) {
-      const now = Date.now();
-      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+      const now = performance.now();
+      this.tokens = Math.min(this.burst, this.tokens + (Math.max(0, now - this.last) / 1000) * this.rate);
       this.last = now;
       if (this.tokens >= 1) {
         this.tokens -= 1;
@@ -470,4 +517,13 @@ class Pace {
       await this.client.sleep(((1 - this.tokens) / this.rate) * 1000);
     }
   }
+}
+
+/** `promise`, or a rejection once `ms` passed without it settling. */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }

@@ -53,7 +53,7 @@ export class RoomState {
   private readonly resyncListeners = new Set<(resync: Resync) => void>();
   private readonly joinListeners = new Set<(result: JoinResult) => void>();
   private settle: { resolve: (r: JoinResult) => void; reject: (e: RoomcastError) => void } | undefined;
-  readonly ready: Promise<JoinResult>;
+  ready: Promise<JoinResult>;
   private disposed = false;
   private leaveTimer: ReturnType<typeof setTimeout> | undefined;
   /** A backend made the socket leave (`roomcast:left`), or a refreshed token stopped granting it. */
@@ -125,7 +125,8 @@ export class RoomState {
         // Passing: over the join budget (many rooms rejoined at once), unanswered, Redis or a
         // subscribe proxy failing during a drain. Again on this connection, backing off.
         if (error.code !== "rate_limited") this.client.reportError(error);
-        const delay = error.retryAfterMs ?? Math.min(30_000, 500 * 2 ** Math.min(this.joinFailures++, 6));
+        // With jitter: the rooms of clients a drain moved together do not retry in lockstep.
+        const delay = error.retryAfterMs ?? Math.min(30_000, 500 * 2 ** Math.min(this.joinFailures++, 6)) * (0.5 + Math.random() / 2);
         await this.client.sleep(delay);
         if (this.isLive && generation === this.generation && this.client.socket.connected) return this.join();
         return;
@@ -201,8 +202,11 @@ export class RoomState {
    * with why, and the room stays, to be joined if the application calls `client.reconnect()`.
    */
   failPending(error: RoomcastError): void {
-    this.settle?.reject(error);
-    this.settle = undefined;
+    if (!this.settle) return;
+    this.settle.reject(error);
+    // Handles taken from now on wait for the join a `reconnect()` makes.
+    this.ready = new Promise<JoinResult>((resolve, reject) => (this.settle = { resolve, reject }));
+    this.ready.catch(() => {});
   }
 
   /** The first join was refused: `ready` rejects, and the next `client.join()` starts afresh. */
@@ -214,6 +218,7 @@ export class RoomState {
   }
 
   disconnected(): void {
+    this.joinFailures = 0;
     this.typing.disconnected();
   }
 
@@ -236,9 +241,10 @@ export class RoomState {
     }
     this.removedByBackend = false;
     // Whatever was published while the room was away is not coming: fetch its state again.
+    // (No position in the notice: the gateway could not read history, so nothing says otherwise.)
     const seen = this.position;
-    if (at && (!seen || seen.epoch !== at.epoch || at.offset > seen.offset)) {
-      this.resync({ room: name, reason: "not_recovered", epoch: at.epoch, offset: at.offset });
+    if (!at || !seen || seen.epoch !== at.epoch || at.offset > seen.offset) {
+      this.resync({ room: name, reason: "not_recovered", epoch: at?.epoch, offset: at?.offset });
     }
     this.presence.joined();
   }
@@ -360,13 +366,13 @@ export class Room<E extends EventMap = EventMap> {
 
   /** Connections and users in the room, cluster-wide. */
   async occupancy(): Promise<Occupancy> {
-    const ack = await this.state.client.request("room:occupancy", this.state.spec);
+    const ack = await this.state.client.pacedRead("room:occupancy", this.state.spec);
     return { room: String(ack.room), connections: Number(ack.connections), users: Number(ack.users) };
   }
 
   /** The room's retained events: the latest `limit`, or those after `after`. */
   async history(options: { after?: number; limit?: number } = {}): Promise<HistoryPage> {
-    const ack = await this.state.client.request("history", { ...this.state.spec, ...options });
+    const ack = await this.state.client.pacedRead("history", { ...this.state.spec, ...options });
     return ack as unknown as HistoryPage;
   }
 
@@ -458,7 +464,7 @@ export class PresenceState {
         for (let offset: number | null = 0; offset !== null; ) {
           // Every room's reads share the socket's presence:list budget (5/s): paced client-wide,
           // and a refused page is asked again, not the whole list.
-          await this.room.client.presencePace.take();
+          await this.room.client.readPace.take();
           if (!this.room.isLive) return;
           let ack: Record<string, unknown>;
           try {
@@ -466,7 +472,7 @@ export class PresenceState {
           } catch (e) {
             const error = e as RoomcastError;
             if (error.code !== "rate_limited") throw error;
-            await this.room.client.sleep(error.retryAfterMs ?? 1_000);
+            this.room.client.readPace.hold(error.retryAfterMs ?? 1_000);
             continue;
           }
           this.pages += 1;
