@@ -1,6 +1,7 @@
 import { io, type ManagerOptions, type Socket, type SocketOptions } from "socket.io-client";
 
 import { RoomcastError, fromAckError, type ErrorCode } from "./errors.js";
+import { Listeners } from "./listeners.js";
 import { Room, RoomState, keyOfName, specKey } from "./room.js";
 import type { ConnectionState, EventMap, RoomSpec, Status } from "./types.js";
 
@@ -59,7 +60,13 @@ export class RoomcastClient {
   private readonly options: ConnectOptions;
   /** Rooms by `specKey`: `project:p1`, `channel:c1` (the tail of their full names). */
   private readonly rooms = new Map<string, RoomState>();
-  private readonly stateListeners = new Set<(state: ConnectionState) => void>();
+  private readonly stateListeners = new Listeners<[ConnectionState]>((run) => {
+    try {
+      run();
+    } catch (cause) {
+      this.reportError(new RoomcastError("listener_failed", "a state listener threw", { cause }));
+    }
+  });
   private stateValue: ConnectionState = "connecting";
   private everConnected = false;
   private tokenRefusals = 0;
@@ -149,8 +156,7 @@ export class RoomcastClient {
 
   /** Calls `listener` at every state change; returns the function that stops it. */
   onStateChange(listener: (state: ConnectionState) => void): () => void {
-    this.stateListeners.add(listener);
-    return () => this.stateListeners.delete(listener);
+    return this.stateListeners.add(listener);
   }
 
   /**
@@ -470,13 +476,7 @@ export class RoomcastClient {
   private setState(state: ConnectionState): void {
     if (this.stateValue === state) return;
     this.stateValue = state;
-    for (const listener of [...this.stateListeners]) {
-      try {
-        listener(state);
-      } catch (cause) {
-        this.reportError(new RoomcastError("listener_failed", "a state listener threw", { cause }));
-      }
-    }
+    this.stateListeners.emit(state);
   }
 }
 

@@ -42,21 +42,23 @@ export function useConnectionState(): ConnectionState {
  */
 export function useRoom<E extends EventMap = EventMap>(spec: RoomSpec | null): Room<E> | undefined {
   const client = useRoomcast();
-  const key = spec === null ? null : spec.project !== undefined ? `project\u0000${spec.project}` : `channel\u0000${spec.channel}`;
+  // The spec's fields, not the object: a literal is a new object at every render.
+  const project = spec?.project;
+  const channel = spec?.channel;
   const [room, setRoom] = useState<Room<E> | undefined>(undefined);
   useEffect(() => {
-    if (key === null) {
+    const joining = project !== undefined ? { project } : channel !== undefined ? { channel } : null;
+    if (joining === null) {
       setRoom(undefined);
       return;
     }
-    const [kind, id] = key.split("\u0000") as ["project" | "channel", string];
-    const joined = client.join<E>(kind === "project" ? { project: id } : { channel: id });
+    const joined = client.join<E>(joining);
     setRoom(joined);
     return () => {
       joined.leave();
       setRoom((current) => (current === joined ? undefined : current));
     };
-  }, [client, key]);
+  }, [client, project, channel]);
   return room;
 }
 

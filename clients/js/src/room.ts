@@ -1,5 +1,6 @@
 import type { RoomcastClient } from "./client.js";
 import { RoomcastError } from "./errors.js";
+import { Listeners } from "./listeners.js";
 import type {
   EventMap,
   EventMeta,
@@ -48,10 +49,10 @@ export class RoomState {
   readonly presence: PresenceState;
   readonly typing: TypingState;
   private refs = 0;
-  private readonly listeners = new Map<string, Set<Listener>>();
-  private readonly anyListeners = new Set<(event: string, data: unknown, meta: EventMeta) => void>();
-  private readonly resyncListeners = new Set<(resync: Resync) => void>();
-  private readonly joinListeners = new Set<(result: JoinResult) => void>();
+  private readonly listeners = new Map<string, Listeners<[unknown, EventMeta]>>();
+  private readonly anyListeners = new Listeners<[string, unknown, EventMeta]>((run) => this.call(run));
+  private readonly resyncListeners = new Listeners<[Resync]>((run) => this.call(run));
+  private readonly joinListeners = new Listeners<[JoinResult]>((run) => this.call(run));
   private settle: { resolve: (r: JoinResult) => void; reject: (e: RoomcastError) => void } | undefined;
   ready: Promise<JoinResult>;
   private disposed = false;
@@ -64,7 +65,7 @@ export class RoomState {
   private generation = 0;
   /** Passing join failures in a row (the backoff's exponent). */
   private joinFailures = 0;
-  private readonly removedListeners = new Set<() => void>();
+  private readonly removedListeners = new Listeners<[]>((run) => this.call(run));
 
   constructor(
     readonly client: RoomcastClient,
@@ -160,7 +161,7 @@ export class RoomState {
     }
     this.settle?.resolve(result);
     this.settle = undefined;
-    for (const listener of [...this.joinListeners]) this.call(() => listener(result));
+    this.joinListeners.emit(result);
     this.presence.joined();
   }
 
@@ -172,15 +173,15 @@ export class RoomState {
       if (seen && seen.epoch === meta.epoch && meta.offset <= seen.offset) return;
       this.position = { offset: meta.offset, epoch: meta.epoch };
     }
-    for (const listener of [...(this.listeners.get(event) ?? [])]) this.call(() => listener(data, meta));
-    for (const listener of [...this.anyListeners]) this.call(() => listener(event, data, meta));
+    this.listeners.get(event)?.emit(data, meta);
+    this.anyListeners.emit(event, data, meta);
   }
 
   resync(resync: Resync): void {
     if (!this.isLive) return;
     // From here on the room's state comes from the application's refetch: later events count.
     if (resync.epoch !== undefined && resync.offset !== undefined) this.position = { offset: resync.offset, epoch: resync.epoch };
-    for (const listener of [...this.resyncListeners]) this.call(() => listener(resync));
+    this.resyncListeners.emit(resync);
   }
 
   /** Runs an application listener: one that throws does not keep the others from running. */
@@ -228,7 +229,7 @@ export class RoomState {
     this.removedByBackend = true;
     this.typing.disconnected();
     this.presence.clear();
-    for (const listener of [...this.removedListeners]) this.call(listener);
+    this.removedListeners.emit();
   }
 
   /** A backend put the socket (back) in the room (`roomcast:joined`): live again from `at`. */
@@ -250,8 +251,7 @@ export class RoomState {
   }
 
   onRemoved(listener: () => void): () => void {
-    this.removedListeners.add(listener);
-    return () => this.removedListeners.delete(listener);
+    return this.removedListeners.add(listener);
   }
 
   dispose(): void {
@@ -264,25 +264,21 @@ export class RoomState {
   }
 
   on(event: string, listener: Listener): () => void {
-    let set = this.listeners.get(event);
-    if (!set) this.listeners.set(event, (set = new Set()));
-    set.add(listener);
-    return () => set.delete(listener);
+    let listeners = this.listeners.get(event);
+    if (!listeners) this.listeners.set(event, (listeners = new Listeners((run) => this.call(run))));
+    return listeners.add(listener);
   }
 
   onAny(listener: (event: string, data: unknown, meta: EventMeta) => void): () => void {
-    this.anyListeners.add(listener);
-    return () => this.anyListeners.delete(listener);
+    return this.anyListeners.add(listener);
   }
 
   onResync(listener: (resync: Resync) => void): () => void {
-    this.resyncListeners.add(listener);
-    return () => this.resyncListeners.delete(listener);
+    return this.resyncListeners.add(listener);
   }
 
   onJoin(listener: (result: JoinResult) => void): () => void {
-    this.joinListeners.add(listener);
-    return () => this.joinListeners.delete(listener);
+    return this.joinListeners.add(listener);
   }
 
   private advance(offset: number, epoch: string): void {
@@ -421,7 +417,7 @@ const PRESENCE_PAGE = 100;
 export class PresenceState {
   users = new Map<string, PresenceUser>();
   loaded = false;
-  private readonly listeners = new Set<(users: PresenceUser[]) => void>();
+  private readonly listeners: Listeners<[PresenceUser[]]>;
   private reconcileTimer: ReturnType<typeof setTimeout> | undefined;
   private loading: Promise<void> | undefined;
   /** An event came during a read: read again once it is done. */
@@ -429,13 +425,15 @@ export class PresenceState {
   /** Pages the last read took: a big room's re-reads are spaced out accordingly. */
   private pages = 1;
 
-  constructor(readonly room: RoomState) {}
+  constructor(readonly room: RoomState) {
+    this.listeners = new Listeners((run) => room.call(run));
+  }
 
   subscribe(listener: (users: PresenceUser[]) => void): () => void {
-    this.listeners.add(listener);
+    const remove = this.listeners.add(listener);
     if (this.room.name !== undefined && !this.loaded) void this.load();
     if (this.loaded) this.room.call(() => listener(this.list()));
-    return () => this.listeners.delete(listener);
+    return remove;
   }
 
   list(): PresenceUser[] {
@@ -545,8 +543,7 @@ export class PresenceState {
   }
 
   private emit(): void {
-    const users = this.list();
-    for (const listener of [...this.listeners]) this.room.call(() => listener(users));
+    this.listeners.emit(this.list());
   }
 }
 
@@ -587,7 +584,7 @@ const TYPING_IDLE_MS = 3_000;
 /** @internal */
 export class TypingState {
   private readonly typists = new Map<string, ReturnType<typeof setTimeout>>();
-  private readonly listeners = new Set<(users: string[]) => void>();
+  private readonly listeners: Listeners<[string[]]>;
   private lastSent = -Infinity;
   private shown = false;
   private idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -596,6 +593,7 @@ export class TypingState {
   private readonly idleMs: number;
 
   constructor(private readonly room: RoomState) {
+    this.listeners = new Listeners((run) => room.call(run));
     this.throttleMs = room.client.typingOptions.throttleMs ?? TYPING_THROTTLE_MS;
     this.idleMs = room.client.typingOptions.idleMs ?? TYPING_IDLE_MS;
   }
@@ -631,9 +629,9 @@ export class TypingState {
   }
 
   subscribe(listener: (users: string[]) => void): () => void {
-    this.listeners.add(listener);
+    const remove = this.listeners.add(listener);
     this.room.call(() => listener(this.list()));
-    return () => this.listeners.delete(listener);
+    return remove;
   }
 
   list(): string[] {
@@ -702,8 +700,7 @@ export class TypingState {
   }
 
   private emit(): void {
-    const users = this.list();
-    for (const listener of [...this.listeners]) this.room.call(() => listener(users));
+    this.listeners.emit(this.list());
   }
 }
 
