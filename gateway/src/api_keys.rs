@@ -122,7 +122,7 @@ fn tenant_keys(path: &std::path::Path) -> Result<Vec<(Secret, KeyScope)>, Config
     Ok(keys)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // The length is not secret (keys have a known format); the content is.
     if a.len() != b.len() {
         return false;

@@ -67,6 +67,11 @@ pub struct Identity {
     pub iat: Option<u64>,
     /// The claims `ROOMCAST_RPC_CLAIMS` names, for the backend (`None`: none are configured).
     pub claims: Option<Arc<Map<String, Value>>>,
+    /// A console observer (a token the console minted, on the admin listener): it watches rooms
+    /// of its tenant without being anyone in them — no tenant or user room, no presence, not
+    /// counted by the connection caps, no typing, publishing or RPC, unmoved by the backend's
+    /// control instructions.
+    pub observer: bool,
 }
 
 impl Identity {
@@ -375,6 +380,7 @@ impl Verifier {
             // NumericDate may be fractional; negative or absurd values count as absent.
             iat: claims.get("iat").and_then(Value::as_f64).filter(|t| (0.0..1e15).contains(t)).map(|t| t as u64),
             claims: self.forwarded_claims(claims),
+            observer: false,
         })
     }
 
@@ -454,6 +460,7 @@ pub fn proxied_identity(
         // When it was asked, not answered: a user revocation made meanwhile covers it.
         iat: Some(asked_at),
         claims: None,
+        observer: false,
     })
 }
 

@@ -64,6 +64,8 @@ pub mod env {
     pub const API_KEY: &str = "ROOMCAST_API_KEY";
     /// `ROOMCAST_API_KEY_FILE`.
     pub const API_KEY_FILE: &str = "ROOMCAST_API_KEY_FILE";
+    /// `ROOMCAST_CONSOLE_TOKENS`.
+    pub const CONSOLE_TOKENS: &str = "ROOMCAST_CONSOLE_TOKENS";
     /// `ROOMCAST_TENANT_API_KEYS_FILE`.
     pub const TENANT_API_KEYS_FILE: &str = "ROOMCAST_TENANT_API_KEYS_FILE";
     /// `ROOMCAST_PUBLISH_MAX_PAYLOAD`.
@@ -701,6 +703,12 @@ pub struct Config {
     #[arg(long, env = env::DEV)]
     pub dev: bool,
 
+    /// Tokens that open the console (`/console` on the admin listener), comma-separated:
+    /// `TOKEN` sees every tenant, `TOKEN:acme;globex` only those. 32+ characters of A-Z a-z 0-9
+    /// _ -. Unset: no console (every /console path is the coded 404).
+    #[arg(long, env = env::CONSOLE_TOKENS, value_delimiter = ',', hide_env_values = true)]
+    pub console_tokens: Vec<Secret>,
+
     /// Print a 1-hour token for TENANT/USER (all projects and channels), signed with the
     /// configured HMAC secret, and exit; for trying a deployment out.
     #[arg(long, value_name = "TENANT/USER")]
@@ -947,6 +955,7 @@ impl Config {
                 "every key needs at least 16 characters (e.g. `openssl rand -hex 24`)",
             ));
         }
+        self.console_tokens()?;
         if self.publish_max_payload == 0 || self.publish_max_batch == 0 {
             return Err(ConfigError::new(env::PUBLISH_MAX_PAYLOAD, "payload and batch limits must be above zero"));
         }
@@ -1242,6 +1251,41 @@ impl Config {
         (self.history_size > 0).then_some(wire::HistoryPolicy { size: self.history_size, ttl: self.history_ttl })
     }
 
+    /// The console's tokens (`ROOMCAST_CONSOLE_TOKENS`), each with the tenants it may see
+    /// (`None`: all); empty: the console is off.
+    pub(crate) fn console_tokens(&self) -> Result<Vec<(Secret, Option<Vec<String>>)>, ConfigError> {
+        let mut tokens: Vec<(Secret, Option<Vec<String>>)> = Vec::new();
+        for (i, entry) in self.console_tokens.iter().enumerate() {
+            let entry = entry.expose().trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let (token, tenants) = match entry.split_once(':') {
+                Some((token, tenants)) => (token, Some(tenants)),
+                None => (entry, None),
+            };
+            let bad = |message: String| ConfigError::new(env::CONSOLE_TOKENS, format!("token #{i}: {message}"));
+            if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return Err(bad("needs 32+ characters of A-Z a-z 0-9 _ - (e.g. `openssl rand -hex 24`)".into()));
+            }
+            if tokens.iter().any(|(known, _)| known.expose() == token) {
+                return Err(bad("listed twice: each token has one scope".into()));
+            }
+            let scope = match tenants {
+                None => None,
+                Some(list) => {
+                    let list: Vec<String> = list.split(';').map(str::trim).map(str::to_owned).collect();
+                    if let Some(t) = list.iter().find(|t| roomcast_publisher::validate_id(t).is_err()) {
+                        return Err(bad(format!("{t:?} is not a tenant id (TOKEN:tenant1;tenant2)")));
+                    }
+                    Some(list)
+                }
+            };
+            tokens.push((Secret::from(token.to_owned()), scope));
+        }
+        Ok(tokens)
+    }
+
     /// Allowed browser origins: `None` means any origin (`*`), an empty list means none.
     pub(crate) fn cors_allow_list(&self) -> Result<Option<Vec<HeaderValue>>, ConfigError> {
         let origins: Vec<&str> = self.cors_origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
@@ -1454,6 +1498,28 @@ mod tests {
         let err = parse(&["--dev", "--api-key", "short"]).validate().unwrap_err();
         assert_eq!(err.option, env::API_KEY);
         assert!(parse(&["--dev", "--api-key", "0123456789abcdef,fedcba9876543210"]).validate().is_ok());
+    }
+
+    #[test]
+    fn console_tokens_are_checked() {
+        let token = "c".repeat(32);
+        let refused = |value: &str| parse(&["--dev", "--console-tokens", value]).validate().unwrap_err();
+        for bad in [
+            "short".to_owned(),
+            format!("{}!", "c".repeat(32)),
+            format!("{token},{token}"),
+            format!("{token}:acme;not a tenant"),
+            format!("{token}:"),
+        ] {
+            let err = refused(&bad);
+            assert_eq!(err.option, env::CONSOLE_TOKENS, "{bad}");
+            assert!(!err.message.contains(&token), "the message must not print the token: {}", err.message);
+        }
+        let config = parse(&["--dev", "--console-tokens", &format!("{token},{}:acme;globex", "d".repeat(40))]);
+        assert!(config.validate().is_ok());
+        let tokens = config.console_tokens().unwrap();
+        assert_eq!(tokens[0].1, None);
+        assert_eq!(tokens[1].1, Some(vec!["acme".to_owned(), "globex".to_owned()]));
     }
 
     #[test]

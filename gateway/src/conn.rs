@@ -342,6 +342,12 @@ pub(crate) fn notify_closing(socket: &SocketRef, reason: DisconnectReason) {
     }
 }
 
+/// Whether `socket` is a console observer (see [`Identity::observer`]): the backend's
+/// control instructions pass it by.
+pub(crate) fn is_observer(socket: &SocketRef) -> bool {
+    socket.extensions.get::<Arc<Conn>>().is_some_and(|conn| conn.identity().observer)
+}
+
 /// [`disconnect`] with fields added to the `roomcast:disconnect` payload (a backend's `reason`
 /// and `message`).
 pub(crate) fn disconnect_with(
@@ -491,6 +497,7 @@ mod tests {
                 jti: None,
                 iat: None,
                 claims: None,
+                observer: false,
             },
             &crate::Config::for_tests("s").rate_limits(),
         ))

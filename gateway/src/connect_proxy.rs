@@ -351,6 +351,7 @@ mod tests {
             jti: None,
             iat: None,
             claims: None,
+            observer: false,
         }
     }
 

@@ -75,14 +75,14 @@ fn answer(op: &'static str, result: Result<serde_json::Value, Refusal>) -> Respo
     }
 }
 
-/// The request's key scope and its JSON body (`shape` says what was expected).
+/// The request's key scope (as `authorized` found it) and its JSON body (`shape` says what
+/// was expected).
 async fn read<T: DeserializeOwned>(
-    gw: &Shared,
-    headers: &HeaderMap,
+    authorized: Result<KeyScope, Refusal>,
     body: Body,
     shape: &str,
 ) -> Result<(KeyScope, T), Refusal> {
-    let scope = http::authorize(gw, headers).map_err(Refusal::Key)?;
+    let scope = authorized?;
     let Ok(bytes): Result<Bytes, _> = axum::body::to_bytes(body, MAX_BODY).await else {
         let message = format!("body over {MAX_BODY} bytes (or not received whole)");
         return Err(Refusal::Answer(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, message));
@@ -146,12 +146,31 @@ struct DisconnectRequest {
 }
 
 async fn disconnect(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    answer("disconnect", disconnect_sockets(&gw, &headers, body).await)
+    disconnect_as(&gw, key_scope(&gw, &headers), body).await
 }
 
-async fn disconnect_sockets(gw: &Shared, headers: &HeaderMap, body: Body) -> Result<serde_json::Value, Refusal> {
+/// The request's API key scope.
+fn key_scope(gw: &Shared, headers: &HeaderMap) -> Result<KeyScope, Refusal> {
+    http::authorize(gw, headers).map_err(Refusal::Key)
+}
+
+/// `POST /v1/disconnect` for a caller `authorized` by other means (the console's token).
+pub(crate) async fn disconnect_as(gw: &Shared, authorized: Result<KeyScope, Refusal>, body: Body) -> Response {
+    answer("disconnect", disconnect_sockets(gw, authorized, body).await)
+}
+
+/// `POST /v1/leave` for a caller `authorized` by other means (the console's token).
+pub(crate) async fn leave_as(gw: &Shared, authorized: Result<KeyScope, Refusal>, body: Body) -> Response {
+    answer("leave", move_sockets(gw, authorized, body, ControlOp::Leave).await)
+}
+
+async fn disconnect_sockets(
+    gw: &Shared,
+    authorized: Result<KeyScope, Refusal>,
+    body: Body,
+) -> Result<serde_json::Value, Refusal> {
     let shape = "{tenant, user|project|channel, socket, reason, message, reconnect}";
-    let (scope, request): (_, DisconnectRequest) = read(gw, headers, body, shape).await?;
+    let (scope, request): (_, DisconnectRequest) = read(authorized, body, shape).await?;
     let room = http::named_room(
         &request.tenant,
         request.project.as_deref(),
@@ -197,22 +216,22 @@ struct TargetRoom {
 /// `POST /v1/join`: a tenant's, a user's or a room's sockets (or one socket) join a project or
 /// channel room on every replica, whatever their tokens grant.
 async fn join(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    answer("join", move_sockets(&gw, &headers, body, ControlOp::Join).await)
+    answer("join", move_sockets(&gw, key_scope(&gw, &headers), body, ControlOp::Join).await)
 }
 
 /// `POST /v1/leave`: the same sockets leave the room, even one their tokens grant.
 async fn leave(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    answer("leave", move_sockets(&gw, &headers, body, ControlOp::Leave).await)
+    leave_as(&gw, key_scope(&gw, &headers), body).await
 }
 
 async fn move_sockets(
     gw: &Shared,
-    headers: &HeaderMap,
+    authorized: Result<KeyScope, Refusal>,
     body: Body,
     op: ControlOp,
 ) -> Result<serde_json::Value, Refusal> {
     let shape = "{tenant, user|project|channel, socket, room: {project|channel}}";
-    let (scope, request): (_, MoveRequest) = read(gw, headers, body, shape).await?;
+    let (scope, request): (_, MoveRequest) = read(authorized, body, shape).await?;
     let whose = http::named_room(
         &request.tenant,
         request.project.as_deref(),
@@ -257,7 +276,7 @@ async fn revoke(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Res
 
 async fn revoke_tokens(gw: &Shared, headers: &HeaderMap, body: Body) -> Result<serde_json::Value, Refusal> {
     let (scope, request): (_, RevokeRequest) =
-        read(gw, headers, body, "{tenant, jti} or {tenant, user, before?}").await?;
+        read(key_scope(gw, headers), body, "{tenant, jti} or {tenant, user, before?}").await?;
     let now_ms = wire::now_ms();
     let before = match (&request.user, request.before) {
         (Some(_), None) => Some(now_ms / 1000),

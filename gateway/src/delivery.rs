@@ -223,7 +223,9 @@ impl Delivery {
                 }
                 let reason = DisconnectReason::Disconnected { reconnect: c.reconnect };
                 let only = c.socket.as_deref();
-                let pick = |s: &socketioxide::extract::SocketRef| only.is_none_or(|sid| s.id.as_str() == sid);
+                let pick = |s: &socketioxide::extract::SocketRef| {
+                    only.is_none_or(|sid| s.id.as_str() == sid) && !crate::conn::is_observer(s)
+                };
                 self.local.disconnect_room(&c.room, &pick, reason, &extra).await
             }
             ControlOp::Revoke => {

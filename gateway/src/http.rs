@@ -18,6 +18,14 @@ use crate::{errors::ErrorCode, state::Shared};
 /// Path Socket.IO is served on.
 pub const SOCKET_IO_PATH: &str = "/socket.io";
 
+/// The path Socket.IO clients request (`/socket.io/?EIO=4…`).
+pub const SOCKET_IO_PATH_SLASH: &str = "/socket.io/";
+
+/// Marks a request that came through the admin listener's Socket.IO route, where only the
+/// console's observers connect (see `console.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConsoleListener;
+
 /// What hyper may buffer of a request head beyond `ROOMCAST_MAX_HEADER_BYTES` (which the guard
 /// answers with a coded 431), for requests after a connection's first ([`first_head`] bounds
 /// that one): the request line and framing. Past it hyper answers a bare 431 itself, without
@@ -255,9 +263,11 @@ pub enum OriginPolicy {
 /// The OpenAPI document's path.
 pub const OPENAPI_PATH: &str = "/openapi.json";
 
-/// `/healthz`, `/readyz` and `/metrics`; anything else is the coded 404.
-pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
-    Router::new()
+/// `/healthz`, `/readyz`, `/metrics` and, when it is on, the console's routes; anything else
+/// is the coded 404.
+pub fn admin_router(gw: Shared, metrics: PrometheusHandle, console: Option<Router>) -> Router {
+    console
+        .unwrap_or_default()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz).with_state(gw))
         .route(
@@ -275,8 +285,20 @@ pub fn admin_router(gw: Shared, metrics: PrometheusHandle) -> Router {
         .layer(middleware::from_fn(|req: Request, next: Next| timed("admin", req, next)))
 }
 
-/// The admin listener's paths.
-const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// The admin listener's paths (the console's among them).
+const ADMIN_PATHS: [&str; 11] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/console",
+    "/console/console.js",
+    "/console/api/session",
+    "/console/api/observer",
+    "/console/api/rooms",
+    "/console/api/replicas",
+    "/console/api/disconnect",
+    "/console/api/leave",
+];
 
 /// Records how long `listener` took to answer. The `route` label is a known path, else `other`,
 /// so it stays bounded.

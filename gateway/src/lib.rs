@@ -30,6 +30,7 @@ mod auth;
 mod backend;
 mod bus;
 pub mod config;
+mod console;
 mod conn;
 mod connect_proxy;
 mod control_api;
@@ -49,6 +50,7 @@ mod limits;
 mod local;
 mod logging;
 mod metrics;
+mod observers;
 mod occupancy_api;
 mod presence;
 #[cfg(test)]
@@ -94,6 +96,7 @@ pub use shutdown::signal as shutdown_signal;
 
 use crate::{
     api_keys::ApiKeys,
+    observers::Observers,
     bus::{
         Bus, Inbound,
         memory::Hub,
@@ -242,6 +245,8 @@ pub struct Gateway {
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// In `--dev` mode without a configured key: the generated publish API key.
     dev_api_key: Option<Secret>,
+    /// In `--dev` mode without `ROOMCAST_CONSOLE_TOKENS`: the console token generated.
+    dev_console_token: Option<Secret>,
 }
 
 impl Gateway {
@@ -288,6 +293,13 @@ impl Gateway {
             let key = Secret::from(auth::random_hex(16));
             api_keys = ApiKeys::new(vec![key.clone()]);
             dev_api_key = Some(key);
+        }
+        let mut observers = Observers::from_config(&config)?;
+        let mut dev_console_token = None;
+        if config.dev && observers.is_none() {
+            let token = Secret::from(auth::random_hex(24));
+            observers = Some(Observers::new(vec![(token.clone(), api_keys::KeyScope::All)]));
+            dev_console_token = Some(token);
         }
         let node_id: Arc<str> = auth::random_hex(16).into();
         let event_types = config.event_types()?;
@@ -426,6 +438,7 @@ impl Gateway {
             connects: config.connect_rate.map(SharedBucket::new),
             rpc,
             connect_proxy,
+            observers: observers.map(Arc::new),
             config,
         });
         socket::register(&io, state.clone());
@@ -440,9 +453,11 @@ impl Gateway {
         let behind_socket_io =
             if config.public_api { api_router(state.clone()) } else { Router::new().fallback(http::not_found) };
         let socket_io = tower::Layer::layer(&layer, behind_socket_io);
+        // The console's observers connect to the same engine through the admin listener.
+        let console = state.observers.as_ref().map(|_| console::router(state.clone(), socket_io.clone()));
         let public_router = http::guard_public(Router::new().fallback_service(socket_io), state.clone(), origins);
         let api_routes = http::guard_api(api_router(state.clone()), state.clone());
-        let admin_router = http::admin_router(state.clone(), metrics.clone());
+        let admin_router = http::admin_router(state.clone(), metrics.clone(), console);
         let public = bind(config.listen, env::LISTEN).await?;
         let api = bind(config.api_listen, env::API_LISTEN).await?;
         let admin = bind(config.admin_listen, env::ADMIN_LISTEN).await?;
@@ -454,6 +469,7 @@ impl Gateway {
             admin: (admin, admin_router),
             metrics,
             dev_api_key,
+            dev_console_token,
         };
         tracing::info!(
             public = %gateway.public_addr(),
@@ -489,6 +505,17 @@ impl Gateway {
         self.dev_api_key.as_ref().map(Secret::expose)
     }
 
+    /// In `--dev` mode without `ROOMCAST_CONSOLE_TOKENS`: the console token generated for this
+    /// run; `None` otherwise.
+    pub fn dev_console_token(&self) -> Option<&str> {
+        self.dev_console_token.as_ref().map(Secret::expose)
+    }
+
+    /// Whether the console is on (`/console` on the admin listener).
+    pub fn console_enabled(&self) -> bool {
+        self.state.observers.is_some()
+    }
+
     /// Serves until `shutdown` resolves, then drains (see [`shutdown::drain`]) and returns
     /// within the configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
@@ -498,6 +525,7 @@ impl Gateway {
         let version = first_revocations(&state).await;
         let revocation_sync = tokio::spawn(sync_revocations(state.clone(), version));
         let room_index = tokio::spawn(index_rooms(state.clone()));
+        let status = state.observers.is_some().then(|| tokio::spawn(report_status(state.clone())));
         let key_sets: Vec<_> =
             state.verifier.remote_key_sets().into_iter().map(|set| tokio::spawn(set.refresh_forever())).collect();
         let presence = tokio::spawn(state.presence.clone().run());
@@ -562,6 +590,9 @@ impl Gateway {
         key_sets.iter().for_each(tokio::task::JoinHandle::abort);
         revocation_sync.abort();
         room_index.abort();
+        if let Some(status) = status {
+            status.abort();
+        }
         upkeep.abort();
         presence.abort();
         typing.abort();
@@ -645,6 +676,21 @@ async fn index_rooms(state: Shared) {
         }
         if let Err(e) = state.bus.index_rooms(rooms, roomcast_publisher::wire::now_ms(), prune).await {
             tracing::debug!(error = %e, "rooms not indexed; the next refresh records them");
+        }
+    }
+}
+
+/// With the console on: reports this replica's status for its replica list every
+/// [`bus::STATUS_EVERY`], for the gateway's life.
+async fn report_status(state: Shared) {
+    let mut tick = tokio::time::interval(bus::STATUS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let status = console::status(&state);
+        let now = roomcast_publisher::wire::now_ms();
+        if let Err(e) = state.bus.report_status(state.delivery.node_id(), status, now).await {
+            tracing::debug!(error = %e, "status not reported; the next tick tries again");
         }
     }
 }

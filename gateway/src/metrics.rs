@@ -4,7 +4,13 @@
 //! explicit buckets. Labels are bounded enums (reason codes, room kinds, known event names):
 //! never a user, room or socket id, so a busy tenant cannot blow up the series count.
 
-use std::{sync::OnceLock, time::Instant};
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -375,9 +381,45 @@ fn register() {
     }
 }
 
+/// What the console's replica list shows of this replica: a few of the figures above, kept
+/// where this process can read them back (the Prometheus recorder cannot be read from).
+#[derive(Debug)]
+struct ReplicaFigures {
+    connections: AtomicI64,
+    rooms: AtomicU64,
+    /// The slowest delivery since the last [`replica_figures`] read, µs after the envelope's `ts`.
+    slowest_us: AtomicU64,
+    /// Deliveries lost: slow consumers' full buffers, and envelopes the bus reader missed.
+    dropped: AtomicU64,
+    /// Events emitted to local sockets.
+    delivered: AtomicU64,
+}
+
+static FIGURES: ReplicaFigures = ReplicaFigures {
+    connections: AtomicI64::new(0),
+    rooms: AtomicU64::new(0),
+    slowest_us: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+    delivered: AtomicU64::new(0),
+};
+
+/// This replica's figures for the console: `connections`, `rooms` (with local members),
+/// `lag_ms` (the slowest delivery since the last read: how far behind its publisher the
+/// replica delivers), `dropped` and `delivered` (totals since start).
+pub(crate) fn replica_figures() -> serde_json::Value {
+    serde_json::json!({
+        "connections": FIGURES.connections.load(Ordering::Relaxed).max(0),
+        "rooms": FIGURES.rooms.load(Ordering::Relaxed),
+        "lag_ms": FIGURES.slowest_us.swap(0, Ordering::Relaxed) as f64 / 1000.0,
+        "dropped": FIGURES.dropped.load(Ordering::Relaxed),
+        "delivered": FIGURES.delivered.load(Ordering::Relaxed),
+    })
+}
+
 pub(crate) fn connection_accepted() {
     counter!(CONNECTIONS_ACCEPTED).increment(1);
     gauge!(CONNECTIONS).increment(1.0);
+    FIGURES.connections.fetch_add(1, Ordering::Relaxed);
 }
 
 pub(crate) fn connection_rejected(code: ErrorCode) {
@@ -387,6 +429,7 @@ pub(crate) fn connection_rejected(code: ErrorCode) {
 pub(crate) fn disconnected(reason: &'static str) {
     counter!(DISCONNECTS, "reason" => reason).increment(1);
     gauge!(CONNECTIONS).decrement(1.0);
+    FIGURES.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 pub(crate) fn room_joined(kind: RoomKind) {
@@ -399,6 +442,7 @@ pub(crate) fn room_left(kind: RoomKind) {
 
 pub(crate) fn local_rooms(count: usize) {
     gauge!(LOCAL_ROOMS).set(count as f64);
+    FIGURES.rooms.store(count as u64, Ordering::Relaxed);
 }
 
 pub(crate) fn client_event(event: &'static str, result: Result<(), ErrorCode>) {
@@ -427,6 +471,7 @@ pub(crate) fn bus_rejected(reason: &'static str) {
 
 pub(crate) fn bus_lagged(lost: u64) {
     counter!(BUS_LAGGED).increment(lost);
+    FIGURES.dropped.fetch_add(lost, Ordering::Relaxed);
 }
 
 pub(crate) fn bus_subscriptions(rooms: usize) {
@@ -445,11 +490,13 @@ pub(crate) fn redis_reconnected(client: &'static str) {
 pub(crate) fn delivered(kind: &'static str, members: u64) {
     counter!(DELIVERIES, "type" => kind).increment(1);
     counter!(EVENTS_EMITTED, "event" => kind).increment(members);
+    FIGURES.delivered.fetch_add(members, Ordering::Relaxed);
 }
 
 /// `age_us`: microseconds since the envelope's `ts` (itself in ms: see [`DELIVERY_BUCKETS`]).
 pub(crate) fn delivery_latency(age_us: u64) {
     histogram!(DELIVERY_LATENCY).record(age_us as f64 / 1_000_000.0);
+    FIGURES.slowest_us.fetch_max(age_us, Ordering::Relaxed);
 }
 
 /// `result`: `updated`, `not_modified` or `error`.
@@ -638,6 +685,7 @@ pub(crate) fn history_evicted(rooms: u64) {
 
 pub(crate) fn client_buffer_full(sockets: u64) {
     counter!(CLIENT_BUFFER_FULL).increment(sockets);
+    FIGURES.dropped.fetch_add(sockets, Ordering::Relaxed);
 }
 
 pub(crate) fn publish(source: &'static str, result: Result<(), ErrorCode>) {

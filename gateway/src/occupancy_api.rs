@@ -45,9 +45,10 @@ pub fn router(gw: Shared) -> Router {
         .with_state(gw)
 }
 
+/// `GET /v1/rooms`' query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoomsQuery {
+pub(crate) struct RoomsQuery {
     tenant: String,
     #[serde(default)]
     kind: Option<String>,
@@ -71,11 +72,26 @@ async fn rooms(
     headers: HeaderMap,
     query: Result<Query<RoomsQuery>, QueryRejection>,
 ) -> Response {
-    let (scope, query) =
-        match http::authorized_query(&gw, &headers, query, "?tenant=&kind=project|channel&prefix=&cursor=&limit=") {
-            Ok(read) => read,
-            Err(refused) => return refused.into_response(),
-        };
+    let scope = match http::authorize(&gw, &headers) {
+        Ok(scope) => scope,
+        Err(refused) => return refused.into_response(),
+    };
+    rooms_as(&gw, scope, query).await
+}
+
+/// `GET /v1/rooms` for a caller with `scope` (an API key's, or the console token's).
+pub(crate) async fn rooms_as(
+    gw: &Shared,
+    scope: crate::api_keys::KeyScope,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> Response {
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            let message = format!("expected ?tenant=&kind=project|channel&prefix=&cursor=&limit=: {}", e.body_text());
+            return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, &message);
+        }
+    };
     let bad = |message: &str| http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message);
     if Room::tenant(&query.tenant).is_err() {
         return http::error(StatusCode::BAD_REQUEST, ErrorCode::InvalidRoom, "tenant is not an id");

@@ -139,6 +139,7 @@ mod tests {
             jti: jti.map(str::to_owned),
             iat,
             claims: None,
+            observer: false,
         }
     }
 

@@ -62,6 +62,8 @@ pub struct GatewayState {
     pub rpc: Option<Arc<crate::rpc::Rpc>>,
     /// The backend asked at connect and refresh (`None`: off).
     pub connect_proxy: Option<Arc<crate::connect_proxy::ConnectProxy>>,
+    /// The console's tokens and observer connections (`None`: no console).
+    pub observers: Option<Arc<crate::observers::Observers>>,
 }
 
 impl std::fmt::Debug for dyn Bus {

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits",
             "logging",
             "metrics",
+            "observers",
             "redis_conn",
             "revocations",
             "timers",

@@ -538,6 +538,12 @@ impl Keys {
         format!("{}:{{tenant:{tenant}}}:rooms", self.prefix)
     }
 
+    /// Each gateway replica's last status for the console (hash: replica id → JSON with `at`,
+    /// ms); written every few seconds, read by the console's replica list.
+    pub fn replica_statuses(&self) -> String {
+        format!("{}:{{replicas}}:status", self.prefix)
+    }
+
     /// How many revocations each tenant has in [`Keys::revocations`] (hash: tenant → count).
     pub fn revocation_counts(&self) -> String {
         format!("{}:{{revocations}}:tenants", self.prefix)

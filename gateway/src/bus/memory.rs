@@ -50,6 +50,8 @@ pub struct Hub {
     revocations: Mutex<RevocationStore>,
     /// Rooms with members, and when they were last recorded (ms), in name order.
     rooms: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Each node's last status and when it reported it (ms).
+    statuses: Mutex<std::collections::BTreeMap<String, (serde_json::Value, u64)>>,
     /// To the delivery task, which owns the order of appends and deliveries.
     queue: mpsc::Sender<Batch>,
     /// Taken by the first node that starts receiving, which spawns the delivery task.
@@ -71,6 +73,7 @@ impl Hub {
             nodes: Mutex::new(Vec::new()),
             revocations: Mutex::default(),
             rooms: Mutex::default(),
+            statuses: Mutex::default(),
             queue: tx,
             receiver: Mutex::new(Some(rx)),
             history,
@@ -337,6 +340,22 @@ impl Bus for MemoryBus {
         }
         let next = if more { page.last().cloned().unwrap_or_default() } else { String::new() };
         Box::pin(async move { Ok(Some((next, page))) })
+    }
+
+    fn report_status(&self, node: &str, status: serde_json::Value, now_ms: u64) -> BoxFuture<'static, Result<(), BusError>> {
+        let mut statuses = self.hub.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = super::STATUS_TTL.as_millis() as u64;
+        statuses.retain(|_, (_, at)| *at + ttl > now_ms);
+        statuses.insert(node.to_owned(), (status, now_ms));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn statuses(&self, now_ms: u64) -> BoxFuture<'static, Result<Vec<(String, serde_json::Value)>, BusError>> {
+        let statuses = self.hub.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = super::STATUS_TTL.as_millis() as u64;
+        let listed =
+            statuses.iter().filter(|(_, (_, at))| *at + ttl > now_ms).map(|(n, (s, _))| (n.clone(), s.clone())).collect();
+        Box::pin(async move { Ok(listed) })
     }
 
     fn unavailable(&self) -> Option<&'static str> {

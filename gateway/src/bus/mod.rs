@@ -60,6 +60,13 @@ pub const ROOM_INDEX_REFRESH: Duration = Duration::from_secs(10);
 /// and the listing only shows rooms with someone in them anyway.
 pub const ROOM_INDEX_TTL: Duration = Duration::from_secs(120);
 
+/// How long a replica's status stays listed after its last report (replicas report every
+/// [`STATUS_EVERY`]; the margin absorbs clock differences between replicas).
+pub const STATUS_TTL: Duration = Duration::from_secs(15);
+
+/// How often each replica reports its status.
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
 /// The shared list of revocations as read: its version, and each revocation with its until (ms).
 pub type RevocationList = (String, Vec<(Revocation, u64)>);
 
@@ -131,6 +138,13 @@ pub trait Bus: Send + Sync + 'static {
         count: u64,
         now_ms: u64,
     ) -> BoxFuture<'static, Result<Option<RoomPage>, BusError>>;
+
+    /// Records replica `node`'s `status` (a JSON object) at `now_ms`, for the console's replica
+    /// list; a replica that stops reporting drops off it after [`STATUS_TTL`].
+    fn report_status(&self, node: &str, status: serde_json::Value, now_ms: u64) -> BoxFuture<'static, Result<(), BusError>>;
+
+    /// Every replica's last status reported within [`STATUS_TTL`] of `now_ms`, by replica id.
+    fn statuses(&self, now_ms: u64) -> BoxFuture<'static, Result<Vec<(String, serde_json::Value)>, BusError>>;
 
     /// Why the bus cannot deliver right now, if it cannot; feeds `/readyz`.
     fn unavailable(&self) -> Option<&'static str>;

@@ -543,6 +543,60 @@ impl Bus for RedisBus {
         })
     }
 
+    fn report_status(&self, node: &str, status: serde_json::Value, now_ms: u64) -> BoxFuture<'static, Result<(), BusError>> {
+        let redis = self.commands();
+        let node = node.to_owned();
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let key = redis.keys.replica_statuses();
+            let entry = serde_json::json!({ "at": now_ms, "status": status }).to_string();
+            let pipeline = redis.client.pipeline();
+            let _: Result<(), _> = pipeline.hset(&key, (node.as_str(), entry)).await;
+            // Gone once no replica reports any more.
+            let _: Result<(), _> = pipeline.pexpire(&key, (super::STATUS_TTL.as_millis() * 4) as i64, None).await;
+            pipeline.all::<Vec<Value>>().await.map(|_| ()).map_err(|e| {
+                metrics::redis_error("status");
+                BusError::Unavailable(e.details().to_owned())
+            })
+        })
+    }
+
+    fn statuses(&self, now_ms: u64) -> BoxFuture<'static, Result<Vec<(String, serde_json::Value)>, BusError>> {
+        let redis = self.commands();
+        Box::pin(async move {
+            if !redis.link.is_up() {
+                return Err(BusError::Unavailable("Redis is not connected".into()));
+            }
+            let key = redis.keys.replica_statuses();
+            let all: HashMap<String, String> = redis.client.hgetall(&key).await.map_err(|e| {
+                metrics::redis_error("status");
+                BusError::Unavailable(e.details().to_owned())
+            })?;
+            let ttl = super::STATUS_TTL.as_millis() as u64;
+            let mut listed = Vec::new();
+            let mut gone = Vec::new();
+            for (node, entry) in all {
+                let parsed = serde_json::from_str::<serde_json::Value>(&entry)
+                    .ok()
+                    .and_then(|mut v| Some((v.get("at")?.as_u64()?, v.get_mut("status")?.take())));
+                match parsed {
+                    Some((at, status)) if at + ttl > now_ms => listed.push((node, status)),
+                    // Long gone (a replica that stopped), or not written by a replica.
+                    Some((at, _)) if at + 4 * ttl < now_ms => gone.push(node),
+                    Some(_) => {}
+                    None => gone.push(node),
+                }
+            }
+            if !gone.is_empty() {
+                let _: Result<(), _> = redis.client.hdel(&key, gone).await;
+            }
+            listed.sort_by(|a: &(String, serde_json::Value), b| a.0.cmp(&b.0));
+            Ok(listed)
+        })
+    }
+
     fn unavailable(&self) -> Option<&'static str> {
         if !self.commands_link.is_up() || !self.subscriber_link.is_up() {
             Some("redis_disconnected")

@@ -86,6 +86,9 @@ async fn authenticate(
         return Err(ConnectRejection(ErrorCode::RateLimited));
     }
     let parts = socket.req_parts();
+    if parts.extensions.get::<crate::http::ConsoleListener>().is_some() {
+        return observe(socket, auth_payload, gw);
+    }
     let verified = if gw.config.proxy_only() {
         proxied(&gw, auth_payload.as_ref().ok(), &parts.headers, &parts.uri).await
     } else {
@@ -108,18 +111,7 @@ async fn authenticate(
             if !proxy_rooms.is_empty() {
                 socket.extensions.insert(Arc::new(ProxyRooms(proxy_rooms)));
             }
-            // Registered here, before socketioxide sends CONNECT: it runs the connect handler
-            // only after sending it, and an event the client sends in between would find no
-            // handler and be dropped.
-            let on_event = {
-                let gw = gw.clone();
-                move |socket: SocketRef, Event(event): Event, TryData(payload): TryData<Value>, ack: AckSender| {
-                    on_event(socket, event, payload, ack, gw.clone())
-                }
-            };
-            let on_disconnect = move |socket: SocketRef, reason: SioReason| on_disconnect(socket, reason, gw.clone());
-            socket.on_fallback(on_event);
-            socket.on_disconnect(on_disconnect);
+            handle(&socket, gw);
             Ok(())
         }
         Err(e) => {
@@ -128,6 +120,60 @@ async fn authenticate(
             Err(ConnectRejection(e.code))
         }
     }
+}
+
+/// Registers the socket's event and disconnect handlers. Called before socketioxide sends
+/// CONNECT: it runs the connect handler only after sending it, and an event the client sends
+/// in between would find no handler and be dropped.
+fn handle(socket: &SocketRef, gw: Shared) {
+    let on_event = {
+        let gw = gw.clone();
+        move |socket: SocketRef, Event(event): Event, TryData(payload): TryData<Value>, ack: AckSender| {
+            on_event(socket, event, payload, ack, gw.clone())
+        }
+    };
+    let on_disconnect = move |socket: SocketRef, reason: SioReason| on_disconnect(socket, reason, gw.clone());
+    socket.on_fallback(on_event);
+    socket.on_disconnect(on_disconnect);
+}
+
+/// A connection on the admin listener: only the console's observers connect there, with an
+/// observer token (see [`Identity::observer`]). Not a connection of the tenant's: no
+/// connection caps, no `connection.refused` event; bounded per replica instead.
+fn observe(
+    socket: SocketRef,
+    auth_payload: Result<Value, socketioxide::ParserError>,
+    gw: Shared,
+) -> Result<(), ConnectRejection> {
+    let parts = socket.req_parts();
+    let observed = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
+        .and_then(|token| observed(&gw, &token));
+    match observed {
+        Ok((identity, slot)) => {
+            socket.extensions.insert(Arc::new(slot));
+            socket.extensions.insert(Arc::new(Conn::new(identity, &gw.limits)));
+            handle(&socket, gw);
+            Ok(())
+        }
+        Err(e) => {
+            metrics::connection_rejected(e.code);
+            tracing::info!(sid = %socket.id, code = %e.code, reason = %e.message, "console observer refused");
+            Err(ConnectRejection(e.code))
+        }
+    }
+}
+
+/// The observer identity `token` carries and a place for its connection on this replica.
+pub(crate) fn observed(gw: &Shared, token: &str) -> Result<(Identity, crate::observers::ObserverSlot), ClientError> {
+    let Some(observers) = &gw.observers else {
+        return Err(ClientError::new(ErrorCode::TokenInvalid, "the console is off (ROOMCAST_CONSOLE_TOKENS)"));
+    };
+    let identity = observers.verify(token, roomcast_publisher::wire::now_ms() / 1000)?;
+    let Some(slot) = observers.admit() else {
+        let message = format!("{} console observers are connected to this replica", crate::observers::MAX_OBSERVERS);
+        return Err(ClientError::new(ErrorCode::TooManyConnections, message));
+    };
+    Ok((identity, slot))
 }
 
 /// A connection refused with `code`: counted, and a `connection.refused` lifecycle event.
@@ -303,8 +349,13 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
     let joined = conn.as_ref().filter(|_| begun).map(|conn| {
         metrics::connection_accepted();
         let identity = conn.identity();
-        // The verifier only accepts valid ids, so both rooms always build.
-        let auto = [Room::tenant(&identity.tenant), Room::user(&identity.tenant, &identity.user)];
+        // The verifier only accepts valid ids, so both rooms always build. An observer is no
+        // one in the tenant: in neither.
+        let auto = if identity.observer {
+            Vec::new()
+        } else {
+            vec![Room::tenant(&identity.tenant), Room::user(&identity.tenant, &identity.user)]
+        };
         let mut confirmations = Vec::new();
         for room in auto.iter().flatten() {
             let Some(confirmed) = rooms::enter_now(&socket, conn, &gw.membership, room) else { continue };
@@ -319,7 +370,7 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
         // Checked again now that the socket is in its rooms: a revocation that arrived while it
         // was connecting either is held already (seen here) or comes after this point (its
         // room scan finds the socket). The check at authentication alone leaves a gap.
-        if gw.revocations.is_revoked(&identity, roomcast_publisher::wire::now_ms()) {
+        if !identity.observer && gw.revocations.is_revoked(&identity, roomcast_publisher::wire::now_ms()) {
             conn::disconnect(socket.clone(), DisconnectReason::TokenRevoked);
         }
         (Turns::first(conn), confirmations)
@@ -360,8 +411,10 @@ fn on_event(
     ack: AckSender,
     gw: Shared,
 ) -> impl Future<Output = ()> + Send {
-    // Forwarded to the backend: not a turn of the socket's queue (see `rpc`).
-    let forwarder = gw.rpc.clone().filter(|rpc| rpc.handles(&event));
+    // Forwarded to the backend: not a turn of the socket's queue (see `rpc`). Never an
+    // observer's: the backend does not know it.
+    let observer = conn_of(&socket).is_some_and(|conn| conn.identity().observer);
+    let forwarder = gw.rpc.clone().filter(|rpc| !observer && rpc.handles(&event));
     // Decided here, in packet order: the budget, then a place in the socket's queue.
     let admitted = conn_of(&socket).map(|conn| {
         if let Err(refused) = conn.take_token(&gw.limits, EventClass::of(&event)) {
@@ -423,6 +476,10 @@ fn on_event(
             let payload =
                 payload.map_err(|_| ClientError::new(ErrorCode::InvalidPayload, "payload is missing or not JSON"));
             let reply = match name {
+                "typing" | "presence:update" | "publish" | "other" if identity.observer => Err(ClientError::new(
+                    ErrorCode::Forbidden,
+                    "a console observer only watches: join, leave, presence:list, room:occupancy, history, auth:refresh",
+                )),
                 "join" => rooms::join(&socket, &gw, &conn, payload).await,
                 "leave" => rooms::leave(&socket, &gw, &conn, payload).await,
                 "auth:refresh" => refresh::refresh(&socket, &gw, &conn, payload).await,

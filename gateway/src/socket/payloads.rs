@@ -208,6 +208,7 @@ pub(crate) fn fuzz_payload(payload: Value) {
         jti: None,
         iat: None,
         claims: None,
+        observer: false,
     };
     if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE) {
         let named = match (&join.room.project, &join.room.channel) {
@@ -311,7 +312,7 @@ mod tests {
                     projects: Scope::All,
                     channels: Scope::All,
                     publish: Scope::Only(Vec::new()),
-                    exp: 0, jti: None, iat: None, claims: None,
+                    exp: 0, jti: None, iat: None, claims: None, observer: false,
                 };
                 if let Ok(join) = parse::<Join>(Ok(payload.clone()), JOIN_SHAPE)
                     && let Ok(room) = crate::socket::rooms::requested_room(&join.room, &identity)

@@ -25,7 +25,7 @@ pub(super) async fn refresh(
     payload: Result<Value, ClientError>,
 ) -> Result<Ack, ClientError> {
     let result = swap(socket, gw, conn, payload).await;
-    if let (Err(error), Some(lifecycle)) = (&result, &gw.lifecycle) {
+    if let (Err(error), Some(lifecycle), false) = (&result, &gw.lifecycle, conn.identity().observer) {
         let identity = conn.identity();
         lifecycle.refresh_failed(&identity.tenant, &identity.user, error.code);
     }
@@ -44,9 +44,12 @@ async fn swap(
     // Rooms a connect proxy adds count at connect only.
     // Proxy-only mode: the session's cookie goes along, as at connect.
     let cookie = gw.config.proxy_only().then(|| super::session_cookie(&socket.req_parts().headers)).flatten();
-    let (fresh, _) = super::verified(gw, &token, true, cookie.as_deref())
-        .await
-        .inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
+    let fresh = if current.observer {
+        super::observed(gw, &token).map(|(identity, _)| identity)
+    } else {
+        super::verified(gw, &token, true, cookie.as_deref()).await.map(|(identity, _)| identity)
+    }
+    .inspect_err(|e| metrics::auth_refresh(e.code.as_str()))?;
     if fresh.tenant != current.tenant || fresh.user != current.user {
         metrics::auth_refresh("forbidden");
         return Err(ClientError::new(ErrorCode::Forbidden, "the new token is for another user or tenant"));
@@ -66,7 +69,7 @@ async fn swap(
     conn.set_identity(fresh);
     // Revoked while the rooms were being left: the revocation's room scan may have seen the old
     // identity. Either it is held by now or its scan sees the new one (as at connect).
-    if gw.revocations.is_revoked(&conn.identity(), roomcast_publisher::wire::now_ms()) {
+    if !current.observer && gw.revocations.is_revoked(&conn.identity(), roomcast_publisher::wire::now_ms()) {
         metrics::auth_refresh(ErrorCode::TokenRevoked.as_str());
         crate::conn::disconnect(socket.clone(), crate::errors::DisconnectReason::TokenRevoked);
         return Err(ClientError::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));

@@ -50,7 +50,9 @@ pub(super) async fn join(
     // Joining a room the socket is already in answers like a first join (position, and a
     // replay when `since` asks for one), without counting the member twice.
     let new = !conn.is_in(&name);
-    if new && !gw.presence.has_room(&room) {
+    // An observer is not presence: it neither waits for the presence queue nor enters it.
+    let present = new && !identity.observer;
+    if present && !gw.presence.has_room(&room) {
         return Err(ClientError::rate_limited(
             "presence changes of this tenant are backed up; join again later",
             super::presence::BACKED_UP_RETRY,
@@ -64,7 +66,7 @@ pub(super) async fn join(
         gw.membership.generation(&name)
     };
     let attached = gw.delivery.sequencer().attach(socket.id, &name, since, generation).await;
-    if new {
+    if present {
         gw.presence.entered(&room, &identity.user, conn.status());
     }
     let (offset, epoch) = attached.position.map(|p| (p.offset, p.epoch)).unzip();
@@ -235,8 +237,11 @@ pub(super) async fn leave_room(socket: &SocketRef, gw: &Shared, conn: &Conn, roo
             tracing::warn!(error = %e, "room unsubscription not confirmed");
         }
     }
-    gw.presence.left(room, &conn.identity().user);
-    typing::stop(gw, conn, &name).await;
+    let identity = conn.identity();
+    if !identity.observer {
+        gw.presence.left(room, &identity.user);
+        typing::stop(gw, conn, &name).await;
+    }
 }
 
 /// Control `join` and `leave` (see [`RoomControl`]): a backend's decision, carried out in the
@@ -247,7 +252,8 @@ pub(crate) struct BackendControl(pub std::sync::Weak<crate::state::GatewayState>
 impl RoomControl for BackendControl {
     fn schedule(&self, socket: SocketRef, room: Room, join: bool) -> bool {
         let (Some(gw), Some(conn)) = (self.0.upgrade(), super::conn_of(&socket)) else { return false };
-        if conn.is_closed() {
+        // A console observer is not the application's to move.
+        if conn.is_closed() || conn.identity().observer {
             return false;
         }
         let name = room.to_string();
@@ -351,6 +357,7 @@ mod tests {
             jti: None,
             iat: None,
             claims: None,
+            observer: false,
         }
     }
 
