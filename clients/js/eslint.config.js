@@ -18,7 +18,7 @@ export default tseslint.config(
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
-    files: ["example/**/*.mjs", "test/**/*.mjs"],
+    files: ["example/**/*.mjs", "test/**/*.mjs", "console/**/*.mjs"],
     // jsdom's window, document and navigator: installed on globalThis by the React tests.
     languageOptions: { globals: { ...node, window: "readonly", document: "readonly", navigator: "readonly" } },
   },

@@ -66,6 +66,8 @@ pub mod env {
     pub const API_KEY_FILE: &str = "ROOMCAST_API_KEY_FILE";
     /// `ROOMCAST_CONSOLE_TOKENS`.
     pub const CONSOLE_TOKENS: &str = "ROOMCAST_CONSOLE_TOKENS";
+    /// `ROOMCAST_CONSOLE_TOKENS_FILE`.
+    pub const CONSOLE_TOKENS_FILE: &str = "ROOMCAST_CONSOLE_TOKENS_FILE";
     /// `ROOMCAST_TENANT_API_KEYS_FILE`.
     pub const TENANT_API_KEYS_FILE: &str = "ROOMCAST_TENANT_API_KEYS_FILE";
     /// `ROOMCAST_PUBLISH_MAX_PAYLOAD`.
@@ -709,6 +711,11 @@ pub struct Config {
     #[arg(long, env = env::CONSOLE_TOKENS, value_delimiter = ',', hide_env_values = true)]
     pub console_tokens: Vec<Secret>,
 
+    /// File with console tokens, one per line (or comma-separated), in the format of
+    /// ROOMCAST_CONSOLE_TOKENS; for mounted secrets. Adds to ROOMCAST_CONSOLE_TOKENS.
+    #[arg(long, env = env::CONSOLE_TOKENS_FILE)]
+    pub console_tokens_file: Option<PathBuf>,
+
     /// Print a 1-hour token for TENANT/USER (all projects and channels), signed with the
     /// configured HMAC secret, and exit; for trying a deployment out.
     #[arg(long, value_name = "TENANT/USER")]
@@ -720,6 +727,9 @@ pub struct Config {
     #[arg(long, env = env::DEBUG_OPERATION_DELAY, hide = true, value_parser = parse_duration)]
     pub debug_operation_delay: Option<Duration>,
 }
+
+/// A console token and the tenants it may see (`None`: every tenant).
+pub(crate) type ConsoleToken = (Secret, Option<Vec<String>>);
 
 /// Output format of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -1253,10 +1263,18 @@ impl Config {
 
     /// The console's tokens (`ROOMCAST_CONSOLE_TOKENS`), each with the tenants it may see
     /// (`None`: all); empty: the console is off.
-    pub(crate) fn console_tokens(&self) -> Result<Vec<(Secret, Option<Vec<String>>)>, ConfigError> {
-        let mut tokens: Vec<(Secret, Option<Vec<String>>)> = Vec::new();
-        for (i, entry) in self.console_tokens.iter().enumerate() {
-            let entry = entry.expose().trim();
+    pub(crate) fn console_tokens(&self) -> Result<Vec<ConsoleToken>, ConfigError> {
+        let mut tokens: Vec<ConsoleToken> = Vec::new();
+        let mut entries: Vec<(&'static str, String)> =
+            self.console_tokens.iter().map(|t| (env::CONSOLE_TOKENS, t.expose().to_owned())).collect();
+        if let Some(path) = &self.console_tokens_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(env::CONSOLE_TOKENS_FILE, format!("cannot read {}: {e}", path.display()))
+            })?;
+            entries.extend(text.lines().flat_map(|l| l.split(',')).map(|t| (env::CONSOLE_TOKENS_FILE, t.to_owned())));
+        }
+        for (i, (option, entry)) in entries.iter().enumerate() {
+            let (option, entry) = (*option, entry.trim());
             if entry.is_empty() {
                 continue;
             }
@@ -1264,7 +1282,7 @@ impl Config {
                 Some((token, tenants)) => (token, Some(tenants)),
                 None => (entry, None),
             };
-            let bad = |message: String| ConfigError::new(env::CONSOLE_TOKENS, format!("token #{i}: {message}"));
+            let bad = |message: String| ConfigError::new(option, format!("token #{i}: {message}"));
             if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
                 return Err(bad("needs 32+ characters of A-Z a-z 0-9 _ - (e.g. `openssl rand -hex 24`)".into()));
             }
@@ -1515,6 +1533,13 @@ mod tests {
             assert_eq!(err.option, env::CONSOLE_TOKENS, "{bad}");
             assert!(!err.message.contains(&token), "the message must not print the token: {}", err.message);
         }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("console-tokens");
+        std::fs::write(&file, format!("{}\n{token}\n", "e".repeat(32))).unwrap();
+        let twice = parse(&["--dev", "--console-tokens", &token, "--console-tokens-file", file.to_str().unwrap()]);
+        assert_eq!(twice.validate().unwrap_err().option, env::CONSOLE_TOKENS_FILE, "a token listed twice");
+        let missing = parse(&["--dev", "--console-tokens-file", "/nonexistent/console-tokens"]);
+        assert_eq!(missing.validate().unwrap_err().option, env::CONSOLE_TOKENS_FILE);
         let config = parse(&["--dev", "--console-tokens", &format!("{token},{}:acme;globex", "d".repeat(40))]);
         assert!(config.validate().is_ok());
         let tokens = config.console_tokens().unwrap();

@@ -95,7 +95,8 @@ async fn no_store(req: Request, next: Next) -> Response {
 /// The admin token the request presents, and its scope: 401 `unauthorized` when it is missing
 /// or not one of `ROOMCAST_CONSOLE_TOKENS`.
 fn signed_in<'a>(gw: &'a Shared, headers: &HeaderMap) -> Result<(&'a Secret, KeyScope), Refusal> {
-    let refused = || Refusal::Answer(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong console token".into());
+    let refused =
+        || Refusal::Answer(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong console token".into());
     let observers: &Observers = gw.observers.as_deref().ok_or_else(refused)?;
     let presented = headers
         .get(header::AUTHORIZATION)
@@ -219,8 +220,14 @@ async fn leave(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Resp
 /// This replica's status for the console's replica list.
 pub fn status(gw: &Shared) -> serde_json::Value {
     let mut status = crate::metrics::replica_figures();
+    let observers = gw.observers.as_ref().map_or(0, |o| o.connected()) as u64;
     if let Some(fields) = status.as_object_mut() {
-        fields.insert("observers".into(), gw.observers.as_ref().map_or(0, |o| o.connected()).into());
+        // The application's connections: observers are sockets of the replica (Prometheus'
+        // roomcast_connections counts them) but nobody's.
+        if let Some(connections) = fields.get("connections").and_then(serde_json::Value::as_u64) {
+            fields.insert("connections".into(), connections.saturating_sub(observers).into());
+        }
+        fields.insert("observers".into(), observers.into());
         fields.insert("redis".into(), gw.redis_status().unwrap_or("single_node").into());
         fields.insert("draining".into(), gw.is_draining().into());
         fields.insert("version".into(), env!("CARGO_PKG_VERSION").into());

@@ -30,9 +30,9 @@ mod auth;
 mod backend;
 mod bus;
 pub mod config;
-mod console;
 mod conn;
 mod connect_proxy;
+mod console;
 mod control_api;
 mod delivery;
 mod envelope;
@@ -96,7 +96,6 @@ pub use shutdown::signal as shutdown_signal;
 
 use crate::{
     api_keys::ApiKeys,
-    observers::Observers,
     bus::{
         Bus, Inbound,
         memory::Hub,
@@ -112,6 +111,7 @@ use crate::{
     http::OriginPolicy,
     limits::SharedBucket,
     local::Local,
+    observers::Observers,
     presence::{ConnectionCaps, Presence, PresenceStore, memory::MemoryPresence, redis::RedisPresence},
     rooms::Membership,
     state::{GatewayState, Shared},

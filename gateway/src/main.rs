@@ -156,6 +156,10 @@ fn print_dev_banner(gateway: &Gateway, keys: &DevKeys) {
         (None, Some(generated)) => (generated.to_owned(), "with the API key generated for this run"),
         (None, None) => ("<no API key>".to_owned(), "once an API key is configured"),
     };
+    let console = match gateway.dev_console_token() {
+        Some(token) => format!("http://localhost:{admin}/console#token={token}"),
+        None => format!("http://localhost:{admin}/console (sign in with a token of ROOMCAST_CONSOLE_TOKENS)"),
+    };
     // Read after the gateway started: the file exists only if it could be written.
     let signing = keys.signing.clone().unwrap_or_else(|| match dev_secret_path().filter(|p| p.exists()) {
         Some(path) => {
@@ -171,6 +175,7 @@ Never use --dev in production.
   Socket.IO   http://localhost:{port}/socket.io
   Backend API http://localhost:{api}/v1/publish (keep this port internal; /openapi.json)
   Metrics     http://localhost:{admin}/metrics
+  Console     {console}
 
 Demo tokens for tenant "demo", every project and channel, valid 24 h. Typing and presence show
 *other* users, so open one client as ada and one as bob:

@@ -100,7 +100,10 @@ impl Observers {
             return Err(invalid());
         }
         if exp <= now_secs {
-            return Err(ClientError::new(ErrorCode::TokenExpired, "the observer token has expired; ask the console for another"));
+            return Err(ClientError::new(
+                ErrorCode::TokenExpired,
+                "the observer token has expired; ask the console for another",
+            ));
         }
         Ok(Identity {
             tenant: tenant.to_owned(),

@@ -43,7 +43,18 @@ const LAYERS: &[(&str, &[&str])] = &[
     // handle they share.
     (
         "edge",
-        &["control_api", "expiry", "history_api", "http", "occupancy_api", "publish", "shutdown", "socket", "state"],
+        &[
+            "console",
+            "control_api",
+            "expiry",
+            "history_api",
+            "http",
+            "occupancy_api",
+            "publish",
+            "shutdown",
+            "socket",
+            "state",
+        ],
     ),
 ];
 

@@ -186,7 +186,8 @@ async fn an_observer_watches_without_being_anyone() {
     let ack = observer.request("join", json!({ "channel": "c1" })).await;
     assert_eq!((ack["ok"].clone(), ack["room"].clone()), (json!(true), json!("tenant:t1:channel:c1")), "{ack}");
     // It sees the room's events, presence, typing and occupancy...
-    let (status, _) = gw.publish(&json!({ "tenant": "t1", "channel": "c1", "event": "note", "data": { "n": 1 } })).await;
+    let (status, _) =
+        gw.publish(&json!({ "tenant": "t1", "channel": "c1", "event": "note", "data": { "n": 1 } })).await;
     assert_eq!(status, 200);
     assert_eq!(observer.next("note").await[0], json!({ "n": 1 }));
     assert_eq!(ada.request("typing", json!({ "channel": "c1", "typing": true })).await["ok"], true);
@@ -212,7 +213,8 @@ async fn an_observer_watches_without_being_anyone() {
         assert_eq!(code(&answer), "forbidden", "{event}: {answer}");
     }
     // The backend's control instructions pass it by; the console's actions reach users.
-    let (status, body) = post_json(gw.api, replica::API_KEY, "/v1/disconnect", &json!({ "tenant": "t1", "channel": "c1" })).await;
+    let (status, body) =
+        post_json(gw.api, replica::API_KEY, "/v1/disconnect", &json!({ "tenant": "t1", "channel": "c1" })).await;
     assert_eq!((status, body["sockets"].clone()), (200, json!(1)), "only ada: {body}");
     assert!(ada.server_disconnect().await);
     let bob = gw.connect_user("t1", "bob").await;
@@ -221,7 +223,8 @@ async fn an_observer_watches_without_being_anyone() {
     let (status, body) = console(gw.admin, ALL, "POST", "/console/api/leave", &leave).await;
     assert_eq!((status, body["sockets"].clone()), (200, json!(1)), "{body}");
     assert_eq!(bob.next("roomcast:left").await[0]["room"], "tenant:t1:channel:c1");
-    let (status, body) = console(gw.admin, ALL, "POST", "/console/api/disconnect", &json!({ "tenant": "t1", "user": "bob" })).await;
+    let (status, body) =
+        console(gw.admin, ALL, "POST", "/console/api/disconnect", &json!({ "tenant": "t1", "user": "bob" })).await;
     assert_eq!((status, body["sockets"].clone()), (200, json!(1)), "{body}");
     assert!(bob.server_disconnect().await);
     assert!(!observer.got_server_disconnect());

@@ -342,7 +342,12 @@ impl Bus for MemoryBus {
         Box::pin(async move { Ok(Some((next, page))) })
     }
 
-    fn report_status(&self, node: &str, status: serde_json::Value, now_ms: u64) -> BoxFuture<'static, Result<(), BusError>> {
+    fn report_status(
+        &self,
+        node: &str,
+        status: serde_json::Value,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<(), BusError>> {
         let mut statuses = self.hub.statuses.lock().unwrap_or_else(|e| e.into_inner());
         let ttl = super::STATUS_TTL.as_millis() as u64;
         statuses.retain(|_, (_, at)| *at + ttl > now_ms);
@@ -353,8 +358,11 @@ impl Bus for MemoryBus {
     fn statuses(&self, now_ms: u64) -> BoxFuture<'static, Result<Vec<(String, serde_json::Value)>, BusError>> {
         let statuses = self.hub.statuses.lock().unwrap_or_else(|e| e.into_inner());
         let ttl = super::STATUS_TTL.as_millis() as u64;
-        let listed =
-            statuses.iter().filter(|(_, (_, at))| *at + ttl > now_ms).map(|(n, (s, _))| (n.clone(), s.clone())).collect();
+        let listed = statuses
+            .iter()
+            .filter(|(_, (_, at))| *at + ttl > now_ms)
+            .map(|(n, (s, _))| (n.clone(), s.clone()))
+            .collect();
         Box::pin(async move { Ok(listed) })
     }
 

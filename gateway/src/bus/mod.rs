@@ -141,7 +141,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Records replica `node`'s `status` (a JSON object) at `now_ms`, for the console's replica
     /// list; a replica that stops reporting drops off it after [`STATUS_TTL`].
-    fn report_status(&self, node: &str, status: serde_json::Value, now_ms: u64) -> BoxFuture<'static, Result<(), BusError>>;
+    fn report_status(
+        &self,
+        node: &str,
+        status: serde_json::Value,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Every replica's last status reported within [`STATUS_TTL`] of `now_ms`, by replica id.
     fn statuses(&self, now_ms: u64) -> BoxFuture<'static, Result<Vec<(String, serde_json::Value)>, BusError>>;

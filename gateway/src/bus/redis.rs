@@ -543,7 +543,12 @@ impl Bus for RedisBus {
         })
     }
 
-    fn report_status(&self, node: &str, status: serde_json::Value, now_ms: u64) -> BoxFuture<'static, Result<(), BusError>> {
+    fn report_status(
+        &self,
+        node: &str,
+        status: serde_json::Value,
+        now_ms: u64,
+    ) -> BoxFuture<'static, Result<(), BusError>> {
         let redis = self.commands();
         let node = node.to_owned();
         Box::pin(async move {
