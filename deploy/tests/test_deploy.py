@@ -462,6 +462,8 @@ class ChartRejectsBadValues(unittest.TestCase):
                 "/secrets/tenantApiKeys/1/tenants",
                 "/secrets/tenantApiKeys/2/tenants/0",
                 "at '/secrets/tenantApiKeys/3': additional properties 'scope'",
+                "/secrets/consoleTokens/0",
+                "/secrets/consoleTokens/1",
             ],
             "redis": ["/redis/url", "/redis/existingPasswordSecret/key"],
             "config": [
@@ -612,6 +614,9 @@ class ChartMatchesGateway(unittest.TestCase):
                         path = container[probe]["httpGet"]["path"]
                         self.assertEqual(http_status(f"http://127.0.0.1:{admin}{path}"), 200, probe)
                     self.assertEqual(http_status(f"http://127.0.0.1:{admin}/metrics"), 200)
+                    # full-values sets console tokens: the console is on; by default it is off.
+                    console = 200 if name == "full-values.yaml" else 404
+                    self.assertEqual(http_status(f"http://127.0.0.1:{admin}/console"), console)
                     self.assertGreater(redis_clients(redis.port), before, "the replica uses the Redis of the mounted URL file")
                     # What the grace period relies on: SIGTERM makes the replica unready at once
                     # (the drain delay then runs; it is not waited out here).
@@ -807,6 +812,7 @@ class ChartSecrets(unittest.TestCase):
             values["redis"]["url"],
             values["secrets"]["webhookSecret"],
             values["secrets"]["rpcSecret"],
+            *values["secrets"]["consoleTokens"],
         ]
         for kind, docs in manifests.items():
             if kind == "Secret":
@@ -818,6 +824,7 @@ class ChartSecrets(unittest.TestCase):
         self.assertEqual(secret["metadata"]["name"], FULLNAME)
         # One key per line: what ROOMCAST_API_KEY_FILE reads.
         self.assertEqual(secret["stringData"]["api-keys"].splitlines(), values["secrets"]["apiKeys"])
+        self.assertEqual(secret["stringData"]["console-tokens"].splitlines(), values["secrets"]["consoleTokens"])
         container = gateway_container(manifests)
         self.assertEqual([e for e in container["env"] if "valueFrom" in e], [], "no secretKeyRef in env")
         mounts = secret_mounts(manifests)
@@ -827,6 +834,7 @@ class ChartSecrets(unittest.TestCase):
             "ROOMCAST_REDIS_URL_FILE": "redis-url",
             "ROOMCAST_WEBHOOK_SECRET_FILE": "webhook-secret",
             "ROOMCAST_RPC_SECRET_FILE": "rpc-secret",
+            "ROOMCAST_CONSOLE_TOKENS_FILE": "console-tokens",
         }
         self.assertEqual(set(mounts), set(expected_keys))
         for var, (volume, mount) in mounts.items():

@@ -111,6 +111,11 @@ app.kubernetes.io/component: gateway
 {{- end }}
 
 {{/* Whether the replicas get a webhook secret (from values or an existing Secret's key). */}}
+{{- define "roomcast.hasConsoleTokens" -}}
+{{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.consoleTokens }}true{{ end }}
+{{- else if .Values.secrets.consoleTokens }}true{{ end }}
+{{- end }}
+
 {{- define "roomcast.hasWebhookSecret" -}}
 {{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.webhookSecret }}true{{ end }}
 {{- else if .Values.secrets.webhookSecret }}true{{ end }}
@@ -161,6 +166,9 @@ the file. Empty when there is nothing to mount.
 {{- end }}
 {{- if include "roomcast.hasRpcSecret" . }}
 {{- $_ := set $files "rpc-secret" (dict "key" (ternary $keys.rpcSecret "rpc-secret" (not (empty $existing))) "env" "ROOMCAST_RPC_SECRET_FILE") }}
+{{- end }}
+{{- if include "roomcast.hasConsoleTokens" . }}
+{{- $_ := set $files "console-tokens" (dict "key" (ternary $keys.consoleTokens "console-tokens" (not (empty $existing))) "env" "ROOMCAST_CONSOLE_TOKENS_FILE") }}
 {{- end }}
 {{- if $files }}
 {{- toYaml $files }}
