@@ -1265,24 +1265,37 @@ impl Config {
     /// (`None`: all); empty: the console is off.
     pub(crate) fn console_tokens(&self) -> Result<Vec<ConsoleToken>, ConfigError> {
         let mut tokens: Vec<ConsoleToken> = Vec::new();
-        let mut entries: Vec<(&'static str, String)> =
-            self.console_tokens.iter().map(|t| (env::CONSOLE_TOKENS, t.expose().to_owned())).collect();
+        // Each with its option and its place there (from 1, blank entries skipped): errors name
+        // both and never print a value.
+        let nonblank = |t: &&str| !t.trim().is_empty();
+        let mut entries: Vec<(&'static str, usize, String)> = self
+            .console_tokens
+            .iter()
+            .map(|t| t.expose())
+            .filter(nonblank)
+            .enumerate()
+            .map(|(i, t)| (env::CONSOLE_TOKENS, i + 1, t.trim().to_owned()))
+            .collect();
         if let Some(path) = &self.console_tokens_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new(env::CONSOLE_TOKENS_FILE, format!("cannot read {}: {e}", path.display()))
             })?;
-            entries.extend(text.lines().flat_map(|l| l.split(',')).map(|t| (env::CONSOLE_TOKENS_FILE, t.to_owned())));
-        }
-        for (i, (option, entry)) in entries.iter().enumerate() {
-            let (option, entry) = (*option, entry.trim());
-            if entry.is_empty() {
-                continue;
+            let before = entries.len();
+            let listed = text.lines().flat_map(|l| l.split(',')).filter(nonblank).enumerate();
+            entries.extend(listed.map(|(i, t)| (env::CONSOLE_TOKENS_FILE, i + 1, t.trim().to_owned())));
+            if entries.len() == before {
+                // An empty mounted key would otherwise turn the console off without a word.
+                let message = format!("{} holds no token; unset the option to turn the console off", path.display());
+                return Err(ConfigError::new(env::CONSOLE_TOKENS_FILE, message));
             }
+        }
+        for (option, n, entry) in &entries {
+            let (option, entry) = (*option, entry.as_str());
             let (token, tenants) = match entry.split_once(':') {
                 Some((token, tenants)) => (token, Some(tenants)),
                 None => (entry, None),
             };
-            let bad = |message: String| ConfigError::new(option, format!("token #{i}: {message}"));
+            let bad = |message: String| ConfigError::new(option, format!("token #{n}: {message}"));
             if token.len() < 32 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
                 return Err(bad("needs 32+ characters of A-Z a-z 0-9 _ - (e.g. `openssl rand -hex 24`)".into()));
             }
@@ -1293,8 +1306,9 @@ impl Config {
                 None => None,
                 Some(list) => {
                     let list: Vec<String> = list.split(';').map(str::trim).map(str::to_owned).collect();
-                    if let Some(t) = list.iter().find(|t| roomcast_publisher::validate_id(t).is_err()) {
-                        return Err(bad(format!("{t:?} is not a tenant id (TOKEN:tenant1;tenant2)")));
+                    if let Some(i) = list.iter().position(|t| roomcast_publisher::validate_id(t).is_err()) {
+                        let message = format!("tenant #{} is not a tenant id (TOKEN:tenant1;tenant2)", i + 1);
+                        return Err(bad(message));
                     }
                     Some(list)
                 }
@@ -1540,6 +1554,9 @@ mod tests {
         assert_eq!(twice.validate().unwrap_err().option, env::CONSOLE_TOKENS_FILE, "a token listed twice");
         let missing = parse(&["--dev", "--console-tokens-file", "/nonexistent/console-tokens"]);
         assert_eq!(missing.validate().unwrap_err().option, env::CONSOLE_TOKENS_FILE);
+        std::fs::write(&file, "\n , \n").unwrap();
+        let empty = parse(&["--dev", "--console-tokens-file", file.to_str().unwrap()]);
+        assert_eq!(empty.validate().unwrap_err().option, env::CONSOLE_TOKENS_FILE, "an empty file is a mistake");
         let config = parse(&["--dev", "--console-tokens", &format!("{token},{}:acme;globex", "d".repeat(40))]);
         assert!(config.validate().is_ok());
         let tokens = config.console_tokens().unwrap();

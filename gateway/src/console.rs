@@ -25,7 +25,7 @@ use crate::{
     config::Secret,
     control_api,
     errors::ErrorCode,
-    http::{self, ConsoleListener, Refusal},
+    http::{self, Refusal},
     observers::Observers,
     occupancy_api,
     state::Shared,
@@ -50,12 +50,8 @@ where
 {
     // Observer connections are marked so the connect handler accepts only observer tokens
     // here (and the public listener never does: no mark there).
-    let observers = Router::new().route_service(http::SOCKET_IO_PATH_SLASH, socket_io).layer(middleware::from_fn(
-        |mut req: Request, next: Next| async move {
-            req.extensions_mut().insert(ConsoleListener);
-            next.run(req).await
-        },
-    ));
+    let observers =
+        http::guard_observers(Router::new().route_service(http::SOCKET_IO_PATH_SLASH, socket_io), gw.clone());
     let page = |body: &'static str, content_type: &'static str| {
         get(move || async move {
             let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();

@@ -411,6 +411,30 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
     next.run(req).await
 }
 
+/// Wraps the admin listener's Socket.IO route (the console's observers): the public guard's
+/// header limit, drain and trimming of what a session keeps, and the [`ConsoleListener`] mark
+/// the connect handler reads. No origin check: the console's page is served from here.
+pub fn guard_observers(router: Router, gw: Shared) -> Router {
+    router.layer(middleware::from_fn_with_state(gw, guard_observer))
+}
+
+async fn guard_observer(State(gw): State<Shared>, mut req: Request, next: Next) -> Response {
+    let head = head_bytes(&req);
+    if head > gw.config.max_header_bytes {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            &format!("request line and headers are {head} bytes; the limit is {}", gw.config.max_header_bytes),
+        );
+    }
+    if gw.is_draining() && is_new_socket_io_session(&req) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
+    }
+    keep_only_what_sessions_read(&mut req, false);
+    req.extensions_mut().insert(ConsoleListener);
+    next.run(req).await
+}
+
 /// Bytes of the request's target and headers, as sent (`name: value\r\n` each).
 fn head_bytes(req: &Request) -> usize {
     // The whole target: an absolute-form one (`GET http://host/…`) carries its authority too.

@@ -10,7 +10,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use crate::{
@@ -87,10 +87,14 @@ impl Observers {
         else {
             return Err(invalid());
         };
-        let exp: u64 = exp.parse().map_err(|_| invalid())?;
-        if nonce.len() != 16 || roomcast_publisher::validate_id(tenant).is_err() {
+        // One spelling per token: digits without a leading zero (`parse` also takes `+600`
+        // and `0600`, which the MAC, over the number, would accept too) and a lowercase hex nonce.
+        let canonical_exp = !exp.is_empty() && !exp.starts_with('0') && exp.bytes().all(|b| b.is_ascii_digit());
+        let hex_nonce = nonce.len() == 16 && nonce.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !canonical_exp || !hex_nonce || roomcast_publisher::validate_id(tenant).is_err() {
             return Err(invalid());
         }
+        let exp: u64 = exp.parse().map_err(|_| invalid())?;
         let mut minted = false;
         for (admin, scope) in &self.tokens {
             let matches = constant_time_eq(mac(admin, exp, nonce, tenant).as_bytes(), presented.as_bytes());
@@ -124,7 +128,7 @@ impl Observers {
     pub fn admit(&self) -> Option<ObserverSlot> {
         let admitted =
             self.connected.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_OBSERVERS).then_some(n + 1));
-        admitted.is_ok().then(|| ObserverSlot(self.connected.clone()))
+        admitted.is_ok().then(|| ObserverSlot { connected: self.connected.clone(), released: AtomicBool::new(false) })
     }
 
     /// Observer connections on this replica.
@@ -133,14 +137,26 @@ impl Observers {
     }
 }
 
-/// One observer connection counted against [`MAX_OBSERVERS`], released when dropped (with the
-/// socket's extensions).
+/// One observer connection counted against [`MAX_OBSERVERS`]: released by the disconnect
+/// handler, or when dropped with the socket if that never ran.
 #[derive(Debug)]
-pub struct ObserverSlot(Arc<AtomicUsize>);
+pub struct ObserverSlot {
+    connected: Arc<AtomicUsize>,
+    released: AtomicBool,
+}
+
+impl ObserverSlot {
+    /// Releases the place (the first call only).
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.connected.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for ObserverSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.release();
     }
 }
 
@@ -178,6 +194,8 @@ mod tests {
             swap(".a.b", ".acme"),
             swap(&exp.to_string(), &(exp + 1).to_string()),
             token[..token.len() - 1].to_owned(),
+            swap(&format!(".{exp}."), &format!(".+{exp}.")),
+            swap(&format!(".{exp}."), &format!(".0{exp}.")),
             format!("x{token}"),
             String::new(),
             "rco1....".to_owned(),
@@ -199,6 +217,9 @@ mod tests {
         let o = observers();
         let slots: Vec<_> = (0..MAX_OBSERVERS).map(|_| o.admit().expect("a place")).collect();
         assert!(o.admit().is_none());
+        slots[0].release();
+        slots[0].release();
+        assert_eq!(o.connected(), MAX_OBSERVERS - 1, "released once");
         drop(slots);
         assert_eq!(o.connected(), 0);
         assert!(o.admit().is_some());

@@ -200,8 +200,16 @@ async fn an_observer_watches_without_being_anyone() {
     assert_eq!(list["users"].as_array().unwrap().len(), 1, "{list}");
     let occupancy = ada.request("room:occupancy", json!({ "channel": "c1" })).await;
     assert_eq!((occupancy["connections"].clone(), occupancy["users"].clone()), (json!(1), json!(1)), "{occupancy}");
+    // Presence events go out in order: once carol's join reached ada, an observer's would have.
+    let carol = gw.connect_user("t1", "carol").await;
+    assert_eq!(carol.request("join", json!({ "channel": "c1" })).await["ok"], true);
+    eventually(WAIT, "ada to see carol join", || async {
+        ada.events("presence:join").iter().any(|j| j[0]["userId"] == "carol").then_some(())
+    })
+    .await;
     let joins = ada.events("presence:join");
-    assert!(joins.iter().all(|j| j[0]["userId"] == "ada"), "only ada's own join: {joins:?}");
+    assert!(joins.iter().all(|j| j[0]["userId"] != "console"), "no presence for the observer: {joins:?}");
+    carol.close();
     // It only watches.
     for (event, data) in [
         ("typing", json!({ "channel": "c1", "typing": true })),
@@ -212,7 +220,20 @@ async fn an_observer_watches_without_being_anyone() {
         let answer = observer.request(event, data).await;
         assert_eq!(code(&answer), "forbidden", "{event}: {answer}");
     }
+    // Its token is refreshed like any (the console asks for another before it expires).
+    let fresh = observer_token(gw.admin, ALL, "t1").await;
+    let ack = observer.request("auth:refresh", json!({ "token": fresh })).await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let other = observer_token(gw.admin, ALL, "t2").await;
+    let ack = observer.request("auth:refresh", json!({ "token": other })).await;
+    assert_eq!(code(&ack), "forbidden", "another tenant's: {ack}");
+    let ack = observer.request("auth:refresh", json!({ "token": user_token("t1", "console") })).await;
+    assert_eq!(code(&ack), "token_invalid", "a user's token: {ack}");
     // The backend's control instructions pass it by; the console's actions reach users.
+    let moved = json!({ "tenant": "t1", "channel": "c1", "room": { "channel": "c2" } });
+    let (status, body) = post_json(gw.api, replica::API_KEY, "/v1/join", &moved).await;
+    assert_eq!((status, body["sockets"].clone()), (200, json!(1)), "only ada moves: {body}");
+    assert!(observer.next_within("roomcast:joined", std::time::Duration::from_millis(300)).await.is_none());
     let (status, body) =
         post_json(gw.api, replica::API_KEY, "/v1/disconnect", &json!({ "tenant": "t1", "channel": "c1" })).await;
     assert_eq!((status, body["sockets"].clone()), (200, json!(1)), "only ada: {body}");
@@ -230,6 +251,39 @@ async fn an_observer_watches_without_being_anyone() {
     assert!(!observer.got_server_disconnect());
     let ack = observer.request("presence:list", json!({ "channel": "c1" })).await;
     assert_eq!(ack["ok"], true, "the observer is still connected: {ack}");
+}
+
+#[tokio::test]
+async fn observers_are_bounded_per_replica_and_not_counted_as_connections() {
+    let gw = TestGateway::start_with(|c| {
+        c.console_tokens = console_tokens();
+        c.api_key = vec![Secret::from(replica::API_KEY.to_owned())];
+        c.max_connections_per_tenant = 1;
+    })
+    .await;
+    let token = observer_token(gw.admin, ALL, "t1").await;
+    let mut observers = Vec::new();
+    for _ in 0..64 {
+        observers.push(observe(gw.admin, &token).await.expect("an observer connects"));
+    }
+    assert_eq!(
+        observe(gw.admin, &token).await.err(),
+        Some(ConnectFailure::Rejected("too_many_connections".into())),
+        "the 65th"
+    );
+    // A refresh at the cap is no new connection.
+    let fresh = observer_token(gw.admin, ALL, "t1").await;
+    assert_eq!(observers[0].request("auth:refresh", json!({ "token": fresh })).await["ok"], true);
+    // Not the tenant's connections: its one connection allowed is still there for a user.
+    let ada = gw.connect_user("t1", "ada").await;
+    let auth = format!("Bearer {}", replica::API_KEY);
+    let (status, body) = http(gw.api, "GET", "/v1/occupancy?tenant=t1", &[("Authorization", auth.as_str())], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["connections"], 1, "{body}");
+    drop(ada);
+    // A place comes back when its observer goes.
+    observers.pop().unwrap().close();
+    eventually(WAIT, "a place for an observer again", || async { observe(gw.admin, &token).await.ok() }).await;
 }
 
 #[tokio::test]

@@ -231,6 +231,13 @@ async fn dev_mode_prints_two_users_and_keeps_its_secret_for_print_token() {
     assert!(banner.contains("generated for this run"), "the generated API key is said to be: {banner}");
     assert!(banner.contains("client.mjs"), "the ES module snippet says how to run it: {banner}");
     let (ada, bob) = (banner_token(&banner, "ada"), banner_token(&banner, "bob"));
+    // The console, with a token generated for this run, one click away.
+    let link = banner.lines().find_map(|l| l.trim().strip_prefix("Console     http://localhost:")).expect(&banner);
+    let (port, token) = link.split_once("/console#token=").expect(link);
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], port.parse::<u16>().unwrap()));
+    let auth = format!("Bearer {token}");
+    let (status, body) = http(admin, "GET", "/console/api/session", &[("Authorization", auth.as_str())], "").await;
+    assert_eq!(status, 200, "the linked token opens the console: {body}");
     // A token minted by another process for the running --dev gateway.
     let out =
         run_to_exit(gateway_bin().env("XDG_CACHE_HOME", cache.path()).args(["--dev", "--print-token", "demo/carol"]));
@@ -259,8 +266,14 @@ async fn dev_mode_says_which_configured_keys_it_uses() {
     let cache = tempfile::tempdir().unwrap();
     let (mut child, addr, banner) = dev_gateway(
         cache.path(),
-        &[("ROOMCAST_JWT_SECRET", SECRET), ("ROOMCAST_API_KEY", "configured-key-0123456789")],
+        &[
+            ("ROOMCAST_JWT_SECRET", SECRET),
+            ("ROOMCAST_API_KEY", "configured-key-0123456789"),
+            ("ROOMCAST_CONSOLE_TOKENS", "configured-console-token-0123456789abcdef"),
+        ],
     );
+    assert!(banner.contains("sign in with a token of ROOMCAST_CONSOLE_TOKENS"), "{banner}");
+    assert!(!banner.contains("configured-console-token"), "the configured console token is not printed: {banner}");
     assert!(banner.contains("signed with ROOMCAST_JWT_SECRET"), "{banner}");
     assert!(!banner.contains("generated"), "nothing was generated: {banner}");
     assert!(banner.contains("Bearer $ROOMCAST_API_KEY"), "{banner}");

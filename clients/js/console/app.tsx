@@ -21,6 +21,8 @@ const TOKEN_KEY = "roomcast-console-token";
 const count = (n: number, what: string) => `${n} ${what}${n === 1 ? "" : "s"}`;
 /** The live tail keeps this many events; older ones drop off. */
 const TAIL = 200;
+/** Rooms listed per poll. */
+const ROOMS_PAGE = 50;
 
 /** A console API call; throws the gateway's coded error. */
 async function api<T>(token: string, method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
@@ -53,12 +55,19 @@ function usePoll<T>(poll: () => Promise<T>, everyMs: number, key: unknown): { va
   pollRef.current = poll;
   useEffect(() => {
     let live = true;
+    let pending = false;
     setState({});
-    const run = () =>
-      pollRef.current().then(
-        (value) => live && setState({ value }),
-        (e: Error) => live && setState((s) => ({ ...s, error: e.message })),
-      );
+    const run = () => {
+      // A slow answer is not overtaken by the next tick's (nor answers reordered).
+      if (pending) return;
+      pending = true;
+      pollRef.current()
+        .then(
+          (value) => live && setState({ value }),
+          (e: Error) => live && setState((s) => ({ ...s, error: e.message })),
+        )
+        .finally(() => (pending = false));
+    };
     void run();
     const timer = setInterval(run, everyMs);
     return () => {
@@ -90,8 +99,11 @@ function App() {
     if (!token) return;
     api<Session>(token, "GET", "session").then(setSession, (e: Error) => {
       setError(e.message);
-      sessionStorage.removeItem(TOKEN_KEY);
-      setToken(null);
+      // Only a refused token is forgotten: a replica restarting or a network blip is not.
+      if (e instanceof ConsoleError && e.code === "unauthorized") {
+        sessionStorage.removeItem(TOKEN_KEY);
+        setToken(null);
+      }
     });
   }, [token]);
   const signOut = () => {
@@ -103,11 +115,13 @@ function App() {
     return (
       <SignIn
         error={error}
-        busy={!!token}
+        busy={!!token && !error}
         onToken={(t) => {
           setError(null);
           sessionStorage.setItem(TOKEN_KEY, t);
-          setToken(t);
+          // The same token again (after a failure that was not a refusal) asks again.
+          setToken(null);
+          setTimeout(() => setToken(t));
         }}
       />
     );
@@ -266,9 +280,12 @@ function Tenant({ token, tenant, error }: { token: string; tenant: string; error
   const [watched, setWatched] = useState<RoomSpec | null>(null);
   const [kind, setKind] = useState<"channel" | "project">("channel");
   const [id, setId] = useState("");
+  // The first page only (each listed room costs the replica an occupancy read per poll): the
+  // list says when there are more, and any room can be watched by its id.
   const rooms = usePoll(
-    () => api<{ rooms: ListedRoom[] }>(token, "GET", `rooms?tenant=${encodeURIComponent(tenant)}&limit=100`),
-    3000,
+    () =>
+      api<{ rooms: ListedRoom[]; cursor: string | null }>(token, "GET", `rooms?tenant=${encodeURIComponent(tenant)}&limit=${ROOMS_PAGE}`),
+    5000,
     tenant,
   );
   const specKey = watched ? JSON.stringify(watched) : "";
@@ -278,7 +295,8 @@ function Tenant({ token, tenant, error }: { token: string; tenant: string; error
         <h2>
           {tenant} <span className={`state ${state}`}>{state}</span>
         </h2>
-        {error && <p className="error">{error}</p>}
+        {/* Connection-level errors (a refused connect or refresh) matter until it is back. */}
+        {error && state !== "connected" && <p className="error">{error}</p>}
         <form
           onSubmit={(e) => {
             e.preventDefault();
@@ -307,7 +325,8 @@ function Tenant({ token, tenant, error }: { token: string; tenant: string; error
               </small>
             </li>
           ))}
-          {rooms.value && rooms.value.rooms.length === 0 && <li className="hint">none</li>}
+          {rooms.value && rooms.value.rooms.length === 0 && !rooms.value.cursor && <li className="hint">none</li>}
+          {rooms.value?.cursor && <li className="hint">and more: watch one by its id</li>}
         </ul>
       </aside>
       {watched ? <Watch key={specKey} token={token} tenant={tenant} spec={watched} /> : <p className="hint">Pick a room to watch.</p>}

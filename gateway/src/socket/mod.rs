@@ -80,15 +80,17 @@ async fn authenticate(
     auth_payload: Result<Value, socketioxide::ParserError>,
     gw: Shared,
 ) -> Result<(), ConnectRejection> {
+    // First: an observer is no connection of the tenant's, so not even its connect rate's (it
+    // is bounded per replica instead) nor a `connection.refused` event.
+    if socket.req_parts().extensions.get::<crate::http::ConsoleListener>().is_some() {
+        return observe(socket, auth_payload, gw);
+    }
     if let Some(Err(_)) = gw.connects.as_ref().map(SharedBucket::take) {
         refused(&gw, ErrorCode::RateLimited);
         tracing::debug!(sid = %socket.id, "connection refused: over ROOMCAST_CONNECT_RATE");
         return Err(ConnectRejection(ErrorCode::RateLimited));
     }
     let parts = socket.req_parts();
-    if parts.extensions.get::<crate::http::ConsoleListener>().is_some() {
-        return observe(socket, auth_payload, gw);
-    }
     let verified = if gw.config.proxy_only() {
         proxied(&gw, auth_payload.as_ref().ok(), &parts.headers, &parts.uri).await
     } else {
@@ -146,9 +148,10 @@ fn observe(
     gw: Shared,
 ) -> Result<(), ConnectRejection> {
     let parts = socket.req_parts();
-    let observed = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
-        .and_then(|token| observed(&gw, &token));
-    match observed {
+    let admitted = auth::find_token(auth_payload.as_ref().ok(), &parts.headers, &parts.uri)
+        .and_then(|token| observed(&gw, &token))
+        .and_then(|identity| Ok((identity, admit_observer(&gw)?)));
+    match admitted {
         Ok((identity, slot)) => {
             socket.extensions.insert(Arc::new(slot));
             socket.extensions.insert(Arc::new(Conn::new(identity, &gw.limits)));
@@ -163,17 +166,20 @@ fn observe(
     }
 }
 
-/// The observer identity `token` carries and a place for its connection on this replica.
-pub(crate) fn observed(gw: &Shared, token: &str) -> Result<(Identity, crate::observers::ObserverSlot), ClientError> {
+/// The observer identity `token` carries (at connect and at `auth:refresh`).
+pub(crate) fn observed(gw: &Shared, token: &str) -> Result<Identity, ClientError> {
     let Some(observers) = &gw.observers else {
         return Err(ClientError::new(ErrorCode::TokenInvalid, "the console is off (ROOMCAST_CONSOLE_TOKENS)"));
     };
-    let identity = observers.verify(token, roomcast_publisher::wire::now_ms() / 1000)?;
-    let Some(slot) = observers.admit() else {
+    observers.verify(token, roomcast_publisher::wire::now_ms() / 1000)
+}
+
+/// A place for one more observer connection on this replica.
+fn admit_observer(gw: &Shared) -> Result<crate::observers::ObserverSlot, ClientError> {
+    gw.observers.as_ref().and_then(|observers| observers.admit()).ok_or_else(|| {
         let message = format!("{} console observers are connected to this replica", crate::observers::MAX_OBSERVERS);
-        return Err(ClientError::new(ErrorCode::TooManyConnections, message));
-    };
-    Ok((identity, slot))
+        ClientError::new(ErrorCode::TooManyConnections, message)
+    })
 }
 
 /// A connection refused with `code`: counted, and a `connection.refused` lifecycle event.
@@ -566,6 +572,9 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
             // First: the slot is free the moment the connection is gone, whatever is queued.
             if let Some(slot) = socket.extensions.get::<Arc<ConnectionSlot>>() {
                 slot.release().await;
+            }
+            if let Some(slot) = socket.extensions.get::<Arc<crate::observers::ObserverSlot>>() {
+                slot.release();
             }
             let _turn = ticket.wait().await;
             expiry::unschedule(&gw, socket.id, &conn);

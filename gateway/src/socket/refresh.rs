@@ -45,7 +45,7 @@ async fn swap(
     // Proxy-only mode: the session's cookie goes along, as at connect.
     let cookie = gw.config.proxy_only().then(|| super::session_cookie(&socket.req_parts().headers)).flatten();
     let fresh = if current.observer {
-        super::observed(gw, &token).map(|(identity, _)| identity)
+        super::observed(gw, &token)
     } else {
         super::verified(gw, &token, true, cookie.as_deref()).await.map(|(identity, _)| identity)
     }

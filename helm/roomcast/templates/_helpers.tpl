@@ -110,12 +110,13 @@ app.kubernetes.io/component: gateway
 {{- $routes := list }}{{ range $prefix, $url := . }}{{ $routes = append $routes (printf "%s=%s" $prefix $url) }}{{ end }}{{ join "," $routes }}
 {{- end }}
 
-{{/* Whether the replicas get a webhook secret (from values or an existing Secret's key). */}}
+{{/* Whether the replicas get console tokens (from values or an existing Secret's key). */}}
 {{- define "roomcast.hasConsoleTokens" -}}
 {{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.consoleTokens }}true{{ end }}
 {{- else if .Values.secrets.consoleTokens }}true{{ end }}
 {{- end }}
 
+{{/* Whether the replicas get a webhook secret (from values or an existing Secret's key). */}}
 {{- define "roomcast.hasWebhookSecret" -}}
 {{- if .Values.secrets.existingSecret }}{{ if .Values.secrets.existingSecretKeys.webhookSecret }}true{{ end }}
 {{- else if .Values.secrets.webhookSecret }}true{{ end }}
