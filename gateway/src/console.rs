@@ -216,13 +216,10 @@ async fn leave(State(gw): State<Shared>, headers: HeaderMap, body: Body) -> Resp
 /// This replica's status for the console's replica list.
 pub fn status(gw: &Shared) -> serde_json::Value {
     let mut status = crate::metrics::replica_figures();
+    // `connections` are the application's: observers are not counted there (nor in Prometheus'
+    // roomcast_connections), but apart.
     let observers = gw.observers.as_ref().map_or(0, |o| o.connected()) as u64;
     if let Some(fields) = status.as_object_mut() {
-        // The application's connections: observers are sockets of the replica (Prometheus'
-        // roomcast_connections counts them) but nobody's.
-        if let Some(connections) = fields.get("connections").and_then(serde_json::Value::as_u64) {
-            fields.insert("connections".into(), connections.saturating_sub(observers).into());
-        }
         fields.insert("observers".into(), observers.into());
         fields.insert("redis".into(), gw.redis_status().unwrap_or("single_node").into());
         fields.insert("draining".into(), gw.is_draining().into());

@@ -341,3 +341,28 @@ async fn raw_head(addr: SocketAddr, path: &str) -> String {
     let text = String::from_utf8_lossy(&out).to_lowercase();
     text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
 }
+
+#[tokio::test]
+async fn the_admin_socket_io_route_has_the_public_guards() {
+    let mut gw = TestGateway::start_with(|c| {
+        c.console_tokens = console_tokens();
+        c.max_header_bytes = 4096;
+        c.drain_delay = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let handshake = "/socket.io/?EIO=4&transport=polling";
+    let (status, _) = http(gw.admin, "GET", handshake, &[], "").await;
+    assert_eq!(status, 200, "a session opens");
+    let big = "x".repeat(5000);
+    let (status, body) = http(gw.admin, "GET", handshake, &[("X-Big", big.as_str())], "").await;
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!((status, code(&body)), (431, "headers_too_large"), "{body}");
+    // Draining: no new sessions here either (the drain delay keeps the listener up meanwhile).
+    gw.begin_shutdown();
+    eventually(WAIT, "new sessions refused", || async {
+        let (status, body) = http(gw.admin, "GET", handshake, &[], "").await;
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (status == 503 && code(&body) == "server_shutdown").then_some(())
+    })
+    .await;
+}

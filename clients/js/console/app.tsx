@@ -27,6 +27,8 @@ const ROOMS_PAGE = 50;
 /** A console API call; throws the gateway's coded error. */
 async function api<T>(token: string, method: "GET" | "POST", path: string, body?: unknown): Promise<T> {
   const res = await fetch(`/console/api/${path}`, {
+    // A request that never answers (a half-open connection) must not hold a poll forever.
+    signal: AbortSignal.timeout(10_000),
     method,
     headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -97,14 +99,23 @@ function App() {
   const [error, setError] = useState<string | null>(null);
   useEffect(() => {
     if (!token) return;
-    api<Session>(token, "GET", "session").then(setSession, (e: Error) => {
-      setError(e.message);
-      // Only a refused token is forgotten: a replica restarting or a network blip is not.
-      if (e instanceof ConsoleError && e.code === "unauthorized") {
-        sessionStorage.removeItem(TOKEN_KEY);
-        setToken(null);
-      }
-    });
+    // A late answer for a token since replaced is ignored.
+    let live = true;
+    api<Session>(token, "GET", "session").then(
+      (session) => live && setSession(session),
+      (e: Error) => {
+        if (!live) return;
+        setError(e.message);
+        // Only a refused token is forgotten: a replica restarting or a network blip is not.
+        if (e instanceof ConsoleError && e.code === "unauthorized") {
+          sessionStorage.removeItem(TOKEN_KEY);
+          setToken(null);
+        }
+      },
+    );
+    return () => {
+      live = false;
+    };
   }, [token]);
   const signOut = () => {
     sessionStorage.removeItem(TOKEN_KEY);
@@ -249,6 +260,7 @@ function Replicas({ token }: { token: string }) {
 function TenantView({ token, tenant }: { token: string; tenant: string }) {
   const [client, setClient] = useState<RoomcastClient | null>(null);
   const [error, setError] = useState<string | null>(null);
+  const clearError = useCallback(() => setError(null), []);
   useEffect(() => {
     // The observer connection: to this listener's own Socket.IO engine, with tokens minted for
     // the tenant (asked again at every reconnect and before each expires).
@@ -262,7 +274,7 @@ function TenantView({ token, tenant }: { token: string; tenant: string }) {
   if (!client) return null;
   return (
     <RoomcastProvider client={client}>
-      <Tenant token={token} tenant={tenant} error={error} />
+      <Tenant token={token} tenant={tenant} error={error} clearError={clearError} />
     </RoomcastProvider>
   );
 }
@@ -275,19 +287,28 @@ interface ListedRoom {
   users: number;
 }
 
-function Tenant({ token, tenant, error }: { token: string; tenant: string; error: string | null }) {
+function Tenant({
+  token,
+  tenant,
+  error,
+  clearError,
+}: {
+  token: string;
+  tenant: string;
+  error: string | null;
+  clearError: () => void;
+}) {
   const state = useConnectionState();
+  // An error is shown until the connection is (again) established after it.
+  useEffect(() => {
+    if (state === "connected") clearError();
+  }, [state, clearError]);
   const [watched, setWatched] = useState<RoomSpec | null>(null);
   const [kind, setKind] = useState<"channel" | "project">("channel");
   const [id, setId] = useState("");
   // The first page only (each listed room costs the replica an occupancy read per poll): the
   // list says when there are more, and any room can be watched by its id.
-  const rooms = usePoll(
-    () =>
-      api<{ rooms: ListedRoom[]; cursor: string | null }>(token, "GET", `rooms?tenant=${encodeURIComponent(tenant)}&limit=${ROOMS_PAGE}`),
-    5000,
-    tenant,
-  );
+  const rooms = usePoll(() => listRooms(token, tenant), 5000, tenant);
   const specKey = watched ? JSON.stringify(watched) : "";
   return (
     <div className="tenant-view">
@@ -295,8 +316,7 @@ function Tenant({ token, tenant, error }: { token: string; tenant: string; error
         <h2>
           {tenant} <span className={`state ${state}`}>{state}</span>
         </h2>
-        {/* Connection-level errors (a refused connect or refresh) matter until it is back. */}
-        {error && state !== "connected" && <p className="error">{error}</p>}
+        {error && <p className="error">{error}</p>}
         <form
           onSubmit={(e) => {
             e.preventDefault();
@@ -332,6 +352,24 @@ function Tenant({ token, tenant, error }: { token: string; tenant: string; error
       {watched ? <Watch key={specKey} token={token} tenant={tenant} spec={watched} /> : <p className="hint">Pick a room to watch.</p>}
     </div>
   );
+}
+
+/**
+ * Up to ROOMS_PAGE rooms with members, following the cursor for at most 3 pages (a page may
+ * come back sparse: the index keeps rooms a while after their last member left); `cursor` is
+ * set when there are more.
+ */
+async function listRooms(token: string, tenant: string): Promise<{ rooms: ListedRoom[]; cursor: string | null }> {
+  const rooms: ListedRoom[] = [];
+  let cursor: string | null = null;
+  for (let page = 0; page < 3 && rooms.length < ROOMS_PAGE; page++) {
+    const query = `tenant=${encodeURIComponent(tenant)}&limit=${ROOMS_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+    const answer: { rooms: ListedRoom[]; cursor: string | null } = await api(token, "GET", `rooms?${query}`);
+    for (const room of answer.rooms) if (!rooms.some((r) => r.room === room.room)) rooms.push(room);
+    cursor = answer.cursor;
+    if (!cursor) break;
+  }
+  return { rooms: rooms.slice(0, ROOMS_PAGE), cursor };
 }
 
 interface TailEntry {

@@ -353,8 +353,11 @@ fn on_connect(socket: SocketRef, gw: Shared) -> impl Future<Output = ()> + Send 
     // Joined synchronously, right after CONNECT went out: local delivery to the automatic rooms
     // starts now; the async part only waits for the bus to confirm the subscriptions.
     let joined = conn.as_ref().filter(|_| begun).map(|conn| {
-        metrics::connection_accepted();
         let identity = conn.identity();
+        // An observer is no connection of the application's: not in roomcast_connections.
+        if !identity.observer {
+            metrics::connection_accepted();
+        }
         // The verifier only accepts valid ids, so both rooms always build. An observer is no
         // one in the tenant: in neither.
         let auto = if identity.observer {
@@ -589,7 +592,9 @@ fn on_disconnect(socket: SocketRef, reason: SioReason, gw: Shared) -> impl Futur
                 return;
             }
             let label = disconnect_label(reason, &conn);
-            metrics::disconnected(label);
+            if !identity.observer {
+                metrics::disconnected(label);
+            }
             tracing::debug!(reason = label, "disconnected");
             if reason == SioReason::SlowConsumer {
                 // Once per interval, not per socket: a stalled network can take many at once.
