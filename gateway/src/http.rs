@@ -390,18 +390,8 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
     {
         return error(StatusCode::FORBIDDEN, ErrorCode::Forbidden, "origin not allowed");
     }
-    let head = head_bytes(&req);
-    if head > gw.config.max_header_bytes {
-        crate::metrics::connection_rejected(ErrorCode::HeadersTooLarge);
-        return error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorCode::HeadersTooLarge,
-            &format!("request line and headers are {head} bytes; the limit is {}", gw.config.max_header_bytes),
-        );
-    }
-    if gw.is_draining() && is_new_socket_io_session(&req) {
-        // Existing polling sessions carry their sid and keep working until they are closed.
-        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
+    if let Some(refused) = refused_session(&gw, &req) {
+        return refused;
     }
     if req.uri().path().starts_with(SOCKET_IO_PATH) {
         // Proxy-only mode: the connect proxy gets the Cookie header (kept for the session, as
@@ -409,6 +399,25 @@ async fn guard(State((gw, origins)): State<(Shared, OriginPolicy)>, mut req: Req
         keep_only_what_sessions_read(&mut req, gw.config.proxy_only());
     }
     next.run(req).await
+}
+
+/// What both Socket.IO routes refuse before the engine sees a request: a head over
+/// `ROOMCAST_MAX_HEADER_BYTES` (431), and a new session while draining (503; existing polling
+/// sessions carry their sid and keep working until they are closed).
+fn refused_session(gw: &Shared, req: &Request) -> Option<Response> {
+    let head = head_bytes(req);
+    if head > gw.config.max_header_bytes {
+        crate::metrics::connection_rejected(ErrorCode::HeadersTooLarge);
+        return Some(error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ErrorCode::HeadersTooLarge,
+            &format!("request line and headers are {head} bytes; the limit is {}", gw.config.max_header_bytes),
+        ));
+    }
+    if gw.is_draining() && is_new_socket_io_session(req) {
+        return Some(error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down"));
+    }
+    None
 }
 
 /// Wraps the admin listener's Socket.IO route (the console's observers): the public guard's
@@ -419,16 +428,8 @@ pub fn guard_observers(router: Router, gw: Shared) -> Router {
 }
 
 async fn guard_observer(State(gw): State<Shared>, mut req: Request, next: Next) -> Response {
-    let head = head_bytes(&req);
-    if head > gw.config.max_header_bytes {
-        return error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ErrorCode::HeadersTooLarge,
-            &format!("request line and headers are {head} bytes; the limit is {}", gw.config.max_header_bytes),
-        );
-    }
-    if gw.is_draining() && is_new_socket_io_session(&req) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ServerShutdown, "replica is shutting down");
+    if let Some(refused) = refused_session(&gw, &req) {
+        return refused;
     }
     keep_only_what_sessions_read(&mut req, false);
     req.extensions_mut().insert(ConsoleListener);

@@ -4,16 +4,11 @@
 // clients/js/test-results/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
+import { RESULTS, launchChromium, noBrowser } from "./util.mjs";
 import { API_KEY, SECRET, eventually, startGateway, tcpProxy } from "../../../js-tests/helpers.mjs";
 import { startExample } from "../example/server.mjs";
-
-const CHROMIUM = process.env.ROOMCAST_CHROMIUM ?? "/usr/bin/chromium";
-const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "test-results");
-const noBrowser = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (Debian: apt-get install chromium)`;
 
 let gw;
 let lb;
@@ -22,15 +17,10 @@ let browser;
 
 before(async () => {
   if (noBrowser) return;
-  mkdirSync(RESULTS, { recursive: true });
   gw = await startGateway({ ROOMCAST_PRESENCE_GRACE: "200ms" });
   lb = await tcpProxy({ host: "127.0.0.1", port: Number(new URL(gw.url).port) });
   example = await startExample({ secret: SECRET, tenant: "t1" });
-  const { chromium } = await import("playwright-core");
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();

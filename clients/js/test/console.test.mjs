@@ -4,15 +4,10 @@
 // table, and a disconnect action. Screenshots go to clients/js/test-results/.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 
+import { RESULTS, launchChromium, noBrowser } from "./util.mjs";
 import { API_KEY, WAIT_MS, connect, eventually, next, startGateway, userToken, withTimeout } from "../../../js-tests/helpers.mjs";
-
-const CHROMIUM = process.env.ROOMCAST_CHROMIUM ?? "/usr/bin/chromium";
-const RESULTS = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "test-results");
-const noBrowser = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (Debian: apt-get install chromium)`;
 
 const ALL = "console-all-0123456789abcdef0123456789";
 const SCOPED = "console-scoped-0123456789abcdef012345";
@@ -22,13 +17,8 @@ let browser;
 
 before(async () => {
   if (noBrowser) return;
-  mkdirSync(RESULTS, { recursive: true });
   gw = await startGateway({ ROOMCAST_PRESENCE_GRACE: "200ms", ROOMCAST_CONSOLE_TOKENS: `${ALL},${SCOPED}:t1` });
-  const { chromium } = await import("playwright-core");
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"],
-  });
+  browser = await launchChromium();
 });
 after(async () => {
   await browser?.close();
