@@ -94,13 +94,7 @@ fn signed_in<'a>(gw: &'a Shared, headers: &HeaderMap) -> Result<(&'a Secret, Key
     let refused =
         || Refusal::Answer(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong console token".into());
     let observers: &Observers = gw.observers.as_deref().ok_or_else(refused)?;
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .ok_or_else(refused)?;
-    let (token, scope) = observers.admin(presented).ok_or_else(refused)?;
+    let (token, scope) = http::bearer(headers).and_then(|presented| observers.admin(presented)).ok_or_else(refused)?;
     Ok((token, scope.clone()))
 }
 

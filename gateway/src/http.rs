@@ -614,12 +614,16 @@ pub fn authorize(gw: &Shared, headers: &HeaderMap) -> Result<crate::api_keys::Ke
     if !gw.api_keys.is_enabled() {
         return Err(KeyRefused::Disabled);
     }
-    let presented = headers
+    bearer(headers).and_then(|key| gw.api_keys.accepts(key.as_bytes())).ok_or(KeyRefused::Unauthorized)
+}
+
+/// The credential of an `Authorization: Bearer …` header, if the request has one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    presented.and_then(|key| gw.api_keys.accepts(key.as_bytes())).ok_or(KeyRefused::Unauthorized)
+        .map(str::trim)
 }
 
 /// 401 `unauthorized` with `WWW-Authenticate: Bearer`: the API key is missing or wrong.

@@ -511,11 +511,6 @@ impl Gateway {
         self.dev_console_token.as_ref().map(Secret::expose)
     }
 
-    /// Whether the console is on (`/console` on the admin listener).
-    pub fn console_enabled(&self) -> bool {
-        self.state.observers.is_some()
-    }
-
     /// Serves until `shutdown` resolves, then drains (see [`shutdown::drain`]) and returns
     /// within the configured shutdown timeout.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {

@@ -2,7 +2,7 @@
 // is embedded in the binary: `npm run build:console` writes gateway/console/console.js).
 // Signs in with a console token (ROOMCAST_CONSOLE_TOKENS), watches one tenant's rooms through
 // an observer connection made with @roomcast/client, and acts through the control API.
-import { StrictMode, useCallback, useEffect, useMemo, useRef, useState } from "react";
+import { StrictMode, useCallback, useEffect, useRef, useState } from "react";
 import { createRoot } from "react-dom/client";
 
 import { connect, type EventMeta, type Occupancy, type RoomSpec } from "../src/index.js";
@@ -13,7 +13,7 @@ import {
   useRoom,
   useTyping,
 } from "../src/react.js";
-import type { RoomcastClient } from "../src/client.js";
+import type { RoomcastClient } from "../src/index.js";
 
 const TOKEN_KEY = "roomcast-console-token";
 
@@ -455,7 +455,7 @@ function Watch({ token, tenant, spec }: { token: string; tenant: string; spec: R
     [token, tenant, kind, id],
   );
 
-  const typists = useMemo(() => typing.join(", "), [typing]);
+  const typists = typing.join(", ");
   return (
     <section className="watch">
       <h2>

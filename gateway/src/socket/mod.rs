@@ -420,12 +420,13 @@ fn on_event(
     ack: AckSender,
     gw: Shared,
 ) -> impl Future<Output = ()> + Send {
+    let conn = conn_of(&socket);
     // Forwarded to the backend: not a turn of the socket's queue (see `rpc`). Never an
     // observer's: the backend does not know it.
-    let observer = conn_of(&socket).is_some_and(|conn| conn.identity().observer);
+    let observer = conn.as_ref().is_some_and(|conn| conn.identity().observer);
     let forwarder = gw.rpc.clone().filter(|rpc| !observer && rpc.handles(&event));
     // Decided here, in packet order: the budget, then a place in the socket's queue.
-    let admitted = conn_of(&socket).map(|conn| {
+    let admitted = conn.map(|conn| {
         if let Err(refused) = conn.take_token(&gw.limits, EventClass::of(&event)) {
             // Inbound backpressure: until a token is back, whatever else the client sends waits
             // in its own TCP buffers instead of costing this replica a parse and a refusal each

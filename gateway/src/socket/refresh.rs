@@ -25,9 +25,12 @@ pub(super) async fn refresh(
     payload: Result<Value, ClientError>,
 ) -> Result<Ack, ClientError> {
     let result = swap(socket, gw, conn, payload).await;
-    if let (Err(error), Some(lifecycle), false) = (&result, &gw.lifecycle, conn.identity().observer) {
+    if let (Err(error), Some(lifecycle)) = (&result, &gw.lifecycle) {
         let identity = conn.identity();
-        lifecycle.refresh_failed(&identity.tenant, &identity.user, error.code);
+        // An observer is nobody the application hears about.
+        if !identity.observer {
+            lifecycle.refresh_failed(&identity.tenant, &identity.user, error.code);
+        }
     }
     result
 }
